@@ -1,0 +1,91 @@
+// Package api defines the types that agentbox's engine, HTTP API and SDKs share: what a caller asks a
+// sandbox to run, with which limits, and the SandboxResult it gets back. Field names and JSON tags are
+// the wire contract.
+package api
+
+// Tier names a sandbox implementation.
+type Tier string
+
+// Tiers.
+const (
+	TierNano  Tier = "nano"  // CPython on WebAssembly in wazero: milliseconds to start, stdlib only
+	TierHeavy Tier = "heavy" // CPython with numpy/pandas/matplotlib in gVisor
+	TierAuto  Tier = "auto"  // chosen from the code's imports
+)
+
+// Error types that are not Python exception class names.
+const (
+	ErrTimeout             = "Timeout"
+	ErrMemoryLimitExceeded = "MemoryLimitExceeded"
+	ErrOutputLimitExceeded = "OutputLimitExceeded"
+	// ErrGuestCrash is a fault of the guest program below Python (a WebAssembly trap such as a C stack
+	// overflow); the sandbox is discarded.
+	ErrGuestCrash = "GuestCrash"
+	// ErrSandbox is a fault of agentbox itself.
+	ErrSandbox = "SandboxError"
+)
+
+// Exit codes for limits, following shell conventions.
+const (
+	ExitTimeout = 124 // like timeout(1)
+	ExitMemory  = 137 // like a process killed by the OOM killer (128+SIGKILL)
+	ExitCrash   = 139 // like a segmentation fault (128+SIGSEGV)
+)
+
+// Limits bound one run or session. A zero field means the engine's default.
+type Limits struct {
+	// TimeoutMS is the wall-clock limit of one run, in milliseconds.
+	TimeoutMS int `json:"timeout_ms,omitempty"`
+	// MemoryLimitMB caps the guest's memory, in MiB.
+	MemoryLimitMB int `json:"memory_limit_mb,omitempty"`
+	// AllowedModules, when not empty, is the only top-level modules the program may import; importing
+	// anything else raises ImportError naming the module. Standard-library modules imported by allowed
+	// modules themselves are not restricted.
+	AllowedModules []string `json:"allowed_modules,omitempty"`
+	// MaxOutputBytes caps stdout and stderr, each.
+	MaxOutputBytes int `json:"max_output_bytes,omitempty"`
+}
+
+// File is a file placed into or taken out of a sandbox.
+type File struct {
+	// Path is absolute inside the sandbox, e.g. /data/input.csv.
+	Path string `json:"path"`
+	Data []byte `json:"data"`
+}
+
+// RunRequest is one program to run in a fresh sandbox.
+type RunRequest struct {
+	Code string `json:"code"`
+	// Filename is how the program is named in tracebacks; empty means "main.py".
+	Filename string `json:"filename,omitempty"`
+	Tier     Tier   `json:"tier,omitempty"`
+	Limits
+	// Files are written into the sandbox before the program starts.
+	Files []File `json:"files,omitempty"`
+	// Stdin is the program's standard input.
+	Stdin []byte `json:"stdin,omitempty"`
+}
+
+// Error describes why a program did not finish normally.
+type Error struct {
+	// Type is the Python exception class name (ZeroDivisionError, SyntaxError...) or one of the Err*
+	// constants.
+	Type      string `json:"type"`
+	Message   string `json:"message"`
+	Traceback string `json:"traceback,omitempty"`
+}
+
+// Result is the SandboxResult: what happened when a program ran.
+type Result struct {
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
+	ExitCode int    `json:"exit_code"`
+	// Error is nil when the program ended without an uncaught exception or limit.
+	Error          *Error  `json:"error"`
+	DurationMS     float64 `json:"duration_ms"`
+	Tier           Tier    `json:"tier"`
+	TimedOut       bool    `json:"timed_out"`
+	MemoryExceeded bool    `json:"memory_exceeded"`
+	// OutputTruncated is set when stdout or stderr went past its cap; the kept text ends with a marker.
+	OutputTruncated bool `json:"output_truncated"`
+}

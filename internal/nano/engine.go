@@ -1,0 +1,576 @@
+// Package nano is agentbox's fast tier: CPython compiled to wasm32-wasi, run by wazero, with no network,
+// a private in-memory filesystem and hard limits on memory, time and output.
+//
+// Every sandbox is a new module instance whose linear memory is a copy-on-write mapping of a snapshot
+// taken after the interpreter was initialised and common modules imported, so a run starts in well under
+// a millisecond instead of the tens of milliseconds a plain start costs. See docs/nano-snapshot.md.
+package nano
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	wapi "github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/pywasm"
+	"github.com/entersandbox/agentbox/internal/vfs"
+)
+
+//go:embed runner.py
+var runnerSource []byte
+
+// Built-in defaults and ceilings for Config fields left zero.
+const (
+	defaultTimeout   = 30 * time.Second
+	defaultMemoryMB  = 256
+	defaultOutput    = 1 << 20
+	maxTimeout       = 10 * time.Minute
+	maxMemoryMB      = 2048
+	maxOutput        = 64 << 20
+	defaultPoolSize  = 4
+	defaultRotate    = time.Minute
+	defaultRotateN   = 10_000
+	defaultTTL       = 10 * time.Minute
+	defaultSessions  = 64
+	minMemoryMB      = 32
+	defaultQueuePerW = 32
+)
+
+// Directories every sandbox has. Work is the working directory and is on sys.path.
+const (
+	DirData   = "/data"
+	DirOutput = "/output"
+	DirTmp    = "/tmp"
+	DirWork   = "/home/user"
+)
+
+// Config configures an Engine. The zero value is ready to use.
+type Config struct {
+	// Defaults apply to a request's zero limit fields. Zero fields here mean 30 s, 256 MiB and 1 MiB of
+	// output per stream.
+	Defaults api.Limits
+	// Max are the largest limits a request may ask for; asking for more is an invalid-argument error.
+	// Zero fields mean 10 min, 2048 MiB and 64 MiB.
+	Max api.Limits
+	// FS are the quotas of each sandbox's filesystem; zero fields mean vfs's defaults.
+	FS vfs.Limits
+	// MaxConcurrent is how many runs execute at once; zero means GOMAXPROCS.
+	MaxConcurrent int
+	// MaxQueue is how many runs may wait for a slot before new ones are refused as overloaded; zero
+	// means 32 per concurrent slot, negative means none wait.
+	MaxQueue int
+	// PoolSize is how many restored, unused sandboxes are kept ready; zero means 4, negative disables
+	// the pool.
+	PoolSize int
+	// RotateAfter and RotateRuns bound how long and for how many sandboxes one snapshot is used before a
+	// new one is made in the background. A snapshot fixes the interpreter's str-hash secret, so this is
+	// how often that secret changes. Zero means one minute and 10,000 runs; negative disables rotation.
+	RotateAfter time.Duration
+	RotateRuns  int
+	// SessionTTL is how long an idle session lives; zero means 10 minutes.
+	SessionTTL time.Duration
+	// MaxSessions caps open sessions; zero means 64.
+	MaxSessions int
+	// CacheDir holds wazero's compilation cache; empty means the user cache directory's
+	// agentbox/wazero, and "off" disables the cache.
+	CacheDir string
+	// Logger receives the engine's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Engine runs Python programs in nano sandboxes. It is safe for concurrent use.
+type Engine struct {
+	cfg      Config
+	log      *slog.Logger
+	rt       wazero.Runtime
+	compiled wazero.CompiledModule
+	segments []dataSegment
+	stdlib   *vfs.Layer
+	baseCfg  wazero.ModuleConfig
+	reserve  uint64 // bytes of address space per sandbox
+	regions  *regionPool
+
+	snapMu   sync.Mutex // serialises snapshot creation
+	snap     atomic.Pointer[snapshot]
+	rotating atomic.Bool
+
+	slots   chan struct{}
+	waiting atomic.Int64
+
+	pool     chan *instance
+	poolStop chan struct{}
+	poolDone sync.WaitGroup
+
+	sessMu   sync.Mutex
+	sessions map[string]*Session
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	stats     Stats
+}
+
+// Stats are counters for metrics and benchmarks.
+type Stats struct {
+	Runs       atomic.Int64
+	PoolHits   atomic.Int64
+	PoolMisses atomic.Int64
+	Snapshots  atomic.Int64
+	Refused    atomic.Int64
+}
+
+// snapshot is an initialised interpreter's linear memory and stack pointer.
+type snapshot struct {
+	mem     *image
+	sp      uint32
+	created time.Time
+	uses    atomic.Int64
+}
+
+// New compiles the interpreter, takes the first snapshot and starts the pool.
+func New(ctx context.Context, cfg Config) (*Engine, error) {
+	cfg = withDefaults(cfg)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{cfg: cfg, log: log, sessions: map[string]*Session{}}
+	e.reserve = uint64(cfg.Max.MemoryLimitMB) << 20
+	e.regions = newRegionPool(e.reserve, cfg.MaxConcurrent+max(cfg.PoolSize, 0)+2)
+
+	stripped, segs, err := stripDataSegments(pywasm.Wasm())
+	if err != nil {
+		return nil, fmt.Errorf("preparing python.wasm: %w", err)
+	}
+	e.segments = segs
+
+	rcfg := wazero.NewRuntimeConfigCompiler().
+		WithCloseOnContextDone(true).
+		WithMemoryLimitPages(uint32(e.reserve / wasmPage))
+	if cfg.CacheDir != "off" {
+		dir := cfg.CacheDir
+		if dir == "" {
+			if base, err := os.UserCacheDir(); err == nil {
+				dir = filepath.Join(base, "agentbox", "wazero")
+			}
+		}
+		if dir != "" {
+			cache, err := wazero.NewCompilationCacheWithDir(dir)
+			if err != nil {
+				log.Warn("compilation cache unavailable", "dir", dir, "err", err)
+			} else {
+				rcfg = rcfg.WithCompilationCache(cache)
+			}
+		}
+	}
+	e.rt = wazero.NewRuntimeWithConfig(ctx, rcfg)
+	fail := func(err error) (*Engine, error) {
+		e.rt.Close(ctx)
+		return nil, err
+	}
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, e.rt); err != nil {
+		return fail(fmt.Errorf("instantiating WASI: %w", err))
+	}
+	if _, err := e.rt.NewHostModuleBuilder("agentbox").
+		NewFunctionBuilder().
+		WithGoFunction(wapi.GoFunc(hostFSErrno), nil, []wapi.ValueType{wapi.ValueTypeI32}).
+		Export("fs_errno").
+		Instantiate(ctx); err != nil {
+		return fail(fmt.Errorf("instantiating host functions: %w", err))
+	}
+	start := time.Now()
+	e.compiled, err = e.rt.CompileModule(ctx, stripped)
+	if err != nil {
+		return fail(fmt.Errorf("compiling python.wasm: %w", err))
+	}
+	log.Debug("compiled python.wasm", "ms", time.Since(start).Milliseconds())
+
+	zr, err := pywasm.Stdlib()
+	if err != nil {
+		return fail(err)
+	}
+	if e.stdlib, err = vfs.NewLayerFromZip(zr, "lib/python3.11"); err != nil {
+		return fail(fmt.Errorf("loading the standard library: %w", err))
+	}
+	e.baseCfg = wazero.NewModuleConfig().
+		WithName("").
+		WithStartFunctions().
+		WithArgs("python3").
+		WithSysWalltime().
+		WithSysNanotime().
+		WithSysNanosleep().
+		WithRandSource(rand.Reader)
+
+	snap, err := e.makeSnapshot(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	e.snap.Store(snap)
+
+	e.slots = make(chan struct{}, cfg.MaxConcurrent)
+	e.poolStop = make(chan struct{})
+	if cfg.PoolSize > 0 {
+		e.pool = make(chan *instance, cfg.PoolSize)
+		e.poolDone.Add(1)
+		go e.fillPool()
+	}
+	go e.reapSessions()
+	return e, nil
+}
+
+func withDefaults(cfg Config) Config {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&cfg.Max.TimeoutMS, int(maxTimeout/time.Millisecond))
+	def(&cfg.Max.MemoryLimitMB, maxMemoryMB)
+	def(&cfg.Max.MaxOutputBytes, maxOutput)
+	def(&cfg.Defaults.TimeoutMS, min(int(defaultTimeout/time.Millisecond), cfg.Max.TimeoutMS))
+	def(&cfg.Defaults.MemoryLimitMB, min(defaultMemoryMB, cfg.Max.MemoryLimitMB))
+	def(&cfg.Defaults.MaxOutputBytes, min(defaultOutput, cfg.Max.MaxOutputBytes))
+	def(&cfg.MaxConcurrent, runtime.GOMAXPROCS(0))
+	def(&cfg.MaxQueue, defaultQueuePerW*cfg.MaxConcurrent)
+	if cfg.MaxQueue < 0 {
+		cfg.MaxQueue = 0
+	}
+	def(&cfg.PoolSize, defaultPoolSize)
+	if cfg.RotateAfter == 0 {
+		cfg.RotateAfter = defaultRotate
+	}
+	def(&cfg.RotateRuns, defaultRotateN)
+	if cfg.SessionTTL == 0 {
+		cfg.SessionTTL = defaultTTL
+	}
+	def(&cfg.MaxSessions, defaultSessions)
+	return cfg
+}
+
+// Limits resolves a request's limits against the engine's defaults and maxima.
+func (e *Engine) Limits(req api.Limits) (api.Limits, error) {
+	out := req
+	d, m := e.cfg.Defaults, e.cfg.Max
+	type field struct {
+		name      string
+		v         *int
+		def, max  int
+		unit      string
+		minimum   int
+	}
+	for _, f := range []field{
+		{"timeout_ms", &out.TimeoutMS, d.TimeoutMS, m.TimeoutMS, "ms", 1},
+		{"memory_limit_mb", &out.MemoryLimitMB, d.MemoryLimitMB, m.MemoryLimitMB, "MiB", minMemoryMB},
+		{"max_output_bytes", &out.MaxOutputBytes, d.MaxOutputBytes, m.MaxOutputBytes, "bytes", 1},
+	} {
+		switch {
+		case *f.v < 0:
+			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s is negative (%d)", f.name, *f.v))
+		case *f.v == 0:
+			*f.v = f.def
+		case *f.v > f.max:
+			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s %d %s is above this server's maximum of %d %s", f.name, *f.v, f.unit, f.max, f.unit))
+		case *f.v < f.minimum:
+			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s %d %s is below the minimum of %d %s", f.name, *f.v, f.unit, f.minimum, f.unit))
+		}
+	}
+	for _, name := range out.AllowedModules {
+		if !validModuleName(name) {
+			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("allowed_modules: %q is not a module name", name))
+		}
+	}
+	return out, nil
+}
+
+func validModuleName(s string) bool {
+	if s == "" || len(s) > 200 {
+		return false
+	}
+	for i, c := range s {
+		switch {
+		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+		case i > 0 && (c >= '0' && c <= '9' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ErrClosed is returned by an engine that has been closed.
+var ErrClosed = errors.New("nano engine is closed")
+
+// admit waits for a run slot. It refuses at once when MaxQueue runs are already waiting.
+func (e *Engine) admit(ctx context.Context) (release func(), err error) {
+	if e.closed.Load() {
+		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
+	}
+	select {
+	case e.slots <- struct{}{}:
+		return func() { <-e.slots }, nil
+	default:
+	}
+	if e.waiting.Add(1) > int64(e.cfg.MaxQueue) {
+		e.waiting.Add(-1)
+		e.stats.Refused.Add(1)
+		return nil, errdefs.With(errdefs.Overloaded, fmt.Errorf("nano tier is at capacity: %d runs executing and %d waiting", e.cfg.MaxConcurrent, e.cfg.MaxQueue))
+	}
+	defer e.waiting.Add(-1)
+	select {
+	case e.slots <- struct{}{}:
+		return func() { <-e.slots }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for a run slot: %w", context.Cause(ctx))
+	}
+}
+
+// QueueDepth reports runs waiting for a slot.
+func (e *Engine) QueueDepth() int { return int(e.waiting.Load()) }
+
+// PoolReady reports restored sandboxes waiting in the pool.
+func (e *Engine) PoolReady() int { return len(e.pool) }
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() *Stats { return &e.stats }
+
+// Run executes one program in a fresh sandbox and returns its result. Problems of the program (an
+// exception, a limit) are in the Result; the error reports requests that were invalid or could not be
+// served (errdefs classes).
+func (e *Engine) Run(ctx context.Context, req api.RunRequest, opts ...ExecOption) (*api.Result, error) {
+	var out *api.Result
+	err := e.RunInstance(ctx, req, func(res *api.Result, _ *vfs.FS) error {
+		out = res
+		return nil
+	}, opts...)
+	return out, err
+}
+
+// RunInstance is Run for callers that need the sandbox's filesystem afterwards (files written under
+// /output): fn is called with the result and the finished sandbox's filesystem before it is discarded.
+func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, fn func(res *api.Result, fs *vfs.FS) error, opts ...ExecOption) error {
+	if req.Tier != "" && req.Tier != api.TierNano && req.Tier != api.TierAuto {
+		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("tier %q is not served by the nano engine", req.Tier))
+	}
+	limits, err := e.Limits(req.Limits)
+	if err != nil {
+		return err
+	}
+	if err := validateFiles(req.Files); err != nil {
+		return err
+	}
+	release, err := e.admit(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	inst, err := e.take(ctx)
+	if err != nil {
+		return err
+	}
+	defer inst.close(ctx)
+	for _, f := range req.Files {
+		if err := inst.fs.WriteFile(f.Path, f.Data, 0o644); err != nil {
+			return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("placing file %q: %w", f.Path, err))
+		}
+	}
+	e.stats.Runs.Add(1)
+	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: limits}, opts...)
+	if err != nil {
+		return err
+	}
+	return fn(res, inst.fs)
+}
+
+func validateFiles(files []api.File) error {
+	for _, f := range files {
+		if err := ValidatePath(f.Path); err != nil {
+			return errdefs.With(errdefs.InvalidArgument, err)
+		}
+	}
+	return nil
+}
+
+// ValidatePath checks a host-supplied sandbox path: absolute, no NUL, no "..", not too long.
+func ValidatePath(p string) error {
+	switch {
+	case p == "" || p[0] != '/':
+		return fmt.Errorf("path %q: must be absolute", p)
+	case len(p) > 4096:
+		return fmt.Errorf("path of %d bytes: too long", len(p))
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] == 0 {
+			return fmt.Errorf("path %q: contains a NUL byte", p)
+		}
+	}
+	for _, c := range splitSlash(p) {
+		if c == ".." {
+			return fmt.Errorf("path %q: must not contain \"..\"", p)
+		}
+	}
+	return nil
+}
+
+func splitSlash(p string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(p); i++ {
+		if i == len(p) || p[i] == '/' {
+			if i > start {
+				out = append(out, p[start:i])
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+// take returns a restored sandbox: from the pool when one is ready, otherwise a new one.
+func (e *Engine) take(ctx context.Context) (*instance, error) {
+	for {
+		select {
+		case inst := <-e.pool:
+			if inst.snap != e.snap.Load() {
+				inst.close(ctx) // made from a snapshot that has since been rotated out
+				continue
+			}
+			e.stats.PoolHits.Add(1)
+			e.noteUse(inst.snap)
+			return inst, nil
+		default:
+		}
+		break
+	}
+	if e.pool != nil {
+		e.stats.PoolMisses.Add(1)
+	}
+	inst, err := e.restoreCurrent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.noteUse(inst.snap)
+	return inst, nil
+}
+
+// restoreCurrent restores a sandbox from the current snapshot.
+func (e *Engine) restoreCurrent(ctx context.Context) (*instance, error) {
+	s := e.snap.Load()
+	if s == nil {
+		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
+	}
+	return e.restore(ctx, s)
+}
+
+// fillPool keeps the pool full until the engine closes.
+func (e *Engine) fillPool() {
+	defer e.poolDone.Done()
+	ctx := context.Background()
+	for {
+		select {
+		case <-e.poolStop:
+			return
+		default:
+		}
+		inst, err := e.restoreCurrent(ctx)
+		if err != nil {
+			if errors.Is(err, ErrClosed) {
+				return
+			}
+			e.log.Error("refilling the sandbox pool", "err", err)
+			select {
+			case <-e.poolStop:
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		select {
+		case e.pool <- inst:
+		case <-e.poolStop:
+			inst.close(ctx)
+			return
+		}
+	}
+}
+
+// noteUse counts a use of the snapshot and starts a rotation when it is due.
+func (e *Engine) noteUse(s *snapshot) {
+	n := s.uses.Add(1)
+	if e.cfg.RotateAfter < 0 && e.cfg.RotateRuns < 0 {
+		return
+	}
+	due := (e.cfg.RotateRuns > 0 && n >= int64(e.cfg.RotateRuns)) ||
+		(e.cfg.RotateAfter > 0 && time.Since(s.created) >= e.cfg.RotateAfter)
+	if due && e.rotating.CompareAndSwap(false, true) {
+		go func() {
+			defer e.rotating.Store(false)
+			if e.snap.Load() != s || e.closed.Load() {
+				return
+			}
+			next, err := e.makeSnapshot(context.Background())
+			if err != nil {
+				e.log.Error("rotating the nano snapshot", "err", err)
+				return
+			}
+			e.snap.Store(next)
+		}()
+	}
+}
+
+// Close stops the pool, closes all sessions and releases the runtime. Runs in progress are cancelled
+// when ctx is done.
+func (e *Engine) Close(ctx context.Context) error {
+	var err error
+	e.closeOnce.Do(func() {
+		e.closed.Store(true)
+		close(e.poolStop)
+		e.poolDone.Wait()
+		if e.pool != nil {
+		drain:
+			for {
+				select {
+				case inst := <-e.pool:
+					inst.close(ctx)
+				default:
+					break drain
+				}
+			}
+		}
+		e.sessMu.Lock()
+		sessions := make([]*Session, 0, len(e.sessions))
+		for _, s := range e.sessions {
+			sessions = append(sessions, s)
+		}
+		e.sessMu.Unlock()
+		for _, s := range sessions {
+			s.Close(ctx)
+		}
+		// Wait for runs in progress, as long as ctx allows.
+		for i := 0; i < cap(e.slots); i++ {
+			select {
+			case e.slots <- struct{}{}:
+			case <-ctx.Done():
+				err = fmt.Errorf("closing nano engine: %w", ctx.Err())
+			}
+		}
+		e.snap.Store(nil)
+		if cerr := e.rt.Close(ctx); cerr != nil && err == nil {
+			err = fmt.Errorf("closing wazero runtime: %w", cerr)
+		}
+		e.regions.close()
+	})
+	return err
+}

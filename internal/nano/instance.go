@@ -1,0 +1,453 @@
+package nano
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	wapi "github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
+	"github.com/tetratelabs/wazero/experimental/sysfs"
+	"github.com/tetratelabs/wazero/sys"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/pywasm"
+	"github.com/entersandbox/agentbox/internal/vfs"
+)
+
+// instance is one sandbox: a module instance, its memory and its filesystem.
+type instance struct {
+	eng    *Engine
+	snap   *snapshot
+	mod    wapi.Module
+	mem    *guestMemory
+	fs     *vfs.FS
+	stdout *capWriter
+	stderr *capWriter
+	stdin  *stdinReader
+	execFn wapi.Function
+	malloc wapi.Function
+	free   wapi.Function
+	runs   int  // exec calls made; the first one reseeds the guest's random state
+	dead   bool // the module has exited or trapped
+}
+
+type fsKey struct{}
+
+// hostFSErrno is agentbox.fs_errno: the errno the filesystem meant by its last EIO (see vfs.TakeErrno).
+func hostFSErrno(ctx context.Context, stack []uint64) {
+	var errno int32
+	if fs, ok := ctx.Value(fsKey{}).(*vfs.FS); ok {
+		errno = fs.TakeErrno()
+	}
+	stack[0] = wapi.EncodeI32(errno)
+}
+
+// newFS makes a sandbox filesystem: the shared standard library and the usual empty directories.
+func (e *Engine) newFS() (*vfs.FS, error) {
+	fs := vfs.New(e.cfg.FS)
+	if err := fs.Mount(pywasm.StdlibDir, e.stdlib); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{DirData, DirOutput, DirTmp, DirWork} {
+		if err := fs.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	return fs, nil
+}
+
+// instantiate makes a module instance over mem.
+func (e *Engine) instantiate(ctx context.Context, mem *guestMemory, snap *snapshot) (*instance, error) {
+	fs, err := e.newFS()
+	if err != nil {
+		return nil, fmt.Errorf("making sandbox filesystem: %w", err)
+	}
+	inst := &instance{eng: e, snap: snap, mem: mem, fs: fs,
+		stdout: &capWriter{}, stderr: &capWriter{}, stdin: &stdinReader{}}
+	cfg := e.baseCfg.
+		WithFSConfig(wazero.NewFSConfig().(sysfs.FSConfig).WithSysFSMount(fs, "/")).
+		WithStdout(inst.stdout).
+		WithStderr(inst.stderr).
+		WithStdin(inst.stdin)
+	ctx = experimental.WithMemoryAllocator(context.WithValue(ctx, fsKey{}, fs), mem)
+	mod, err := e.rt.InstantiateModule(ctx, e.compiled, cfg)
+	if err != nil {
+		mem.Free()
+		return nil, fmt.Errorf("instantiating python.wasm: %w", err)
+	}
+	inst.mod = mod
+	inst.execFn = mod.ExportedFunction("agentbox_exec")
+	inst.malloc = mod.ExportedFunction("malloc")
+	inst.free = mod.ExportedFunction("free")
+	if inst.execFn == nil || inst.malloc == nil || inst.free == nil {
+		inst.close(ctx)
+		return nil, errors.New("python.wasm lacks agentbox_exec, malloc or free: rebuild it with build/pywasm/build.sh")
+	}
+	return inst, nil
+}
+
+// restore makes a sandbox from a snapshot.
+func (e *Engine) restore(ctx context.Context, snap *snapshot) (*instance, error) {
+	mem, err := newGuestMemory(e.regions, snap.mem)
+	if err != nil {
+		return nil, err
+	}
+	inst, err := e.instantiate(ctx, mem, snap)
+	if err != nil {
+		return nil, err
+	}
+	sp, ok := inst.mod.ExportedGlobal("__stack_pointer").(wapi.MutableGlobal)
+	if !ok {
+		inst.close(ctx)
+		return nil, errors.New("python.wasm does not export a mutable __stack_pointer")
+	}
+	sp.Set(uint64(snap.sp))
+	return inst, nil
+}
+
+// fresh makes an instance as the module itself would start: data segments copied in, constructors run.
+func (e *Engine) fresh(ctx context.Context) (*instance, error) {
+	mem, err := newGuestMemory(e.regions, nil)
+	if err != nil {
+		return nil, err
+	}
+	inst, err := e.instantiate(ctx, mem, nil)
+	if err != nil {
+		return nil, err
+	}
+	buf := inst.mod.Memory()
+	for _, seg := range e.segments {
+		if !buf.Write(seg.Offset, seg.Data) {
+			inst.close(ctx)
+			return nil, fmt.Errorf("data segment at %#x does not fit the initial memory", seg.Offset)
+		}
+	}
+	if _, err := inst.mod.ExportedFunction("_initialize").Call(inst.ctx(ctx)); err != nil {
+		inst.close(ctx)
+		return nil, fmt.Errorf("running python.wasm's constructors: %w", err)
+	}
+	return inst, nil
+}
+
+// makeSnapshot initialises an interpreter with the runner loaded and captures its memory.
+func (e *Engine) makeSnapshot(ctx context.Context) (*snapshot, error) {
+	e.snapMu.Lock()
+	defer e.snapMu.Unlock()
+	start := time.Now()
+	inst, err := e.fresh(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("making snapshot: %w", err)
+	}
+	defer inst.close(ctx)
+	ptr, err := inst.put(ctx, runnerSource)
+	if err != nil {
+		return nil, fmt.Errorf("making snapshot: %w", err)
+	}
+	rc, err := inst.mod.ExportedFunction("agentbox_init").Call(inst.ctx(ctx), uint64(ptr), uint64(len(runnerSource)))
+	if err != nil || rc[0] != 0 {
+		return nil, fmt.Errorf("initialising the interpreter (rc %v, err %v): %s", rc, err, inst.stderr.String())
+	}
+	if _, err := inst.free.Call(inst.ctx(ctx), uint64(ptr)); err != nil {
+		return nil, fmt.Errorf("making snapshot: %w", err)
+	}
+	sp := uint32(inst.mod.ExportedGlobal("__stack_pointer").Get())
+	size := inst.mod.Memory().Size()
+	s := &snapshot{mem: newImage(bytes.Clone(inst.mem.bytes(int(size)))), sp: sp, created: time.Now()}
+	e.stats.Snapshots.Add(1)
+	e.log.Debug("nano snapshot made", "ms", time.Since(start).Milliseconds(), "bytes", size)
+	return s, nil
+}
+
+func (inst *instance) ctx(ctx context.Context) context.Context {
+	return context.WithValue(ctx, fsKey{}, inst.fs)
+}
+
+// put copies b into newly allocated guest memory.
+func (inst *instance) put(ctx context.Context, b []byte) (uint32, error) {
+	res, err := inst.malloc.Call(inst.ctx(ctx), uint64(len(b)+1))
+	if err != nil {
+		return 0, fmt.Errorf("allocating %d bytes in the guest: %w", len(b), err)
+	}
+	ptr := uint32(res[0])
+	if ptr == 0 {
+		return 0, errGuestOOM
+	}
+	if !inst.mod.Memory().Write(ptr, b) {
+		return 0, fmt.Errorf("writing %d bytes at %#x: out of range", len(b), ptr)
+	}
+	return ptr, nil
+}
+
+var errGuestOOM = errors.New("guest out of memory")
+
+func (inst *instance) close(ctx context.Context) {
+	if inst.mod != nil {
+		inst.mod.Close(ctx)
+	} else if inst.mem != nil {
+		inst.mem.Free()
+	}
+	inst.dead = true
+}
+
+// ExecOption adjusts one execution.
+type ExecOption func(*execOptions)
+
+type execOptions struct {
+	onStdout, onStderr func([]byte)
+}
+
+// WithStream calls fn with output as the guest writes it (stdout and stderr separately), in addition
+// to collecting it in the result. fn must not retain the slice.
+func WithStream(stdout, stderr func([]byte)) ExecOption {
+	return func(o *execOptions) { o.onStdout, o.onStderr = stdout, stderr }
+}
+
+type execRequest struct {
+	code     string
+	filename string
+	stdin    []byte
+	limits   api.Limits
+}
+
+type runnerRequest struct {
+	Code     string   `json:"code"`
+	Filename string   `json:"filename"`
+	Fresh    bool     `json:"fresh"`
+	Allowed  []string `json:"allowed"`
+}
+
+type runnerReply struct {
+	ExitCode int        `json:"exit_code"`
+	Error    *api.Error `json:"error"`
+}
+
+// Why a run was stopped from outside.
+var (
+	errTimeout     = errors.New("timeout")
+	errOutputLimit = errors.New("output limit")
+)
+
+// exec runs code in the instance. The instance is left dead when the guest exited, trapped or was
+// stopped.
+func (inst *instance) exec(ctx context.Context, req execRequest, opts ...ExecOption) (*api.Result, error) {
+	var o execOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if inst.dead {
+		return nil, errors.New("sandbox is no longer running")
+	}
+	if req.filename == "" {
+		req.filename = "main.py"
+	}
+	start := time.Now()
+	lim := req.limits
+	inst.mem.limit.Store(uint64(lim.MemoryLimitMB) << 20)
+	inst.mem.exceeded.Store(false)
+	runCtx, cancel := context.WithCancelCause(inst.ctx(ctx))
+	defer cancel(nil)
+	timer := time.AfterFunc(time.Duration(lim.TimeoutMS)*time.Millisecond, func() { cancel(errTimeout) })
+	defer timer.Stop()
+	onFull := func() { cancel(errOutputLimit) }
+	inst.stdout.reset(lim.MaxOutputBytes, o.onStdout, onFull)
+	inst.stderr.reset(lim.MaxOutputBytes, o.onStderr, onFull)
+	inst.stdin.reset(req.stdin)
+
+	payload, err := json.Marshal(runnerRequest{Code: req.code, Filename: req.filename, Fresh: inst.runs == 0, Allowed: lim.AllowedModules})
+	if err != nil {
+		return nil, err
+	}
+	inst.runs++
+	res := &api.Result{Tier: api.TierNano}
+	reply, callErr := inst.call(runCtx, payload)
+	res.DurationMS = float64(time.Since(start).Microseconds()) / 1000
+	res.MemoryExceeded = inst.mem.exceeded.Load()
+
+	switch cause := context.Cause(runCtx); {
+	case callErr == nil:
+		var rr runnerReply
+		if err := json.Unmarshal(reply, &rr); err != nil {
+			res.ExitCode = 1
+			res.Error = &api.Error{Type: api.ErrSandbox, Message: fmt.Sprintf("unreadable runner reply: %v", err)}
+			break
+		}
+		res.ExitCode, res.Error = rr.ExitCode, rr.Error
+		if res.MemoryExceeded && res.ExitCode != 0 {
+			res.ExitCode = api.ExitMemory
+			res.Error = memoryError(lim, res.Error)
+		}
+	case errors.Is(cause, errTimeout):
+		inst.dead = true
+		res.TimedOut = true
+		res.ExitCode = api.ExitTimeout
+		res.Error = &api.Error{Type: api.ErrTimeout, Message: fmt.Sprintf("execution exceeded the %d ms time limit", lim.TimeoutMS)}
+	case errors.Is(cause, errOutputLimit):
+		inst.dead = true
+		res.ExitCode = 1
+		res.Error = &api.Error{Type: api.ErrOutputLimitExceeded, Message: fmt.Sprintf("output exceeded the %d byte limit; the program was stopped", lim.MaxOutputBytes)}
+	case ctx.Err() != nil:
+		inst.dead = true
+		return nil, fmt.Errorf("run cancelled: %w", context.Cause(ctx))
+	default:
+		inst.dead = true
+		var exit *sys.ExitError
+		switch {
+		case errors.As(callErr, &exit):
+			// The program called os._exit (WASI proc_exit).
+			res.ExitCode = int(exit.ExitCode())
+		case res.MemoryExceeded:
+			res.ExitCode = api.ExitMemory
+			res.Error = memoryError(lim, nil)
+		case errors.Is(callErr, errGuestOOM):
+			res.ExitCode = api.ExitMemory
+			res.MemoryExceeded = true
+			res.Error = memoryError(lim, nil)
+		default:
+			res.ExitCode = api.ExitCrash
+			res.Error = &api.Error{Type: api.ErrGuestCrash, Message: crashMessage(callErr)}
+		}
+	}
+	res.Stdout, res.Stderr = inst.stdout.String(), inst.stderr.String()
+	if inst.stdout.truncated || inst.stderr.truncated {
+		res.OutputTruncated = true
+	}
+	return res, nil
+}
+
+func memoryError(lim api.Limits, pyErr *api.Error) *api.Error {
+	e := &api.Error{Type: api.ErrMemoryLimitExceeded, Message: fmt.Sprintf("the program needed more than its %d MiB memory limit", lim.MemoryLimitMB)}
+	if pyErr != nil {
+		e.Traceback = pyErr.Traceback
+	}
+	return e
+}
+
+// crashMessage turns a wazero trap into a sentence.
+func crashMessage(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "stack overflow"), strings.Contains(msg, "out of bounds memory access"):
+		return "the program crashed below Python (WebAssembly trap: " + firstLine(msg) + "); deep recursion in C code such as repr or json of nested data overflows the C stack"
+	default:
+		return "the program crashed below Python (WebAssembly trap: " + firstLine(msg) + ")"
+	}
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// call hands a request to the runner and returns its reply.
+func (inst *instance) call(ctx context.Context, payload []byte) ([]byte, error) {
+	ptr, err := inst.put(ctx, payload)
+	if err != nil {
+		return nil, err
+	}
+	out, err := inst.execFn.Call(ctx, uint64(ptr), uint64(len(payload)))
+	if err != nil {
+		return nil, err
+	}
+	mem := inst.mod.Memory()
+	hdr, ok := mem.Read(uint32(out[0]), 8)
+	if !ok {
+		return nil, errors.New("runner reply header out of range")
+	}
+	rp, rl := binary.LittleEndian.Uint32(hdr), binary.LittleEndian.Uint32(hdr[4:])
+	if rp == 0 {
+		return nil, fmt.Errorf("runner failed: %s", inst.stderr.String())
+	}
+	body, ok := mem.Read(rp, rl)
+	if !ok {
+		return nil, errors.New("runner reply out of range")
+	}
+	reply := bytes.Clone(body)
+	if _, err := inst.free.Call(ctx, uint64(ptr)); err != nil {
+		return nil, err
+	}
+	return reply, nil
+}
+
+// capWriter collects one output stream up to a cap. Passing the cap keeps what fits, marks the stream
+// truncated and calls onFull, which stops the guest.
+type capWriter struct {
+	mu        sync.Mutex
+	buf       bytes.Buffer
+	max       int
+	truncated bool
+	onWrite   func([]byte)
+	onFull    func()
+}
+
+func (w *capWriter) reset(max int, onWrite func([]byte), onFull func()) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Reset()
+	w.max, w.truncated, w.onWrite, w.onFull = max, false, onWrite, onFull
+}
+
+func (w *capWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.truncated {
+		return len(p), nil
+	}
+	keep := p
+	if room := w.max - w.buf.Len(); w.max > 0 && len(p) > room {
+		keep = p[:room]
+		w.truncated = true
+	}
+	w.buf.Write(keep)
+	if w.onWrite != nil && len(keep) > 0 {
+		w.onWrite(keep)
+	}
+	if w.truncated && w.onFull != nil {
+		w.onFull()
+	}
+	return len(p), nil
+}
+
+// truncationMarker ends a stream that went past its cap.
+const truncationMarker = "\n[output truncated: limit reached]\n"
+
+func (w *capWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.truncated {
+		return w.buf.String() + truncationMarker
+	}
+	return w.buf.String()
+}
+
+// stdinReader is a sandbox's standard input, replaced before each run.
+type stdinReader struct {
+	mu sync.Mutex
+	r  bytes.Reader
+}
+
+func (s *stdinReader) reset(b []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.r.Reset(b)
+}
+
+func (s *stdinReader) Read(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.r.Read(p)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}

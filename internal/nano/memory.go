@@ -1,0 +1,206 @@
+package nano
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tetratelabs/wazero/experimental"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	wasmPage = 64 << 10
+	osPage   = 4 << 10
+)
+
+// region is a reservation of address space for one guest memory. Regions are recycled: a page the
+// kernel has already mapped for us costs nothing to write again, while first touches of fresh pages
+// cost a fault each (about 12 µs on the nested-virtualisation machines we measured; see
+// docs/nano-snapshot.md). So a sandbox is restored by copying the snapshot into a recycled region.
+type region struct {
+	buf   []byte // the whole reservation
+	dirty int    // bytes from the start that may differ from zero
+}
+
+// regionPool recycles regions. Its methods are safe for concurrent use.
+type regionPool struct {
+	mu      sync.Mutex
+	free    []*region
+	max     int
+	reserve uint64
+	mapped  atomic.Int64 // regions in existence
+}
+
+func newRegionPool(reserve uint64, max int) *regionPool {
+	return &regionPool{reserve: reserve, max: max}
+}
+
+// image is a memory snapshot with its zero and non-zero stretches marked, so that resetting a region
+// clears the zero ones (half the work of copying) instead of copying them.
+type image struct {
+	data []byte
+	runs []span
+}
+
+type span struct {
+	off, end int
+	zero     bool
+}
+
+func newImage(data []byte) *image {
+	img := &image{data: data}
+	for off := 0; off < len(data); off += osPage {
+		end := min(off+osPage, len(data))
+		zero := isZero(data[off:end])
+		if n := len(img.runs); n > 0 && img.runs[n-1].zero == zero {
+			img.runs[n-1].end = end
+			continue
+		}
+		img.runs = append(img.runs, span{off: off, end: end, zero: zero})
+	}
+	return img
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (img *image) size() int {
+	if img == nil {
+		return 0
+	}
+	return len(img.data)
+}
+
+// get returns a region whose first bytes equal img (nil: none) and whose remainder reads as zero.
+func (p *regionPool) get(img *image) (*region, error) {
+	p.mu.Lock()
+	var r *region
+	if n := len(p.free); n > 0 {
+		r = p.free[n-1]
+		p.free = p.free[:n-1]
+	}
+	p.mu.Unlock()
+	if r == nil {
+		buf, err := unix.Mmap(-1, 0, int(p.reserve), unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		if err != nil {
+			return nil, fmt.Errorf("reserving %d bytes of guest memory: %w", p.reserve, err)
+		}
+		p.mapped.Add(1)
+		r = &region{buf: buf}
+	}
+	size := img.size()
+	if r.dirty > size {
+		// Memory the last guest grew into: give it back; it reads as zero again.
+		from := roundUp(size, osPage)
+		if to := roundUp(r.dirty, osPage); to > from {
+			if err := unix.Madvise(r.buf[from:to], unix.MADV_DONTNEED); err != nil {
+				p.unmap(r)
+				return nil, fmt.Errorf("resetting guest memory: %w", err)
+			}
+		}
+		clear(r.buf[size:from])
+	}
+	if img != nil {
+		for _, sp := range img.runs {
+			if sp.zero {
+				if sp.off < r.dirty { // pages past dirty are already zero
+					clear(r.buf[sp.off:min(sp.end, r.dirty)])
+				}
+			} else {
+				copy(r.buf[sp.off:sp.end], img.data[sp.off:sp.end])
+			}
+		}
+	}
+	r.dirty = size
+	return r, nil
+}
+
+// put recycles a region, or unmaps it when enough are kept already.
+func (p *regionPool) put(r *region) {
+	p.mu.Lock()
+	if len(p.free) < p.max {
+		p.free = append(p.free, r)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	p.unmap(r)
+}
+
+func (p *regionPool) unmap(r *region) {
+	unix.Munmap(r.buf)
+	r.buf = nil
+	p.mapped.Add(-1)
+}
+
+// close unmaps the free regions; regions in use are unmapped as they come back.
+func (p *regionPool) close() {
+	p.mu.Lock()
+	free := p.free
+	p.free, p.max = nil, 0
+	p.mu.Unlock()
+	for _, r := range free {
+		p.unmap(r)
+	}
+}
+
+func roundUp(n, to int) int { return (n + to - 1) / to * to }
+
+// guestMemory is a sandbox's linear memory in a region. Growing only reslices the reservation, so the
+// buffer never moves. The limit is checked at every growth: refusing one makes memory.grow fail in the
+// guest, which CPython turns into MemoryError.
+type guestMemory struct {
+	pool     *regionPool
+	r        *region
+	initial  int           // bytes present at instantiation (the snapshot's size)
+	limit    atomic.Uint64 // bytes the guest may grow to
+	exceeded atomic.Bool   // a growth was refused
+	freed    atomic.Bool
+}
+
+// newGuestMemory returns a memory whose content starts as img (nil: empty).
+func newGuestMemory(pool *regionPool, img *image) (*guestMemory, error) {
+	r, err := pool.get(img)
+	if err != nil {
+		return nil, err
+	}
+	m := &guestMemory{pool: pool, r: r, initial: img.size()}
+	m.limit.Store(pool.reserve)
+	return m, nil
+}
+
+// Allocate implements experimental.MemoryAllocator: the memory already exists.
+func (m *guestMemory) Allocate(_, _ uint64) experimental.LinearMemory { return m }
+
+// Reallocate implements experimental.LinearMemory. The first call, at instantiation, asks for the
+// module's minimum; a restored memory is as large as its snapshot, so it answers with that.
+func (m *guestMemory) Reallocate(size uint64) []byte {
+	size = max(size, uint64(m.initial))
+	if size > m.limit.Load() || size > uint64(len(m.r.buf)) {
+		m.exceeded.Store(true)
+		return nil
+	}
+	if int(size) > m.r.dirty {
+		m.r.dirty = int(size)
+	}
+	return m.r.buf[:size]
+}
+
+// Free implements experimental.LinearMemory: the region goes back to the pool.
+func (m *guestMemory) Free() {
+	if m.freed.Swap(true) {
+		return
+	}
+	m.pool.put(m.r)
+}
+
+// bytes is the memory's current content (valid until Free).
+func (m *guestMemory) bytes(size int) []byte { return m.r.buf[:size] }

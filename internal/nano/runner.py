@@ -1,0 +1,178 @@
+# The nano tier's in-guest runner. agentbox_init (build/pywasm/embed.c) executes this once, before the
+# memory snapshot is taken; every sandbox then calls run() through agentbox_exec.
+#
+# run(request: bytes) -> bytes takes and returns JSON:
+#   request: {"code": str, "filename": str, "fresh": bool, "allowed": [str] | null, "argv": [str]}
+#   reply:   {"exit_code": int, "error": null | {"type": str, "message": str, "traceback": str}}
+import builtins
+import gc
+import importlib
+import json
+import linecache
+import os
+import sys
+import traceback
+
+# Imported now so that they are in the snapshot and cost nothing at run time.
+import base64, bisect, calendar, collections, contextlib, copy, csv, dataclasses, datetime  # noqa: E401,F401
+import decimal, enum, fractions, functools, hashlib, heapq, io, itertools, math, operator  # noqa: E401,F401
+import pathlib, pprint, random, re, statistics, string, struct, textwrap, time, typing, uuid  # noqa: E401,F401
+import abc, array, codecs, difflib, glob, numbers, shutil, tempfile, types, weakref, zlib  # noqa: E401,F401
+import collections.abc, json.decoder, json.encoder, urllib.parse  # noqa: E401,F401
+
+_STDLIB = "/usr/local/lib/python3.11/"
+
+# Like `python3 -c`: the working directory is the first place imports look.
+os.chdir("/home/user")
+sys.path.insert(0, "")
+
+# Modules this tier cannot provide, and why; importing them says so instead of a bare "No module named".
+_UNAVAILABLE = {
+    "ssl": "TLS and sockets are not available in the nano tier",
+    "_ssl": "TLS and sockets are not available in the nano tier",
+    "ctypes": "native code (ctypes) is not available in the nano tier",
+    "_ctypes": "native code (ctypes) is not available in the nano tier",
+    "multiprocessing": "processes are not available in the nano tier",
+    "_multiprocessing": "processes are not available in the nano tier",
+    "_posixsubprocess": "subprocesses are not available in the nano tier",
+    "concurrent.futures.process": "processes are not available in the nano tier",
+}
+
+
+class _UnavailableFinder:
+    """A meta-path finder, first in line, that refuses the modules in _UNAVAILABLE with a clear message."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        why = _UNAVAILABLE.get(name)
+        if why is not None:
+            raise ModuleNotFoundError(
+                f"No module named {name!r}: {why} (WebAssembly sandbox); use tier 'heavy'", name=name
+            )
+        return None
+
+    @staticmethod
+    def invalidate_caches():
+        pass
+
+
+sys.meta_path.insert(0, _UnavailableFinder)
+
+_allowed = None  # frozenset of top-level names, or None for no restriction
+_real_import = builtins.__import__
+_real_import_module = importlib.import_module
+
+
+def _from_user_code(depth):
+    """True when the frame `depth` levels up is not standard-library code."""
+    try:
+        g = sys._getframe(depth + 1).f_globals
+    except ValueError:
+        return True
+    f = g.get("__file__") or ""
+    if f.startswith(_STDLIB):
+        return False
+    spec = g.get("__spec__")
+    return getattr(spec, "origin", None) not in ("frozen", "built-in")
+
+
+def _check_allowed(name):
+    top = name.partition(".")[0]
+    if top not in _allowed:
+        raise ImportError(
+            f"import of {top!r} is not allowed in this sandbox (allowed_modules: {', '.join(sorted(_allowed)) or 'none'})",
+            name=top,
+        )
+
+
+def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if _allowed is not None and level == 0 and _from_user_code(1):
+        _check_allowed(name)
+    return _real_import(name, globals, locals, fromlist, level)
+
+
+def _guarded_import_module(name, package=None):
+    if _allowed is not None and not name.startswith(".") and _from_user_code(1):
+        _check_allowed(name)
+    return _real_import_module(name, package)
+
+
+builtins.__import__ = _guarded_import
+importlib.import_module = _guarded_import_module
+
+
+def _exit_code(code):
+    if code is None:
+        return 0
+    if isinstance(code, bool):
+        return int(code)
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        print(code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def _user_tb(tb):
+    """Drops the runner's own frames from the front of a traceback."""
+    while tb is not None and tb.tb_frame.f_code.co_filename == "<agentbox-runner>":
+        tb = tb.tb_next
+    return tb
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def _execute(code, filename):
+    import __main__
+
+    g = __main__.__dict__
+    g["__file__"] = filename
+    g["__name__"] = "__main__"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    compiled = compile(code, filename, "exec", dont_inherit=True)
+    exec(compiled, g)
+
+
+def run(request):
+    global _allowed
+    req = json.loads(request)
+    if req.get("fresh"):
+        # The snapshot's random state is shared by every sandbox started from it.
+        random.seed()
+        tempfile._name_sequence = None
+    allowed = req.get("allowed")
+    _allowed = frozenset(allowed) if allowed else None
+    sys.argv = req.get("argv") or [req["filename"]]
+    exit_code, error = 0, None
+    try:
+        _execute(req["code"], req["filename"])
+    except SystemExit as e:
+        exit_code = _exit_code(e.code)
+    except BaseException as e:  # noqa: B036 - everything the program raises is reported
+        exit_code = 1
+        try:
+            tb = _user_tb(e.__traceback__)
+            text = "".join(traceback.format_exception(type(e), e, tb))
+            try:
+                sys.stderr.write(text)
+            except Exception:
+                pass
+            error = {"type": type(e).__name__, "message": str(e), "traceback": text}
+        except BaseException as fmt_err:  # noqa: B036 - e.g. MemoryError while formatting
+            error = {"type": type(e).__name__, "message": f"(could not format: {type(fmt_err).__name__})", "traceback": ""}
+    _flush()
+    return json.dumps({"exit_code": exit_code, "error": error}).encode()
+
+
+# Objects made so far live as long as the interpreter: keep the collector from scanning them (and from
+# writing to their pages, which would copy them out of the shared snapshot).
+gc.collect()
+gc.freeze()

@@ -1,0 +1,189 @@
+package nano
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/vfs"
+)
+
+// Session keeps one interpreter alive across runs, like a notebook kernel: variables, imports and
+// files persist until it is closed, its interpreter dies (a timeout or crash), or it stays idle past
+// the engine's SessionTTL.
+type Session struct {
+	id     string
+	eng    *Engine
+	limits api.Limits
+
+	mu       sync.Mutex // one run at a time
+	inst     *instance
+	cells    int
+	created  time.Time
+	lastUsed time.Time
+	closed   bool
+}
+
+// ErrSessionGone is returned for a session that was closed, reaped or whose interpreter died.
+var ErrSessionGone = errors.New("session is closed")
+
+// SessionInfo describes a session.
+type SessionInfo struct {
+	ID       string     `json:"id"`
+	Tier     api.Tier   `json:"tier"`
+	Limits   api.Limits `json:"limits"`
+	Cells    int        `json:"cells"`
+	Created  time.Time  `json:"created"`
+	LastUsed time.Time  `json:"last_used"`
+	Alive    bool       `json:"alive"`
+}
+
+// NewSession starts a session with the given limits (zero fields take the engine's defaults).
+func (e *Engine) NewSession(ctx context.Context, limits api.Limits) (*Session, error) {
+	lim, err := e.Limits(limits)
+	if err != nil {
+		return nil, err
+	}
+	if e.closed.Load() {
+		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
+	}
+	e.sessMu.Lock()
+	if len(e.sessions) >= e.cfg.MaxSessions {
+		e.sessMu.Unlock()
+		return nil, errdefs.With(errdefs.Overloaded, fmt.Errorf("%d sessions are open, the most this server allows", e.cfg.MaxSessions))
+	}
+	e.sessMu.Unlock()
+	inst, err := e.take(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	s := &Session{id: newID(), eng: e, limits: lim, inst: inst, created: now, lastUsed: now}
+	e.sessMu.Lock()
+	e.sessions[s.id] = s
+	e.sessMu.Unlock()
+	return s, nil
+}
+
+func newID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "ses_" + hex.EncodeToString(b[:])
+}
+
+// Session returns an open session by id.
+func (e *Engine) Session(id string) (*Session, error) {
+	e.sessMu.Lock()
+	s := e.sessions[id]
+	e.sessMu.Unlock()
+	if s == nil {
+		return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("session %q: %w (unknown id, closed, or idle past its TTL)", id, ErrSessionGone))
+	}
+	return s, nil
+}
+
+// ID is the session's identifier.
+func (s *Session) ID() string { return s.id }
+
+// Info describes the session.
+func (s *Session) Info() SessionInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return SessionInfo{ID: s.id, Tier: api.TierNano, Limits: s.limits, Cells: s.cells, Created: s.created,
+		LastUsed: s.lastUsed, Alive: !s.closed && !s.inst.dead}
+}
+
+// Run executes code in the session's interpreter. A timeout, crash or os._exit ends the interpreter;
+// the result says so and later calls fail with ErrSessionGone.
+func (s *Session) Run(ctx context.Context, code string, opts ...ExecOption) (*api.Result, error) {
+	release, err := s.eng.admit(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	s.cells++
+	s.lastUsed = time.Now()
+	s.eng.stats.Runs.Add(1)
+	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits}, opts...)
+	s.lastUsed = time.Now()
+	if s.inst.dead {
+		s.closeLocked(context.Background())
+	}
+	return res, err
+}
+
+func (s *Session) usable() error {
+	if s.closed || s.inst.dead {
+		return errdefs.With(errdefs.NotFound, fmt.Errorf("session %q: %w", s.id, ErrSessionGone))
+	}
+	return nil
+}
+
+// WithFS calls fn with the session's filesystem, between runs.
+func (s *Session) WithFS(fn func(fs *vfs.FS) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.usable(); err != nil {
+		return err
+	}
+	s.lastUsed = time.Now()
+	return fn(s.inst.fs)
+}
+
+// Close ends the session and frees its interpreter. Closing twice is not an error.
+func (s *Session) Close(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closeLocked(ctx)
+	return nil
+}
+
+func (s *Session) closeLocked(ctx context.Context) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.inst.close(ctx)
+	s.eng.sessMu.Lock()
+	delete(s.eng.sessions, s.id)
+	s.eng.sessMu.Unlock()
+}
+
+// reapSessions closes sessions idle past the TTL, until the engine closes.
+func (e *Engine) reapSessions() {
+	tick := time.NewTicker(max(e.cfg.SessionTTL/10, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-e.poolStop:
+			return
+		case <-tick.C:
+		}
+		e.sessMu.Lock()
+		var idle []*Session
+		for _, s := range e.sessions {
+			if s.mu.TryLock() { // a session in use is not idle
+				if time.Since(s.lastUsed) > e.cfg.SessionTTL {
+					idle = append(idle, s)
+				}
+				s.mu.Unlock()
+			}
+		}
+		e.sessMu.Unlock()
+		for _, s := range idle {
+			e.log.Info("session reaped after idle TTL", "session", s.id, "ttl", e.cfg.SessionTTL)
+			s.Close(context.Background())
+		}
+	}
+}
