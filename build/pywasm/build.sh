@@ -180,6 +180,9 @@ for f in fd_write fd_pwrite path_open path_create_directory fd_filestat_set_size
   wraps="$wraps -Wl,--wrap=__wasi_$f"
 done
 link=${link/ Programs\/python.o / agentbox_embed.o }
+# Without the stock 10 MiB initial memory the module starts at what its data and stack need, so the
+# snapshot is only as large as the initialised interpreter.
+case "$link" in *--initial-memory=10485760*) link=${link/-Wl,--initial-memory=10485760/} ;; *) say "note: the link line sets no 10 MiB initial memory" ;; esac
 link=${link/-o python.wasm /-o agentbox.wasm -mexec-model=reactor -Wl,--export=malloc -Wl,--export=free -Wl,--export=__stack_pointer -Wl,--strip-debug $wraps }
 quiet link eval "$link"
 
@@ -201,7 +204,8 @@ quiet compileall /usr/bin/python3.11 -m compileall -q -j "$JOBS" --invalidation-
 
 # Which top-level modules this build provides: builtins compiled in, plus the pruned stdlib.
 {
-  sed -n 's/^\s*{"\([A-Za-z0-9_]*\)", PyInit_.*/\1/p' Modules/config.c
+  sed -n 's/^\s*{"\([A-Za-z0-9_]*\)", [A-Za-z0-9_]*},.*/\1/p' Modules/config.c
+  printf '%s\n' sys builtins
   (cd "$stage" && ls -1 | sed -n -e 's/\.py$//p' -e '/^[A-Za-z_][A-Za-z0-9_]*$/p' | while read -r n; do
      if [ -f "$n.py" ] || [ -f "$n/__init__.py" ]; then echo "$n"; fi; done)
 } | sort -u >"$work/modules.txt"

@@ -87,6 +87,15 @@ static void set_reply(PyObject *bytes) {
 // function. Returns 0 on success; on failure the Python error has been printed to stderr.
 __attribute__((export_name("agentbox_init"))) int agentbox_init(const char *src, int len) {
   PyStatus status;
+  // UTF-8 mode: WASI has only the C locale, which would otherwise make stdio and open() ASCII-only.
+  PyPreConfig preconfig;
+  PyPreConfig_InitIsolatedConfig(&preconfig);
+  preconfig.utf8_mode = 1;
+  status = Py_PreInitialize(&preconfig);
+  if (PyStatus_Exception(status)) {
+    fprintf(stderr, "agentbox_init: %s\n", status.err_msg ? status.err_msg : "pre-initialisation failed");
+    return 1;
+  }
   PyConfig config;
   PyConfig_InitIsolatedConfig(&config);
   config.site_import = 0;

@@ -265,11 +265,11 @@ func (e *Engine) Limits(req api.Limits) (api.Limits, error) {
 	out := req
 	d, m := e.cfg.Defaults, e.cfg.Max
 	type field struct {
-		name      string
-		v         *int
-		def, max  int
-		unit      string
-		minimum   int
+		name     string
+		v        *int
+		def, max int
+		unit     string
+		minimum  int
 	}
 	for _, f := range []field{
 		{"timeout_ms", &out.TimeoutMS, d.TimeoutMS, m.TimeoutMS, "ms", 1},

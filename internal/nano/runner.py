@@ -58,6 +58,28 @@ class _UnavailableFinder:
 
 sys.meta_path.insert(0, _UnavailableFinder)
 
+import _thread  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+
+
+def _no_threads(*args, **kwargs):
+    raise RuntimeError("can't start new thread: threads are not available in the nano tier (WebAssembly sandbox); use tier 'heavy'")
+
+
+def _no_network(*args, **kwargs):
+    raise OSError(101, "network access is not available in the nano tier (WebAssembly sandbox without sockets)")
+
+
+_thread.start_new_thread = _no_threads
+threading._start_new_thread = _no_threads
+socket.getaddrinfo = _no_network
+socket.create_connection = _no_network
+socket.socket.connect = _no_network
+socket.socket.connect_ex = _no_network
+socket.socket.bind = _no_network
+
+_RUNNER_GLOBALS = globals()
 _allowed = None  # frozenset of top-level names, or None for no restriction
 _real_import = builtins.__import__
 _real_import_module = importlib.import_module
@@ -69,6 +91,8 @@ def _from_user_code(depth):
         g = sys._getframe(depth + 1).f_globals
     except ValueError:
         return True
+    if g is _RUNNER_GLOBALS:
+        return False
     f = g.get("__file__") or ""
     if f.startswith(_STDLIB):
         return False
@@ -130,9 +154,10 @@ def _flush():
             pass
 
 
-def _execute(code, filename):
-    import __main__
+import __main__  # noqa: E402
 
+
+def _execute(code, filename):
     g = __main__.__dict__
     g["__file__"] = filename
     g["__name__"] = "__main__"

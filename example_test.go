@@ -1,0 +1,56 @@
+package agentbox_test
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/entersandbox/agentbox"
+)
+
+func ExampleLocal_Run() {
+	ctx := context.Background()
+	box, err := agentbox.NewLocal(ctx)
+	if err != nil {
+		panic(err)
+	}
+	defer box.Close(ctx)
+
+	res, err := box.Run(ctx, agentbox.RunRequest{
+		Code:   "import json\nprint(json.dumps({'sum': sum(range(10))}))\n1/0",
+		Limits: agentbox.Limits{TimeoutMS: 2000, MemoryLimitMB: 64, AllowedModules: []string{"json"}},
+	})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Print(res.Stdout)
+	fmt.Println(res.ExitCode, res.Error.Type, res.Error.Message)
+	// Output:
+	// {"sum": 45}
+	// 1 ZeroDivisionError division by zero
+}
+
+func ExampleLocal_NewSession() {
+	ctx := context.Background()
+	box, err := agentbox.NewLocal(ctx, agentbox.WithPoolSize(1))
+	if err != nil {
+		panic(err)
+	}
+	defer box.Close(ctx)
+
+	s, err := box.NewSession(ctx, agentbox.Limits{})
+	if err != nil {
+		panic(err)
+	}
+	defer s.Close(ctx)
+	if err := s.Upload("/data/name.txt", []byte("agent")); err != nil {
+		panic(err)
+	}
+	s.Run(ctx, "greeting = 'hello ' + open('/data/name.txt').read()")
+	res, _ := s.Run(ctx, "print(greeting); open('/output/out.txt', 'w').write(greeting.upper())")
+	out, _ := s.Download("/output/out.txt")
+	fmt.Print(res.Stdout)
+	fmt.Println(string(out))
+	// Output:
+	// hello agent
+	// HELLO AGENT
+}

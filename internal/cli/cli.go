@@ -1,0 +1,111 @@
+// Package cli implements the agentbox command line: argument parsing, exit codes and output formats
+// on top of the engine packages.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// Exit codes of agentbox itself (a program's own exit code passes through `agentbox run`).
+const (
+	exitUsage    = 2   // bad command line
+	exitInternal = 125 // agentbox could not run the program (like docker run's 125)
+)
+
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	log            *slog.Logger
+}
+
+const usage = `agentbox runs untrusted Python in isolated sandboxes.
+
+Usage:
+  agentbox run [flags] FILE|-     run a program in a fresh sandbox (- reads it from stdin)
+  agentbox bench [flags]          measure start-up and throughput on this machine
+  agentbox version                print the version and interpreter build
+
+Run 'agentbox COMMAND -h' for a command's flags.
+`
+
+// Main runs the command line and returns the process exit code.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	level := slog.LevelWarn
+	if os.Getenv("AGENTBOX_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr,
+		log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))}
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	var err error
+	code := 0
+	switch args[0] {
+	case "run":
+		code, err = e.run(ctx, args[1:])
+	case "bench":
+		err = e.bench(ctx, args[1:])
+	case "version", "--version":
+		err = e.version()
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "agentbox: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+	if err == nil {
+		return code
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintf(stderr, "agentbox: %v\n", err)
+	var u usageError
+	if errors.As(err, &u) {
+		return exitUsage
+	}
+	return exitInternal
+}
+
+// usageError is a mistake on the command line.
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// parseInterspersed parses flags that may come before or after positional arguments.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageError{err}
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// multiFlag collects a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }

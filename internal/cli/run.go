@@ -1,0 +1,180 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/vfs"
+)
+
+// outSpec is one --out REMOTE:LOCAL.
+type outSpec struct{ remote, local string }
+
+func (e *env) run(ctx context.Context, args []string) (int, error) {
+	fset := flag.NewFlagSet("run", flag.ContinueOnError)
+	fset.SetOutput(e.stderr)
+	asJSON := fset.Bool("json", false, "print exactly one JSON SandboxResult on stdout")
+	timeout := fset.Duration("timeout", 0, "wall-clock limit, e.g. 2s (default 30s)")
+	memory := fset.Int("memory", 0, "memory limit in MiB (default 256)")
+	maxOutput := fset.Int("max-output", 0, "cap on stdout and stderr, each, in bytes (default 1 MiB)")
+	tier := fset.String("tier", "nano", "sandbox tier: nano")
+	var allow, files, outs multiFlag
+	fset.Var(&allow, "allow-module", "only allow importing this top-level module (repeatable)")
+	fset.Var(&files, "file", "copy LOCAL[:REMOTE] into the sandbox before the run (repeatable; REMOTE defaults to /data/<name>)")
+	fset.Var(&outs, "out", "copy REMOTE:LOCAL out of the sandbox after the run (repeatable)")
+	fset.Usage = func() {
+		fmt.Fprintln(e.stderr, "Usage: agentbox run [flags] FILE|-")
+		fset.PrintDefaults()
+	}
+	pos, err := parseInterspersed(fset, args)
+	if err != nil {
+		return 0, err
+	}
+	if len(pos) != 1 {
+		return 0, usagef("run takes one program: a file, or - for stdin (got %d arguments)", len(pos))
+	}
+	if *tier != string(api.TierNano) && *tier != string(api.TierAuto) {
+		return 0, usagef("--tier %q: this build serves the nano tier only", *tier)
+	}
+	if *timeout < 0 || (*timeout > 0 && *timeout < time.Millisecond) {
+		return 0, usagef("--timeout %v: must be at least 1ms", *timeout)
+	}
+
+	req := api.RunRequest{Tier: api.TierNano, Limits: api.Limits{
+		TimeoutMS: int(*timeout / time.Millisecond), MemoryLimitMB: *memory, MaxOutputBytes: *maxOutput,
+		AllowedModules: allow,
+	}}
+	var code []byte
+	if pos[0] == "-" {
+		code, err = io.ReadAll(e.stdin)
+		req.Filename = "<stdin>"
+	} else {
+		code, err = os.ReadFile(pos[0])
+		req.Filename = filepath.Base(pos[0])
+	}
+	if err != nil {
+		return 0, usagef("reading the program: %w", err)
+	}
+	req.Code = string(code)
+	for _, spec := range files {
+		f, err := parseFileSpec(spec)
+		if err != nil {
+			return 0, err
+		}
+		req.Files = append(req.Files, f)
+	}
+	var outSpecs []outSpec
+	for _, spec := range outs {
+		o, err := parseOutSpec(spec)
+		if err != nil {
+			return 0, err
+		}
+		outSpecs = append(outSpecs, o)
+	}
+
+	eng, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, MaxConcurrent: 1, Logger: e.log})
+	if err != nil {
+		return 0, err
+	}
+	defer eng.Close(context.Background())
+
+	var opts []nano.ExecOption
+	if !*asJSON {
+		// Pass output through as the program writes it.
+		opts = append(opts, nano.WithStream(
+			func(b []byte) { e.stdout.Write(b) },
+			func(b []byte) { e.stderr.Write(b) }))
+	}
+	var res *api.Result
+	var copyErrs []error
+	err = eng.RunInstance(ctx, req, func(r *api.Result, sfs *vfs.FS) error {
+		res = r
+		for _, o := range outSpecs {
+			if err := copyOut(sfs, o); err != nil {
+				copyErrs = append(copyErrs, err)
+			}
+		}
+		return nil
+	}, opts...)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return 130, fmt.Errorf("interrupted")
+		}
+		return 0, err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		if err := enc.Encode(res); err != nil {
+			return 0, err
+		}
+	} else if res.OutputTruncated {
+		fmt.Fprintln(e.stderr, "agentbox: output truncated at the limit")
+	}
+	if !*asJSON && res.Error != nil && (res.Error.Traceback == "" || !strings.HasSuffix(res.Stderr, res.Error.Traceback)) {
+		// Limits are ours to report; Python already printed its own tracebacks.
+		fmt.Fprintf(e.stderr, "agentbox: %s: %s\n", res.Error.Type, res.Error.Message)
+	}
+	for _, err := range copyErrs {
+		fmt.Fprintf(e.stderr, "agentbox: %v\n", err)
+	}
+	if len(copyErrs) > 0 && res.ExitCode == 0 {
+		return 1, nil
+	}
+	return res.ExitCode, nil
+}
+
+func parseFileSpec(spec string) (api.File, error) {
+	local, remote := spec, ""
+	if i := strings.LastIndex(spec, ":"); i > 0 {
+		local, remote = spec[:i], spec[i+1:]
+	}
+	if remote == "" {
+		remote = path.Join(nano.DirData, filepath.Base(local))
+	}
+	if err := nano.ValidatePath(remote); err != nil {
+		return api.File{}, usagef("--file %s: %w", spec, err)
+	}
+	data, err := os.ReadFile(local)
+	if err != nil {
+		return api.File{}, usagef("--file %s: %w", spec, err)
+	}
+	return api.File{Path: remote, Data: data}, nil
+}
+
+func parseOutSpec(spec string) (outSpec, error) {
+	i := strings.Index(spec, ":")
+	if i <= 0 || i == len(spec)-1 {
+		return outSpec{}, usagef("--out %q: want REMOTE:LOCAL, e.g. /output/report.csv:report.csv", spec)
+	}
+	o := outSpec{remote: spec[:i], local: spec[i+1:]}
+	if err := nano.ValidatePath(o.remote); err != nil {
+		return outSpec{}, usagef("--out %s: %w", spec, err)
+	}
+	return o, nil
+}
+
+func copyOut(sfs *vfs.FS, o outSpec) error {
+	data, err := sfs.ReadFile(o.remote, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("--out %s: the program did not write that file", o.remote)
+		}
+		return fmt.Errorf("--out %s: %w", o.remote, err)
+	}
+	if err := os.WriteFile(o.local, data, 0o644); err != nil {
+		return fmt.Errorf("--out %s: %w", o.remote, err)
+	}
+	return nil
+}
