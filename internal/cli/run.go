@@ -122,8 +122,8 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	} else if res.OutputTruncated {
 		fmt.Fprintln(e.stderr, "agentbox: output truncated at the limit")
 	}
-	if !*asJSON && res.Error != nil && (res.Error.Traceback == "" || !strings.HasSuffix(res.Stderr, res.Error.Traceback)) {
-		// Limits are ours to report; Python already printed its own tracebacks.
+	if !*asJSON && res.Error != nil && sandboxErrorTypes[res.Error.Type] {
+		// Limits and crashes are ours to report; Python already printed its own tracebacks.
 		fmt.Fprintf(e.stderr, "agentbox: %s: %s\n", res.Error.Type, res.Error.Message)
 	}
 	for _, err := range copyErrs {
@@ -133,6 +133,12 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		return 1, nil
 	}
 	return res.ExitCode, nil
+}
+
+// sandboxErrorTypes are the error types agentbox reports, as opposed to Python exceptions.
+var sandboxErrorTypes = map[string]bool{
+	api.ErrTimeout: true, api.ErrMemoryLimitExceeded: true, api.ErrOutputLimitExceeded: true,
+	api.ErrGuestCrash: true, api.ErrSandbox: true,
 }
 
 func parseFileSpec(spec string) (api.File, error) {

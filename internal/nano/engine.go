@@ -485,6 +485,9 @@ func (e *Engine) fillPool() {
 		default:
 		}
 		inst, err := e.restoreCurrent(ctx)
+		if err == nil {
+			err = inst.warm(ctx)
+		}
 		if err != nil {
 			if errors.Is(err, ErrClosed) {
 				return

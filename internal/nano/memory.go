@@ -14,6 +14,9 @@ const (
 	wasmPage = 64 << 10
 	osPage   = 4 << 10
 	hugePage = 2 << 20
+
+	// warmHeadroom is how much memory past the snapshot a recycled region keeps mapped.
+	warmHeadroom = 16 << 20
 )
 
 // region is a reservation of address space for one guest memory. Regions are recycled: a page the
@@ -99,15 +102,17 @@ func (p *regionPool) get(img *image) (*region, error) {
 	}
 	size := img.size()
 	if r.dirty > size {
-		// Memory the last guest grew into: give it back; it reads as zero again.
-		from := roundUp(size, hugePage)
-		if to := roundUp(r.dirty, osPage); to > from {
-			if err := unix.Madvise(r.buf[from:to], unix.MADV_DONTNEED); err != nil {
+		// Memory the last guest grew into must read as zero again. The first warmHeadroom bytes past the
+		// image are cleared, keeping their pages mapped for the next guest (almost every run grows a
+		// little); anything beyond is given back to the kernel.
+		warm := roundUp(size+warmHeadroom, hugePage)
+		clear(r.buf[size:min(r.dirty, warm)])
+		if r.dirty > warm {
+			if err := unix.Madvise(r.buf[warm:roundUp(r.dirty, osPage)], unix.MADV_DONTNEED); err != nil {
 				p.unmap(r)
 				return nil, fmt.Errorf("resetting guest memory: %w", err)
 			}
 		}
-		clear(r.buf[size:min(from, r.dirty)])
 	}
 	if img != nil {
 		for _, sp := range img.runs {
