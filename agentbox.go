@@ -1,9 +1,9 @@
 // Package agentbox is the Go SDK of EnterSandBox: run untrusted Python in isolated sandboxes and get
 // back its output, exit code, a structured error and the files it wrote.
 //
-// Local runs sandboxes in this process on the nano tier (CPython on WebAssembly in wazero; a fresh
-// interpreter per run, started from a memory snapshot in about a millisecond). The request and result
-// types are the HTTP API's (package api).
+// Client talks to an `agentbox serve` over HTTP. Local runs sandboxes in this process on the nano tier
+// (CPython on WebAssembly in wazero; a fresh interpreter per run, started from a memory snapshot in
+// about a millisecond). Both use the HTTP API's types (package api).
 package agentbox
 
 import (
@@ -17,11 +17,16 @@ import (
 
 // Types shared with the HTTP API.
 type (
-	Result     = api.Result
-	Error      = api.Error
-	Limits     = api.Limits
-	RunRequest = api.RunRequest
-	File       = api.File
+	Result         = api.Result
+	Error          = api.Error
+	Limits         = api.Limits
+	RunRequest     = api.RunRequest
+	File           = api.File
+	RunBody        = api.RunBody
+	RunResponse    = api.RunResponse
+	SessionRequest = api.SessionRequest
+	SessionInfo    = api.Session
+	FileInfo       = api.FileInfo
 )
 
 // Local runs sandboxes in this process. It is safe for concurrent use; Close releases it.
@@ -67,25 +72,25 @@ func (l *Local) Run(ctx context.Context, req RunRequest) (*Result, error) {
 	return l.eng.Run(ctx, req)
 }
 
-// Session is a sandbox that keeps its interpreter between runs.
-type Session struct {
+// LocalSession is an in-process sandbox that keeps its interpreter between runs.
+type LocalSession struct {
 	s *nano.Session
 }
 
 // NewSession starts a session with the given limits.
-func (l *Local) NewSession(ctx context.Context, limits Limits) (*Session, error) {
-	s, err := l.eng.NewSession(ctx, limits)
+func (l *Local) NewSession(ctx context.Context, limits Limits) (*LocalSession, error) {
+	s, err := l.eng.NewSession(ctx, limits, 0)
 	if err != nil {
 		return nil, err
 	}
-	return &Session{s: s}, nil
+	return &LocalSession{s: s}, nil
 }
 
 // Run executes code in the session; variables, imports and files persist.
-func (s *Session) Run(ctx context.Context, code string) (*Result, error) { return s.s.Run(ctx, code) }
+func (s *LocalSession) Run(ctx context.Context, code string) (*Result, error) { return s.s.Run(ctx, code) }
 
 // Upload writes a file into the session's filesystem.
-func (s *Session) Upload(path string, data []byte) error {
+func (s *LocalSession) Upload(path string, data []byte) error {
 	if err := nano.ValidatePath(path); err != nil {
 		return err
 	}
@@ -93,7 +98,7 @@ func (s *Session) Upload(path string, data []byte) error {
 }
 
 // Download reads a file from the session's filesystem.
-func (s *Session) Download(path string) ([]byte, error) {
+func (s *LocalSession) Download(path string) ([]byte, error) {
 	if err := nano.ValidatePath(path); err != nil {
 		return nil, err
 	}
@@ -107,7 +112,7 @@ func (s *Session) Download(path string) ([]byte, error) {
 }
 
 // Close ends the session.
-func (s *Session) Close(ctx context.Context) error { return s.s.Close(ctx) }
+func (s *LocalSession) Close(ctx context.Context) error { return s.s.Close(ctx) }
 
 // Close stops the engine; runs in progress are cancelled when ctx is done.
 func (l *Local) Close(ctx context.Context) error { return l.eng.Close(ctx) }

@@ -89,3 +89,75 @@ type Result struct {
 	// OutputTruncated is set when stdout or stderr went past its cap; the kept text ends with a marker.
 	OutputTruncated bool `json:"output_truncated"`
 }
+
+// RunBody is the HTTP API's POST /v1/run request: RunRequest with files as a map from sandbox path
+// to content (base64 in JSON).
+type RunBody struct {
+	Code     string `json:"code"`
+	Filename string `json:"filename,omitempty"`
+	Tier     Tier   `json:"tier,omitempty"`
+	Limits
+	Files map[string][]byte `json:"files,omitempty"`
+	Stdin []byte            `json:"stdin,omitempty"`
+}
+
+// RunResponse is POST /v1/run's answer: the result, and the files the program left under /output
+// (base64 in JSON), each and in total capped by the server.
+type RunResponse struct {
+	Result
+	Files map[string][]byte `json:"files"`
+	// FilesOmitted lists /output files left out because of the caps.
+	FilesOmitted []string `json:"files_omitted,omitempty"`
+}
+
+// SessionRequest is POST /v1/sessions.
+type SessionRequest struct {
+	Tier Tier `json:"tier,omitempty"`
+	Limits
+	// TTLSeconds is how long the session may stay idle before it is closed; zero means the server's
+	// default.
+	TTLSeconds int `json:"ttl_s,omitempty"`
+}
+
+// Session describes a session.
+type Session struct {
+	ID         string `json:"id"`
+	Tier       Tier   `json:"tier"`
+	Limits     Limits `json:"limits"`
+	TTLSeconds int    `json:"ttl_s"`
+	Cells      int    `json:"cells"`
+	CreatedAt  string `json:"created_at"`
+	LastUsedAt string `json:"last_used_at"`
+}
+
+// SessionRunRequest is POST /v1/sessions/{id}/run.
+type SessionRunRequest struct {
+	Code string `json:"code"`
+}
+
+// FileInfo is one entry of a file listing.
+type FileInfo struct {
+	Name    string `json:"name"`
+	Path    string `json:"path"`
+	Size    int64  `json:"size"`
+	IsDir   bool   `json:"is_dir"`
+	ModTime string `json:"mod_time"`
+}
+
+// FileList is GET /v1/sessions/{id}/files.
+type FileList struct {
+	Dir   string     `json:"dir"`
+	Files []FileInfo `json:"files"`
+}
+
+// ErrorBody is every error response: {"error": {"code", "message"}}.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail carries a machine-readable code (an errdefs class name such as "invalid_argument",
+// "not_found", "overloaded") and a human-readable message.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}

@@ -239,7 +239,7 @@ func idleRSS(ctx context.Context, e *nano.Engine, n int) (int64, error) {
 		}
 	}()
 	for i := 0; i < n; i++ {
-		s, err := e.NewSession(ctx, api.Limits{})
+		s, err := e.NewSession(ctx, api.Limits{}, 0)
 		if err != nil {
 			return 0, err
 		}

@@ -29,6 +29,8 @@ const usage = `agentbox runs untrusted Python in isolated sandboxes.
 
 Usage:
   agentbox run [flags] FILE|-     run a program in a fresh sandbox (- reads it from stdin)
+  agentbox serve [flags]          serve the HTTP API (and MCP at /mcp), default 127.0.0.1:8080
+  agentbox mcp                    serve the Model Context Protocol on stdin/stdout
   agentbox bench [flags]          measure start-up and throughput on this machine
   agentbox version                print the version and interpreter build
 
@@ -54,6 +56,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		code, err = e.run(ctx, args[1:])
 	case "bench":
 		err = e.bench(ctx, args[1:])
+	case "serve":
+		err = e.serve(ctx, args[1:])
+	case "mcp":
+		err = e.mcp(ctx, args[1:])
 	case "version", "--version":
 		err = e.version()
 	case "help", "-h", "--help":

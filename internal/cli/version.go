@@ -8,6 +8,12 @@ import (
 )
 
 func (e *env) version() error {
+	fmt.Fprintf(e.stdout, "agentbox %s\npython.wasm build %s (CPython 3.11, wasm32-wasi)\n", version(), pywasm.BuildKey())
+	return nil
+}
+
+// version is the module version and VCS revision the binary was built from.
+func version() string {
 	v := "(devel)"
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		v = bi.Main.Version
@@ -17,6 +23,5 @@ func (e *env) version() error {
 			}
 		}
 	}
-	fmt.Fprintf(e.stdout, "agentbox %s\npython.wasm build %s (CPython 3.11, wasm32-wasi)\n", v, pywasm.BuildKey())
-	return nil
+	return v
 }

@@ -25,6 +25,7 @@ func (c *Class) HTTPStatus() int { return c.status }
 // The classes.
 var (
 	InvalidArgument = &Class{"invalid_argument", http.StatusBadRequest}
+	Unauthenticated = &Class{"unauthenticated", http.StatusUnauthorized}
 	NotFound        = &Class{"not_found", http.StatusNotFound}
 	Conflict        = &Class{"conflict", http.StatusConflict}
 	TooLarge        = &Class{"too_large", http.StatusRequestEntityTooLarge}
@@ -33,7 +34,7 @@ var (
 	Internal        = &Class{"internal", http.StatusInternalServerError}
 )
 
-var classes = []*Class{InvalidArgument, NotFound, Conflict, TooLarge, Overloaded, Unavailable, Internal}
+var classes = []*Class{InvalidArgument, Unauthenticated, NotFound, Conflict, TooLarge, Overloaded, Unavailable, Internal}
 
 type classified struct {
 	class *Class

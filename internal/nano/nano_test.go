@@ -358,7 +358,7 @@ func TestStreamDeliversOutputInOrder(t *testing.T) {
 
 func TestSession(t *testing.T) {
 	ctx := context.Background()
-	s, err := shared.NewSession(ctx, api.Limits{TimeoutMS: 2000})
+	s, err := shared.NewSession(ctx, api.Limits{TimeoutMS: 2000}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,7 +412,7 @@ func TestSessionTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close(ctx)
-	s, err := e.NewSession(ctx, api.Limits{})
+	s, err := e.NewSession(ctx, api.Limits{}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ type Session struct {
 	id     string
 	eng    *Engine
 	limits api.Limits
+	ttl    time.Duration
 
 	mu       sync.Mutex // one run at a time
 	inst     *instance
@@ -35,20 +36,31 @@ var ErrSessionGone = errors.New("session is closed")
 
 // SessionInfo describes a session.
 type SessionInfo struct {
-	ID       string     `json:"id"`
-	Tier     api.Tier   `json:"tier"`
-	Limits   api.Limits `json:"limits"`
-	Cells    int        `json:"cells"`
+	ID       string        `json:"id"`
+	Tier     api.Tier      `json:"tier"`
+	Limits   api.Limits    `json:"limits"`
+	TTL      time.Duration `json:"ttl"`
+	Cells    int           `json:"cells"`
 	Created  time.Time  `json:"created"`
 	LastUsed time.Time  `json:"last_used"`
 	Alive    bool       `json:"alive"`
 }
 
-// NewSession starts a session with the given limits (zero fields take the engine's defaults).
-func (e *Engine) NewSession(ctx context.Context, limits api.Limits) (*Session, error) {
+// maxSessionTTL bounds a session's requested idle TTL.
+const maxSessionTTL = 24 * time.Hour
+
+// NewSession starts a session with the given limits (zero fields take the engine's defaults) that is
+// closed after ttl of idleness (zero: the engine's SessionTTL).
+func (e *Engine) NewSession(ctx context.Context, limits api.Limits, ttl time.Duration) (*Session, error) {
 	lim, err := e.Limits(limits)
 	if err != nil {
 		return nil, err
+	}
+	switch {
+	case ttl < 0 || ttl > maxSessionTTL:
+		return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("session TTL %v is outside 0 to %v", ttl, maxSessionTTL))
+	case ttl == 0:
+		ttl = e.cfg.SessionTTL
 	}
 	if e.closed.Load() {
 		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
@@ -64,7 +76,7 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits) (*Session, e
 		return nil, err
 	}
 	now := time.Now()
-	s := &Session{id: newID(), eng: e, limits: lim, inst: inst, created: now, lastUsed: now}
+	s := &Session{id: newID(), eng: e, limits: lim, ttl: ttl, inst: inst, created: now, lastUsed: now}
 	e.sessMu.Lock()
 	e.sessions[s.id] = s
 	e.sessMu.Unlock()
@@ -88,6 +100,13 @@ func (e *Engine) Session(id string) (*Session, error) {
 	return s, nil
 }
 
+// SessionCount reports open sessions.
+func (e *Engine) SessionCount() int {
+	e.sessMu.Lock()
+	defer e.sessMu.Unlock()
+	return len(e.sessions)
+}
+
 // ID is the session's identifier.
 func (s *Session) ID() string { return s.id }
 
@@ -95,20 +114,34 @@ func (s *Session) ID() string { return s.id }
 func (s *Session) Info() SessionInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return SessionInfo{ID: s.id, Tier: api.TierNano, Limits: s.limits, Cells: s.cells, Created: s.created,
+	return SessionInfo{ID: s.id, Tier: api.TierNano, Limits: s.limits, TTL: s.ttl, Cells: s.cells, Created: s.created,
 		LastUsed: s.lastUsed, Alive: !s.closed && !s.inst.dead}
 }
 
+// ErrSessionBusy is returned when a session is asked to do two things at once.
+var ErrSessionBusy = errors.New("session is busy with another request")
+
+// lock takes the session for one operation, refusing instead of queueing behind a running cell.
+func (s *Session) lock() error {
+	if !s.mu.TryLock() {
+		return errdefs.With(errdefs.Conflict, fmt.Errorf("session %q: %w", s.id, ErrSessionBusy))
+	}
+	return nil
+}
+
 // Run executes code in the session's interpreter. A timeout, crash or os._exit ends the interpreter;
-// the result says so and later calls fail with ErrSessionGone.
+// the result says so and later calls fail with ErrSessionGone. A session runs one request at a time;
+// another one meanwhile fails with ErrSessionBusy (errdefs.Conflict).
 func (s *Session) Run(ctx context.Context, code string, opts ...ExecOption) (*api.Result, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
 	release, err := s.eng.admit(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if err := s.usable(); err != nil {
 		return nil, err
 	}
@@ -132,7 +165,9 @@ func (s *Session) usable() error {
 
 // WithFS calls fn with the session's filesystem, between runs.
 func (s *Session) WithFS(fn func(fs *vfs.FS) error) error {
-	s.mu.Lock()
+	if err := s.lock(); err != nil {
+		return err
+	}
 	defer s.mu.Unlock()
 	if err := s.usable(); err != nil {
 		return err
@@ -162,7 +197,7 @@ func (s *Session) closeLocked(ctx context.Context) {
 
 // reapSessions closes sessions idle past the TTL, until the engine closes.
 func (e *Engine) reapSessions() {
-	tick := time.NewTicker(max(e.cfg.SessionTTL/10, 10*time.Millisecond))
+	tick := time.NewTicker(max(min(e.cfg.SessionTTL/10, time.Second), 10*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
@@ -174,7 +209,7 @@ func (e *Engine) reapSessions() {
 		var idle []*Session
 		for _, s := range e.sessions {
 			if s.mu.TryLock() { // a session in use is not idle
-				if time.Since(s.lastUsed) > e.cfg.SessionTTL {
+				if time.Since(s.lastUsed) > s.ttl {
 					idle = append(idle, s)
 				}
 				s.mu.Unlock()
@@ -182,7 +217,7 @@ func (e *Engine) reapSessions() {
 		}
 		e.sessMu.Unlock()
 		for _, s := range idle {
-			e.log.Info("session reaped after idle TTL", "session", s.id, "ttl", e.cfg.SessionTTL)
+			e.log.Info("session reaped after idle TTL", "session", s.id, "ttl", s.ttl)
 			s.Close(context.Background())
 		}
 	}

@@ -1,0 +1,344 @@
+package agentbox
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/entersandbox/agentbox/api"
+)
+
+// Client talks to an agentbox server. It is safe for concurrent use.
+type Client struct {
+	base *url.URL
+	hc   *http.Client
+	key  string
+}
+
+// ClientOption configures New.
+type ClientOption func(*Client)
+
+// WithAPIKey sends key as the bearer token.
+func WithAPIKey(key string) ClientOption { return func(c *Client) { c.key = key } }
+
+// WithHTTPClient uses hc instead of a default client (which has no overall timeout, since runs and
+// streams last as long as the program does).
+func WithHTTPClient(hc *http.Client) ClientOption { return func(c *Client) { c.hc = hc } }
+
+// New returns a client for the server at baseURL, e.g. "http://127.0.0.1:8080".
+func New(baseURL string, opts ...ClientOption) (*Client, error) {
+	u, err := url.Parse(strings.TrimSuffix(baseURL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("agentbox: base URL %q: want http(s)://host[:port]", baseURL)
+	}
+	c := &Client{base: u, hc: &http.Client{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// Error codes of the API, for errors.Is against an *APIError.
+var (
+	ErrInvalidArgument = errors.New("invalid_argument")
+	ErrUnauthenticated = errors.New("unauthenticated")
+	ErrNotFound        = errors.New("not_found")
+	ErrConflict        = errors.New("conflict")
+	ErrTooLarge        = errors.New("too_large")
+	ErrOverloaded      = errors.New("overloaded")
+	ErrUnavailable     = errors.New("unavailable")
+	ErrInternal        = errors.New("internal")
+)
+
+var errorCodes = map[string]error{
+	"invalid_argument": ErrInvalidArgument, "unauthenticated": ErrUnauthenticated, "not_found": ErrNotFound,
+	"conflict": ErrConflict, "too_large": ErrTooLarge, "overloaded": ErrOverloaded,
+	"unavailable": ErrUnavailable, "internal": ErrInternal,
+}
+
+// APIError is an error answer from the server. errors.Is(err, ErrNotFound) and friends match its Code.
+type APIError struct {
+	Status     int
+	Code       string
+	Message    string
+	RequestID  string
+	RetryAfter time.Duration // set on overloaded (429) answers
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("agentbox: %s (%d %s, request %s)", e.Message, e.Status, e.Code, e.RequestID)
+}
+
+// Is matches the Err* code sentinels.
+func (e *APIError) Is(target error) bool { return errorCodes[e.Code] == target }
+
+// Callbacks receive a run's output as the program writes it.
+type Callbacks struct {
+	Stdout func(text string)
+	Stderr func(text string)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, contentType string, accept string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("agentbox: %w", err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	if c.key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.key)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agentbox: %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 400 {
+		defer resp.Body.Close()
+		return nil, apiError(resp)
+	}
+	return resp, nil
+}
+
+func apiError(resp *http.Response) error {
+	e := &APIError{Status: resp.StatusCode, RequestID: resp.Header.Get("X-Request-Id")}
+	var body api.ErrorBody
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if json.Unmarshal(data, &body) == nil && body.Error.Code != "" {
+		e.Code, e.Message = body.Error.Code, body.Error.Message
+	} else {
+		e.Code, e.Message = "internal", strings.TrimSpace(string(data))
+	}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+		e.RetryAfter = time.Duration(s) * time.Second
+	}
+	return e
+}
+
+func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	ct := ""
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("agentbox: encoding request: %w", err)
+		}
+		body, ct = bytes.NewReader(b), "application/json"
+	}
+	resp, err := c.do(ctx, method, path, body, ct, "application/json")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("agentbox: decoding %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// Run runs a program in a fresh sandbox. The program's own failure is in the result's Error; the
+// returned error is for requests the server refused or could not serve.
+func (c *Client) Run(ctx context.Context, req RunBody) (*RunResponse, error) {
+	var out RunResponse
+	if err := c.doJSON(ctx, http.MethodPost, "/v1/run", req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RunStream is Run with output delivered to cb as it is written.
+func (c *Client) RunStream(ctx context.Context, req RunBody, cb Callbacks) (*RunResponse, error) {
+	var out RunResponse
+	if err := c.stream(ctx, "/v1/run", req, cb, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func (c *Client) stream(ctx context.Context, path string, in any, cb Callbacks, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("agentbox: encoding request: %w", err)
+	}
+	resp, err := c.do(ctx, http.MethodPost, path, bytes.NewReader(b), "application/json", "text/event-stream")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 256<<20)
+	var event string
+	var data strings.Builder
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "event: "):
+			event = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			data.WriteString(strings.TrimPrefix(line, "data: "))
+		case line == "":
+			done, err := dispatch(event, data.String(), cb, out, resp)
+			if done || err != nil {
+				return err
+			}
+			event = ""
+			data.Reset()
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("agentbox: reading the event stream: %w", err)
+	}
+	return errors.New("agentbox: the event stream ended without a result")
+}
+
+func dispatch(event, data string, cb Callbacks, out any, resp *http.Response) (done bool, err error) {
+	switch event {
+	case "stdout", "stderr":
+		var chunk struct {
+			Text string `json:"text"`
+		}
+		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
+			return false, fmt.Errorf("agentbox: bad %s event: %w", event, err)
+		}
+		if f := map[string]func(string){"stdout": cb.Stdout, "stderr": cb.Stderr}[event]; f != nil {
+			f(chunk.Text)
+		}
+	case "result":
+		if err := json.Unmarshal([]byte(data), out); err != nil {
+			return true, fmt.Errorf("agentbox: bad result event: %w", err)
+		}
+		return true, nil
+	case "error":
+		var body api.ErrorBody
+		json.Unmarshal([]byte(data), &body)
+		return true, &APIError{Status: 200, Code: body.Error.Code, Message: body.Error.Message, RequestID: resp.Header.Get("X-Request-Id")}
+	}
+	return false, nil
+}
+
+// Session is a sandbox on the server that keeps its interpreter between runs.
+type Session struct {
+	c    *Client
+	Info SessionInfo
+}
+
+// NewSession starts a session.
+func (c *Client) NewSession(ctx context.Context, req SessionRequest) (*Session, error) {
+	s := &Session{c: c}
+	if err := c.doJSON(ctx, http.MethodPost, "/v1/sessions", req, &s.Info); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Session attaches to an existing session by id.
+func (c *Client) Session(ctx context.Context, id string) (*Session, error) {
+	s := &Session{c: c}
+	if err := c.doJSON(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(id), nil, &s.Info); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// ID is the session's id.
+func (s *Session) ID() string { return s.Info.ID }
+
+func (s *Session) path(suffix string) string { return "/v1/sessions/" + url.PathEscape(s.Info.ID) + suffix }
+
+// Run executes code in the session; variables, imports and files persist.
+func (s *Session) Run(ctx context.Context, code string) (*Result, error) {
+	var out Result
+	if err := s.c.doJSON(ctx, http.MethodPost, s.path("/run"), api.SessionRunRequest{Code: code}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RunStream is Run with output delivered to cb as it is written.
+func (s *Session) RunStream(ctx context.Context, code string, cb Callbacks) (*Result, error) {
+	var out Result
+	if err := s.c.stream(ctx, s.path("/run"), api.SessionRunRequest{Code: code}, cb, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// filePath maps an absolute sandbox path onto the files endpoint (each segment escaped).
+func (s *Session) filePath(p string) (string, error) {
+	if !strings.HasPrefix(p, "/") {
+		return "", fmt.Errorf("agentbox: sandbox path %q must be absolute", p)
+	}
+	segs := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	for i, seg := range segs {
+		segs[i] = url.PathEscape(seg)
+	}
+	return s.path("/files/" + strings.Join(segs, "/")), nil
+}
+
+// Upload writes data to the absolute sandbox path p, creating parent directories.
+func (s *Session) Upload(ctx context.Context, p string, data io.Reader) (*FileInfo, error) {
+	path, err := s.filePath(p)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.c.do(ctx, http.MethodPut, path, data, "application/octet-stream", "application/json")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var fi FileInfo
+	if err := json.NewDecoder(resp.Body).Decode(&fi); err != nil {
+		return nil, fmt.Errorf("agentbox: decoding upload answer: %w", err)
+	}
+	return &fi, nil
+}
+
+// Download reads the file at the absolute sandbox path p.
+func (s *Session) Download(ctx context.Context, p string) ([]byte, error) {
+	path, err := s.filePath(p)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.c.do(ctx, http.MethodGet, path, nil, "", "")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
+// ListFiles lists the directory dir ("/" when empty).
+func (s *Session) ListFiles(ctx context.Context, dir string) ([]FileInfo, error) {
+	if dir == "" {
+		dir = "/"
+	}
+	var out api.FileList
+	if err := s.c.doJSON(ctx, http.MethodGet, s.path("/files?dir="+url.QueryEscape(dir)), nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Files, nil
+}
+
+// Close ends the session. Closing a session that is already gone reports ErrNotFound.
+func (s *Session) Close(ctx context.Context) error {
+	resp, err := s.c.do(ctx, http.MethodDelete, s.path(""), nil, "", "")
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}

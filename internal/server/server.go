@@ -1,0 +1,267 @@
+// Package server is agentbox's HTTP API (`agentbox serve`): one-shot runs, stateful sessions with
+// file transfer, server-sent-event streaming, bearer-key auth, Prometheus metrics and the OpenAPI
+// contract it is tested against (openapi.yaml, served at /openapi.yaml).
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/vfs"
+)
+
+//go:embed openapi.yaml
+var openAPISpec []byte
+
+// OpenAPI returns the API's OpenAPI 3.1 document.
+func OpenAPI() []byte { return openAPISpec }
+
+// Engine is what the server needs of the sandbox engine.
+type Engine interface {
+	RunInstance(ctx context.Context, req api.RunRequest, fn func(*api.Result, *vfs.FS) error, opts ...nano.ExecOption) error
+	NewSession(ctx context.Context, limits api.Limits, ttl time.Duration) (*nano.Session, error)
+	Session(id string) (*nano.Session, error)
+	SessionCount() int
+	QueueDepth() int
+	PoolReady() int
+}
+
+// Config configures a Server. Zero values are the defaults given per field.
+type Config struct {
+	// Addr is the listen address; empty means 127.0.0.1:8080.
+	Addr string
+	// APIKeys are the accepted bearer keys. With none, requests are not authenticated, which is only
+	// allowed on a loopback address.
+	APIKeys []string
+	// MaxBodyBytes caps a request body; zero means 64 MiB.
+	MaxBodyBytes int64
+	// MaxFileBytes caps each /output file returned by /v1/run, MaxFilesBytes their total; zero means
+	// 8 MiB and 32 MiB.
+	MaxFileBytes  int64
+	MaxFilesBytes int64
+	// Logger receives request logs; nil discards them.
+	Logger *slog.Logger
+	// MCP, when set, is mounted at /mcp (behind the same auth).
+	MCP http.Handler
+}
+
+// Server serves the HTTP API.
+type Server struct {
+	cfg     Config
+	eng     Engine
+	log     *slog.Logger
+	metrics *metrics
+	http    *http.Server
+	handler http.Handler
+}
+
+// New makes a server for eng. It refuses a non-loopback address without API keys.
+func New(eng Engine, cfg Config) (*Server, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:8080"
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 64 << 20
+	}
+	if cfg.MaxFileBytes <= 0 {
+		cfg.MaxFileBytes = 8 << 20
+	}
+	if cfg.MaxFilesBytes <= 0 {
+		cfg.MaxFilesBytes = 32 << 20
+	}
+	for _, k := range cfg.APIKeys {
+		if len(k) < 16 {
+			return nil, fmt.Errorf("API keys must be at least 16 characters (got one of %d)", len(k))
+		}
+	}
+	if len(cfg.APIKeys) == 0 && !isLoopback(cfg.Addr) {
+		return nil, fmt.Errorf("refusing to listen on %s without an API key: pass --api-key, AGENTBOX_API_KEY or --api-key-file, or listen on 127.0.0.1", cfg.Addr)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, eng: eng, log: log, metrics: newMetrics(eng)}
+	s.handler = s.routes()
+	s.http = &http.Server{
+		Addr:              cfg.Addr,
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Handler is the server's root handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Serve accepts connections on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	err := s.http.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// ListenAndServe listens on the configured address and serves until Shutdown.
+func (s *Server) ListenAndServe() error {
+	l, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", s.cfg.Addr, err)
+	}
+	return s.Serve(l)
+}
+
+// Shutdown stops accepting requests and waits for those in flight until ctx is done; runs still going
+// then are cancelled by the caller closing the engine.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		w.Write(openAPISpec)
+	})
+	mux.HandleFunc("POST /v1/run", s.run)
+	mux.HandleFunc("POST /v1/sessions", s.createSession)
+	mux.HandleFunc("GET /v1/sessions/{id}", s.getSession)
+	mux.HandleFunc("DELETE /v1/sessions/{id}", s.deleteSession)
+	mux.HandleFunc("POST /v1/sessions/{id}/run", s.sessionRun)
+	mux.HandleFunc("GET /v1/sessions/{id}/files", s.listFiles)
+	mux.HandleFunc("PUT /v1/sessions/{id}/files/{path...}", s.putFile)
+	mux.HandleFunc("GET /v1/sessions/{id}/files/{path...}", s.getFile)
+	if s.cfg.MCP != nil {
+		mux.Handle("/mcp", s.cfg.MCP)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.fail(w, r, errdefs.With(errdefs.NotFound, fmt.Errorf("no route for %s %s", r.Method, r.URL.Path)))
+	})
+	return s.middleware(mux)
+}
+
+type ctxKey int
+
+const requestIDKey ctxKey = 0
+
+// middleware adds the request id, auth, body limits, metrics and a log line.
+func (s *Server) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := r.Header.Get("X-Request-Id")
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		w.Header().Set("X-Request-Id", id)
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		defer func() {
+			route := routeLabel(r)
+			s.metrics.requests.WithLabelValues(route, fmt.Sprint(rec.status)).Inc()
+			s.log.Info("request", "id", id, "method", r.Method, "path", r.URL.Path, "status", rec.status,
+				"ms", time.Since(start).Milliseconds(), "remote", r.RemoteAddr)
+		}()
+		if r.URL.Path != "/healthz" && !s.authorized(r) {
+			rec.Header().Set("WWW-Authenticate", `Bearer realm="agentbox"`)
+			s.fail(rec, r, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: send Authorization: Bearer <key>")))
+			return
+		}
+		r.Body = http.MaxBytesReader(rec, r.Body, s.cfg.MaxBodyBytes)
+		next.ServeHTTP(rec, r)
+	})
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	if len(s.cfg.APIKeys) == 0 {
+		return true
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	match := 0
+	for _, k := range s.cfg.APIKeys {
+		match |= subtle.ConstantTimeCompare([]byte(got), []byte(k))
+	}
+	return match == 1
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c == '-' || c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return "req_" + hex.EncodeToString(b[:])
+}
+
+// routeLabel names a request's route for metrics without unbounded values (ids, paths).
+func routeLabel(r *http.Request) string {
+	if r.Pattern != "" {
+		return r.Pattern
+	}
+	return "unmatched"
+}
+
+// statusRecorder remembers the status code for logs and metrics, and passes Flush through.
+type statusRecorder struct {
+	http.ResponseWriter
+	status  int
+	written bool
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if !r.written {
+		r.status, r.written = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	r.written = true
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "queue_depth": s.eng.QueueDepth(),
+		"pool_ready": s.eng.PoolReady(), "sessions": s.eng.SessionCount()})
+}
