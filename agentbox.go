@@ -87,7 +87,9 @@ func (l *Local) NewSession(ctx context.Context, limits Limits) (*LocalSession, e
 }
 
 // Run executes code in the session; variables, imports and files persist.
-func (s *LocalSession) Run(ctx context.Context, code string) (*Result, error) { return s.s.Run(ctx, code) }
+func (s *LocalSession) Run(ctx context.Context, code string) (*Result, error) {
+	return s.s.Run(ctx, code)
+}
 
 // Upload writes a file into the session's filesystem.
 func (s *LocalSession) Upload(path string, data []byte) error {

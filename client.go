@@ -258,7 +258,9 @@ func (c *Client) Session(ctx context.Context, id string) (*Session, error) {
 // ID is the session's id.
 func (s *Session) ID() string { return s.Info.ID }
 
-func (s *Session) path(suffix string) string { return "/v1/sessions/" + url.PathEscape(s.Info.ID) + suffix }
+func (s *Session) path(suffix string) string {
+	return "/v1/sessions/" + url.PathEscape(s.Info.ID) + suffix
+}
 
 // Run executes code in the session; variables, imports and files persist.
 func (s *Session) Run(ctx context.Context, code string) (*Result, error) {

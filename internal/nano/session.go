@@ -41,9 +41,9 @@ type SessionInfo struct {
 	Limits   api.Limits    `json:"limits"`
 	TTL      time.Duration `json:"ttl"`
 	Cells    int           `json:"cells"`
-	Created  time.Time  `json:"created"`
-	LastUsed time.Time  `json:"last_used"`
-	Alive    bool       `json:"alive"`
+	Created  time.Time     `json:"created"`
+	LastUsed time.Time     `json:"last_used"`
+	Alive    bool          `json:"alive"`
 }
 
 // maxSessionTTL bounds a session's requested idle TTL.
