@@ -1,0 +1,133 @@
+package agentbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/entersandbox/agentbox"
+	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/server"
+)
+
+const apiKey = "example-key-0123456789"
+
+var (
+	serverOnce sync.Once
+	serverURL  string
+)
+
+// testServer starts one real agentbox server (nano engine behind the HTTP API) for the tests and
+// examples of this package.
+func testServer() string {
+	serverOnce.Do(func() {
+		eng, err := nano.New(context.Background(), nano.Config{})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		srv, err := server.New(eng, server.Config{APIKeys: []string{apiKey}})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		serverURL = httptest.NewServer(srv.Handler()).URL
+	})
+	return serverURL
+}
+
+func ExampleClient_Run() {
+	ctx := context.Background()
+	c, err := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))
+	if err != nil {
+		panic(err)
+	}
+	res, err := c.Run(ctx, agentbox.RunBody{
+		Code:  "import csv\nrows = list(csv.reader(open('/data/in.csv')))\nopen('/output/count.txt', 'w').write(str(len(rows)))\nprint(rows[0])",
+		Files: map[string][]byte{"/data/in.csv": []byte("a,b\nc,d\n")},
+	})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Print(res.Stdout)
+	fmt.Println(string(res.Files["/output/count.txt"]))
+	// Output:
+	// ['a', 'b']
+	// 2
+}
+
+func ExampleClient_RunStream() {
+	ctx := context.Background()
+	c, _ := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))
+	var seen []string
+	res, err := c.RunStream(ctx, agentbox.RunBody{Code: "for i in range(3): print('step', i, flush=True)"},
+		agentbox.Callbacks{Stdout: func(text string) { seen = append(seen, strings.TrimSpace(text)) }})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(strings.Join(seen, ", "), "| exit", res.ExitCode)
+	// Output: step 0, step 1, step 2 | exit 0
+}
+
+func ExampleSession() {
+	ctx := context.Background()
+	c, _ := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{TTLSeconds: 300})
+	if err != nil {
+		panic(err)
+	}
+	defer s.Close(ctx)
+	s.Upload(ctx, "/data/numbers.txt", strings.NewReader("1 2 3"))
+	s.Run(ctx, "nums = [int(x) for x in open('/data/numbers.txt').read().split()]")
+	res, _ := s.Run(ctx, "total = sum(nums)\nprint(total)\nopen('/output/total.txt', 'w').write(str(total))")
+	out, _ := s.Download(ctx, "/output/total.txt")
+	files, _ := s.ListFiles(ctx, "/output")
+	fmt.Print(res.Stdout)
+	fmt.Println(string(out), files[0].Name)
+	// Output:
+	// 6
+	// 6 total.txt
+}
+
+func TestClientErrors(t *testing.T) {
+	ctx := context.Background()
+	c, _ := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))
+	_, err := c.Run(ctx, agentbox.RunBody{Code: "1", Limits: agentbox.Limits{MemoryLimitMB: 1 << 20}})
+	var apiErr *agentbox.APIError
+	if !errors.As(err, &apiErr) || !errors.Is(err, agentbox.ErrInvalidArgument) || apiErr.Status != 400 || apiErr.RequestID == "" {
+		t.Fatalf("limit above maximum: %#v", err)
+	}
+	bad, _ := agentbox.New(testServer(), agentbox.WithAPIKey("wrong-key-0123456789"))
+	if _, err := bad.Run(ctx, agentbox.RunBody{Code: "1"}); !errors.Is(err, agentbox.ErrUnauthenticated) {
+		t.Fatalf("wrong key: %v", err)
+	}
+	if _, err := c.Session(ctx, "ses_missing"); !errors.Is(err, agentbox.ErrNotFound) {
+		t.Fatalf("missing session: %v", err)
+	}
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{Limits: agentbox.Limits{TimeoutMS: 500}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Upload(ctx, "relative.txt", strings.NewReader("x")); err == nil {
+		t.Fatal("relative upload path accepted")
+	}
+	if _, err := s.Download(ctx, "/data/none"); !errors.Is(err, agentbox.ErrNotFound) {
+		t.Fatalf("missing file: %v", err)
+	}
+	// A timeout ends the session's interpreter; the session is then gone.
+	res, err := s.RunStream(ctx, "print('start', flush=True)\nwhile True: pass", agentbox.Callbacks{})
+	if err != nil || !res.TimedOut {
+		t.Fatalf("%v %+v", err, res)
+	}
+	if _, err := s.Run(ctx, "1"); !errors.Is(err, agentbox.ErrNotFound) {
+		t.Fatalf("run on a dead session: %v", err)
+	}
+	if _, err := agentbox.New("ftp://x"); err == nil {
+		t.Fatal("bad base URL accepted")
+	}
+}
