@@ -99,6 +99,8 @@ type RunBody struct {
 	Limits
 	Files map[string][]byte `json:"files,omitempty"`
 	Stdin []byte            `json:"stdin,omitempty"`
+	// Packages are third-party packages to install first; they need the heavy tier.
+	Packages []string `json:"packages,omitempty"`
 }
 
 // RunResponse is POST /v1/run's answer: the result, and the files the program left under /output
@@ -117,6 +119,8 @@ type SessionRequest struct {
 	// TTLSeconds is how long the session may stay idle before it is closed; zero means the server's
 	// default.
 	TTLSeconds int `json:"ttl_s,omitempty"`
+	// Packages are third-party packages to install first; they need the heavy tier.
+	Packages []string `json:"packages,omitempty"`
 }
 
 // Session describes a session.

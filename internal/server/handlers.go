@@ -68,6 +68,14 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
+// checkPackages refuses package installs, which need the heavy tier.
+func checkPackages(pkgs []string) error {
+	if len(pkgs) > 0 {
+		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need the heavy tier, which this server does not offer yet; the nano tier has the standard library only", pkgs))
+	}
+	return nil
+}
+
 func checkTier(t api.Tier) error {
 	switch t {
 	case "", api.TierNano, api.TierAuto:
@@ -84,8 +92,8 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := checkTier(body.Tier); err != nil {
-		s.fail(w, r, err)
+	if err := errors.Join(checkTier(body.Tier), checkPackages(body.Packages)); err != nil {
+		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, err))
 		return
 	}
 	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: api.TierNano, Limits: body.Limits, Stdin: body.Stdin}
@@ -151,8 +159,8 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := checkTier(body.Tier); err != nil {
-		s.fail(w, r, err)
+	if err := errors.Join(checkTier(body.Tier), checkPackages(body.Packages)); err != nil {
+		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, err))
 		return
 	}
 	if body.TTLSeconds < 0 {

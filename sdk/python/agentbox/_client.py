@@ -1,0 +1,375 @@
+"""The agentbox HTTP client: Sandbox, its configuration and results, and typed errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+__all__ = [
+    "AgentboxError",
+    "ConflictError",
+    "ExecutionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OverloadedError",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxResult",
+    "UnauthenticatedError",
+]
+
+OutputCallback = Callable[[str], None]
+
+
+class AgentboxError(Exception):
+    """An error answer from the server (or a failure to reach it)."""
+
+    def __init__(self, message: str, *, status: int = 0, code: str = "", request_id: str = "",
+                 retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        if self.status:
+            return f"{self.message} ({self.status} {self.code}, request {self.request_id})"
+        return self.message
+
+
+class InvalidArgumentError(AgentboxError):
+    """The request was invalid (400)."""
+
+
+class UnauthenticatedError(AgentboxError):
+    """The API key was missing or wrong (401)."""
+
+
+class NotFoundError(AgentboxError):
+    """The session or file does not exist, or the session has ended (404)."""
+
+
+class ConflictError(AgentboxError):
+    """The session is busy with another request (409)."""
+
+
+class OverloadedError(AgentboxError):
+    """The server is at capacity; retry after ``retry_after`` seconds (429)."""
+
+
+_ERRORS = {
+    "invalid_argument": InvalidArgumentError,
+    "too_large": InvalidArgumentError,
+    "unauthenticated": UnauthenticatedError,
+    "not_found": NotFoundError,
+    "conflict": ConflictError,
+    "overloaded": OverloadedError,
+}
+
+
+@dataclass
+class SandboxConfig:
+    """Limits and placement of a sandbox. ``None`` means the server's default."""
+
+    timeout_ms: Optional[int] = None
+    memory_limit_mb: Optional[int] = None
+    allowed_modules: Optional[List[str]] = None
+    runtime: str = "auto"  # "auto" | "nano" | "heavy"
+    packages: List[str] = field(default_factory=list)
+    max_output_bytes: Optional[int] = None
+    ttl_s: Optional[int] = None
+
+    def _limits(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for key in ("timeout_ms", "memory_limit_mb", "allowed_modules", "max_output_bytes"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.runtime not in ("auto", "nano", "heavy"):
+            raise ValueError(f"runtime must be 'auto', 'nano' or 'heavy', not {self.runtime!r}")
+        out["tier"] = self.runtime
+        if self.packages:
+            out["packages"] = list(self.packages)
+        return out
+
+
+@dataclass
+class ExecutionError:
+    """Why a program did not finish normally: a Python exception class name, or one of Timeout,
+    MemoryLimitExceeded, OutputLimitExceeded, GuestCrash, SandboxError."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+@dataclass
+class SandboxResult:
+    stdout: str
+    stderr: str
+    exit_code: int
+    error: Optional[ExecutionError]
+    duration_ms: float = 0.0
+    tier: str = ""
+    timed_out: bool = False
+    memory_exceeded: bool = False
+    output_truncated: bool = False
+    files: Dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.error is None
+
+    @classmethod
+    def _from_json(cls, d: Dict[str, Any]) -> "SandboxResult":
+        err = d.get("error")
+        return cls(
+            stdout=d.get("stdout", ""),
+            stderr=d.get("stderr", ""),
+            exit_code=d.get("exit_code", 0),
+            error=ExecutionError(err["type"], err["message"], err.get("traceback", "")) if err else None,
+            duration_ms=d.get("duration_ms", 0.0),
+            tier=d.get("tier", ""),
+            timed_out=d.get("timed_out", False),
+            memory_exceeded=d.get("memory_exceeded", False),
+            output_truncated=d.get("output_truncated", False),
+            files={p: base64.b64decode(v) for p, v in (d.get("files") or {}).items()},
+        )
+
+
+class _LocalServer:
+    """An ``agentbox serve`` child process on a free loopback port."""
+
+    def __init__(self, binary: Optional[str]) -> None:
+        path = binary or os.environ.get("AGENTBOX_BIN") or shutil.which("agentbox")
+        if not path:
+            raise AgentboxError("url=None starts a local server, but no agentbox binary was found: "
+                                "pass binary=, set AGENTBOX_BIN, or put agentbox on PATH")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.api_key = secrets.token_urlsafe(24)
+        env = dict(os.environ, AGENTBOX_API_KEY=self.api_key)
+        self.proc = subprocess.Popen([path, "serve", "--addr", f"127.0.0.1:{port}"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise AgentboxError(f"agentbox serve exited with {self.proc.returncode}: {err.strip()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.close()
+        raise AgentboxError("agentbox serve did not become ready within 60 s")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+class Sandbox:
+    """A sandbox whose interpreter, variables and files persist across ``run`` calls (a server-side
+    session, created on first use). Use as a context manager, or call ``close()``.
+
+    With ``url=None`` a local ``agentbox serve`` is started on a free loopback port (the binary is
+    found through ``binary``, ``$AGENTBOX_BIN`` or ``PATH``) and stopped on close.
+    """
+
+    def __init__(self, config: Optional[SandboxConfig] = None, url: Optional[str] = None,
+                 api_key: Optional[str] = None, *, binary: Optional[str] = None,
+                 request_timeout: float = 600.0) -> None:
+        self.config = config or SandboxConfig()
+        self.config._limits()  # validate early
+        self._local: Optional[_LocalServer] = None
+        if url is None:
+            self._local = _LocalServer(binary)
+            url, api_key = self._local.url, self._local.api_key
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"url must be http(s)://host[:port], not {url!r}")
+        self.url = url.rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("AGENTBOX_API_KEY")
+        self.request_timeout = request_timeout
+        self._session_id: Optional[str] = None
+        self._closed = False
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Optional[bytes] = None,
+                 content_type: Optional[str] = None, accept: str = "application/json"):
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        req.add_header("Accept", accept)
+        if self.api_key:
+            req.add_header("Authorization", "Bearer " + self.api_key)
+        try:
+            return urllib.request.urlopen(req, timeout=self.request_timeout)
+        except urllib.error.HTTPError as e:
+            raise _error_from(e) from None
+        except urllib.error.URLError as e:
+            raise AgentboxError(f"cannot reach agentbox at {self.url}: {e.reason}") from None
+
+    def _json(self, method: str, path: str, payload: Any = None) -> Any:
+        body = json.dumps(payload).encode() if payload is not None else None
+        with self._request(method, path, body, "application/json" if body is not None else None) as resp:
+            data = resp.read()
+        return json.loads(data) if data else None
+
+    def _stream(self, path: str, payload: Any, on_stdout: Optional[OutputCallback],
+                on_stderr: Optional[OutputCallback]) -> Dict[str, Any]:
+        body = json.dumps(payload).encode()
+        with self._request("POST", path, body, "application/json", accept="text/event-stream") as resp:
+            event, data = "", []
+            for raw in resp:
+                line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+                elif line == "":
+                    if event in ("stdout", "stderr"):
+                        cb = on_stdout if event == "stdout" else on_stderr
+                        if cb is not None:
+                            cb(json.loads("".join(data))["text"])
+                    elif event == "result":
+                        return json.loads("".join(data))
+                    elif event == "error":
+                        err = json.loads("".join(data))["error"]
+                        cls = _ERRORS.get(err.get("code"), AgentboxError)
+                        raise cls(err.get("message", ""), status=200, code=err.get("code", ""),
+                                  request_id=resp.headers.get("X-Request-Id", ""))
+                    event, data = "", []
+        raise AgentboxError("the event stream ended without a result")
+
+    def _session_path(self) -> str:
+        if self._closed:
+            raise AgentboxError("this Sandbox is closed")
+        if self._session_id is None:
+            payload = self.config._limits()
+            if self.config.ttl_s is not None:
+                payload["ttl_s"] = self.config.ttl_s
+            self._session_id = self._json("POST", "/v1/sessions", payload)["id"]
+        return "/v1/sessions/" + urllib.parse.quote(self._session_id, safe="")
+
+    @staticmethod
+    def _file_path(remote_path: str) -> str:
+        if not remote_path.startswith("/"):
+            raise ValueError(f"remote path must be absolute, e.g. /data/file.csv, not {remote_path!r}")
+        return "/files/" + "/".join(urllib.parse.quote(seg, safe="") for seg in remote_path[1:].split("/"))
+
+    # -- API -----------------------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> Optional[str]:
+        """The server-side session's id, once the first call has created it."""
+        return self._session_id
+
+    def run(self, code: str, *, on_stdout: Optional[OutputCallback] = None,
+            on_stderr: Optional[OutputCallback] = None) -> SandboxResult:
+        """Run code in this sandbox's interpreter. With callbacks, output is delivered as it is written.
+        A program's own failure is in the result's ``error``; errors of the request raise."""
+        path = self._session_path() + "/run"
+        if on_stdout is None and on_stderr is None:
+            return SandboxResult._from_json(self._json("POST", path, {"code": code}))
+        return SandboxResult._from_json(self._stream(path, {"code": code}, on_stdout, on_stderr))
+
+    def run_once(self, code: str, *, files: Optional[Dict[str, bytes]] = None,
+                 on_stdout: Optional[OutputCallback] = None,
+                 on_stderr: Optional[OutputCallback] = None) -> SandboxResult:
+        """Run code in a fresh sandbox (not this one's session) with ``files`` placed first; the result
+        carries the files the program left under /output."""
+        payload = self.config._limits()
+        payload["code"] = code
+        if files:
+            payload["files"] = {p: base64.b64encode(data).decode() for p, data in files.items()}
+        if on_stdout is None and on_stderr is None:
+            return SandboxResult._from_json(self._json("POST", "/v1/run", payload))
+        return SandboxResult._from_json(self._stream("/v1/run", payload, on_stdout, on_stderr))
+
+    def upload_file(self, local_path: str, remote_path: str) -> None:
+        """Copy a local file into the sandbox (parent directories are created)."""
+        with open(local_path, "rb") as f:
+            data = f.read()
+        self.write_file(remote_path, data)
+
+    def write_file(self, remote_path: str, data: bytes) -> None:
+        """Write bytes to a file in the sandbox."""
+        path = self._session_path() + self._file_path(remote_path)
+        with self._request("PUT", path, data, "application/octet-stream"):
+            pass
+
+    def download_file(self, remote_path: str) -> bytes:
+        """Read a file from the sandbox."""
+        path = self._session_path() + self._file_path(remote_path)
+        with self._request("GET", path, accept="application/octet-stream") as resp:
+            return resp.read()
+
+    def list_files(self, directory: str = "/") -> List[Dict[str, Any]]:
+        """List a directory: dicts with name, path, size, is_dir, mod_time."""
+        query = urllib.parse.urlencode({"dir": directory})
+        return self._json("GET", self._session_path() + "/files?" + query)["files"]
+
+    def close(self) -> None:
+        """End the session and, if this Sandbox started one, the local server. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._session_id is not None:
+                try:
+                    self._json("DELETE", "/v1/sessions/" + urllib.parse.quote(self._session_id, safe=""))
+                except NotFoundError:
+                    pass  # already reaped or ended
+        finally:
+            if self._local is not None:
+                self._local.close()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        local = getattr(self, "_local", None)
+        if local is not None and not getattr(self, "_closed", True):
+            local.close()
+
+
+def _error_from(e: urllib.error.HTTPError) -> AgentboxError:
+    raw = e.read()
+    code, message = "", raw.decode(errors="replace").strip()
+    try:
+        detail = json.loads(raw)["error"]
+        code, message = detail["code"], detail["message"]
+    except (ValueError, KeyError, TypeError):
+        pass
+    retry = e.headers.get("Retry-After")
+    cls = _ERRORS.get(code, AgentboxError)
+    return cls(message or e.reason, status=e.code, code=code, request_id=e.headers.get("X-Request-Id", ""),
+               retry_after=float(retry) if retry and retry.isdigit() else None)

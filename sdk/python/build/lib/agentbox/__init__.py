@@ -1,0 +1,31 @@
+"""Python SDK for EnterSandBox (agentbox): run untrusted Python in isolated sandboxes.
+
+Standard library only. See ``Sandbox``.
+"""
+
+from ._client import (
+    AgentboxError,
+    ConflictError,
+    ExecutionError,
+    InvalidArgumentError,
+    NotFoundError,
+    OverloadedError,
+    Sandbox,
+    SandboxConfig,
+    SandboxResult,
+    UnauthenticatedError,
+)
+
+__all__ = [
+    "AgentboxError",
+    "ConflictError",
+    "ExecutionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OverloadedError",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxResult",
+    "UnauthenticatedError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,137 @@
+"""Tests of the Python SDK against a real agentbox server (the binary from $AGENTBOX_BIN or PATH)."""
+
+import os
+import shutil
+import threading
+
+import pytest
+
+from agentbox import (
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    Sandbox,
+    SandboxConfig,
+    UnauthenticatedError,
+)
+
+BIN = os.environ.get("AGENTBOX_BIN") or shutil.which("agentbox")
+if not BIN:
+    raise RuntimeError("these tests need the agentbox binary: set AGENTBOX_BIN (scripts/test.sh does)")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One local server for the module, started by the SDK itself (url=None)."""
+    owner = Sandbox(binary=BIN)
+    yield owner.url, owner.api_key
+    owner.close()
+    assert owner._local.proc.poll() is not None, "the local server was not stopped"
+
+
+def test_run_and_state(server):
+    url, key = server
+    with Sandbox(url=url, api_key=key) as sb:
+        r = sb.run("import math\nx = 20")
+        assert r.ok and r.tier == "nano"
+        r = sb.run("print(math.factorial(5) + x)")
+        assert r.stdout == "140\n"
+        assert r.exit_code == 0 and r.error is None
+
+
+def test_files_round_trip(server, tmp_path):
+    url, key = server
+    local = tmp_path / "in.csv"
+    local.write_text("a,1\nb,2\n")
+    with Sandbox(url=url, api_key=key) as sb:
+        sb.upload_file(str(local), "/data/in.csv")
+        r = sb.run("import csv\nrows = list(csv.reader(open('/data/in.csv')))\n"
+                   "open('/output/sum.txt', 'w').write(str(sum(int(n) for _, n in rows)))")
+        assert r.ok, r.stderr
+        assert sb.download_file("/output/sum.txt") == b"3"
+        names = [f["name"] for f in sb.list_files("/data")]
+        assert names == ["in.csv"]
+        sb.write_file("/data/blob.bin", bytes(range(256)))
+        assert sb.download_file("/data/blob.bin") == bytes(range(256))
+        with pytest.raises(NotFoundError):
+            sb.download_file("/data/missing.txt")
+        with pytest.raises(ValueError):
+            sb.download_file("relative.txt")
+
+
+def test_errors_are_structured(server):
+    url, key = server
+    with Sandbox(url=url, api_key=key) as sb:
+        r = sb.run("def f():\n    raise KeyError('k')\nf()")
+        assert r.exit_code == 1 and r.error.type == "KeyError"
+        assert "line 2, in f" in r.error.traceback
+        r = sb.run("import sys; sys.exit(4)")
+        assert r.exit_code == 4 and r.error is None
+
+
+def test_limits(server):
+    url, key = server
+    cfg = SandboxConfig(timeout_ms=300, memory_limit_mb=48, allowed_modules=["json"])
+    with Sandbox(config=cfg, url=url, api_key=key) as sb:
+        r = sb.run_once("while True: pass")
+        assert r.timed_out and r.exit_code == 124 and r.error.type == "Timeout"
+        r = sb.run_once("b = bytearray(200 << 20)")
+        assert r.memory_exceeded and r.exit_code == 137
+        r = sb.run_once("import os")
+        assert r.error.type == "ImportError" and "'os' is not allowed" in r.error.message
+
+
+def test_streaming_callbacks(server):
+    url, key = server
+    out, err = [], []
+    with Sandbox(url=url, api_key=key) as sb:
+        r = sb.run("import sys\nfor i in range(3): print(i, flush=True)\nprint('warn', file=sys.stderr)",
+                   on_stdout=out.append, on_stderr=err.append)
+    assert "".join(out) == "0\n1\n2\n" == r.stdout
+    assert "".join(err) == "warn\n"
+
+
+def test_run_once_returns_output_files(server):
+    url, key = server
+    with Sandbox(url=url, api_key=key) as sb:
+        r = sb.run_once("open('/output/r.txt', 'w').write(open('/data/q').read() * 2)", files={"/data/q": b"ab"})
+    assert r.files == {"/output/r.txt": b"abab"}
+
+
+def test_request_errors(server):
+    url, key = server
+    with pytest.raises(UnauthenticatedError):
+        Sandbox(url=url, api_key="wrong-key-0123456789").run("1")
+    with pytest.raises(InvalidArgumentError) as exc:
+        Sandbox(config=SandboxConfig(memory_limit_mb=10 ** 6), url=url, api_key=key).run("1")
+    assert exc.value.status == 400 and "maximum" in exc.value.message
+    with pytest.raises(InvalidArgumentError, match="heavy tier"):
+        Sandbox(config=SandboxConfig(packages=["numpy"]), url=url, api_key=key).run("1")
+    with pytest.raises(ValueError):
+        SandboxConfig(runtime="gpu")._limits()
+    with pytest.raises(ValueError):
+        Sandbox(url="ftp://example", api_key=key)
+
+
+def test_session_busy_and_closed(server):
+    url, key = server
+    sb = Sandbox(url=url, api_key=key)
+    sb.run("import time")
+    started = threading.Event()
+    t = threading.Thread(target=lambda: sb.run("print('go', flush=True)\ntime.sleep(1)", on_stdout=lambda _: started.set()))
+    t.start()
+    assert started.wait(10)
+    with pytest.raises(ConflictError):
+        sb.run("1")
+    t.join()
+    sb.close()
+    sb.close()  # idempotent
+    with pytest.raises(Exception, match="closed"):
+        sb.run("1")
+
+
+def test_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("AGENTBOX_BIN", raising=False)
+    with pytest.raises(Exception, match="agentbox binary"):
+        Sandbox()
