@@ -3,6 +3,8 @@ package bench
 import (
 	"bytes"
 	"context"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -42,5 +44,30 @@ func TestSummarise(t *testing.T) {
 	l := summarise(s)
 	if l.N != 100 || l.Median != 51 || l.P99 != 99 || l.Min != 1 {
 		t.Fatalf("%+v", l)
+	}
+}
+
+// TestLoadSmall drives a real `agentbox serve` (built from this tree) with a few clients: every
+// operation must succeed and the server must hold no more goroutines, files or sessions once idle.
+func TestLoadSmall(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "agentbox")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/entersandbox/agentbox/cmd/agentbox").CombinedOutput(); err != nil {
+		t.Fatalf("building agentbox: %v\n%s", err, out)
+	}
+	rep, err := RunLoad(context.Background(), LoadOptions{Binary: bin, Clients: 8, Duration: 3 * time.Second, Idle: 7 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Errors != 0 || rep.Operations == 0 {
+		t.Fatalf("%d errors (first: %s), %d operations", rep.Errors, rep.FirstError, rep.Operations)
+	}
+	for _, op := range operations {
+		if rep.Latency[op.name].N == 0 {
+			t.Errorf("operation %s never ran", op.name)
+		}
+	}
+	b, a := rep.Before, rep.After
+	if a.Goroutines > b.Goroutines || a.OpenFDs > b.OpenFDs || a.Sessions != 0 {
+		t.Fatalf("server did not return to rest: before %+v after %+v", b, a)
 	}
 }

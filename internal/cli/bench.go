@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/entersandbox/agentbox/internal/bench"
 )
@@ -19,8 +20,23 @@ func (e *env) bench(ctx context.Context, args []string) error {
 	fset.IntVar(&o.IdleCount, "idle", 50, "sandboxes held to measure memory per idle sandbox")
 	fset.StringVar(&o.Python, "python", "", "native interpreter for the CPU comparison (default: python3 on PATH)")
 	asJSON := fset.Bool("json", false, "print the report as JSON")
+	load := fset.Bool("load", false, "instead: load-test a real `agentbox serve` over loopback")
+	var lo bench.LoadOptions
+	fset.IntVar(&lo.Clients, "clients", 100, "with --load: concurrent clients")
+	fset.DurationVar(&lo.Duration, "load-duration", 30*time.Second, "with --load: length of the load phase")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
+	}
+	if *load {
+		rep, err := bench.RunLoad(ctx, lo, e.stderr)
+		if err != nil {
+			return fmt.Errorf("load benchmark: %w", err)
+		}
+		if *asJSON {
+			return json.NewEncoder(e.stdout).Encode(rep)
+		}
+		rep.Print(e.stdout)
+		return nil
 	}
 	if o.Runs < 1 || o.ColdRuns < 1 || o.IdleCount < 1 {
 		return usagef("-n, -cold-n and -idle must be at least 1")

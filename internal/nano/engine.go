@@ -108,8 +108,9 @@ type Engine struct {
 	snap     atomic.Pointer[snapshot]
 	rotating atomic.Bool
 
-	slots   chan struct{}
-	waiting atomic.Int64
+	slots    chan struct{}
+	waiting  atomic.Int64
+	lastUsed atomic.Int64 // unix nanoseconds of the last admitted run
 
 	pool     chan *instance
 	poolStop chan struct{}
@@ -318,6 +319,7 @@ func (e *Engine) admit(ctx context.Context) (release func(), err error) {
 	if e.closed.Load() {
 		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
 	}
+	e.lastUsed.Store(time.Now().UnixNano())
 	select {
 	case e.slots <- struct{}{}:
 		return func() { <-e.slots }, nil

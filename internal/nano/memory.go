@@ -147,6 +147,32 @@ func (p *regionPool) unmap(r *region) {
 	p.mapped.Add(-1)
 }
 
+// trim gives back what an idle engine need not keep: free regions past the first maxFree are unmapped,
+// and the others lose the memory they hold beyond keep bytes (the snapshot's size).
+func (p *regionPool) trim(keep, maxFree int) {
+	from := roundUp(keep, hugePage)
+	p.mu.Lock()
+	var drop []*region
+	if len(p.free) > maxFree {
+		drop = append(drop, p.free[maxFree:]...)
+		p.free = p.free[:maxFree]
+	}
+	defer func() {
+		p.mu.Unlock()
+		for _, r := range drop {
+			p.unmap(r)
+		}
+	}()
+	for _, r := range p.free {
+		if r.dirty > from {
+			if err := unix.Madvise(r.buf[from:roundUp(r.dirty, osPage)], unix.MADV_DONTNEED); err == nil {
+				clear(r.buf[keep:min(from, r.dirty)])
+				r.dirty = keep
+			}
+		}
+	}
+}
+
 // close unmaps the free regions; regions in use are unmapped as they come back.
 func (p *regionPool) close() {
 	p.mu.Lock()

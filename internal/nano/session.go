@@ -195,7 +195,11 @@ func (s *Session) closeLocked(ctx context.Context) {
 	s.eng.sessMu.Unlock()
 }
 
-// reapSessions closes sessions idle past the TTL, until the engine closes.
+// idleTrim is how long the engine must have admitted no run before free memory regions are trimmed.
+const idleTrim = 5 * time.Second
+
+// reapSessions closes sessions idle past their TTL and, once the engine is idle, trims the memory kept
+// for recycling; it runs until the engine closes.
 func (e *Engine) reapSessions() {
 	tick := time.NewTicker(max(min(e.cfg.SessionTTL/10, time.Second), 10*time.Millisecond))
 	defer tick.Stop()
@@ -204,6 +208,9 @@ func (e *Engine) reapSessions() {
 		case <-e.poolStop:
 			return
 		case <-tick.C:
+		}
+		if snap := e.snap.Load(); snap != nil && time.Since(time.Unix(0, e.lastUsed.Load())) > idleTrim {
+			e.regions.trim(snap.mem.size(), e.cfg.MaxConcurrent)
 		}
 		e.sessMu.Lock()
 		var idle []*Session
