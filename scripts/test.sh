@@ -48,3 +48,4 @@ rm -rf "$(dirname "$venv")"
 say "fuzzing (short)"
 go test -run '^$' -fuzz '^FuzzOps$' -fuzztime 15s ./internal/vfs
 go test -run '^$' -fuzz '^FuzzStripDataSegments$' -fuzztime 10s ./internal/nano
+go test -run '^$' -fuzz '^FuzzAPI$' -fuzztime 15s ./internal/server

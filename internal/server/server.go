@@ -56,6 +56,10 @@ type Config struct {
 	Logger *slog.Logger
 	// MCP, when set, is mounted at /mcp (behind the same auth).
 	MCP http.Handler
+	// ReadHeaderTimeout and ReadTimeout bound how long a client may take to send its headers and its
+	// whole request (slow clients); zero means 10 s and 2 min.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
 }
 
 // Server serves the HTTP API.
@@ -82,6 +86,12 @@ func New(eng Engine, cfg Config) (*Server, error) {
 	if cfg.MaxFilesBytes <= 0 {
 		cfg.MaxFilesBytes = 32 << 20
 	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = 10 * time.Second
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = 2 * time.Minute
+	}
 	for _, k := range cfg.APIKeys {
 		if len(k) < 16 {
 			return nil, fmt.Errorf("API keys must be at least 16 characters (got one of %d)", len(k))
@@ -99,7 +109,8 @@ func New(eng Engine, cfg Config) (*Server, error) {
 	s.http = &http.Server{
 		Addr:              cfg.Addr,
 		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

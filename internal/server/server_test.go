@@ -449,3 +449,38 @@ func TestGracefulShutdown(t *testing.T) {
 }
 
 func newListener() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
+
+func TestSlowClientIsCutOff(t *testing.T) {
+	srv, _ := New(eng, Config{Addr: "127.0.0.1:0", ReadHeaderTimeout: 200 * time.Millisecond, ReadTimeout: 400 * time.Millisecond})
+	l, err := newListener()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	defer srv.Shutdown(context.Background())
+	for name, send := range map[string]string{
+		"headers never finish": "POST /v1/run HTTP/1.1\r\nHost: x\r\n",
+		"body never finishes":  "POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"code\": ",
+	} {
+		t.Run(name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.Write([]byte(send))
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			start := time.Now()
+			io.ReadAll(conn) // returns when the server closes the connection
+			if d := time.Since(start); d > 3*time.Second {
+				t.Fatalf("server held a stalled client for %v", d)
+			}
+		})
+	}
+	// The server still serves.
+	resp, err := http.Get("http://" + l.Addr().String() + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", err, resp)
+	}
+	resp.Body.Close()
+}
