@@ -27,6 +27,7 @@ type LoadOptions struct {
 	Clients  int           // concurrent clients [100]
 	Duration time.Duration // of the load phase [30s]
 	Idle     time.Duration // settling time before the after-idle reading [10s]
+	Queue    int           // the server's --queue [its default]
 }
 
 // LoadReport is what RunLoad measured.
@@ -139,7 +140,7 @@ func RunLoad(ctx context.Context, o LoadOptions, progress io.Writer) (*LoadRepor
 			fmt.Fprintf(progress, format+"\n", a...)
 		}
 	}
-	srv, err := startServer(ctx, o.Binary)
+	srv, err := startServer(ctx, o.Binary, o.Queue)
 	if err != nil {
 		return nil, err
 	}
@@ -205,8 +206,9 @@ func RunLoad(ctx context.Context, o LoadOptions, progress io.Writer) (*LoadRepor
 					rep.Operations++
 				}
 				mu.Unlock()
-				if errors.Is(err, agentbox.ErrOverloaded) {
-					time.Sleep(20 * time.Millisecond)
+				var apiErr *agentbox.APIError
+				if errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
+					time.Sleep(apiErr.RetryAfter) // a well-behaved client honours Retry-After
 				}
 			}
 		}()
@@ -233,7 +235,7 @@ type childServer struct {
 	done chan struct{}
 }
 
-func startServer(ctx context.Context, binary string) (*childServer, error) {
+func startServer(ctx context.Context, binary string, queue int) (*childServer, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -243,7 +245,7 @@ func startServer(ctx context.Context, binary string) (*childServer, error) {
 	var kb [16]byte
 	rand.Read(kb[:])
 	s := &childServer{url: "http://" + addr, key: hex.EncodeToString(kb[:]), done: make(chan struct{})}
-	s.cmd = exec.Command(binary, "serve", "--addr", addr, "--queue", "10000")
+	s.cmd = exec.Command(binary, "serve", "--addr", addr, "--queue", strconv.Itoa(queue))
 	s.cmd.Env = append(os.Environ(), "AGENTBOX_API_KEY="+s.key)
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s serve: %w", binary, err)

@@ -24,6 +24,7 @@ func (e *env) bench(ctx context.Context, args []string) error {
 	var lo bench.LoadOptions
 	fset.IntVar(&lo.Clients, "clients", 100, "with --load: concurrent clients")
 	fset.DurationVar(&lo.Duration, "load-duration", 30*time.Second, "with --load: length of the load phase")
+	fset.IntVar(&lo.Queue, "server-queue", 0, "with --load: the server's --queue (default: its own default)")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -203,14 +204,20 @@ const idleTrim = 5 * time.Second
 func (e *Engine) reapSessions() {
 	tick := time.NewTicker(max(min(e.cfg.SessionTTL/10, time.Second), 10*time.Millisecond))
 	defer tick.Stop()
+	var trimmedAt int64 // the lastUsed value the last trim saw
 	for {
 		select {
 		case <-e.poolStop:
 			return
 		case <-tick.C:
 		}
-		if snap := e.snap.Load(); snap != nil && time.Since(time.Unix(0, e.lastUsed.Load())) > idleTrim {
-			e.regions.trim(snap.mem.size(), e.cfg.MaxConcurrent)
+		if last := e.lastUsed.Load(); last != trimmedAt && time.Since(time.Unix(0, last)) > idleTrim {
+			// Once per idle period: what a burst grew into goes back to the kernel.
+			trimmedAt = last
+			if snap := e.snap.Load(); snap != nil {
+				e.regions.trim(snap.mem.size(), e.cfg.MaxConcurrent)
+			}
+			debug.FreeOSMemory()
 		}
 		e.sessMu.Lock()
 		var idle []*Session
