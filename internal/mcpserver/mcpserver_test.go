@@ -3,6 +3,7 @@ package mcpserver
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/server"
 )
 
 // connect returns an MCP client session over the named transport: "http" (streamable HTTP against
@@ -24,14 +26,24 @@ func connect(t *testing.T, transport string) *mcp.ClientSession {
 	var tr mcp.Transport
 	switch transport {
 	case "http":
+		// Through the API server's /mcp route, behind its bearer-key auth, as `agentbox serve` mounts it.
 		eng, err := nano.New(ctx, nano.Config{PoolSize: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { eng.Close(context.Background()) })
-		ts := httptest.NewServer(HTTPHandler(eng, "test"))
+		srv, err := server.New(eng, server.Config{APIKeys: []string{testKey}, MCP: HTTPHandler(eng, "test")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts := httptest.NewServer(srv.Handler())
 		t.Cleanup(ts.Close)
-		tr = &mcp.StreamableClientTransport{Endpoint: ts.URL}
+		resp, err := http.Post(ts.URL+"/mcp", "application/json", strings.NewReader(`{}`))
+		if err != nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("/mcp without a key: %v %v", err, resp)
+		}
+		resp.Body.Close()
+		tr = &mcp.StreamableClientTransport{Endpoint: ts.URL + "/mcp", HTTPClient: &http.Client{Transport: bearer{testKey}}}
 	case "stdio":
 		bin := filepath.Join(t.TempDir(), "agentbox")
 		build := exec.Command("go", "build", "-o", bin, "github.com/entersandbox/agentbox/cmd/agentbox")
@@ -49,6 +61,17 @@ func connect(t *testing.T, transport string) *mcp.ClientSession {
 	}
 	t.Cleanup(func() { cs.Close() })
 	return cs
+}
+
+const testKey = "mcp-test-key-0123456789"
+
+// bearer adds the API key to every request.
+type bearer struct{ key string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.key)
+	return http.DefaultTransport.RoundTrip(r)
 }
 
 func callTool(t *testing.T, cs *mcp.ClientSession, name string, args map[string]any) (*mcp.CallToolResult, map[string]any) {
