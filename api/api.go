@@ -88,6 +88,17 @@ type Result struct {
 	MemoryExceeded bool    `json:"memory_exceeded"`
 	// OutputTruncated is set when stdout or stderr went past its cap; the kept text ends with a marker.
 	OutputTruncated bool `json:"output_truncated"`
+	// Artifacts are rich outputs, such as charts: every matplotlib figure shown or left open (heavy
+	// tier).
+	Artifacts []Artifact `json:"artifacts,omitempty"`
+}
+
+// Artifact is a rich output of a run.
+type Artifact struct {
+	Name string `json:"name"`
+	MIME string `json:"mime"`
+	// Data is the content (base64 in JSON).
+	Data []byte `json:"base64"`
 }
 
 // RunBody is the HTTP API's POST /v1/run request: RunRequest with files as a map from sandbox path

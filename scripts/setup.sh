@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything agentbox needs on a fresh Debian 12 machine with Go: Debian packages, the python.wasm
-# interpreter (built from Debian's sources, cached), and bin/agentbox. Safe to run again: cached steps
-# are skipped.
+# interpreter (built from Debian's sources), gVisor's runsc and the heavy tier's root filesystem (all
+# cached), and bin/agentbox. Safe to run again: cached steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,7 @@ if [ "$(id -u)" != 0 ] && ! command -v clang-16 >/dev/null; then
 fi
 
 bash build/pywasm/build.sh
+bash build/heavy/build.sh
 say "building bin/agentbox"
 go build -trimpath -o bin/agentbox ./cmd/agentbox
 say "ready: bin/agentbox"

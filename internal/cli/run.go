@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
@@ -29,7 +30,8 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	timeout := fset.Duration("timeout", 0, "wall-clock limit, e.g. 2s (default 30s)")
 	memory := fset.Int("memory", 0, "memory limit in MiB (default 256)")
 	maxOutput := fset.Int("max-output", 0, "cap on stdout and stderr, each, in bytes (default 1 MiB)")
-	tier := fset.String("tier", "nano", "sandbox tier: nano")
+	tier := fset.String("tier", "nano", "sandbox tier: nano, or heavy (numpy/pandas/matplotlib under gVisor)")
+	artifacts := fset.String("artifacts", "", "heavy tier: write charts and other artifacts into this directory")
 	var allow, files, outs multiFlag
 	fset.Var(&allow, "allow-module", "only allow importing this top-level module (repeatable)")
 	fset.Var(&files, "file", "copy LOCAL[:REMOTE] into the sandbox before the run (repeatable; REMOTE defaults to /data/<name>)")
@@ -45,8 +47,10 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	if len(pos) != 1 {
 		return 0, usagef("run takes one program: a file, or - for stdin (got %d arguments)", len(pos))
 	}
-	if *tier != string(api.TierNano) && *tier != string(api.TierAuto) {
-		return 0, usagef("--tier %q: this build serves the nano tier only", *tier)
+	switch api.Tier(*tier) {
+	case api.TierNano, api.TierAuto, api.TierHeavy:
+	default:
+		return 0, usagef("--tier %q: want nano, heavy or auto", *tier)
 	}
 	if *timeout < 0 || (*timeout > 0 && *timeout < time.Millisecond) {
 		return 0, usagef("--timeout %v: must be at least 1ms", *timeout)
@@ -84,6 +88,13 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		outSpecs = append(outSpecs, o)
 	}
 
+	if api.Tier(*tier) == api.TierHeavy {
+		if len(outSpecs) > 0 || len(allow) > 0 {
+			return 0, usagef("--out and --allow-module are nano-tier options")
+		}
+		req.Tier = api.TierHeavy
+		return e.runHeavy(ctx, req, *asJSON, *artifacts)
+	}
 	eng, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, MaxConcurrent: 1, Logger: e.log})
 	if err != nil {
 		return 0, err
@@ -114,23 +125,65 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		}
 		return 0, err
 	}
-	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		if err := enc.Encode(res); err != nil {
-			return 0, err
-		}
-	} else if res.OutputTruncated {
-		fmt.Fprintln(e.stderr, "agentbox: output truncated at the limit")
-	}
-	if !*asJSON && res.Error != nil && sandboxErrorTypes[res.Error.Type] {
-		// Limits and crashes are ours to report; Python already printed its own tracebacks.
-		fmt.Fprintf(e.stderr, "agentbox: %s: %s\n", res.Error.Type, res.Error.Message)
+	if err := e.report(res, *asJSON); err != nil {
+		return 0, err
 	}
 	for _, err := range copyErrs {
 		fmt.Fprintf(e.stderr, "agentbox: %v\n", err)
 	}
 	if len(copyErrs) > 0 && res.ExitCode == 0 {
 		return 1, nil
+	}
+	return res.ExitCode, nil
+}
+
+// report prints the result: one JSON object, or the notes a terminal user needs (output already
+// streamed through).
+func (e *env) report(res *api.Result, asJSON bool) error {
+	if asJSON {
+		return json.NewEncoder(e.stdout).Encode(res)
+	}
+	if res.OutputTruncated {
+		fmt.Fprintln(e.stderr, "agentbox: output truncated at the limit")
+	}
+	if res.Error != nil && sandboxErrorTypes[res.Error.Type] {
+		// Limits and crashes are ours to report; Python already printed its own tracebacks.
+		fmt.Fprintf(e.stderr, "agentbox: %s: %s\n", res.Error.Type, res.Error.Message)
+	}
+	return nil
+}
+
+// runHeavy runs a program on the heavy tier.
+func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, artifactDir string) (int, error) {
+	eng, err := heavy.New(ctx, heavy.Config{PoolSize: -1, Logger: e.log})
+	if err != nil {
+		return 0, err
+	}
+	defer eng.Close(context.Background())
+	var stream heavy.Stream
+	if !asJSON {
+		stream = heavy.Stream{Stdout: func(s string) { io.WriteString(e.stdout, s) }, Stderr: func(s string) { io.WriteString(e.stderr, s) }}
+	}
+	res, err := eng.Run(ctx, req, stream)
+	if err != nil {
+		return 0, err
+	}
+	if artifactDir != "" {
+		if err := os.MkdirAll(artifactDir, 0o755); err != nil {
+			return 0, err
+		}
+		for _, a := range res.Artifacts {
+			p := filepath.Join(artifactDir, filepath.Base(a.Name))
+			if err := os.WriteFile(p, a.Data, 0o644); err != nil {
+				return 0, err
+			}
+			if !asJSON {
+				fmt.Fprintf(e.stderr, "agentbox: wrote %s\n", p)
+			}
+		}
+	}
+	if err := e.report(res, asJSON); err != nil {
+		return 0, err
 	}
 	return res.ExitCode, nil
 }

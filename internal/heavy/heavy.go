@@ -1,0 +1,383 @@
+// Package heavy is agentbox's full-Python tier: CPython 3.11 with numpy, pandas, matplotlib and scipy
+// from Debian, each sandbox a gVisor (runsc) container with a read-only root filesystem, private
+// size-limited /tmp and /home/user, memory, CPU and process limits, an unprivileged user and no
+// network. Inside, a small agent (agent.py) runs programs and reports results and charts over a
+// line-delimited JSON protocol on stdio. See docs/heavy-tier.md.
+package heavy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
+)
+
+//go:embed agent.py
+var agentSource []byte
+
+// Built-in defaults and ceilings for Config fields left zero.
+const (
+	defaultTimeout  = 60 * time.Second
+	defaultMemoryMB = 1024
+	defaultOutput   = 1 << 20
+	maxTimeout      = 30 * time.Minute
+	maxMemoryMB     = 8192
+	maxOutput       = 64 << 20
+	minMemoryMB     = 128
+	defaultPids     = 64
+	defaultTmpMB    = 512
+	defaultPool     = 2
+	startTimeout    = 60 * time.Second
+)
+
+// Config configures an Engine. The zero value uses the artefacts build/heavy/build.sh made.
+type Config struct {
+	// Runsc and Rootfs locate gVisor's runtime and the root filesystem; empty means the build
+	// script's cache (~/.cache/agentbox/heavy/bin/runsc and .../rootfs).
+	Runsc  string
+	Rootfs string
+	// StateDir is runsc's state root and holds the per-sandbox bundles; empty means a new directory
+	// under os.TempDir().
+	StateDir string
+	// Defaults apply to a request's zero limit fields; zero fields here mean 60 s, 1024 MiB and 1 MiB
+	// of output per stream. Max are the largest a request may ask for; zero fields mean 30 min,
+	// 8192 MiB and 64 MiB.
+	Defaults api.Limits
+	Max      api.Limits
+	// Pids caps processes and threads per sandbox (RLIMIT_NPROC, enforced by gVisor); zero means 64.
+	Pids int
+	// DiskMB caps each of /tmp and /home/user; zero means 512 MiB.
+	DiskMB int
+	// PoolSize is how many started sandboxes (numpy, pandas and matplotlib imported) are kept ready;
+	// zero means 2, negative disables the pool.
+	PoolSize int
+	// MaxConcurrent caps sandboxes running at once (pool included); zero means 8.
+	MaxConcurrent int
+	// Logger receives the engine's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Engine runs programs in heavy sandboxes. It is safe for concurrent use.
+type Engine struct {
+	cfg      Config
+	log      *slog.Logger
+	agentDir string
+	ownState bool
+	pool     chan *sandbox
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	slots    chan struct{}
+	closed   atomic.Bool
+	Stats    Stats
+}
+
+// Stats are counters for metrics and benchmarks.
+type Stats struct {
+	PoolHits   atomic.Int64
+	PoolMisses atomic.Int64
+	Started    atomic.Int64
+}
+
+// ErrNotInstalled means runsc or the root filesystem is missing.
+var ErrNotInstalled = errors.New("heavy tier not installed: run build/heavy/build.sh (scripts/setup.sh does)")
+
+func cacheDir() string {
+	if d := os.Getenv("AGENTBOX_HEAVY_CACHE"); d != "" {
+		return d
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		base = os.TempDir()
+	}
+	return filepath.Join(base, "agentbox", "heavy")
+}
+
+// New checks the installation, prepares the agent and starts filling the pool.
+func New(ctx context.Context, cfg Config) (*Engine, error) {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&cfg.Max.TimeoutMS, int(maxTimeout/time.Millisecond))
+	def(&cfg.Max.MemoryLimitMB, maxMemoryMB)
+	def(&cfg.Max.MaxOutputBytes, maxOutput)
+	def(&cfg.Defaults.TimeoutMS, min(int(defaultTimeout/time.Millisecond), cfg.Max.TimeoutMS))
+	def(&cfg.Defaults.MemoryLimitMB, min(defaultMemoryMB, cfg.Max.MemoryLimitMB))
+	def(&cfg.Defaults.MaxOutputBytes, min(defaultOutput, cfg.Max.MaxOutputBytes))
+	def(&cfg.Pids, defaultPids)
+	def(&cfg.DiskMB, defaultTmpMB)
+	def(&cfg.PoolSize, defaultPool)
+	def(&cfg.MaxConcurrent, 8)
+	if cfg.Runsc == "" {
+		cfg.Runsc = filepath.Join(cacheDir(), "bin", "runsc")
+	}
+	if cfg.Rootfs == "" {
+		cfg.Rootfs = filepath.Join(cacheDir(), "rootfs")
+	}
+	if _, err := os.Stat(cfg.Runsc); err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrNotInstalled, err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Rootfs, "usr", "bin", "python3")); err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrNotInstalled, err)
+	}
+	// runsc mounts "safely" and refuses a root reached through a symbolic link.
+	rootfs, err := filepath.EvalSymlinks(cfg.Rootfs)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Rootfs = rootfs
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{cfg: cfg, log: log, stop: make(chan struct{}), slots: make(chan struct{}, cfg.MaxConcurrent)}
+	if e.cfg.StateDir == "" {
+		dir, err := os.MkdirTemp("", "agentbox-heavy-")
+		if err != nil {
+			return nil, err
+		}
+		e.cfg.StateDir, e.ownState = dir, true
+	}
+	e.agentDir = filepath.Join(e.cfg.StateDir, "agent")
+	if err := os.MkdirAll(e.agentDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(e.agentDir, "agent.py"), agentSource, 0o644); err != nil {
+		return nil, err
+	}
+	if cfg.PoolSize > 0 {
+		e.pool = make(chan *sandbox, cfg.PoolSize)
+		e.wg.Add(1)
+		go e.fillPool()
+	}
+	return e, nil
+}
+
+// Limits resolves a request's limits against the engine's defaults and maxima.
+func (e *Engine) Limits(req api.Limits) (api.Limits, error) {
+	out := req
+	d, m := e.cfg.Defaults, e.cfg.Max
+	for _, f := range []struct {
+		name          string
+		v             *int
+		def, max, min int
+	}{
+		{"timeout_ms", &out.TimeoutMS, d.TimeoutMS, m.TimeoutMS, 1},
+		{"memory_limit_mb", &out.MemoryLimitMB, d.MemoryLimitMB, m.MemoryLimitMB, minMemoryMB},
+		{"max_output_bytes", &out.MaxOutputBytes, d.MaxOutputBytes, m.MaxOutputBytes, 1},
+	} {
+		switch {
+		case *f.v < 0:
+			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s is negative (%d)", f.name, *f.v))
+		case *f.v == 0:
+			*f.v = f.def
+		case *f.v > f.max:
+			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s %d is above the heavy tier's maximum of %d", f.name, *f.v, f.max))
+		case *f.v < f.min:
+			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s %d is below the heavy tier's minimum of %d", f.name, *f.v, f.min))
+		}
+	}
+	if len(out.AllowedModules) > 0 {
+		return out, errdefs.With(errdefs.InvalidArgument, errors.New("allowed_modules is a nano-tier policy; the heavy tier does not enforce it"))
+	}
+	return out, nil
+}
+
+// sandbox is one running container and the agent inside it.
+type sandbox struct {
+	id      string
+	bundle  string
+	cmd     *exec.Cmd
+	in      io.WriteCloser
+	out     *bufio.Scanner
+	done    chan struct{} // closed when runsc exits
+	killed  atomic.Bool   // we stopped it (timeout, output cap, close)
+	memory  int           // MiB the container was started with
+	nextID  int
+	exitErr error
+}
+
+func newID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return "agentbox-" + hex.EncodeToString(b[:])
+}
+
+func (e *Engine) runsc(args ...string) *exec.Cmd {
+	base := []string{"--root", filepath.Join(e.cfg.StateDir, "runsc"), "--platform=systrap", "--network=none"}
+	if dir := os.Getenv("AGENTBOX_RUNSC_DEBUG"); dir != "" {
+		// runsc's own logs, one file per command, for diagnosing start-up failures.
+		base = append(base, "--debug", "--debug-log="+dir+"/")
+	}
+	return exec.Command(e.cfg.Runsc, append(base, args...)...)
+}
+
+// start creates and starts a sandbox and waits for its agent to say it is ready.
+func (e *Engine) start(ctx context.Context, memoryMB int, preload bool) (*sandbox, error) {
+	s := &sandbox{id: newID(), done: make(chan struct{}), memory: memoryMB}
+	s.bundle = filepath.Join(e.cfg.StateDir, "bundles", s.id)
+	if err := os.MkdirAll(s.bundle, 0o700); err != nil {
+		return nil, err
+	}
+	spec := e.spec(memoryMB, preload)
+	b, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(s.bundle, "config.json"), b, 0o600); err != nil {
+		return nil, err
+	}
+	s.cmd = e.runsc("run", "--bundle", s.bundle, s.id)
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr := &limitedBuffer{max: 64 << 10}
+	s.cmd.Stderr = stderr
+	if s.in, err = s.cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
+	stdout, err := s.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	s.out = bufio.NewScanner(stdout)
+	s.out.Buffer(make([]byte, 64<<10), 256<<20)
+	if err := s.cmd.Start(); err != nil {
+		os.RemoveAll(s.bundle)
+		return nil, fmt.Errorf("starting runsc: %w", err)
+	}
+	e.Stats.Started.Add(1)
+	go func() {
+		s.exitErr = s.cmd.Wait()
+		close(s.done)
+	}()
+	ready := make(chan error, 1)
+	go func() {
+		if !s.out.Scan() {
+			ready <- fmt.Errorf("sandbox exited before its agent started: %v: %s", s.exitErr, stderr.String())
+			return
+		}
+		var msg struct{ Event string }
+		if err := json.Unmarshal(s.out.Bytes(), &msg); err != nil || msg.Event != "ready" {
+			ready <- fmt.Errorf("unexpected first line from the agent: %q", s.out.Text())
+			return
+		}
+		ready <- nil
+	}()
+	timer := time.NewTimer(startTimeout)
+	defer timer.Stop()
+	select {
+	case err = <-ready:
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-timer.C:
+		err = fmt.Errorf("sandbox did not start within %v", startTimeout)
+	}
+	if err != nil {
+		e.destroy(s)
+		return nil, fmt.Errorf("starting heavy sandbox: %w", err)
+	}
+	return s, nil
+}
+
+// spec is the OCI runtime spec of a sandbox.
+func (e *Engine) spec(memoryMB int, preload bool) map[string]any {
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/home/user", "LANG=C.UTF-8", "MPLBACKEND=Agg",
+		"PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "OPENBLAS_NUM_THREADS=1"}
+	if preload {
+		env = append(env, "AGENTBOX_PRELOAD=1")
+	}
+	tmpfs := func(dst string) map[string]any {
+		return map[string]any{"destination": dst, "type": "tmpfs", "source": "tmpfs",
+			"options": []string{"nosuid", "mode=1777", "size=" + strconv.Itoa(e.cfg.DiskMB) + "m"}}
+	}
+	return map[string]any{
+		"ociVersion": "1.0.2",
+		"process": map[string]any{
+			"user":            map[string]any{"uid": 1000, "gid": 1000},
+			"args":            []string{"/usr/bin/python3", "-X", "utf8", "/opt/agentbox/agent.py"},
+			"env":             env,
+			"cwd":             "/home/user",
+			"noNewPrivileges": true,
+			"capabilities":    map[string]any{"bounding": []string{}, "effective": []string{}, "permitted": []string{}},
+			// gVisor enforces NPROC itself: fork fails with EAGAIN in the guest. The pids cgroup below is only
+			// a host-side backstop, kept well above it, because the systrap platform needs host threads of
+			// its own and panics when the host refuses one.
+			"rlimits": []map[string]any{{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+				{"type": "RLIMIT_NPROC", "hard": e.cfg.Pids, "soft": e.cfg.Pids}},
+		},
+		"root":     map[string]any{"path": e.cfg.Rootfs, "readonly": true},
+		"hostname": "sandbox",
+		"mounts": []map[string]any{
+			{"destination": "/proc", "type": "proc", "source": "proc"},
+			{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": []string{"nosuid"}},
+			tmpfs("/tmp"), tmpfs("/home/user"), tmpfs("/data"), tmpfs("/output"),
+			{"destination": "/opt/agentbox", "type": "bind", "source": e.agentDir, "options": []string{"rbind", "ro"}},
+		},
+		"linux": map[string]any{
+			"namespaces": []map[string]any{{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}},
+			"resources": map[string]any{
+				"memory": map[string]any{"limit": int64(memoryMB) << 20},
+				"pids":   map[string]any{"limit": 4*e.cfg.Pids + 256},
+				"cpu":    map[string]any{"quota": 100000, "period": 100000},
+			},
+		},
+	}
+}
+
+// destroy stops a sandbox and removes its traces.
+func (e *Engine) destroy(s *sandbox) {
+	s.killed.Store(true)
+	if s.in != nil {
+		s.in.Close()
+	}
+	if s.cmd.Process != nil {
+		e.runsc("kill", s.id, "KILL").Run()
+		select {
+		case <-s.done:
+		case <-time.After(5 * time.Second):
+			s.cmd.Process.Kill()
+			<-s.done
+		}
+	}
+	e.runsc("delete", "--force", s.id).Run()
+	os.RemoveAll(s.bundle)
+}
+
+// limitedBuffer keeps the first max bytes written to it.
+type limitedBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := b.max - len(b.buf); room > 0 {
+		b.buf = append(b.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (b *limitedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
+}
