@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
@@ -27,6 +28,8 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	queue := fset.Int("queue", 0, "runs waiting for a slot before 429 (default 32 per slot)")
 	grace := fset.Duration("shutdown-grace", 30*time.Second, "how long in-flight requests may finish on shutdown")
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
+	heavyMode := fset.String("heavy", "auto", "heavy tier: auto (on when installed), on, off")
+	heavyPool := fset.Int("heavy-pool", 0, "started heavy sandboxes kept ready (default 2; negative disables)")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
@@ -52,14 +55,36 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(eng, server.Config{Addr: *addr, APIKeys: keys, Logger: log, MCP: mcpserver.HTTPHandler(eng, version())})
+	cfg := server.Config{Addr: *addr, APIKeys: keys, Logger: log, MCP: mcpserver.HTTPHandler(eng, version())}
+	var hv *heavy.Engine
+	switch *heavyMode {
+	case "off":
+	case "auto", "on":
+		hv, err = heavy.New(ctx, heavy.Config{PoolSize: *heavyPool, Logger: log})
+		switch {
+		case err == nil:
+			cfg.Heavy = hv
+		case *heavyMode == "auto" && errors.Is(err, heavy.ErrNotInstalled):
+			log.Info("heavy tier off", "reason", err)
+		default:
+			eng.Close(context.Background())
+			return err
+		}
+	default:
+		eng.Close(context.Background())
+		return usagef("--heavy %q: want auto, on or off", *heavyMode)
+	}
+	srv, err := server.New(eng, cfg)
 	if err != nil {
 		eng.Close(context.Background())
+		if hv != nil {
+			hv.Close(context.Background())
+		}
 		return usageError{err}
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("agentbox serving", "addr", *addr, "auth", len(keys) > 0)
+	log.Info("agentbox serving", "addr", *addr, "auth", len(keys) > 0, "heavy", hv != nil)
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
@@ -72,6 +97,11 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	}
 	if cerr := eng.Close(sctx); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("closing engine: %w", cerr))
+	}
+	if hv != nil {
+		if cerr := hv.Close(sctx); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing heavy engine: %w", cerr))
+		}
 	}
 	return err
 }

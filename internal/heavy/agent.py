@@ -213,6 +213,24 @@ def handle(req):
             st = os.lstat(p)
             out.append({"name": name, "path": p, "size": st.st_size, "is_dir": os.path.isdir(p) and not os.path.islink(p), "mtime": st.st_mtime})
         return {"files": out}
+    if op == "collect":
+        # Every regular file under dir (no links followed), within the caps; the rest is named.
+        root, max_file, max_total = _safe(req.get("dir") or "/output"), req["max_file"], req["max_total"]
+        files, omitted, total = {}, [], 0
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = os.path.join(dirpath, name)
+                if os.path.islink(p) or not os.path.isfile(p):
+                    continue
+                size = os.path.getsize(p)
+                if size > max_file or total + size > max_total:
+                    omitted.append(p)
+                    continue
+                with open(p, "rb") as f:
+                    files[p] = base64.b64encode(f.read()).decode()
+                total += size
+        return {"files": files, "omitted": omitted}
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -80,36 +80,69 @@ type Stream struct {
 	Stdout, Stderr func(text string)
 }
 
+// Output is what a run left under /output, within the caps it was collected with.
+type Output struct {
+	Files   map[string][]byte
+	Omitted []string
+}
+
 // Run executes one program in a fresh sandbox, which is destroyed afterwards.
 func (e *Engine) Run(ctx context.Context, req api.RunRequest, stream Stream) (*api.Result, error) {
+	res, _, err := e.RunCollect(ctx, req, stream, 0, 0)
+	return res, err
+}
+
+// RunCollect is Run that also returns the files the program left under /output: each at most
+// maxFile bytes and maxTotal in all (zero: collect nothing).
+func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream Stream, maxFile, maxTotal int64) (*api.Result, *Output, error) {
 	if req.Tier != "" && req.Tier != api.TierHeavy {
-		return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("tier %q is not served by the heavy engine", req.Tier))
+		return nil, nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("tier %q is not served by the heavy engine", req.Tier))
 	}
 	lim, err := e.Limits(req.Limits)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, f := range req.Files {
 		if err := checkPath(f.Path); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	release, err := e.admit(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer release()
 	s, err := e.take(ctx, lim.MemoryLimitMB)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer e.destroyLater(s)
 	for _, f := range req.Files {
 		if _, err := e.call(ctx, s, map[string]any{"op": "write", "path": f.Path, "data": base64.StdEncoding.EncodeToString(f.Data)}, lim, nil); err != nil {
-			return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("placing %s: %w", f.Path, err))
+			return nil, nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("placing %s: %w", f.Path, err))
 		}
 	}
-	return e.exec(ctx, s, req.Code, req.Filename, true, lim, stream)
+	res, err := e.exec(ctx, s, req.Code, req.Filename, true, lim, stream)
+	if err != nil || maxTotal <= 0 || s.killed.Load() {
+		return res, nil, err
+	}
+	select {
+	case <-s.done:
+		return res, nil, nil // the sandbox died: nothing to collect
+	default:
+	}
+	r, err := e.call(ctx, s, map[string]any{"op": "collect", "dir": "/output", "max_file": maxFile, "max_total": maxTotal}, api.Limits{TimeoutMS: 30_000}, nil)
+	if err != nil {
+		return res, nil, nil // the result stands; the files could not be read
+	}
+	var body struct {
+		Files   map[string][]byte
+		Omitted []string
+	}
+	if err := json.Unmarshal(r.Raw, &body); err != nil {
+		return res, nil, nil
+	}
+	return res, &Output{Files: body.Files, Omitted: body.Omitted}, nil
 }
 
 func checkPath(p string) error {
@@ -143,7 +176,6 @@ type reply struct {
 // Why a call was cut short.
 var (
 	errTimeout = errors.New("timeout")
-	errOutput  = errors.New("output limit")
 	errDied    = errors.New("sandbox exited")
 )
 

@@ -81,7 +81,7 @@ func checkTier(t api.Tier) error {
 	case "", api.TierNano, api.TierAuto:
 		return nil
 	case api.TierHeavy:
-		return errdefs.With(errdefs.InvalidArgument, errors.New("tier \"heavy\" is not available on this server yet"))
+		return nil
 	}
 	return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("unknown tier %q (want nano, heavy or auto)", t))
 }
@@ -104,6 +104,11 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	sort.Strings(paths)
 	for _, p := range paths {
 		req.Files = append(req.Files, api.File{Path: p, Data: body.Files[p]})
+	}
+	if body.Tier == api.TierHeavy {
+		req.Tier = api.TierHeavy
+		s.runHeavy(w, r, req)
+		return
 	}
 	st := s.startStream(w, r)
 	var resp api.RunResponse
@@ -167,6 +172,10 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("ttl_s is negative (%d)", body.TTLSeconds)))
 		return
 	}
+	if body.Tier == api.TierHeavy {
+		s.createHeavySession(w, r, body)
+		return
+	}
 	sess, err := s.eng.NewSession(r.Context(), body.Limits, time.Duration(body.TTLSeconds)*time.Second)
 	if err != nil {
 		s.fail(w, r, err)
@@ -191,12 +200,18 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) *nano.Session {
 }
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
+	if s.heavyRoute(w, r, "get") {
+		return
+	}
 	if sess := s.session(w, r); sess != nil {
 		writeJSON(w, http.StatusOK, sessionJSON(sess.Info()))
 	}
 }
 
 func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
+	if s.heavyRoute(w, r, "delete") {
+		return
+	}
 	if sess := s.session(w, r); sess != nil {
 		sess.Close(r.Context())
 		w.WriteHeader(http.StatusNoContent)
@@ -204,6 +219,9 @@ func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {
+	if s.heavyRoute(w, r, "run") {
+		return
+	}
 	sess := s.session(w, r)
 	if sess == nil {
 		return
@@ -232,6 +250,9 @@ func sandboxPath(r *http.Request) (string, error) {
 }
 
 func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
+	if s.heavyRoute(w, r, "put") {
+		return
+	}
 	sess := s.session(w, r)
 	if sess == nil {
 		return
@@ -256,6 +277,9 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
+	if s.heavyRoute(w, r, "getfile") {
+		return
+	}
 	sess := s.session(w, r)
 	if sess == nil {
 		return
@@ -281,6 +305,9 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) {
+	if s.heavyRoute(w, r, "list") {
+		return
+	}
 	sess := s.session(w, r)
 	if sess == nil {
 		return

@@ -56,6 +56,11 @@ type Config struct {
 	Logger *slog.Logger
 	// MCP, when set, is mounted at /mcp (behind the same auth).
 	MCP http.Handler
+	// Heavy, when set, serves tier "heavy"; without it such requests are refused as invalid.
+	Heavy HeavyEngine
+	// SessionTTL is the idle TTL of heavy sessions that ask for none; zero means 10 minutes. (Nano
+	// sessions take the nano engine's.)
+	SessionTTL time.Duration
 	// ReadHeaderTimeout and ReadTimeout bound how long a client may take to send its headers and its
 	// whole request (slow clients); zero means 10 s and 2 min.
 	ReadHeaderTimeout time.Duration
@@ -68,6 +73,7 @@ type Server struct {
 	eng     Engine
 	log     *slog.Logger
 	metrics *metrics
+	heavy   *heavySessions
 	http    *http.Server
 	handler http.Handler
 }
@@ -104,7 +110,10 @@ func New(eng Engine, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, eng: eng, log: log, metrics: newMetrics(eng)}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = 10 * time.Minute
+	}
+	s := &Server{cfg: cfg, eng: eng, log: log, metrics: newMetrics(eng), heavy: newHeavySessions(cfg.SessionTTL)}
 	s.handler = s.routes()
 	s.http = &http.Server{
 		Addr:              cfg.Addr,
@@ -150,9 +159,13 @@ func (s *Server) ListenAndServe() error {
 	return s.Serve(l)
 }
 
-// Shutdown stops accepting requests and waits for those in flight until ctx is done; runs still going
-// then are cancelled by the caller closing the engine.
-func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+// Shutdown stops accepting requests and waits for those in flight until ctx is done, then closes the
+// heavy sessions; runs still going then are cancelled by the caller closing the engines.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	s.heavy.closeAll()
+	return err
+}
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()

@@ -1,0 +1,64 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/entersandbox/agentbox"
+	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/server"
+)
+
+// TestThroughTheAPI runs the heavy tier through `agentbox serve`'s handler and the Go SDK.
+func TestThroughTheAPI(t *testing.T) {
+	ctx := context.Background()
+	nanoEng, err := nano.New(ctx, nano.Config{PoolSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nanoEng.Close(ctx)
+	srv, err := server.New(nanoEng, server.Config{Heavy: eng})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	defer srv.Shutdown(ctx)
+	c, _ := agentbox.New(ts.URL)
+
+	res, err := c.Run(ctx, agentbox.RunBody{Tier: "heavy",
+		Code:  "import pandas as pd, matplotlib.pyplot as plt\ndf = pd.read_csv('/data/d.csv')\ndf.plot()\nopen('/output/n.txt', 'w').write(str(len(df)))\nprint(pandas_ok := True)",
+		Files: map[string][]byte{"/data/d.csv": []byte("a,b\n1,2\n3,4\n")}})
+	if err != nil || res.Tier != "heavy" || res.Stdout != "True\n" || len(res.Artifacts) != 1 || string(res.Files["/output/n.txt"]) != "2" {
+		t.Fatalf("%v %+v", err, res)
+	}
+
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{Tier: "heavy"})
+	if err != nil || !strings.HasPrefix(s.ID(), "hvy_") {
+		t.Fatalf("%v %+v", err, s)
+	}
+	if _, err := s.Upload(ctx, "/data/x.txt", strings.NewReader("41")); err != nil {
+		t.Fatal(err)
+	}
+	s.Run(ctx, "import numpy as np\nv = int(open('/data/x.txt').read())")
+	var streamed strings.Builder
+	r, err := s.RunStream(ctx, "print(np.int64(v) + 1)\nopen('/output/o.txt', 'w').write('ok')", agentbox.Callbacks{Stdout: func(t string) { streamed.WriteString(t) }})
+	if err != nil || r.Stdout != "42\n" || streamed.String() != "42\n" {
+		t.Fatalf("%v %+v %q", err, r, streamed.String())
+	}
+	if data, err := s.Download(ctx, "/output/o.txt"); err != nil || string(data) != "ok" {
+		t.Fatalf("%q %v", data, err)
+	}
+	if files, err := s.ListFiles(ctx, "/data"); err != nil || len(files) != 1 {
+		t.Fatalf("%+v %v", files, err)
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Run(ctx, "1"); !errors.Is(err, agentbox.ErrNotFound) {
+		t.Fatalf("run after close: %v", err)
+	}
+}
