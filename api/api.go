@@ -64,6 +64,8 @@ type RunRequest struct {
 	Files []File `json:"files,omitempty"`
 	// Stdin is the program's standard input.
 	Stdin []byte `json:"stdin,omitempty"`
+	// Packages are third-party packages installed before the program runs (heavy tier).
+	Packages []string `json:"packages,omitempty"`
 }
 
 // Error describes why a program did not finish normally.

@@ -245,7 +245,8 @@ func startServer(ctx context.Context, binary string, queue int) (*childServer, e
 	var kb [16]byte
 	rand.Read(kb[:])
 	s := &childServer{url: "http://" + addr, key: hex.EncodeToString(kb[:]), done: make(chan struct{})}
-	s.cmd = exec.Command(binary, "serve", "--addr", addr, "--queue", strconv.Itoa(queue))
+	// The operation mix is nano-only; a heavy pool filling in the background would blur the readings.
+	s.cmd = exec.Command(binary, "serve", "--addr", addr, "--queue", strconv.Itoa(queue), "--heavy", "off")
 	s.cmd.Env = append(os.Environ(), "AGENTBOX_API_KEY="+s.key)
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s serve: %w", binary, err)

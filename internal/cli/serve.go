@@ -30,6 +30,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
 	heavyMode := fset.String("heavy", "auto", "heavy tier: auto (on when installed), on, off")
 	heavyPool := fset.Int("heavy-pool", 0, "started heavy sandboxes kept ready (default 2; negative disables)")
+	packageIndex := fset.String("package-index", "", "PEP 503 index URL that heavy-tier `packages` are fetched from (on the host)")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
@@ -60,7 +61,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	switch *heavyMode {
 	case "off":
 	case "auto", "on":
-		hv, err = heavy.New(ctx, heavy.Config{PoolSize: *heavyPool, Logger: log})
+		hv, err = heavy.New(ctx, heavy.Config{PoolSize: *heavyPool, PackageIndex: *packageIndex, Logger: log})
 		switch {
 		case err == nil:
 			cfg.Heavy = hv

@@ -213,6 +213,25 @@ def handle(req):
             st = os.lstat(p)
             out.append({"name": name, "path": p, "size": st.st_size, "is_dir": os.path.isdir(p) and not os.path.islink(p), "mtime": st.st_mtime})
         return {"files": out}
+    if op == "install":
+        # Wheels the host fetched are in req["dir"]; the sandbox itself has no network.
+        import subprocess
+        import site
+
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--user", "--break-system-packages", "--no-index",
+             "--disable-pip-version-check", "--no-warn-script-location", "--find-links", _safe(req["dir"]),
+             *req["packages"]],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError("pip install failed: " + (proc.stderr or proc.stdout).strip()[-2000:])
+        user_site = site.getusersitepackages()
+        if user_site not in sys.path:
+            sys.path.append(user_site)
+        import importlib
+
+        importlib.invalidate_caches()
+        return {"installed": req["packages"]}
     if op == "collect":
         # Every regular file under dir (no links followed), within the caps; the rest is named.
         root, max_file, max_total = _safe(req.get("dir") or "/output"), req["max_file"], req["max_total"]

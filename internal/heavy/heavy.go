@@ -70,6 +70,12 @@ type Config struct {
 	PoolSize int
 	// MaxConcurrent caps sandboxes running at once (pool included); zero means 8.
 	MaxConcurrent int
+	// PackageIndex is the PEP 503 index that `packages` are fetched from, on the host; empty refuses
+	// package requests. PackageCache holds the fetched wheels; empty means the heavy cache's
+	// "packages". Python is the host interpreter whose pip fetches them; empty means python3.
+	PackageIndex string
+	PackageCache string
+	Python       string
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -131,6 +137,15 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.Rootfs == "" {
 		cfg.Rootfs = filepath.Join(cacheDir(), "rootfs")
+	}
+	if cfg.PackageCache == "" {
+		cfg.PackageCache = filepath.Join(cacheDir(), "packages")
+	}
+	if cfg.Python == "" {
+		cfg.Python = "python3"
+	}
+	if err := os.MkdirAll(cfg.PackageCache, 0o755); err != nil {
+		return nil, err
 	}
 	if _, err := os.Stat(cfg.Runsc); err != nil {
 		return nil, fmt.Errorf("%w (%v)", ErrNotInstalled, err)

@@ -107,6 +107,9 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream Stre
 			return nil, nil, err
 		}
 	}
+	if err := checkPackages(req.Packages); err != nil {
+		return nil, nil, err
+	}
 	release, err := e.admit(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -117,6 +120,9 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream Stre
 		return nil, nil, err
 	}
 	defer e.destroyLater(s)
+	if err := e.install(ctx, s, req.Packages); err != nil {
+		return nil, nil, err
+	}
 	for _, f := range req.Files {
 		if _, err := e.call(ctx, s, map[string]any{"op": "write", "path": f.Path, "data": base64.StdEncoding.EncodeToString(f.Data)}, lim, nil); err != nil {
 			return nil, nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("placing %s: %w", f.Path, err))
@@ -366,14 +372,21 @@ type Session struct {
 	closed bool
 }
 
-// NewSession starts a session.
-func (e *Engine) NewSession(ctx context.Context, limits api.Limits) (*Session, error) {
+// NewSession starts a session with packages installed.
+func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []string) (*Session, error) {
 	lim, err := e.Limits(limits)
 	if err != nil {
 		return nil, err
 	}
+	if err := checkPackages(packages); err != nil {
+		return nil, err
+	}
 	s, err := e.take(ctx, lim.MemoryLimitMB)
 	if err != nil {
+		return nil, err
+	}
+	if err := e.install(ctx, s, packages); err != nil {
+		e.destroyLater(s)
 		return nil, err
 	}
 	return &Session{e: e, s: s, limits: lim}, nil

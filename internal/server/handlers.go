@@ -68,10 +68,10 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-// checkPackages refuses package installs, which need the heavy tier.
-func checkPackages(pkgs []string) error {
-	if len(pkgs) > 0 {
-		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need the heavy tier, which this server does not offer yet; the nano tier has the standard library only", pkgs))
+// checkPackages refuses package installs outside the heavy tier.
+func checkPackages(tier api.Tier, pkgs []string) error {
+	if len(pkgs) > 0 && tier != api.TierHeavy {
+		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need tier \"heavy\"; the nano tier has the standard library only", pkgs))
 	}
 	return nil
 }
@@ -92,11 +92,11 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := errors.Join(checkTier(body.Tier), checkPackages(body.Packages)); err != nil {
+	if err := errors.Join(checkTier(body.Tier), checkPackages(body.Tier, body.Packages)); err != nil {
 		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, err))
 		return
 	}
-	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: api.TierNano, Limits: body.Limits, Stdin: body.Stdin}
+	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: api.TierNano, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages}
 	paths := make([]string, 0, len(body.Files))
 	for p := range body.Files {
 		paths = append(paths, p)
@@ -164,7 +164,7 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := errors.Join(checkTier(body.Tier), checkPackages(body.Packages)); err != nil {
+	if err := errors.Join(checkTier(body.Tier), checkPackages(body.Tier, body.Packages)); err != nil {
 		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, err))
 		return
 	}

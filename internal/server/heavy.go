@@ -20,7 +20,7 @@ import (
 // HeavyEngine is what the server needs of the heavy tier.
 type HeavyEngine interface {
 	RunCollect(ctx context.Context, req api.RunRequest, stream heavy.Stream, maxFile, maxTotal int64) (*api.Result, *heavy.Output, error)
-	NewSession(ctx context.Context, limits api.Limits) (*heavy.Session, error)
+	NewSession(ctx context.Context, limits api.Limits, packages []string) (*heavy.Session, error)
 }
 
 // heavySessionPrefix marks heavy session ids; nano ids start with "ses_".
@@ -146,7 +146,7 @@ func (s *Server) createHeavySession(w http.ResponseWriter, r *http.Request, body
 		s.fail(w, r, errNoHeavy)
 		return
 	}
-	sess, err := s.cfg.Heavy.NewSession(r.Context(), body.Limits)
+	sess, err := s.cfg.Heavy.NewSession(r.Context(), body.Limits, body.Packages)
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -142,7 +142,7 @@ func TestNoHostFiles(t *testing.T) {
 
 func TestSession(t *testing.T) {
 	ctx := context.Background()
-	s, err := eng.NewSession(ctx, api.Limits{TimeoutMS: 20000})
+	s, err := eng.NewSession(ctx, api.Limits{TimeoutMS: 20000}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
