@@ -18,13 +18,23 @@ import (
 // fillPool keeps the pool full of started, preloaded sandboxes until the engine closes.
 func (e *Engine) fillPool() {
 	defer e.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-e.stop
+		cancel()
+	}()
+	r := &refiller{}
+	if !e.cfg.NoCheckpoint {
+		r = e.newRefiller(ctx)
+	}
 	for {
 		select {
 		case <-e.stop:
 			return
 		default:
 		}
-		s, err := e.start(context.Background(), e.cfg.Defaults.MemoryLimitMB, true)
+		s, err := e.refill(ctx, r)
 		if err != nil {
 			e.log.Error("refilling the heavy pool", "err", err)
 			select {
