@@ -185,7 +185,14 @@ func (s *Server) heavyRoute(w http.ResponseWriter, r *http.Request, op string) b
 		s.fail(w, r, err)
 		return true
 	}
-	defer hs.mu.Unlock()
+	locked := true
+	unlock := func() {
+		if locked {
+			locked = false
+			hs.mu.Unlock()
+		}
+	}
+	defer unlock()
 	ctx := r.Context()
 	switch op {
 	case "delete":
@@ -208,6 +215,9 @@ func (s *Server) heavyRoute(w http.ResponseWriter, r *http.Request, op string) b
 		if errors.Is(err, heavy.ErrSessionGone) || res != nil && (res.TimedOut || res.MemoryExceeded) {
 			s.heavy.remove(id) // its sandbox is gone
 		}
+		// The session is free again before the answer ends: a client that reads the result and
+		// goes on at once must not find it busy.
+		unlock()
 		s.finish(w, r, st, err, &out, out)
 	case "put":
 		p, err := sandboxPath(r)

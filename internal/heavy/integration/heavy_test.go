@@ -88,7 +88,10 @@ func TestRun(t *testing.T) {
 		{name: "timeout", code: "while True: pass", limits: api.Limits{TimeoutMS: 1500}, exit: api.ExitTimeout, errType: api.ErrTimeout},
 		{name: "memory limit", code: "import numpy as np\nx = np.ones((1024, 1024, 600))\nprint(x.sum())", limits: api.Limits{MemoryLimitMB: 256}, exit: api.ExitMemory, errType: api.ErrMemoryLimitExceeded},
 		{name: "disk limit", code: "import errno\ntry:\n    open('/tmp/big', 'wb').write(b'x' * (100 << 20))\nexcept OSError as e:\n    print(e.errno == errno.ENOSPC)", stdout: "True\n"},
-		{name: "pids limit", code: "import os\nn = 0\ntry:\n    for _ in range(1000):\n        if os.fork() == 0:\n            import time; time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('refused after', n > 10, type(e).__name__)", stdout: "refused after True BlockingIOError\n"},
+		{name: "pids limit", code: "import os\nn = 0\ntry:\n    for _ in range(1000):\n        if os.fork() == 0:\n            import time; time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('refused after', n > 10, type(e).__name__)", stdout: "refused after True BlockingIOError\n",
+			// A memory limit other than the default bypasses the pool: a cold sandbox without numpy and
+			// pandas imported, so that 64 forked copies of it stay far below the memory limit.
+			limits: api.Limits{MemoryLimitMB: 1536}},
 		{name: "output limit", code: "while True: print('x' * 1000)", limits: api.Limits{MaxOutputBytes: 20000}, exit: 1, errType: api.ErrOutputLimitExceeded,
 			check: func(t *testing.T, r *api.Result) {
 				if !r.OutputTruncated {
