@@ -135,3 +135,18 @@ def test_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("AGENTBOX_BIN", raising=False)
     with pytest.raises(Exception, match="agentbox binary"):
         Sandbox()
+
+
+def test_heavy_tier_with_chart(server):
+    url, key = server
+    code = ("import pandas as pd, matplotlib.pyplot as plt\n"
+            "df = pd.DataFrame({'x': [1, 2, 3], 'y': [3, 1, 2]})\n"
+            "print(int(df.y.sum()))\n"
+            "df.plot(x='x', y='y')\n"
+            "plt.show()")
+    with Sandbox(config=SandboxConfig(runtime="heavy"), url=url, api_key=key) as sb:
+        r = sb.run(code)
+        assert r.ok and r.tier == "heavy" and r.stdout == "6\n", r
+        assert len(r.artifacts) == 1 and r.artifacts[0]["data"][:8] == b"\x89PNG\r\n\x1a\n"
+        sb.write_file("/data/n.txt", b"5")
+        assert sb.run("print(int(open('/data/n.txt').read()) * df.y.max())").stdout == "15\n"

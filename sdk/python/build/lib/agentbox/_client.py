@@ -128,6 +128,8 @@ class SandboxResult:
     memory_exceeded: bool = False
     output_truncated: bool = False
     files: Dict[str, bytes] = field(default_factory=dict)
+    # Rich outputs such as charts (heavy tier): dicts with name, mime and data (bytes).
+    artifacts: List[Dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -147,6 +149,8 @@ class SandboxResult:
             memory_exceeded=d.get("memory_exceeded", False),
             output_truncated=d.get("output_truncated", False),
             files={p: base64.b64decode(v) for p, v in (d.get("files") or {}).items()},
+            artifacts=[{"name": a["name"], "mime": a["mime"], "data": base64.b64decode(a["base64"])}
+                       for a in (d.get("artifacts") or [])],
         )
 
 
