@@ -70,6 +70,9 @@ type Config struct {
 	// of such a sandbox when that measures faster than a cold start, unless NoCheckpoint.
 	PoolSize     int
 	NoCheckpoint bool
+	// PoolIdle empties the pool after this long without a request (the next one refills it); zero
+	// means 10 minutes, negative never.
+	PoolIdle time.Duration
 	// MaxConcurrent caps sandboxes running at once (pool included); zero means 8.
 	MaxConcurrent int
 	// PackageIndex is the PEP 503 index that `packages` are fetched from, on the host; empty refuses
@@ -92,6 +95,8 @@ type Engine struct {
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	slots    chan struct{}
+	wake     chan struct{}
+	lastTake atomic.Int64
 	closed   atomic.Bool
 	Stats    Stats
 }
@@ -166,7 +171,11 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{cfg: cfg, log: log, stop: make(chan struct{}), slots: make(chan struct{}, cfg.MaxConcurrent)}
+	if cfg.PoolIdle == 0 {
+		cfg.PoolIdle = 10 * time.Minute
+	}
+	e := &Engine{cfg: cfg, log: log, stop: make(chan struct{}), slots: make(chan struct{}, cfg.MaxConcurrent), wake: make(chan struct{}, 1)}
+	e.lastTake.Store(time.Now().UnixNano())
 	if e.cfg.StateDir == "" {
 		dir, err := os.MkdirTemp("", "agentbox-heavy-")
 		if err != nil {

@@ -15,7 +15,8 @@ import (
 	"github.com/entersandbox/agentbox/internal/errdefs"
 )
 
-// fillPool keeps the pool full of started, preloaded sandboxes until the engine closes.
+// fillPool keeps the pool full of started, preloaded sandboxes until the engine closes. After
+// PoolIdle without a request it empties the pool (giving the memory back) and waits for the next one.
 func (e *Engine) fillPool() {
 	defer e.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -28,7 +29,17 @@ func (e *Engine) fillPool() {
 	if !e.cfg.NoCheckpoint {
 		r = e.newRefiller(ctx)
 	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
+		if e.idle() {
+			e.drainPool()
+			select {
+			case <-e.stop:
+				return
+			case <-e.wake:
+			}
+		}
 		select {
 		case <-e.stop:
 			return
@@ -44,10 +55,36 @@ func (e *Engine) fillPool() {
 			}
 			continue
 		}
+	offer:
+		for {
+			select {
+			case e.pool <- s:
+				break offer
+			case <-e.stop:
+				e.destroy(s)
+				return
+			case <-tick.C:
+				if e.idle() {
+					e.destroy(s)
+					break offer
+				}
+			}
+		}
+	}
+}
+
+// idle reports whether no sandbox was asked for during PoolIdle.
+func (e *Engine) idle() bool {
+	return e.cfg.PoolIdle > 0 && time.Since(time.Unix(0, e.lastTake.Load())) > e.cfg.PoolIdle
+}
+
+// drainPool destroys the pooled sandboxes.
+func (e *Engine) drainPool() {
+	for {
 		select {
-		case e.pool <- s:
-		case <-e.stop:
+		case s := <-e.pool:
 			e.destroy(s)
+		default:
 			return
 		}
 	}
@@ -58,6 +95,11 @@ func (e *Engine) PoolReady() int { return len(e.pool) }
 
 // take returns a sandbox for one run or session: a pooled one when it fits the memory limit.
 func (e *Engine) take(ctx context.Context, memoryMB int) (*sandbox, error) {
+	e.lastTake.Store(time.Now().UnixNano())
+	select {
+	case e.wake <- struct{}{}: // an idle pool starts filling again
+	default:
+	}
 	if memoryMB == e.cfg.Defaults.MemoryLimitMB {
 		select {
 		case s := <-e.pool:
@@ -356,15 +398,7 @@ func (e *Engine) Close(ctx context.Context) error {
 	close(e.stop)
 	e.wg.Wait()
 	if e.pool != nil {
-	drain:
-		for {
-			select {
-			case s := <-e.pool:
-				e.destroy(s)
-			default:
-				break drain
-			}
-		}
+		e.drainPool()
 	}
 	if e.ownState {
 		return os.RemoveAll(e.cfg.StateDir)

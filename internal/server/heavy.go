@@ -21,6 +21,7 @@ import (
 type HeavyEngine interface {
 	RunCollect(ctx context.Context, req api.RunRequest, stream heavy.Stream, maxFile, maxTotal int64) (*api.Result, *heavy.Output, error)
 	NewSession(ctx context.Context, limits api.Limits, packages []string) (*heavy.Session, error)
+	PoolReady() int
 }
 
 // heavySessionPrefix marks heavy session ids; nano ids start with "ses_".
@@ -99,6 +100,12 @@ func (h *heavySessions) get(id string) (*heavySession, error) {
 		return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("session %q: %w (unknown id, closed, or idle past its TTL)", id, heavy.ErrSessionGone))
 	}
 	return hs, nil
+}
+
+func (h *heavySessions) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.m)
 }
 
 func (h *heavySessions) remove(id string) {

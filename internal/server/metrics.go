@@ -19,7 +19,7 @@ type metrics struct {
 	errors   *prometheus.CounterVec
 }
 
-func newMetrics(eng Engine) *metrics {
+func newMetrics(eng Engine, hv HeavyEngine, heavySessions func() int) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentbox_runs_total",
@@ -40,6 +40,13 @@ func newMetrics(eng Engine) *metrics {
 			func() float64 { return float64(eng.PoolReady()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agentbox_sessions_open", Help: "Open sessions."},
 			func() float64 { return float64(eng.SessionCount()) }))
+	if hv != nil {
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agentbox_heavy_pool_ready", Help: "Started heavy sandboxes ready in the pool."},
+				func() float64 { return float64(hv.PoolReady()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agentbox_heavy_sessions_open", Help: "Open heavy sessions."},
+				func() float64 { return float64(heavySessions()) }))
+	}
 	return m
 }
 

@@ -113,7 +113,8 @@ func New(eng Engine, cfg Config) (*Server, error) {
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = 10 * time.Minute
 	}
-	s := &Server{cfg: cfg, eng: eng, log: log, metrics: newMetrics(eng), heavy: newHeavySessions(cfg.SessionTTL)}
+	s := &Server{cfg: cfg, eng: eng, log: log, heavy: newHeavySessions(cfg.SessionTTL)}
+	s.metrics = newMetrics(eng, cfg.Heavy, s.heavy.count)
 	s.handler = s.routes()
 	s.http = &http.Server{
 		Addr:              cfg.Addr,

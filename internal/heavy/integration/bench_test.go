@@ -1,12 +1,21 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/server"
 )
 
 const pandasVersion = "import pandas; print(pandas.__version__)"
@@ -45,4 +54,74 @@ func BenchmarkColdStart(b *testing.B) {
 	for b.Loop() {
 		benchRun(b, e)
 	}
+}
+
+// BenchmarkAPIPoolHit: the same run end to end through the HTTP API and the Go SDK, from the pool.
+func BenchmarkAPIPoolHit(b *testing.B) {
+	ctx := context.Background()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close(ctx)
+	nanoEng, err := nano.New(ctx, nano.Config{PoolSize: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nanoEng.Close(ctx)
+	srv, err := server.New(nanoEng, server.Config{Heavy: e})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	c, _ := agentbox.New(ts.URL)
+	for b.Loop() {
+		b.StopTimer()
+		for e.PoolReady() == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		b.StartTimer()
+		res, err := c.Run(ctx, agentbox.RunBody{Tier: "heavy", Code: pandasVersion})
+		if err != nil || res.ExitCode != 0 {
+			b.Fatalf("%v %+v", err, res)
+		}
+	}
+}
+
+// BenchmarkPooledMemory reports the proportional set size (PSS) of one pooled sandbox: every runsc
+// process of the engine (sentry, gofer, stubs), summed, over the pool size.
+func BenchmarkPooledMemory(b *testing.B) {
+	const n = 3
+	dir := b.TempDir()
+	e, err := heavy.New(context.Background(), heavy.Config{PoolSize: n, StateDir: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	for e.PoolReady() < n {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // the refiller's own checkpoint sandbox is gone by now
+	for b.Loop() {
+	}
+	var pss int64
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte(dir)) {
+			continue
+		}
+		rollup, err := os.ReadFile(filepath.Join("/proc", p.Name(), "smaps_rollup"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(rollup), "\n") {
+			if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+				pss += kb << 10
+			}
+		}
+	}
+	b.ReportMetric(float64(pss)/n/(1<<20), "MiB/sandbox")
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
@@ -191,5 +192,33 @@ func TestSession(t *testing.T) {
 	}
 	if _, err := s.Run(ctx, "print(1)", heavy.Stream{}); !errors.Is(err, heavy.ErrSessionGone) {
 		t.Fatalf("run after timeout: %v", err)
+	}
+}
+
+func TestPoolEmptiesWhenIdle(t *testing.T) {
+	ctx := context.Background()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: 1, PoolIdle: 15 * time.Second}) // longer than making the golden checkpoint
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitFor("the pool to fill", func() bool { return e.PoolReady() == 1 })
+	waitFor("the idle pool to empty", func() bool { return e.PoolReady() == 0 })
+	if res, err := e.Run(ctx, api.RunRequest{Code: "print('woke')"}, heavy.Stream{}); err != nil || res.Stdout != "woke\n" {
+		t.Fatalf("%v %+v", err, res)
+	}
+	waitFor("a request to refill it", func() bool { return e.PoolReady() == 1 })
+	if e.Stats.Restored.Load() == 0 {
+		t.Fatal("the pool never refilled from the golden checkpoint")
 	}
 }

@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -60,5 +62,16 @@ func TestThroughTheAPI(t *testing.T) {
 	}
 	if _, err := s.Run(ctx, "1"); !errors.Is(err, agentbox.ErrNotFound) {
 		t.Fatalf("run after close: %v", err)
+	}
+	resp, err := http.Get(ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	metrics, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{"agentbox_heavy_pool_ready", "agentbox_heavy_sessions_open 0", `agentbox_runs_total{outcome="ok",tier="heavy"}`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
