@@ -183,7 +183,11 @@ def run(req):
     sys.stdout.flush()
     sys.stderr.flush()
     _sync()
-    return {"exit_code": exit_code, "error": error, "artifacts": artifacts}
+    try:
+        has_output = bool(os.listdir("/output"))
+    except OSError:
+        has_output = False
+    return {"exit_code": exit_code, "error": error, "artifacts": artifacts, "has_output": has_output}
 
 
 def _safe(path):

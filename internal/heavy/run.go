@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
@@ -180,8 +182,8 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream Stre
 			return nil, nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("placing %s: %w", f.Path, err))
 		}
 	}
-	res, err := e.exec(ctx, s, req.Code, req.Filename, true, lim, stream)
-	if err != nil || maxTotal <= 0 || s.killed.Load() {
+	res, hasOutput, err := e.execOutput(ctx, s, req.Code, req.Filename, true, lim, stream)
+	if err != nil || maxTotal <= 0 || !hasOutput || s.killed.Load() {
 		return res, nil, err
 	}
 	select {
@@ -226,6 +228,7 @@ type reply struct {
 	ExitCode  int            `json:"exit_code"`
 	Error     *api.Error     `json:"error"`
 	Artifacts []api.Artifact `json:"artifacts"`
+	HasOutput bool           `json:"has_output"`
 	Type      string         `json:"type"`
 	Message   string         `json:"message"`
 	Raw       json.RawMessage
@@ -296,6 +299,12 @@ func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, lim a
 
 // exec runs code in a sandbox and turns the agent's answer, or the sandbox's death, into a Result.
 func (e *Engine) exec(ctx context.Context, s *sandbox, code, filename string, fresh bool, lim api.Limits, stream Stream) (*api.Result, error) {
+	res, _, err := e.execOutput(ctx, s, code, filename, fresh, lim, stream)
+	return res, err
+}
+
+// execOutput is exec that also says whether the program left anything under /output.
+func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename string, fresh bool, lim api.Limits, stream Stream) (*api.Result, bool, error) {
 	start := time.Now()
 	var mu sync.Mutex
 	var stdout, stderr capped
@@ -330,7 +339,7 @@ func (e *Engine) exec(ctx context.Context, s *sandbox, code, filename string, fr
 		res.ExitCode = 1
 		res.Error = &api.Error{Type: api.ErrOutputLimitExceeded, Message: fmt.Sprintf("output exceeded the %d byte limit; the program was stopped", lim.MaxOutputBytes)}
 	case ctx.Err() != nil:
-		return nil, fmt.Errorf("run cancelled: %w", context.Cause(ctx))
+		return nil, false, fmt.Errorf("run cancelled: %w", context.Cause(ctx))
 	case errors.Is(err, errDied):
 		<-s.done
 		code := s.cmd.ProcessState.ExitCode()
@@ -343,13 +352,13 @@ func (e *Engine) exec(ctx context.Context, s *sandbox, code, filename string, fr
 			res.Error = &api.Error{Type: api.ErrGuestCrash, Message: fmt.Sprintf("the sandbox exited unexpectedly (status %d)", code)}
 		}
 	default:
-		return nil, fmt.Errorf("heavy sandbox: %w", err)
+		return nil, false, fmt.Errorf("heavy sandbox: %w", err)
 	}
 	mu.Lock()
 	res.Stdout, res.Stderr = stdout.String(), stderr.String()
 	res.OutputTruncated = stdout.truncated || stderr.truncated
 	mu.Unlock()
-	return res, nil
+	return res, r != nil && r.HasOutput, nil
 }
 
 // capped collects one stream up to max bytes.
@@ -399,6 +408,11 @@ func (e *Engine) Close(ctx context.Context) error {
 	e.wg.Wait()
 	if e.pool != nil {
 		e.drainPool()
+	}
+	// runsc --network=none bind-mounts an empty network namespace under its root; it outlives the
+	// sandboxes, so it is unmounted here (possibly stacked: until the call fails).
+	netns := filepath.Join(e.cfg.StateDir, "runsc", "null-netns")
+	for i := 0; i < 64 && syscall.Unmount(netns, syscall.MNT_DETACH) == nil; i++ {
 	}
 	if e.ownState {
 		return os.RemoveAll(e.cfg.StateDir)
