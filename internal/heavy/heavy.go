@@ -97,6 +97,7 @@ type Engine struct {
 	slots    chan struct{}
 	wake     chan struct{}
 	lastTake atomic.Int64
+	golden   atomic.Pointer[refiller] // set once the pool's refill path is chosen
 	closed   atomic.Bool
 	Stats    Stats
 }

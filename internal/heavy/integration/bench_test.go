@@ -129,3 +129,22 @@ func BenchmarkPooledMemory(b *testing.B) {
 	}
 	b.ReportMetric(float64(pss)/n/(1<<20), "MiB/sandbox")
 }
+
+// BenchmarkPoolMiss: a run that finds the pool empty (an untimed run has just taken its only
+// sandbox), so it restores the golden checkpoint, pays for paging pandas in, runs, and is destroyed.
+func BenchmarkPoolMiss(b *testing.B) {
+	e, err := heavy.New(context.Background(), heavy.Config{PoolSize: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	for b.Loop() {
+		b.StopTimer()
+		for e.PoolReady() == 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		benchRun(b, e) // takes the pooled sandbox
+		b.StartTimer()
+		benchRun(b, e)
+	}
+}
