@@ -27,6 +27,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/limits"
 )
 
 //go:embed agent.py
@@ -201,32 +202,10 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 
 // Limits resolves a request's limits against the engine's defaults and maxima.
 func (e *Engine) Limits(req api.Limits) (api.Limits, error) {
-	out := req
-	d, m := e.cfg.Defaults, e.cfg.Max
-	for _, f := range []struct {
-		name          string
-		v             *int
-		def, max, min int
-	}{
-		{"timeout_ms", &out.TimeoutMS, d.TimeoutMS, m.TimeoutMS, 1},
-		{"memory_limit_mb", &out.MemoryLimitMB, d.MemoryLimitMB, m.MemoryLimitMB, minMemoryMB},
-		{"max_output_bytes", &out.MaxOutputBytes, d.MaxOutputBytes, m.MaxOutputBytes, 1},
-	} {
-		switch {
-		case *f.v < 0:
-			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s is negative (%d)", f.name, *f.v))
-		case *f.v == 0:
-			*f.v = f.def
-		case *f.v > f.max:
-			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s %d is above the heavy tier's maximum of %d", f.name, *f.v, f.max))
-		case *f.v < f.min:
-			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s %d is below the heavy tier's minimum of %d", f.name, *f.v, f.min))
-		}
+	if len(req.AllowedModules) > 0 {
+		return req, errdefs.With(errdefs.InvalidArgument, errors.New("allowed_modules is a nano-tier policy; the heavy tier does not enforce it"))
 	}
-	if len(out.AllowedModules) > 0 {
-		return out, errdefs.With(errdefs.InvalidArgument, errors.New("allowed_modules is a nano-tier policy; the heavy tier does not enforce it"))
-	}
-	return out, nil
+	return limits.Resolve(req, e.cfg.Defaults, e.cfg.Max, minMemoryMB, api.TierHeavy)
 }
 
 // sandbox is one running container and the agent inside it.

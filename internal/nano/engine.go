@@ -26,6 +26,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/pywasm"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
@@ -263,30 +264,9 @@ func withDefaults(cfg Config) Config {
 
 // Limits resolves a request's limits against the engine's defaults and maxima.
 func (e *Engine) Limits(req api.Limits) (api.Limits, error) {
-	out := req
-	d, m := e.cfg.Defaults, e.cfg.Max
-	type field struct {
-		name     string
-		v        *int
-		def, max int
-		unit     string
-		minimum  int
-	}
-	for _, f := range []field{
-		{"timeout_ms", &out.TimeoutMS, d.TimeoutMS, m.TimeoutMS, "ms", 1},
-		{"memory_limit_mb", &out.MemoryLimitMB, d.MemoryLimitMB, m.MemoryLimitMB, "MiB", minMemoryMB},
-		{"max_output_bytes", &out.MaxOutputBytes, d.MaxOutputBytes, m.MaxOutputBytes, "bytes", 1},
-	} {
-		switch {
-		case *f.v < 0:
-			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s is negative (%d)", f.name, *f.v))
-		case *f.v == 0:
-			*f.v = f.def
-		case *f.v > f.max:
-			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s %d %s is above this server's maximum of %d %s", f.name, *f.v, f.unit, f.max, f.unit))
-		case *f.v < f.minimum:
-			return out, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s %d %s is below the minimum of %d %s", f.name, *f.v, f.unit, f.minimum, f.unit))
-		}
+	out, err := limits.Resolve(req, e.cfg.Defaults, e.cfg.Max, minMemoryMB, api.TierNano)
+	if err != nil {
+		return out, err
 	}
 	for _, name := range out.AllowedModules {
 		if !validModuleName(name) {
