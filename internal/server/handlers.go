@@ -249,17 +249,26 @@ func sandboxPath(r *http.Request) (string, error) {
 	return p, nil
 }
 
-func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
-	if s.heavyRoute(w, r, "put") {
-		return
+// fileTarget answers file requests for heavy sessions itself (as op) and otherwise returns the nano
+// session and the sandbox path the request names; ok is false when the request has been answered.
+func (s *Server) fileTarget(w http.ResponseWriter, r *http.Request, op string) (sess *nano.Session, p string, ok bool) {
+	if s.heavyRoute(w, r, op) {
+		return nil, "", false
 	}
-	sess := s.session(w, r)
-	if sess == nil {
-		return
+	if sess = s.session(w, r); sess == nil {
+		return nil, "", false
 	}
 	p, err := sandboxPath(r)
 	if err != nil {
 		s.fail(w, r, err)
+		return nil, "", false
+	}
+	return sess, p, true
+}
+
+func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
+	sess, p, ok := s.fileTarget(w, r, "put")
+	if !ok {
 		return
 	}
 	data, err := io.ReadAll(r.Body)
@@ -277,20 +286,12 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
-	if s.heavyRoute(w, r, "getfile") {
-		return
-	}
-	sess := s.session(w, r)
-	if sess == nil {
-		return
-	}
-	p, err := sandboxPath(r)
-	if err != nil {
-		s.fail(w, r, err)
+	sess, p, ok := s.fileTarget(w, r, "getfile")
+	if !ok {
 		return
 	}
 	var data []byte
-	err = sess.WithFS(func(sfs *vfs.FS) error {
+	err := sess.WithFS(func(sfs *vfs.FS) error {
 		var err error
 		data, err = sfs.ReadFile(p, s.cfg.MaxBodyBytes)
 		return err
