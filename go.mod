@@ -3,6 +3,7 @@ module github.com/entersandbox/agentbox
 go 1.26.8
 
 require (
+	github.com/BurntSushi/toml v1.5.0
 	github.com/modelcontextprotocol/go-sdk v1.8.0
 	github.com/pb33f/libopenapi v0.41.8
 	github.com/pb33f/libopenapi-validator v0.16.2

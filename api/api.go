@@ -93,6 +93,11 @@ type Result struct {
 	// Artifacts are rich outputs, such as charts: every matplotlib figure shown or left open (heavy
 	// tier).
 	Artifacts []Artifact `json:"artifacts,omitempty"`
+	// RouteReason says why tier "auto" chose Tier.
+	RouteReason string `json:"route_reason,omitempty"`
+	// FallbackFrom is set when the run failed on that tier for want of something the heavy tier has
+	// and was run again on heavy; RouteReason then says why.
+	FallbackFrom Tier `json:"fallback_from,omitempty"`
 }
 
 // Artifact is a rich output of a run.

@@ -49,3 +49,4 @@ say "fuzzing (short)"
 go test -run '^$' -fuzz '^FuzzOps$' -fuzztime 15s ./internal/vfs
 go test -run '^$' -fuzz '^FuzzStripDataSegments$' -fuzztime 10s ./internal/nano
 go test -run '^$' -fuzz '^FuzzAPI$' -fuzztime 15s ./internal/server
+go test -run '^$' -fuzz '^FuzzImports$' -fuzztime 10s ./internal/router

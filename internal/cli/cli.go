@@ -31,6 +31,7 @@ Usage:
   agentbox run [flags] FILE|-     run a program in a fresh sandbox (- reads it from stdin)
   agentbox serve [flags]          serve the HTTP API (and MCP at /mcp), default 127.0.0.1:8080
   agentbox mcp                    serve the Model Context Protocol on stdin/stdout
+  agentbox route [flags] FILE     print which tier a program would run on, and why
   agentbox bench [flags]          measure start-up and throughput on this machine
   agentbox version                print the version and interpreter build
 
@@ -60,6 +61,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		err = e.serve(ctx, args[1:])
 	case "mcp":
 		err = e.mcp(ctx, args[1:])
+	case "route":
+		err = e.route(args[1:])
 	case "version", "--version":
 		err = e.version()
 	case "help", "-h", "--help":

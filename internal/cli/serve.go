@@ -31,6 +31,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	heavyMode := fset.String("heavy", "auto", "heavy tier: auto (on when installed), on, off")
 	heavyPool := fset.Int("heavy-pool", 0, "started heavy sandboxes kept ready (default 2; negative disables)")
 	packageIndex := fset.String("package-index", "", "PEP 503 index URL that heavy-tier `packages` are fetched from (on the host)")
+	rulesFile := fset.String("rules", "", "routing rules (TOML) for tier auto, over the shipped ones")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
@@ -56,7 +57,12 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := server.Config{Addr: *addr, APIKeys: keys, Logger: log, MCP: mcpserver.HTTPHandler(eng, version())}
+	rules, err := loadRules(*rulesFile)
+	if err != nil {
+		eng.Close(context.Background())
+		return usageError{err}
+	}
+	cfg := server.Config{Addr: *addr, APIKeys: keys, Logger: log, MCP: mcpserver.HTTPHandler(eng, version()), Rules: rules}
 	var hv *heavy.Engine
 	switch *heavyMode {
 	case "off":

@@ -70,7 +70,7 @@ func decode(r *http.Request, v any) error {
 
 // checkPackages refuses package installs outside the heavy tier.
 func checkPackages(tier api.Tier, pkgs []string) error {
-	if len(pkgs) > 0 && tier != api.TierHeavy {
+	if len(pkgs) > 0 && tier == api.TierNano {
 		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need tier \"heavy\"; the nano tier has the standard library only", pkgs))
 	}
 	return nil
@@ -105,18 +105,40 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	for _, p := range paths {
 		req.Files = append(req.Files, api.File{Path: p, Data: body.Files[p]})
 	}
-	if body.Tier == api.TierHeavy {
-		req.Tier = api.TierHeavy
-		s.runHeavy(w, r, req)
-		return
+	reason := ""
+	if body.Tier == "" || body.Tier == api.TierAuto {
+		d := s.cfg.Rules.Decide(req)
+		reason = d.Reason
+		if d.Tier == api.TierHeavy && s.cfg.Heavy == nil {
+			// Say so rather than refuse: the run may still work, and the result carries the reason.
+			d.Tier, reason = api.TierNano, d.Reason+"; the heavy tier is not available here, so it ran on nano"
+		}
+		body.Tier = d.Tier
 	}
 	st := s.startStream(w, r)
+	if body.Tier == api.TierHeavy {
+		req.Tier = api.TierHeavy
+		s.runHeavy(w, r, st, req, reason, "")
+		return
+	}
 	var resp api.RunResponse
 	err := s.eng.RunInstance(r.Context(), req, func(res *api.Result, sfs *vfs.FS) error {
 		resp.Result = *res
 		resp.Files, resp.FilesOmitted = s.collectOutput(sfs)
 		return nil
 	}, st.options()...)
+	resp.RouteReason = reason
+	if err == nil && reason != "" && s.cfg.Heavy != nil {
+		if why, ok := s.cfg.Rules.Fallback(&resp.Result); ok {
+			s.metrics.observe(&resp.Result)
+			if st != nil {
+				st.event("fallback", map[string]string{"from": string(api.TierNano), "reason": why})
+			}
+			req.Tier = api.TierHeavy
+			s.runHeavy(w, r, st, req, why, api.TierNano)
+			return
+		}
+	}
 	s.finish(w, r, st, err, &resp.Result, resp)
 }
 
@@ -172,8 +194,13 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("ttl_s is negative (%d)", body.TTLSeconds)))
 		return
 	}
-	if body.Tier == api.TierHeavy {
+	// A session has no code yet to route by: tier auto means nano unless it needs packages.
+	if body.Tier == api.TierHeavy || (len(body.Packages) > 0 && s.cfg.Heavy != nil) {
 		s.createHeavySession(w, r, body)
+		return
+	}
+	if len(body.Packages) > 0 {
+		s.fail(w, r, errNoHeavy)
 		return
 	}
 	sess, err := s.eng.NewSession(r.Context(), body.Limits, time.Duration(body.TTLSeconds)*time.Second)

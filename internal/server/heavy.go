@@ -130,16 +130,22 @@ func (hs *heavySession) info() api.Session {
 
 var errNoHeavy = errdefs.With(errdefs.InvalidArgument, errors.New("tier \"heavy\" is not available on this server (start it with the heavy tier installed: build/heavy/build.sh)"))
 
-func (s *Server) runHeavy(w http.ResponseWriter, r *http.Request, req api.RunRequest) {
+// runHeavy runs req on the heavy tier; reason and fallbackFrom are recorded in the result when the
+// router chose the tier or a nano run fell back to it.
+func (s *Server) runHeavy(w http.ResponseWriter, r *http.Request, st *stream, req api.RunRequest, reason string, fallbackFrom api.Tier) {
 	if s.cfg.Heavy == nil {
+		if st != nil {
+			st.close(nil, errNoHeavy)
+			return
+		}
 		s.fail(w, r, errNoHeavy)
 		return
 	}
-	st := s.startStream(w, r)
 	res, out, err := s.cfg.Heavy.RunCollect(r.Context(), req, st.heavyStream(), s.cfg.MaxFileBytes, s.cfg.MaxFilesBytes)
 	var resp api.RunResponse
 	if res != nil {
 		resp.Result = *res
+		resp.RouteReason, resp.FallbackFrom = reason, fallbackFrom
 	}
 	resp.Files = map[string][]byte{}
 	if out != nil {

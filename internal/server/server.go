@@ -20,6 +20,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/router"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
@@ -58,6 +59,8 @@ type Config struct {
 	MCP http.Handler
 	// Heavy, when set, serves tier "heavy"; without it such requests are refused as invalid.
 	Heavy HeavyEngine
+	// Rules route tier "auto" (the default); nil means the shipped rules.
+	Rules *router.Rules
 	// SessionTTL is the idle TTL of heavy sessions that ask for none; zero means 10 minutes. (Nano
 	// sessions take the nano engine's.)
 	SessionTTL time.Duration
@@ -112,6 +115,9 @@ func New(eng Engine, cfg Config) (*Server, error) {
 	}
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = 10 * time.Minute
+	}
+	if cfg.Rules == nil {
+		cfg.Rules = router.DefaultRules()
 	}
 	s := &Server{cfg: cfg, eng: eng, log: log, heavy: newHeavySessions(cfg.SessionTTL)}
 	s.metrics = newMetrics(eng, cfg.Heavy, s.heavy.count)

@@ -75,3 +75,39 @@ func TestThroughTheAPI(t *testing.T) {
 		}
 	}
 }
+
+// TestAutoRouting: with no tier, imports decide; a nano run that fails for want of a heavy-tier module
+// is run again on heavy and says so.
+func TestAutoRouting(t *testing.T) {
+	ctx := context.Background()
+	nanoEng, err := nano.New(ctx, nano.Config{PoolSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nanoEng.Close(ctx)
+	srv, err := server.New(nanoEng, server.Config{Heavy: eng})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	defer srv.Shutdown(ctx)
+	c, _ := agentbox.New(ts.URL)
+	cases := []struct {
+		code, tier, fallback, reason, stdout string
+	}{
+		{"import json\nprint(json.dumps([1]))", "nano", "", "standard library", "[1]\n"},
+		{"import pandas as pd\nprint(pd.Series([1, 2]).sum())", "heavy", "", "line 1 imports pandas", "3\n"},
+		{"m = __import__('nu' + 'mpy')\nprint(m.arange(3).sum())", "heavy", "nano", "No module named 'numpy'", "3\n"},
+		{"import threading\nt = threading.Thread(target=print, args=('hi',))\nt.start(); t.join()", "heavy", "", "cannot use", "hi\n"},
+	}
+	for _, tc := range cases {
+		res, err := c.Run(ctx, agentbox.RunBody{Code: tc.code})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(res.Tier) != tc.tier || string(res.FallbackFrom) != tc.fallback || !strings.Contains(res.RouteReason, tc.reason) || res.Stdout != tc.stdout {
+			t.Errorf("%q: tier %s fallback %q reason %q stdout %q stderr %s", tc.code, res.Tier, res.FallbackFrom, res.RouteReason, res.Stdout, res.Stderr)
+		}
+	}
+}
