@@ -30,7 +30,8 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	timeout := fset.Duration("timeout", 0, "wall-clock limit, e.g. 2s (default 30s)")
 	memory := fset.Int("memory", 0, "memory limit in MiB (default 256)")
 	maxOutput := fset.Int("max-output", 0, "cap on stdout and stderr, each, in bytes (default 1 MiB)")
-	tier := fset.String("tier", "nano", "sandbox tier: nano, or heavy (numpy/pandas/matplotlib under gVisor)")
+	tier := fset.String("tier", "auto", "sandbox tier: auto (chosen from the imports), nano, or heavy (numpy/pandas/matplotlib under gVisor)")
+	rulesFile := fset.String("rules", "", "routing rules (TOML) for --tier auto, over the shipped ones")
 	artifacts := fset.String("artifacts", "", "heavy tier: write charts and other artifacts into this directory")
 	var allow, files, outs multiFlag
 	fset.Var(&allow, "allow-module", "only allow importing this top-level module (repeatable)")
@@ -88,12 +89,30 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		outSpecs = append(outSpecs, o)
 	}
 
+	rules, err := loadRules(*rulesFile)
+	if err != nil {
+		return 0, usageError{err}
+	}
+	reason := ""
+	if api.Tier(*tier) == api.TierAuto {
+		*tier = string(api.TierNano)
+		if len(outSpecs) == 0 && len(allow) == 0 { // --out and --allow-module are nano-only
+			d := rules.Decide(req)
+			*tier, reason = string(d.Tier), d.Reason
+		}
+	}
 	if api.Tier(*tier) == api.TierHeavy {
 		if len(outSpecs) > 0 || len(allow) > 0 {
 			return 0, usagef("--out and --allow-module are nano-tier options")
 		}
 		req.Tier = api.TierHeavy
-		return e.runHeavy(ctx, req, *asJSON, *artifacts)
+		code, err := e.runHeavy(ctx, req, *asJSON, *artifacts, reason, "")
+		if errors.Is(err, heavy.ErrNotInstalled) && reason != "" {
+			fmt.Fprintf(e.stderr, "agentbox: %s, but the heavy tier is not installed (build/heavy/build.sh); running on nano\n", reason)
+			*tier = string(api.TierNano)
+		} else {
+			return code, err
+		}
 	}
 	eng, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, MaxConcurrent: 1, Logger: e.log})
 	if err != nil {
@@ -125,6 +144,17 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		}
 		return 0, err
 	}
+	if why, ok := rules.Fallback(res); ok && reason != "" {
+		req.Tier = api.TierHeavy
+		if !*asJSON {
+			fmt.Fprintf(e.stderr, "agentbox: %s; running it again on the heavy tier\n", why)
+		}
+		code, err := e.runHeavy(ctx, req, *asJSON, *artifacts, why, api.TierNano)
+		if !errors.Is(err, heavy.ErrNotInstalled) {
+			return code, err
+		}
+	}
+	res.RouteReason = reason
 	if err := e.report(res, *asJSON); err != nil {
 		return 0, err
 	}
@@ -153,8 +183,8 @@ func (e *env) report(res *api.Result, asJSON bool) error {
 	return nil
 }
 
-// runHeavy runs a program on the heavy tier.
-func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, artifactDir string) (int, error) {
+// runHeavy runs a program on the heavy tier; reason and fallbackFrom go into the result.
+func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, artifactDir, reason string, fallbackFrom api.Tier) (int, error) {
 	eng, err := heavy.New(ctx, heavy.Config{PoolSize: -1, Logger: e.log})
 	if err != nil {
 		return 0, err
@@ -168,6 +198,7 @@ func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, art
 	if err != nil {
 		return 0, err
 	}
+	res.RouteReason, res.FallbackFrom = reason, fallbackFrom
 	if artifactDir != "" {
 		if err := os.MkdirAll(artifactDir, 0o755); err != nil {
 			return 0, err

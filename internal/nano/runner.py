@@ -146,6 +146,17 @@ def _user_tb(tb):
     return tb
 
 
+def _hide_runner_frames(te, seen=None):
+    """Drops the runner's own frames (the import guard) from a traceback and its chained ones."""
+    seen = seen if seen is not None else set()
+    while te is not None and id(te) not in seen:
+        seen.add(id(te))
+        te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename != "<agentbox-runner>"])
+        if te.__cause__ is not None:
+            _hide_runner_frames(te.__cause__, seen)
+        te = te.__context__
+
+
 def _flush():
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -184,8 +195,9 @@ def run(request):
     except BaseException as e:  # noqa: B036 - everything the program raises is reported
         exit_code = 1
         try:
-            tb = _user_tb(e.__traceback__)
-            text = "".join(traceback.format_exception(type(e), e, tb))
+            te = traceback.TracebackException(type(e), e, _user_tb(e.__traceback__))
+            _hide_runner_frames(te)
+            text = "".join(te.format())
             try:
                 sys.stderr.write(text)
             except Exception:

@@ -325,7 +325,7 @@ func (f *FS) OpenFile(path string, flag experimentalsys.Oflag, perm fs.FileMode)
 			return nil, errno
 		}
 		n = newNode(perm.Perm() &^ 0o022)
-		l.parent.children[l.name] = n
+		l.parent.children[strings.Clone(l.name)] = n
 		touch(l.parent)
 	} else {
 		if flag&(experimentalsys.O_CREAT|experimentalsys.O_EXCL) == experimentalsys.O_CREAT|experimentalsys.O_EXCL {
@@ -401,7 +401,7 @@ func (f *FS) mkdir(path string, perm fs.FileMode) experimentalsys.Errno {
 	if errno := f.chargeFile(); errno != 0 {
 		return errno
 	}
-	l.parent.children[l.name] = newNode(fs.ModeDir | perm.Perm())
+	l.parent.children[strings.Clone(l.name)] = newNode(fs.ModeDir | perm.Perm())
 	l.parent.nlink++
 	touch(l.parent)
 	return 0
@@ -473,7 +473,7 @@ func (f *FS) Rename(from, to string) experimentalsys.Errno {
 		f.unlinkNode(dst.parent, dst.name, dst.node)
 	}
 	delete(src.parent.children, src.name)
-	dst.parent.children[dst.name] = src.node
+	dst.parent.children[strings.Clone(dst.name)] = src.node
 	if src.node.isDir() {
 		src.parent.nlink--
 		dst.parent.nlink++
@@ -585,7 +585,7 @@ func (f *FS) Link(oldPath, newPath string) experimentalsys.Errno {
 		return errno
 	}
 	f.usedFiles-- // a name, not a new inode: only checked against the quota
-	dst.parent.children[dst.name] = src.node
+	dst.parent.children[strings.Clone(dst.name)] = src.node
 	src.node.nlink++
 	touch(dst.parent)
 	return 0
@@ -612,8 +612,9 @@ func (f *FS) Symlink(oldPath, linkName string) experimentalsys.Errno {
 		return errno
 	}
 	n := newNode(fs.ModeSymlink | 0o777)
-	n.target = oldPath
-	l.parent.children[l.name] = n
+	// wazero may hand us strings that alias guest memory: keep copies of what we store.
+	n.target = strings.Clone(oldPath)
+	l.parent.children[strings.Clone(l.name)] = n
 	touch(l.parent)
 	return 0
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"strings"
 	"testing"
+	"unsafe"
 
 	experimentalsys "github.com/tetratelabs/wazero/experimental/sys"
 )
@@ -324,5 +325,21 @@ func TestHostAPI(t *testing.T) {
 	}
 	if err := f.WriteFile("/usr/lib/py/x.py", nil, 0o644); !errors.Is(err, fs.ErrPermission) {
 		t.Fatalf("write into the layer: %v", err)
+	}
+}
+
+// wazero can pass strings that alias guest memory; what the filesystem keeps must not change when
+// that memory does.
+func TestStoredNamesAreCopies(t *testing.T) {
+	f := newTestFS(t, Limits{})
+	target := []byte("/data")
+	name := []byte("tmp/link")
+	if errno := f.Symlink(unsafe.String(&target[0], len(target)), unsafe.String(&name[0], len(name))); errno != 0 {
+		t.Fatal(errno)
+	}
+	copy(target, "/XXXX")
+	copy(name, "tmp/XXXX")
+	if got, errno := f.Readlink("tmp/link"); errno != 0 || got != "/data" {
+		t.Fatalf("readlink %q %v", got, errno)
 	}
 }
