@@ -3,6 +3,7 @@ package nano
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -17,7 +18,22 @@ import (
 
 var shared *Engine
 
+// fuzzing reports whether this process only fuzzes (the coordinator or a worker): the shared engine
+// the tests need is then not built, so that workers start at once.
+func fuzzing() bool {
+	for _, name := range []string{"test.fuzz", "test.fuzzworker"} {
+		if f := flag.Lookup(name); f != nil && f.Value.String() != "" && f.Value.String() != "false" {
+			return true
+		}
+	}
+	return false
+}
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if fuzzing() {
+		os.Exit(m.Run())
+	}
 	ctx := context.Background()
 	var err error
 	shared, err = New(ctx, Config{FS: vfs.Limits{MaxBytes: 8 << 20, MaxFiles: 200}})

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -31,7 +32,22 @@ var (
 	openapi validator.Validator
 )
 
+// fuzzing reports whether this process only fuzzes (the coordinator or a worker): the shared engine
+// the tests need is then not built, so that workers start at once.
+func fuzzing() bool {
+	for _, name := range []string{"test.fuzz", "test.fuzzworker"} {
+		if f := flag.Lookup(name); f != nil && f.Value.String() != "" && f.Value.String() != "false" {
+			return true
+		}
+	}
+	return false
+}
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if fuzzing() {
+		os.Exit(m.Run())
+	}
 	ctx := context.Background()
 	var err error
 	eng, err = nano.New(ctx, nano.Config{MaxConcurrent: 2, MaxQueue: 64, SessionTTL: time.Minute})
