@@ -130,6 +130,9 @@ class SandboxResult:
     files: Dict[str, bytes] = field(default_factory=dict)
     # Rich outputs such as charts (heavy tier): dicts with name, mime and data (bytes).
     artifacts: List[Dict[str, Any]] = field(default_factory=list)
+    # Why runtime "auto" chose the tier; fallback_from is "nano" when a nano run was repeated on heavy.
+    route_reason: str = ""
+    fallback_from: str = ""
 
     @property
     def ok(self) -> bool:
@@ -151,6 +154,8 @@ class SandboxResult:
             files={p: base64.b64decode(v) for p, v in (d.get("files") or {}).items()},
             artifacts=[{"name": a["name"], "mime": a["mime"], "data": base64.b64decode(a["base64"])}
                        for a in (d.get("artifacts") or [])],
+            route_reason=d.get("route_reason", ""),
+            fallback_from=d.get("fallback_from", ""),
         )
 
 

@@ -150,3 +150,12 @@ def test_heavy_tier_with_chart(server):
         assert len(r.artifacts) == 1 and r.artifacts[0]["data"][:8] == b"\x89PNG\r\n\x1a\n"
         sb.write_file("/data/n.txt", b"5")
         assert sb.run("print(int(open('/data/n.txt').read()) * df.y.max())").stdout == "15\n"
+
+
+def test_auto_routing_reports_its_reason(server):
+    url, key = server
+    with Sandbox(url=url, api_key=key) as sb:
+        r = sb.run_once("import pandas as pd\nprint(len(pd.DataFrame({'a': [1, 2]})))")
+        assert r.tier == "heavy" and r.stdout == "2\n" and "pandas" in r.route_reason, r
+        r = sb.run_once("m = __import__('nu' + 'mpy')\nprint(int(m.arange(4).sum()))")
+        assert r.fallback_from == "nano" and r.tier == "heavy" and r.stdout == "6\n", r
