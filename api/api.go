@@ -25,6 +25,9 @@ const (
 	ErrSandbox = "SandboxError"
 )
 
+// TruncationMarker ends a stdout or stderr that went past its cap (OutputTruncated is then set).
+const TruncationMarker = "\n[output truncated: limit reached]\n"
+
 // Exit codes for limits, following shell conventions.
 const (
 	ExitTimeout = 124 // like timeout(1)

@@ -394,7 +394,7 @@ func (c *capped) write(s string) string {
 
 func (c *capped) String() string {
 	if c.truncated {
-		return c.b.String() + "\n[output truncated: limit reached]\n"
+		return c.b.String() + api.TruncationMarker
 	}
 	return c.b.String()
 }

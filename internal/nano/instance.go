@@ -439,14 +439,11 @@ func (w *capWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// truncationMarker ends a stream that went past its cap.
-const truncationMarker = "\n[output truncated: limit reached]\n"
-
 func (w *capWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.truncated {
-		return w.buf.String() + truncationMarker
+		return w.buf.String() + api.TruncationMarker
 	}
 	return w.buf.String()
 }

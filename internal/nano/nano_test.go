@@ -132,7 +132,7 @@ func TestRun(t *testing.T) {
 		{name: "memory grows in small steps", code: "l=[]\nwhile True: l.append('x' * 100000)", limits: api.Limits{MemoryLimitMB: 48},
 			want: want{exit: api.ExitMemory, errType: api.ErrMemoryLimitExceeded, memory: true}},
 		{name: "output limit", code: "while True: print('spam' * 100)", limits: api.Limits{MaxOutputBytes: 10000},
-			want: want{exit: 1, errType: api.ErrOutputLimitExceeded, truncated: true, stdout: []string{"spamspam", truncationMarker}}},
+			want: want{exit: 1, errType: api.ErrOutputLimitExceeded, truncated: true, stdout: []string{"spamspam", api.TruncationMarker}}},
 		{name: "quota bytes ENOSPC", code: "import errno\ntry:\n    open('/tmp/big','wb').write(b'x' * (20 << 20))\nexcept OSError as e:\n    print(e.errno == errno.ENOSPC, e.strerror)",
 			want: want{stdout: []string{"True No space left on device"}}},
 		{name: "quota files ENOSPC", code: "import errno\ntry:\n    for i in range(1000): open(f'/tmp/f{i}','w').close()\nexcept OSError as e:\n    print(e.errno == errno.ENOSPC, i > 100)",

@@ -68,12 +68,12 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-// checkPackages refuses package installs outside the heavy tier.
-func checkPackages(tier api.Tier, pkgs []string) error {
-	if len(pkgs) > 0 && tier == api.TierNano {
+// checkPlacement refuses an unknown tier, and packages on the nano tier.
+func checkPlacement(t api.Tier, pkgs []string) error {
+	if len(pkgs) > 0 && t == api.TierNano {
 		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need tier \"heavy\"; the nano tier has the standard library only", pkgs))
 	}
-	return nil
+	return checkTier(t)
 }
 
 func checkTier(t api.Tier) error {
@@ -92,8 +92,8 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := errors.Join(checkTier(body.Tier), checkPackages(body.Tier, body.Packages)); err != nil {
-		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, err))
+	if err := checkPlacement(body.Tier, body.Packages); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: api.TierNano, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages}
@@ -186,8 +186,8 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := errors.Join(checkTier(body.Tier), checkPackages(body.Tier, body.Packages)); err != nil {
-		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, err))
+	if err := checkPlacement(body.Tier, body.Packages); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	if body.TTLSeconds < 0 {

@@ -14,22 +14,29 @@ import (
 	"github.com/entersandbox/agentbox/internal/server"
 )
 
-// TestThroughTheAPI runs the heavy tier through `agentbox serve`'s handler and the Go SDK.
-func TestThroughTheAPI(t *testing.T) {
+// apiServer serves both tiers through `agentbox serve`'s handler and returns a Go SDK client for it.
+func apiServer(t *testing.T) (*agentbox.Client, *httptest.Server) {
+	t.Helper()
 	ctx := context.Background()
 	nanoEng, err := nano.New(ctx, nano.Config{PoolSize: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nanoEng.Close(ctx)
+	t.Cleanup(func() { nanoEng.Close(ctx) })
 	srv, err := server.New(nanoEng, server.Config{Heavy: eng})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(srv.Handler())
-	defer ts.Close()
-	defer srv.Shutdown(ctx)
+	t.Cleanup(func() { srv.Shutdown(ctx); ts.Close() })
 	c, _ := agentbox.New(ts.URL)
+	return c, ts
+}
+
+// TestThroughTheAPI runs the heavy tier through `agentbox serve`'s handler and the Go SDK.
+func TestThroughTheAPI(t *testing.T) {
+	ctx := context.Background()
+	c, ts := apiServer(t)
 
 	res, err := c.Run(ctx, agentbox.RunBody{Tier: "heavy",
 		Code:  "import pandas as pd, matplotlib.pyplot as plt\ndf = pd.read_csv('/data/d.csv')\ndf.plot()\nopen('/output/n.txt', 'w').write(str(len(df)))\nprint(pandas_ok := True)",
@@ -80,19 +87,7 @@ func TestThroughTheAPI(t *testing.T) {
 // is run again on heavy and says so.
 func TestAutoRouting(t *testing.T) {
 	ctx := context.Background()
-	nanoEng, err := nano.New(ctx, nano.Config{PoolSize: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nanoEng.Close(ctx)
-	srv, err := server.New(nanoEng, server.Config{Heavy: eng})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewServer(srv.Handler())
-	defer ts.Close()
-	defer srv.Shutdown(ctx)
-	c, _ := agentbox.New(ts.URL)
+	c, _ := apiServer(t)
 	cases := []struct {
 		code, tier, fallback, reason, stdout string
 	}{
