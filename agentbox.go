@@ -27,6 +27,7 @@ type (
 	SessionRequest = api.SessionRequest
 	SessionInfo    = api.Session
 	FileInfo       = api.FileInfo
+	Tier           = api.Tier
 )
 
 // Local runs sandboxes in this process. It is safe for concurrent use; Close releases it.

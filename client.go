@@ -85,6 +85,9 @@ func (e *APIError) Is(target error) bool { return errorCodes[e.Code] == target }
 type Callbacks struct {
 	Stdout func(text string)
 	Stderr func(text string)
+	// Fallback is called when a nano run failed for want of something the heavy tier has and starts
+	// again there; the output before it was the nano attempt's.
+	Fallback func(from Tier, reason string)
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body io.Reader, contentType string, accept string) (*http.Response, error) {
@@ -218,6 +221,17 @@ func dispatch(event, data string, cb Callbacks, out any, resp *http.Response) (d
 		if f := map[string]func(string){"stdout": cb.Stdout, "stderr": cb.Stderr}[event]; f != nil {
 			f(chunk.Text)
 		}
+	case "fallback":
+		var fb struct {
+			From   Tier   `json:"from"`
+			Reason string `json:"reason"`
+		}
+		if err := json.Unmarshal([]byte(data), &fb); err != nil {
+			return false, fmt.Errorf("agentbox: bad fallback event: %w", err)
+		}
+		if cb.Fallback != nil {
+			cb.Fallback(fb.From, fb.Reason)
+		}
 	case "result":
 		if err := json.Unmarshal([]byte(data), out); err != nil {
 			return true, fmt.Errorf("agentbox: bad result event: %w", err)
@@ -255,8 +269,13 @@ func (c *Client) Session(ctx context.Context, id string) (*Session, error) {
 	return s, nil
 }
 
-// ID is the session's id.
+// ID is the session's id; it stays the same when a session of tier auto moves to heavy.
 func (s *Session) ID() string { return s.Info.ID }
+
+// Refresh reads the session's description again into s.Info (its tier changes when it moves).
+func (s *Session) Refresh(ctx context.Context) error {
+	return s.c.doJSON(ctx, http.MethodGet, s.path(""), nil, &s.Info)
+}
 
 func (s *Session) path(suffix string) string {
 	return "/v1/sessions/" + url.PathEscape(s.Info.ID) + suffix

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/entersandbox/agentbox"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
 )
@@ -31,7 +32,7 @@ func testServer() string {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		srv, err := server.New(eng, server.Config{APIKeys: []string{apiKey}})
+		srv, err := server.New(dispatch.New(eng, dispatch.Config{}), server.Config{APIKeys: []string{apiKey}})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)

@@ -153,6 +153,11 @@ type Session struct {
 	Cells      int    `json:"cells"`
 	CreatedAt  string `json:"created_at"`
 	LastUsedAt string `json:"last_used_at"`
+	// RouteReason says why a session of tier "auto" is on Tier.
+	RouteReason string `json:"route_reason,omitempty"`
+	// MovedFrom is set when the session started on that tier and moved to Tier, replaying its earlier
+	// cells and copying its files; its id did not change.
+	MovedFrom Tier `json:"moved_from,omitempty"`
 }
 
 // SessionRunRequest is POST /v1/sessions/{id}/run.

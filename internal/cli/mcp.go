@@ -8,6 +8,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
 )
@@ -16,15 +17,16 @@ import (
 func (e *env) mcp(ctx context.Context, args []string) error {
 	fset := flag.NewFlagSet("mcp", flag.ContinueOnError)
 	fset.SetOutput(e.stderr)
+	tf := addTierFlags(fset)
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
-	eng, err := nano.New(ctx, nano.Config{PoolSize: 2, Logger: e.log})
+	t, err := tf.open(ctx, nano.Config{PoolSize: 2}, dispatch.Config{}, e.log)
 	if err != nil {
 		return err
 	}
-	defer eng.Close(context.Background())
-	err = mcpserver.New(eng, version()).Run(ctx, &mcp.IOTransport{Reader: nopReadCloser{e.stdin}, Writer: nopWriteCloser{e.stdout}})
+	defer t.close(context.Background())
+	err = mcpserver.New(t, version()).Run(ctx, &mcp.IOTransport{Reader: nopReadCloser{e.stdin}, Writer: nopWriteCloser{e.stdout}})
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
@@ -28,10 +27,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	queue := fset.Int("queue", 0, "runs waiting for a slot before 429 (default 32 per slot)")
 	grace := fset.Duration("shutdown-grace", 30*time.Second, "how long in-flight requests may finish on shutdown")
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
-	heavyMode := fset.String("heavy", "auto", "heavy tier: auto (on when installed), on, off")
-	heavyPool := fset.Int("heavy-pool", 0, "started heavy sandboxes kept ready (default 2; negative disables)")
-	packageIndex := fset.String("package-index", "", "PEP 503 index URL that heavy-tier `packages` are fetched from (on the host)")
-	rulesFile := fset.String("rules", "", "routing rules (TOML) for tier auto, over the shipped ones")
+	tf := addTierFlags(fset)
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
@@ -53,45 +49,18 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if *logJSON {
 		log = slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	eng, err := nano.New(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue, Logger: log})
+	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue}, dispatch.Config{}, log)
 	if err != nil {
 		return err
 	}
-	rules, err := loadRules(*rulesFile)
+	srv, err := server.New(t, server.Config{Addr: *addr, APIKeys: keys, Logger: log, MCP: mcpserver.HTTPHandler(t, version())})
 	if err != nil {
-		eng.Close(context.Background())
-		return usageError{err}
-	}
-	cfg := server.Config{Addr: *addr, APIKeys: keys, Logger: log, MCP: mcpserver.HTTPHandler(eng, version()), Rules: rules}
-	var hv *heavy.Engine
-	switch *heavyMode {
-	case "off":
-	case "auto", "on":
-		hv, err = heavy.New(ctx, heavy.Config{PoolSize: *heavyPool, PackageIndex: *packageIndex, Logger: log})
-		switch {
-		case err == nil:
-			cfg.Heavy = hv
-		case *heavyMode == "auto" && errors.Is(err, heavy.ErrNotInstalled):
-			log.Info("heavy tier off", "reason", err)
-		default:
-			eng.Close(context.Background())
-			return err
-		}
-	default:
-		eng.Close(context.Background())
-		return usagef("--heavy %q: want auto, on or off", *heavyMode)
-	}
-	srv, err := server.New(eng, cfg)
-	if err != nil {
-		eng.Close(context.Background())
-		if hv != nil {
-			hv.Close(context.Background())
-		}
+		t.close(context.Background())
 		return usageError{err}
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("agentbox serving", "addr", *addr, "auth", len(keys) > 0, "heavy", hv != nil)
+	log.Info("agentbox serving", "addr", *addr, "auth", len(keys) > 0, "heavy", t.heavy != nil)
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
@@ -102,13 +71,8 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
 		err = errors.Join(err, serr)
 	}
-	if cerr := eng.Close(sctx); cerr != nil {
-		err = errors.Join(err, fmt.Errorf("closing engine: %w", cerr))
-	}
-	if hv != nil {
-		if cerr := hv.Close(sctx); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("closing heavy engine: %w", cerr))
-		}
+	if cerr := t.close(sctx); cerr != nil {
+		err = errors.Join(err, cerr)
 	}
 	return err
 }

@@ -476,6 +476,13 @@ func (ss *Session) usable() error {
 	return nil
 }
 
+// Alive reports whether the session can still run code (not closed, its sandbox not dead).
+func (ss *Session) Alive() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.usable() == nil
+}
+
 // Run executes code in the session.
 func (ss *Session) Run(ctx context.Context, code string, stream Stream) (*api.Result, error) {
 	ss.mu.Lock()

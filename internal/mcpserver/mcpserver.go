@@ -1,9 +1,10 @@
 // Package mcpserver exposes agentbox to AI agents over the Model Context Protocol, with the official Go
 // SDK: `agentbox mcp` on stdio and `agentbox serve` at /mcp (streamable HTTP).
 //
-// Tools: run_python (code; optional named session whose variables and files persist), write_file,
-// read_file and list_files (on a named session's filesystem). Session names are private to one MCP
-// connection.
+// Tools: run_python (code; optional named session whose variables and files persist; tier auto by
+// default, so numpy or pandas code runs on the heavy tier where this host has it), write_file,
+// read_file and list_files (on a named session's filesystem). Charts a run makes come back as image
+// content. Session names are private to one MCP connection.
 package mcpserver
 
 import (
@@ -12,39 +13,42 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
-	"time"
 	"unicode/utf8"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
-	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
-// Engine is what the tools need of the sandbox engine.
-type Engine interface {
-	Run(ctx context.Context, req api.RunRequest, opts ...nano.ExecOption) (*api.Result, error)
-	NewSession(ctx context.Context, limits api.Limits, ttl time.Duration) (*nano.Session, error)
-	Session(id string) (*nano.Session, error)
+// Sandboxes is what the tools need to place runs and sessions (*dispatch.Dispatcher).
+type Sandboxes interface {
+	Run(ctx context.Context, req api.RunRequest, out dispatch.Output) (*api.RunResponse, error)
+	NewSession(ctx context.Context, req api.SessionRequest) (*dispatch.Session, error)
+	Session(id string) (*dispatch.Session, error)
 }
 
 // maxReadBytes caps read_file's answer.
 const maxReadBytes = 4 << 20
 
 type tools struct {
-	eng      Engine
+	sb       Sandboxes
 	mu       sync.Mutex
 	sessions map[string]string // connection id + "/" + name -> engine session id
 }
 
 // New returns an MCP server with agentbox's tools.
-func New(eng Engine, version string) *mcp.Server {
-	t := &tools{eng: eng, sessions: map[string]string{}}
+func New(sb Sandboxes, version string) *mcp.Server {
+	t := &tools{sb: sb, sessions: map[string]string{}}
 	s := mcp.NewServer(&mcp.Implementation{Name: "agentbox", Title: "agentbox Python sandbox", Version: version}, &mcp.ServerOptions{
-		Instructions: "Run Python 3.11 (standard library only) in an isolated sandbox with no network. " +
-			"Pass a session name to keep variables, imports and files between calls; files live under /data, /output, /tmp and /home/user.",
+		Instructions: "Run Python 3 in an isolated sandbox with no network. Code that imports only the standard library " +
+			"runs on the fast nano tier; numpy, pandas, matplotlib, scipy and other third-party imports go to the heavy tier " +
+			"when this server has it. Pass a session name to keep variables, imports and files between calls (a session " +
+			"moves to the heavy tier with its state when it needs it); files live under /data, /output, /tmp and /home/user. " +
+			"Figures a run shows or leaves open come back as PNG images.",
 	})
 	mcp.AddTool(s, &mcp.Tool{Name: "run_python", Description: "Run Python code in a sandbox and return stdout, stderr, the exit code and any error. " +
 		"Without session, every call starts a fresh interpreter; with session, state persists across calls."}, t.runPython)
@@ -55,8 +59,8 @@ func New(eng Engine, version string) *mcp.Server {
 }
 
 // HTTPHandler serves the tools over streamable HTTP.
-func HTTPHandler(eng Engine, version string) http.Handler {
-	s := New(eng, version)
+func HTTPHandler(sb Sandboxes, version string) http.Handler {
+	s := New(sb, version)
 	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil)
 }
 
@@ -65,6 +69,7 @@ type RunInput struct {
 	Code      string `json:"code" jsonschema:"Python source to run"`
 	Session   string `json:"session,omitempty" jsonschema:"name of a session to run in (created on first use); omit for a fresh sandbox"`
 	TimeoutMS int    `json:"timeout_ms,omitempty" jsonschema:"wall-clock limit in milliseconds (default 30000)"`
+	Tier      string `json:"tier,omitempty" jsonschema:"auto (default: chosen from the imports), nano (standard library, fastest) or heavy (numpy, pandas, matplotlib...)"`
 }
 
 // FileInput names a file or directory in a session.
@@ -109,7 +114,7 @@ func connID(req *mcp.CallToolRequest) string {
 }
 
 // session finds (or, with create, starts) the named session of this connection.
-func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name string, create bool) (*nano.Session, error) {
+func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, tier api.Tier) (*dispatch.Session, error) {
 	if name == "" {
 		return nil, errors.New("session is required: files live in a named session (run_python with the same session name sees them)")
 	}
@@ -117,7 +122,7 @@ func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name stri
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if id, ok := t.sessions[key]; ok {
-		if s, err := t.eng.Session(id); err == nil {
+		if s, err := t.sb.Session(id); err == nil {
 			return s, nil
 		}
 		delete(t.sessions, key) // closed or reaped; start again below if allowed
@@ -128,7 +133,7 @@ func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name stri
 	if !create {
 		return nil, fmt.Errorf("no session %q: run_python or write_file with it creates it", name)
 	}
-	s, err := t.eng.NewSession(ctx, api.Limits{}, 0)
+	s, err := t.sb.NewSession(ctx, api.SessionRequest{Tier: tier})
 	if err != nil {
 		return nil, err
 	}
@@ -138,22 +143,35 @@ func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name stri
 
 func (t *tools) runPython(ctx context.Context, req *mcp.CallToolRequest, in RunInput) (*mcp.CallToolResult, *api.Result, error) {
 	var res *api.Result
-	var err error
 	if in.Session == "" {
-		res, err = t.eng.Run(ctx, api.RunRequest{Code: in.Code, Limits: api.Limits{TimeoutMS: in.TimeoutMS}})
+		resp, err := t.sb.Run(ctx, api.RunRequest{Code: in.Code, Tier: api.Tier(in.Tier), Limits: api.Limits{TimeoutMS: in.TimeoutMS}}, dispatch.Output{})
+		if err != nil {
+			return nil, nil, err
+		}
+		res = &resp.Result
 	} else {
-		var s *nano.Session
-		if s, err = t.session(ctx, req, in.Session, true); err == nil {
-			if in.TimeoutMS != 0 {
-				return nil, nil, errors.New("timeout_ms applies to runs without a session; a session keeps the limits it was created with")
-			}
-			res, err = s.Run(ctx, in.Code)
+		if in.TimeoutMS != 0 {
+			return nil, nil, errors.New("timeout_ms applies to runs without a session; a session keeps the limits it was created with")
+		}
+		s, err := t.session(ctx, req, in.Session, true, api.Tier(in.Tier))
+		if err != nil {
+			return nil, nil, err
+		}
+		if res, err = s.Run(ctx, in.Code, dispatch.Output{}); err != nil {
+			return nil, nil, err
 		}
 	}
-	if err != nil {
-		return nil, nil, err
+	// Images go in the content, where clients show them; the structured result names no bytes (its
+	// schema, inferred from api.Result, cannot say that []byte travels as base64).
+	content := []mcp.Content{&mcp.TextContent{Text: summary(res)}}
+	for _, a := range res.Artifacts {
+		if strings.HasPrefix(a.MIME, "image/") {
+			content = append(content, &mcp.ImageContent{Data: a.Data, MIMEType: a.MIME})
+		}
 	}
-	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: summary(res)}}, IsError: res.Error != nil}, res, nil
+	structured := *res
+	structured.Artifacts = nil
+	return &mcp.CallToolResult{Content: content, IsError: res.Error != nil}, &structured, nil
 }
 
 // summary is the text content an agent reads first.
@@ -184,11 +202,11 @@ func (t *tools) writeFile(ctx context.Context, req *mcp.CallToolRequest, in Writ
 			return nil, WriteOutput{}, fmt.Errorf("content is not valid base64: %w", err)
 		}
 	}
-	s, err := t.session(ctx, req, in.Session, true)
+	s, err := t.session(ctx, req, in.Session, true, api.TierAuto)
 	if err != nil {
 		return nil, WriteOutput{}, err
 	}
-	if err := s.WithFS(func(fs *vfs.FS) error { return fs.WriteFile(in.Path, data, 0o644) }); err != nil {
+	if err := s.WriteFile(ctx, in.Path, data); err != nil {
 		return nil, WriteOutput{}, err
 	}
 	return nil, WriteOutput{Path: in.Path, Size: len(data)}, nil
@@ -198,16 +216,12 @@ func (t *tools) readFile(ctx context.Context, req *mcp.CallToolRequest, in FileI
 	if err := nano.ValidatePath(in.Path); err != nil {
 		return nil, ReadOutput{}, err
 	}
-	s, err := t.session(ctx, req, in.Session, false)
+	s, err := t.session(ctx, req, in.Session, false, "")
 	if err != nil {
 		return nil, ReadOutput{}, err
 	}
-	var data []byte
-	if err := s.WithFS(func(fs *vfs.FS) error {
-		var err error
-		data, err = fs.ReadFile(in.Path, maxReadBytes)
-		return err
-	}); err != nil {
+	data, err := s.ReadFile(ctx, in.Path, maxReadBytes)
+	if err != nil {
 		return nil, ReadOutput{}, err
 	}
 	out := ReadOutput{Path: in.Path, Size: len(data)}
@@ -226,21 +240,13 @@ func (t *tools) listFiles(ctx context.Context, req *mcp.CallToolRequest, in File
 	if err := nano.ValidatePath(in.Path); err != nil {
 		return nil, ListOutput{}, err
 	}
-	s, err := t.session(ctx, req, in.Session, false)
+	s, err := t.session(ctx, req, in.Session, false, "")
 	if err != nil {
 		return nil, ListOutput{}, err
 	}
-	var entries []vfs.Entry
-	if err := s.WithFS(func(fs *vfs.FS) error {
-		var err error
-		entries, err = fs.ReadDir(in.Path)
-		return err
-	}); err != nil {
+	files, err := s.ListFiles(ctx, in.Path)
+	if err != nil {
 		return nil, ListOutput{}, err
 	}
-	out := ListOutput{Dir: in.Path, Files: []api.FileInfo{}}
-	for _, e := range entries {
-		out.Files = append(out.Files, api.FileInfo{Name: e.Name, Path: e.Path, Size: e.Size, IsDir: e.IsDir, ModTime: e.ModTime.Format("2006-01-02T15:04:05.999999999Z07:00")})
-	}
-	return nil, out, nil
+	return nil, ListOutput{Dir: in.Path, Files: files}, nil
 }

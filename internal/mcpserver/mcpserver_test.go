@@ -14,6 +14,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
 )
@@ -31,8 +32,9 @@ func connect(t *testing.T, transport string) *mcp.ClientSession {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { eng.Close(context.Background()) })
-		srv, err := server.New(eng, server.Config{APIKeys: []string{testKey}, MCP: HTTPHandler(eng, "test")})
+		d := dispatch.New(eng, dispatch.Config{})
+		t.Cleanup(func() { d.Close(); eng.Close(context.Background()) })
+		srv, err := server.New(d, server.Config{APIKeys: []string{testKey}, MCP: HTTPHandler(d, "test")})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -50,7 +52,7 @@ func connect(t *testing.T, transport string) *mcp.ClientSession {
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("building agentbox: %v\n%s", err, out)
 		}
-		cmd := exec.Command(bin, "mcp")
+		cmd := exec.Command(bin, "mcp", "--heavy", "off") // heavy through MCP: internal/heavy/integration
 		cmd.Stderr = os.Stderr
 		tr = &mcp.CommandTransport{Command: cmd}
 	}
@@ -123,7 +125,7 @@ func TestTools(t *testing.T) {
 			}
 
 			res, out := callTool(t, cs, "run_python", map[string]any{"code": "print(sum(range(10)))"})
-			if res.IsError || out["stdout"] != "45\n" || !strings.Contains(text(res), "45") {
+			if res.IsError || out["stdout"] != "45\n" || !strings.Contains(text(res), "45") || out["tier"] != "nano" || out["route_reason"] == nil {
 				t.Fatalf("run_python: %+v %v", res, out)
 			}
 			res, out = callTool(t, cs, "run_python", map[string]any{"code": "1/0"})
@@ -160,6 +162,8 @@ func TestTools(t *testing.T) {
 				{"write_file", map[string]any{"session": "s1", "path": "../etc/passwd", "content": "x"}, "absolute"},
 				{"write_file", map[string]any{"session": "s1", "path": "/data/b", "content": "***", "base64": true}, "base64"},
 				{"run_python", map[string]any{"code": "1", "timeout_ms": 999999999}, "maximum"},
+				{"run_python", map[string]any{"code": "1", "tier": "gpu"}, "unknown tier"},
+				{"run_python", map[string]any{"code": "1", "tier": "heavy"}, "not available"},
 			} {
 				res, _ := callTool(t, cs, bad.tool, bad.args)
 				if !res.IsError || !strings.Contains(text(res), bad.want) {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
 )
 
@@ -24,8 +25,9 @@ func FuzzAPI(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(func() { e.Close(context.Background()) })
-	srv, err := New(e, Config{MaxBodyBytes: 1 << 16})
+	d := dispatch.New(e, dispatch.Config{})
+	f.Cleanup(func() { d.Close(); e.Close(context.Background()) })
+	srv, err := New(d, Config{MaxBodyBytes: 1 << 16})
 	if err != nil {
 		f.Fatal(err)
 	}

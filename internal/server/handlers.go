@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"sort"
 	"strings"
@@ -14,9 +13,8 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
-	"github.com/entersandbox/agentbox/internal/nano"
-	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -68,35 +66,13 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-// checkPlacement refuses an unknown tier, and packages on the nano tier.
-func checkPlacement(t api.Tier, pkgs []string) error {
-	if len(pkgs) > 0 && t == api.TierNano {
-		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need tier \"heavy\"; the nano tier has the standard library only", pkgs))
-	}
-	return checkTier(t)
-}
-
-func checkTier(t api.Tier) error {
-	switch t {
-	case "", api.TierNano, api.TierAuto:
-		return nil
-	case api.TierHeavy:
-		return nil
-	}
-	return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("unknown tier %q (want nano, heavy or auto)", t))
-}
-
 func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	var body api.RunBody
 	if err := decode(r, &body); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if err := checkPlacement(body.Tier, body.Packages); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: api.TierNano, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages}
+	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: body.Tier, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages}
 	paths := make([]string, 0, len(body.Files))
 	for p := range body.Files {
 		paths = append(paths, p)
@@ -105,63 +81,28 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	for _, p := range paths {
 		req.Files = append(req.Files, api.File{Path: p, Data: body.Files[p]})
 	}
-	reason := ""
-	if body.Tier == "" || body.Tier == api.TierAuto {
-		d := s.cfg.Rules.Decide(req)
-		reason = d.Reason
-		if d.Tier == api.TierHeavy && s.cfg.Heavy == nil {
-			// Say so rather than refuse: the run may still work, and the result carries the reason.
-			d.Tier, reason = api.TierNano, d.Reason+"; the heavy tier is not available here, so it ran on nano"
-		}
-		body.Tier = d.Tier
-	}
 	st := s.startStream(w, r)
-	if body.Tier == api.TierHeavy {
-		req.Tier = api.TierHeavy
-		s.runHeavy(w, r, st, req, reason, "")
-		return
-	}
-	var resp api.RunResponse
-	err := s.eng.RunInstance(r.Context(), req, func(res *api.Result, sfs *vfs.FS) error {
-		resp.Result = *res
-		resp.Files, resp.FilesOmitted = s.collectOutput(sfs)
-		return nil
-	}, st.options()...)
-	resp.RouteReason = reason
-	if err == nil && reason != "" && s.cfg.Heavy != nil {
-		if why, ok := s.cfg.Rules.Fallback(&resp.Result); ok {
-			s.metrics.observe(&resp.Result)
-			if st != nil {
-				st.event("fallback", map[string]string{"from": string(api.TierNano), "reason": why})
-			}
-			req.Tier = api.TierHeavy
-			s.runHeavy(w, r, st, req, why, api.TierNano)
-			return
-		}
+	resp, err := s.sb.Run(r.Context(), req, s.output(st))
+	if resp == nil {
+		resp = &api.RunResponse{}
 	}
 	s.finish(w, r, st, err, &resp.Result, resp)
 }
 
-// collectOutput gathers the files under /output within the size caps.
-func (s *Server) collectOutput(sfs *vfs.FS) (map[string][]byte, []string) {
-	files := map[string][]byte{}
-	var omitted []string
-	var total int64
-	sfs.Walk(nano.DirOutput, func(p string, size int64) error {
-		if size > s.cfg.MaxFileBytes || total+size > s.cfg.MaxFilesBytes {
-			omitted = append(omitted, p)
-			return nil
+// output sends a run's output to the stream (when there is one) and records a nano attempt that
+// fell back to heavy.
+func (s *Server) output(st *stream) dispatch.Output {
+	out := dispatch.Output{Fallback: func(failed *api.Result, reason string) {
+		s.metrics.observe(failed)
+		if st != nil {
+			st.event("fallback", map[string]string{"from": string(failed.Tier), "reason": reason})
 		}
-		data, err := sfs.ReadFile(p, s.cfg.MaxFileBytes)
-		if err != nil {
-			omitted = append(omitted, p)
-			return nil
-		}
-		total += int64(len(data))
-		files[p] = data
-		return nil
-	})
-	return files, omitted
+	}}
+	if st != nil {
+		out.Stdout = func(text string) { st.event("stdout", map[string]string{"text": text}) }
+		out.Stderr = func(text string) { st.event("stderr", map[string]string{"text": text}) }
+	}
+	return out
 }
 
 // finish records the run and writes its answer: a result event on a stream, JSON otherwise.
@@ -186,39 +127,17 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := checkPlacement(body.Tier, body.Packages); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if body.TTLSeconds < 0 {
-		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("ttl_s is negative (%d)", body.TTLSeconds)))
-		return
-	}
-	// A session has no code yet to route by: tier auto means nano unless it needs packages.
-	if body.Tier == api.TierHeavy || (len(body.Packages) > 0 && s.cfg.Heavy != nil) {
-		s.createHeavySession(w, r, body)
-		return
-	}
-	if len(body.Packages) > 0 {
-		s.fail(w, r, errNoHeavy)
-		return
-	}
-	sess, err := s.eng.NewSession(r.Context(), body.Limits, time.Duration(body.TTLSeconds)*time.Second)
+	sess, err := s.sb.NewSession(r.Context(), body)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Location", "/v1/sessions/"+sess.ID())
-	writeJSON(w, http.StatusCreated, sessionJSON(sess.Info()))
+	writeJSON(w, http.StatusCreated, sess.Info())
 }
 
-func sessionJSON(info nano.SessionInfo) api.Session {
-	return api.Session{ID: info.ID, Tier: info.Tier, Limits: info.Limits, TTLSeconds: int(info.TTL / time.Second),
-		Cells: info.Cells, CreatedAt: info.Created.UTC().Format(time.RFC3339Nano), LastUsedAt: info.LastUsed.UTC().Format(time.RFC3339Nano)}
-}
-
-func (s *Server) session(w http.ResponseWriter, r *http.Request) *nano.Session {
-	sess, err := s.eng.Session(r.PathValue("id"))
+func (s *Server) session(w http.ResponseWriter, r *http.Request) *dispatch.Session {
+	sess, err := s.sb.Session(r.PathValue("id"))
 	if err != nil {
 		s.fail(w, r, err)
 		return nil
@@ -227,28 +146,19 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) *nano.Session {
 }
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
-	if s.heavyRoute(w, r, "get") {
-		return
-	}
 	if sess := s.session(w, r); sess != nil {
-		writeJSON(w, http.StatusOK, sessionJSON(sess.Info()))
+		writeJSON(w, http.StatusOK, sess.Info())
 	}
 }
 
 func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
-	if s.heavyRoute(w, r, "delete") {
-		return
-	}
 	if sess := s.session(w, r); sess != nil {
-		sess.Close(r.Context())
+		sess.Close()
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
 
 func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {
-	if s.heavyRoute(w, r, "run") {
-		return
-	}
 	sess := s.session(w, r)
 	if sess == nil {
 		return
@@ -259,7 +169,7 @@ func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := s.startStream(w, r)
-	res, err := sess.Run(r.Context(), body.Code, st.options()...)
+	res, err := sess.Run(r.Context(), body.Code, s.output(st))
 	var out api.Result
 	if res != nil {
 		out = *res
@@ -268,34 +178,11 @@ func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {
 }
 
 // sandboxPath turns the {path...} wildcard into an absolute sandbox path.
-func sandboxPath(r *http.Request) (string, error) {
-	p := "/" + r.PathValue("path")
-	if err := nano.ValidatePath(p); err != nil {
-		return "", errdefs.With(errdefs.InvalidArgument, err)
-	}
-	return p, nil
-}
-
-// fileTarget answers file requests for heavy sessions itself (as op) and otherwise returns the nano
-// session and the sandbox path the request names; ok is false when the request has been answered.
-func (s *Server) fileTarget(w http.ResponseWriter, r *http.Request, op string) (sess *nano.Session, p string, ok bool) {
-	if s.heavyRoute(w, r, op) {
-		return nil, "", false
-	}
-	if sess = s.session(w, r); sess == nil {
-		return nil, "", false
-	}
-	p, err := sandboxPath(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return nil, "", false
-	}
-	return sess, p, true
-}
+func sandboxPath(r *http.Request) string { return "/" + r.PathValue("path") }
 
 func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
-	sess, p, ok := s.fileTarget(w, r, "put")
-	if !ok {
+	sess := s.session(w, r)
+	if sess == nil {
 		return
 	}
 	data, err := io.ReadAll(r.Body)
@@ -303,9 +190,9 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	err = sess.WithFS(func(sfs *vfs.FS) error { return sfs.WriteFile(p, data, 0o644) })
-	if err != nil {
-		s.fail(w, r, fsError(err))
+	p := sandboxPath(r)
+	if err := sess.WriteFile(r.Context(), p, data); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, api.FileInfo{Name: p[strings.LastIndex(p, "/")+1:], Path: p, Size: int64(len(data)),
@@ -313,18 +200,13 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
-	sess, p, ok := s.fileTarget(w, r, "getfile")
-	if !ok {
+	sess := s.session(w, r)
+	if sess == nil {
 		return
 	}
-	var data []byte
-	err := sess.WithFS(func(sfs *vfs.FS) error {
-		var err error
-		data, err = sfs.ReadFile(p, s.cfg.MaxBodyBytes)
-		return err
-	})
+	data, err := sess.ReadFile(r.Context(), sandboxPath(r), s.cfg.MaxBodyBytes)
 	if err != nil {
-		s.fail(w, r, fsError(err))
+		s.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -333,9 +215,6 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) {
-	if s.heavyRoute(w, r, "list") {
-		return
-	}
 	sess := s.session(w, r)
 	if sess == nil {
 		return
@@ -344,41 +223,12 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) {
 	if dir == "" {
 		dir = "/"
 	}
-	if err := nano.ValidatePath(dir); err != nil {
-		s.fail(w, r, errdefs.With(errdefs.InvalidArgument, err))
-		return
-	}
-	var entries []vfs.Entry
-	err := sess.WithFS(func(sfs *vfs.FS) error {
-		var err error
-		entries, err = sfs.ReadDir(dir)
-		return err
-	})
+	files, err := sess.ListFiles(r.Context(), dir)
 	if err != nil {
-		s.fail(w, r, fsError(err))
+		s.fail(w, r, err)
 		return
 	}
-	out := api.FileList{Dir: dir, Files: []api.FileInfo{}}
-	for _, e := range entries {
-		out.Files = append(out.Files, api.FileInfo{Name: e.Name, Path: e.Path, Size: e.Size, IsDir: e.IsDir,
-			ModTime: e.ModTime.Format(time.RFC3339Nano)})
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-// fsError classifies a sandbox filesystem error for HTTP.
-func fsError(err error) error {
-	switch {
-	case errdefs.ClassOf(err) != errdefs.Internal:
-		return err
-	case errors.Is(err, fs.ErrNotExist):
-		return errdefs.With(errdefs.NotFound, err)
-	case errors.Is(err, vfs.ErrNoSpace):
-		return errdefs.With(errdefs.TooLarge, err)
-	case errors.Is(err, fs.ErrInvalid), errors.Is(err, fs.ErrPermission), errors.Is(err, fs.ErrExist):
-		return errdefs.With(errdefs.InvalidArgument, err)
-	}
-	return err
+	writeJSON(w, http.StatusOK, api.FileList{Dir: dir, Files: files})
 }
 
 // stream is a server-sent-event response: stdout/stderr events as the program writes, then one result
@@ -406,15 +256,6 @@ func (s *Server) startStream(w http.ResponseWriter, r *http.Request) *stream {
 	st.rc.Flush()
 	go st.pump()
 	return st
-}
-
-func (st *stream) options() []nano.ExecOption {
-	if st == nil {
-		return nil
-	}
-	return []nano.ExecOption{nano.WithStream(
-		func(b []byte) { st.event("stdout", map[string]string{"text": string(b)}) },
-		func(b []byte) { st.event("stderr", map[string]string{"text": string(b)}) })}
 }
 
 func (st *stream) event(name string, v any) {

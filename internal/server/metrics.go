@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 )
 
 // metrics are the server's Prometheus series, in a registry of its own.
@@ -19,7 +20,10 @@ type metrics struct {
 	errors   *prometheus.CounterVec
 }
 
-func newMetrics(eng Engine, hv HeavyEngine, heavySessions func() int) *metrics {
+func newMetrics(stats func() dispatch.Stats) *metrics {
+	gauge := func(name, help string, field func(dispatch.Stats) int) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(field(stats())) })
+	}
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agentbox_runs_total",
@@ -34,18 +38,13 @@ func newMetrics(eng Engine, hv HeavyEngine, heavySessions func() int) *metrics {
 	}
 	m.reg.MustRegister(m.runs, m.duration, m.requests, m.errors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agentbox_queue_depth", Help: "Runs waiting for a slot."},
-			func() float64 { return float64(eng.QueueDepth()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agentbox_pool_ready", Help: "Restored sandboxes ready in the pool."},
-			func() float64 { return float64(eng.PoolReady()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agentbox_sessions_open", Help: "Open sessions."},
-			func() float64 { return float64(eng.SessionCount()) }))
-	if hv != nil {
+		gauge("agentbox_queue_depth", "Nano runs waiting for a slot.", func(st dispatch.Stats) int { return st.QueueDepth }),
+		gauge("agentbox_pool_ready", "Restored nano sandboxes ready in the pool.", func(st dispatch.Stats) int { return st.PoolReady }),
+		gauge("agentbox_sessions_open", "Open sessions on nano.", func(st dispatch.Stats) int { return st.Sessions }))
+	if stats().Heavy {
 		m.reg.MustRegister(
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agentbox_heavy_pool_ready", Help: "Started heavy sandboxes ready in the pool."},
-				func() float64 { return float64(hv.PoolReady()) }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agentbox_heavy_sessions_open", Help: "Open heavy sessions."},
-				func() float64 { return float64(heavySessions()) }))
+			gauge("agentbox_heavy_pool_ready", "Started heavy sandboxes ready in the pool.", func(st dispatch.Stats) int { return st.HeavyPoolReady }),
+			gauge("agentbox_heavy_sessions_open", "Open sessions on heavy, including those moved from nano.", func(st dispatch.Stats) int { return st.HeavySessions }))
 	}
 	return m
 }

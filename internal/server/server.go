@@ -18,10 +18,8 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
-	"github.com/entersandbox/agentbox/internal/nano"
-	"github.com/entersandbox/agentbox/internal/router"
-	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
 //go:embed openapi.yaml
@@ -30,14 +28,12 @@ var openAPISpec []byte
 // OpenAPI returns the API's OpenAPI 3.1 document.
 func OpenAPI() []byte { return openAPISpec }
 
-// Engine is what the server needs of the sandbox engine.
-type Engine interface {
-	RunInstance(ctx context.Context, req api.RunRequest, fn func(*api.Result, *vfs.FS) error, opts ...nano.ExecOption) error
-	NewSession(ctx context.Context, limits api.Limits, ttl time.Duration) (*nano.Session, error)
-	Session(id string) (*nano.Session, error)
-	SessionCount() int
-	QueueDepth() int
-	PoolReady() int
+// Sandboxes is what the server needs to place runs and sessions (*dispatch.Dispatcher).
+type Sandboxes interface {
+	Run(ctx context.Context, req api.RunRequest, out dispatch.Output) (*api.RunResponse, error)
+	NewSession(ctx context.Context, req api.SessionRequest) (*dispatch.Session, error)
+	Session(id string) (*dispatch.Session, error)
+	Stats() dispatch.Stats
 }
 
 // Config configures a Server. Zero values are the defaults given per field.
@@ -49,21 +45,10 @@ type Config struct {
 	APIKeys []string
 	// MaxBodyBytes caps a request body; zero means 64 MiB.
 	MaxBodyBytes int64
-	// MaxFileBytes caps each /output file returned by /v1/run, MaxFilesBytes their total; zero means
-	// 8 MiB and 32 MiB.
-	MaxFileBytes  int64
-	MaxFilesBytes int64
 	// Logger receives request logs; nil discards them.
 	Logger *slog.Logger
 	// MCP, when set, is mounted at /mcp (behind the same auth).
 	MCP http.Handler
-	// Heavy, when set, serves tier "heavy"; without it such requests are refused as invalid.
-	Heavy HeavyEngine
-	// Rules route tier "auto" (the default); nil means the shipped rules.
-	Rules *router.Rules
-	// SessionTTL is the idle TTL of heavy sessions that ask for none; zero means 10 minutes. (Nano
-	// sessions take the nano engine's.)
-	SessionTTL time.Duration
 	// ReadHeaderTimeout and ReadTimeout bound how long a client may take to send its headers and its
 	// whole request (slow clients); zero means 10 s and 2 min.
 	ReadHeaderTimeout time.Duration
@@ -73,27 +58,20 @@ type Config struct {
 // Server serves the HTTP API.
 type Server struct {
 	cfg     Config
-	eng     Engine
+	sb      Sandboxes
 	log     *slog.Logger
 	metrics *metrics
-	heavy   *heavySessions
 	http    *http.Server
 	handler http.Handler
 }
 
-// New makes a server for eng. It refuses a non-loopback address without API keys.
-func New(eng Engine, cfg Config) (*Server, error) {
+// New makes a server for sb. It refuses a non-loopback address without API keys.
+func New(sb Sandboxes, cfg Config) (*Server, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:8080"
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 20
-	}
-	if cfg.MaxFileBytes <= 0 {
-		cfg.MaxFileBytes = 8 << 20
-	}
-	if cfg.MaxFilesBytes <= 0 {
-		cfg.MaxFilesBytes = 32 << 20
 	}
 	if cfg.ReadHeaderTimeout <= 0 {
 		cfg.ReadHeaderTimeout = 10 * time.Second
@@ -113,14 +91,8 @@ func New(eng Engine, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.SessionTTL <= 0 {
-		cfg.SessionTTL = 10 * time.Minute
-	}
-	if cfg.Rules == nil {
-		cfg.Rules = router.DefaultRules()
-	}
-	s := &Server{cfg: cfg, eng: eng, log: log, heavy: newHeavySessions(cfg.SessionTTL)}
-	s.metrics = newMetrics(eng, cfg.Heavy, s.heavy.count)
+	s := &Server{cfg: cfg, sb: sb, log: log}
+	s.metrics = newMetrics(sb.Stats)
 	s.handler = s.routes()
 	s.http = &http.Server{
 		Addr:              cfg.Addr,
@@ -166,12 +138,10 @@ func (s *Server) ListenAndServe() error {
 	return s.Serve(l)
 }
 
-// Shutdown stops accepting requests and waits for those in flight until ctx is done, then closes the
-// heavy sessions; runs still going then are cancelled by the caller closing the engines.
+// Shutdown stops accepting requests and waits for those in flight until ctx is done; runs still going
+// then are cancelled by the caller closing the dispatcher and the engines.
 func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.http.Shutdown(ctx)
-	s.heavy.closeAll()
-	return err
+	return s.http.Shutdown(ctx)
 }
 
 func (s *Server) routes() http.Handler {
@@ -293,6 +263,7 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "queue_depth": s.eng.QueueDepth(),
-		"pool_ready": s.eng.PoolReady(), "sessions": s.eng.SessionCount()})
+	st := s.sb.Stats()
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "queue_depth": st.QueueDepth,
+		"pool_ready": st.PoolReady, "sessions": st.Sessions + st.HeavySessions, "heavy": st.Heavy})
 }

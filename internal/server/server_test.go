@@ -21,6 +21,7 @@ import (
 	validator "github.com/pb33f/libopenapi-validator"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
 )
 
@@ -28,6 +29,7 @@ const testKey = "test-key-0123456789abcdef"
 
 var (
 	eng     *nano.Engine
+	sb      *dispatch.Dispatcher
 	ts      *httptest.Server
 	openapi validator.Validator
 )
@@ -55,7 +57,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	srv, err := New(eng, Config{APIKeys: []string{testKey}, MaxBodyBytes: 1 << 20, MaxFileBytes: 1 << 10, MaxFilesBytes: 4 << 10})
+	sb = dispatch.New(eng, dispatch.Config{MaxFileBytes: 1 << 10, MaxFilesBytes: 4 << 10})
+	srv, err := New(sb, Config{APIKeys: []string{testKey}, MaxBodyBytes: 1 << 20})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -73,6 +76,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	ts.Close()
+	sb.Close()
 	eng.Close(ctx)
 	os.Exit(code)
 }
@@ -382,7 +386,9 @@ func TestOverloadIs429(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close(context.Background())
-	srv, _ := New(e, Config{})
+	d := dispatch.New(e, dispatch.Config{})
+	defer d.Close()
+	srv, _ := New(d, Config{})
 	h := httptest.NewServer(srv.Handler())
 	defer h.Close()
 	// Hold the only slot: a streamed run that says when it has started.
@@ -419,12 +425,12 @@ func TestMetrics(t *testing.T) {
 
 func TestStartupRefusesOpenAddressWithoutKey(t *testing.T) {
 	for addr, ok := range map[string]bool{"127.0.0.1:0": true, "localhost:0": true, "[::1]:0": true, "0.0.0.0:8080": false, ":8080": false, "10.1.2.3:80": false} {
-		_, err := New(eng, Config{Addr: addr})
+		_, err := New(sb, Config{Addr: addr})
 		if (err == nil) != ok {
 			t.Errorf("%s: err %v", addr, err)
 		}
 	}
-	if _, err := New(eng, Config{Addr: "0.0.0.0:8080", APIKeys: []string{"short"}}); err == nil {
+	if _, err := New(sb, Config{Addr: "0.0.0.0:8080", APIKeys: []string{"short"}}); err == nil {
 		t.Error("a short API key was accepted")
 	}
 }
@@ -434,7 +440,8 @@ func TestGracefulShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, _ := New(e, Config{Addr: "127.0.0.1:0"})
+	d := dispatch.New(e, dispatch.Config{})
+	srv, _ := New(d, Config{Addr: "127.0.0.1:0"})
 	l, err := newListener()
 	if err != nil {
 		t.Fatal(err)
@@ -459,6 +466,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if !bytes.Contains(body, []byte("finished")) {
 		t.Fatalf("%s", body)
 	}
+	d.Close()
 	if err := e.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +475,7 @@ func TestGracefulShutdown(t *testing.T) {
 func newListener() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
 
 func TestSlowClientIsCutOff(t *testing.T) {
-	srv, _ := New(eng, Config{Addr: "127.0.0.1:0", ReadHeaderTimeout: 200 * time.Millisecond, ReadTimeout: 400 * time.Millisecond})
+	srv, _ := New(sb, Config{Addr: "127.0.0.1:0", ReadHeaderTimeout: 200 * time.Millisecond, ReadTimeout: 400 * time.Millisecond})
 	l, err := newListener()
 	if err != nil {
 		t.Fatal(err)

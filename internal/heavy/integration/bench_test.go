@@ -13,6 +13,7 @@ import (
 
 	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
@@ -69,7 +70,9 @@ func BenchmarkAPIPoolHit(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer nanoEng.Close(ctx)
-	srv, err := server.New(nanoEng, server.Config{Heavy: e})
+	d := dispatch.New(nanoEng, dispatch.Config{Heavy: e})
+	defer d.Close()
+	srv, err := server.New(d, server.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -146,5 +149,49 @@ func BenchmarkPoolMiss(b *testing.B) {
 		benchRun(b, e) // takes the pooled sandbox
 		b.StartTimer()
 		benchRun(b, e)
+	}
+}
+
+// BenchmarkSessionMove: the cell that moves an auto session from nano to heavy (a heavy sandbox from
+// the pool, two files copied twice, three earlier cells replayed, then the cell itself); the session's
+// creation, its nano cells and its teardown are not timed.
+func BenchmarkSessionMove(b *testing.B) {
+	ctx := context.Background()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close(ctx)
+	nanoEng, err := nano.New(ctx, nano.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nanoEng.Close(ctx)
+	d := dispatch.New(nanoEng, dispatch.Config{Heavy: e})
+	defer d.Close()
+	cells := []string{"rows = [i * i for i in range(100)]", "import json\ndoc = json.dumps(rows)", "open('/data/doc.json', 'w').write(doc)"}
+	for b.Loop() {
+		b.StopTimer()
+		for e.PoolReady() == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		s, err := d.NewSession(ctx, api.SessionRequest{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.WriteFile(ctx, "/data/in.txt", []byte("x"))
+		for _, c := range cells {
+			if _, err := s.Run(ctx, c, dispatch.Output{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		res, err := s.Run(ctx, "import numpy as np\nprint(int(np.sum(rows)))", dispatch.Output{})
+		b.StopTimer()
+		if err != nil || res.Tier != api.TierHeavy || res.Stdout != "328350\n" {
+			b.Fatalf("%v %+v", err, res)
+		}
+		s.Close()
+		b.StartTimer()
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/entersandbox/agentbox"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
 )
@@ -17,13 +18,21 @@ import (
 // apiServer serves both tiers through `agentbox serve`'s handler and returns a Go SDK client for it.
 func apiServer(t *testing.T) (*agentbox.Client, *httptest.Server) {
 	t.Helper()
+	return apiServerWith(t, dispatch.Config{})
+}
+
+// apiServerWith is apiServer with a dispatcher configured by cfg (its Heavy is the shared engine).
+func apiServerWith(t *testing.T, cfg dispatch.Config) (*agentbox.Client, *httptest.Server) {
+	t.Helper()
 	ctx := context.Background()
 	nanoEng, err := nano.New(ctx, nano.Config{PoolSize: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { nanoEng.Close(ctx) })
-	srv, err := server.New(nanoEng, server.Config{Heavy: eng})
+	cfg.Heavy = eng
+	d := dispatch.New(nanoEng, cfg)
+	t.Cleanup(func() { d.Close(); nanoEng.Close(ctx) })
+	srv, err := server.New(d, server.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +55,7 @@ func TestThroughTheAPI(t *testing.T) {
 	}
 
 	s, err := c.NewSession(ctx, agentbox.SessionRequest{Tier: "heavy"})
-	if err != nil || !strings.HasPrefix(s.ID(), "hvy_") {
+	if err != nil || s.Info.Tier != "heavy" {
 		t.Fatalf("%v %+v", err, s)
 	}
 	if _, err := s.Upload(ctx, "/data/x.txt", strings.NewReader("41")); err != nil {

@@ -298,6 +298,11 @@ class Sandbox:
         """The server-side session's id, once the first call has created it."""
         return self._session_id
 
+    def info(self) -> Dict[str, Any]:
+        """The session's description: ``id``, ``tier`` (``"heavy"`` once an auto session has moved
+        there, with ``moved_from: "nano"``), ``route_reason``, ``limits``, ``cells`` and times."""
+        return self._json("GET", self._session_path())
+
     def run(self, code: str, *, on_stdout: Optional[OutputCallback] = None,
             on_stderr: Optional[OutputCallback] = None) -> SandboxResult:
         """Run code in this sandbox's interpreter. With callbacks, output is delivered as it is written.

@@ -159,3 +159,18 @@ def test_auto_routing_reports_its_reason(server):
         assert r.tier == "heavy" and r.stdout == "2\n" and "pandas" in r.route_reason, r
         r = sb.run_once("m = __import__('nu' + 'mpy')\nprint(int(m.arange(4).sum()))")
         assert r.fallback_from == "nano" and r.tier == "heavy" and r.stdout == "6\n", r
+
+
+def test_auto_session_moves_to_heavy_with_its_state(server):
+    url, key = server
+    with Sandbox(url=url, api_key=key) as sb:
+        sb.write_file("/data/n.txt", b"3")
+        assert sb.run("n = int(open('/data/n.txt').read())").tier == "nano"
+        assert sb.info()["tier"] == "nano"
+        session = sb.session_id
+        r = sb.run("import numpy as np\nprint(int(np.arange(n).sum()))")
+        assert r.ok and r.tier == "heavy" and r.stdout == "3\n", r
+        assert "moved to heavy (1 earlier cells replayed, 1 files copied)" in r.route_reason, r
+        info = sb.info()
+        assert info["id"] == session and info["tier"] == "heavy" and info["moved_from"] == "nano", info
+        assert sb.download_file("/data/n.txt") == b"3"

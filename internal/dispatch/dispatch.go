@@ -1,0 +1,325 @@
+// Package dispatch places runs and sessions on a tier. It routes tier "auto" with the router's rules,
+// runs a nano program again on heavy when it failed for want of something heavy has, and keeps a
+// session under one id while moving it from nano to heavy (its earlier cells are replayed there and
+// its files copied). The HTTP API and the MCP tools both serve through it.
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/router"
+	"github.com/entersandbox/agentbox/internal/vfs"
+)
+
+// NanoEngine is what dispatch needs of the nano tier (*nano.Engine).
+type NanoEngine interface {
+	RunInstance(ctx context.Context, req api.RunRequest, fn func(*api.Result, *vfs.FS) error, opts ...nano.ExecOption) error
+	NewSession(ctx context.Context, limits api.Limits, ttl time.Duration) (*nano.Session, error)
+	QueueDepth() int
+	PoolReady() int
+}
+
+// HeavyEngine is what dispatch needs of the heavy tier (*heavy.Engine).
+type HeavyEngine interface {
+	RunCollect(ctx context.Context, req api.RunRequest, stream heavy.Stream, maxFile, maxTotal int64) (*api.Result, *heavy.Output, error)
+	NewSession(ctx context.Context, limits api.Limits, packages []string) (*heavy.Session, error)
+	Limits(req api.Limits) (api.Limits, error)
+	PoolReady() int
+}
+
+// Config configures a Dispatcher. Zero values are the defaults given per field.
+type Config struct {
+	// Heavy serves tier "heavy" and the fallbacks to it; nil means this host has no heavy tier: tier
+	// "heavy" and packages are refused, and tier "auto" always runs on nano (saying so).
+	Heavy HeavyEngine
+	// Rules route tier "auto"; nil means the shipped rules.
+	Rules *router.Rules
+	// SessionTTL is the idle time after which a session that asked for none is closed; zero means
+	// 10 minutes.
+	SessionTTL time.Duration
+	// MaxFileBytes caps each /output file a run returns, MaxFilesBytes their total; zero means 8 MiB
+	// and 32 MiB. Files beyond the caps are named in FilesOmitted.
+	MaxFileBytes  int64
+	MaxFilesBytes int64
+	// MaxHeavySessions caps the sessions open on heavy (each is a gVisor sandbox of ~90 MiB); a
+	// session asked for beyond it is refused as overloaded and an auto session stays on nano. Zero
+	// means 16.
+	MaxHeavySessions int
+	// MaxReplayBytes caps the code of a session's cells kept for replaying them on heavy; a session
+	// past it stays on nano. Zero means 4 MiB.
+	MaxReplayBytes int
+	// Logger receives session moves and reaping; nil discards.
+	Logger *slog.Logger
+}
+
+// Output receives a run's output as it is written and the router's fallbacks; nil fields discard.
+type Output struct {
+	Stdout, Stderr func(text string)
+	// Fallback is called with the nano result that failed, before the run starts again on heavy.
+	Fallback func(failed *api.Result, reason string)
+}
+
+func (o Output) nano() []nano.ExecOption {
+	if o.Stdout == nil && o.Stderr == nil {
+		return nil
+	}
+	bytesTo := func(f func(string)) func([]byte) {
+		if f == nil {
+			return func([]byte) {}
+		}
+		return func(b []byte) { f(string(b)) }
+	}
+	return []nano.ExecOption{nano.WithStream(bytesTo(o.Stdout), bytesTo(o.Stderr))}
+}
+
+func (o Output) heavy() heavy.Stream { return heavy.Stream{Stdout: o.Stdout, Stderr: o.Stderr} }
+
+func (o Output) fallback(res *api.Result, reason string) {
+	if o.Fallback != nil {
+		o.Fallback(res, reason)
+	}
+}
+
+// Dispatcher places runs and sessions on the nano and heavy tiers.
+type Dispatcher struct {
+	nano  NanoEngine
+	heavy HeavyEngine
+	rules *router.Rules
+	cfg   Config
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	sessions map[string]*Session
+	stop     chan struct{}
+	stopOnce sync.Once
+}
+
+// New returns a Dispatcher over the nano engine n and cfg.Heavy.
+func New(n NanoEngine, cfg Config) *Dispatcher {
+	if cfg.Rules == nil {
+		cfg.Rules = router.DefaultRules()
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = 10 * time.Minute
+	}
+	if cfg.MaxFileBytes <= 0 {
+		cfg.MaxFileBytes = 8 << 20
+	}
+	if cfg.MaxFilesBytes <= 0 {
+		cfg.MaxFilesBytes = 32 << 20
+	}
+	if cfg.MaxHeavySessions <= 0 {
+		cfg.MaxHeavySessions = 16
+	}
+	if cfg.MaxReplayBytes <= 0 {
+		cfg.MaxReplayBytes = 4 << 20
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Dispatcher{nano: n, heavy: cfg.Heavy, rules: cfg.Rules, cfg: cfg, log: log,
+		sessions: map[string]*Session{}, stop: make(chan struct{})}
+	go d.reap()
+	return d
+}
+
+// ErrNoHeavy is returned for tier "heavy" or packages on a host without the heavy tier.
+var ErrNoHeavy = errdefs.With(errdefs.InvalidArgument, errors.New("tier \"heavy\" is not available on this server (install it with build/heavy/build.sh)"))
+
+// checkPlacement refuses an unknown tier, packages on the nano tier and heavy on a host without it.
+func (d *Dispatcher) checkPlacement(t api.Tier, pkgs []string) error {
+	switch t {
+	case "", api.TierAuto, api.TierNano, api.TierHeavy:
+	default:
+		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("unknown tier %q (want nano, heavy or auto)", t))
+	}
+	if len(pkgs) > 0 && t == api.TierNano {
+		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need tier \"heavy\"; the nano tier has the standard library only", pkgs))
+	}
+	if d.heavy == nil && (t == api.TierHeavy || len(pkgs) > 0) {
+		return ErrNoHeavy
+	}
+	return nil
+}
+
+// route picks the tier for tier "auto" and says why. allowed_modules is a nano policy, so it pins the
+// run there.
+func (d *Dispatcher) route(req api.RunRequest) (api.Tier, string) {
+	if len(req.Limits.AllowedModules) > 0 {
+		return api.TierNano, "allowed_modules is a nano-tier policy, so the run stays on nano"
+	}
+	dec := d.rules.Decide(req)
+	if dec.Tier == api.TierHeavy && d.heavy == nil {
+		return api.TierNano, dec.Reason + "; the heavy tier is not available here, so it ran on nano"
+	}
+	return dec.Tier, dec.Reason
+}
+
+// Run runs one program in a fresh sandbox on the tier req asks for, routing tier "auto" (or none)
+// by its imports, packages and limits, and running it again on heavy when it failed on nano for want
+// of something heavy has. A program's own failure is in the response; the error is for requests that
+// are invalid or cannot be served.
+func (d *Dispatcher) Run(ctx context.Context, req api.RunRequest, out Output) (*api.RunResponse, error) {
+	if err := d.checkPlacement(req.Tier, req.Packages); err != nil {
+		return nil, err
+	}
+	reason := ""
+	if req.Tier == "" || req.Tier == api.TierAuto {
+		req.Tier, reason = d.route(req)
+	}
+	if req.Tier == api.TierHeavy {
+		return d.runHeavy(ctx, req, out, reason, "")
+	}
+	resp := &api.RunResponse{}
+	err := d.nano.RunInstance(ctx, req, func(res *api.Result, sfs *vfs.FS) error {
+		resp.Result = *res
+		resp.Files, resp.FilesOmitted = d.collectOutput(sfs)
+		return nil
+	}, out.nano()...)
+	if err != nil {
+		return nil, err
+	}
+	resp.RouteReason = reason
+	if reason != "" && d.heavy != nil && len(req.Limits.AllowedModules) == 0 {
+		// Nano runs touch nothing outside their sandbox, so running one again elsewhere is safe.
+		if why, ok := d.rules.Fallback(&resp.Result); ok {
+			out.fallback(&resp.Result, why)
+			req.Tier = api.TierHeavy
+			return d.runHeavy(ctx, req, out, why, api.TierNano)
+		}
+	}
+	return resp, nil
+}
+
+func (d *Dispatcher) runHeavy(ctx context.Context, req api.RunRequest, out Output, reason string, from api.Tier) (*api.RunResponse, error) {
+	res, files, err := d.heavy.RunCollect(ctx, req, out.heavy(), d.cfg.MaxFileBytes, d.cfg.MaxFilesBytes)
+	if err != nil {
+		return nil, err
+	}
+	resp := &api.RunResponse{Result: *res, Files: map[string][]byte{}}
+	resp.RouteReason, resp.FallbackFrom = reason, from
+	if files != nil {
+		resp.Files, resp.FilesOmitted = files.Files, files.Omitted
+	}
+	return resp, nil
+}
+
+// collectOutput gathers the files under /output within the size caps.
+func (d *Dispatcher) collectOutput(sfs *vfs.FS) (map[string][]byte, []string) {
+	files := map[string][]byte{}
+	var omitted []string
+	var total int64
+	sfs.Walk(nano.DirOutput, func(p string, size int64) error {
+		if size > d.cfg.MaxFileBytes || total+size > d.cfg.MaxFilesBytes {
+			omitted = append(omitted, p)
+			return nil
+		}
+		data, err := sfs.ReadFile(p, d.cfg.MaxFileBytes)
+		if err != nil {
+			omitted = append(omitted, p)
+			return nil
+		}
+		total += int64(len(data))
+		files[p] = data
+		return nil
+	})
+	return files, omitted
+}
+
+// Stats are the dispatcher's gauges.
+type Stats struct {
+	QueueDepth     int  // nano runs waiting for a slot
+	PoolReady      int  // restored nano sandboxes ready
+	Sessions       int  // open sessions on nano
+	HeavySessions  int  // open sessions on heavy (including moved ones)
+	HeavyPoolReady int  // started heavy sandboxes ready
+	Heavy          bool // the heavy tier is available
+}
+
+// Stats reports the gauges.
+func (d *Dispatcher) Stats() Stats {
+	st := Stats{QueueDepth: d.nano.QueueDepth(), PoolReady: d.nano.PoolReady(), Heavy: d.heavy != nil}
+	if d.heavy != nil {
+		st.HeavyPoolReady = d.heavy.PoolReady()
+	}
+	d.mu.Lock()
+	for _, s := range d.sessions {
+		if s.tier.Load() == tierHeavy {
+			st.HeavySessions++
+		} else {
+			st.Sessions++
+		}
+	}
+	d.mu.Unlock()
+	return st
+}
+
+// heavyRoom refuses another heavy session when MaxHeavySessions are open.
+func (d *Dispatcher) heavyRoom() error {
+	if n := d.Stats().HeavySessions; n >= d.cfg.MaxHeavySessions {
+		return errdefs.With(errdefs.Overloaded, fmt.Errorf("%d heavy sessions are open, the most this server allows", n))
+	}
+	return nil
+}
+
+// Close ends every session; the engines are the caller's to close.
+func (d *Dispatcher) Close() {
+	d.stopOnce.Do(func() { close(d.stop) })
+	d.mu.Lock()
+	all := d.sessions
+	d.sessions = map[string]*Session{}
+	d.mu.Unlock()
+	for _, s := range all {
+		s.mu.Lock()
+		s.closeLocked()
+		s.mu.Unlock()
+	}
+}
+
+// reap closes sessions idle past their TTL and forgets those whose sandbox has gone.
+func (d *Dispatcher) reap() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-tick.C:
+		}
+		d.mu.Lock()
+		var ended []*Session
+		for id, s := range d.sessions {
+			if !s.mu.TryLock() {
+				continue // busy, so not idle
+			}
+			if time.Since(s.lastUsed) > s.ttl || s.gone() {
+				ended = append(ended, s)
+				delete(d.sessions, id)
+			}
+			s.mu.Unlock()
+		}
+		d.mu.Unlock()
+		for _, s := range ended {
+			s.mu.Lock()
+			s.closeLocked()
+			s.mu.Unlock()
+			d.log.Info("session ended", "id", s.id, "idle", time.Since(s.lastUsed).Round(time.Second))
+		}
+	}
+}
+
+func (d *Dispatcher) forget(id string) {
+	d.mu.Lock()
+	delete(d.sessions, id)
+	d.mu.Unlock()
+}

@@ -1,0 +1,488 @@
+package dispatch
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/vfs"
+)
+
+// maxSessionTTL bounds a session's requested idle TTL.
+const maxSessionTTL = 24 * time.Hour
+
+const (
+	tierNano int32 = iota
+	tierHeavy
+)
+
+// ErrSessionGone is returned for a session that was closed, reaped, or whose sandbox died.
+var ErrSessionGone = errors.New("session is closed")
+
+// ErrSessionBusy is returned when a session is asked to do two things at once.
+var ErrSessionBusy = errors.New("session is busy with another request")
+
+// Session is a sandbox that keeps its interpreter between runs, on one tier at a time. A session of
+// tier "auto" starts on nano and moves to heavy, under the same id, when a cell needs it.
+type Session struct {
+	id   string
+	d    *Dispatcher
+	auto bool
+	ttl  time.Duration
+	// requested are the limits asked for; a move resolves them again against heavy's defaults.
+	requested api.Limits
+	created   time.Time
+	tier      atomic.Int32
+
+	mu sync.Mutex // one request at a time; guards everything below
+	ns *nano.Session
+	hs *heavy.Session
+	// history holds the cells run on nano while the session may still move, to replay them on heavy.
+	history      []cell
+	historyBytes int
+	replayable   bool
+	closed       bool
+
+	meta      sync.Mutex // Info reads these without waiting for a running cell
+	limits    api.Limits
+	cells     int
+	lastUsed  time.Time
+	reason    string
+	movedFrom api.Tier
+}
+
+type cell struct {
+	code   string
+	failed bool
+}
+
+// NewSession starts a session. Tier "auto" (or none) starts on heavy when packages or limits need it
+// and on nano otherwise, from where it moves to heavy when a cell needs heavy.
+func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*Session, error) {
+	if err := d.checkPlacement(req.Tier, req.Packages); err != nil {
+		return nil, err
+	}
+	ttl := time.Duration(req.TTLSeconds) * time.Second
+	switch {
+	case ttl < 0 || ttl > maxSessionTTL:
+		return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("ttl_s %d is outside 0 to %d", req.TTLSeconds, int(maxSessionTTL/time.Second)))
+	case ttl == 0:
+		ttl = d.cfg.SessionTTL
+	}
+	now := time.Now()
+	s := &Session{id: newID(), d: d, ttl: ttl, requested: req.Limits, created: now, lastUsed: now, replayable: true}
+	tier := req.Tier
+	if tier == "" || tier == api.TierAuto {
+		s.auto = true
+		tier, s.reason = d.route(api.RunRequest{Limits: req.Limits, Packages: req.Packages})
+		if tier == api.TierNano && d.heavy != nil && len(req.Limits.AllowedModules) == 0 {
+			s.reason = "a new session starts on nano, the fastest tier, and moves to heavy when a cell needs it"
+		}
+	}
+	var err error
+	if tier == api.TierHeavy {
+		if err := d.heavyRoom(); err != nil {
+			return nil, err
+		}
+		if s.hs, err = d.heavy.NewSession(ctx, req.Limits, req.Packages); err != nil {
+			return nil, err
+		}
+		s.limits, _ = d.heavy.Limits(req.Limits)
+		s.tier.Store(tierHeavy)
+	} else {
+		if s.ns, err = d.nano.NewSession(ctx, req.Limits, ttl); err != nil {
+			return nil, err
+		}
+		s.limits = s.ns.Info().Limits
+	}
+	d.mu.Lock()
+	d.sessions[s.id] = s
+	d.mu.Unlock()
+	return s, nil
+}
+
+func newID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "ses_" + hex.EncodeToString(b[:])
+}
+
+// Session returns an open session by id.
+func (d *Dispatcher) Session(id string) (*Session, error) {
+	d.mu.Lock()
+	s := d.sessions[id]
+	d.mu.Unlock()
+	if s == nil {
+		return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("session %q: %w (unknown id, closed, or idle past its TTL)", id, ErrSessionGone))
+	}
+	return s, nil
+}
+
+// ID is the session's identifier; it stays the same when the session moves to heavy.
+func (s *Session) ID() string { return s.id }
+
+// Info describes the session.
+func (s *Session) Info() api.Session {
+	s.meta.Lock()
+	defer s.meta.Unlock()
+	tier := api.TierNano
+	if s.tier.Load() == tierHeavy {
+		tier = api.TierHeavy
+	}
+	return api.Session{ID: s.id, Tier: tier, Limits: s.limits, TTLSeconds: int(s.ttl / time.Second), Cells: s.cells,
+		CreatedAt: s.created.UTC().Format(time.RFC3339Nano), LastUsedAt: s.lastUsed.UTC().Format(time.RFC3339Nano),
+		RouteReason: s.reason, MovedFrom: s.movedFrom}
+}
+
+// lock takes the session for one request, refusing instead of queueing behind a running cell.
+func (s *Session) lock() error {
+	if !s.mu.TryLock() {
+		return errdefs.With(errdefs.Conflict, fmt.Errorf("session %q: %w", s.id, ErrSessionBusy))
+	}
+	if s.closed {
+		s.mu.Unlock()
+		return errdefs.With(errdefs.NotFound, fmt.Errorf("session %q: %w", s.id, ErrSessionGone))
+	}
+	s.touch(0)
+	return nil
+}
+
+// unlock releases the session, ending it if its sandbox died meanwhile.
+func (s *Session) unlock() {
+	if !s.closed && s.gone() {
+		s.closeLocked()
+	}
+	s.touch(0)
+	s.mu.Unlock()
+}
+
+func (s *Session) touch(cells int) {
+	s.meta.Lock()
+	s.cells += cells
+	s.lastUsed = time.Now()
+	s.meta.Unlock()
+}
+
+// gone reports whether the session's sandbox has died (a timeout, a crash, an OOM kill).
+func (s *Session) gone() bool {
+	if s.ns != nil {
+		return !s.ns.Info().Alive
+	}
+	return s.hs == nil || !s.hs.Alive()
+}
+
+// closeLocked frees the sandbox and forgets the session.
+func (s *Session) closeLocked() {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	if s.ns != nil {
+		s.ns.Close(context.Background())
+	}
+	if s.hs != nil {
+		s.hs.Close()
+	}
+	s.history = nil
+	s.d.forget(s.id)
+}
+
+// Close ends the session. Closing twice is not an error.
+func (s *Session) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closeLocked()
+}
+
+// movable reports whether the session may still move to heavy.
+func (s *Session) movable() bool {
+	return s.auto && s.ns != nil && s.d.heavy != nil && s.replayable && len(s.requested.AllowedModules) == 0
+}
+
+// Run executes code in the session. In a session of tier "auto" on nano, a cell whose imports need
+// heavy moves the session there first, and a cell that fails on nano for want of something heavy has
+// moves it and runs again there; the result's route_reason and fallback_from say so.
+func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	s.touch(1)
+	if s.hs != nil {
+		return s.hs.Run(ctx, code, out.heavy())
+	}
+	var reason string
+	if s.movable() {
+		tier, why := s.d.route(api.RunRequest{Code: code, Limits: s.requested})
+		reason = why
+		if tier == api.TierHeavy {
+			moved, err := s.moveLocked(ctx, why)
+			if err == nil {
+				res, err := s.hs.Run(ctx, code, out.heavy())
+				if res != nil {
+					res.RouteReason = why + "; " + moved
+				}
+				return res, err
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			reason = fmt.Sprintf("%s, but the session could not move to heavy (%v), so the cell ran on nano", why, err)
+		}
+	} else if s.auto {
+		reason = s.stayReason()
+	}
+	res, err := s.ns.Run(ctx, code, out.nano()...)
+	if err != nil {
+		return nil, err
+	}
+	res.RouteReason = reason
+	if s.movable() {
+		if why, ok := s.d.rules.Fallback(res); ok {
+			out.fallback(res, why)
+			moved, merr := s.moveLocked(ctx, why)
+			if merr == nil {
+				hres, herr := s.hs.Run(ctx, code, out.heavy())
+				if hres != nil {
+					hres.RouteReason, hres.FallbackFrom = why+"; "+moved, api.TierNano
+				}
+				return hres, herr
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			res.RouteReason = fmt.Sprintf("%s, but the session could not move to heavy: %v", why, merr)
+		}
+	}
+	s.record(code, res.Error != nil || res.ExitCode != 0)
+	return res, nil
+}
+
+// stayReason says why an auto session on nano will not move.
+func (s *Session) stayReason() string {
+	switch {
+	case s.d.heavy == nil:
+		return "the heavy tier is not available here, so the session stays on nano"
+	case len(s.requested.AllowedModules) > 0:
+		return "allowed_modules is a nano-tier policy, so the session stays on nano"
+	}
+	return fmt.Sprintf("the session's cells passed %d bytes, too much to replay on heavy, so it stays on nano", s.d.cfg.MaxReplayBytes)
+}
+
+// record keeps a nano cell for replaying on heavy, while the history stays within its cap.
+func (s *Session) record(code string, failed bool) {
+	if !s.replayable {
+		return
+	}
+	if s.historyBytes+len(code) > s.d.cfg.MaxReplayBytes {
+		s.replayable, s.history = false, nil
+		return
+	}
+	s.history = append(s.history, cell{code: code, failed: failed})
+	s.historyBytes += len(code)
+}
+
+// writableDirs are the nano directories a program can write, copied when a session moves.
+var writableDirs = []string{nano.DirData, nano.DirOutput, nano.DirTmp, nano.DirWork}
+
+// moveLocked moves the session from nano to heavy: a heavy session starts, the nano files are copied
+// in, the earlier cells are replayed in order (their output discarded), and the files are copied
+// again so that the final state is nano's even where a replayed cell appended to a file. It says what
+// it did. On failure the session stays on nano, untouched.
+func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
+	start := time.Now()
+	if err := s.d.heavyRoom(); err != nil {
+		return "", err
+	}
+	files, err := s.nanoFiles()
+	if err != nil {
+		return "", fmt.Errorf("reading the nano files: %w", err)
+	}
+	hs, err := s.d.heavy.NewSession(ctx, s.requested, nil)
+	if err != nil {
+		return "", fmt.Errorf("starting a heavy session: %w", err)
+	}
+	fail := func(err error) (string, error) {
+		hs.Close()
+		return "", err
+	}
+	if err := copyFiles(ctx, hs, files); err != nil {
+		return fail(err)
+	}
+	for i, c := range s.history {
+		res, err := hs.Run(ctx, c.code, heavy.Stream{})
+		if err != nil {
+			return fail(fmt.Errorf("replaying cell %d: %w", i+1, err))
+		}
+		if (res.Error != nil || res.ExitCode != 0) && !c.failed {
+			what := fmt.Sprintf("exit code %d", res.ExitCode)
+			if res.Error != nil {
+				what = res.Error.Type + ": " + firstLine(res.Error.Message)
+			}
+			return fail(fmt.Errorf("replaying cell %d failed on heavy where it had worked on nano: %s", i+1, what))
+		}
+	}
+	if len(s.history) > 0 {
+		if err := copyFiles(ctx, hs, files); err != nil {
+			return fail(err)
+		}
+	}
+	s.ns.Close(ctx)
+	s.ns, s.hs = nil, hs
+	s.tier.Store(tierHeavy)
+	limits, _ := s.d.heavy.Limits(s.requested)
+	s.meta.Lock()
+	s.limits, s.movedFrom, s.reason = limits, api.TierNano, why
+	s.meta.Unlock()
+	summary := fmt.Sprintf("the session moved to heavy (%d earlier cells replayed, %d files copied)", len(s.history), len(files))
+	s.d.log.Info("session moved to heavy", "id", s.id, "cells", len(s.history), "files", len(files),
+		"ms", time.Since(start).Milliseconds(), "reason", why)
+	s.history, s.historyBytes = nil, 0
+	return summary, nil
+}
+
+type fileData struct {
+	path string
+	data []byte
+}
+
+// nanoFiles reads every regular file the nano session's program can have written.
+func (s *Session) nanoFiles() ([]fileData, error) {
+	var files []fileData
+	err := s.ns.WithFS(func(sfs *vfs.FS) error {
+		for _, dir := range writableDirs {
+			err := sfs.Walk(dir, func(p string, _ int64) error {
+				data, err := sfs.ReadFile(p, 0)
+				if err != nil {
+					return err
+				}
+				files = append(files, fileData{p, data})
+				return nil
+			})
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+		return nil
+	})
+	return files, err
+}
+
+func copyFiles(ctx context.Context, hs *heavy.Session, files []fileData) error {
+	for _, f := range files {
+		if err := hs.WriteFile(ctx, f.path, f.data); err != nil {
+			return fmt.Errorf("copying %s: %w", f.path, err)
+		}
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
+
+// checkPath validates an absolute sandbox path for the file operations.
+func checkPath(p string) error {
+	if err := nano.ValidatePath(p); err != nil {
+		return errdefs.With(errdefs.InvalidArgument, err)
+	}
+	return nil
+}
+
+// WriteFile places data at the absolute sandbox path p, creating parent directories.
+func (s *Session) WriteFile(ctx context.Context, p string, data []byte) error {
+	if err := checkPath(p); err != nil {
+		return err
+	}
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.unlock()
+	if s.hs != nil {
+		return s.hs.WriteFile(ctx, p, data)
+	}
+	return fsError(s.ns.WithFS(func(sfs *vfs.FS) error { return sfs.WriteFile(p, data, 0o644) }))
+}
+
+// ReadFile returns the file at p; a file larger than max (when positive) is refused.
+func (s *Session) ReadFile(ctx context.Context, p string, max int64) ([]byte, error) {
+	if err := checkPath(p); err != nil {
+		return nil, err
+	}
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	if s.hs != nil {
+		data, err := s.hs.ReadFile(ctx, p)
+		if err == nil && max > 0 && int64(len(data)) > max {
+			return nil, errdefs.With(errdefs.TooLarge, fmt.Errorf("%s is %d bytes, more than the %d allowed", p, len(data), max))
+		}
+		return data, err
+	}
+	var data []byte
+	err := s.ns.WithFS(func(sfs *vfs.FS) error {
+		var err error
+		data, err = sfs.ReadFile(p, max)
+		return err
+	})
+	return data, fsError(err)
+}
+
+// ListFiles lists the directory dir.
+func (s *Session) ListFiles(ctx context.Context, dir string) ([]api.FileInfo, error) {
+	if err := checkPath(dir); err != nil {
+		return nil, err
+	}
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.unlock()
+	out := []api.FileInfo{}
+	if s.hs != nil {
+		entries, err := s.hs.ListFiles(ctx, dir)
+		for _, e := range entries {
+			out = append(out, api.FileInfo{Name: e.Name, Path: e.Path, Size: e.Size, IsDir: e.IsDir,
+				ModTime: time.Unix(int64(e.MTime), 0).UTC().Format(time.RFC3339Nano)})
+		}
+		return out, err
+	}
+	var entries []vfs.Entry
+	err := s.ns.WithFS(func(sfs *vfs.FS) error {
+		var err error
+		entries, err = sfs.ReadDir(dir)
+		return err
+	})
+	for _, e := range entries {
+		out = append(out, api.FileInfo{Name: e.Name, Path: e.Path, Size: e.Size, IsDir: e.IsDir,
+			ModTime: e.ModTime.UTC().Format(time.RFC3339Nano)})
+	}
+	return out, fsError(err)
+}
+
+// fsError classifies a nano filesystem error.
+func fsError(err error) error {
+	switch {
+	case err == nil || errdefs.ClassOf(err) != errdefs.Internal:
+		return err
+	case errors.Is(err, fs.ErrNotExist):
+		return errdefs.With(errdefs.NotFound, err)
+	case errors.Is(err, vfs.ErrNoSpace):
+		return errdefs.With(errdefs.TooLarge, err)
+	case errors.Is(err, fs.ErrInvalid), errors.Is(err, fs.ErrPermission), errors.Is(err, fs.ErrExist):
+		return errdefs.With(errdefs.InvalidArgument, err)
+	}
+	return err
+}
