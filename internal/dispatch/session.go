@@ -220,7 +220,13 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 	defer s.unlock()
 	s.touch(1)
 	if s.hs != nil {
-		return s.hs.Run(ctx, code, out.heavy())
+		res, err := s.hs.Run(ctx, code, out.heavy())
+		if res != nil && s.auto {
+			s.meta.Lock()
+			res.RouteReason = "the session is on heavy: " + s.reason
+			s.meta.Unlock()
+		}
+		return res, err
 	}
 	var reason string
 	if s.movable() {
@@ -250,9 +256,9 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 	res.RouteReason = reason
 	if s.movable() {
 		if why, ok := s.d.rules.Fallback(res); ok {
-			out.fallback(res, why)
 			moved, merr := s.moveLocked(ctx, why)
 			if merr == nil {
+				out.fallback(res, why)
 				hres, herr := s.hs.Run(ctx, code, out.heavy())
 				if hres != nil {
 					hres.RouteReason, hres.FallbackFrom = why+"; "+moved, api.TierNano

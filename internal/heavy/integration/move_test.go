@@ -55,7 +55,7 @@ func TestSessionMovesToHeavy(t *testing.T) {
 	}
 	// Later cells and file operations go to heavy under the same id.
 	res, err = s.Run(ctx, "import pandas as pd\nprint(pd.Series([n, n]).sum())\nopen('/output/r.txt', 'w').write('ok')")
-	if err != nil || res.Tier != "heavy" || res.Stdout != "8\n" {
+	if err != nil || res.Tier != "heavy" || res.Stdout != "8\n" || !strings.HasPrefix(res.RouteReason, "the session is on heavy: line 1 imports numpy") {
 		t.Fatalf("%v %+v", err, res)
 	}
 	if data, err := s.Download(ctx, "/output/r.txt"); err != nil || string(data) != "ok" {
