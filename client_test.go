@@ -95,6 +95,25 @@ func ExampleSession() {
 	// 6 total.txt
 }
 
+// A session of tier auto (the default) says which tier it is on and why; it moves to heavy, under the
+// same id, when a cell needs heavy and the server has it (this test server runs nano only).
+func ExampleSession_Refresh() {
+	ctx := context.Background()
+	c, _ := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{})
+	if err != nil {
+		panic(err)
+	}
+	defer s.Close(ctx)
+	res, _ := s.Run(ctx, "import numpy")
+	s.Refresh(ctx)
+	fmt.Println(res.Tier, res.Error.Type, s.Info.Tier, s.Info.Cells)
+	fmt.Println(res.RouteReason)
+	// Output:
+	// nano ModuleNotFoundError nano 1
+	// the heavy tier is not available here, so the session stays on nano
+}
+
 func TestClientErrors(t *testing.T) {
 	ctx := context.Background()
 	c, _ := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))
