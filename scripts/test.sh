@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's checks and tests, as CI runs them: formatting, vet, staticcheck, module tidiness, the
-# Go test suite, the fuzz targets' seed corpora, and a short fuzzing pass.
+# Go test suite (and the race detector over the concurrent parts), the fuzz targets' seed corpora, and a
+# short fuzzing pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -30,6 +31,10 @@ fi
 
 say "go test"
 go test -count=1 ./...
+
+say "go test -race (the packages that share sessions between goroutines)"
+go test -race -count=1 ./internal/dispatch ./internal/server ./internal/mcpserver ./internal/vfs
+go test -race -count=1 -run 'TestSession|TestMCPAuto' ./internal/heavy/integration
 
 say "Python SDK (pytest against a real server)"
 # Debian's interpreter and pytest; the SDK is installed offline into a throw-away venv.
