@@ -12,7 +12,7 @@ import (
 // checkpoint saves a started, preloaded sandbox's whole state (gVisor checkpoint) into dir; the
 // sandbox stops. Restoring it is several times faster than starting and importing again.
 func (e *Engine) checkpoint(ctx context.Context, dir string) error {
-	s, err := e.start(ctx, e.cfg.Defaults.MemoryLimitMB, true)
+	s, err := e.start(ctx, e.cfg.Defaults.MemoryLimitMB, true, true)
 	if err != nil {
 		return err
 	}
@@ -28,13 +28,14 @@ func (e *Engine) checkpoint(ctx context.Context, dir string) error {
 }
 
 // restore starts a sandbox from a checkpoint image; its agent is waiting for requests already.
-func (e *Engine) restore(ctx context.Context, image string) (*sandbox, error) {
+// background sandboxes (pool refills) get a small CPU share until a request takes them.
+func (e *Engine) restore(ctx context.Context, image string, background bool) (*sandbox, error) {
 	s := &sandbox{id: newID(), done: make(chan struct{}), memory: e.cfg.Defaults.MemoryLimitMB}
 	s.bundle = filepath.Join(e.cfg.StateDir, "bundles", s.id)
 	if err := os.MkdirAll(s.bundle, 0o700); err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(e.spec(s.memory, true))
+	b, err := json.Marshal(e.spec(s.memory, true, background))
 	if err != nil {
 		return nil, err
 	}
@@ -42,6 +43,9 @@ func (e *Engine) restore(ctx context.Context, image string) (*sandbox, error) {
 		return nil, err
 	}
 	s.cmd = e.runsc("restore", "--image-path", image, "--bundle", s.bundle, s.id)
+	if background {
+		s.cmd = e.runscLow("restore", "--image-path", image, "--bundle", s.bundle, s.id)
+	}
 	return e.attach(ctx, s, false)
 }
 
@@ -64,7 +68,7 @@ func (e *Engine) newRefiller(ctx context.Context) *refiller {
 	}
 	cold := time.Since(coldStart)
 	restoreStart := time.Now()
-	s, err := e.restore(ctx, image)
+	s, err := e.restore(ctx, image, true)
 	if err == nil {
 		_, err = e.call(ctx, s, map[string]any{"op": "run", "code": warmUp, "filename": "<warm-up>", "fresh": true}, e.cfg.Defaults, nil)
 		e.destroy(s)
@@ -80,7 +84,7 @@ func (e *Engine) newRefiller(ctx context.Context) *refiller {
 
 func (e *Engine) refill(ctx context.Context, r *refiller) (*sandbox, error) {
 	if r.image != "" {
-		s, err := e.restore(ctx, r.image)
+		s, err := e.restore(ctx, r.image, true)
 		if err == nil {
 			// gVisor brings a restored sandbox's memory back lazily; touching the preloaded modules
 			// here pays for that before a request does.
@@ -93,5 +97,5 @@ func (e *Engine) refill(ctx context.Context, r *refiller) (*sandbox, error) {
 		}
 		e.log.Warn("heavy pool: restore failed, starting afresh", "err", err)
 	}
-	return e.start(ctx, e.cfg.Defaults.MemoryLimitMB, true)
+	return e.start(ctx, e.cfg.Defaults.MemoryLimitMB, true, true)
 }

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -237,14 +238,27 @@ func (e *Engine) runsc(args ...string) *exec.Cmd {
 	return exec.Command(e.cfg.Runsc, append(base, args...)...)
 }
 
-// start creates and starts a sandbox and waits for its agent to say it is ready.
-func (e *Engine) start(ctx context.Context, memoryMB int, preload bool) (*sandbox, error) {
+// runscLow is runsc at the lowest CPU priority, for work no request waits on: pool refills and
+// teardowns. A sandbox it starts inherits the niceness, which only orders it against the other
+// processes of its own cgroup (its gofer); against everything else its cgroup's CPU share counts.
+func (e *Engine) runscLow(args ...string) *exec.Cmd {
+	cmd := e.runsc(args...)
+	if nice, err := exec.LookPath("nice"); err == nil {
+		cmd.Args = append([]string{nice, "-n", "19"}, cmd.Args...)
+		cmd.Path = nice
+	}
+	return cmd
+}
+
+// start creates and starts a sandbox and waits for its agent to say it is ready. background
+// sandboxes (pool refills, the golden checkpoint) get a small CPU share until a request takes them.
+func (e *Engine) start(ctx context.Context, memoryMB int, preload, background bool) (*sandbox, error) {
 	s := &sandbox{id: newID(), done: make(chan struct{}), memory: memoryMB}
 	s.bundle = filepath.Join(e.cfg.StateDir, "bundles", s.id)
 	if err := os.MkdirAll(s.bundle, 0o700); err != nil {
 		return nil, err
 	}
-	spec := e.spec(memoryMB, preload)
+	spec := e.spec(memoryMB, preload, background)
 	b, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
 		return nil, err
@@ -253,6 +267,9 @@ func (e *Engine) start(ctx context.Context, memoryMB int, preload bool) (*sandbo
 		return nil, err
 	}
 	s.cmd = e.runsc("run", "--bundle", s.bundle, s.id)
+	if background {
+		s.cmd = e.runscLow("run", "--bundle", s.bundle, s.id)
+	}
 	return e.attach(ctx, s, true)
 }
 
@@ -314,11 +331,15 @@ func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandb
 }
 
 // spec is the OCI runtime spec of a sandbox.
-func (e *Engine) spec(memoryMB int, preload bool) map[string]any {
+func (e *Engine) spec(memoryMB int, preload, background bool) map[string]any {
 	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/home/user", "LANG=C.UTF-8", "MPLBACKEND=Agg",
 		"PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "OPENBLAS_NUM_THREADS=1"}
 	if preload {
 		env = append(env, "AGENTBOX_PRELOAD=1")
+	}
+	cpu := map[string]any{"quota": 100000, "period": 100000, "shares": foregroundShares}
+	if background {
+		cpu["shares"] = backgroundShares
 	}
 	tmpfs := func(dst string) map[string]any {
 		return map[string]any{"destination": dst, "type": "tmpfs", "source": "tmpfs",
@@ -352,9 +373,34 @@ func (e *Engine) spec(memoryMB int, preload bool) map[string]any {
 			"resources": map[string]any{
 				"memory": map[string]any{"limit": int64(memoryMB) << 20},
 				"pids":   map[string]any{"limit": 4*e.cfg.Pids + 256},
-				"cpu":    map[string]any{"quota": 100000, "period": 100000},
+				"cpu":    cpu,
 			},
 		},
+	}
+}
+
+// CPU shares (cgroup v1 units; 1024 is the default) of sandboxes being made for the pool and of
+// sandboxes serving requests. Refills restore a checkpoint and import pandas, a second or so of CPU;
+// at full share they take cores from the requests in flight (measured: API pool hits went from ~7 ms
+// to ~25 ms back to back on 2 cores). At 1/16 the share they only use what requests leave idle.
+const (
+	backgroundShares = 64
+	foregroundShares = 1024
+)
+
+// foreground gives a pooled sandbox the full CPU share now that a request has it.
+func (e *Engine) foreground(s *sandbox) { e.setShares(s, foregroundShares) }
+
+// setShares sets a sandbox's CPU share. runsc names the sandbox's cgroup after its id; cgroup v2
+// takes a weight (default 100) instead of shares (default 1024).
+func (e *Engine) setShares(s *sandbox, shares int) {
+	v1 := filepath.Join("/sys/fs/cgroup/cpu", s.id, "cpu.shares")
+	err := os.WriteFile(v1, []byte(strconv.Itoa(shares)), 0o644)
+	if errors.Is(err, fs.ErrNotExist) {
+		err = os.WriteFile(filepath.Join("/sys/fs/cgroup", s.id, "cpu.weight"), []byte(strconv.Itoa(max(1, shares*100/1024))), 0o644)
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		e.log.Warn("setting a heavy sandbox's CPU share", "id", s.id, "shares", shares, "err", err)
 	}
 }
 
@@ -365,7 +411,7 @@ func (e *Engine) destroy(s *sandbox) {
 		s.in.Close()
 	}
 	if s.cmd.Process != nil {
-		e.runsc("kill", s.id, "KILL").Run()
+		e.runscLow("kill", s.id, "KILL").Run()
 		select {
 		case <-s.done:
 		case <-time.After(5 * time.Second):
@@ -373,7 +419,7 @@ func (e *Engine) destroy(s *sandbox) {
 			<-s.done
 		}
 	}
-	e.runsc("delete", "--force", s.id).Run()
+	e.runscLow("delete", "--force", s.id).Run()
 	os.RemoveAll(s.bundle)
 }
 

@@ -107,6 +107,7 @@ func (e *Engine) take(ctx context.Context, memoryMB int) (*sandbox, error) {
 		select {
 		case s := <-e.pool:
 			e.Stats.PoolHits.Add(1)
+			e.foreground(s)
 			return s, nil
 		default:
 		}
@@ -114,15 +115,15 @@ func (e *Engine) take(ctx context.Context, memoryMB int) (*sandbox, error) {
 		// A miss at the default memory limit restores the golden checkpoint when that is the faster
 		// path; the request's own run pays for paging its memory in.
 		if r := e.golden.Load(); r != nil && r.image != "" {
-			if s, err := e.restore(ctx, r.image); err == nil {
+			if s, err := e.restore(ctx, r.image, false); err == nil {
 				e.Stats.Restored.Add(1)
 				return s, nil
 			}
 		}
-		return e.start(ctx, memoryMB, false)
+		return e.start(ctx, memoryMB, false, false)
 	}
 	e.Stats.PoolMisses.Add(1)
-	return e.start(ctx, memoryMB, false)
+	return e.start(ctx, memoryMB, false, false)
 }
 
 // ErrClosed is returned by a closed engine.
@@ -403,6 +404,7 @@ func (c *capped) String() string {
 // milliseconds that the caller need not wait for. Close waits for them.
 func (e *Engine) destroyLater(s *sandbox) {
 	s.killed.Store(true)
+	e.setShares(s, backgroundShares) // its teardown must not slow the next request
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"image/png"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -220,5 +222,59 @@ func TestPoolEmptiesWhenIdle(t *testing.T) {
 	waitFor("a request to refill it", func() bool { return e.PoolReady() == 1 })
 	if e.Stats.Restored.Load() == 0 {
 		t.Fatal("the pool never refilled from the golden checkpoint")
+	}
+}
+
+// cpuShares reads the CPU share of every agentbox sandbox's cgroup (cgroup v1 cpu.shares, or v2
+// cpu.weight scaled to shares).
+func cpuShares(t *testing.T) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, pattern := range []string{"/sys/fs/cgroup/cpu/agentbox-*/cpu.shares", "/sys/fs/cgroup/agentbox-*/cpu.weight"} {
+		files, _ := filepath.Glob(pattern)
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue // the sandbox went away meanwhile
+			}
+			n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			if strings.HasSuffix(f, "cpu.weight") {
+				n = n * 1024 / 100
+			}
+			out[filepath.Base(filepath.Dir(f))] = n
+		}
+	}
+	return out
+}
+
+// TestRefillsYieldTheCPU: sandboxes being made for the pool run at a small CPU share, so that refills
+// do not slow the requests in flight; the sandbox a request takes gets the full share.
+func TestRefillsYieldTheCPU(t *testing.T) {
+	ctx := context.Background()
+	for eng.PoolReady() == 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	before := cpuShares(t)
+	if len(before) == 0 {
+		t.Fatal("no sandbox cgroup found under /sys/fs/cgroup")
+	}
+	for id, n := range before {
+		if n >= 1024 {
+			t.Fatalf("pooled sandbox %s has the full CPU share (%d)", id, n)
+		}
+	}
+	s, err := eng.NewSession(ctx, api.Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	full := 0
+	for id, n := range cpuShares(t) {
+		if _, pooled := before[id]; pooled && n == 1024 {
+			full++
+		}
+	}
+	if full != 1 {
+		t.Fatalf("%d pooled sandboxes got the full share after one was taken: %v", full, cpuShares(t))
 	}
 }
