@@ -114,7 +114,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 			return code, err
 		}
 	}
-	eng, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, MaxConcurrent: 1, Logger: e.log})
+	eng, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, MaxConcurrent: 1, SnapshotMaxAge: time.Hour, Logger: e.log})
 	if err != nil {
 		return 0, err
 	}
