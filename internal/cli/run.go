@@ -93,10 +93,11 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 0, usageError{err}
 	}
-	reason := ""
-	if api.Tier(*tier) == api.TierAuto {
-		*tier = string(api.TierNano)
-		if len(outSpecs) == 0 && len(allow) == 0 { // --out and --allow-module are nano-only
+	reason := fmt.Sprintf("--tier %s was asked for", *tier)
+	auto := api.Tier(*tier) == api.TierAuto
+	if auto {
+		*tier, reason = string(api.TierNano), "--out and --allow-module are nano-tier options, so the run stays on nano"
+		if len(outSpecs) == 0 && len(allow) == 0 {
 			d := rules.Decide(req)
 			*tier, reason = string(d.Tier), d.Reason
 		}
@@ -107,7 +108,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		}
 		req.Tier = api.TierHeavy
 		code, err := e.runHeavy(ctx, req, *asJSON, *artifacts, reason, "")
-		if errors.Is(err, heavy.ErrNotInstalled) && reason != "" {
+		if errors.Is(err, heavy.ErrNotInstalled) && auto {
 			fmt.Fprintf(e.stderr, "agentbox: %s, but the heavy tier is not installed (build/heavy/build.sh); running on nano\n", reason)
 			*tier = string(api.TierNano)
 		} else {
@@ -144,7 +145,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		}
 		return 0, err
 	}
-	if why, ok := rules.Fallback(res); ok && reason != "" {
+	if why, ok := rules.Fallback(res); ok && auto {
 		req.Tier = api.TierHeavy
 		if !*asJSON {
 			fmt.Fprintf(e.stderr, "agentbox: %s; running it again on the heavy tier\n", why)

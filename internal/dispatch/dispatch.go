@@ -173,8 +173,9 @@ func (d *Dispatcher) Run(ctx context.Context, req api.RunRequest, out Output) (*
 	if err := d.checkPlacement(req.Tier, req.Packages); err != nil {
 		return nil, err
 	}
-	reason := ""
-	if req.Tier == "" || req.Tier == api.TierAuto {
+	reason := fmt.Sprintf("tier %q was asked for", req.Tier)
+	auto := req.Tier == "" || req.Tier == api.TierAuto
+	if auto {
 		req.Tier, reason = d.route(req)
 	}
 	if req.Tier == api.TierHeavy {
@@ -190,7 +191,7 @@ func (d *Dispatcher) Run(ctx context.Context, req api.RunRequest, out Output) (*
 		return nil, err
 	}
 	resp.RouteReason = reason
-	if reason != "" && d.heavy != nil && len(req.Limits.AllowedModules) == 0 {
+	if auto && d.heavy != nil && len(req.Limits.AllowedModules) == 0 {
 		// Nano runs touch nothing outside their sandbox, so running one again elsewhere is safe.
 		if why, ok := d.rules.Fallback(&resp.Result); ok {
 			out.fallback(&resp.Result, why)

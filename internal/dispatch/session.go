@@ -83,6 +83,7 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	now := time.Now()
 	s := &Session{id: newID(), d: d, ttl: ttl, requested: req.Limits, created: now, lastUsed: now, replayable: true}
 	tier := req.Tier
+	s.reason = fmt.Sprintf("tier %q was asked for", tier)
 	if tier == "" || tier == api.TierAuto {
 		s.auto = true
 		tier, s.reason = d.route(api.RunRequest{Limits: req.Limits, Packages: req.Packages})
@@ -221,14 +222,14 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 	s.touch(1)
 	if s.hs != nil {
 		res, err := s.hs.Run(ctx, code, out.heavy())
-		if res != nil && s.auto {
+		if res != nil {
 			s.meta.Lock()
 			res.RouteReason = "the session is on heavy: " + s.reason
 			s.meta.Unlock()
 		}
 		return res, err
 	}
-	var reason string
+	reason := "the session is on nano: " + s.reason
 	if s.movable() {
 		tier, why := s.d.route(api.RunRequest{Code: code, Limits: s.requested})
 		reason = why
