@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 OutputCallback = Callable[[str], None]
+# Called with (from_tier, reason) when a nano run failed for want of the heavy tier and starts again there.
+FallbackCallback = Callable[[str, str], None]
 
 
 class AgentboxError(Exception):
@@ -250,7 +252,8 @@ class Sandbox:
         return json.loads(data) if data else None
 
     def _stream(self, path: str, payload: Any, on_stdout: Optional[OutputCallback],
-                on_stderr: Optional[OutputCallback]) -> Dict[str, Any]:
+                on_stderr: Optional[OutputCallback],
+                on_fallback: Optional[FallbackCallback] = None) -> Dict[str, Any]:
         body = json.dumps(payload).encode()
         with self._request("POST", path, body, "application/json", accept="text/event-stream") as resp:
             event, data = "", []
@@ -265,6 +268,10 @@ class Sandbox:
                         cb = on_stdout if event == "stdout" else on_stderr
                         if cb is not None:
                             cb(json.loads("".join(data))["text"])
+                    elif event == "fallback":
+                        if on_fallback is not None:
+                            fb = json.loads("".join(data))
+                            on_fallback(fb.get("from", ""), fb.get("reason", ""))
                     elif event == "result":
                         return json.loads("".join(data))
                     elif event == "error":
@@ -304,26 +311,29 @@ class Sandbox:
         return self._json("GET", self._session_path())
 
     def run(self, code: str, *, on_stdout: Optional[OutputCallback] = None,
-            on_stderr: Optional[OutputCallback] = None) -> SandboxResult:
-        """Run code in this sandbox's interpreter. With callbacks, output is delivered as it is written.
-        A program's own failure is in the result's ``error``; errors of the request raise."""
+            on_stderr: Optional[OutputCallback] = None,
+            on_fallback: Optional[FallbackCallback] = None) -> SandboxResult:
+        """Run code in this sandbox's interpreter. With callbacks, output is delivered as it is written,
+        and ``on_fallback(from_tier, reason)`` marks where a failed nano attempt ends and the heavy run
+        begins. A program's own failure is in the result's ``error``; errors of the request raise."""
         path = self._session_path() + "/run"
-        if on_stdout is None and on_stderr is None:
+        if on_stdout is None and on_stderr is None and on_fallback is None:
             return SandboxResult._from_json(self._json("POST", path, {"code": code}))
-        return SandboxResult._from_json(self._stream(path, {"code": code}, on_stdout, on_stderr))
+        return SandboxResult._from_json(self._stream(path, {"code": code}, on_stdout, on_stderr, on_fallback))
 
     def run_once(self, code: str, *, files: Optional[Dict[str, bytes]] = None,
                  on_stdout: Optional[OutputCallback] = None,
-                 on_stderr: Optional[OutputCallback] = None) -> SandboxResult:
+                 on_stderr: Optional[OutputCallback] = None,
+                 on_fallback: Optional[FallbackCallback] = None) -> SandboxResult:
         """Run code in a fresh sandbox (not this one's session) with ``files`` placed first; the result
         carries the files the program left under /output."""
         payload = self.config._limits()
         payload["code"] = code
         if files:
             payload["files"] = {p: base64.b64encode(data).decode() for p, data in files.items()}
-        if on_stdout is None and on_stderr is None:
+        if on_stdout is None and on_stderr is None and on_fallback is None:
             return SandboxResult._from_json(self._json("POST", "/v1/run", payload))
-        return SandboxResult._from_json(self._stream("/v1/run", payload, on_stdout, on_stderr))
+        return SandboxResult._from_json(self._stream("/v1/run", payload, on_stdout, on_stderr, on_fallback))
 
     def upload_file(self, local_path: str, remote_path: str) -> None:
         """Copy a local file into the sandbox (parent directories are created)."""

@@ -157,8 +157,11 @@ def test_auto_routing_reports_its_reason(server):
     with Sandbox(url=url, api_key=key) as sb:
         r = sb.run_once("import pandas as pd\nprint(len(pd.DataFrame({'a': [1, 2]})))")
         assert r.tier == "heavy" and r.stdout == "2\n" and "pandas" in r.route_reason, r
-        r = sb.run_once("m = __import__('nu' + 'mpy')\nprint(int(m.arange(4).sum()))")
+        fell_back = []
+        r = sb.run_once("m = __import__('nu' + 'mpy')\nprint(int(m.arange(4).sum()))",
+                        on_fallback=lambda tier, reason: fell_back.append((tier, reason)))
         assert r.fallback_from == "nano" and r.tier == "heavy" and r.stdout == "6\n", r
+        assert len(fell_back) == 1 and fell_back[0][0] == "nano" and "numpy" in fell_back[0][1], fell_back
 
 
 def test_auto_session_moves_to_heavy_with_its_state(server):
