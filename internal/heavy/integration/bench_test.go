@@ -57,21 +57,27 @@ func BenchmarkColdStart(b *testing.B) {
 	}
 }
 
-// BenchmarkAPIPoolHit: the same run end to end through the HTTP API and the Go SDK, from the pool.
-func BenchmarkAPIPoolHit(b *testing.B) {
+// benchTiers starts a heavy engine with a pool of 2 and a dispatcher over it and a nano engine.
+func benchTiers(b *testing.B) (*heavy.Engine, *dispatch.Dispatcher) {
 	ctx := context.Background()
 	e, err := heavy.New(ctx, heavy.Config{PoolSize: 2})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer e.Close(ctx)
-	nanoEng, err := nano.New(ctx, nano.Config{PoolSize: -1})
+	nanoEng, err := nano.New(ctx, nano.Config{})
 	if err != nil {
+		e.Close(ctx)
 		b.Fatal(err)
 	}
-	defer nanoEng.Close(ctx)
 	d := dispatch.New(nanoEng, dispatch.Config{Heavy: e})
-	defer d.Close()
+	b.Cleanup(func() { d.Close(); nanoEng.Close(ctx); e.Close(ctx) })
+	return e, d
+}
+
+// BenchmarkAPIPoolHit: the same run end to end through the HTTP API and the Go SDK, from the pool.
+func BenchmarkAPIPoolHit(b *testing.B) {
+	ctx := context.Background()
+	e, d := benchTiers(b)
 	srv, err := server.New(d, server.Config{})
 	if err != nil {
 		b.Fatal(err)
@@ -157,18 +163,7 @@ func BenchmarkPoolMiss(b *testing.B) {
 // creation, its nano cells and its teardown are not timed.
 func BenchmarkSessionMove(b *testing.B) {
 	ctx := context.Background()
-	e, err := heavy.New(ctx, heavy.Config{PoolSize: 2})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer e.Close(ctx)
-	nanoEng, err := nano.New(ctx, nano.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nanoEng.Close(ctx)
-	d := dispatch.New(nanoEng, dispatch.Config{Heavy: e})
-	defer d.Close()
+	e, d := benchTiers(b)
 	cells := []string{"rows = [i * i for i in range(100)]", "import json\ndoc = json.dumps(rows)", "open('/data/doc.json', 'w').write(doc)"}
 	for b.Loop() {
 		b.StopTimer()
