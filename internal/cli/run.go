@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -36,7 +37,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	var allow, files, outs multiFlag
 	fset.Var(&allow, "allow-module", "only allow importing this top-level module (repeatable)")
 	fset.Var(&files, "file", "copy LOCAL[:REMOTE] into the sandbox before the run (repeatable; REMOTE defaults to /data/<name>)")
-	fset.Var(&outs, "out", "copy REMOTE:LOCAL out of the sandbox after the run (repeatable)")
+	fset.Var(&outs, "out", "copy REMOTE:LOCAL out of the sandbox after the run (repeatable; heavy tier: files under /output)")
 	fset.Usage = func() {
 		fmt.Fprintln(e.stderr, "Usage: agentbox run [flags] FILE|-")
 		fset.PrintDefaults()
@@ -96,18 +97,18 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	reason := fmt.Sprintf("--tier %s was asked for", *tier)
 	auto := api.Tier(*tier) == api.TierAuto
 	if auto {
-		*tier, reason = string(api.TierNano), "--out and --allow-module are nano-tier options, so the run stays on nano"
-		if len(outSpecs) == 0 && len(allow) == 0 {
+		*tier, reason = string(api.TierNano), "--allow-module, or --out outside /output, is a nano-tier option, so the run stays on nano"
+		if len(allow) == 0 && outputOnly(outSpecs) {
 			d := rules.Decide(req)
 			*tier, reason = string(d.Tier), d.Reason
 		}
 	}
 	if api.Tier(*tier) == api.TierHeavy {
-		if len(outSpecs) > 0 || len(allow) > 0 {
-			return 0, usagef("--out and --allow-module are nano-tier options")
+		if len(allow) > 0 || !outputOnly(outSpecs) {
+			return 0, usagef("on the heavy tier --allow-module does not apply and --out takes files under /output")
 		}
 		req.Tier = api.TierHeavy
-		code, err := e.runHeavy(ctx, req, *asJSON, *artifacts, reason, "")
+		code, err := e.runHeavy(ctx, req, *asJSON, *artifacts, outSpecs, reason, "")
 		if errors.Is(err, heavy.ErrNotInstalled) && auto {
 			fmt.Fprintf(e.stderr, "agentbox: %s, but the heavy tier is not installed (build/heavy/build.sh); running on nano\n", reason)
 			*tier = string(api.TierNano)
@@ -145,12 +146,12 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		}
 		return 0, err
 	}
-	if why, ok := rules.Fallback(res); ok && auto {
+	if why, ok := rules.Fallback(res); ok && auto && outputOnly(outSpecs) {
 		req.Tier = api.TierHeavy
 		if !*asJSON {
 			fmt.Fprintf(e.stderr, "agentbox: %s; running it again on the heavy tier\n", why)
 		}
-		code, err := e.runHeavy(ctx, req, *asJSON, *artifacts, why, api.TierNano)
+		code, err := e.runHeavy(ctx, req, *asJSON, *artifacts, outSpecs, why, api.TierNano)
 		if !errors.Is(err, heavy.ErrNotInstalled) {
 			return code, err
 		}
@@ -159,13 +160,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	if err := e.report(res, *asJSON); err != nil {
 		return 0, err
 	}
-	for _, err := range copyErrs {
-		fmt.Fprintf(e.stderr, "agentbox: %v\n", err)
-	}
-	if len(copyErrs) > 0 && res.ExitCode == 0 {
-		return 1, nil
-	}
-	return res.ExitCode, nil
+	return e.exitCode(res, copyErrs), nil
 }
 
 // report prints the result: one JSON object, or the notes a terminal user needs (output already
@@ -184,8 +179,22 @@ func (e *env) report(res *api.Result, asJSON bool) error {
 	return nil
 }
 
+// outputOnly reports whether every --out names a file under /output, which both tiers return.
+func outputOnly(outs []outSpec) bool {
+	for _, o := range outs {
+		if !strings.HasPrefix(o.remote, nano.DirOutput+"/") {
+			return false
+		}
+	}
+	return true
+}
+
+// maxHeavyOut caps the /output files a heavy run hands back for --out (they travel base64 in one line
+// of the agent's protocol).
+const maxHeavyOut = 128 << 20
+
 // runHeavy runs a program on the heavy tier; reason and fallbackFrom go into the result.
-func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, artifactDir, reason string, fallbackFrom api.Tier) (int, error) {
+func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, artifactDir string, outs []outSpec, reason string, fallbackFrom api.Tier) (int, error) {
 	eng, err := heavy.New(ctx, heavy.Config{PoolSize: -1, Logger: e.log})
 	if err != nil {
 		return 0, err
@@ -195,11 +204,32 @@ func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, art
 	if !asJSON {
 		stream = heavy.Stream{Stdout: func(s string) { io.WriteString(e.stdout, s) }, Stderr: func(s string) { io.WriteString(e.stderr, s) }}
 	}
-	res, err := eng.Run(ctx, req, stream)
+	var maxOut int64
+	if len(outs) > 0 {
+		maxOut = maxHeavyOut
+	}
+	res, files, err := eng.RunCollect(ctx, req, stream, maxOut, maxOut)
 	if err != nil {
 		return 0, err
 	}
 	res.RouteReason, res.FallbackFrom = reason, fallbackFrom
+	var copyErrs []error
+	for _, o := range outs {
+		data, ok := []byte(nil), false
+		if files != nil {
+			data, ok = files.Files[o.remote]
+		}
+		switch {
+		case ok:
+			if err := os.WriteFile(o.local, data, 0o644); err != nil {
+				copyErrs = append(copyErrs, fmt.Errorf("--out %s: %w", o.remote, err))
+			}
+		case files != nil && slices.Contains(files.Omitted, o.remote):
+			copyErrs = append(copyErrs, fmt.Errorf("--out %s: larger than the %d MiB a heavy run hands back", o.remote, maxHeavyOut>>20))
+		default:
+			copyErrs = append(copyErrs, fmt.Errorf("--out %s: the program did not write that file", o.remote))
+		}
+	}
 	if artifactDir != "" {
 		if err := os.MkdirAll(artifactDir, 0o755); err != nil {
 			return 0, err
@@ -217,7 +247,19 @@ func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, art
 	if err := e.report(res, asJSON); err != nil {
 		return 0, err
 	}
-	return res.ExitCode, nil
+	return e.exitCode(res, copyErrs), nil
+}
+
+// exitCode is the program's exit code, or 1 when it succeeded but an --out file could not be copied
+// (the errors are printed).
+func (e *env) exitCode(res *api.Result, copyErrs []error) int {
+	for _, err := range copyErrs {
+		fmt.Fprintf(e.stderr, "agentbox: %v\n", err)
+	}
+	if len(copyErrs) > 0 && res.ExitCode == 0 {
+		return 1
+	}
+	return res.ExitCode
 }
 
 // sandboxErrorTypes are the error types agentbox reports, as opposed to Python exceptions.
