@@ -123,6 +123,9 @@ func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name stri
 	defer t.mu.Unlock()
 	if id, ok := t.sessions[key]; ok {
 		if s, err := t.sb.Session(id); err == nil {
+			if on := s.Info().Tier; tier != "" && tier != api.TierAuto && tier != on {
+				return nil, fmt.Errorf("session %q is on the %s tier; tier %q applies when a session starts (use another session name)", name, on, tier)
+			}
 			return s, nil
 		}
 		delete(t.sessions, key) // closed or reaped; start again below if allowed

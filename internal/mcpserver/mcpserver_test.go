@@ -164,6 +164,7 @@ func TestTools(t *testing.T) {
 				{"run_python", map[string]any{"code": "1", "timeout_ms": 999999999}, "maximum"},
 				{"run_python", map[string]any{"code": "1", "tier": "gpu"}, "unknown tier"},
 				{"run_python", map[string]any{"code": "1", "tier": "heavy"}, "not available"},
+				{"run_python", map[string]any{"code": "1", "tier": "heavy", "session": "s1"}, "is on the nano tier"},
 			} {
 				res, _ := callTool(t, cs, bad.tool, bad.args)
 				if !res.IsError || !strings.Contains(text(res), bad.want) {
