@@ -260,6 +260,15 @@ func (c *Client) NewSession(ctx context.Context, req SessionRequest) (*Session, 
 	return s, nil
 }
 
+// ListSessions describes the server's open sessions, oldest first.
+func (c *Client) ListSessions(ctx context.Context) ([]SessionInfo, error) {
+	var out api.SessionList
+	if err := c.doJSON(ctx, http.MethodGet, "/v1/sessions", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Sessions, nil
+}
+
 // Session attaches to an existing session by id.
 func (c *Client) Session(ctx context.Context, id string) (*Session, error) {
 	s := &Session{c: c}

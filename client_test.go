@@ -114,6 +114,34 @@ func ExampleSession_Refresh() {
 	// the heavy tier is not available here, so the session stays on nano
 }
 
+func TestListSessions(t *testing.T) {
+	ctx := context.Background()
+	c, _ := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func() bool {
+		list, err := c.ListSessions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, info := range list {
+			if info.ID == s.ID() {
+				return true
+			}
+		}
+		return false
+	}
+	if !has() {
+		t.Fatal("a new session is not listed")
+	}
+	s.Close(ctx)
+	if has() {
+		t.Fatal("a closed session is still listed")
+	}
+}
+
 func TestClientErrors(t *testing.T) {
 	ctx := context.Background()
 	c, _ := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))

@@ -174,6 +174,11 @@ type FileInfo struct {
 	ModTime string `json:"mod_time"`
 }
 
+// SessionList is GET /v1/sessions: the open sessions, oldest first.
+type SessionList struct {
+	Sessions []Session `json:"sessions"`
+}
+
 // FileList is GET /v1/sessions/{id}/files.
 type FileList struct {
 	Dir   string     `json:"dir"`

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -128,6 +129,22 @@ func (d *Dispatcher) Session(id string) (*Session, error) {
 		return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("session %q: %w (unknown id, closed, or idle past its TTL)", id, ErrSessionGone))
 	}
 	return s, nil
+}
+
+// Sessions describes the open sessions, oldest first.
+func (d *Dispatcher) Sessions() []api.Session {
+	d.mu.Lock()
+	all := make([]*Session, 0, len(d.sessions))
+	for _, s := range d.sessions {
+		all = append(all, s)
+	}
+	d.mu.Unlock()
+	slices.SortFunc(all, func(a, b *Session) int { return a.created.Compare(b.created) })
+	out := make([]api.Session, len(all))
+	for i, s := range all {
+		out[i] = s.Info()
+	}
+	return out
 }
 
 // ID is the session's identifier; it stays the same when the session moves to heavy.

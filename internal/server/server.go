@@ -33,6 +33,7 @@ type Sandboxes interface {
 	Run(ctx context.Context, req api.RunRequest, out dispatch.Output) (*api.RunResponse, error)
 	NewSession(ctx context.Context, req api.SessionRequest) (*dispatch.Session, error)
 	Session(id string) (*dispatch.Session, error)
+	Sessions() []api.Session
 	Stats() dispatch.Stats
 }
 
@@ -154,6 +155,9 @@ func (s *Server) routes() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/run", s.run)
 	mux.HandleFunc("POST /v1/sessions", s.createSession)
+	mux.HandleFunc("GET /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, api.SessionList{Sessions: s.sb.Sessions()})
+	})
 	mux.HandleFunc("GET /v1/sessions/{id}", s.getSession)
 	mux.HandleFunc("DELETE /v1/sessions/{id}", s.deleteSession)
 	mux.HandleFunc("POST /v1/sessions/{id}/run", s.sessionRun)

@@ -304,8 +304,20 @@ func TestSessionLifecycle(t *testing.T) {
 	if r := do(t, call{method: "GET", path: base}, checkBoth); decodeInto[api.Session](t, r).Cells != 2 {
 		t.Fatalf("%s", r.body)
 	}
+	listed := false
+	for _, other := range decodeInto[api.SessionList](t, do(t, call{method: "GET", path: "/v1/sessions"}, checkBoth)).Sessions {
+		listed = listed || other.ID == s.ID && other.Cells == 2
+	}
+	if !listed {
+		t.Fatalf("session %s is not in the list", s.ID)
+	}
 	if r := do(t, call{method: "DELETE", path: base}, checkBoth); r.status != 204 {
 		t.Fatalf("delete: %d %s", r.status, r.body)
+	}
+	for _, other := range decodeInto[api.SessionList](t, do(t, call{method: "GET", path: "/v1/sessions"}, checkBoth)).Sessions {
+		if other.ID == s.ID {
+			t.Fatalf("deleted session %s is still listed", s.ID)
+		}
 	}
 	wantError(t, do(t, call{method: "POST", path: base + "/run", body: mustJSON(api.SessionRunRequest{Code: "1"})}, checkBoth), 404, "not_found", s.ID)
 }

@@ -305,6 +305,10 @@ class Sandbox:
         """The server-side session's id, once the first call has created it."""
         return self._session_id
 
+    def list_sessions(self) -> List[Dict[str, Any]]:
+        """The server's open sessions (this sandbox's among them once it has run), oldest first."""
+        return self._json("GET", "/v1/sessions")["sessions"]
+
     def info(self) -> Dict[str, Any]:
         """The session's description: ``id``, ``tier`` (``"heavy"`` once an auto session has moved
         there, with ``moved_from: "nano"``), ``route_reason``, ``limits``, ``cells`` and times."""

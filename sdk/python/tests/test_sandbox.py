@@ -177,3 +177,13 @@ def test_auto_session_moves_to_heavy_with_its_state(server):
         info = sb.info()
         assert info["id"] == session and info["tier"] == "heavy" and info["moved_from"] == "nano", info
         assert sb.download_file("/data/n.txt") == b"3"
+
+
+def test_list_sessions(server):
+    url, key = server
+    with Sandbox(url=url, api_key=key) as sb:
+        sb.run("x = 1")
+        assert sb.session_id in [s["id"] for s in sb.list_sessions()]
+        session = sb.session_id
+    with Sandbox(url=url, api_key=key) as other:
+        assert session not in [s["id"] for s in other.list_sessions()]
