@@ -53,6 +53,7 @@ type Session struct {
 	history      []cell
 	historyBytes int
 	replayable   bool
+	stay         string // why the session can no longer move, once replayable is false
 	closed       bool
 
 	meta      sync.Mutex // Info reads these without waiting for a running cell
@@ -247,10 +248,12 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 		return res, err
 	}
 	reason := "the session is on nano: " + s.reason
+	tried := false // one move attempt per cell: a second would fail the same way
 	if s.movable() {
 		tier, why := s.d.route(api.RunRequest{Code: code, Limits: s.requested})
 		reason = why
 		if tier == api.TierHeavy {
+			tried = true
 			moved, err := s.moveLocked(ctx, why)
 			if err == nil {
 				res, err := s.hs.Run(ctx, code, out.heavy())
@@ -272,7 +275,7 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 		return nil, err
 	}
 	res.RouteReason = reason
-	if s.movable() {
+	if s.movable() && !tried {
 		if why, ok := s.d.rules.Fallback(res); ok {
 			moved, merr := s.moveLocked(ctx, why)
 			if merr == nil {
@@ -301,7 +304,7 @@ func (s *Session) stayReason() string {
 	case len(s.requested.AllowedModules) > 0:
 		return "allowed_modules is a nano-tier policy, so the session stays on nano"
 	}
-	return fmt.Sprintf("the session's cells passed %d bytes, too much to replay on heavy, so it stays on nano", s.d.cfg.MaxReplayBytes)
+	return s.stay
 }
 
 // record keeps a nano cell for replaying on heavy, while the history stays within its cap.
@@ -311,6 +314,7 @@ func (s *Session) record(code string, failed bool) {
 	}
 	if s.historyBytes+len(code) > s.d.cfg.MaxReplayBytes {
 		s.replayable, s.history = false, nil
+		s.stay = fmt.Sprintf("the session's cells passed %d bytes, too much to replay on heavy, so it stays on nano", s.d.cfg.MaxReplayBytes)
 		return
 	}
 	s.history = append(s.history, cell{code: code, failed: failed})
@@ -354,6 +358,9 @@ func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
 			if res.Error != nil {
 				what = res.Error.Type + ": " + firstLine(res.Error.Message)
 			}
+			// Replaying is deterministic enough that trying again would fail again.
+			s.replayable, s.history = false, nil
+			s.stay = fmt.Sprintf("replaying cell %d failed on heavy where it had worked on nano (%s), so the session stays on nano", i+1, what)
 			return fail(fmt.Errorf("replaying cell %d failed on heavy where it had worked on nano: %s", i+1, what))
 		}
 	}
