@@ -90,24 +90,6 @@ func newID() string {
 	return "ses_" + hex.EncodeToString(b[:])
 }
 
-// Session returns an open session by id.
-func (e *Engine) Session(id string) (*Session, error) {
-	e.sessMu.Lock()
-	s := e.sessions[id]
-	e.sessMu.Unlock()
-	if s == nil {
-		return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("session %q: %w (unknown id, closed, or idle past its TTL)", id, ErrSessionGone))
-	}
-	return s, nil
-}
-
-// SessionCount reports open sessions.
-func (e *Engine) SessionCount() int {
-	e.sessMu.Lock()
-	defer e.sessMu.Unlock()
-	return len(e.sessions)
-}
-
 // ID is the session's identifier.
 func (s *Session) ID() string { return s.id }
 
