@@ -233,6 +233,13 @@ func (t *tools) readFile(ctx context.Context, req *mcp.CallToolRequest, in FileI
 	} else {
 		out.Content, out.Base64 = base64.StdEncoding.EncodeToString(data), true
 	}
+	// An image (a chart the program saved) is also shown as one, which is what an agent can look at.
+	if mime := http.DetectContentType(data); strings.HasPrefix(mime, "image/") {
+		return &mcp.CallToolResult{Content: []mcp.Content{
+			&mcp.TextContent{Text: fmt.Sprintf("%s: %s, %d bytes", in.Path, mime, len(data))},
+			&mcp.ImageContent{Data: data, MIMEType: mime},
+		}}, out, nil
+	}
 	return nil, out, nil
 }
 

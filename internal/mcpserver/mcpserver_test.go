@@ -1,6 +1,7 @@
 package mcpserver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -145,6 +146,18 @@ func TestTools(t *testing.T) {
 			_, out = callTool(t, cs, "read_file", map[string]any{"session": "s1", "path": "/output/bin"})
 			if out["base64"] != true || out["content"] != "AP8=" {
 				t.Fatalf("read_file binary: %v", out)
+			}
+			// A PNG the program saved comes back as image content too.
+			callTool(t, cs, "run_python", map[string]any{"session": "s1", "code": "import zlib, struct\n" +
+				"def chunk(k, d): return struct.pack('>I', len(d)) + k + d + struct.pack('>I', zlib.crc32(k + d))\n" +
+				"png = b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 1, 1, 8, 0, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(b'\\x00\\x00')) + chunk(b'IEND', b'')\n" +
+				"open('/output/dot.png', 'wb').write(png)"})
+			res, _ = callTool(t, cs, "read_file", map[string]any{"session": "s1", "path": "/output/dot.png"})
+			if len(res.Content) != 2 {
+				t.Fatalf("read_file of a PNG: %d contents", len(res.Content))
+			}
+			if img, ok := res.Content[1].(*mcp.ImageContent); !ok || img.MIMEType != "image/png" || !bytes.HasPrefix(img.Data, []byte("\x89PNG")) {
+				t.Fatalf("read_file of a PNG: %T", res.Content[1])
 			}
 			_, out = callTool(t, cs, "list_files", map[string]any{"session": "s1", "path": "/data"})
 			if files := out["files"].([]any); len(files) != 1 || files[0].(map[string]any)["name"] != "in.txt" {
