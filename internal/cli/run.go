@@ -215,19 +215,9 @@ func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, art
 	res.RouteReason, res.FallbackFrom = reason, fallbackFrom
 	var copyErrs []error
 	for _, o := range outs {
-		data, ok := []byte(nil), false
-		if files != nil {
-			data, ok = files.Files[o.remote]
-		}
-		switch {
-		case ok:
-			if err := os.WriteFile(o.local, data, 0o644); err != nil {
-				copyErrs = append(copyErrs, fmt.Errorf("--out %s: %w", o.remote, err))
-			}
-		case files != nil && slices.Contains(files.Omitted, o.remote):
-			copyErrs = append(copyErrs, fmt.Errorf("--out %s: larger than the %d MiB a heavy run hands back", o.remote, maxHeavyOut>>20))
-		default:
-			copyErrs = append(copyErrs, fmt.Errorf("--out %s: the program did not write that file", o.remote))
+		data, err := heavyOut(files, o.remote)
+		if err := saveOut(o, data, err); err != nil {
+			copyErrs = append(copyErrs, err)
 		}
 	}
 	if artifactDir != "" {
@@ -300,10 +290,28 @@ func parseOutSpec(spec string) (outSpec, error) {
 
 func copyOut(sfs *vfs.FS, o outSpec) error {
 	data, err := sfs.ReadFile(o.remote, 0)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("--out %s: the program did not write that file", o.remote)
+	return saveOut(o, data, err)
+}
+
+// heavyOut finds the /output file p among those a heavy run handed back.
+func heavyOut(files *heavy.Output, p string) ([]byte, error) {
+	if files != nil {
+		if data, ok := files.Files[p]; ok {
+			return data, nil
 		}
+		if slices.Contains(files.Omitted, p) {
+			return nil, fmt.Errorf("larger than the %d MiB a heavy run hands back", maxHeavyOut>>20)
+		}
+	}
+	return nil, fs.ErrNotExist
+}
+
+// saveOut writes an --out file's content, as read from the sandbox with err, to its local path.
+func saveOut(o outSpec, data []byte, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("--out %s: the program did not write that file", o.remote)
+	case err != nil:
 		return fmt.Errorf("--out %s: %w", o.remote, err)
 	}
 	if err := os.WriteFile(o.local, data, 0o644); err != nil {

@@ -253,21 +253,27 @@ func (d *Dispatcher) Stats() Stats {
 	if d.heavy != nil {
 		st.HeavyPoolReady = d.heavy.PoolReady()
 	}
+	st.Sessions, st.HeavySessions = d.sessionCounts()
+	return st
+}
+
+// sessionCounts counts the open sessions on each tier.
+func (d *Dispatcher) sessionCounts() (onNano, onHeavy int) {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	for _, s := range d.sessions {
 		if s.tier.Load() == tierHeavy {
-			st.HeavySessions++
+			onHeavy++
 		} else {
-			st.Sessions++
+			onNano++
 		}
 	}
-	d.mu.Unlock()
-	return st
+	return onNano, onHeavy
 }
 
 // heavyRoom refuses another heavy session when MaxHeavySessions are open.
 func (d *Dispatcher) heavyRoom() error {
-	if n := d.Stats().HeavySessions; n >= d.cfg.MaxHeavySessions {
+	if _, n := d.sessionCounts(); n >= d.cfg.MaxHeavySessions {
 		return errdefs.With(errdefs.Overloaded, fmt.Errorf("%d heavy sessions are open, the most this server allows", n))
 	}
 	return nil

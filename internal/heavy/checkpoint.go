@@ -42,10 +42,7 @@ func (e *Engine) restore(ctx context.Context, image string, background bool) (*s
 	if err := os.WriteFile(filepath.Join(s.bundle, "config.json"), b, 0o600); err != nil {
 		return nil, err
 	}
-	s.cmd = e.runsc("restore", "--image-path", image, "--bundle", s.bundle, s.id)
-	if background {
-		s.cmd = e.runscLow("restore", "--image-path", image, "--bundle", s.bundle, s.id)
-	}
+	s.cmd = e.runscFor(background)("restore", "--image-path", image, "--bundle", s.bundle, s.id)
 	return e.attach(ctx, s, false)
 }
 

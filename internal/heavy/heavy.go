@@ -92,6 +92,7 @@ type Engine struct {
 	cfg      Config
 	log      *slog.Logger
 	agentDir string
+	nice     string // path of nice(1) for runscLow; empty runs background work at normal priority
 	ownState bool
 	pool     chan *sandbox
 	stop     chan struct{}
@@ -187,6 +188,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		e.cfg.StateDir, e.ownState = dir, true
 	}
 	e.agentDir = filepath.Join(e.cfg.StateDir, "agent")
+	e.nice, _ = exec.LookPath("nice")
 	if err := os.MkdirAll(e.agentDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -243,11 +245,19 @@ func (e *Engine) runsc(args ...string) *exec.Cmd {
 // processes of its own cgroup (its gofer); against everything else its cgroup's CPU share counts.
 func (e *Engine) runscLow(args ...string) *exec.Cmd {
 	cmd := e.runsc(args...)
-	if nice, err := exec.LookPath("nice"); err == nil {
-		cmd.Args = append([]string{nice, "-n", "19"}, cmd.Args...)
-		cmd.Path = nice
+	if e.nice != "" {
+		cmd.Args = append([]string{e.nice, "-n", "19"}, cmd.Args...)
+		cmd.Path = e.nice
 	}
 	return cmd
+}
+
+// runscFor is runscLow for background work, runsc otherwise.
+func (e *Engine) runscFor(background bool) func(args ...string) *exec.Cmd {
+	if background {
+		return e.runscLow
+	}
+	return e.runsc
 }
 
 // start creates and starts a sandbox and waits for its agent to say it is ready. background
@@ -266,10 +276,7 @@ func (e *Engine) start(ctx context.Context, memoryMB int, preload, background bo
 	if err := os.WriteFile(filepath.Join(s.bundle, "config.json"), b, 0o600); err != nil {
 		return nil, err
 	}
-	s.cmd = e.runsc("run", "--bundle", s.bundle, s.id)
-	if background {
-		s.cmd = e.runscLow("run", "--bundle", s.bundle, s.id)
-	}
+	s.cmd = e.runscFor(background)("run", "--bundle", s.bundle, s.id)
 	return e.attach(ctx, s, true)
 }
 
