@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-command -v go >/dev/null || { say "Go 1.24 or newer is required (https://go.dev/doc/install)"; exit 1; }
+command -v go >/dev/null || { say "Go 1.26.8 or newer is required (https://go.dev/doc/install)"; exit 1; }
 if [ "$(id -u)" != 0 ] && ! command -v clang-16 >/dev/null; then
   say "the first run installs Debian packages: run it as root (or with sudo)"
   exit 1

@@ -8,6 +8,12 @@ bash scripts/setup.sh
 
 say() { printf '[test] %s\n' "$*" >&2; }
 
+say "no build outputs or large files tracked"
+# Test binaries, bin/ and the embedded interpreter are built, never committed; nothing tracked may pass 4 MiB.
+bad=$(git ls-files | grep -E '(\.test$|\.wasm$|\.prof$|^bin/|^internal/pywasm/assets/)' || true)
+big=$(git ls-files -z | xargs -0 -r stat -c '%s %n' 2>/dev/null | awk '$1 > 4194304 {print $2}')
+[ -z "$bad$big" ] || { echo "tracked build outputs or files over 4 MiB: $bad $big"; exit 1; }
+
 say "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 [ -z "$unformatted" ] || { echo "not gofmt-clean: $unformatted"; exit 1; }
