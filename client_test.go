@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -215,5 +216,22 @@ func TestSessionInfoSafeUnderRefresh(t *testing.T) {
 	info.Cells = 99
 	if got := s.Info(); got.Limits.AllowedModules[0] != "json" || got.Cells != 0 {
 		t.Fatalf("changing Info's answer changed the session's: %+v", got)
+	}
+}
+
+// TestSessionAnswerWithoutID: a server answer that names no session is an error, not a Session whose
+// requests would all go to /v1/sessions/.
+func TestSessionAnswerWithoutID(t *testing.T) {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"tier": "nano"}`))
+	}))
+	defer ts.Close()
+	c, _ := agentbox.New(ts.URL)
+	if s, err := c.NewSession(context.Background(), agentbox.SessionRequest{}); err == nil || !strings.Contains(err.Error(), "no session id") {
+		t.Fatalf("NewSession: %v %v", s, err)
+	}
+	if s, err := c.Session(context.Background(), "ses_x"); err == nil {
+		t.Fatalf("Session: %v", s)
 	}
 }
