@@ -10,8 +10,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
@@ -245,19 +247,32 @@ func dispatch(event, data string, cb Callbacks, out any, resp *http.Response) (d
 	return false, nil
 }
 
-// Session is a sandbox on the server that keeps its interpreter between runs.
+// Session is a sandbox on the server that keeps its interpreter between runs. It is safe for
+// concurrent use, but the server runs one cell of a session at a time and answers ErrConflict to a
+// second one.
 type Session struct {
-	c    *Client
-	Info SessionInfo
+	c  *Client
+	id string // set once, never changed: the server keeps the id when a session moves tiers
+
+	mu   sync.Mutex
+	info SessionInfo // guarded by mu; replaced as a whole by Refresh
+}
+
+// newSession decodes a session description answered by method path into a Session.
+func (c *Client) newSession(ctx context.Context, method, path string, in any) (*Session, error) {
+	var info SessionInfo
+	if err := c.doJSON(ctx, method, path, in, &info); err != nil {
+		return nil, err
+	}
+	if info.ID == "" {
+		return nil, fmt.Errorf("agentbox: %s %s: the answer has no session id", method, path)
+	}
+	return &Session{c: c, id: info.ID, info: info}, nil
 }
 
 // NewSession starts a session.
 func (c *Client) NewSession(ctx context.Context, req SessionRequest) (*Session, error) {
-	s := &Session{c: c}
-	if err := c.doJSON(ctx, http.MethodPost, "/v1/sessions", req, &s.Info); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return c.newSession(ctx, http.MethodPost, "/v1/sessions", req)
 }
 
 // ListSessions describes the server's open sessions, oldest first.
@@ -271,23 +286,37 @@ func (c *Client) ListSessions(ctx context.Context) ([]SessionInfo, error) {
 
 // Session attaches to an existing session by id.
 func (c *Client) Session(ctx context.Context, id string) (*Session, error) {
-	s := &Session{c: c}
-	if err := c.doJSON(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(id), nil, &s.Info); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return c.newSession(ctx, http.MethodGet, "/v1/sessions/"+url.PathEscape(id), nil)
 }
 
 // ID is the session's id; it stays the same when a session of tier auto moves to heavy.
-func (s *Session) ID() string { return s.Info.ID }
+func (s *Session) ID() string { return s.id }
 
-// Refresh reads the session's description again into s.Info (its tier changes when it moves).
-func (s *Session) Refresh(ctx context.Context) error {
-	return s.c.doJSON(ctx, http.MethodGet, s.path(""), nil, &s.Info)
+// Info is the session's description as of its creation or the last Refresh: a copy, which later
+// refreshes do not change.
+func (s *Session) Info() SessionInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	info := s.info
+	info.Limits.AllowedModules = slices.Clone(info.Limits.AllowedModules)
+	return info
+}
+
+// Refresh reads the session's description again (its tier changes when it moves) and returns it, as
+// Info does from then on.
+func (s *Session) Refresh(ctx context.Context) (SessionInfo, error) {
+	var info SessionInfo
+	if err := s.c.doJSON(ctx, http.MethodGet, s.path(""), nil, &info); err != nil {
+		return SessionInfo{}, err
+	}
+	s.mu.Lock()
+	s.info = info
+	s.mu.Unlock()
+	return s.Info(), nil
 }
 
 func (s *Session) path(suffix string) string {
-	return "/v1/sessions/" + url.PathEscape(s.Info.ID) + suffix
+	return "/v1/sessions/" + url.PathEscape(s.id) + suffix
 }
 
 // Run executes code in the session; variables, imports and files persist.

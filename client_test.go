@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -106,8 +107,8 @@ func ExampleSession_Refresh() {
 	}
 	defer s.Close(ctx)
 	res, _ := s.Run(ctx, "import numpy")
-	s.Refresh(ctx)
-	fmt.Println(res.Tier, res.Error.Type, s.Info.Tier, s.Info.Cells)
+	info, _ := s.Refresh(ctx)
+	fmt.Println(res.Tier, res.Error.Type, info.Tier, info.Cells)
 	fmt.Println(res.RouteReason)
 	// Output:
 	// nano ModuleNotFoundError nano 1
@@ -177,5 +178,60 @@ func TestClientErrors(t *testing.T) {
 	}
 	if _, err := agentbox.New("ftp://x"); err == nil {
 		t.Fatal("bad base URL accepted")
+	}
+}
+
+// TestSessionInfoSafeUnderRefresh: Info and Refresh may be called from many goroutines (run with -race),
+// and what Info returns is the caller's copy.
+func TestSessionInfoSafeUnderRefresh(t *testing.T) {
+	ctx := context.Background()
+	c, _ := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{Limits: agentbox.Limits{AllowedModules: []string{"json"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 20 {
+				if _, err := s.Refresh(ctx); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+		wg.Go(func() {
+			for range 200 {
+				if info := s.Info(); info.ID != s.ID() || info.Tier != "nano" {
+					t.Errorf("Info during Refresh: %+v", info)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	info := s.Info()
+	info.Limits.AllowedModules[0] = "os"
+	info.Cells = 99
+	if got := s.Info(); got.Limits.AllowedModules[0] != "json" || got.Cells != 0 {
+		t.Fatalf("changing Info's answer changed the session's: %+v", got)
+	}
+}
+
+// TestSessionAnswerWithoutID: a server answer that names no session is an error, not a Session whose
+// requests would all go to /v1/sessions/.
+func TestSessionAnswerWithoutID(t *testing.T) {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"tier": "nano"}`))
+	}))
+	defer ts.Close()
+	c, _ := agentbox.New(ts.URL)
+	if s, err := c.NewSession(context.Background(), agentbox.SessionRequest{}); err == nil || !strings.Contains(err.Error(), "no session id") {
+		t.Fatalf("NewSession: %v %v", s, err)
+	}
+	if s, err := c.Session(context.Background(), "ses_x"); err == nil {
+		t.Fatalf("Session: %v", s)
 	}
 }

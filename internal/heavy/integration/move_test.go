@@ -21,7 +21,7 @@ func TestSessionMovesToHeavy(t *testing.T) {
 	ctx := context.Background()
 	c, _ := apiServer(t)
 	s, err := c.NewSession(ctx, agentbox.SessionRequest{})
-	if err != nil || s.Info.Tier != "nano" || s.Info.RouteReason == "" {
+	if err != nil || s.Info().Tier != "nano" || s.Info().RouteReason == "" {
 		t.Fatalf("%v %+v", err, s)
 	}
 	if _, err := s.Upload(ctx, "/data/n.txt", strings.NewReader("4")); err != nil {
@@ -46,8 +46,8 @@ func TestSessionMovesToHeavy(t *testing.T) {
 		!strings.Contains(res.RouteReason, "imports numpy") || !strings.Contains(res.RouteReason, "3 earlier cells replayed, 2 files copied") {
 		t.Fatalf("tier %s fallback %q reason %q stdout %q stderr %s", res.Tier, res.FallbackFrom, res.RouteReason, res.Stdout, res.Stderr)
 	}
-	if err := s.Refresh(ctx); err != nil || s.Info.Tier != "heavy" || s.Info.MovedFrom != "nano" || s.Info.Cells != 4 {
-		t.Fatalf("%v %+v", err, s.Info)
+	if info, err := s.Refresh(ctx); err != nil || info.Tier != "heavy" || info.MovedFrom != "nano" || info.Cells != 4 {
+		t.Fatalf("%v %+v", err, info)
 	}
 	// The replay appended to log.txt again; the copy after it restores nano's content.
 	if data, err := s.Download(ctx, "/data/log.txt"); err != nil || string(data) != "a" {
@@ -144,8 +144,8 @@ func TestSessionStaysWhenReplayCannotWork(t *testing.T) {
 					t.Fatalf("second cell: tried to move %v, want %v (%s)", tried, tc.retries, res.RouteReason)
 				}
 			}
-			if err := s.Refresh(ctx); err != nil || s.Info.Tier != "nano" {
-				t.Fatalf("%v %+v", err, s.Info)
+			if info, err := s.Refresh(ctx); err != nil || info.Tier != "nano" {
+				t.Fatalf("%v %+v", err, info)
 			}
 		})
 	}

@@ -55,7 +55,7 @@ func TestThroughTheAPI(t *testing.T) {
 	}
 
 	s, err := c.NewSession(ctx, agentbox.SessionRequest{Tier: "heavy"})
-	if err != nil || s.Info.Tier != "heavy" {
+	if err != nil || s.Info().Tier != "heavy" {
 		t.Fatalf("%v %+v", err, s)
 	}
 	if _, err := s.Upload(ctx, "/data/x.txt", strings.NewReader("41")); err != nil {

@@ -1,23 +1,24 @@
-package agentbox_test
+package local_test
 
 import (
 	"context"
 	"fmt"
 
-	"github.com/entersandbox/agentbox"
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/local"
 )
 
-func ExampleLocal_Run() {
+func ExampleEngine_Run() {
 	ctx := context.Background()
-	box, err := agentbox.NewLocal(ctx)
+	box, err := local.New(ctx)
 	if err != nil {
 		panic(err)
 	}
 	defer box.Close(ctx)
 
-	res, err := box.Run(ctx, agentbox.RunRequest{
+	res, err := box.Run(ctx, api.RunRequest{
 		Code:   "import json\nprint(json.dumps({'sum': sum(range(10))}))\n1/0",
-		Limits: agentbox.Limits{TimeoutMS: 2000, MemoryLimitMB: 64, AllowedModules: []string{"json"}},
+		Limits: api.Limits{TimeoutMS: 2000, MemoryLimitMB: 64, AllowedModules: []string{"json"}},
 	})
 	if err != nil {
 		panic(err)
@@ -29,15 +30,15 @@ func ExampleLocal_Run() {
 	// 1 ZeroDivisionError division by zero
 }
 
-func ExampleLocal_NewSession() {
+func ExampleEngine_NewSession() {
 	ctx := context.Background()
-	box, err := agentbox.NewLocal(ctx, agentbox.WithPoolSize(1))
+	box, err := local.New(ctx, local.WithPoolSize(1))
 	if err != nil {
 		panic(err)
 	}
 	defer box.Close(ctx)
 
-	s, err := box.NewSession(ctx, agentbox.Limits{})
+	s, err := box.NewSession(ctx, api.Limits{})
 	if err != nil {
 		panic(err)
 	}
