@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The heavy-tier integration tests (root, runsc, the root filesystem) run here; setup installed them.
+export AGENTBOX_INTEGRATION=1
 
 say() { printf '[test] %s\n' "$*" >&2; }
 
@@ -40,6 +42,7 @@ go test -count=1 ./...
 
 say "go test -race (the packages that share sessions between goroutines)"
 go test -race -count=1 ./internal/dispatch ./internal/server ./internal/mcpserver ./internal/vfs
+go test -race -count=1 -run 'TestSessionInfoSafeUnderRefresh' .
 go test -race -count=1 -run 'TestSession|TestMCPAuto' ./internal/heavy/integration
 
 say "Python SDK (pytest against a real server)"
