@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -292,4 +293,40 @@ func TestDisconnectCancelsRun(t *testing.T) {
 		<-done
 		freed(t)
 	})
+}
+
+func TestParseKeyFile(t *testing.T) {
+	cases := []struct {
+		name string
+		file string
+		want []APIKey
+		err  string
+	}{
+		{"plain keys, comments, blanks", "# keys\nkey-one-0123456789abcdef\n\n  key-two-0123456789abcdef  \n", []APIKey{{Key: "key-one-0123456789abcdef"}, {Key: "key-two-0123456789abcdef"}}, ""},
+		{"roles and limits", "key-one-0123456789abcdef sessions=4 runs=2 queue=0\nkey-ops-0123456789abcdef admin\n",
+			[]APIKey{{Key: "key-one-0123456789abcdef", Limits: dispatch.TenantLimits{Sessions: 4, Runs: 2}}, {Key: "key-ops-0123456789abcdef", Admin: true}}, ""},
+		{"unknown word", "key-one-0123456789abcdef root\n", nil, `line 1: "root"`},
+		{"bad number", "# x\nkey-one-0123456789abcdef runs=two\n", nil, `line 2: "runs=two"`},
+		{"negative", "key-one-0123456789abcdef sessions=-1\n", nil, "N >= 0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseKeyFile(tc.file)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) || strings.Contains(err.Error(), "0123456789abcdef") {
+					t.Fatalf("want an error with %q that does not show the key, got %v", tc.err, err)
+				}
+				return
+			}
+			if err != nil || fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("%v %+v", err, got)
+			}
+		})
+	}
+	if _, err := New(sb, Config{APIKeys: []string{testKey}, Keys: []APIKey{{Key: testKey, Admin: true}}}); err == nil || strings.Contains(err.Error(), testKey) {
+		t.Fatalf("a key given twice: %v", err)
+	}
+	if _, err := New(sb, Config{Keys: []APIKey{{Key: "short", Admin: true}}}); err == nil {
+		t.Fatal("a short admin key was accepted")
+	}
 }
