@@ -25,7 +25,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	fset.Var(&adminKeys, "admin-key", "accepted bearer key that sees and may act on every key's sessions (repeatable)")
 	keySessions := fset.Int("key-sessions", 0, "sessions one API key may have open (default no cap of its own)")
 	keyRuns := fset.Int("key-runs", 0, "runs one API key may have on a tier at once (default its fair share of the tier's slots)")
-	keyQueue := fset.Int("key-queue", 0, "runs one API key may have waiting for its share before 429 (default 8; negative: none)")
+	keyQueue := fset.Int("key-queue", 0, "runs one API key may have waiting for its share before 429 (default 32 per slot of the tier, at most 64; negative: none)")
 	budget := fset.Int("memory-budget", 0, "MiB of memory limits that open sessions and running programs may hold together before 429 (default 3/4 of the host's memory; negative: no budget)")
 	pool := fset.Int("pool", 0, "restored sandboxes kept ready (default 4; negative disables)")
 	concurrent := fset.Int("concurrency", 0, "runs executing at once (default GOMAXPROCS)")

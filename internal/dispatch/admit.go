@@ -36,8 +36,9 @@ type TenantLimits struct {
 	// means its fair share only: the tier's slots divided by the tenants with runs in flight, so a
 	// tenant alone may use them all and two share them half and half.
 	Runs int
-	// Queue caps the tenant's runs waiting for one of its places before more are refused as
-	// overloaded; zero means 8, negative means none wait.
+	// Queue caps the tenant's runs waiting for one of its places on a tier before more are refused
+	// as overloaded; zero means 32 per slot of the tier, at most 64 (a tenant alone then meets the
+	// back-pressure of the nano engine's default queue), negative means none wait.
 	Queue int
 }
 
@@ -83,8 +84,9 @@ func (t Tenant) label() string {
 // can neither take every slot nor every place in the tier's queue. It does not hold the tier's CPU
 // slots itself (the engine does), so a guest that sleeps costs its tenant a share, not the server.
 type runGate struct {
-	tier  api.Tier
-	slots int
+	tier     api.Tier
+	slots    int
+	defQueue int // a tenant's queue when its limits give none
 
 	mu      sync.Mutex
 	tenants map[string]*tenantRuns // guarded by mu; tenants with runs in flight or waiting
@@ -102,7 +104,8 @@ type runWaiter struct {
 }
 
 func newRunGate(tier api.Tier, slots int) *runGate {
-	return &runGate{tier: tier, slots: max(slots, 1), tenants: map[string]*tenantRuns{}}
+	slots = max(slots, 1)
+	return &runGate{tier: tier, slots: slots, defQueue: min(32*slots, 64), tenants: map[string]*tenantRuns{}}
 }
 
 // shareLocked is how many runs tenant tr may have in flight now.
@@ -136,7 +139,11 @@ func (g *runGate) acquire(ctx context.Context, t Tenant, lim TenantLimits) (rele
 		g.mu.Unlock()
 		return release, nil
 	}
-	queue := max(lim.Queue, 0)
+	queue := lim.Queue
+	if queue == 0 {
+		queue = g.defQueue
+	}
+	queue = max(queue, 0)
 	if len(tr.waiting) >= queue {
 		running, share := tr.running, g.shareLocked(tr)
 		g.forgetIdleLocked(t.ID, tr)

@@ -2,6 +2,10 @@
 // runs a nano program again on heavy when it failed for want of something heavy has, and keeps a
 // session under one id while moving it from nano to heavy (its earlier cells are replayed there and
 // its files copied). The HTTP API and the MCP tools both serve through it.
+//
+// It also admits: every session and run acts for a Tenant (the API key, from the context), which owns
+// the sessions it starts; session places and memory are reserved before a sandbox starts, and runs
+// get a fair share of each tier's slots per tenant (admit.go).
 package dispatch
 
 import (
@@ -172,9 +176,6 @@ func New(n NanoEngine, cfg Config) *Dispatcher {
 	}
 	if cfg.HeavySlots <= 0 {
 		cfg.HeavySlots = 8
-	}
-	if cfg.TenantLimits.Queue == 0 {
-		cfg.TenantLimits.Queue = 8
 	}
 	log := cfg.Logger
 	if log == nil {

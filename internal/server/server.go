@@ -1,5 +1,5 @@
 // Package server is agentbox's HTTP API (`agentbox serve`): one-shot runs, stateful sessions with
-// file transfer, server-sent-event streaming, bearer-key auth, Prometheus metrics and the OpenAPI
+// file transfer, server-sent-event streaming, bearer keys as tenants, Prometheus metrics and the OpenAPI
 // contract it is tested against (openapi.yaml, served at /openapi.yaml).
 package server
 
