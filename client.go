@@ -275,7 +275,8 @@ func (c *Client) NewSession(ctx context.Context, req SessionRequest) (*Session, 
 	return c.newSession(ctx, http.MethodPost, "/v1/sessions", req)
 }
 
-// ListSessions describes the server's open sessions, oldest first.
+// ListSessions describes the open sessions of the client's API key (every key's for an admin key),
+// oldest first; another key's sessions are not listed, and Session(id) for one is ErrNotFound.
 func (c *Client) ListSessions(ctx context.Context) ([]SessionInfo, error) {
 	var out api.SessionList
 	if err := c.doJSON(ctx, http.MethodGet, "/v1/sessions", nil, &out); err != nil {

@@ -235,3 +235,42 @@ func TestSessionAnswerWithoutID(t *testing.T) {
 		t.Fatalf("Session: %v", s)
 	}
 }
+
+// TestClientKeysAreTenants: a session started with one key is not found with another, and lists
+// carry its owner (a hash of the key, never the key).
+func TestClientKeysAreTenants(t *testing.T) {
+	ctx := context.Background()
+	eng, err := nano.New(ctx, nano.Config{PoolSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(ctx)
+	d := dispatch.New(eng, dispatch.Config{})
+	defer d.Close()
+	other := "other-key-0123456789"
+	srv, err := server.New(d, server.Config{APIKeys: []string{apiKey, other}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := httptest.NewServer(srv.Handler())
+	defer h.Close()
+	a, _ := agentbox.New(h.URL, agentbox.WithAPIKey(apiKey))
+	b, _ := agentbox.New(h.URL, agentbox.WithAPIKey(other))
+	s, err := a.NewSession(ctx, agentbox.SessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	if s.Info().Owner != server.TenantID(apiKey) || strings.Contains(s.Info().Owner, apiKey) {
+		t.Fatalf("owner %q", s.Info().Owner)
+	}
+	if _, err := b.Session(ctx, s.ID()); !errors.Is(err, agentbox.ErrNotFound) {
+		t.Fatalf("another key attached to the session: %v", err)
+	}
+	if l, err := b.ListSessions(ctx); err != nil || len(l) != 0 {
+		t.Fatalf("another key lists %v %+v", err, l)
+	}
+	if l, err := a.ListSessions(ctx); err != nil || len(l) != 1 || l[0].ID != s.ID() {
+		t.Fatalf("the owner lists %v %+v", err, l)
+	}
+}

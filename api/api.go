@@ -146,7 +146,10 @@ type SessionRequest struct {
 
 // Session describes a session.
 type Session struct {
-	ID         string `json:"id"`
+	ID string `json:"id"`
+	// Owner is the API key that started the session, as the server's hash of it (never the key);
+	// empty on a server without keys. Only that key, or an admin key, sees the session.
+	Owner      string `json:"owner,omitempty"`
 	Tier       Tier   `json:"tier"`
 	Limits     Limits `json:"limits"`
 	TTLSeconds int    `json:"ttl_s"`

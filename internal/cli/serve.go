@@ -6,7 +6,6 @@ import (
 	"flag"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
@@ -21,7 +20,13 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	addr := fset.String("addr", "127.0.0.1:8080", "listen address")
 	var keys multiFlag
 	fset.Var(&keys, "api-key", "accepted bearer key (repeatable; also AGENTBOX_API_KEY)")
-	keyFile := fset.String("api-key-file", "", "file with one accepted bearer key per line")
+	keyFile := fset.String("api-key-file", "", "file with one accepted bearer key per line, optionally followed by admin, sessions=N, runs=N, queue=N (docs/http-api.md)")
+	var adminKeys multiFlag
+	fset.Var(&adminKeys, "admin-key", "accepted bearer key that sees and may act on every key's sessions (repeatable)")
+	keySessions := fset.Int("key-sessions", 0, "sessions one API key may have open (default no cap of its own)")
+	keyRuns := fset.Int("key-runs", 0, "runs one API key may have on a tier at once (default its fair share of the tier's slots)")
+	keyQueue := fset.Int("key-queue", 0, "runs one API key may have waiting for its share before 429 (default 32 per slot of the tier, at most 64; negative: none)")
+	budget := fset.Int("memory-budget", 0, "MiB of memory limits that open sessions and running programs may hold together before 429 (default 3/4 of the host's memory; negative: no budget)")
 	pool := fset.Int("pool", 0, "restored sandboxes kept ready (default 4; negative disables)")
 	concurrent := fset.Int("concurrency", 0, "runs executing at once (default GOMAXPROCS)")
 	queue := fset.Int("queue", 0, "runs waiting for a slot before 429 (default 32 per slot)")
@@ -31,36 +36,46 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
+	if *keySessions < 0 || *keyRuns < 0 {
+		return usagef("--key-sessions and --key-runs must be 0 (no cap of its own) or more")
+	}
 	if k := os.Getenv("AGENTBOX_API_KEY"); k != "" {
 		keys = append(keys, k)
+	}
+	var keyed []server.APIKey
+	for _, k := range adminKeys {
+		keyed = append(keyed, server.APIKey{Key: k, Admin: true})
 	}
 	if *keyFile != "" {
 		b, err := os.ReadFile(*keyFile)
 		if err != nil {
 			return usagef("--api-key-file: %w", err)
 		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
-				keys = append(keys, line)
-			}
+		fromFile, err := server.ParseKeyFile(string(b))
+		if err != nil {
+			return usagef("--api-key-file %s: %w", *keyFile, err)
 		}
+		keyed = append(keyed, fromFile...)
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if *logJSON {
 		log = slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue}, dispatch.Config{}, log)
+	dcfg := dispatch.Config{MemoryBudgetMB: *budget, NanoSlots: *concurrent,
+		TenantLimits: dispatch.TenantLimits{Sessions: *keySessions, Runs: *keyRuns, Queue: *keyQueue}}
+	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue}, dcfg, log)
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(t, server.Config{Addr: *addr, APIKeys: keys, Logger: log, MCP: mcpserver.HTTPHandler(t, version())})
+	srv, err := server.New(t, server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(t, version())})
 	if err != nil {
 		t.close(context.Background())
 		return usageError{err}
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("agentbox serving", "addr", *addr, "auth", len(keys) > 0, "heavy", t.heavy != nil)
+	log.Info("agentbox serving", "addr", *addr, "auth", len(keys)+len(keyed) > 0, "keys", len(keys)+len(keyed), "heavy", t.heavy != nil,
+		"memory_budget_mb", t.Stats().MemoryBudgetMB)
 	select {
 	case err = <-errc:
 	case <-ctx.Done():

@@ -2,6 +2,10 @@
 // runs a nano program again on heavy when it failed for want of something heavy has, and keeps a
 // session under one id while moving it from nano to heavy (its earlier cells are replayed there and
 // its files copied). The HTTP API and the MCP tools both serve through it.
+//
+// It also admits: every session and run acts for a Tenant (the API key, from the context), which owns
+// the sessions it starts; session places and memory are reserved before a sandbox starts, and runs
+// get a fair share of each tier's slots per tenant (admit.go).
 package dispatch
 
 import (
@@ -9,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -24,6 +29,7 @@ import (
 type NanoEngine interface {
 	RunInstance(ctx context.Context, req api.RunRequest, fn func(*api.Result, *vfs.FS) error, opts ...nano.ExecOption) error
 	NewSession(ctx context.Context, limits api.Limits, ttl time.Duration) (*nano.Session, error)
+	Limits(req api.Limits) (api.Limits, error)
 	QueueDepth() int
 	PoolReady() int
 }
@@ -34,6 +40,17 @@ type HeavyEngine interface {
 	NewSession(ctx context.Context, limits api.Limits, packages []string) (*heavy.Session, error)
 	Limits(req api.Limits) (api.Limits, error)
 	PoolReady() int
+}
+
+// heavySession is what a session needs of a heavy one (*heavy.Session); an interface so that tests
+// can start sessions on a fake heavy tier.
+type heavySession interface {
+	Run(ctx context.Context, code string, stream heavy.Stream) (*api.Result, error)
+	WriteFile(ctx context.Context, p string, data []byte) error
+	ReadFile(ctx context.Context, p string) ([]byte, error)
+	ListFiles(ctx context.Context, dir string) ([]heavy.FileEntry, error)
+	Alive() bool
+	Close()
 }
 
 // Config configures a Dispatcher. Zero values are the defaults given per field.
@@ -50,10 +67,26 @@ type Config struct {
 	// and 32 MiB. Files beyond the caps are named in FilesOmitted.
 	MaxFileBytes  int64
 	MaxFilesBytes int64
-	// MaxHeavySessions caps the sessions open on heavy (each is a gVisor sandbox of ~90 MiB); a
-	// session asked for beyond it is refused as overloaded and an auto session stays on nano. Zero
-	// means 16.
+	// MaxHeavySessions caps the sessions open or starting on heavy (each is a gVisor sandbox of
+	// ~90 MiB), MaxNanoSessions those on nano. A place is reserved before the sandbox starts and given
+	// back when the start fails or the session ends; a session asked for beyond the cap is refused at
+	// once as overloaded (a place frees only when some session ends, so waiting would be unbounded),
+	// and an auto session that would move stays on nano. Zero means 16 and 64.
 	MaxHeavySessions int
+	MaxNanoSessions  int
+	// MemoryBudgetMB is the memory that sessions and runs are admitted against: each holds its memory
+	// limit from admission until it ends, and what does not fit is refused as overloaded. Zero means
+	// DefaultMemoryBudgetMB (three quarters of the host's memory; no budget where that is unknown),
+	// negative means no budget.
+	MemoryBudgetMB int
+	// NanoSlots and HeavySlots are how many runs each tier executes at once (the engines'
+	// MaxConcurrent), which the tenants' fair shares divide; zero means GOMAXPROCS and 8, the engines'
+	// defaults.
+	NanoSlots  int
+	HeavySlots int
+	// TenantLimits apply to every tenant whose own Tenant.Limits leave a field zero; zero fields mean
+	// what TenantLimits documents.
+	TenantLimits TenantLimits
 	// MaxReplayBytes caps the code of a session's cells kept for replaying them on heavy; a session
 	// past it stays on nano. Zero means 4 MiB.
 	MaxReplayBytes int
@@ -97,10 +130,19 @@ type Dispatcher struct {
 	cfg   Config
 	log   *slog.Logger
 
+	// newHeavySession is heavy.NewSession (tests start fake sessions instead).
+	newHeavySession func(ctx context.Context, limits api.Limits, packages []string) (heavySession, error)
+	nanoRuns        *runGate
+	heavyRuns       *runGate
+	budget          *memoryBudget
+
 	mu       sync.Mutex
-	sessions map[string]*Session
-	stop     chan struct{}
-	stopOnce sync.Once
+	sessions map[string]*Session // guarded by mu
+	// Session places reserved (open or starting sessions), per tier and per tenant; guarded by mu.
+	nanoPlaces, heavyPlaces int
+	tenantPlaces            map[string]int
+	stop                    chan struct{}
+	stopOnce                sync.Once
 }
 
 // New returns a Dispatcher over the nano engine n and cfg.Heavy.
@@ -120,15 +162,38 @@ func New(n NanoEngine, cfg Config) *Dispatcher {
 	if cfg.MaxHeavySessions <= 0 {
 		cfg.MaxHeavySessions = 16
 	}
+	if cfg.MaxNanoSessions <= 0 {
+		cfg.MaxNanoSessions = 64
+	}
 	if cfg.MaxReplayBytes <= 0 {
 		cfg.MaxReplayBytes = 4 << 20
+	}
+	if cfg.MemoryBudgetMB == 0 {
+		cfg.MemoryBudgetMB = DefaultMemoryBudgetMB()
+	}
+	if cfg.NanoSlots <= 0 {
+		cfg.NanoSlots = runtime.GOMAXPROCS(0)
+	}
+	if cfg.HeavySlots <= 0 {
+		cfg.HeavySlots = 8
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &Dispatcher{nano: n, heavy: cfg.Heavy, rules: cfg.Rules, cfg: cfg, log: log,
-		sessions: map[string]*Session{}, stop: make(chan struct{})}
+		nanoRuns: newRunGate(api.TierNano, cfg.NanoSlots), heavyRuns: newRunGate(api.TierHeavy, cfg.HeavySlots),
+		budget:   &memoryBudget{totalMB: int64(cfg.MemoryBudgetMB)},
+		sessions: map[string]*Session{}, tenantPlaces: map[string]int{}, stop: make(chan struct{})}
+	if cfg.Heavy != nil {
+		d.newHeavySession = func(ctx context.Context, limits api.Limits, packages []string) (heavySession, error) {
+			hs, err := cfg.Heavy.NewSession(ctx, limits, packages)
+			if err != nil {
+				return nil, err // not a typed nil in the interface
+			}
+			return hs, nil
+		}
+	}
 	go d.reap()
 	return d
 }
@@ -181,8 +246,13 @@ func (d *Dispatcher) Run(ctx context.Context, req api.RunRequest, out Output) (*
 	if req.Tier == api.TierHeavy {
 		return d.runHeavy(ctx, req, out, reason, "")
 	}
+	release, err := d.admitRun(ctx, api.TierNano, req.Limits, true)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	resp := &api.RunResponse{}
-	err := d.nano.RunInstance(ctx, req, func(res *api.Result, sfs *vfs.FS) error {
+	err = d.nano.RunInstance(ctx, req, func(res *api.Result, sfs *vfs.FS) error {
 		resp.Result = *res
 		resp.Files, resp.FilesOmitted = d.collectOutput(sfs)
 		return nil
@@ -195,6 +265,7 @@ func (d *Dispatcher) Run(ctx context.Context, req api.RunRequest, out Output) (*
 		// Nano runs touch nothing outside their sandbox, so running one again elsewhere is safe.
 		if why, ok := d.rules.Fallback(&resp.Result); ok {
 			out.fallback(&resp.Result, why)
+			release() // the nano sandbox is gone; the heavy run is admitted on its own
 			req.Tier = api.TierHeavy
 			return d.runHeavy(ctx, req, out, why, api.TierNano)
 		}
@@ -203,6 +274,11 @@ func (d *Dispatcher) Run(ctx context.Context, req api.RunRequest, out Output) (*
 }
 
 func (d *Dispatcher) runHeavy(ctx context.Context, req api.RunRequest, out Output, reason string, from api.Tier) (*api.RunResponse, error) {
+	release, err := d.admitRun(ctx, api.TierHeavy, req.Limits, true)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	res, files, err := d.heavy.RunCollect(ctx, req, out.heavy(), d.cfg.MaxFileBytes, d.cfg.MaxFilesBytes)
 	if err != nil {
 		return nil, err
@@ -237,8 +313,43 @@ func (d *Dispatcher) collectOutput(sfs *vfs.FS) (map[string][]byte, []string) {
 	return files, omitted
 }
 
+// admitRun admits a run on tier for the tenant ctx acts for: a place within its fair share (waiting
+// in its queue for one), and, with charge, the run's memory limit from the budget. A session's cells
+// are not charged: the session holds its memory.
+func (d *Dispatcher) admitRun(ctx context.Context, tier api.Tier, lim api.Limits, charge bool) (release func(), err error) {
+	t := TenantOf(ctx)
+	gate, limits := d.nanoRuns, d.nano.Limits
+	if tier == api.TierHeavy {
+		gate, limits = d.heavyRuns, d.heavy.Limits
+	}
+	mb := 0
+	if charge {
+		resolved, err := limits(lim)
+		if err != nil {
+			return nil, err
+		}
+		mb = resolved.MemoryLimitMB
+	}
+	leave, err := gate.acquire(ctx, t, t.Limits.over(d.cfg.TenantLimits))
+	if err != nil {
+		return nil, err
+	}
+	if !charge {
+		return leave, nil
+	}
+	give, err := d.budget.take(mb, "a run")
+	if err != nil {
+		leave()
+		return nil, err
+	}
+	return func() { give(); leave() }, nil
+}
+
 // Stats are the dispatcher's gauges.
 type Stats struct {
+	RunsWaiting    int  // runs waiting in their tenants' queues for a place on a tier
+	MemoryUsedMB   int  // memory limits of the open sessions and running programs
+	MemoryBudgetMB int  // what they are admitted against; 0 means no budget
 	QueueDepth     int  // nano runs waiting for a slot
 	PoolReady      int  // restored nano sandboxes ready
 	Sessions       int  // open sessions on nano
@@ -249,7 +360,9 @@ type Stats struct {
 
 // Stats reports the gauges.
 func (d *Dispatcher) Stats() Stats {
-	st := Stats{QueueDepth: d.nano.QueueDepth(), PoolReady: d.nano.PoolReady(), Heavy: d.heavy != nil}
+	st := Stats{QueueDepth: d.nano.QueueDepth(), PoolReady: d.nano.PoolReady(), Heavy: d.heavy != nil,
+		RunsWaiting: d.nanoRuns.waiting() + d.heavyRuns.waiting(), MemoryUsedMB: int(d.budget.used()),
+		MemoryBudgetMB: max(d.cfg.MemoryBudgetMB, 0)}
 	if d.heavy != nil {
 		st.HeavyPoolReady = d.heavy.PoolReady()
 	}
@@ -271,12 +384,97 @@ func (d *Dispatcher) sessionCounts() (onNano, onHeavy int) {
 	return onNano, onHeavy
 }
 
-// heavyRoom refuses another heavy session when MaxHeavySessions are open.
-func (d *Dispatcher) heavyRoom() error {
-	if _, n := d.sessionCounts(); n >= d.cfg.MaxHeavySessions {
-		return errdefs.With(errdefs.Overloaded, fmt.Errorf("%d heavy sessions are open, the most this server allows", n))
+// place is a session's reservation: a session place on its tier, one of its tenant's, and its memory
+// limit from the budget, taken before the sandbox starts and given back once when the session ends
+// or fails to start.
+type place struct {
+	d      *Dispatcher
+	tenant string
+	heavy  bool   // guarded by d.mu
+	memory func() // gives the memory back; guarded by d.mu
+	once   sync.Once
+}
+
+// reserve takes a session place on the tier (heavy or nano) for t, and memoryMB of the budget.
+func (d *Dispatcher) reserve(t Tenant, heavy bool, memoryMB int) (*place, error) {
+	lim := t.Limits.over(d.cfg.TenantLimits)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.tierRoomLocked(heavy); err != nil {
+		return nil, err
+	}
+	if n := d.tenantPlaces[t.ID]; lim.Sessions > 0 && n >= lim.Sessions {
+		return nil, errdefs.With(errdefs.Overloaded, fmt.Errorf("%s has %d sessions open or starting, the most it may; close one first", t.label(), n))
+	}
+	give, err := d.budget.take(memoryMB, "a new session")
+	if err != nil {
+		return nil, err
+	}
+	d.countLocked(heavy, 1)
+	d.tenantPlaces[t.ID]++
+	return &place{d: d, tenant: t.ID, heavy: heavy, memory: give}, nil
+}
+
+func (d *Dispatcher) tierRoomLocked(heavy bool) error {
+	if heavy && d.heavyPlaces >= d.cfg.MaxHeavySessions {
+		return errdefs.With(errdefs.Overloaded, fmt.Errorf("%d heavy sessions are open or starting, the most this server allows", d.heavyPlaces))
+	}
+	if !heavy && d.nanoPlaces >= d.cfg.MaxNanoSessions {
+		return errdefs.With(errdefs.Overloaded, fmt.Errorf("%d nano sessions are open or starting, the most this server allows", d.nanoPlaces))
 	}
 	return nil
+}
+
+func (d *Dispatcher) countLocked(heavy bool, n int) {
+	if heavy {
+		d.heavyPlaces += n
+	} else {
+		d.nanoPlaces += n
+	}
+}
+
+// release gives the place back; later calls do nothing.
+func (p *place) release() {
+	p.once.Do(func() {
+		d := p.d
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.countLocked(p.heavy, -1)
+		if d.tenantPlaces[p.tenant]--; d.tenantPlaces[p.tenant] <= 0 {
+			delete(d.tenantPlaces, p.tenant)
+		}
+		p.memory()
+	})
+}
+
+// reserveMove takes a heavy place and memoryMB for a nano session moving there, which holds both
+// sandboxes while it moves. commit gives the nano place and memory back; abort the heavy ones.
+func (p *place) reserveMove(memoryMB int) (commit, abort func(), err error) {
+	d := p.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.tierRoomLocked(true); err != nil {
+		return nil, nil, err
+	}
+	give, err := d.budget.take(memoryMB, "moving the session to heavy")
+	if err != nil {
+		return nil, nil, err
+	}
+	d.heavyPlaces++
+	commit = func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.nanoPlaces--
+		p.memory()
+		p.heavy, p.memory = true, give
+	}
+	abort = func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.heavyPlaces--
+		give()
+	}
+	return commit, abort, nil
 }
 
 // Close ends every session; the engines are the caller's to close.

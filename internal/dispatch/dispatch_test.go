@@ -117,7 +117,7 @@ func TestSessionWithoutHeavy(t *testing.T) {
 	if err != nil || res.Stdout != "42\n" || s.Info().Cells != 3 {
 		t.Fatalf("%v %+v cells %d", err, res, s.Info().Cells)
 	}
-	if got, _ := d.Session(s.ID()); got != s {
+	if got, _ := d.Session(ctx, s.ID()); got != s {
 		t.Fatal("Session(id) did not find the session")
 	}
 	if st := d.Stats(); st.Sessions != 1 || st.HeavySessions != 0 || st.Heavy {
@@ -125,7 +125,7 @@ func TestSessionWithoutHeavy(t *testing.T) {
 	}
 	s.Close()
 	s.Close()
-	if _, err := d.Session(s.ID()); !errors.Is(err, errdefs.NotFound) {
+	if _, err := d.Session(ctx, s.ID()); !errors.Is(err, errdefs.NotFound) {
 		t.Fatalf("closed session: %v", err)
 	}
 	if _, err := s.Run(ctx, "1", Output{}); !errors.Is(err, ErrSessionGone) {
@@ -210,7 +210,7 @@ func TestSessionEnds(t *testing.T) {
 		if err != nil || !res.TimedOut {
 			t.Fatalf("%v %+v", err, res)
 		}
-		if _, err := d.Session(s.ID()); !errors.Is(err, errdefs.NotFound) {
+		if _, err := d.Session(ctx, s.ID()); !errors.Is(err, errdefs.NotFound) {
 			t.Fatalf("a timed-out session is still listed: %v", err)
 		}
 	})
@@ -221,7 +221,7 @@ func TestSessionEnds(t *testing.T) {
 		}
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if _, err := d.Session(s.ID()); errors.Is(err, errdefs.NotFound) {
+			if _, err := d.Session(ctx, s.ID()); errors.Is(err, errdefs.NotFound) {
 				break
 			}
 			if time.Now().After(deadline) {

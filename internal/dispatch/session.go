@@ -37,18 +37,20 @@ var ErrSessionBusy = errors.New("session is busy with another request")
 // Session is a sandbox that keeps its interpreter between runs, on one tier at a time. A session of
 // tier "auto" starts on nano and moves to heavy, under the same id, when a cell needs it.
 type Session struct {
-	id   string
-	d    *Dispatcher
-	auto bool
-	ttl  time.Duration
+	id    string
+	d     *Dispatcher
+	owner string // the tenant that started it; only it (or an admin) finds it
+	auto  bool
+	ttl   time.Duration
 	// requested are the limits asked for; a move resolves them again against heavy's defaults.
 	requested api.Limits
 	created   time.Time
 	tier      atomic.Int32
 
-	mu sync.Mutex // one request at a time; guards everything below
-	ns *nano.Session
-	hs *heavy.Session
+	mu    sync.Mutex // one request at a time; guards everything below
+	ns    *nano.Session
+	hs    heavySession
+	place *place
 	// history holds the cells run on nano while the session may still move, to replay them on heavy.
 	history      []cell
 	historyBytes int
@@ -69,8 +71,9 @@ type cell struct {
 	failed bool
 }
 
-// NewSession starts a session. Tier "auto" (or none) starts on heavy when packages or limits need it
-// and on nano otherwise, from where it moves to heavy when a cell needs heavy.
+// NewSession starts a session owned by the tenant ctx acts for. Tier "auto" (or none) starts on heavy
+// when packages or limits need it and on nano otherwise, from where it moves to heavy when a cell
+// needs heavy. Its place on the tier and its memory are reserved before the sandbox starts.
 func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*Session, error) {
 	if err := d.checkPlacement(req.Tier, req.Packages); err != nil {
 		return nil, err
@@ -83,7 +86,8 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 		ttl = d.cfg.SessionTTL
 	}
 	now := time.Now()
-	s := &Session{id: newID(), d: d, ttl: ttl, requested: req.Limits, created: now, lastUsed: now, replayable: true}
+	tenant := TenantOf(ctx)
+	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, created: now, lastUsed: now, replayable: true}
 	tier := req.Tier
 	s.reason = fmt.Sprintf("tier %q was asked for", tier)
 	if tier == "" || tier == api.TierAuto {
@@ -93,21 +97,28 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 			s.reason = "a new session starts on nano, the fastest tier, and moves to heavy when a cell needs it"
 		}
 	}
-	var err error
-	if tier == api.TierHeavy {
-		if err := d.heavyRoom(); err != nil {
-			return nil, err
-		}
-		if s.hs, err = d.heavy.NewSession(ctx, req.Limits, req.Packages); err != nil {
-			return nil, err
-		}
-		s.limits, _ = d.heavy.Limits(req.Limits)
+	onHeavy := tier == api.TierHeavy
+	resolve := d.nano.Limits
+	if onHeavy {
+		resolve = d.heavy.Limits
+	}
+	lim, err := resolve(req.Limits)
+	if err != nil {
+		return nil, err
+	}
+	if s.place, err = d.reserve(tenant, onHeavy, lim.MemoryLimitMB); err != nil {
+		return nil, err
+	}
+	if onHeavy {
+		s.hs, err = d.newHeavySession(ctx, req.Limits, req.Packages)
+		s.limits = lim
 		s.tier.Store(tierHeavy)
-	} else {
-		if s.ns, err = d.nano.NewSession(ctx, req.Limits, ttl); err != nil {
-			return nil, err
-		}
+	} else if s.ns, err = d.nano.NewSession(ctx, req.Limits, ttl); err == nil {
 		s.limits = s.ns.Info().Limits
+	}
+	if err != nil {
+		s.place.release()
+		return nil, err
 	}
 	d.mu.Lock()
 	d.sessions[s.id] = s
@@ -121,23 +132,27 @@ func newID() string {
 	return "ses_" + hex.EncodeToString(b[:])
 }
 
-// Session returns an open session by id.
-func (d *Dispatcher) Session(id string) (*Session, error) {
+// Session returns an open session by id, if the tenant ctx acts for may see it. Another tenant's
+// session is not found, exactly like one that does not exist, so that ids reveal nothing.
+func (d *Dispatcher) Session(ctx context.Context, id string) (*Session, error) {
 	d.mu.Lock()
 	s := d.sessions[id]
 	d.mu.Unlock()
-	if s == nil {
+	if s == nil || !TenantOf(ctx).sees(s.owner) {
 		return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("session %q: %w (unknown id, closed, or idle past its TTL)", id, ErrSessionGone))
 	}
 	return s, nil
 }
 
-// Sessions describes the open sessions, oldest first.
-func (d *Dispatcher) Sessions() []api.Session {
+// Sessions describes the open sessions the tenant ctx acts for may see, oldest first.
+func (d *Dispatcher) Sessions(ctx context.Context) []api.Session {
+	t := TenantOf(ctx)
 	d.mu.Lock()
 	all := make([]*Session, 0, len(d.sessions))
 	for _, s := range d.sessions {
-		all = append(all, s)
+		if t.sees(s.owner) {
+			all = append(all, s)
+		}
 	}
 	d.mu.Unlock()
 	slices.SortFunc(all, func(a, b *Session) int { return a.created.Compare(b.created) })
@@ -159,7 +174,7 @@ func (s *Session) Info() api.Session {
 	if s.tier.Load() == tierHeavy {
 		tier = api.TierHeavy
 	}
-	return api.Session{ID: s.id, Tier: tier, Limits: s.limits, TTLSeconds: int(s.ttl / time.Second), Cells: s.cells,
+	return api.Session{ID: s.id, Owner: s.owner, Tier: tier, Limits: s.limits, TTLSeconds: int(s.ttl / time.Second), Cells: s.cells,
 		CreatedAt: s.created.UTC().Format(time.RFC3339Nano), LastUsedAt: s.lastUsed.UTC().Format(time.RFC3339Nano),
 		RouteReason: s.reason, MovedFrom: s.movedFrom}
 }
@@ -214,6 +229,7 @@ func (s *Session) closeLocked() {
 		s.hs.Close()
 	}
 	s.history = nil
+	s.place.release()
 	s.d.forget(s.id)
 }
 
@@ -237,6 +253,17 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 		return nil, err
 	}
 	defer s.unlock()
+	// The cell holds one of its tenant's places on the tier it starts on, also while it moves; the
+	// session holds its memory.
+	tier := api.TierNano
+	if s.hs != nil {
+		tier = api.TierHeavy
+	}
+	release, err := s.d.admitRun(ctx, tier, s.requested, false)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	s.touch(1)
 	if s.hs != nil {
 		res, err := s.hs.Run(ctx, code, out.heavy())
@@ -330,19 +357,27 @@ var writableDirs = []string{nano.DirData, nano.DirOutput, nano.DirTmp, nano.DirW
 // it did. On failure the session stays on nano, untouched.
 func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
 	start := time.Now()
-	if err := s.d.heavyRoom(); err != nil {
+	limits, err := s.d.heavy.Limits(s.requested)
+	if err != nil {
+		return "", err
+	}
+	commit, abort, err := s.place.reserveMove(limits.MemoryLimitMB)
+	if err != nil {
 		return "", err
 	}
 	files, err := s.nanoFiles()
 	if err != nil {
+		abort()
 		return "", fmt.Errorf("reading the nano files: %w", err)
 	}
-	hs, err := s.d.heavy.NewSession(ctx, s.requested, nil)
+	hs, err := s.d.newHeavySession(ctx, s.requested, nil)
 	if err != nil {
+		abort()
 		return "", fmt.Errorf("starting a heavy session: %w", err)
 	}
 	fail := func(err error) (string, error) {
 		hs.Close()
+		abort()
 		return "", err
 	}
 	if err := copyFiles(ctx, hs, files); err != nil {
@@ -371,8 +406,8 @@ func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
 	}
 	s.ns.Close(ctx)
 	s.ns, s.hs = nil, hs
+	commit()
 	s.tier.Store(tierHeavy)
-	limits, _ := s.d.heavy.Limits(s.requested)
 	s.meta.Lock()
 	s.limits, s.movedFrom, s.reason = limits, api.TierNano, why
 	s.meta.Unlock()
@@ -410,7 +445,7 @@ func (s *Session) nanoFiles() ([]fileData, error) {
 	return files, err
 }
 
-func copyFiles(ctx context.Context, hs *heavy.Session, files []fileData) error {
+func copyFiles(ctx context.Context, hs heavySession, files []fileData) error {
 	for _, f := range files {
 		if err := hs.WriteFile(ctx, f.path, f.data); err != nil {
 			return fmt.Errorf("copying %s: %w", f.path, err)

@@ -28,7 +28,7 @@ import (
 type Sandboxes interface {
 	Run(ctx context.Context, req api.RunRequest, out dispatch.Output) (*api.RunResponse, error)
 	NewSession(ctx context.Context, req api.SessionRequest) (*dispatch.Session, error)
-	Session(id string) (*dispatch.Session, error)
+	Session(ctx context.Context, id string) (*dispatch.Session, error)
 }
 
 // maxReadBytes caps read_file's answer.
@@ -122,7 +122,7 @@ func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name stri
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if id, ok := t.sessions[key]; ok {
-		if s, err := t.sb.Session(id); err == nil {
+		if s, err := t.sb.Session(ctx, id); err == nil {
 			if on := s.Info().Tier; tier != "" && tier != api.TierAuto && tier != on {
 				return nil, fmt.Errorf("session %q is on the %s tier; tier %q applies when a session starts (use another session name)", name, on, tier)
 			}

@@ -137,7 +137,7 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) session(w http.ResponseWriter, r *http.Request) *dispatch.Session {
-	sess, err := s.sb.Session(r.PathValue("id"))
+	sess, err := s.sb.Session(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.fail(w, r, err)
 		return nil

@@ -40,7 +40,10 @@ func newMetrics(stats func() dispatch.Stats) *metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		gauge("agentbox_queue_depth", "Nano runs waiting for a slot.", func(st dispatch.Stats) int { return st.QueueDepth }),
 		gauge("agentbox_pool_ready", "Restored nano sandboxes ready in the pool.", func(st dispatch.Stats) int { return st.PoolReady }),
-		gauge("agentbox_sessions_open", "Open sessions on nano.", func(st dispatch.Stats) int { return st.Sessions }))
+		gauge("agentbox_sessions_open", "Open sessions on nano.", func(st dispatch.Stats) int { return st.Sessions }),
+		gauge("agentbox_runs_waiting", "Runs waiting in their API keys' queues for a place on a tier.", func(st dispatch.Stats) int { return st.RunsWaiting }),
+		gauge("agentbox_memory_used_mb", "Memory limits (MiB) held by open sessions and running programs.", func(st dispatch.Stats) int { return st.MemoryUsedMB }),
+		gauge("agentbox_memory_budget_mb", "The memory budget (MiB) sessions and runs are admitted against; 0 means none.", func(st dispatch.Stats) int { return st.MemoryBudgetMB }))
 	if stats().Heavy {
 		m.reg.MustRegister(
 			gauge("agentbox_heavy_pool_ready", "Started heavy sandboxes ready in the pool.", func(st dispatch.Stats) int { return st.HeavyPoolReady }),

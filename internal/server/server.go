@@ -1,12 +1,11 @@
 // Package server is agentbox's HTTP API (`agentbox serve`): one-shot runs, stateful sessions with
-// file transfer, server-sent-event streaming, bearer-key auth, Prometheus metrics and the OpenAPI
+// file transfer, server-sent-event streaming, bearer keys as tenants, Prometheus metrics and the OpenAPI
 // contract it is tested against (openapi.yaml, served at /openapi.yaml).
 package server
 
 import (
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	_ "embed"
 	"encoding/hex"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
@@ -32,8 +30,8 @@ func OpenAPI() []byte { return openAPISpec }
 type Sandboxes interface {
 	Run(ctx context.Context, req api.RunRequest, out dispatch.Output) (*api.RunResponse, error)
 	NewSession(ctx context.Context, req api.SessionRequest) (*dispatch.Session, error)
-	Session(id string) (*dispatch.Session, error)
-	Sessions() []api.Session
+	Session(ctx context.Context, id string) (*dispatch.Session, error)
+	Sessions(ctx context.Context) []api.Session
 	Stats() dispatch.Stats
 }
 
@@ -41,9 +39,12 @@ type Sandboxes interface {
 type Config struct {
 	// Addr is the listen address; empty means 127.0.0.1:8080.
 	Addr string
-	// APIKeys are the accepted bearer keys. With none, requests are not authenticated, which is only
-	// allowed on a loopback address.
+	// APIKeys are accepted bearer keys with the default limits, Keys more with roles and limits of
+	// their own. Each key is a tenant: it sees only the sessions it started (others are 404), and its
+	// runs are admitted within its share; admin keys see all. With no keys at all, requests are not
+	// authenticated and all are one tenant, which is only allowed on a loopback address.
 	APIKeys []string
+	Keys    []APIKey
 	// MaxBodyBytes caps a request body; zero means 64 MiB.
 	MaxBodyBytes int64
 	// Logger receives request logs; nil discards them.
@@ -64,6 +65,7 @@ type Server struct {
 	metrics *metrics
 	http    *http.Server
 	handler http.Handler
+	keys    *keyring
 }
 
 // New makes a server for sb. It refuses a non-loopback address without API keys.
@@ -80,19 +82,18 @@ func New(sb Sandboxes, cfg Config) (*Server, error) {
 	if cfg.ReadTimeout <= 0 {
 		cfg.ReadTimeout = 2 * time.Minute
 	}
-	for _, k := range cfg.APIKeys {
-		if len(k) < 16 {
-			return nil, fmt.Errorf("API keys must be at least 16 characters (got one of %d)", len(k))
-		}
+	keys, err := newKeyring(cfg.APIKeys, cfg.Keys)
+	if err != nil {
+		return nil, err
 	}
-	if len(cfg.APIKeys) == 0 && !isLoopback(cfg.Addr) {
+	if keys.empty() && !isLoopback(cfg.Addr) {
 		return nil, fmt.Errorf("refusing to listen on %s without an API key: pass --api-key, AGENTBOX_API_KEY or --api-key-file, or listen on 127.0.0.1", cfg.Addr)
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, sb: sb, log: log}
+	s := &Server{cfg: cfg, sb: sb, log: log, keys: keys}
 	s.metrics = newMetrics(sb.Stats)
 	s.handler = s.routes()
 	s.http = &http.Server{
@@ -156,7 +157,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/run", s.run)
 	mux.HandleFunc("POST /v1/sessions", s.createSession)
 	mux.HandleFunc("GET /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, api.SessionList{Sessions: s.sb.Sessions()})
+		writeJSON(w, http.StatusOK, api.SessionList{Sessions: s.sb.Sessions(r.Context())})
 	})
 	mux.HandleFunc("GET /v1/sessions/{id}", s.getSession)
 	mux.HandleFunc("DELETE /v1/sessions/{id}", s.deleteSession)
@@ -165,7 +166,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("PUT /v1/sessions/{id}/files/{path...}", s.putFile)
 	mux.HandleFunc("GET /v1/sessions/{id}/files/{path...}", s.getFile)
 	if s.cfg.MCP != nil {
-		mux.Handle("/mcp", s.cfg.MCP)
+		mux.Handle("/mcp", s.keys.scopeMCP(s.cfg.MCP))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.With(errdefs.NotFound, fmt.Errorf("no route for %s %s", r.Method, r.URL.Path)))
@@ -177,7 +178,8 @@ type ctxKey int
 
 const requestIDKey ctxKey = 0
 
-// middleware adds the request id, auth, body limits, metrics and a log line.
+// middleware adds the request id, auth (the key's tenant, in the context), body limits, metrics and
+// a log line.
 func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -188,35 +190,22 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		w.Header().Set("X-Request-Id", id)
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		tenant, ok := s.keys.tenant(r)
 		defer func() {
 			route := routeLabel(r)
 			s.metrics.requests.WithLabelValues(route, fmt.Sprint(rec.status)).Inc()
 			s.log.Info("request", "id", id, "method", r.Method, "path", r.URL.Path, "status", rec.status,
-				"ms", time.Since(start).Milliseconds(), "remote", r.RemoteAddr)
+				"ms", time.Since(start).Milliseconds(), "remote", r.RemoteAddr, "tenant", tenant.ID)
 		}()
-		if r.URL.Path != "/healthz" && !s.authorized(r) {
+		if r.URL.Path != "/healthz" && !ok {
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="agentbox"`)
 			s.fail(rec, r, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: send Authorization: Bearer <key>")))
 			return
 		}
+		r = r.WithContext(dispatch.WithTenant(r.Context(), tenant))
 		r.Body = http.MaxBytesReader(rec, r.Body, s.cfg.MaxBodyBytes)
 		next.ServeHTTP(rec, r)
 	})
-}
-
-func (s *Server) authorized(r *http.Request) bool {
-	if len(s.cfg.APIKeys) == 0 {
-		return true
-	}
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return false
-	}
-	match := 0
-	for _, k := range s.cfg.APIKeys {
-		match |= subtle.ConstantTimeCompare([]byte(got), []byte(k))
-	}
-	return match == 1
 }
 
 func validRequestID(id string) bool {

@@ -69,7 +69,8 @@ class ConflictError(AgentboxError):
 
 
 class OverloadedError(AgentboxError):
-    """The server is at capacity; retry after ``retry_after`` seconds (429)."""
+    """The server is at capacity, or this API key is past its share, its session limit or the
+    memory budget (the message says which); retry after ``retry_after`` seconds (429)."""
 
 
 _ERRORS = {
@@ -306,12 +307,15 @@ class Sandbox:
         return self._session_id
 
     def list_sessions(self) -> List[Dict[str, Any]]:
-        """The server's open sessions (this sandbox's among them once it has run), oldest first."""
+        """The open sessions of this sandbox's API key (this sandbox's among them once it has run;
+        every key's for an admin key), oldest first. Each has an ``owner``: a hash of the key that
+        started it. Another key's sessions are not listed, and asking for one is ``NotFoundError``."""
         return self._json("GET", "/v1/sessions")["sessions"]
 
     def info(self) -> Dict[str, Any]:
-        """The session's description: ``id``, ``tier`` (``"heavy"`` once an auto session has moved
-        there, with ``moved_from: "nano"``), ``route_reason``, ``limits``, ``cells`` and times."""
+        """The session's description: ``id``, ``owner`` (a hash of the API key that started it, on
+        a server with keys), ``tier`` (``"heavy"`` once an auto session has moved there, with
+        ``moved_from: "nano"``), ``route_reason``, ``limits``, ``cells`` and times."""
         return self._json("GET", self._session_path())
 
     def run(self, code: str, *, on_stdout: Optional[OutputCallback] = None,

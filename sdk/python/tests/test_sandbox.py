@@ -10,6 +10,7 @@ from agentbox import (
     ConflictError,
     InvalidArgumentError,
     NotFoundError,
+    OverloadedError,
     Sandbox,
     SandboxConfig,
     UnauthenticatedError,
@@ -187,3 +188,45 @@ def test_list_sessions(server):
         session = sb.session_id
     with Sandbox(url=url, api_key=key) as other:
         assert session not in [s["id"] for s in other.list_sessions()]
+
+
+def test_keys_are_tenants(tmp_path):
+    """Each API key sees only its own sessions; an admin key sees them all (--api-key-file)."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    key_a, key_b, key_admin = "sk-a-" + "1" * 16, "sk-b-" + "2" * 16, "sk-ops-" + "3" * 16
+    keys = tmp_path / "keys"
+    keys.write_text(f"{key_a} sessions=1\n{key_b}\n{key_admin} admin\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([BIN, "serve", "--addr", f"127.0.0.1:{port}", "--api-key-file", str(keys)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "agentbox serve did not start"
+                time.sleep(0.05)
+        with Sandbox(url=url, api_key=key_a) as a, Sandbox(url=url, api_key=key_b) as b:
+            assert a.run("x = 1").ok
+            sid = a.session_id
+            assert [s["id"] for s in a.list_sessions()] == [sid]
+            assert a.info()["owner"].startswith("key_") and key_a not in str(a.info())
+            assert b.list_sessions() == []
+            with pytest.raises(NotFoundError):
+                b._json("GET", "/v1/sessions/" + sid)
+            with pytest.raises(OverloadedError):  # sessions=1
+                Sandbox(url=url, api_key=key_a).run("1")
+            admin = Sandbox(url=url, api_key=key_admin)
+            assert [s["id"] for s in admin.list_sessions()] == [sid]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
