@@ -26,7 +26,7 @@ func TestSleepEndsAtDeadline(t *testing.T) {
 		{"time.sleep", "import time\nprint('before', flush=True)\ntime.sleep(20)\nprint('after')"},
 		{"select timeout", "import select\nprint('before', flush=True)\nselect.select([], [], [], 20)\nprint('after')"},
 		{"sleep in a loop", "import time\nprint('before', flush=True)\nwhile True: time.sleep(0.001)"},
-		{"sleep after catching", "import time\nprint('before', flush=True)\ntry:\n    time.sleep(3600)\nexcept BaseException:\n    pass\ntime.sleep(3600)"},
+		{"sleep after catching", "import time\nprint('before', flush=True)\ntry:\n    time.sleep(20)\nexcept BaseException:\n    pass\ntime.sleep(20)"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -62,7 +62,8 @@ func TestSleepEndsOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(300*time.Millisecond, cancel)
 	start := time.Now()
-	_, err := shared.Run(ctx, api.RunRequest{Code: "import time; time.sleep(3600)", Limits: api.Limits{TimeoutMS: 600_000}})
+	// Shorter sleeps than the limit, so that only the cancellation can end them early.
+	_, err := shared.Run(ctx, api.RunRequest{Code: "import time; time.sleep(30)", Limits: api.Limits{TimeoutMS: 60_000}})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
@@ -70,14 +71,14 @@ func TestSleepEndsOnCancel(t *testing.T) {
 		t.Fatalf("cancellation took %v", d)
 	}
 	// The same in a session, whose interpreter is then gone.
-	s, err := shared.NewSession(context.Background(), api.Limits{TimeoutMS: 600_000}, 0)
+	s, err := shared.NewSession(context.Background(), api.Limits{TimeoutMS: 60_000}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close(context.Background())
 	ctx, cancel = context.WithCancel(context.Background())
 	time.AfterFunc(300*time.Millisecond, cancel)
-	if _, err := s.Run(ctx, "import time; time.sleep(3600)"); !errors.Is(err, context.Canceled) {
+	if _, err := s.Run(ctx, "import time; time.sleep(30)"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("session: err = %v, want context.Canceled", err)
 	}
 }
@@ -106,7 +107,7 @@ func TestSleepingGuestFreesSlot(t *testing.T) {
 			defer wg.Done()
 			var once sync.Once
 			wake := func() { once.Do(func() { close(asleep) }) }
-			_, err := e.Run(sctx, api.RunRequest{Code: "import time; print('z', flush=True); time.sleep(10**9)", Limits: api.Limits{TimeoutMS: 600_000}},
+			_, err := e.Run(sctx, api.RunRequest{Code: "import time; print('z', flush=True); time.sleep(30)", Limits: api.Limits{TimeoutMS: 60_000}},
 				WithStream(func([]byte) { wake() }, nil))
 			wake()
 			errs <- err
@@ -319,4 +320,39 @@ func sample(t *testing.T, e *Engine) usage {
 		}
 	}
 	return usage{goroutines: runtime.NumGoroutine(), fds: len(ents), regions: e.regions.mapped.Load(), heap: ms.HeapInuse, rss: rss}
+}
+
+// TestRunnerReportsMissing (issue 9 #20): the runner says in a structured field what a program failed
+// for want of, which the router's fallback reads instead of the error's text.
+func TestRunnerReportsMissing(t *testing.T) {
+	cases := []struct {
+		name string
+		code string
+		want *api.Missing
+	}{
+		{"third-party module", "import numpy", &api.Missing{Module: "numpy"}},
+		{"submodule", "import foo.bar", &api.Missing{Module: "foo"}},
+		{"dynamic import", "__import__('pan' + 'das')", &api.Missing{Module: "pandas"}},
+		{"unavailable module", "import ssl", &api.Missing{Module: "ssl", Feature: "tls"}},
+		{"multiprocessing", "import multiprocessing", &api.Missing{Module: "multiprocessing", Feature: "processes"}},
+		{"threads", "import threading\nthreading.Thread(target=print).start()", &api.Missing{Feature: "threads"}},
+		{"network", "import socket\nsocket.create_connection(('example.com', 80))", &api.Missing{Feature: "network"}},
+		{"subprocess", "import subprocess\nsubprocess.run(['ls'])", &api.Missing{Feature: "processes"}},
+		{"caught and re-raised", "try:\n    import numpy\nexcept ImportError as e:\n    raise e", &api.Missing{Module: "numpy"}},
+		{"wording alone", "raise ModuleNotFoundError(\"No module named 'numpy': not available in the nano tier\")", nil},
+		{"other OSError", "import os\nos.open('/nope', os.O_RDONLY)", nil},
+		{"cannot import name", "from os import nonexistent", nil},
+		{"success", "print(1)", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			res := run(t, api.RunRequest{Code: c.code})
+			switch {
+			case c.want == nil && res.Missing != nil:
+				t.Fatalf("missing %+v, want none (error %+v)", *res.Missing, res.Error)
+			case c.want != nil && (res.Missing == nil || *res.Missing != *c.want):
+				t.Fatalf("missing %+v, want %+v (error %+v)", res.Missing, *c.want, res.Error)
+			}
+		})
+	}
 }

@@ -247,8 +247,9 @@ type runnerRequest struct {
 }
 
 type runnerReply struct {
-	ExitCode int        `json:"exit_code"`
-	Error    *api.Error `json:"error"`
+	ExitCode int          `json:"exit_code"`
+	Error    *api.Error   `json:"error"`
+	Missing  *api.Missing `json:"missing"`
 }
 
 // warm makes a pooled sandbox's first exec happen before a request needs it: the guest reseeds its
@@ -319,10 +320,11 @@ func (inst *instance) exec(ctx context.Context, req execRequest, opts ...ExecOpt
 			res.Error = &api.Error{Type: api.ErrSandbox, Message: fmt.Sprintf("unreadable runner reply: %v", err)}
 			break
 		}
-		res.ExitCode, res.Error = rr.ExitCode, rr.Error
+		res.ExitCode, res.Error, res.Missing = rr.ExitCode, rr.Error, rr.Missing
 		if res.MemoryExceeded && res.ExitCode != 0 {
 			res.ExitCode = api.ExitMemory
 			res.Error = memoryError(lim, res.Error)
+			res.Missing = nil
 		}
 	case errors.Is(cause, errTimeout):
 		inst.dead = true
