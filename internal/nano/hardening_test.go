@@ -356,3 +356,36 @@ func TestRunnerReportsMissing(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentStdlibReads (issue 9 #16): many sandboxes at once read and import from the standard
+// library, which is one read-only layer shared by all of them. Under -race this shows any write to
+// the shared nodes (the open-handle counter used to be one, changed under each sandbox's own lock).
+func TestConcurrentStdlibReads(t *testing.T) {
+	code := `import importlib, sys
+with open("/usr/local/lib/python3.11/os.py") as f:
+    n = len(f.read())
+for name in ("fnmatch", "colorsys", "graphlib"):
+    sys.modules.pop(name, None)
+    importlib.import_module(name)
+print(n > 0)`
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := shared.Run(context.Background(), api.RunRequest{Code: code})
+			switch {
+			case err != nil:
+				errs <- err
+			case res.Stdout != "True\n":
+				errs <- fmt.Errorf("stdout %q, error %+v", res.Stdout, res.Error)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
