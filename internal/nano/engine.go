@@ -70,8 +70,12 @@ type Config struct {
 	// FS are the quotas of each sandbox's filesystem; zero fields mean vfs's defaults.
 	FS vfs.Limits
 	// MaxConcurrent is how many runs execute at once; zero means GOMAXPROCS. A run whose program
-	// sleeps (time.sleep, select with a timeout) gives its slot up until it wakes.
+	// sleeps (time.sleep, select with a timeout) gives its slot up until it wakes, up to MaxSleeping.
 	MaxConcurrent int
+	// MaxSleeping bounds the runs asleep without a slot, each still holding its sandbox's memory; past
+	// it a sleeping program keeps its slot. Zero means 32 per concurrent slot, negative means sleeping
+	// programs always keep their slot.
+	MaxSleeping int
 	// MaxQueue is how many runs may wait for a slot before new ones are refused as overloaded; zero
 	// means 32 per concurrent slot, negative means none wait.
 	MaxQueue int
@@ -117,6 +121,7 @@ type Engine struct {
 
 	slots    chan struct{} // one token per run using a CPU slot (see runSlot)
 	waiting  atomic.Int64
+	sleeping atomic.Int64 // runs asleep that gave their slot up, against MaxSleeping
 	lastUsed atomic.Int64 // unix nanoseconds of the last admitted run
 
 	// closeMu orders admissions before Close's wait for them: admit adds to inflight under RLock after
@@ -269,6 +274,10 @@ func withDefaults(cfg Config) Config {
 	if cfg.MaxQueue < 0 {
 		cfg.MaxQueue = 0
 	}
+	def(&cfg.MaxSleeping, defaultQueuePerW*cfg.MaxConcurrent)
+	if cfg.MaxSleeping < 0 {
+		cfg.MaxSleeping = 0
+	}
 	def(&cfg.PoolSize, defaultPoolSize)
 	if cfg.RotateAfter == 0 {
 		cfg.RotateAfter = defaultRotate
@@ -338,6 +347,44 @@ func (s *runSlot) release() {
 	if s.held {
 		s.held = false
 		<-s.e.slots
+	}
+}
+
+// sleep gives the slot up for a sleep, unless MaxSleeping runs sleep without one already: then the
+// run keeps it, as a busy one would. It reports whether the slot was given up (then wake must follow).
+func (s *runSlot) sleep() bool {
+	if !s.held {
+		return false
+	}
+	if s.e.sleeping.Add(1) > int64(s.e.cfg.MaxSleeping) {
+		s.e.sleeping.Add(-1)
+		return false
+	}
+	s.release()
+	return true
+}
+
+// wake ends a sleep that gave the slot up: it takes a slot back, unless the sleep was cut short
+// (stopped, non-nil), which it returns.
+func (s *runSlot) wake(ctx context.Context, stopped error) error {
+	s.e.sleeping.Add(-1)
+	if stopped != nil {
+		return stopped
+	}
+	return s.acquire(ctx)
+}
+
+// wait sleeps for d, or less when ctx is done or the engine halts (then it says why).
+func (e *Engine) wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-e.halt:
+		return errdefs.With(errdefs.Unavailable, ErrClosed)
 	}
 }
 

@@ -389,3 +389,45 @@ print(n > 0)`
 		t.Error(err)
 	}
 }
+
+// TestSleepersAreBounded (issue 9 #2): sleeping runs give their slot up only up to MaxSleeping, since
+// each still holds a sandbox's memory; past it a sleeper keeps its slot, as a busy run does.
+func TestSleepersAreBounded(t *testing.T) {
+	ctx := context.Background()
+	e, err := New(ctx, Config{PoolSize: -1, MaxConcurrent: 1, MaxQueue: -1, MaxSleeping: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		asleep := make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var once sync.Once
+			wake := func() { once.Do(func() { close(asleep) }) }
+			e.Run(sctx, api.RunRequest{Code: "import time; print('z', flush=True); time.sleep(30)", Limits: api.Limits{TimeoutMS: 60_000}},
+				WithStream(func([]byte) { wake() }, nil))
+			wake()
+		}()
+		<-asleep
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := e.sleeping.Load(); got != 1 {
+		t.Fatalf("%d runs asleep without a slot, want 1", got)
+	}
+	if _, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}); errdefs.ClassOf(err) != errdefs.Overloaded {
+		t.Fatalf("run while the second sleeper keeps the only slot: %v, want overloaded", err)
+	}
+	cancel()
+	wg.Wait()
+	if res, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}); err != nil || res.Stdout != "1\n" {
+		t.Fatalf("after the sleepers were cancelled: %v %+v", err, res)
+	}
+	if got := e.sleeping.Load(); got != 0 {
+		t.Fatalf("%d runs still counted asleep", got)
+	}
+}

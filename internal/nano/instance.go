@@ -426,36 +426,26 @@ func (inst *instance) call(ctx context.Context, payload []byte) ([]byte, error) 
 // sleep is the sandbox's WASI clock wait: poll_oneoff with a relative clock, which time.sleep and
 // select.select's timeout come down to. wazero's own (WithSysNanosleep) is a time.Sleep that neither a
 // deadline nor a cancellation can cut short, and it kept the run's CPU slot. This one gives the slot
-// up while it waits and takes it back to wake. When the run's context is done (deadline, output cap,
+// up while it waits (within Config.MaxSleeping) and takes it back to wake. When the run's context is done (deadline, output cap,
 // cancellation) it stops the guest at once, as WithCloseOnContextDone does for running code: the
 // panic unwinds the guest and the call returns an ExitError, which exec reads by the context's cause.
 func (inst *instance) sleep(ns int64) {
 	c := inst.cur
-	if c.ctx == nil {
-		// Outside exec (constructors, snapshot set-up) no user code runs: a bounded plain sleep.
-		time.Sleep(min(time.Duration(ns), time.Second))
-		return
+	ctx := c.ctx
+	if ctx == nil {
+		ctx = context.Background() // outside exec (constructors, snapshot set-up): no deadline
 	}
-	if c.slot != nil {
-		c.slot.release()
+	gaveUp := c.slot != nil && c.slot.sleep()
+	err := inst.eng.wait(ctx, time.Duration(ns))
+	if gaveUp {
+		err = c.slot.wake(ctx, err)
 	}
-	t := time.NewTimer(time.Duration(ns))
-	select {
-	case <-t.C:
-	case <-c.ctx.Done():
-		t.Stop()
-		panic(sys.NewExitError(sys.ExitCodeContextCanceled))
-	case <-inst.eng.halt:
-		t.Stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrClosed):
 		panic(ErrClosed)
-	}
-	if c.slot != nil {
-		if err := c.slot.acquire(c.ctx); err != nil {
-			if errors.Is(err, ErrClosed) {
-				panic(ErrClosed)
-			}
-			panic(sys.NewExitError(sys.ExitCodeContextCanceled))
-		}
+	default:
+		panic(sys.NewExitError(sys.ExitCodeContextCanceled))
 	}
 }
 
@@ -540,6 +530,7 @@ func (e *Engine) ColdRun(ctx context.Context, code string) (int, error) {
 	defer inst.close(ctx)
 	inst.stdout.reset(1<<20, nil, nil)
 	inst.stderr.reset(1<<20, nil, nil)
+	inst.cur = guestCall{ctx: ctx}
 	ptr, err := inst.put(ctx, []byte(code))
 	if err != nil {
 		return 0, err
