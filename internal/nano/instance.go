@@ -426,9 +426,10 @@ func (inst *instance) call(ctx context.Context, payload []byte) ([]byte, error) 
 // sleep is the sandbox's WASI clock wait: poll_oneoff with a relative clock, which time.sleep and
 // select.select's timeout come down to. wazero's own (WithSysNanosleep) is a time.Sleep that neither a
 // deadline nor a cancellation can cut short, and it kept the run's CPU slot. This one gives the slot
-// up while it waits (within Config.MaxSleeping) and takes it back to wake. When the run's context is done (deadline, output cap,
-// cancellation) it stops the guest at once, as WithCloseOnContextDone does for running code: the
-// panic unwinds the guest and the call returns an ExitError, which exec reads by the context's cause.
+// up while it waits (within Config.MaxSleeping) and takes it back to wake. When the run's context is
+// done (deadline, output cap, cancellation) or the engine halts, it stops the guest at once, as
+// WithCloseOnContextDone does for running code: the panic unwinds the guest (Python cannot catch it)
+// and the call returns an error, which exec reads by the context's cause.
 func (inst *instance) sleep(ns int64) {
 	c := inst.cur
 	ctx := c.ctx
