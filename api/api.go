@@ -101,6 +101,19 @@ type Result struct {
 	// FallbackFrom is set when the run failed on that tier for want of something the heavy tier has
 	// and was run again on heavy; RouteReason then says why.
 	FallbackFrom Tier `json:"fallback_from,omitempty"`
+	// Missing is what a nano run failed for want of, as the sandbox's runner reported it; nil when it
+	// did not fail that way. Only runs made in this process carry it (Local, and the server's own
+	// fallback decision): it is not part of the HTTP API.
+	Missing *Missing `json:"-"`
+}
+
+// Missing is what a nano program failed for want of.
+type Missing struct {
+	// Module is the top-level module the program could not import; empty when that was not the failure.
+	Module string `json:"module"`
+	// Feature is what the nano tier lacks by design and the heavy tier has ("threads", "processes",
+	// "network", "tls", "native code"); empty when the nano build simply does not ship Module.
+	Feature string `json:"feature"`
 }
 
 // Artifact is a rich output of a run.

@@ -142,7 +142,9 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	}, opts...)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
-			return 130, fmt.Errorf("interrupted")
+			// Reported here: Main turns every returned error into exit 125, and a signal means 130.
+			fmt.Fprintln(e.stderr, "agentbox: interrupted")
+			return 130, nil
 		}
 		return 0, err
 	}

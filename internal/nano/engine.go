@@ -69,8 +69,13 @@ type Config struct {
 	Max api.Limits
 	// FS are the quotas of each sandbox's filesystem; zero fields mean vfs's defaults.
 	FS vfs.Limits
-	// MaxConcurrent is how many runs execute at once; zero means GOMAXPROCS.
+	// MaxConcurrent is how many runs execute at once; zero means GOMAXPROCS. A run whose program
+	// sleeps (time.sleep, select with a timeout) gives its slot up until it wakes, up to MaxSleeping.
 	MaxConcurrent int
+	// MaxSleeping bounds the runs asleep without a slot, each still holding its sandbox's memory; past
+	// it a sleeping program keeps its slot. Zero means 32 per concurrent slot, negative means sleeping
+	// programs always keep their slot.
+	MaxSleeping int
 	// MaxQueue is how many runs may wait for a slot before new ones are refused as overloaded; zero
 	// means 32 per concurrent slot, negative means none wait.
 	MaxQueue int
@@ -114,16 +119,24 @@ type Engine struct {
 	snap     atomic.Pointer[snapshot]
 	rotating atomic.Bool
 
-	slots    chan struct{}
+	slots    chan struct{} // one token per run using a CPU slot (see runSlot)
 	waiting  atomic.Int64
+	sleeping atomic.Int64 // runs asleep that gave their slot up, against MaxSleeping
 	lastUsed atomic.Int64 // unix nanoseconds of the last admitted run
+
+	// closeMu orders admissions before Close's wait for them: admit adds to inflight under RLock after
+	// checking closed, Close sets closed under Lock, so no run is added once Close waits.
+	closeMu  sync.RWMutex
+	inflight sync.WaitGroup // admitted runs not yet finished, sleeping ones included
+	halt     chan struct{}  // closed when Close stops waiting for runs: sleeping programs are stopped
 
 	pool     chan *instance
 	poolStop chan struct{}
 	poolDone sync.WaitGroup
 
 	sessMu   sync.Mutex
-	sessions map[string]*Session
+	sessions map[string]*Session // guarded by sessMu
+	sessOpen int                 // sessions open or being opened, against MaxSessions; guarded by sessMu
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -154,7 +167,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{cfg: cfg, log: log, sessions: map[string]*Session{}}
+	e := &Engine{cfg: cfg, log: log, sessions: map[string]*Session{}, halt: make(chan struct{})}
 	e.reserve = uint64(cfg.Max.MemoryLimitMB) << 20
 	e.regions = newRegionPool(e.reserve, cfg.MaxConcurrent+max(cfg.PoolSize, 0)+2)
 
@@ -220,8 +233,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		WithArgs("python3").
 		WithSysWalltime().
 		WithSysNanotime().
-		WithSysNanosleep().
-		WithRandSource(rand.Reader)
+		WithRandSource(rand.Reader) // instantiate adds each sandbox's own sleep (instance.sleep)
 
 	var snap *snapshot
 	if cfg.SnapshotMaxAge > 0 && cacheDir != "" {
@@ -261,6 +273,10 @@ func withDefaults(cfg Config) Config {
 	def(&cfg.MaxQueue, defaultQueuePerW*cfg.MaxConcurrent)
 	if cfg.MaxQueue < 0 {
 		cfg.MaxQueue = 0
+	}
+	def(&cfg.MaxSleeping, defaultQueuePerW*cfg.MaxConcurrent)
+	if cfg.MaxSleeping < 0 {
+		cfg.MaxSleeping = 0
 	}
 	def(&cfg.PoolSize, defaultPoolSize)
 	if cfg.RotateAfter == 0 {
@@ -306,29 +322,107 @@ func validModuleName(s string) bool {
 // ErrClosed is returned by an engine that has been closed.
 var ErrClosed = errors.New("nano engine is closed")
 
+// runSlot is an admitted run: it counts as in flight until done, and holds one of the engine's CPU
+// slots except while its program sleeps (instance.sleep gives the slot up and takes it back).
+type runSlot struct {
+	e    *Engine
+	held bool // only touched by the goroutine running the program: host calls run on it
+}
+
+// acquire waits for a CPU slot, until ctx is done or the engine halts.
+func (s *runSlot) acquire(ctx context.Context) error {
+	select {
+	case s.e.slots <- struct{}{}:
+		s.held = true
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for a run slot: %w", context.Cause(ctx))
+	case <-s.e.halt:
+		return errdefs.With(errdefs.Unavailable, ErrClosed)
+	}
+}
+
+// release gives the CPU slot up, if held.
+func (s *runSlot) release() {
+	if s.held {
+		s.held = false
+		<-s.e.slots
+	}
+}
+
+// sleep gives the slot up for a sleep, unless MaxSleeping runs sleep without one already: then the
+// run keeps it, as a busy one would. It reports whether the slot was given up (then wake must follow).
+func (s *runSlot) sleep() bool {
+	if !s.held {
+		return false
+	}
+	if s.e.sleeping.Add(1) > int64(s.e.cfg.MaxSleeping) {
+		s.e.sleeping.Add(-1)
+		return false
+	}
+	s.release()
+	return true
+}
+
+// wake ends a sleep that gave the slot up: it takes a slot back, unless the sleep was cut short
+// (stopped, non-nil), which it returns.
+func (s *runSlot) wake(ctx context.Context, stopped error) error {
+	s.e.sleeping.Add(-1)
+	if stopped != nil {
+		return stopped
+	}
+	return s.acquire(ctx)
+}
+
+// wait sleeps for d, or less when ctx is done or the engine halts (then it says why).
+func (e *Engine) wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-e.halt:
+		return errdefs.With(errdefs.Unavailable, ErrClosed)
+	}
+}
+
+// done ends the run.
+func (s *runSlot) done() {
+	s.release()
+	s.e.inflight.Done()
+}
+
 // admit waits for a run slot. It refuses at once when MaxQueue runs are already waiting.
-func (e *Engine) admit(ctx context.Context) (release func(), err error) {
+func (e *Engine) admit(ctx context.Context) (*runSlot, error) {
+	e.closeMu.RLock()
 	if e.closed.Load() {
+		e.closeMu.RUnlock()
 		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
 	}
+	e.inflight.Add(1)
+	e.closeMu.RUnlock()
+	s := &runSlot{e: e}
 	e.lastUsed.Store(time.Now().UnixNano())
 	select {
 	case e.slots <- struct{}{}:
-		return func() { <-e.slots }, nil
+		s.held = true
+		return s, nil
 	default:
 	}
 	if e.waiting.Add(1) > int64(e.cfg.MaxQueue) {
 		e.waiting.Add(-1)
+		e.inflight.Done()
 		e.stats.Refused.Add(1)
 		return nil, errdefs.With(errdefs.Overloaded, fmt.Errorf("nano tier is at capacity: %d runs executing and %d waiting", e.cfg.MaxConcurrent, e.cfg.MaxQueue))
 	}
 	defer e.waiting.Add(-1)
-	select {
-	case e.slots <- struct{}{}:
-		return func() { <-e.slots }, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for a run slot: %w", context.Cause(ctx))
+	if err := s.acquire(ctx); err != nil {
+		e.inflight.Done()
+		return nil, err
 	}
+	return s, nil
 }
 
 // QueueDepth reports runs waiting for a slot.
@@ -365,11 +459,11 @@ func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, fn func(re
 	if err := validateFiles(req.Files); err != nil {
 		return err
 	}
-	release, err := e.admit(ctx)
+	slot, err := e.admit(ctx)
 	if err != nil {
 		return err
 	}
-	defer release()
+	defer slot.done()
 	inst, err := e.take(ctx)
 	if err != nil {
 		return err
@@ -381,7 +475,7 @@ func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, fn func(re
 		}
 	}
 	e.stats.Runs.Add(1)
-	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: limits}, opts...)
+	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: limits, slot: slot}, opts...)
 	if err != nil {
 		return err
 	}
@@ -527,12 +621,14 @@ func (e *Engine) noteUse(s *snapshot) {
 	}
 }
 
-// Close stops the pool, closes all sessions and releases the runtime. Runs in progress are cancelled
-// when ctx is done.
+// Close stops the pool, closes all sessions and releases the runtime. It waits for runs in progress
+// until ctx is done; then sleeping programs are stopped and running ones closed with the runtime.
 func (e *Engine) Close(ctx context.Context) error {
 	var err error
 	e.closeOnce.Do(func() {
+		e.closeMu.Lock()
 		e.closed.Store(true)
+		e.closeMu.Unlock()
 		close(e.poolStop)
 		e.poolDone.Wait()
 		if e.pool != nil {
@@ -556,13 +652,17 @@ func (e *Engine) Close(ctx context.Context) error {
 			s.Close(ctx)
 		}
 		// Wait for runs in progress, as long as ctx allows.
-		for i := 0; i < cap(e.slots); i++ {
-			select {
-			case e.slots <- struct{}{}:
-			case <-ctx.Done():
-				err = fmt.Errorf("closing nano engine: %w", ctx.Err())
-			}
+		finished := make(chan struct{})
+		go func() {
+			e.inflight.Wait()
+			close(finished)
+		}()
+		select {
+		case <-finished:
+		case <-ctx.Done():
+			err = fmt.Errorf("closing nano engine: %w", ctx.Err())
 		}
+		close(e.halt)
 		e.snap.Store(nil)
 		if cerr := e.rt.Close(ctx); cerr != nil && err == nil {
 			err = fmt.Errorf("closing wazero runtime: %w", cerr)

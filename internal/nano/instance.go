@@ -20,6 +20,7 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/pywasm"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
@@ -39,6 +40,15 @@ type instance struct {
 	free   wapi.Function
 	runs   int  // exec calls made; the first one reseeds the guest's random state
 	dead   bool // the module has exited or trapped
+	// cur is the exec call in progress, for host functions that block (sleep). Only the goroutine
+	// calling into the guest touches it: wazero runs host functions on the caller's goroutine.
+	cur guestCall
+}
+
+// guestCall is what a blocking host function needs to know about the call that made it.
+type guestCall struct {
+	ctx  context.Context // done at the run's deadline, output cap or cancellation
+	slot *runSlot        // nil when the call holds no run slot (warm-up)
 }
 
 type fsKey struct{}
@@ -75,6 +85,7 @@ func (e *Engine) instantiate(ctx context.Context, mem *guestMemory, snap *snapsh
 	inst := &instance{eng: e, snap: snap, mem: mem, fs: fs,
 		stdout: &capWriter{}, stderr: &capWriter{}, stdin: &stdinReader{}}
 	cfg := e.baseCfg.
+		WithNanosleep(inst.sleep).
 		WithFSConfig(wazero.NewFSConfig().(sysfs.FSConfig).WithSysFSMount(fs, "/")).
 		WithStdout(inst.stdout).
 		WithStderr(inst.stderr).
@@ -197,7 +208,11 @@ var errGuestOOM = errors.New("guest out of memory")
 func (inst *instance) close(ctx context.Context) {
 	if inst.mod != nil {
 		inst.mod.Close(ctx)
-	} else if inst.mem != nil {
+	}
+	// Free is idempotent, and needed even after Close: when the run's context closed the module while
+	// a host call was stopping the guest (instance.sleep), wazero marks it closed but leaves its
+	// memory for a later check that an unwinding call never makes, and Close then does nothing.
+	if inst.mem != nil {
 		inst.mem.Free()
 	}
 	inst.dead = true
@@ -221,6 +236,7 @@ type execRequest struct {
 	filename string
 	stdin    []byte
 	limits   api.Limits
+	slot     *runSlot // the run's admission; nil for a warm-up
 }
 
 type runnerRequest struct {
@@ -231,8 +247,9 @@ type runnerRequest struct {
 }
 
 type runnerReply struct {
-	ExitCode int        `json:"exit_code"`
-	Error    *api.Error `json:"error"`
+	ExitCode int          `json:"exit_code"`
+	Error    *api.Error   `json:"error"`
+	Missing  *api.Missing `json:"missing"`
 }
 
 // warm makes a pooled sandbox's first exec happen before a request needs it: the guest reseeds its
@@ -289,7 +306,9 @@ func (inst *instance) exec(ctx context.Context, req execRequest, opts ...ExecOpt
 	}
 	inst.runs++
 	res := &api.Result{Tier: api.TierNano}
+	inst.cur = guestCall{ctx: runCtx, slot: req.slot}
 	reply, callErr := inst.call(runCtx, payload)
+	inst.cur = guestCall{}
 	res.DurationMS = float64(time.Since(start).Microseconds()) / 1000
 	res.MemoryExceeded = inst.mem.exceeded.Load()
 
@@ -301,10 +320,11 @@ func (inst *instance) exec(ctx context.Context, req execRequest, opts ...ExecOpt
 			res.Error = &api.Error{Type: api.ErrSandbox, Message: fmt.Sprintf("unreadable runner reply: %v", err)}
 			break
 		}
-		res.ExitCode, res.Error = rr.ExitCode, rr.Error
+		res.ExitCode, res.Error, res.Missing = rr.ExitCode, rr.Error, rr.Missing
 		if res.MemoryExceeded && res.ExitCode != 0 {
 			res.ExitCode = api.ExitMemory
 			res.Error = memoryError(lim, res.Error)
+			res.Missing = nil
 		}
 	case errors.Is(cause, errTimeout):
 		inst.dead = true
@@ -318,6 +338,9 @@ func (inst *instance) exec(ctx context.Context, req execRequest, opts ...ExecOpt
 	case ctx.Err() != nil:
 		inst.dead = true
 		return nil, fmt.Errorf("run cancelled: %w", context.Cause(ctx))
+	case errors.Is(callErr, ErrClosed):
+		inst.dead = true // the engine stopped the sleeping program (Close)
+		return nil, errdefs.With(errdefs.Unavailable, fmt.Errorf("run stopped: %w", ErrClosed))
 	default:
 		inst.dead = true
 		var exit *sys.ExitError
@@ -398,6 +421,33 @@ func (inst *instance) call(ctx context.Context, payload []byte) ([]byte, error) 
 		return nil, err
 	}
 	return reply, nil
+}
+
+// sleep is the sandbox's WASI clock wait: poll_oneoff with a relative clock, which time.sleep and
+// select.select's timeout come down to. wazero's own (WithSysNanosleep) is a time.Sleep that neither a
+// deadline nor a cancellation can cut short, and it kept the run's CPU slot. This one gives the slot
+// up while it waits (within Config.MaxSleeping) and takes it back to wake. When the run's context is
+// done (deadline, output cap, cancellation) or the engine halts, it stops the guest at once, as
+// WithCloseOnContextDone does for running code: the panic unwinds the guest (Python cannot catch it)
+// and the call returns an error, which exec reads by the context's cause.
+func (inst *instance) sleep(ns int64) {
+	c := inst.cur
+	ctx := c.ctx
+	if ctx == nil {
+		ctx = context.Background() // outside exec (constructors, snapshot set-up): no deadline
+	}
+	gaveUp := c.slot != nil && c.slot.sleep()
+	err := inst.eng.wait(ctx, time.Duration(ns))
+	if gaveUp {
+		err = c.slot.wake(ctx, err)
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrClosed):
+		panic(ErrClosed)
+	default:
+		panic(sys.NewExitError(sys.ExitCodeContextCanceled))
+	}
 }
 
 // capWriter collects one output stream up to a cap. Passing the cap keeps what fits, marks the stream
@@ -481,6 +531,7 @@ func (e *Engine) ColdRun(ctx context.Context, code string) (int, error) {
 	defer inst.close(ctx)
 	inst.stdout.reset(1<<20, nil, nil)
 	inst.stderr.reset(1<<20, nil, nil)
+	inst.cur = guestCall{ctx: ctx}
 	ptr, err := inst.put(ctx, []byte(code))
 	if err != nil {
 		return 0, err

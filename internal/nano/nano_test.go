@@ -340,7 +340,8 @@ func TestOverloadIsRefused(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		e.Run(ctx, api.RunRequest{Code: "import time; print('go', flush=True); time.sleep(1)"}, WithStream(func([]byte) {
+		// Busy, not asleep: a sleeping program gives its slot up.
+		e.Run(ctx, api.RunRequest{Code: "import time; print('go', flush=True)\nt = time.time()\nwhile time.time() - t < 1: pass"}, WithStream(func([]byte) {
 			select {
 			case <-started:
 			default:

@@ -3,8 +3,12 @@
 #
 # run(request: bytes) -> bytes takes and returns JSON:
 #   request: {"code": str, "filename": str, "fresh": bool, "allowed": [str] | null, "argv": [str]}
-#   reply:   {"exit_code": int, "error": null | {"type": str, "message": str, "traceback": str}}
+#   reply:   {"exit_code": int, "error": null | {"type": str, "message": str, "traceback": str},
+#             "missing": null | {"module": str, "feature": str}}
+# "missing" says what the program failed for want of (see _missing): the router's fallback to the
+# heavy tier decides on it, not on the error's text.
 import builtins
+import errno
 import gc
 import importlib
 import json
@@ -26,17 +30,26 @@ _STDLIB = "/usr/local/lib/python3.11/"
 os.chdir("/home/user")
 sys.path.insert(0, "")
 
-# Modules this tier cannot provide, and why; importing them says so instead of a bare "No module named".
+# Modules this tier cannot provide: the feature they need, and why; importing them says so instead of a
+# bare "No module named".
 _UNAVAILABLE = {
-    "ssl": "TLS and sockets are not available in the nano tier",
-    "_ssl": "TLS and sockets are not available in the nano tier",
-    "ctypes": "native code (ctypes) is not available in the nano tier",
-    "_ctypes": "native code (ctypes) is not available in the nano tier",
-    "multiprocessing": "processes are not available in the nano tier",
-    "_multiprocessing": "processes are not available in the nano tier",
-    "_posixsubprocess": "subprocesses are not available in the nano tier",
-    "concurrent.futures.process": "processes are not available in the nano tier",
+    "ssl": ("tls", "TLS and sockets are not available in the nano tier"),
+    "_ssl": ("tls", "TLS and sockets are not available in the nano tier"),
+    "ctypes": ("native code", "native code (ctypes) is not available in the nano tier"),
+    "_ctypes": ("native code", "native code (ctypes) is not available in the nano tier"),
+    "multiprocessing": ("processes", "processes are not available in the nano tier"),
+    "_multiprocessing": ("processes", "processes are not available in the nano tier"),
+    "_posixsubprocess": ("processes", "subprocesses are not available in the nano tier"),
+    "concurrent.futures.process": ("processes", "processes are not available in the nano tier"),
 }
+
+# The attribute that marks an exception the nano tier raised for a feature it lacks by design.
+_FEATURE_ATTR = "_agentbox_missing_feature"
+
+
+def _lacking(exc, feature):
+    setattr(exc, _FEATURE_ATTR, feature)
+    return exc
 
 
 class _UnavailableFinder:
@@ -44,10 +57,12 @@ class _UnavailableFinder:
 
     @staticmethod
     def find_spec(name, path=None, target=None):
-        why = _UNAVAILABLE.get(name)
-        if why is not None:
-            raise ModuleNotFoundError(
-                f"No module named {name!r}: {why} (WebAssembly sandbox); use tier 'heavy'", name=name
+        entry = _UNAVAILABLE.get(name)
+        if entry is not None:
+            feature, why = entry
+            raise _lacking(
+                ModuleNotFoundError(f"No module named {name!r}: {why} (WebAssembly sandbox); use tier 'heavy'", name=name),
+                feature,
             )
         return None
 
@@ -64,11 +79,14 @@ import threading  # noqa: E402
 
 
 def _no_threads(*args, **kwargs):
-    raise RuntimeError("can't start new thread: threads are not available in the nano tier (WebAssembly sandbox); use tier 'heavy'")
+    raise _lacking(
+        RuntimeError("can't start new thread: threads are not available in the nano tier (WebAssembly sandbox); use tier 'heavy'"),
+        "threads",
+    )
 
 
 def _no_network(*args, **kwargs):
-    raise OSError(101, "network access is not available in the nano tier (WebAssembly sandbox without sockets)")
+    raise _lacking(OSError(101, "network access is not available in the nano tier (WebAssembly sandbox without sockets)"), "network")
 
 
 _thread.start_new_thread = _no_threads
@@ -157,6 +175,31 @@ def _hide_runner_frames(te, seen=None):
         te = te.__context__
 
 
+def _missing(exc):
+    """What the program failed for want of: {"module", "feature"} or None.
+
+    module is the top-level module a ModuleNotFoundError names (the router knows whether heavy has it);
+    feature is set for what this tier lacks by design: the errors raised above, and subprocess.Popen,
+    which refuses on WASI before doing anything (recognised by its code object, not its message).
+    """
+    feature = getattr(exc, _FEATURE_ATTR, None)
+    if not isinstance(feature, str):
+        feature = ""
+    if not feature and isinstance(exc, OSError) and exc.errno == errno.ENOTSUP:
+        popen = getattr(sys.modules.get("subprocess"), "Popen", None)
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if popen is not None and tb is not None and tb.tb_frame.f_code is getattr(popen.__init__, "__code__", None):
+            feature = "processes"
+    module = ""
+    if isinstance(exc, ModuleNotFoundError) and isinstance(exc.name, str):
+        module = exc.name.partition(".")[0]
+    if not feature and not module:
+        return None
+    return {"module": module, "feature": feature}
+
+
 def _flush():
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -187,13 +230,17 @@ def run(request):
     allowed = req.get("allowed")
     _allowed = frozenset(allowed) if allowed else None
     sys.argv = req.get("argv") or [req["filename"]]
-    exit_code, error = 0, None
+    exit_code, error, missing = 0, None, None
     try:
         _execute(req["code"], req["filename"])
     except SystemExit as e:
         exit_code = _exit_code(e.code)
     except BaseException as e:  # noqa: B036 - everything the program raises is reported
         exit_code = 1
+        try:
+            missing = _missing(e)
+        except Exception:
+            pass
         try:
             te = traceback.TracebackException(type(e), e, _user_tb(e.__traceback__))
             _hide_runner_frames(te)
@@ -206,7 +253,7 @@ def run(request):
         except BaseException as fmt_err:  # noqa: B036 - e.g. MemoryError while formatting
             error = {"type": type(e).__name__, "message": f"(could not format: {type(fmt_err).__name__})", "traceback": ""}
     _flush()
-    return json.dumps({"exit_code": exit_code, "error": error}).encode()
+    return json.dumps({"exit_code": exit_code, "error": error, "missing": missing}).encode()
 
 
 # Objects made so far live as long as the interpreter: keep the collector from scanning them (and from

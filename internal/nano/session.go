@@ -66,14 +66,20 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, ttl time.Dur
 	if e.closed.Load() {
 		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
 	}
+	// The place is reserved before the interpreter is restored and given back if that fails: checking
+	// the count and registering later let parallel calls all pass the check.
 	e.sessMu.Lock()
-	if len(e.sessions) >= e.cfg.MaxSessions {
+	if e.sessOpen >= e.cfg.MaxSessions {
 		e.sessMu.Unlock()
 		return nil, errdefs.With(errdefs.Overloaded, fmt.Errorf("%d sessions are open, the most this server allows", e.cfg.MaxSessions))
 	}
+	e.sessOpen++
 	e.sessMu.Unlock()
 	inst, err := e.take(ctx)
 	if err != nil {
+		e.sessMu.Lock()
+		e.sessOpen--
+		e.sessMu.Unlock()
 		return nil, err
 	}
 	now := time.Now()
@@ -81,6 +87,11 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, ttl time.Dur
 	e.sessMu.Lock()
 	e.sessions[s.id] = s
 	e.sessMu.Unlock()
+	if e.closed.Load() {
+		// Close may have collected the sessions before this one registered.
+		s.Close(ctx)
+		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
+	}
 	return s, nil
 }
 
@@ -120,18 +131,18 @@ func (s *Session) Run(ctx context.Context, code string, opts ...ExecOption) (*ap
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	release, err := s.eng.admit(ctx)
+	slot, err := s.eng.admit(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	defer slot.done()
 	if err := s.usable(); err != nil {
 		return nil, err
 	}
 	s.cells++
 	s.lastUsed = time.Now()
 	s.eng.stats.Runs.Add(1)
-	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits}, opts...)
+	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits, slot: slot}, opts...)
 	s.lastUsed = time.Now()
 	if s.inst.dead {
 		s.closeLocked(context.Background())
@@ -175,6 +186,7 @@ func (s *Session) closeLocked(ctx context.Context) {
 	s.inst.close(ctx)
 	s.eng.sessMu.Lock()
 	delete(s.eng.sessions, s.id)
+	s.eng.sessOpen--
 	s.eng.sessMu.Unlock()
 }
 

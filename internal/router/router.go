@@ -187,25 +187,26 @@ func (r *Rules) HeavyHas(module string) bool {
 	return r.nano[top]
 }
 
-var moduleNotFound = regexp.MustCompile(`No module named '([^']+)'`)
-
 // Fallback says whether a nano result failed for want of something the heavy tier has (a module,
-// threads, processes, sockets, native code), and why. Nano runs have no effect outside their sandbox,
-// so running them again elsewhere is always safe.
+// threads, processes, sockets, native code), and why. It decides on what the nano runner reported
+// (Result.Missing), never on the error's text. Nano runs have no effect outside their sandbox, so
+// running them again elsewhere is always safe.
 func (r *Rules) Fallback(res *api.Result) (string, bool) {
-	if res == nil || res.Error == nil || res.Tier != api.TierNano {
+	if res == nil || res.Tier != api.TierNano || res.Missing == nil {
 		return "", false
 	}
-	msg := res.Error.Message
-	switch res.Error.Type {
-	case "ModuleNotFoundError", "ImportError":
-		if m := moduleNotFound.FindStringSubmatch(msg); m != nil && (r.HeavyHas(m[1]) || strings.Contains(msg, "nano tier")) {
-			return fmt.Sprintf("the nano run failed: %s; the heavy tier has it", firstLine(msg)), true
-		}
-	case "RuntimeError", "OSError":
-		if strings.Contains(msg, "nano tier") || strings.Contains(msg, "does not support processes") {
-			return fmt.Sprintf("the nano run failed: %s", firstLine(msg)), true
-		}
+	m := res.Missing
+	what := "it needs " + m.Feature
+	if res.Error != nil && res.Error.Message != "" {
+		what = firstLine(res.Error.Message)
+	} else if m.Feature == "" {
+		what = "it needs module " + m.Module
+	}
+	switch {
+	case m.Feature != "":
+		return fmt.Sprintf("the nano run failed: %s", what), true
+	case m.Module != "" && r.HeavyHas(m.Module):
+		return fmt.Sprintf("the nano run failed: %s; the heavy tier has it", what), true
 	}
 	return "", false
 }

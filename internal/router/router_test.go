@@ -115,3 +115,38 @@ func TestRulesFileErrors(t *testing.T) {
 		t.Fatal("a rules file that does not set nano_unusable must keep the defaults")
 	}
 }
+
+// TestFallbackIsStructured (issue 9 #20): the fallback decides on what the nano runner reported
+// (Result.Missing), not on the error's wording: a message that merely mentions a missing module or the
+// nano tier changes nothing, and a reported lack falls back whatever the message says.
+func TestFallbackIsStructured(t *testing.T) {
+	rules := DefaultRules()
+	nano := func(errType, msg string, m *api.Missing) *api.Result {
+		return &api.Result{Tier: api.TierNano, ExitCode: 1, Error: &api.Error{Type: errType, Message: msg}, Missing: m}
+	}
+	cases := []struct {
+		name   string
+		res    *api.Result
+		want   bool
+		reason string // substring
+	}{
+		{"module heavy has", nano("ModuleNotFoundError", "No module named 'numpy'", &api.Missing{Module: "numpy"}), true, "No module named 'numpy'; the heavy tier has it"},
+		{"module nobody has", nano("ModuleNotFoundError", "No module named 'mymodule'", &api.Missing{Module: "mymodule"}), false, ""},
+		{"feature, any wording", nano("RuntimeError", "can't start new thread", &api.Missing{Feature: "threads"}), true, "can't start new thread"},
+		{"unavailable module", nano("ModuleNotFoundError", "No module named 'ssl': ...", &api.Missing{Module: "ssl", Feature: "tls"}), true, "ssl"},
+		{"feature without an error message", &api.Result{Tier: api.TierNano, ExitCode: 1, Missing: &api.Missing{Feature: "processes"}}, true, "needs processes"},
+		{"text about numpy, nothing reported", nano("ModuleNotFoundError", "No module named 'numpy'", nil), false, ""},
+		{"text about the nano tier, nothing reported", nano("RuntimeError", "threads are not available in the nano tier", nil), false, ""},
+		{"text about processes, nothing reported", nano("OSError", "wasi does not support processes.", nil), false, ""},
+		{"heavy result", &api.Result{Tier: api.TierHeavy, Error: &api.Error{Type: "ModuleNotFoundError"}, Missing: &api.Missing{Module: "numpy"}}, false, ""},
+		{"nil", nil, false, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			why, ok := rules.Fallback(c.res)
+			if ok != c.want || !strings.Contains(why, c.reason) {
+				t.Fatalf("Fallback = %q, %v; want %v with %q", why, ok, c.want, c.reason)
+			}
+		})
+	}
+}

@@ -403,8 +403,9 @@ func TestOverloadIs429(t *testing.T) {
 	srv, _ := New(d, Config{})
 	h := httptest.NewServer(srv.Handler())
 	defer h.Close()
-	// Hold the only slot: a streamed run that says when it has started.
-	req, _ := http.NewRequest("POST", h.URL+"/v1/run", strings.NewReader(`{"code": "import time\nprint('go', flush=True)\ntime.sleep(1)"}`))
+	// Hold the only slot: a streamed run that says when it has started, then is busy (a sleeping one
+	// would give the slot up).
+	req, _ := http.NewRequest("POST", h.URL+"/v1/run", strings.NewReader(`{"code": "import time\nprint('go', flush=True)\nt = time.time()\nwhile time.time() - t < 1: pass"}`))
 	req.Header.Set("Accept", "text/event-stream")
 	held, err := http.DefaultClient.Do(req)
 	if err != nil {

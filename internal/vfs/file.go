@@ -8,8 +8,9 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 )
 
-// maxFileSize bounds offsets so that a write far past the end cannot ask for a huge allocation before
-// the quota is checked.
+// maxFileSize is the largest file size and offset, like a filesystem's s_maxbytes: it keeps a write far
+// past the end from asking for a huge allocation before the quota is checked, and keeps offset
+// arithmetic far from overflowing int64. Every offset a handle holds is within [0, maxFileSize].
 const maxFileSize = 1 << 40
 
 // file is an open handle on a node.
@@ -113,12 +114,12 @@ func (h *file) Seek(offset int64, whence int) (int64, experimentalsys.Errno) {
 	default:
 		return 0, experimentalsys.EINVAL
 	}
-	next := base + offset
-	if next < 0 || next > maxFileSize {
+	// base is within [0, maxFileSize], so these comparisons cannot overflow where base+offset would.
+	if offset > maxFileSize-base || offset < -base {
 		return 0, experimentalsys.EINVAL
 	}
-	h.off = next
-	return next, 0
+	h.off = base + offset
+	return h.off, 0
 }
 
 func (h *file) Readdir(n int) ([]experimentalsys.Dirent, experimentalsys.Errno) {
@@ -173,10 +174,15 @@ func (h *file) pwrite(buf []byte, off int64) (int, experimentalsys.Errno) {
 	case len(buf) == 0:
 		return 0, 0
 	}
-	end := off + int64(len(buf))
-	if end > maxFileSize {
-		return 0, h.fs.noSpace()
+	// As POSIX asks at the file size limit: EFBIG from the limit on, a short write up to it. off is not
+	// added to anything before this check, so an offset near MaxInt64 cannot wrap around it.
+	if off >= maxFileSize {
+		return 0, h.fs.tooBig()
 	}
+	if room := maxFileSize - off; int64(len(buf)) > room {
+		buf = buf[:room]
+	}
+	end := off + int64(len(buf))
 	if end > int64(len(h.n.data)) {
 		if errno := h.fs.resize(h.n, end); errno != 0 {
 			return 0, errno
@@ -201,7 +207,7 @@ func (h *file) Truncate(size int64) experimentalsys.Errno {
 	case h.n.readonly:
 		return experimentalsys.EROFS
 	case size > maxFileSize:
-		return h.fs.noSpace()
+		return h.fs.tooBig()
 	}
 	if errno := h.fs.resize(h.n, size); errno != 0 {
 		return errno
@@ -237,9 +243,12 @@ func (h *file) Close() experimentalsys.Errno {
 		return 0
 	}
 	h.closed = true
+	if h.n.readonly {
+		return 0 // shared by every sandbox: never written (see node.opens)
+	}
 	h.n.opens--
 	h.fs.release(h.n)
-	if h.read && !h.n.readonly {
+	if h.read {
 		h.n.atim = time.Now().UnixNano()
 	}
 	return 0

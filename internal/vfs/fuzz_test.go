@@ -83,3 +83,49 @@ func FuzzOps(f *testing.F) {
 		}
 	})
 }
+
+// FuzzOffsets drives a handle with arbitrary offsets and sizes (pwrite, seek then write, truncate,
+// pread). Offset arithmetic must never panic or wrap (issue 9 #15: a pwrite at 2**63-1 did), the quota
+// counter must stay within its limit, and the file must stay no larger than the quota allows.
+func FuzzOffsets(f *testing.F) {
+	f.Add(int64(1<<63-1), uint16(1), uint8(0))
+	f.Add(int64(1<<63-2), uint16(3), uint8(0))
+	f.Add(int64(1<<40), uint16(1), uint8(1))
+	f.Add(int64(-1<<63), uint16(1), uint8(1))
+	f.Add(int64(1<<63-1), uint16(0), uint8(2))
+	f.Add(int64(1<<63-1), uint16(8), uint8(3))
+	f.Fuzz(func(t *testing.T, off int64, n uint16, op uint8) {
+		const quota = 1 << 12
+		fs := newTestFS(t, Limits{MaxBytes: quota, MaxFiles: 16})
+		h, errno := fs.OpenFile("/tmp/f", experimentalsys.O_RDWR|experimentalsys.O_CREAT, 0o644)
+		if errno != 0 {
+			t.Fatal(errno)
+		}
+		defer h.Close()
+		h.Write([]byte("0123456789"))
+		buf := make([]byte, int(n)%(2*quota))
+		for _, whence := range []int{0, 1, 2} {
+			switch op % 4 {
+			case 0:
+				h.Pwrite(buf, off)
+			case 1:
+				if _, errno := h.Seek(off, whence); errno == 0 {
+					h.Write(buf)
+				}
+			case 2:
+				h.Truncate(off)
+			case 3:
+				h.Pread(buf, off)
+				h.Seek(off, whence)
+				h.Read(buf)
+			}
+			fs.TakeErrno()
+			if used, _ := fs.Usage(); used < 0 || used > quota {
+				t.Fatalf("quota counter out of range: %d bytes", used)
+			}
+			if st, errno := h.Stat(); errno != 0 || st.Size < 0 || st.Size > quota {
+				t.Fatalf("file size %d (%v)", st.Size, errno)
+			}
+		}
+	})
+}

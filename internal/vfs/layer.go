@@ -49,6 +49,9 @@ func NewLayerFromZip(zr *zip.Reader, prefix string) (*Layer, error) {
 			dirFor(name)
 			continue
 		}
+		if zf.UncompressedSize64 > maxFileSize {
+			return nil, fmt.Errorf("layer entry %q: %d bytes is more than a file may hold", zf.Name, zf.UncompressedSize64)
+		}
 		dir, base := path.Split(name)
 		parent := dirFor(dir)
 		zf := zf
@@ -144,8 +147,13 @@ func (f *FS) WriteFile(p string, data []byte, perm fs.FileMode) error {
 }
 
 func (f *FS) quotaErr(op, p string, errno experimentalsys.Errno) error {
-	if errno == experimentalsys.EIO && f.TakeErrno() == wasiENOSPC {
-		return &fs.PathError{Op: op, Path: p, Err: ErrNoSpace}
+	if errno == experimentalsys.EIO {
+		switch f.TakeErrno() {
+		case wasiENOSPC:
+			return &fs.PathError{Op: op, Path: p, Err: ErrNoSpace}
+		case wasiEFBIG:
+			return &fs.PathError{Op: op, Path: p, Err: fmt.Errorf("%w: file too large", fs.ErrInvalid)}
+		}
 	}
 	return hostErr(op, p, errno)
 }

@@ -29,9 +29,12 @@ const (
 // maxSymlinkHops bounds symbolic-link resolution, as Linux's MAXSYMLINKS does.
 const maxSymlinkHops = 40
 
-// wasiENOSPC is WASI's errno for "no space left on device"; wazero's Errno set has no ENOSPC, so the
-// guest learns it through TakeErrno (see build/pywasm/embed.c).
-const wasiENOSPC = 51
+// WASI errnos that wazero's Errno set lacks: the guest learns them through TakeErrno (see
+// build/pywasm/embed.c).
+const (
+	wasiEFBIG  = 22 // file too large
+	wasiENOSPC = 51 // no space left on device
+)
 
 // ErrNoSpace is returned by host-side writes that would exceed a quota.
 var ErrNoSpace = errors.New("no space left in sandbox filesystem")
@@ -67,6 +70,8 @@ type node struct {
 	loadErr  error
 	size     int64 // of a lazily loaded file, known up front
 
+	// Counts kept for writable nodes only: a read-only node belongs to a layer that many filesystems
+	// (each under its own lock) share, so nothing about it may change after the layer is built.
 	nlink int // names pointing at this node
 	opens int // open handles
 }
@@ -147,6 +152,12 @@ func (f *FS) TakeErrno() int32 { return f.pending.Swap(0) }
 
 func (f *FS) noSpace() experimentalsys.Errno {
 	f.pending.Store(wasiENOSPC)
+	return experimentalsys.EIO
+}
+
+// tooBig answers a write or truncation past maxFileSize.
+func (f *FS) tooBig() experimentalsys.Errno {
+	f.pending.Store(wasiEFBIG)
 	return experimentalsys.EIO
 }
 
@@ -243,7 +254,7 @@ func (f *FS) resize(n *node, size int64) experimentalsys.Errno {
 	if size == old {
 		return 0
 	}
-	if size > old && f.usedBytes+size-old > f.maxBytes {
+	if size > old && size-old > f.maxBytes-f.usedBytes {
 		return f.noSpace()
 	}
 	f.usedBytes += size - old
@@ -353,7 +364,9 @@ func (f *FS) OpenFile(path string, flag experimentalsys.Oflag, perm fs.FileMode)
 			touch(n)
 		}
 	}
-	n.opens++
+	if !n.readonly {
+		n.opens++ // a shared node needs no count: release never frees it
+	}
 	return &file{fs: f, n: n, read: access != experimentalsys.O_WRONLY, write: writing,
 		append: flag&experimentalsys.O_APPEND != 0}, 0
 }
@@ -447,7 +460,7 @@ func (f *FS) Rename(from, to string) experimentalsys.Errno {
 	if dst.parent == nil {
 		return experimentalsys.EINVAL
 	}
-	if src.parent.readonly || dst.parent.readonly || src.node.readonly {
+	if src.parent.readonly || dst.parent.readonly || src.node.readonly || dst.node != nil && dst.node.readonly {
 		return experimentalsys.EROFS
 	}
 	if src.node == dst.node {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 
@@ -25,7 +26,12 @@ const (
 
 func newTestFS(t *testing.T, limits Limits) *FS {
 	t.Helper()
-	f := New(limits)
+	return newTestFSWith(t, limits, newTestLayer(t))
+}
+
+// newTestLayer is a small stand-in for the standard library: os.py and json/__init__.py.
+func newTestLayer(t testing.TB) *Layer {
+	t.Helper()
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)
 	w, _ := zw.Create("lib/python3.11/os.py")
@@ -41,6 +47,13 @@ func newTestFS(t *testing.T, limits Limits) *FS {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return layer
+}
+
+// newTestFSWith mounts layer at /usr/lib/py in a new filesystem that also has /tmp and /data.
+func newTestFSWith(t testing.TB, limits Limits, layer *Layer) *FS {
+	t.Helper()
+	f := New(limits)
 	if err := f.Mount("/usr/lib/py", layer); err != nil {
 		t.Fatal(err)
 	}
@@ -341,5 +354,135 @@ func TestStoredNamesAreCopies(t *testing.T) {
 	copy(name, "tmp/XXXX")
 	if got, errno := f.Readlink("tmp/link"); errno != 0 || got != "/data" {
 		t.Fatalf("readlink %q %v", got, errno)
+	}
+}
+
+// TestSharedLayerIsNotWritten (issue 9 #16): many sandboxes open the same standard-library file at
+// once, each under its own lock. Nothing may write the layer's nodes then: under -race a shared
+// counter shows up as a data race, and without -race the node must read the same before and after.
+func TestSharedLayerIsNotWritten(t *testing.T) {
+	layer := newTestLayer(t)
+	n := layer.root.children["os.py"]
+	before := n.stat()
+	beforeOpens, beforeLinks := n.opens, n.nlink
+	const sandboxes, rounds = 8, 200
+	var held, wg sync.WaitGroup
+	release := make(chan struct{})
+	for i := 0; i < sandboxes; i++ {
+		f := newTestFSWith(t, Limits{}, layer)
+		held.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// One handle stays open across the check below; the others are opened and closed in a loop.
+			keep, errno := f.OpenFile("/usr/lib/py/os.py", rdonly, 0)
+			if errno != 0 {
+				t.Errorf("open: %v", errno)
+			}
+			buf := make([]byte, 8)
+			for j := 0; j < rounds; j++ {
+				h, errno := f.OpenFile("/usr/lib/py/os.py", rdonly, 0)
+				if errno != 0 {
+					t.Errorf("open: %v", errno)
+					break
+				}
+				h.Read(buf)
+				h.Stat()
+				h.Close()
+			}
+			held.Done()
+			<-release
+			if keep != nil {
+				keep.Close()
+			}
+		}()
+	}
+	held.Wait()
+	if n.opens != beforeOpens || n.nlink != beforeLinks || n.stat() != before {
+		t.Errorf("shared node changed while %d sandboxes held it open: opens %d (was %d), nlink %d (was %d)",
+			sandboxes, n.opens, beforeOpens, n.nlink, beforeLinks)
+	}
+	close(release)
+	wg.Wait()
+	if n.opens != beforeOpens || n.stat() != before {
+		t.Errorf("shared node changed after every handle closed: opens %d (was %d)", n.opens, beforeOpens)
+	}
+}
+
+// TestHugeOffsets (issue 9 #15): offsets near MaxInt64 must not wrap around the size checks (a
+// pwrite at 2**63-1 used to panic with slice bounds out of range). They answer as POSIX does: EFBIG
+// for writes and truncations past the largest file size, EINVAL for seeks, nothing read.
+func TestHugeOffsets(t *testing.T) {
+	const maxInt64 = 1<<63 - 1
+	type op func(h experimentalsys.File) experimentalsys.Errno
+	pwrite := func(b string, off int64) op {
+		return func(h experimentalsys.File) experimentalsys.Errno {
+			_, e := h.Pwrite([]byte(b), off)
+			return e
+		}
+	}
+	seek := func(off int64, whence int) op {
+		return func(h experimentalsys.File) experimentalsys.Errno {
+			_, e := h.Seek(off, whence)
+			return e
+		}
+	}
+	cases := []struct {
+		name    string
+		op      op
+		errno   experimentalsys.Errno
+		pending int32 // the errno an EIO stands for (TakeErrno)
+	}{
+		{"pwrite at MaxInt64", pwrite("x", maxInt64), experimentalsys.EIO, wasiEFBIG},
+		{"pwrite ending past MaxInt64", pwrite("xyz", maxInt64-1), experimentalsys.EIO, wasiEFBIG},
+		{"pwrite at the size limit", pwrite("x", maxFileSize), experimentalsys.EIO, wasiEFBIG},
+		{"pwrite just below the limit hits the quota", pwrite("xy", maxFileSize-1), experimentalsys.EIO, wasiENOSPC},
+		{"write after seeking to the limit", func(h experimentalsys.File) experimentalsys.Errno {
+			if _, e := h.Seek(maxFileSize, io.SeekStart); e != 0 {
+				return e
+			}
+			_, e := h.Write([]byte("x"))
+			return e
+		}, experimentalsys.EIO, wasiEFBIG},
+		{"seek MaxInt64 from the current offset", seek(maxInt64, io.SeekCurrent), experimentalsys.EINVAL, 0},
+		{"seek MaxInt64 from the end", seek(maxInt64, io.SeekEnd), experimentalsys.EINVAL, 0},
+		{"seek MinInt64 from the end", seek(-maxInt64-1, io.SeekEnd), experimentalsys.EINVAL, 0},
+		{"seek past the limit", seek(maxFileSize+1, io.SeekStart), experimentalsys.EINVAL, 0},
+		{"truncate to MaxInt64", func(h experimentalsys.File) experimentalsys.Errno {
+			return h.Truncate(maxInt64)
+		}, experimentalsys.EIO, wasiEFBIG},
+		{"pread at MaxInt64 reads nothing", func(h experimentalsys.File) experimentalsys.Errno {
+			n, e := h.Pread(make([]byte, 4), maxInt64)
+			if n != 0 {
+				t.Errorf("pread read %d bytes", n)
+			}
+			return e
+		}, 0, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newTestFS(t, Limits{MaxBytes: 1 << 20})
+			h, errno := f.OpenFile("/tmp/f", rdwr|creat, 0o644)
+			if errno != 0 {
+				t.Fatal(errno)
+			}
+			defer h.Close()
+			if _, errno := h.Write([]byte("0123456789")); errno != 0 {
+				t.Fatal(errno)
+			}
+			if errno := c.op(h); errno != c.errno {
+				t.Fatalf("errno %v, want %v", errno, c.errno)
+			}
+			if got := f.TakeErrno(); got != c.pending {
+				t.Fatalf("meant errno %d, want %d", got, c.pending)
+			}
+			// The file and the quota are as they were, and the handle still works.
+			if used, _ := f.Usage(); used != 10 {
+				t.Fatalf("%d bytes in use, want 10", used)
+			}
+			if n, errno := h.Pread(make([]byte, 20), 0); n != 10 || errno != 0 {
+				t.Fatalf("pread after: %d %v", n, errno)
+			}
+		})
 	}
 }
