@@ -42,7 +42,10 @@ go test -count=1 ./...
 
 say "go test -race (the packages that share sessions between goroutines)"
 go test -race -count=1 ./internal/dispatch ./internal/server ./internal/mcpserver ./internal/vfs
-go test -race -count=1 -run 'TestSessionInfoSafeUnderRefresh' .
+go test -race -count=1 -run 'TestSessionInfoSafeUnderRefresh|TestClientKeysAreTenants' . ./internal/cli
+# Nano concurrency: sandboxes sharing the standard-library layer, sleepers giving up slots, session caps.
+# The 1,000-run leak test runs in the plain job above.
+go test -race -count=1 -skip 'TestSleepTimeoutsLeakNothing' ./internal/nano ./internal/vfs ./internal/router
 go test -race -count=1 -run 'TestSession|TestMCPAuto' ./internal/heavy/integration
 
 say "Python SDK (pytest against a real server)"
@@ -61,6 +64,7 @@ rm -rf "$(dirname "$venv")"
 
 say "fuzzing (short)"
 go test -run '^$' -fuzz '^FuzzOps$' -fuzztime 15s ./internal/vfs
+go test -run '^$' -fuzz '^FuzzOffsets$' -fuzztime 10s ./internal/vfs
 go test -run '^$' -fuzz '^FuzzStripDataSegments$' -fuzztime 10s ./internal/nano
 go test -run '^$' -fuzz '^FuzzAPI$' -fuzztime 15s ./internal/server
 go test -run '^$' -fuzz '^FuzzImports$' -fuzztime 10s ./internal/router
