@@ -278,8 +278,18 @@ func TestDisconnectCancelsRun(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			if resp, err := run(ctx, "while True: pass", ""); err == nil {
+			// A probe below may take the slot first and refuse this run (no queue): try again
+			// until it holds the slot, then block until the cancel.
+			for {
+				resp, err := run(ctx, "while True: pass", "")
+				if err != nil {
+					return
+				}
+				code := resp.StatusCode
 				resp.Body.Close()
+				if code != http.StatusTooManyRequests {
+					return
+				}
 			}
 		}()
 		deadline := time.Now().Add(10 * time.Second)
