@@ -20,6 +20,7 @@ __all__ = [
     "AgentboxError",
     "ConflictError",
     "ExecutionError",
+    "ForbiddenError",
     "InvalidArgumentError",
     "NotFoundError",
     "OverloadedError",
@@ -60,6 +61,11 @@ class UnauthenticatedError(AgentboxError):
     """The API key was missing or wrong (401)."""
 
 
+class ForbiddenError(AgentboxError):
+    """The server refused the request whoever sent it (403): a browser's cross-origin write, or a
+    server without API keys addressed by a name other than localhost's."""
+
+
 class NotFoundError(AgentboxError):
     """The session or file does not exist, or the session has ended (404)."""
 
@@ -76,6 +82,7 @@ _ERRORS = {
     "invalid_argument": InvalidArgumentError,
     "too_large": InvalidArgumentError,
     "unauthenticated": UnauthenticatedError,
+    "forbidden": ForbiddenError,
     "not_found": NotFoundError,
     "conflict": ConflictError,
     "overloaded": OverloadedError,
