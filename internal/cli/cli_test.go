@@ -56,7 +56,6 @@ func TestRunCommand(t *testing.T) {
 		{name: "missing program file", args: []string{"run", filepath.Join(dir, "nope.py")}, exit: exitUsage, stderr: "no such file"},
 		{name: "bad --file", args: []string{"run", "--file", filepath.Join(dir, "nope.csv"), "-"}, exit: exitUsage, stderr: "nope.csv"},
 		{name: "bad --out", args: []string{"run", "--out", "relative", "-"}, exit: exitUsage, stderr: "REMOTE:LOCAL"},
-		{name: "limit above maximum", args: []string{"run", "--memory", "999999", "-"}, stdin: "pass", exit: exitInternal, stderr: "above this server's maximum"},
 		{name: "unknown flag", args: []string{"run", "--nope", "-"}, exit: exitUsage},
 		{name: "unknown command", args: []string{"frobnicate"}, exit: exitUsage, stderr: "unknown command"},
 		{name: "version", args: []string{"version"}, exit: 0, stdout: "python.wasm build"},
@@ -84,6 +83,36 @@ func TestRunCommand(t *testing.T) {
 			}
 			if tc.checkFiles != nil {
 				tc.checkFiles(t)
+			}
+		})
+	}
+}
+
+// An argument the engine refuses is the user's mistake: exit 2 with the limit named, not 125.
+func TestCLIBadLimitExits2(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		stderr []string
+	}{
+		{"memory above maximum", []string{"run", "--tier", "nano", "--memory", "999999", "-"}, []string{"memory_limit_mb 999999 MiB", "maximum of 2048 MiB"}},
+		{"memory below minimum", []string{"run", "--tier", "nano", "--memory", "1", "-"}, []string{"memory_limit_mb 1 MiB", "minimum of"}},
+		{"timeout above maximum", []string{"run", "--tier", "nano", "--timeout", "100h", "-"}, []string{"timeout_ms 360000000 ms", "maximum of"}},
+		{"output cap below minimum", []string{"run", "--tier", "nano", "--max-output", "-5", "-"}, []string{"max_output_bytes is negative"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := Main(context.Background(), tc.args, strings.NewReader("print('ran')"), &out, &errOut)
+			if code != exitUsage {
+				t.Fatalf("exit %d, want %d\nstderr: %s", code, exitUsage, errOut.String())
+			}
+			for _, want := range tc.stderr {
+				if !strings.Contains(errOut.String(), want) {
+					t.Fatalf("stderr %q lacks %q", errOut.String(), want)
+				}
+			}
+			if out.Len() != 0 {
+				t.Fatalf("the program ran: %q", out.String())
 			}
 		})
 	}
