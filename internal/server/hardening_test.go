@@ -275,4 +275,15 @@ func TestInternalErrorsMaskedAndCapped(t *testing.T) {
 	if !strings.Contains(out, "id=stream-1") {
 		t.Fatal("the streamed error was not logged with its request id")
 	}
+
+	// Nor does a client's long path become a long answer or log line (logged before auth).
+	before := len(logs.String())
+	long := "/" + strings.Repeat("p", 512<<10)
+	r = doAt(t, base, call{method: "GET", path: long, key: "-"}, checkNone)
+	if r.status != 404 || len(r.body) > maxErrorMessage+256 {
+		t.Fatalf("a long path got %d with %d bytes", r.status, len(r.body))
+	}
+	if grown := len(logs.String()) - before; grown > 4096 {
+		t.Fatalf("one request with a long path logged %d bytes", grown)
+	}
 }

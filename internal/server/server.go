@@ -197,7 +197,8 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		defer func() {
 			route := routeLabel(r)
 			s.metrics.requests.WithLabelValues(route, fmt.Sprint(rec.status)).Inc()
-			s.log.Info("request", "id", id, "method", r.Method, "path", r.URL.Path, "status", rec.status,
+			// The path is capped: headers may be up to 1 MB, and this line is logged before auth.
+			s.log.Info("request", "id", id, "method", capText(r.Method, 32), "path", capText(r.URL.Path, 1024), "status", rec.status,
 				"ms", time.Since(start).Milliseconds(), "remote", r.RemoteAddr)
 		}()
 		if err := s.checkOrigin(r); err != nil {
