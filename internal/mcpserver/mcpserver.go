@@ -74,11 +74,36 @@ func newServer(sb Sandboxes, version string) (*mcp.Server, *tools) {
 			"Figures a run shows or leaves open come back as PNG images.",
 	})
 	mcp.AddTool(s, &mcp.Tool{Name: "run_python", Description: "Run Python code in a sandbox and return stdout, stderr, the exit code and any error. " +
-		"Without session, every call starts a fresh interpreter; with session, state persists across calls."}, t.runPython)
-	mcp.AddTool(s, &mcp.Tool{Name: "write_file", Description: "Write a file into a session's sandbox filesystem (parent directories are created)."}, t.writeFile)
-	mcp.AddTool(s, &mcp.Tool{Name: "read_file", Description: "Read a file from a session's sandbox filesystem (text, or base64 for binary content)."}, t.readFile)
-	mcp.AddTool(s, &mcp.Tool{Name: "list_files", Description: "List a directory of a session's sandbox filesystem."}, t.listFiles)
+		"Without session, every call starts a fresh interpreter; with session, state persists across calls."}, capErrors(t.runPython))
+	mcp.AddTool(s, &mcp.Tool{Name: "write_file", Description: "Write a file into a session's sandbox filesystem (parent directories are created)."}, capErrors(t.writeFile))
+	mcp.AddTool(s, &mcp.Tool{Name: "read_file", Description: "Read a file from a session's sandbox filesystem (text, or base64 for binary content)."}, capErrors(t.readFile))
+	mcp.AddTool(s, &mcp.Tool{Name: "list_files", Description: "List a directory of a session's sandbox filesystem."}, capErrors(t.listFiles))
 	return s, t
+}
+
+// maxErrorText caps the text of a tool's error: errors may quote what a guest wrote, and an agent's
+// context is no place for megabytes of it.
+const maxErrorText = 4 << 10
+
+// cappedError is an error whose text was cut to maxErrorText; it still unwraps to the original.
+type cappedError struct {
+	err  error
+	text string
+}
+
+func (e *cappedError) Error() string { return e.text }
+func (e *cappedError) Unwrap() error { return e.err }
+
+// capErrors makes a tool handler's errors short enough for an agent to read.
+func capErrors[In, Out any](h mcp.ToolHandlerFor[In, Out]) mcp.ToolHandlerFor[In, Out] {
+	return func(ctx context.Context, req *mcp.CallToolRequest, in In) (*mcp.CallToolResult, Out, error) {
+		res, out, err := h(ctx, req, in)
+		if err != nil && len(err.Error()) > maxErrorText {
+			msg := strings.ToValidUTF8(err.Error()[:maxErrorText], "")
+			err = &cappedError{err: err, text: fmt.Sprintf("%s... [%d more bytes]", msg, len(err.Error())-len(msg))}
+		}
+		return res, out, err
+	}
 }
 
 // HTTPHandler serves the tools over streamable HTTP.

@@ -2,6 +2,8 @@ package mcpserver
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,5 +148,39 @@ func TestMCPSessionsDoNotSerialise(t *testing.T) {
 	}
 	if _, err := d.Session(bMain); err == nil {
 		t.Fatal("the ended connection's session is still open")
+	}
+}
+
+// failingRuns is a dispatcher whose runs fail with an error quoting a guest's 1 MiB line.
+type failingRuns struct{ *dispatch.Dispatcher }
+
+func (failingRuns) Run(context.Context, api.RunRequest, dispatch.Output) (*api.RunResponse, error) {
+	return nil, errors.New("bad protocol line " + strings.Repeat("G", 1<<20))
+}
+
+func TestMCPToolErrorsCapped(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	eng, err := nano.New(ctx, nano.Config{PoolSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dispatch.New(eng, dispatch.Config{})
+	t.Cleanup(func() { d.Close(); eng.Close(context.Background()) })
+	ct, st := mcp.NewInMemoryTransports()
+	if _, err := New(failingRuns{d}, "test").Connect(ctx, st, nil); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "t", Version: "1"}, nil).Connect(ctx, ct, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "run_python", Arguments: map[string]any{"code": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := text(res); !res.IsError || len(got) > maxErrorText+64 || !strings.HasPrefix(got, "bad protocol line GGG") || !strings.HasSuffix(got, "more bytes]") {
+		t.Fatalf("tool error of %d bytes: %.100q...", len(got), got)
 	}
 }
