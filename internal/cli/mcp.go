@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"io"
-
-	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
@@ -26,17 +23,9 @@ func (e *env) mcp(ctx context.Context, args []string) error {
 		return err
 	}
 	defer t.close(context.Background())
-	err = mcpserver.New(t, version()).Run(ctx, &mcp.IOTransport{Reader: nopReadCloser{e.stdin}, Writer: nopWriteCloser{e.stdout}})
+	err = mcpserver.New(t, version()).Run(ctx, &mcpserver.StdioTransport{Reader: e.stdin, Writer: e.stdout, Logger: e.log})
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
 }
-
-type nopReadCloser struct{ io.Reader }
-
-func (nopReadCloser) Close() error { return nil }
-
-type nopWriteCloser struct{ io.Writer }
-
-func (nopWriteCloser) Close() error { return nil }

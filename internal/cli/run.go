@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -223,18 +225,16 @@ func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, art
 		}
 	}
 	if artifactDir != "" {
-		if err := os.MkdirAll(artifactDir, 0o755); err != nil {
+		written, refused, err := writeArtifacts(artifactDir, res.Artifacts)
+		if err != nil {
 			return 0, err
 		}
-		for _, a := range res.Artifacts {
-			p := filepath.Join(artifactDir, filepath.Base(a.Name))
-			if err := os.WriteFile(p, a.Data, 0o644); err != nil {
-				return 0, err
-			}
-			if !asJSON {
+		if !asJSON {
+			for _, p := range written {
 				fmt.Fprintf(e.stderr, "agentbox: wrote %s\n", p)
 			}
 		}
+		copyErrs = append(copyErrs, refused...)
 	}
 	if err := e.report(res, asJSON); err != nil {
 		return 0, err
@@ -320,4 +320,66 @@ func saveOut(o outSpec, data []byte, err error) error {
 		return fmt.Errorf("--out %s: %w", o.remote, err)
 	}
 	return nil
+}
+
+// artifactExts are the artifact types --artifacts writes, with the extension of their names.
+var artifactExts = map[string]string{"image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp"}
+
+// maxArtifactNames bounds the search for a free chart-N name.
+const maxArtifactNames = 100000
+
+// writeArtifacts writes a run's artifacts into dir under names of the host's choosing (chart-1.png,
+// chart-2.png, ... the next free ones: nothing is overwritten), since a guest can forge the list.
+// An artifact whose content is not what its MIME type claims (PNG magic for image/png), or of a type
+// not listed in artifactExts, is refused, not written; err is for failures to write.
+func writeArtifacts(dir string, arts []api.Artifact) (written []string, refused []error, err error) {
+	if len(arts) == 0 {
+		return nil, nil, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("--artifacts: %w", err)
+	}
+	n := 1
+	for i, a := range arts {
+		ext, ok := artifactExts[a.MIME]
+		if !ok {
+			refused = append(refused, fmt.Errorf("--artifacts: artifact %d has type %s, which is not written", i+1, quoteCapped(a.MIME, 64)))
+			continue
+		}
+		if sniffed := http.DetectContentType(a.Data); sniffed != a.MIME {
+			refused = append(refused, fmt.Errorf("--artifacts: artifact %d claims %s but its content is %s; not written", i+1, a.MIME, sniffed))
+			continue
+		}
+		var f *os.File
+		for ; n <= maxArtifactNames; n++ {
+			f, err = os.OpenFile(filepath.Join(dir, fmt.Sprintf("chart-%d%s", n, ext)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			if !errors.Is(err, fs.ErrExist) {
+				break
+			}
+		}
+		if f == nil && errors.Is(err, fs.ErrExist) {
+			return written, refused, fmt.Errorf("--artifacts: %s has no free chart-N name up to %d", dir, maxArtifactNames)
+		}
+		if err != nil {
+			return written, refused, fmt.Errorf("--artifacts: %w", err)
+		}
+		_, werr := f.Write(a.Data)
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return written, refused, fmt.Errorf("--artifacts: %w", werr)
+		}
+		written = append(written, f.Name())
+		n++
+	}
+	return written, refused, nil
+}
+
+// quoteCapped quotes guest-controlled text for a message, cut to max bytes.
+func quoteCapped(s string, max int) string {
+	if len(s) <= max {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(s[:max]) + "..."
 }

@@ -34,7 +34,10 @@ var (
 	Internal        = &Class{"internal", http.StatusInternalServerError}
 )
 
-var classes = []*Class{InvalidArgument, Unauthenticated, NotFound, Conflict, TooLarge, Overloaded, Unavailable, Internal}
+// Forbidden is a request the server refuses whoever sends it, such as a browser's cross-origin POST.
+var Forbidden = &Class{"forbidden", http.StatusForbidden}
+
+var classes = []*Class{InvalidArgument, Unauthenticated, Forbidden, NotFound, Conflict, TooLarge, Overloaded, Unavailable, Internal}
 
 type classified struct {
 	class *Class

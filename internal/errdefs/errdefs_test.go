@@ -20,6 +20,7 @@ func TestClassOf(t *testing.T) {
 		{"wrapped keeps class", fmt.Errorf("running: %w", With(Overloaded, base)), Overloaded, http.StatusTooManyRequests},
 		{"not found", With(NotFound, base), NotFound, http.StatusNotFound},
 		{"too large", With(TooLarge, base), TooLarge, http.StatusRequestEntityTooLarge},
+		{"forbidden", With(Forbidden, base), Forbidden, http.StatusForbidden},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,7 +4,7 @@
 // Tools: run_python (code; optional named session whose variables and files persist; tier auto by
 // default, so numpy or pandas code runs on the heavy tier where this host has it), write_file,
 // read_file and list_files (on a named session's filesystem). Charts a run makes come back as image
-// content. Session names are private to one MCP connection.
+// content. Session names are private to one MCP connection, and its sessions are closed when it ends.
 package mcpserver
 
 import (
@@ -35,14 +35,37 @@ type Sandboxes interface {
 const maxReadBytes = 4 << 20
 
 type tools struct {
-	sb       Sandboxes
-	mu       sync.Mutex
-	sessions map[string]string // connection id + "/" + name -> engine session id
+	sb Sandboxes
+	mu sync.Mutex
+	// names are the connections' session names; guarded by mu, which is never held while a
+	// session starts.
+	names map[nameKey]*named
+	// watched are the connections whose end is being waited for, to drop their names; guarded by mu.
+	watched map[*mcp.ServerSession]bool
+}
+
+// nameKey is a session name within one MCP connection (conn is nil for calls outside one).
+type nameKey struct {
+	conn *mcp.ServerSession
+	name string
+}
+
+// named is the engine session a name stands for. The call that reserved the name starts the session
+// and then closes ready; id and err are set before, so that whoever waited on ready may read them.
+type named struct {
+	ready chan struct{}
+	id    string
+	err   error
 }
 
 // New returns an MCP server with agentbox's tools.
 func New(sb Sandboxes, version string) *mcp.Server {
-	t := &tools{sb: sb, sessions: map[string]string{}}
+	s, _ := newServer(sb, version)
+	return s
+}
+
+func newServer(sb Sandboxes, version string) (*mcp.Server, *tools) {
+	t := &tools{sb: sb, names: map[nameKey]*named{}, watched: map[*mcp.ServerSession]bool{}}
 	s := mcp.NewServer(&mcp.Implementation{Name: "agentbox", Title: "agentbox Python sandbox", Version: version}, &mcp.ServerOptions{
 		Instructions: "Run Python 3 in an isolated sandbox with no network. Code that imports only the standard library " +
 			"runs on the fast nano tier; numpy, pandas, matplotlib, scipy and other third-party imports go to the heavy tier " +
@@ -51,11 +74,36 @@ func New(sb Sandboxes, version string) *mcp.Server {
 			"Figures a run shows or leaves open come back as PNG images.",
 	})
 	mcp.AddTool(s, &mcp.Tool{Name: "run_python", Description: "Run Python code in a sandbox and return stdout, stderr, the exit code and any error. " +
-		"Without session, every call starts a fresh interpreter; with session, state persists across calls."}, t.runPython)
-	mcp.AddTool(s, &mcp.Tool{Name: "write_file", Description: "Write a file into a session's sandbox filesystem (parent directories are created)."}, t.writeFile)
-	mcp.AddTool(s, &mcp.Tool{Name: "read_file", Description: "Read a file from a session's sandbox filesystem (text, or base64 for binary content)."}, t.readFile)
-	mcp.AddTool(s, &mcp.Tool{Name: "list_files", Description: "List a directory of a session's sandbox filesystem."}, t.listFiles)
-	return s
+		"Without session, every call starts a fresh interpreter; with session, state persists across calls."}, capErrors(t.runPython))
+	mcp.AddTool(s, &mcp.Tool{Name: "write_file", Description: "Write a file into a session's sandbox filesystem (parent directories are created)."}, capErrors(t.writeFile))
+	mcp.AddTool(s, &mcp.Tool{Name: "read_file", Description: "Read a file from a session's sandbox filesystem (text, or base64 for binary content)."}, capErrors(t.readFile))
+	mcp.AddTool(s, &mcp.Tool{Name: "list_files", Description: "List a directory of a session's sandbox filesystem."}, capErrors(t.listFiles))
+	return s, t
+}
+
+// maxErrorText caps the text of a tool's error: errors may quote what a guest wrote, and an agent's
+// context is no place for megabytes of it.
+const maxErrorText = 4 << 10
+
+// cappedError is an error whose text was cut to maxErrorText; it still unwraps to the original.
+type cappedError struct {
+	err  error
+	text string
+}
+
+func (e *cappedError) Error() string { return e.text }
+func (e *cappedError) Unwrap() error { return e.err }
+
+// capErrors makes a tool handler's errors short enough for an agent to read.
+func capErrors[In, Out any](h mcp.ToolHandlerFor[In, Out]) mcp.ToolHandlerFor[In, Out] {
+	return func(ctx context.Context, req *mcp.CallToolRequest, in In) (*mcp.CallToolResult, Out, error) {
+		res, out, err := h(ctx, req, in)
+		if err != nil && len(err.Error()) > maxErrorText {
+			msg := strings.ToValidUTF8(err.Error()[:maxErrorText], "")
+			err = &cappedError{err: err, text: fmt.Sprintf("%s... [%d more bytes]", msg, len(err.Error())-len(msg))}
+		}
+		return res, out, err
+	}
 }
 
 // HTTPHandler serves the tools over streamable HTTP.
@@ -106,42 +154,139 @@ type WriteOutput struct {
 	Size int    `json:"size"`
 }
 
-func connID(req *mcp.CallToolRequest) string {
-	if req != nil && req.Session != nil {
-		return req.Session.ID()
+func connOf(req *mcp.CallToolRequest) *mcp.ServerSession {
+	if req == nil {
+		return nil
 	}
-	return ""
+	return req.Session
 }
 
-// session finds (or, with create, starts) the named session of this connection.
+// session finds (or, with create, starts) the named session of this connection. Only the name map is
+// locked: a session starting (seconds on heavy) holds up only the calls that use the same name.
 func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, tier api.Tier) (*dispatch.Session, error) {
 	if name == "" {
 		return nil, errors.New("session is required: files live in a named session (run_python with the same session name sees them)")
 	}
-	key := connID(req) + "/" + name
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if id, ok := t.sessions[key]; ok {
-		if s, err := t.sb.Session(ctx, id); err == nil {
+	key := nameKey{connOf(req), name}
+	for {
+		t.mu.Lock()
+		n, ok := t.names[key]
+		if !ok {
+			if !create {
+				t.mu.Unlock()
+				return nil, fmt.Errorf("no session %q: run_python or write_file with it creates it", name)
+			}
+			n = &named{ready: make(chan struct{})}
+			t.names[key] = n
+			t.pruneLocked()
+			t.watchLocked(key.conn)
+			t.mu.Unlock()
+			return t.start(ctx, key, n, tier)
+		}
+		t.mu.Unlock()
+		select {
+		case <-n.ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if n.err != nil {
+			return nil, n.err
+		}
+		if s, err := t.sb.Session(ctx, n.id); err == nil {
 			if on := s.Info().Tier; tier != "" && tier != api.TierAuto && tier != on {
 				return nil, fmt.Errorf("session %q is on the %s tier; tier %q applies when a session starts (use another session name)", name, on, tier)
 			}
 			return s, nil
 		}
-		delete(t.sessions, key) // closed or reaped; start again below if allowed
+		t.mu.Lock()
+		if t.names[key] == n {
+			delete(t.names, key) // closed or reaped; start again if allowed
+		}
+		t.mu.Unlock()
 		if !create {
 			return nil, fmt.Errorf("session %q has ended (idle too long, or its interpreter stopped); run_python with it starts a new one", name)
 		}
 	}
-	if !create {
-		return nil, fmt.Errorf("no session %q: run_python or write_file with it creates it", name)
-	}
+}
+
+// start starts the session for the name n has reserved.
+func (t *tools) start(ctx context.Context, key nameKey, n *named, tier api.Tier) (*dispatch.Session, error) {
 	s, err := t.sb.NewSession(ctx, api.SessionRequest{Tier: tier})
-	if err != nil {
-		return nil, err
+	t.mu.Lock()
+	switch {
+	case err != nil:
+		n.err = err
+		delete(t.names, key)
+	case t.names[key] != n: // the connection ended meanwhile: nobody can name this session again
+		n.err = errors.New("the MCP connection has ended")
+	default:
+		n.id = s.ID()
 	}
-	t.sessions[key] = s.ID()
+	close(n.ready)
+	t.mu.Unlock()
+	if n.err != nil {
+		if s != nil {
+			s.Close()
+		}
+		return nil, n.err
+	}
 	return s, nil
+}
+
+// anyTenant looks up the tools' own sessions whatever key started them: the name map spans every
+// connection (and so every key), and only the tools reach it.
+var anyTenant = dispatch.WithTenant(context.Background(), dispatch.Tenant{Admin: true})
+
+// pruneLocked drops the names whose sessions were closed or reaped.
+func (t *tools) pruneLocked() {
+	for key, n := range t.names {
+		select {
+		case <-n.ready:
+			if _, err := t.sb.Session(anyTenant, n.id); err != nil {
+				delete(t.names, key)
+			}
+		default: // starting
+		}
+	}
+}
+
+// watchLocked arranges for a connection's names to be dropped, and their sessions closed, when it
+// ends: nobody else can name them.
+func (t *tools) watchLocked(conn *mcp.ServerSession) {
+	if conn == nil || t.watched[conn] {
+		return
+	}
+	t.watched[conn] = true
+	go func() {
+		conn.Wait()
+		t.forget(conn)
+	}()
+}
+
+// forget drops a connection's names and closes their sessions.
+func (t *tools) forget(conn *mcp.ServerSession) {
+	t.mu.Lock()
+	var ids []string
+	for key, n := range t.names {
+		if key.conn != conn {
+			continue
+		}
+		delete(t.names, key)
+		select {
+		case <-n.ready:
+			if n.err == nil {
+				ids = append(ids, n.id)
+			}
+		default: // starting: start closes it when it sees the name gone
+		}
+	}
+	delete(t.watched, conn)
+	t.mu.Unlock()
+	for _, id := range ids {
+		if s, err := t.sb.Session(anyTenant, id); err == nil {
+			s.Close()
+		}
+	}
 }
 
 func (t *tools) runPython(ctx context.Context, req *mcp.CallToolRequest, in RunInput) (*mcp.CallToolResult, *api.Result, error) {

@@ -1,16 +1,19 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
@@ -26,37 +29,74 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // fail answers with the error's class as status and {"error": {code, message}}.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	class, body := s.errorBody(r, err)
+	if class == errdefs.Overloaded {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, class.HTTPStatus(), body)
+}
+
+// Caps on error text: what an answer carries and what the log keeps of an internal error. Messages
+// may quote what a guest or a client sent; neither may turn into megabytes of answer or log.
+const (
+	maxErrorMessage = 4 << 10
+	maxLoggedError  = 16 << 10
+)
+
+// errorBody is the one rule for error answers, plain or as a stream's error event: the class, and a
+// message that is the error's own (capped) unless the error is internal, whose details are ours: they
+// are logged under the request id, which is all the answer names.
+func (s *Server) errorBody(r *http.Request, err error) (*errdefs.Class, api.ErrorBody) {
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
 		err = errdefs.With(errdefs.TooLarge, fmt.Errorf("request body is larger than %d bytes", tooBig.Limit))
 	}
 	class := errdefs.ClassOf(err)
 	s.metrics.errors.WithLabelValues(class.Name()).Inc()
-	if class == errdefs.Overloaded {
-		w.Header().Set("Retry-After", "1")
-	}
-	msg := err.Error()
+	id := fmt.Sprint(r.Context().Value(requestIDKey))
+	msg := capText(err.Error(), maxErrorMessage)
 	if class == errdefs.Internal {
-		s.log.Error("internal error", "id", r.Context().Value(requestIDKey), "err", err)
-		msg = "internal error (request " + fmt.Sprint(r.Context().Value(requestIDKey)) + ")"
+		s.log.Error("internal error", "id", id, "err", capText(err.Error(), maxLoggedError))
+		msg = "internal error (request " + id + ")"
 	}
-	writeJSON(w, class.HTTPStatus(), api.ErrorBody{Error: api.ErrorDetail{Code: class.Name(), Message: msg}})
+	return class, api.ErrorBody{Error: api.ErrorDetail{Code: class.Name(), Message: msg}}
 }
 
-// decode reads one JSON object into v, rejecting unknown fields and trailing data.
-func decode(r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("content type %q: send application/json", ct))
+// capText cuts s to at most max bytes (at a rune boundary) and says how much was left out.
+func capText(s string, max int) string {
+	if len(s) <= max {
+		return s
 	}
-	dec := json.NewDecoder(r.Body)
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... [%d more bytes]", s[:cut], len(s)-cut)
+}
+
+// jsonHint tells curl users, whose -d sends application/x-www-form-urlencoded, how to send JSON.
+const jsonHint = "send the body as JSON with Content-Type: application/json (with curl -d, add -H 'Content-Type: application/json')"
+
+// decode reads one JSON object into v, rejecting other content types, other JSON values (null would
+// leave every field at its zero value), unknown fields and trailing data.
+func decode(r *http.Request, v any) error {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return errdefs.With(errdefs.InvalidArgument, errors.New("no Content-Type: "+jsonHint))
+	}
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("content type %q: %s", capText(ct, 256), jsonHint))
+	}
+	body := bufio.NewReader(r.Body)
+	if err := startsObject(body); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return err
-		}
-		if errors.Is(err, io.EOF) {
-			return errdefs.With(errdefs.InvalidArgument, errors.New("request body is empty: send a JSON object"))
 		}
 		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("invalid JSON body: %w", err))
 	}
@@ -66,12 +106,63 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
+// startsObject checks that the next non-space byte of body opens a JSON object, and leaves it unread.
+func startsObject(body *bufio.Reader) error {
+	for {
+		c, err := body.ReadByte()
+		if errors.Is(err, io.EOF) {
+			return errdefs.With(errdefs.InvalidArgument, errors.New("request body is empty: send a JSON object"))
+		}
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				return err
+			}
+			return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("reading the body: %w", err))
+		}
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		case '{':
+			return body.UnreadByte()
+		}
+		return errdefs.With(errdefs.InvalidArgument, errors.New("request body must be a JSON object {...}"))
+	}
+}
+
+// errNoCode refuses a run without code: a body of {} must not run an empty program.
+var errNoCode = errdefs.With(errdefs.InvalidArgument, errors.New(`"code" is required (an empty program is "code": "")`))
+
+// nonNull makes the empty contents in a run's answer empty strings: a nil []byte (how an empty file
+// reads) would encode as null, which the contract does not allow.
+func nonNull(resp *api.RunResponse) {
+	for p, data := range resp.Files {
+		if data == nil {
+			resp.Files[p] = []byte{}
+		}
+	}
+	for i := range resp.Artifacts {
+		if resp.Artifacts[i].Data == nil {
+			resp.Artifacts[i].Data = []byte{}
+		}
+	}
+}
+
 func (s *Server) run(w http.ResponseWriter, r *http.Request) {
-	var body api.RunBody
-	if err := decode(r, &body); err != nil {
+	var in struct {
+		api.RunBody
+		Code *string `json:"code"` // shadows RunBody's, to tell a missing code from an empty one
+	}
+	if err := decode(r, &in); err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	if in.Code == nil {
+		s.fail(w, r, errNoCode)
+		return
+	}
+	body := in.RunBody
+	body.Code = *in.Code
 	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: body.Tier, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages}
 	paths := make([]string, 0, len(body.Files))
 	for p := range body.Files {
@@ -86,6 +177,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	if resp == nil {
 		resp = &api.RunResponse{}
 	}
+	nonNull(resp)
 	s.finish(w, r, st, err, &resp.Result, resp)
 }
 
@@ -118,7 +210,12 @@ func (s *Server) finish(w http.ResponseWriter, r *http.Request, st *stream, err 
 		writeJSON(w, http.StatusOK, body)
 		return
 	}
-	st.close(body, err)
+	if err != nil {
+		_, eb := s.errorBody(r, err)
+		st.close("error", eb)
+		return
+	}
+	st.close("result", body)
 }
 
 func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
@@ -163,13 +260,19 @@ func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {
 	if sess == nil {
 		return
 	}
-	var body api.SessionRunRequest
+	var body struct {
+		Code *string `json:"code"`
+	}
 	if err := decode(r, &body); err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	if body.Code == nil {
+		s.fail(w, r, errNoCode)
+		return
+	}
 	st := s.startStream(w, r)
-	res, err := sess.Run(r.Context(), body.Code, s.output(st))
+	res, err := sess.Run(r.Context(), *body.Code, s.output(st))
 	var out api.Result
 	if res != nil {
 		out = *res
@@ -291,13 +394,8 @@ func (st *stream) pump() {
 }
 
 // close sends the final event and waits for the queue to drain.
-func (st *stream) close(result any, err error) {
-	if err != nil {
-		class := errdefs.ClassOf(err)
-		st.event("error", api.ErrorBody{Error: api.ErrorDetail{Code: class.Name(), Message: err.Error()}})
-	} else {
-		st.event("result", result)
-	}
+func (st *stream) close(event string, v any) {
+	st.event(event, v)
 	st.mu.Lock()
 	st.closing = true
 	st.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
@@ -66,6 +67,11 @@ type Server struct {
 	http    *http.Server
 	handler http.Handler
 	keys    *keyring
+	// crossOrigin refuses browsers' cross-origin requests that are not GET, HEAD or OPTIONS.
+	crossOrigin *http.CrossOriginProtection
+	// checkHost is set on a keyless server (which New allows on loopback only): requests must then
+	// be addressed to a loopback name.
+	checkHost bool
 }
 
 // New makes a server for sb. It refuses a non-loopback address without API keys.
@@ -93,7 +99,8 @@ func New(sb Sandboxes, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, sb: sb, log: log, keys: keys}
+	s := &Server{cfg: cfg, sb: sb, log: log, keys: keys, crossOrigin: http.NewCrossOriginProtection(),
+		checkHost: keys.empty()}
 	s.metrics = newMetrics(sb.Stats)
 	s.handler = s.routes()
 	s.http = &http.Server{
@@ -194,9 +201,14 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		defer func() {
 			route := routeLabel(r)
 			s.metrics.requests.WithLabelValues(route, fmt.Sprint(rec.status)).Inc()
-			s.log.Info("request", "id", id, "method", r.Method, "path", r.URL.Path, "status", rec.status,
+			// The path is capped: headers may be up to 1 MB, and this line is logged before auth.
+			s.log.Info("request", "id", id, "method", capText(r.Method, 32), "path", capText(r.URL.Path, 1024), "status", rec.status,
 				"ms", time.Since(start).Milliseconds(), "remote", r.RemoteAddr, "tenant", tenant.ID)
 		}()
+		if err := s.checkOrigin(r); err != nil {
+			s.fail(rec, r, err)
+			return
+		}
 		if r.URL.Path != "/healthz" && !ok {
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="agentbox"`)
 			s.fail(rec, r, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: send Authorization: Bearer <key>")))
@@ -206,6 +218,36 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		r.Body = http.MaxBytesReader(rec, r.Body, s.cfg.MaxBodyBytes)
 		next.ServeHTTP(rec, r)
 	})
+}
+
+// checkOrigin refuses what a web page the user visits could send: a browser's cross-origin request
+// that changes state (a no-cors POST to /v1/run needs no preflight), and, on a keyless loopback
+// server, any request addressed to a name other than loopback's, which is how a DNS-rebinding page
+// reaches 127.0.0.1 as its own origin and reads the answers too.
+func (s *Server) checkOrigin(r *http.Request) error {
+	if err := s.crossOrigin.Check(r); err != nil {
+		return errdefs.With(errdefs.Forbidden, fmt.Errorf("cross-origin request refused: agentbox does not serve web pages of other sites (%w)", err))
+	}
+	if s.checkHost && !loopbackHost(r.Host) {
+		return errdefs.With(errdefs.Forbidden, fmt.Errorf("host %q refused: a server without API keys answers only requests addressed to localhost, 127.0.0.1 or [::1] (a guard against DNS rebinding); start it with --api-key to serve other names", capText(r.Host, 256)))
+	}
+	return nil
+}
+
+// loopbackHost reports whether a Host header names loopback: localhost, 127.0.0.0/8 or ::1, with or
+// without a port.
+func loopbackHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func validRequestID(id string) bool {

@@ -84,9 +84,11 @@ func TestMain(m *testing.M) {
 type call struct {
 	method, path string
 	body         []byte
-	contentType  string
+	contentType  string // "" means application/json when there is a body; "-" means none
 	key          string // "" means testKey; "-" means none
 	accept       string
+	header       map[string]string // more request headers
+	host         string            // the Host header, when not the server's address
 }
 
 type reply struct {
@@ -105,15 +107,27 @@ const (
 // do sends a request and checks it and its answer against openapi.yaml as mode says.
 func do(t *testing.T, c call, mode int) reply {
 	t.Helper()
+	return doAt(t, ts.URL, c, mode)
+}
+
+// doAt is do against the server at base.
+func doAt(t *testing.T, base string, c call, mode int) reply {
+	t.Helper()
 	if c.contentType == "" && c.body != nil {
 		c.contentType = "application/json"
 	}
-	req, _ := http.NewRequest(c.method, ts.URL+c.path, bytes.NewReader(c.body))
-	if c.contentType != "" {
+	req, _ := http.NewRequest(c.method, base+c.path, bytes.NewReader(c.body))
+	if c.contentType != "" && c.contentType != "-" {
 		req.Header.Set("Content-Type", c.contentType)
 	}
 	if c.accept != "" {
 		req.Header.Set("Accept", c.accept)
+	}
+	for k, v := range c.header {
+		req.Header.Set(k, v)
+	}
+	if c.host != "" {
+		req.Host = c.host
 	}
 	switch c.key {
 	case "":
@@ -129,7 +143,7 @@ func do(t *testing.T, c call, mode int) reply {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	// Validate against the contract, on copies of the bodies.
-	vreq, _ := http.NewRequest(c.method, ts.URL+c.path, bytes.NewReader(c.body))
+	vreq, _ := http.NewRequest(c.method, base+c.path, bytes.NewReader(c.body))
 	vreq.Header = req.Header.Clone()
 	if mode == checkBoth {
 		if ok, errs := openapi.ValidateHttpRequest(vreq); !ok {
@@ -138,7 +152,7 @@ func do(t *testing.T, c call, mode int) reply {
 	}
 	if mode != checkNone && !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		vresp := &http.Response{StatusCode: resp.StatusCode, Header: resp.Header.Clone(), Body: io.NopCloser(bytes.NewReader(body)), Request: vreq}
-		vreq2, _ := http.NewRequest(c.method, ts.URL+c.path, bytes.NewReader(c.body))
+		vreq2, _ := http.NewRequest(c.method, base+c.path, bytes.NewReader(c.body))
 		vreq2.Header = req.Header.Clone()
 		if ok, errs := openapi.ValidateHttpResponse(vreq2, vresp); !ok {
 			t.Errorf("answer %d to %s %s does not conform to openapi.yaml: %s\nbody: %s", resp.StatusCode, c.method, c.path, describe(errs), body)
@@ -333,6 +347,7 @@ func TestSessionBusyIsConflict(t *testing.T) {
 		defer wg.Done()
 		req, _ := http.NewRequest("POST", ts.URL+base+"/run", strings.NewReader(`{"code": "import time\nprint('go', flush=True)\ntime.sleep(1)"}`))
 		req.Header.Set("Authorization", "Bearer "+testKey)
+		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Accept", "text/event-stream")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -341,6 +356,11 @@ func TestSessionBusyIsConflict(t *testing.T) {
 			return
 		}
 		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("the holding run got %d", resp.StatusCode)
+			close(started)
+			return
+		}
 		sc := bufio.NewScanner(resp.Body)
 		for sc.Scan() {
 			if strings.HasPrefix(sc.Text(), "event: stdout") {
@@ -356,6 +376,7 @@ func TestSessionBusyIsConflict(t *testing.T) {
 func TestStreaming(t *testing.T) {
 	req, _ := http.NewRequest("POST", ts.URL+"/v1/run", strings.NewReader(`{"code": "import sys, time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.05)\nprint('oops', file=sys.stderr)"}`))
 	req.Header.Set("Authorization", "Bearer "+testKey)
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -406,6 +427,7 @@ func TestOverloadIs429(t *testing.T) {
 	// Hold the only slot: a streamed run that says when it has started, then is busy (a sleeping one
 	// would give the slot up).
 	req, _ := http.NewRequest("POST", h.URL+"/v1/run", strings.NewReader(`{"code": "import time\nprint('go', flush=True)\nt = time.time()\nwhile time.time() - t < 1: pass"}`))
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "text/event-stream")
 	held, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -496,8 +518,8 @@ func TestSlowClientIsCutOff(t *testing.T) {
 	go srv.Serve(l)
 	defer srv.Shutdown(context.Background())
 	for name, send := range map[string]string{
-		"headers never finish": "POST /v1/run HTTP/1.1\r\nHost: x\r\n",
-		"body never finishes":  "POST /v1/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"code\": ",
+		"headers never finish": "POST /v1/run HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+		"body never finishes":  "POST /v1/run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"code\": ",
 	} {
 		t.Run(name, func(t *testing.T) {
 			conn, err := net.Dial("tcp", l.Addr().String())

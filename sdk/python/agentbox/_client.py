@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 __all__ = [
     "AgentboxError",
     "ConflictError",
     "ExecutionError",
+    "ForbiddenError",
     "InvalidArgumentError",
     "NotFoundError",
     "OverloadedError",
@@ -60,6 +63,11 @@ class UnauthenticatedError(AgentboxError):
     """The API key was missing or wrong (401)."""
 
 
+class ForbiddenError(AgentboxError):
+    """The server refused the request whoever sent it (403): a browser's cross-origin write, or a
+    server without API keys addressed by a name other than localhost's."""
+
+
 class NotFoundError(AgentboxError):
     """The session or file does not exist, or the session has ended (404)."""
 
@@ -77,6 +85,7 @@ _ERRORS = {
     "invalid_argument": InvalidArgumentError,
     "too_large": InvalidArgumentError,
     "unauthenticated": UnauthenticatedError,
+    "forbidden": ForbiddenError,
     "not_found": NotFoundError,
     "conflict": ConflictError,
     "overloaded": OverloadedError,
@@ -163,7 +172,14 @@ class SandboxResult:
 
 
 class _LocalServer:
-    """An ``agentbox serve`` child process on a free loopback port."""
+    """An ``agentbox serve`` child process on a free loopback port.
+
+    The server logs a line per request on stderr; a thread drains it into a bounded ring (the pipe
+    would otherwise fill after a few hundred calls and block the server), whose last lines explain
+    a failure to start."""
+
+    LOG_LINES = 200  # lines of the server's log kept
+    _MAX_LINE = 64 << 10  # bytes read as one line at most
 
     def __init__(self, binary: Optional[str]) -> None:
         path = binary or os.environ.get("AGENTBOX_BIN") or shutil.which("agentbox")
@@ -176,20 +192,41 @@ class _LocalServer:
         self.url = f"http://127.0.0.1:{port}"
         self.api_key = secrets.token_urlsafe(24)
         env = dict(os.environ, AGENTBOX_API_KEY=self.api_key)
+        self._log: Deque[str] = collections.deque(maxlen=self.LOG_LINES)
         self.proc = subprocess.Popen([path, "serve", "--addr", f"127.0.0.1:{port}"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self._drain = threading.Thread(target=self._read_log, name="agentbox-serve-log", daemon=True)
+        self._drain.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise AgentboxError(f"agentbox serve exited with {self.proc.returncode}: {err.strip()}")
+                self._drain.join(timeout=5)
+                raise AgentboxError(f"agentbox serve exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
                     return
             except OSError:
                 time.sleep(0.05)
         self.close()
-        raise AgentboxError("agentbox serve did not become ready within 60 s")
+        raise AgentboxError(f"agentbox serve did not become ready within 60 s: {self.log_tail()}")
+
+    def _read_log(self) -> None:
+        stream = self.proc.stderr
+        if stream is None:
+            return
+        try:
+            while True:
+                line = stream.readline(self._MAX_LINE)
+                if not line:
+                    return
+                self._log.append(line.decode(errors="replace").rstrip("\n"))
+        except (OSError, ValueError):
+            return  # the pipe was closed under us
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The server's last log lines (of the LOG_LINES kept)."""
+        return "\n".join(list(self._log)[-lines:]).strip()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -199,6 +236,7 @@ class _LocalServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._drain.join(timeout=5)
         if self.proc.stderr:
             self.proc.stderr.close()
 

@@ -230,3 +230,28 @@ def test_keys_are_tenants(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_embedded_server_survives_thousands_of_calls():
+    """The embedded server logs a line per request; undrained, its stderr pipe filled after a few
+    hundred calls and the server blocked (issue 9, finding 6)."""
+    calls = 3000
+    with Sandbox(binary=BIN, request_timeout=60) as sb:
+        sb.run("n = 0")
+        for _ in range(calls - 2):
+            sb.run("n += 1")
+        r = sb.run("print(n)")
+        assert r.stdout == f"{calls - 2}\n"
+        assert "request" in sb._local.log_tail(), "the server's log was not kept"
+        assert len(sb._local._log) <= sb._local.LOG_LINES
+
+
+def test_startup_failure_shows_the_server_log(tmp_path):
+    fake = tmp_path / "agentbox"
+    fake.write_text("#!/bin/sh\nfor i in $(seq 1 5000); do echo \"noise $i\" >&2; done\n"
+                    "echo 'agentbox: listening on 127.0.0.1: the last words' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(Exception, match="exited with 3") as exc:
+        Sandbox(binary=str(fake))
+    assert "the last words" in str(exc.value)
+    assert "noise 1\n" not in str(exc.value)
