@@ -20,9 +20,11 @@ func (e *Engine) checkpoint(ctx context.Context, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	out, err := e.runsc("checkpoint", "--image-path", dir, s.id).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("runsc checkpoint: %v: %s", err, out)
+	out := &limitedBuffer{max: 16 << 10}
+	cmd := e.runsc("checkpoint", "--image-path", dir, s.id)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := runBounded(cmd, 5*time.Minute); err != nil {
+		return fmt.Errorf("runsc checkpoint: %w: %s", err, out.String())
 	}
 	return nil
 }
@@ -67,7 +69,7 @@ func (e *Engine) newRefiller(ctx context.Context) *refiller {
 	restoreStart := time.Now()
 	s, err := e.restore(ctx, image, true)
 	if err == nil {
-		_, err = e.call(ctx, s, map[string]any{"op": "run", "code": warmUp, "filename": "<warm-up>", "fresh": true}, e.cfg.Defaults, nil)
+		_, err = e.call(ctx, s, map[string]any{"op": "run", "code": warmUp, "filename": "<warm-up>", "fresh": true}, timeoutOf(e.cfg.Defaults), runLine, nil)
 		e.destroy(s)
 	}
 	warm := time.Since(restoreStart)
@@ -85,7 +87,7 @@ func (e *Engine) refill(ctx context.Context, r *refiller) (*sandbox, error) {
 		if err == nil {
 			// gVisor brings a restored sandbox's memory back lazily; touching the preloaded modules
 			// here pays for that before a request does.
-			_, err = e.call(ctx, s, map[string]any{"op": "run", "code": warmUp, "filename": "<warm-up>", "fresh": true}, e.cfg.Defaults, nil)
+			_, err = e.call(ctx, s, map[string]any{"op": "run", "code": warmUp, "filename": "<warm-up>", "fresh": true}, timeoutOf(e.cfg.Defaults), runLine, nil)
 			if err == nil {
 				e.Stats.Restored.Add(1)
 				return s, nil
