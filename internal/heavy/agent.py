@@ -368,8 +368,9 @@ def handle(req):
 
 def worker_main(ctl_fd, res_fd):
     """The worker's life: requests from ctl_fd, answers to res_fd, until the supervisor closes ctl_fd."""
-    global _res_fd
+    global _res_fd, PROTO_IN, PROTO_OUT
     _res_fd = res_fd
+    PROTO_IN = PROTO_OUT = None  # closed by the fork's caller
     _set_dumpable(True)  # for its own children; the supervisor stays out of reach
     os.dup2(_null, 0)
     for _fd, _name in ((1, "stdout"), (2, "stderr")):

@@ -237,7 +237,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 // sandboxEtc are the files bound over the root filesystem's /etc in every sandbox.
 var sandboxEtc = map[string]string{
 	"hostname":    "sandbox\n",
-	"resolv.conf": "# agentbox sandbox: no network, no nameserver\n",
+	"resolv.conf": "# agentbox sandbox: there is no network\n",
 }
 
 // Limits resolves a request's limits against the engine's defaults and maxima.
