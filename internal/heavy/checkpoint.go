@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -54,7 +55,10 @@ const warmUp = "import numpy, pandas, matplotlib.pyplot as plt\nnumpy.arange(10)
 // refiller makes pooled sandboxes: by restoring a golden checkpoint when that measured faster than a
 // cold start, otherwise by starting afresh.
 type refiller struct {
-	image string // checkpoint directory; empty when cold starts won (or checkpointing failed)
+	image string    // checkpoint directory; empty when cold starts won (or checkpointing failed)
+	made  time.Time // when image was made
+	gen   int       // rotations so far
+	prev  string    // the image before this one: restores from it may still be running
 }
 
 // newRefiller makes the golden checkpoint and times a restore against a cold start.
@@ -78,7 +82,26 @@ func (e *Engine) newRefiller(ctx context.Context) *refiller {
 		return &refiller{}
 	}
 	e.log.Info("heavy pool: refilling from a golden checkpoint", "restore", warm, "cold", cold)
-	return &refiller{image: image}
+	return &refiller{image: image, made: time.Now()}
+}
+
+// rotateGolden replaces the golden checkpoint by a new one, made the same way: every sandbox restored
+// from one image shares its str-hash secret, which a live interpreter cannot change. The image before
+// the previous one is removed (no restore from it can still be starting). On failure the current one
+// stays for another period.
+func (e *Engine) rotateGolden(ctx context.Context, r *refiller) *refiller {
+	dir := filepath.Join(e.cfg.StateDir, "golden-"+strconv.Itoa(r.gen+1))
+	if err := e.checkpoint(ctx, dir); err != nil {
+		e.log.Warn("heavy pool: rotating the golden checkpoint", "err", err)
+		os.RemoveAll(dir)
+		return &refiller{image: r.image, made: time.Now(), gen: r.gen, prev: r.prev}
+	}
+	if r.prev != "" {
+		os.RemoveAll(r.prev)
+	}
+	next := &refiller{image: dir, made: time.Now(), gen: r.gen + 1, prev: r.image}
+	e.golden.Store(next)
+	return next
 }
 
 func (e *Engine) refill(ctx context.Context, r *refiller) (*sandbox, error) {

@@ -72,6 +72,10 @@ type Config struct {
 	// of such a sandbox when that measures faster than a cold start, unless NoCheckpoint.
 	PoolSize     int
 	NoCheckpoint bool
+	// GoldenMaxAge is how long one golden checkpoint serves before the pool makes a new one, so that
+	// the str-hash secret pooled sandboxes share (see docs/heavy-tier.md) changes; zero means 10
+	// minutes, negative never.
+	GoldenMaxAge time.Duration
 	// PoolIdle empties the pool after this long without a request (the next one refills it); zero
 	// means 10 minutes, negative never.
 	PoolIdle time.Duration
@@ -197,6 +201,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.PoolIdle == 0 {
 		cfg.PoolIdle = 10 * time.Minute
+	}
+	if cfg.GoldenMaxAge == 0 {
+		cfg.GoldenMaxAge = 10 * time.Minute
 	}
 	e := &Engine{cfg: cfg, log: log, stop: make(chan struct{}), slots: make(chan struct{}, cfg.MaxConcurrent), wake: make(chan struct{}, 1)}
 	e.lastTake.Store(time.Now().UnixNano())

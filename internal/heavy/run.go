@@ -48,6 +48,9 @@ func (e *Engine) fillPool() {
 			return
 		default:
 		}
+		if r.image != "" && e.cfg.GoldenMaxAge > 0 && time.Since(r.made) > e.cfg.GoldenMaxAge {
+			r = e.rotateGolden(ctx, r)
+		}
 		s, err := e.refill(ctx, r)
 		if err != nil {
 			e.log.Error("refilling the heavy pool", "err", err)

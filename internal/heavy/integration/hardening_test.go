@@ -230,3 +230,36 @@ func TestSessionsHoldSlots(t *testing.T) {
 		t.Fatalf("a run after a session closed: %v %+v", err, res)
 	}
 }
+
+// TestGoldenRotationChangesHashSecret (finding 9): forked workers share the str-hash secret of the
+// golden checkpoint they were restored from; the pool makes a new checkpoint every GoldenMaxAge, so
+// pooled runs of different periods hash differently.
+func TestGoldenRotationChangesHashSecret(t *testing.T) {
+	ctx := context.Background()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: 1, GoldenMaxAge: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	hashes := map[string]bool{}
+	for range 2 {
+		deadline := time.Now().Add(3 * time.Minute)
+		for e.PoolReady() == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the pool did not fill")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		res, err := e.Run(ctx, api.RunRequest{Code: "print(hash('abc'))"}, heavy.Stream{})
+		if err != nil || res.ExitCode != 0 {
+			t.Fatalf("%v %+v", err, res)
+		}
+		hashes[res.Stdout] = true
+	}
+	if e.Stats.PoolHits.Load() != 2 || e.Stats.Restored.Load() < 2 {
+		t.Fatalf("%d pool hits, %d restores: not from golden checkpoints", e.Stats.PoolHits.Load(), e.Stats.Restored.Load())
+	}
+	if len(hashes) != 2 {
+		t.Fatalf("two pooled runs across a rotation hashed alike: %v", hashes)
+	}
+}
