@@ -24,7 +24,7 @@ func (e *Engine) checkpoint(ctx context.Context, dir string) error {
 	out := &limitedBuffer{max: 16 << 10}
 	cmd := e.runsc("checkpoint", "--image-path", dir, s.id)
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := runBounded(cmd, 5*time.Minute); err != nil {
+	if err := runBounded("checkpoint", cmd, 5*time.Minute); err != nil {
 		return fmt.Errorf("runsc checkpoint: %w: %s", err, out.String())
 	}
 	return nil

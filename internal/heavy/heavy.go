@@ -325,8 +325,9 @@ var (
 	killGrace    = 5 * time.Second
 )
 
-// runBounded runs cmd, killing it after d: a runsc that hangs must not hold a request or the engine.
-func runBounded(cmd *exec.Cmd, d time.Duration) error {
+// runBounded runs cmd (runsc what), killing it after d: a runsc that hangs must not hold a request or
+// the engine.
+func runBounded(what string, cmd *exec.Cmd, d time.Duration) error {
 	cmd.WaitDelay = time.Second
 	if err := cmd.Start(); err != nil {
 		return err
@@ -341,7 +342,7 @@ func runBounded(cmd *exec.Cmd, d time.Duration) error {
 	case <-timer.C:
 		cmd.Process.Kill()
 		<-done
-		return fmt.Errorf("%s %s: no answer within %v", filepath.Base(cmd.Path), cmd.Args[len(cmd.Args)-2], d)
+		return fmt.Errorf("runsc %s: no answer within %v", what, d)
 	}
 }
 
@@ -593,7 +594,7 @@ func (e *Engine) kill(s *sandbox, background bool) {
 		return
 	default:
 	}
-	if err := runBounded(e.runscFor(background)("kill", s.id, "KILL"), runscTimeout); err != nil {
+	if err := runBounded("kill", e.runscFor(background)("kill", s.id, "KILL"), runscTimeout); err != nil {
 		e.log.Debug("runsc kill", "id", s.id, "err", err)
 	}
 	select {
@@ -614,7 +615,7 @@ func (e *Engine) destroy(s *sandbox) {
 			e.log.Warn("a heavy sandbox's runsc did not exit after SIGKILL", "id", s.id)
 		}
 	}
-	if err := runBounded(e.runscLow("delete", "--force", s.id), runscTimeout); err != nil {
+	if err := runBounded("delete", e.runscLow("delete", "--force", s.id), runscTimeout); err != nil {
 		e.log.Debug("runsc delete", "id", s.id, "err", err)
 	}
 	s.quitted.Do(func() {

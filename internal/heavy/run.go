@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -334,7 +335,9 @@ func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, timeo
 	// An agent that stops reading must not hold the write past the deadline.
 	s.in.SetWriteDeadline(time.Time{})
 	stopWrite := context.AfterFunc(ctx, func() { s.in.SetWriteDeadline(time.Unix(1, 0)) })
-	_, err = s.in.Write(append(append(head, '\n'), append(body, '\n')...))
+	nl := []byte{'\n'}
+	bufs := net.Buffers{head, nl, body, nl} // without copying a body of up to the request's size
+	_, err = bufs.WriteTo(s.in)
 	stopWrite()
 	if err != nil {
 		if ctx.Err() != nil {

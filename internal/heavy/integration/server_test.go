@@ -115,3 +115,27 @@ func TestAutoRouting(t *testing.T) {
 		}
 	}
 }
+
+// TestFileDownloadTooLargeIs413 (issue 9, finding 12): GET of a 200 MiB file (sparse: /tmp is small)
+// answered 500 and killed the session, the agent having read it whole. Now the agent refuses it by
+// its size, the API answers 413 and the session goes on.
+func TestFileDownloadTooLargeIs413(t *testing.T) {
+	ctx := context.Background()
+	c, _ := apiServer(t)
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{Tier: "heavy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	if r, err := s.Run(ctx, "open('/tmp/huge', 'wb').truncate(200 << 20)"); err != nil || r.Error != nil {
+		t.Fatalf("%v %+v", err, r)
+	}
+	_, err = s.Download(ctx, "/tmp/huge")
+	var apiErr *agentbox.APIError
+	if !errors.Is(err, agentbox.ErrTooLarge) || !errors.As(err, &apiErr) || apiErr.Status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("download of 200 MiB: %v, want 413", err)
+	}
+	if r, err := s.Run(ctx, "print('alive')"); err != nil || r.Stdout != "alive\n" {
+		t.Fatalf("the session after the refusal: %v %+v", err, r)
+	}
+}
