@@ -399,7 +399,8 @@ func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandb
 		return nil, fmt.Errorf("starting runsc: %w", err)
 	}
 	s.in, s.out = inW, outR
-	s.lines, s.quit = make(chan agentLine, 64), make(chan struct{})
+	// A few lines of read-ahead: what the host holds for a sandbox stays a small multiple of the cap.
+	s.lines, s.quit = make(chan agentLine, 4), make(chan struct{})
 	s.maxLine.Store(readyLine)
 	e.Stats.Started.Add(1)
 	go s.readLoop()
