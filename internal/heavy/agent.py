@@ -30,6 +30,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import traceback
 
 PROTO_IN = os.dup(0)
@@ -390,8 +391,11 @@ def worker_main(ctl_fd, res_fd):
         try:
             req = json.loads(line)
             _current_id[0] = req.get("id", 0)
-            result = handle(req)
-            send({"id": req.get("id", 0), "event": "result", **result})
+            answer = json.dumps({"id": req.get("id", 0), "event": "result", **handle(req)})
+            if len(answer) > req.get("max_line", len(answer)):
+                raise FileTooLarge(f"the answer is {len(answer)} bytes, more than the {req['max_line']} a {req.get('op')} may send")
+            with _send_lock:
+                _write_all(_res_fd, (answer + "\n").encode())
         except Exception as e:  # noqa: BLE001 - reported to the host, the worker goes on
             send({"id": req.get("id", 0), "event": "failed", "type": type(e).__name__[:200], "message": _clip(str(e))})
     os._exit(0)
@@ -544,11 +548,17 @@ def relay(w, head, body):
                 reported = n
                 proto_send({"id": rid, "event": "procs", "count": n})
             _reap(w)
-            if w.status is not None or (r and not chunk):
-                if w.status is None:
-                    _reap(w, block=True)  # it closed its end: it is exiting
+            for _ in range(100 if r and w.status is None else 0):  # EOF: it is exiting, or closed its end
+                time.sleep(0.01)
+                _reap(w)
+                if w.status is not None:
+                    break
+            if w.status is not None:
                 proto_send({"id": rid, **_death(w, op)})
                 w.close()
+                return False
+            if r:
+                proto_send({"id": rid, **_violation(w, op, "it closed its end")})
                 return False
 
 

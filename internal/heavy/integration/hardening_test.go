@@ -263,3 +263,25 @@ func TestGoldenRotationChangesHashSecret(t *testing.T) {
 		t.Fatalf("two pooled runs across a rotation hashed alike: %v", hashes)
 	}
 }
+
+// TestWorkerFaultsAreGuestCrashes (finding 3): whatever the worker does to itself or its result
+// channel, the supervisor answers for it and the run ends as the guest's crash.
+func TestWorkerFaultsAreGuestCrashes(t *testing.T) {
+	cases := []struct{ name, code, message string }{
+		{"exit", "import os\nos._exit(3)", "exited with status 3"},
+		{"closed channel", "import os, sys, time\nos.close(sys.modules['__main__']._res_fd)\ntime.sleep(30)", "closed its end"},
+		{"forged garbage", "import os, sys\nos.write(sys.modules['__main__']._res_fd, b'not json\\n')", "unreadable line"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			r := run(t, api.RunRequest{Code: tc.code, Limits: api.Limits{TimeoutMS: 20_000}})
+			if r.Error == nil || r.Error.Type != api.ErrGuestCrash || !strings.Contains(r.Error.Message, tc.message) {
+				t.Fatalf("%+v", r.Error)
+			}
+			if d := time.Since(start); d > 15*time.Second {
+				t.Fatalf("answered after %v", d)
+			}
+		})
+	}
+}
