@@ -318,10 +318,10 @@ func (e *Engine) runscFor(background bool) func(args ...string) *exec.Cmd {
 	return e.runsc
 }
 
-// How long runsc's short commands (kill, delete, checkpoint) may take before they are killed, and how
-// long a killed sandbox may take to exit before runsc itself gets SIGKILL. Variables for the tests.
+// How long runsc kill and delete may take before they are killed, and how long a killed sandbox may
+// take to exit before runsc itself gets SIGKILL. Variables for the tests.
 var (
-	runscTimeout = 30 * time.Second
+	runscTimeout = 10 * time.Second
 	killGrace    = 5 * time.Second
 )
 

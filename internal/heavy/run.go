@@ -299,11 +299,11 @@ var (
 // error message and traceback of at most 64 KiB each; a read comes in 1 MiB chunks; a listing has
 // at most 10,000 entries; other answers are small. lineSlack covers the id and framing.
 const (
-	runLine   = 24 << 20
-	readLine_ = 2 << 20
-	listLine  = 8 << 20
-	smallLine = 1 << 20
-	lineSlack = 4 << 10
+	runLine    = 24 << 20
+	readOpLine = 2 << 20
+	listLine   = 8 << 20
+	smallLine  = 1 << 20
+	lineSlack  = 4 << 10
 )
 
 // base64Len is the encoded length of n bytes.
@@ -657,7 +657,7 @@ func (ss *Session) ReadFileMax(ctx context.Context, p string, max int64) ([]byte
 		max = ss.e.cfg.MaxReadBytes
 	}
 	var data []byte
-	_, err := ss.op(ctx, map[string]any{"op": "read", "path": p, "max": max}, readLine_, func(r *reply) error {
+	_, err := ss.op(ctx, map[string]any{"op": "read", "path": p, "max": max}, readOpLine, func(r *reply) error {
 		if r.Event != "data" {
 			return protocolErr("a %s event during a read", quote([]byte(r.Event)))
 		}
