@@ -1,34 +1,98 @@
-# agentbox heavy-tier agent: runs inside the gVisor sandbox as the unprivileged user and speaks
-# line-delimited JSON with the host over its original stdin/stdout.
+# agentbox heavy-tier agent: runs inside the gVisor sandbox as the unprivileged user.
 #
-# Requests:  {"id": n, "op": "run", "code": str, "filename": str, "fresh": bool}
+# Two kinds of process. The supervisor (this script's first process, PID 1 of the sandbox) speaks
+# line-delimited JSON with the host over its original stdin/stdout and never runs a program. It forks
+# a worker, which closes the protocol fds before it runs anything, and relays the worker's answers to
+# the host: each line within the request's max_line, valid JSON, tagged with the request's id. The
+# supervisor is not dumpable, so the worker (same uid) cannot ptrace it or open its /proc/1/fd.
+# Preloaded modules stay warm in the worker: it is forked from the supervisor after the imports.
+#
+# Requests come as two lines: a header {"id": n, "op": str, "max_line": n}, then the request itself:
+#            {"id": n, "op": "run", "code": str, "filename": str, "fresh": bool}
 #            {"id": n, "op": "write", "path": str, "data": base64}
-#            {"id": n, "op": "read", "path": str}
+#            {"id": n, "op": "read", "path": str, "max": n}
 #            {"id": n, "op": "list", "dir": str}
+#            {"id": n, "op": "collect", "dir": str, "max_file": n, "max_total": n}
+#            {"id": n, "op": "install", "dir": str, "packages": [str]}
 # Answers:   {"id": n, "event": "stdout"|"stderr", "text": str}   (while a run is going)
-#            {"id": n, "event": "result", ...}                     (exactly one per request)
+#            {"id": n, "event": "data", "base64": str}             (a chunk of a read)
+#            {"id": n, "event": "procs", "count": n}               (processes running, when many)
+#            {"id": n, "event": "result", ...} or
+#            {"id": n, "event": "failed", "type": str, "message": str}   (exactly one per request)
 # The first line the agent writes is {"event": "ready"}, after its imports.
 import base64
 import io
 import json
+import linecache
 import os
+import select
 import shutil
+import signal
 import sys
 import threading
+import time
 import traceback
-import linecache
 
-PROTO = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-REQUESTS = os.fdopen(os.dup(0), "r", encoding="utf-8")
+PROTO_IN = os.dup(0)
+PROTO_OUT = os.dup(1)
+MAX_TEXT = 64 << 10  # of an error message or traceback
+MAX_ARTIFACTS = 16 << 20  # PNG bytes of one run's figures
+MAX_ENTRIES = 10000  # of a directory listing
+MAX_OMITTED = 1000  # names of /output files left out of a collect
+CHUNK = 1 << 20  # of a read, per data event
+PROCS_REPORT = 4  # report the process count from this many on
+
+
+def _set_dumpable(on):
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 1 if on else 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except Exception as e:  # noqa: BLE001 - without it the worker could reach the supervisor
+        os.write(2, f"agentbox: prctl(PR_SET_DUMPABLE): {e}\n".encode())
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+# fd 0 reads nothing; the supervisor's own fds 1 and 2 go to runsc's stderr (the host keeps a little
+# of it for diagnostics), never to the protocol.
+_null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(_null, 0)
+os.dup2(2, 1)
+_set_dumpable(False)
+
+# Matplotlib's font cache was built into the image; copy it where this user may write.
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.environ.get("HOME", "/tmp"), ".config", "matplotlib"))
+if os.path.isdir("/etc/matplotlib-cache") and not os.path.exists(os.environ["MPLCONFIGDIR"]):
+    shutil.copytree("/etc/matplotlib-cache", os.environ["MPLCONFIGDIR"])
+
+if os.environ.get("AGENTBOX_PRELOAD"):
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+import random  # noqa: E402,F401 - imported before the fork, reseeded in every worker
+
+
+# ---------------------------------------------------------------------------------------------------
+# The worker: runs programs and file operations, writes its answers to its result pipe.
+
+_res_fd = -1
 _send_lock = threading.Lock()
 _current_id = [0]
 
 
 def send(msg):
-    line = json.dumps(msg)
+    line = (json.dumps(msg) + "\n").encode()
     with _send_lock:
-        PROTO.write(line + "\n")
-        PROTO.flush()
+        _write_all(_res_fd, line)
 
 
 _SYNC = b"\x00agentbox-sync\x00"
@@ -71,34 +135,17 @@ def _sync():
         _synced[fd].wait(10)
 
 
-# fd 0 reads nothing; fds 1 and 2 become pipes the agent forwards, so nothing a program writes can
-# corrupt the protocol.
-_null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(_null, 0)
-_pumps = []
-for _fd, _name in ((1, "stdout"), (2, "stderr")):
-    _r, _w = os.pipe()
-    os.dup2(_w, _fd)
-    os.close(_w)
-    _t = threading.Thread(target=_pump, args=(_r, _name, _fd), daemon=True)
-    _t.start()
-    _pumps.append(_t)
-sys.stdin = io.TextIOWrapper(io.FileIO(0, "r"), encoding="utf-8")
-sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=True)
-sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", line_buffering=True)
+def _reseed():
+    """Fresh random state for a fresh run: a pooled worker's generators were copied from one golden
+    checkpoint. numpy's default_rng() draws from os.urandom on each call already."""
+    random.seed(os.urandom(32))
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed(np.frombuffer(os.urandom(32), dtype=np.uint32))
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:
+        tempfile._name_sequence = None
 
-# Matplotlib's font cache was built into the image; copy it where this user may write.
-os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.environ.get("HOME", "/tmp"), ".config", "matplotlib"))
-if os.path.isdir("/etc/matplotlib-cache") and not os.path.exists(os.environ["MPLCONFIGDIR"]):
-    shutil.copytree("/etc/matplotlib-cache", os.environ["MPLCONFIGDIR"])
-
-if os.environ.get("AGENTBOX_PRELOAD"):
-    import numpy  # noqa: F401
-    import pandas  # noqa: F401
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
 
 _figures_shown = []
 
@@ -150,10 +197,15 @@ def _exit_code(code):
     return 1
 
 
+def _clip(text):
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT // 2] + "\n[...]\n" + text[-MAX_TEXT // 2:]
+
+
 def run(req):
     global _main_globals
     if req.get("fresh"):
         _main_globals = {"__name__": "__main__", "__builtins__": __builtins__}
+        _reseed()
     filename = req.get("filename") or "main.py"
     code = req["code"]
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
@@ -173,11 +225,17 @@ def run(req):
             tb = tb.tb_next
         text = "".join(traceback.format_exception(type(e), e, tb))
         sys.stderr.write(text)
-        error = {"type": type(e).__name__, "message": str(e), "traceback": text}
+        error = {"type": type(e).__name__[:200], "message": _clip(str(e)), "traceback": _clip(text)}
     _patch_show()
     artifacts = []
     try:
-        artifacts = _capture_figures()
+        artifacts, size = [], 0
+        for a in _capture_figures():
+            size += len(a["base64"]) * 3 // 4
+            if size > MAX_ARTIFACTS:
+                sys.stderr.write(f"agentbox: {a['name']} left out: the run's figures passed {MAX_ARTIFACTS >> 20} MiB\n")
+                continue
+            artifacts.append(a)
     except Exception as e:  # a broken figure must not lose the run's result
         sys.stderr.write(f"agentbox: could not render figures: {e}\n")
     sys.stdout.flush()
@@ -190,10 +248,50 @@ def run(req):
     return {"exit_code": exit_code, "error": error, "artifacts": artifacts, "has_output": has_output}
 
 
+class FileTooLarge(Exception):
+    pass
+
+
+class NotRegularFile(Exception):
+    pass
+
+
 def _safe(path):
     if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
         raise ValueError(f"path must be absolute: {path!r}")
     return path
+
+
+def read(req):
+    """Sends the file in data events of CHUNK bytes; refuses one larger than req["max"] before reading
+    it (and stops reading if it grows past it meanwhile)."""
+    path, limit = _safe(req["path"]), req["max"]
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    try:
+        st = os.fstat(fd)
+        if not (st.st_mode & 0o170000 == 0o100000):  # S_ISREG
+            if st.st_mode & 0o170000 == 0o040000:
+                raise IsADirectoryError(f"{path} is a directory")
+            raise NotRegularFile(f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise FileTooLarge(f"{path} is {st.st_size} bytes, more than the {limit} allowed")
+        os.set_blocking(fd, True)
+        total = 0
+        while True:
+            chunk = os.read(fd, min(CHUNK, limit + 1 - total))
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise FileTooLarge(f"{path} grew past the {limit} bytes allowed while it was read")
+            send({"id": _current_id[0], "event": "data", "base64": base64.b64encode(chunk).decode()})
+            if total == limit:
+                if os.read(fd, 1):
+                    raise FileTooLarge(f"{path} grew past the {limit} bytes allowed while it was read")
+                break
+        return {"size": total}
+    finally:
+        os.close(fd)
 
 
 def handle(req):
@@ -207,12 +305,14 @@ def handle(req):
             f.write(base64.b64decode(req["data"]))
         return {"path": path, "size": os.path.getsize(path)}
     if op == "read":
-        with open(_safe(req["path"]), "rb") as f:
-            return {"data": base64.b64encode(f.read()).decode()}
+        return read(req)
     if op == "list":
         d = _safe(req.get("dir") or "/")
+        names = sorted(os.listdir(d))
+        if len(names) > MAX_ENTRIES:
+            raise FileTooLarge(f"{d} has {len(names)} entries, more than the {MAX_ENTRIES} a listing returns")
         out = []
-        for name in sorted(os.listdir(d)):
+        for name in names:
             p = os.path.join(d, name)
             st = os.lstat(p)
             out.append({"name": name, "path": p, "size": st.st_size, "is_dir": os.path.isdir(p) and not os.path.islink(p), "mtime": st.st_mtime})
@@ -239,7 +339,7 @@ def handle(req):
     if op == "collect":
         # Every regular file under dir (no links followed), within the caps; the rest is named.
         root, max_file, max_total = _safe(req.get("dir") or "/output"), req["max_file"], req["max_total"]
-        files, omitted, total = {}, [], 0
+        files, omitted, total, more = {}, [], 0, 0
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
@@ -248,28 +348,238 @@ def handle(req):
                     continue
                 size = os.path.getsize(p)
                 if size > max_file or total + size > max_total:
-                    omitted.append(p)
+                    if len(omitted) < MAX_OMITTED:
+                        omitted.append(p)
+                    else:
+                        more += 1
                     continue
                 with open(p, "rb") as f:
-                    files[p] = base64.b64encode(f.read()).decode()
-                total += size
+                    data = f.read(max_file + 1)
+                if len(data) > max_file or total + len(data) > max_total:  # it grew meanwhile
+                    if len(omitted) < MAX_OMITTED:
+                        omitted.append(p)
+                    continue
+                files[p] = base64.b64encode(data).decode()
+                total += len(data)
+        if more:
+            omitted.append(f"... and {more} more")
         return {"files": files, "omitted": omitted}
     raise ValueError(f"unknown op {op!r}")
 
 
-def main():
-    send({"event": "ready", "pid": os.getpid()})
-    for line in REQUESTS:
-        line = line.strip()
-        if not line:
+def worker_main(ctl_fd, res_fd):
+    """The worker's life: requests from ctl_fd, answers to res_fd, until the supervisor closes ctl_fd."""
+    global _res_fd, PROTO_IN, PROTO_OUT
+    _res_fd = res_fd
+    PROTO_IN = PROTO_OUT = None  # closed by the fork's caller
+    _set_dumpable(True)  # for its own children; the supervisor stays out of reach
+    os.dup2(_null, 0)
+    for _fd, _name in ((1, "stdout"), (2, "stderr")):
+        _r, _w = os.pipe()
+        os.dup2(_w, _fd)
+        os.close(_w)
+        threading.Thread(target=_pump, args=(_r, _name, _fd), daemon=True).start()
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", line_buffering=True)
+    _reseed()
+    requests = os.fdopen(ctl_fd, "rb")
+    for line in requests:
+        if not line.strip():
             continue
+        req = {}
         try:
             req = json.loads(line)
             _current_id[0] = req.get("id", 0)
-            result = handle(req)
-            send({"id": req.get("id", 0), "event": "result", **result})
-        except Exception as e:  # noqa: BLE001 - reported to the host, the agent goes on
-            send({"id": _current_id[0], "event": "failed", "type": type(e).__name__, "message": str(e)})
+            answer = json.dumps({"id": req.get("id", 0), "event": "result", **handle(req)})
+            if len(answer) > req.get("max_line", len(answer)):
+                raise FileTooLarge(f"the answer is {len(answer)} bytes, more than the {req['max_line']} a {req.get('op')} may send")
+            with _send_lock:
+                _write_all(_res_fd, (answer + "\n").encode())
+        except Exception as e:  # noqa: BLE001 - reported to the host, the worker goes on
+            send({"id": req.get("id", 0), "event": "failed", "type": type(e).__name__[:200], "message": _clip(str(e))})
+    os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The supervisor.
+
+def proto_send(msg):
+    _write_all(PROTO_OUT, (json.dumps(msg) + "\n").encode())
+
+
+class Worker:
+    def __init__(self):
+        ctl_r, ctl_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for fd in (PROTO_IN, PROTO_OUT, ctl_w, res_r):
+                    os.close(fd)
+                worker_main(ctl_r, res_w)
+            finally:
+                os._exit(70)
+        os.close(ctl_r)
+        os.close(res_w)
+        os.set_blocking(ctl_w, False)
+        self.pid, self.ctl, self.res, self.status = pid, ctl_w, res_r, None
+
+    def close(self):
+        """Kills the worker and everything it started (every process but this one)."""
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        for fd in (self.ctl, self.res):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        while self.status is None:
+            _reap(self, block=True)
+
+
+def _reap(w, block=False):
+    """Collects exited children (orphans are reparented to this PID 1); notes the worker's status."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            if w is not None and w.status is None:
+                w.status = 0
+            return
+        if pid == 0:
+            return
+        if w is not None and pid == w.pid:
+            w.status = status
+            if block:
+                return
+
+
+def _count_procs():
+    try:
+        return sum(1 for n in os.listdir("/proc") if n.isdigit()) - 1  # not this supervisor
+    except OSError:
+        return 0
+
+
+def _death(w, op):
+    if os.WIFSIGNALED(w.status):
+        code, how = 128 + os.WTERMSIG(w.status), f"was killed by signal {os.WTERMSIG(w.status)}"
+    else:
+        code, how = os.WEXITSTATUS(w.status) if os.WIFEXITED(w.status) else 1, f"exited with status {os.waitstatus_to_exitcode(w.status)}"
+    msg = f"the program's process {how} before it reported a result"
+    if op == "run":
+        return {"event": "result", "exit_code": code, "error": {"type": "GuestCrash", "message": msg}, "artifacts": [],
+                "has_output": bool(_listdir("/output"))}
+    return {"event": "failed", "type": "GuestCrash", "message": msg}
+
+
+def _listdir(d):
+    try:
+        return os.listdir(d)
+    except OSError:
+        return []
+
+
+def _violation(w, op, why):
+    w.close()
+    msg = f"the program broke the agent's result channel ({why}); it was stopped"
+    if op == "run":
+        return {"event": "result", "exit_code": 1, "error": {"type": "GuestCrash", "message": msg}, "artifacts": [], "has_output": False}
+    return {"event": "failed", "type": "GuestCrash", "message": msg}
+
+
+def relay(w, head, body):
+    """Gives the worker one request and forwards its answers to the host until the result. Returns
+    whether the worker is still usable."""
+    rid, op, max_line = head["id"], head.get("op"), int(head.get("max_line") or (1 << 20))
+    pending = bytearray(body)
+    buf = bytearray()
+    scanned = 0  # bytes of buf known to hold no newline
+    reported = PROCS_REPORT - 1
+    while True:
+        try:
+            r, wr, _ = select.select([w.res], [w.ctl] if pending else [], [], 0.02)
+        except InterruptedError:
+            continue
+        if wr:
+            try:
+                del pending[: os.write(w.ctl, pending[: 1 << 16])]
+            except BlockingIOError:
+                pass
+            except OSError:
+                pending.clear()  # the worker is gone: noticed below
+        chunk = b""
+        if r:
+            chunk = os.read(w.res, 1 << 16)
+            buf += chunk
+            while True:
+                i = buf.find(b"\n", scanned)
+                scanned = len(buf) if i < 0 else 0
+                if i < 0 and len(buf) > max_line or i > max_line:
+                    proto_send({"id": rid, **_violation(w, op, f"a line longer than {max_line} bytes")})
+                    return False
+                if i < 0:
+                    break
+                line = bytes(buf[:i])
+                del buf[: i + 1]
+                try:
+                    msg = json.loads(line)
+                    if not isinstance(msg, dict) or not isinstance(msg.get("event"), str):
+                        raise ValueError("not an event")
+                except ValueError:
+                    proto_send({"id": rid, **_violation(w, op, f"an unreadable line {line[:80]!r}")})
+                    return False
+                if msg.get("id") != rid:
+                    continue  # the answer of an earlier request, or a forgery
+                msg["id"] = rid
+                out = json.dumps(msg)
+                if len(out) > max_line:
+                    proto_send({"id": rid, **_violation(w, op, f"a line longer than {max_line} bytes")})
+                    return False
+                _write_all(PROTO_OUT, (out + "\n").encode())
+                if msg["event"] in ("result", "failed"):
+                    return True
+        if not r or not chunk:
+            n = _count_procs()
+            if n > reported:
+                reported = n
+                proto_send({"id": rid, "event": "procs", "count": n})
+            _reap(w)
+            for _ in range(100 if r and w.status is None else 0):  # EOF: it is exiting, or closed its end
+                time.sleep(0.01)
+                _reap(w)
+                if w.status is not None:
+                    break
+            if w.status is not None:
+                proto_send({"id": rid, **_death(w, op)})
+                w.close()
+                return False
+            if r:
+                proto_send({"id": rid, **_violation(w, op, "it closed its end")})
+                return False
+
+
+def main():
+    proto_send({"event": "ready", "pid": os.getpid()})
+    requests = os.fdopen(PROTO_IN, "rb")
+    w = None
+    while True:
+        head = requests.readline()
+        if not head:
+            break
+        if not head.strip():
+            continue
+        body = requests.readline()
+        head = json.loads(head)
+        if w is None:
+            w = Worker()
+        if not relay(w, head, body):
+            w = None
+    if w is not None:
+        w.close()
 
 
 main()

@@ -2,7 +2,8 @@
 // from Debian, each sandbox a gVisor (runsc) container with a read-only root filesystem, private
 // size-limited /tmp and /home/user, memory, CPU and process limits, an unprivileged user and no
 // network. Inside, a small agent (agent.py) runs programs and reports results and charts over a
-// line-delimited JSON protocol on stdio. See docs/heavy-tier.md.
+// line-delimited JSON protocol on stdio; programs run in a worker process the agent forks, which
+// cannot reach that protocol. See docs/heavy-tier.md.
 package heavy
 
 import (
@@ -14,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -72,11 +72,26 @@ type Config struct {
 	// of such a sandbox when that measures faster than a cold start, unless NoCheckpoint.
 	PoolSize     int
 	NoCheckpoint bool
+	// GoldenMaxAge is how long one golden checkpoint serves before the pool makes a new one, so that
+	// the str-hash secret pooled sandboxes share (see docs/heavy-tier.md) changes; zero means 10
+	// minutes, negative never.
+	GoldenMaxAge time.Duration
 	// PoolIdle empties the pool after this long without a request (the next one refills it); zero
 	// means 10 minutes, negative never.
 	PoolIdle time.Duration
-	// MaxConcurrent caps sandboxes running at once (pool included); zero means 8.
+	// MaxConcurrent caps the sandboxes serving requests at once: one-shot runs, and open sessions,
+	// each of which holds its place from NewSession until Close. The PoolSize sandboxes waiting in the
+	// pool come on top. Zero means 8.
 	MaxConcurrent int
+	// MaxQueue caps the requests waiting for a place when all MaxConcurrent are taken: beyond it, or
+	// after QueueWait in the queue, a request is refused as errdefs.Overloaded (HTTP 429 with
+	// Retry-After). Zero means 2×MaxConcurrent; negative means no queue (refuse at once).
+	MaxQueue int
+	// QueueWait is the longest a request waits in the queue; zero means 30 seconds.
+	QueueWait time.Duration
+	// MaxReadBytes caps a file Session.ReadFile returns (larger ones are errdefs.TooLarge); zero
+	// means 64 MiB.
+	MaxReadBytes int64
 	// PackageIndex is the PEP 503 index that `packages` are fetched from, on the host; empty refuses
 	// package requests. PackageCache holds the fetched wheels; empty means the heavy cache's
 	// "packages". Python is the host interpreter whose pip fetches them; empty means python3.
@@ -92,12 +107,14 @@ type Engine struct {
 	cfg      Config
 	log      *slog.Logger
 	agentDir string
+	etcDir   string // the sandboxes' /etc/hostname and /etc/resolv.conf
 	nice     string // path of nice(1) for runscLow; empty runs background work at normal priority
 	ownState bool
 	pool     chan *sandbox
 	stop     chan struct{}
 	wg       sync.WaitGroup
-	slots    chan struct{}
+	slots    chan struct{} // one token per sandbox serving a request (runs and sessions)
+	queued   atomic.Int64  // requests waiting for a slot
 	wake     chan struct{}
 	lastTake atomic.Int64
 	golden   atomic.Pointer[refiller] // set once the pool's refill path is chosen
@@ -144,6 +161,13 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	def(&cfg.DiskMB, defaultTmpMB)
 	def(&cfg.PoolSize, defaultPool)
 	def(&cfg.MaxConcurrent, 8)
+	def(&cfg.MaxQueue, 2*cfg.MaxConcurrent)
+	if cfg.QueueWait <= 0 {
+		cfg.QueueWait = 30 * time.Second
+	}
+	if cfg.MaxReadBytes <= 0 {
+		cfg.MaxReadBytes = 64 << 20
+	}
 	if cfg.Runsc == "" {
 		cfg.Runsc = filepath.Join(cacheDir(), "bin", "runsc")
 	}
@@ -178,6 +202,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.PoolIdle == 0 {
 		cfg.PoolIdle = 10 * time.Minute
 	}
+	if cfg.GoldenMaxAge == 0 {
+		cfg.GoldenMaxAge = 10 * time.Minute
+	}
 	e := &Engine{cfg: cfg, log: log, stop: make(chan struct{}), slots: make(chan struct{}, cfg.MaxConcurrent), wake: make(chan struct{}, 1)}
 	e.lastTake.Store(time.Now().UnixNano())
 	if e.cfg.StateDir == "" {
@@ -195,12 +222,29 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := os.WriteFile(filepath.Join(e.agentDir, "agent.py"), agentSource, 0o644); err != nil {
 		return nil, err
 	}
+	// The root filesystem keeps what debootstrap copied from the build machine; every sandbox sees
+	// neutral ones instead (there is no network: no nameserver).
+	e.etcDir = filepath.Join(e.cfg.StateDir, "etc")
+	if err := os.MkdirAll(e.etcDir, 0o755); err != nil {
+		return nil, err
+	}
+	for name, content := range sandboxEtc {
+		if err := os.WriteFile(filepath.Join(e.etcDir, name), []byte(content), 0o644); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.PoolSize > 0 {
 		e.pool = make(chan *sandbox, cfg.PoolSize)
 		e.wg.Add(1)
 		go e.fillPool()
 	}
 	return e, nil
+}
+
+// sandboxEtc are the files bound over the root filesystem's /etc in every sandbox.
+var sandboxEtc = map[string]string{
+	"hostname":    "sandbox\n",
+	"resolv.conf": "# agentbox sandbox: there is no network\n",
 }
 
 // Limits resolves a request's limits against the engine's defaults and maxima.
@@ -211,18 +255,32 @@ func (e *Engine) Limits(req api.Limits) (api.Limits, error) {
 	return limits.Resolve(req, e.cfg.Defaults, e.cfg.Max, minMemoryMB, api.TierHeavy)
 }
 
-// sandbox is one running container and the agent inside it.
+// sandbox is one running container and the agent inside it. A sandbox serves one caller at a time
+// (a one-shot run, or a session under its lock): nextID, runs and procs belong to that caller.
 type sandbox struct {
 	id      string
 	bundle  string
 	cmd     *exec.Cmd
-	in      io.WriteCloser
-	out     *bufio.Scanner
-	done    chan struct{} // closed when runsc exits
-	killed  atomic.Bool   // we stopped it (timeout, output cap, close)
-	memory  int           // MiB the container was started with
-	nextID  int
-	exitErr error
+	in      *os.File       // the agent's stdin: requests
+	out     *os.File       // the agent's stdout: replies, read by readLoop only
+	lines   chan agentLine // replies from readLoop; closed at EOF
+	maxLine atomic.Int64   // longest reply line readLoop accepts now (set by each call)
+	quit    chan struct{}  // closed by destroy: readLoop stops
+	quitted sync.Once      // closes quit
+	done    chan struct{}  // closed when runsc exits, after exitErr is set
+	exitErr error          // set before done is closed; read only after <-done
+	stderr  *limitedBuffer // runsc's and the supervisor's stderr, for diagnostics
+	killed  atomic.Bool    // we stopped it (timeout, output cap, protocol fault, close)
+	memory  int            // MiB the container was started with
+	nextID  int            // last request id sent
+	runs    int            // runs so far: the first one is always fresh
+	procs   int            // most processes the agent reported during the current call
+}
+
+// agentLine is one reply line, or why reading stopped.
+type agentLine struct {
+	b   []byte
+	err error
 }
 
 func newID() string {
@@ -260,6 +318,34 @@ func (e *Engine) runscFor(background bool) func(args ...string) *exec.Cmd {
 	return e.runsc
 }
 
+// How long runsc kill and delete may take before they are killed, and how long a killed sandbox may
+// take to exit before runsc itself gets SIGKILL. Variables for the tests.
+var (
+	runscTimeout = 10 * time.Second
+	killGrace    = 5 * time.Second
+)
+
+// runBounded runs cmd (runsc what), killing it after d: a runsc that hangs must not hold a request or
+// the engine.
+func runBounded(what string, cmd *exec.Cmd, d time.Duration) error {
+	cmd.WaitDelay = time.Second
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-timer.C:
+		cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("runsc %s: no answer within %v", what, d)
+	}
+}
+
 // start creates and starts a sandbox and waits for its agent to say it is ready. background
 // sandboxes (pool refills, the golden checkpoint) get a small CPU share until a request takes them.
 func (e *Engine) start(ctx context.Context, memoryMB int, preload, background bool) (*sandbox, error) {
@@ -280,51 +366,72 @@ func (e *Engine) start(ctx context.Context, memoryMB int, preload, background bo
 	return e.attach(ctx, s, true)
 }
 
+// readyLine bounds the agent's first line.
+const readyLine = 4 << 10
+
 // attach starts s.cmd (runsc run or restore) with pipes to the agent and, when waitReady, waits for
-// the agent's first line.
+// the agent's first line. The pipes are our own (not StdoutPipe): Wait closes StdoutPipe's end when
+// runsc exits, which could lose the last replies still being read.
 func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandbox, error) {
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr := &limitedBuffer{max: 64 << 10}
-	s.cmd.Stderr = stderr
-	var err error
-	if s.in, err = s.cmd.StdinPipe(); err != nil {
-		return nil, err
-	}
-	stdout, err := s.cmd.StdoutPipe()
+	s.stderr = &limitedBuffer{max: 64 << 10}
+	s.cmd.Stderr = s.stderr
+	// runsc's children may keep its stderr open after it exits; Wait must not wait for them.
+	s.cmd.WaitDelay = time.Second
+	inR, inW, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	s.out = bufio.NewScanner(stdout)
-	s.out.Buffer(make([]byte, 64<<10), 256<<20)
-	if err := s.cmd.Start(); err != nil {
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, err
+	}
+	s.cmd.Stdin, s.cmd.Stdout = inR, outW
+	err = s.cmd.Start()
+	inR.Close() // the child holds its own copies
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
 		os.RemoveAll(s.bundle)
 		return nil, fmt.Errorf("starting runsc: %w", err)
 	}
+	s.in, s.out = inW, outR
+	// A few lines of read-ahead: what the host holds for a sandbox stays a small multiple of the cap.
+	s.lines, s.quit = make(chan agentLine, 4), make(chan struct{})
+	s.maxLine.Store(readyLine)
 	e.Stats.Started.Add(1)
+	go s.readLoop()
 	go func() {
-		s.exitErr = s.cmd.Wait()
+		err := s.cmd.Wait()
+		s.exitErr = err
 		close(s.done)
 	}()
 	if !waitReady {
 		return s, nil
 	}
-	ready := make(chan error, 1)
-	go func() {
-		if !s.out.Scan() {
-			ready <- fmt.Errorf("sandbox exited before its agent started: %v: %s", s.exitErr, stderr.String())
-			return
-		}
-		var msg struct{ Event string }
-		if err := json.Unmarshal(s.out.Bytes(), &msg); err != nil || msg.Event != "ready" {
-			ready <- fmt.Errorf("unexpected first line from the agent: %q", s.out.Text())
-			return
-		}
-		ready <- nil
-	}()
 	timer := time.NewTimer(startTimeout)
 	defer timer.Stop()
 	select {
-	case err = <-ready:
+	case l, ok := <-s.lines:
+		switch {
+		case !ok:
+			select {
+			case <-s.done:
+				err = fmt.Errorf("sandbox exited before its agent started: %v: %s", s.exitErr, s.stderr.String())
+			case <-time.After(killGrace):
+				err = fmt.Errorf("the agent closed its output before it started: %s", s.stderr.String())
+			}
+		case l.err != nil:
+			err = l.err
+		default:
+			var msg struct{ Event string }
+			if json.Unmarshal(l.b, &msg) != nil || msg.Event != "ready" {
+				err = fmt.Errorf("unexpected first line from the agent: %s", quote(l.b))
+			}
+		}
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timer.C:
@@ -335,6 +442,69 @@ func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandb
 		return nil, fmt.Errorf("starting heavy sandbox: %w", err)
 	}
 	return s, nil
+}
+
+// readLoop reads the agent's replies into s.lines until EOF, a line longer than s.maxLine (a protocol
+// fault: reading stops, the caller kills the sandbox) or destroy.
+func (s *sandbox) readLoop() {
+	defer close(s.lines)
+	r := bufio.NewReaderSize(s.out, 64<<10)
+	for {
+		b, err := readLine(r, &s.maxLine)
+		if err != nil {
+			if errors.Is(err, errProtocol) {
+				select {
+				case s.lines <- agentLine{err: err}:
+				case <-s.quit:
+				}
+			}
+			return
+		}
+		select {
+		case s.lines <- agentLine{b: b}:
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// readLine reads one line of at most *max bytes, without its newline. A longer line is a protocol
+// fault, found before more than *max bytes are held; a partial last line before EOF is dropped. max
+// is read as the line arrives: a call sets it after readLoop began waiting.
+func readLine(r *bufio.Reader, max *atomic.Int64) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := r.ReadSlice('\n')
+		if n := max.Load(); int64(len(line)+len(frag)) > n+1 {
+			return nil, protocolErr("a reply line longer than %d bytes", n)
+		}
+		switch err {
+		case nil:
+			return append(line, frag[:len(frag)-1]...), nil
+		case bufio.ErrBufferFull:
+			line = append(line, frag...)
+		default:
+			return nil, err
+		}
+	}
+}
+
+// errProtocol marks replies that broke the agent protocol (too long, unreadable, for another request):
+// the sandbox is killed and the fault is reported as the guest's.
+var errProtocol = errors.New("the sandbox broke the agent protocol")
+
+func protocolErr(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errProtocol}, args...)...)
+}
+
+// quote is b for an error message: at most 200 bytes of it, so that a guest's garbage cannot bloat
+// logs and answers.
+func quote(b []byte) string {
+	const max = 200
+	if len(b) > max {
+		return fmt.Sprintf("%q... (%d bytes)", b[:max], len(b))
+	}
+	return strconv.Quote(string(b))
 }
 
 // spec is the OCI runtime spec of a sandbox.
@@ -374,6 +544,8 @@ func (e *Engine) spec(memoryMB int, preload, background bool) map[string]any {
 			{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": []string{"nosuid"}},
 			tmpfs("/tmp"), tmpfs("/home/user"), tmpfs("/data"), tmpfs("/output"),
 			{"destination": "/opt/agentbox", "type": "bind", "source": e.agentDir, "options": []string{"rbind", "ro"}},
+			{"destination": "/etc/hostname", "type": "bind", "source": filepath.Join(e.etcDir, "hostname"), "options": []string{"bind", "ro"}},
+			{"destination": "/etc/resolv.conf", "type": "bind", "source": filepath.Join(e.etcDir, "resolv.conf"), "options": []string{"bind", "ro"}},
 		},
 		"linux": map[string]any{
 			"namespaces": []map[string]any{{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}},
@@ -411,22 +583,51 @@ func (e *Engine) setShares(s *sandbox, shares int) {
 	}
 }
 
-// destroy stops a sandbox and removes its traces.
-func (e *Engine) destroy(s *sandbox) {
+// kill stops a sandbox's container: runsc kill within runscTimeout, then SIGKILL of runsc itself if
+// the sandbox has not exited within killGrace. background kills run at low CPU priority.
+func (e *Engine) kill(s *sandbox, background bool) {
 	s.killed.Store(true)
-	if s.in != nil {
-		s.in.Close()
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
 	}
-	if s.cmd.Process != nil {
-		e.runscLow("kill", s.id, "KILL").Run()
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	if err := runBounded("kill", e.runscFor(background)("kill", s.id, "KILL"), runscTimeout); err != nil {
+		e.log.Debug("runsc kill", "id", s.id, "err", err)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(killGrace):
+		e.log.Warn("a heavy sandbox outlived runsc kill; killing runsc", "id", s.id)
+		s.cmd.Process.Kill()
+	}
+}
+
+// destroy stops a sandbox and removes its traces. Every wait in it is bounded.
+func (e *Engine) destroy(s *sandbox) {
+	e.kill(s, true)
+	if s.cmd != nil && s.cmd.Process != nil {
 		select {
 		case <-s.done:
-		case <-time.After(5 * time.Second):
-			s.cmd.Process.Kill()
-			<-s.done
+		case <-time.After(killGrace):
+			e.log.Warn("a heavy sandbox's runsc did not exit after SIGKILL", "id", s.id)
 		}
 	}
-	e.runscLow("delete", "--force", s.id).Run()
+	if err := runBounded("delete", e.runscLow("delete", "--force", s.id), runscTimeout); err != nil {
+		e.log.Debug("runsc delete", "id", s.id, "err", err)
+	}
+	s.quitted.Do(func() {
+		if s.quit != nil {
+			close(s.quit)
+		}
+		if s.in != nil {
+			s.in.Close()
+			s.out.Close() // ends readLoop even if something in the sandbox still holds the pipe
+		}
+	})
 	os.RemoveAll(s.bundle)
 }
 

@@ -13,8 +13,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
-	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 )
 
@@ -100,18 +100,18 @@ func (e *Engine) install(ctx context.Context, s *sandbox, pkgs []string) error {
 	if err != nil {
 		return err
 	}
-	lim := api.Limits{TimeoutMS: 300_000}
+	const timeout = 5 * time.Minute
 	for _, w := range wheels {
 		data, err := os.ReadFile(w)
 		if err != nil {
 			return err
 		}
 		req := map[string]any{"op": "write", "path": "/tmp/agentbox-wheels/" + filepath.Base(w), "data": base64.StdEncoding.EncodeToString(data)}
-		if _, err := e.call(ctx, s, req, lim, nil); err != nil {
+		if _, err := e.call(ctx, s, req, timeout, smallLine, nil); err != nil {
 			return fmt.Errorf("copying %s into the sandbox: %w", filepath.Base(w), err)
 		}
 	}
-	if _, err := e.call(ctx, s, map[string]any{"op": "install", "dir": "/tmp/agentbox-wheels", "packages": pkgs}, lim, nil); err != nil {
+	if _, err := e.call(ctx, s, map[string]any{"op": "install", "dir": "/tmp/agentbox-wheels", "packages": pkgs}, timeout, smallLine, nil); err != nil {
 		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("installing %v: %w", pkgs, err))
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,6 +48,9 @@ func (e *Engine) fillPool() {
 		case <-e.stop:
 			return
 		default:
+		}
+		if r.image != "" && e.cfg.GoldenMaxAge > 0 && time.Since(r.made) > e.cfg.GoldenMaxAge {
+			r = e.rotateGolden(ctx, r)
 		}
 		s, err := e.refill(ctx, r)
 		if err != nil {
@@ -129,15 +133,41 @@ func (e *Engine) take(ctx context.Context, memoryMB int) (*sandbox, error) {
 // ErrClosed is returned by a closed engine.
 var ErrClosed = errors.New("heavy engine is closed")
 
+// ErrBusy is returned (as errdefs.Overloaded) when every slot is taken and the queue is full or was
+// waited in for QueueWait.
+var ErrBusy = errors.New("heavy tier busy")
+
+// admit takes a slot for one sandbox serving a request, waiting in the bounded queue when all are
+// taken. The returned release may be called more than once.
 func (e *Engine) admit(ctx context.Context) (func(), error) {
 	if e.closed.Load() {
 		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
 	}
+	release := sync.OnceFunc(func() { <-e.slots })
 	select {
 	case e.slots <- struct{}{}:
-		return func() { <-e.slots }, nil
+		return release, nil
+	default:
+	}
+	busy := func(why string) error {
+		return errdefs.With(errdefs.Overloaded, fmt.Errorf("%w: all %d heavy sandboxes are in use and %s; retry later", ErrBusy, e.cfg.MaxConcurrent, why))
+	}
+	if n := e.queued.Add(1); e.cfg.MaxQueue < 0 || n > int64(e.cfg.MaxQueue) {
+		e.queued.Add(-1)
+		return nil, busy(fmt.Sprintf("%d requests are waiting", max(e.cfg.MaxQueue, 0)))
+	}
+	defer e.queued.Add(-1)
+	timer := time.NewTimer(e.cfg.QueueWait)
+	defer timer.Stop()
+	select {
+	case e.slots <- struct{}{}:
+		return release, nil
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
+	case <-timer.C:
+		return nil, busy(fmt.Sprintf("none came free within %v", e.cfg.QueueWait))
+	case <-e.stop:
+		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
 	}
 }
 
@@ -190,8 +220,12 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream Stre
 		return nil, nil, err
 	}
 	for _, f := range req.Files {
-		if _, err := e.call(ctx, s, map[string]any{"op": "write", "path": f.Path, "data": base64.StdEncoding.EncodeToString(f.Data)}, lim, nil); err != nil {
-			return nil, nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("placing %s: %w", f.Path, err))
+		if _, err := e.call(ctx, s, map[string]any{"op": "write", "path": f.Path, "data": base64.StdEncoding.EncodeToString(f.Data)}, timeoutOf(lim), smallLine, nil); err != nil {
+			var ae *agentError
+			if errors.As(err, &ae) {
+				err = errdefs.With(errdefs.InvalidArgument, err)
+			}
+			return nil, nil, fmt.Errorf("placing %s: %w", f.Path, err)
 		}
 	}
 	res, hasOutput, err := e.execOutput(ctx, s, req.Code, req.Filename, true, lim, stream)
@@ -203,7 +237,7 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream Stre
 		return res, nil, nil // the sandbox died: nothing to collect
 	default:
 	}
-	r, err := e.call(ctx, s, map[string]any{"op": "collect", "dir": "/output", "max_file": maxFile, "max_total": maxTotal}, api.Limits{TimeoutMS: 30_000}, nil)
+	r, err := e.call(ctx, s, map[string]any{"op": "collect", "dir": "/output", "max_file": maxFile, "max_total": maxTotal}, 30*time.Second, base64Len(maxTotal)+listLine, nil)
 	if err != nil {
 		return res, nil, nil // the result stands; the files could not be read
 	}
@@ -237,6 +271,8 @@ type reply struct {
 	ID        int            `json:"id"`
 	Event     string         `json:"event"`
 	Text      string         `json:"text"`
+	Data      []byte         `json:"base64"` // a chunk of a read
+	Count     int            `json:"count"`  // processes running, for "procs"
 	ExitCode  int            `json:"exit_code"`
 	Error     *api.Error     `json:"error"`
 	Artifacts []api.Artifact `json:"artifacts"`
@@ -246,67 +282,119 @@ type reply struct {
 	Raw       json.RawMessage
 }
 
+// agentError is a request the agent refused ("failed"): Type is the Python exception's class, or
+// FileTooLarge, or GuestCrash when the worker died or broke its channel.
+type agentError struct{ Type, Message string }
+
+func (e *agentError) Error() string { return e.Type + ": " + e.Message }
+
 // Why a call was cut short.
 var (
 	errTimeout = errors.New("timeout")
 	errDied    = errors.New("sandbox exited")
 )
 
-// call sends one request and reads the agent's answers until its result, forwarding output events to
-// out. The sandbox is killed when ctx ends or the time limit passes.
-func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, lim api.Limits, out func(r *reply) error) (*reply, error) {
+// The longest reply line each kind of request may be answered with (the agent keeps to the same
+// caps): a run's result holds its figures (at most 16 MiB of PNG, agent.py's MAX_ARTIFACTS) and an
+// error message and traceback of at most 64 KiB each; a read comes in 1 MiB chunks; a listing has
+// at most 10,000 entries; other answers are small. lineSlack covers the id and framing.
+const (
+	runLine    = 24 << 20
+	readOpLine = 2 << 20
+	listLine   = 8 << 20
+	smallLine  = 1 << 20
+	lineSlack  = 4 << 10
+)
+
+// base64Len is the encoded length of n bytes.
+func base64Len(n int64) int { return int(min(n, 1<<40)+2) / 3 * 4 }
+
+// timeoutOf is a run's time limit.
+func timeoutOf(lim api.Limits) time.Duration { return time.Duration(lim.TimeoutMS) * time.Millisecond }
+
+// call sends one request and reads the agent's answers until its result, giving stdout, stderr and
+// data events to on. Every reply must be a line of at most maxLine bytes answering this request;
+// anything else is a protocol fault (errProtocol). The sandbox is killed when ctx ends, timeout
+// passes, on fails, or the protocol breaks; call never waits past timeout plus runsc's kill bounds.
+func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, timeout time.Duration, maxLine int, on func(r *reply) error) (*reply, error) {
 	s.nextID++
-	req["id"] = s.nextID
-	line, err := json.Marshal(req)
+	id := s.nextID
+	s.procs = 0
+	req["id"], req["max_line"] = id, maxLine
+	head, err := json.Marshal(map[string]any{"id": id, "op": req["op"], "max_line": maxLine})
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, time.Duration(lim.TimeoutMS)*time.Millisecond, errTimeout)
-	defer cancel()
-	type result struct {
-		r   *reply
-		err error
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
 	}
-	done := make(chan result, 1)
-	go func() {
-		if _, err := s.in.Write(append(line, '\n')); err != nil {
-			done <- result{err: fmt.Errorf("%w: %v", errDied, err)}
-			return
+	s.maxLine.Store(int64(maxLine + lineSlack))
+	ctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimeout)
+	defer cancel()
+	// An agent that stops reading must not hold the write past the deadline.
+	s.in.SetWriteDeadline(time.Time{})
+	stopWrite := context.AfterFunc(ctx, func() { s.in.SetWriteDeadline(time.Unix(1, 0)) })
+	nl := []byte{'\n'}
+	bufs := net.Buffers{head, nl, body, nl} // without copying a body of up to the request's size
+	_, err = bufs.WriteTo(s.in)
+	stopWrite()
+	if err != nil {
+		if ctx.Err() != nil {
+			e.kill(s, false)
+			return nil, context.Cause(ctx)
 		}
-		for s.out.Scan() {
+		return nil, fmt.Errorf("%w: %v", errDied, err)
+	}
+	fault := func(err error) (*reply, error) {
+		e.kill(s, false)
+		return nil, err
+	}
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				return nil, errDied
+			}
+			if l.err != nil {
+				return fault(l.err)
+			}
 			var r reply
-			if err := json.Unmarshal(s.out.Bytes(), &r); err != nil {
-				done <- result{err: fmt.Errorf("unreadable agent line %q: %w", s.out.Text(), err)}
-				return
+			if err := json.Unmarshal(l.b, &r); err != nil {
+				return fault(protocolErr("unreadable reply %s: %v", quote(l.b), err))
+			}
+			if r.ID != id {
+				return fault(protocolErr("a reply for request %d to request %d: %s", r.ID, id, quote(l.b)))
 			}
 			switch r.Event {
-			case "stdout", "stderr":
-				if out != nil {
-					if err := out(&r); err != nil {
-						done <- result{err: err}
-						return
+			case "stdout", "stderr", "data":
+				if on != nil {
+					if err := on(&r); err != nil {
+						return fault(err)
 					}
 				}
+			case "procs":
+				s.procs = max(s.procs, r.Count)
 			case "result":
-				r.Raw = append(json.RawMessage(nil), s.out.Bytes()...)
-				done <- result{r: &r}
-				return
+				r.Raw = l.b
+				return &r, nil
 			case "failed":
-				done <- result{err: fmt.Errorf("%s: %s", r.Type, r.Message)}
-				return
+				return nil, &agentError{Type: r.Type, Message: clip(r.Message, 4<<10)}
+			default:
+				return fault(protocolErr("unknown event %s", quote([]byte(r.Event))))
 			}
+		case <-ctx.Done():
+			return fault(context.Cause(ctx))
 		}
-		done <- result{err: errDied}
-	}()
-	select {
-	case res := <-done:
-		return res.r, res.err
-	case <-ctx.Done():
-		s.killed.Store(true)
-		e.runsc("kill", s.id, "KILL").Run()
-		<-done
-		return nil, context.Cause(ctx)
 	}
+}
+
+// clip shortens s to at most n bytes.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "..."
 }
 
 // exec runs code in a sandbox and turns the agent's answer, or the sandbox's death, into a Result.
@@ -315,14 +403,24 @@ func (e *Engine) exec(ctx context.Context, s *sandbox, code, filename string, fr
 	return res, err
 }
 
-// execOutput is exec that also says whether the program left anything under /output.
+// procsNotable is the process count from which a killed sandbox's message names it.
+const procsNotable = 4
+
+// execOutput is exec that also says whether the program left anything under /output. A sandbox's
+// first run is always fresh: its worker reseeds its random generators (the pool's came from one
+// checkpoint).
 func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename string, fresh bool, lim api.Limits, stream Stream) (*api.Result, bool, error) {
 	start := time.Now()
+	fresh = fresh || s.runs == 0
+	s.runs++
 	var mu sync.Mutex
 	var stdout, stderr capped
 	stdout.max, stderr.max = lim.MaxOutputBytes, lim.MaxOutputBytes
 	outputFull := errors.New("output limit")
 	forward := func(r *reply) error {
+		if r.Event != "stdout" && r.Event != "stderr" {
+			return protocolErr("a %s event during a run", quote([]byte(r.Event)))
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		w, cb := &stdout, stream.Stdout
@@ -338,8 +436,9 @@ func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename stri
 		}
 		return nil
 	}
-	r, err := e.call(ctx, s, map[string]any{"op": "run", "code": code, "filename": filename, "fresh": fresh}, lim, forward)
+	r, err := e.call(ctx, s, map[string]any{"op": "run", "code": code, "filename": filename, "fresh": fresh}, timeoutOf(lim), runLine, forward)
 	res := &api.Result{Tier: api.TierHeavy, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+	var ae *agentError
 	switch {
 	case err == nil:
 		res.ExitCode, res.Error, res.Artifacts = r.ExitCode, r.Error, r.Artifacts
@@ -347,21 +446,21 @@ func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename stri
 		res.TimedOut, res.ExitCode = true, api.ExitTimeout
 		res.Error = &api.Error{Type: api.ErrTimeout, Message: fmt.Sprintf("execution exceeded the %d ms time limit", lim.TimeoutMS)}
 	case errors.Is(err, outputFull):
-		s.killed.Store(true)
 		res.ExitCode = 1
 		res.Error = &api.Error{Type: api.ErrOutputLimitExceeded, Message: fmt.Sprintf("output exceeded the %d byte limit; the program was stopped", lim.MaxOutputBytes)}
 	case ctx.Err() != nil:
 		return nil, false, fmt.Errorf("run cancelled: %w", context.Cause(ctx))
+	case errors.Is(err, errProtocol):
+		res.ExitCode = api.ExitCrash
+		res.Error = &api.Error{Type: api.ErrGuestCrash, Message: err.Error() + "; the sandbox was stopped"}
+	case errors.As(err, &ae) && ae.Type == api.ErrGuestCrash:
+		res.ExitCode = api.ExitCrash
+		res.Error = &api.Error{Type: api.ErrGuestCrash, Message: ae.Message}
 	case errors.Is(err, errDied):
-		<-s.done
-		code := s.cmd.ProcessState.ExitCode()
-		if code == api.ExitMemory || code == -1 {
-			// SIGKILL that we did not send: the memory cgroup's OOM kill.
-			res.ExitCode, res.MemoryExceeded = api.ExitMemory, true
-			res.Error = &api.Error{Type: api.ErrMemoryLimitExceeded, Message: fmt.Sprintf("the sandbox was killed (SIGKILL); most likely the program needed more than its %d MiB memory limit", lim.MemoryLimitMB)}
-		} else {
-			res.ExitCode = api.ExitCrash
-			res.Error = &api.Error{Type: api.ErrGuestCrash, Message: fmt.Sprintf("the sandbox exited unexpectedly (status %d)", code)}
+		res.Error = e.death(s, lim)
+		res.ExitCode, res.MemoryExceeded = api.ExitCrash, res.Error.Type == api.ErrMemoryLimitExceeded
+		if res.MemoryExceeded {
+			res.ExitCode = api.ExitMemory
 		}
 	default:
 		return nil, false, fmt.Errorf("heavy sandbox: %w", err)
@@ -371,6 +470,30 @@ func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename stri
 	res.OutputTruncated = stdout.truncated || stderr.truncated
 	mu.Unlock()
 	return res, r != nil && r.HasOutput, nil
+}
+
+// death says why a sandbox's agent went away, once runsc has exited (bounded: a sandbox that does not
+// exit is killed).
+func (e *Engine) death(s *sandbox, lim api.Limits) *api.Error {
+	select {
+	case <-s.done:
+	case <-time.After(killGrace):
+		e.kill(s, false)
+		select {
+		case <-s.done:
+		case <-time.After(killGrace):
+			return &api.Error{Type: api.ErrGuestCrash, Message: "the sandbox's agent went away and the sandbox did not exit; it was killed"}
+		}
+	}
+	code := s.cmd.ProcessState.ExitCode()
+	if code != api.ExitMemory && code != -1 {
+		return &api.Error{Type: api.ErrGuestCrash, Message: fmt.Sprintf("the sandbox exited unexpectedly (status %d)", code)}
+	}
+	// SIGKILL that we did not send: the memory cgroup's OOM kill.
+	if s.procs >= procsNotable {
+		return &api.Error{Type: api.ErrMemoryLimitExceeded, Message: fmt.Sprintf("the sandbox was killed (SIGKILL) with %d processes running (process limit %d): together they needed more than its %d MiB memory limit (a fork bomb?)", s.procs, e.cfg.Pids, lim.MemoryLimitMB)}
+	}
+	return &api.Error{Type: api.ErrMemoryLimitExceeded, Message: fmt.Sprintf("the sandbox was killed (SIGKILL); most likely the program needed more than its %d MiB memory limit", lim.MemoryLimitMB)}
 }
 
 // capped collects one stream up to max bytes.
@@ -434,16 +557,19 @@ func (e *Engine) Close(ctx context.Context) error {
 }
 
 // Session is a heavy sandbox kept between runs: variables, imports and files persist until Close or
-// until its sandbox dies (a timeout or crash).
+// until its sandbox dies (a timeout or crash). It holds one of the engine's MaxConcurrent slots for
+// its whole life.
 type Session struct {
-	e      *Engine
-	s      *sandbox
-	limits api.Limits
-	mu     sync.Mutex
-	closed bool
+	e       *Engine
+	s       *sandbox
+	limits  api.Limits
+	release func() // gives the slot back
+	mu      sync.Mutex
+	closed  bool // guarded by mu
 }
 
-// NewSession starts a session with packages installed.
+// NewSession takes a slot (waiting in the bounded queue, errdefs.Overloaded beyond it) and starts a
+// session with packages installed. The slot is given back when starting fails or at Close.
 func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []string) (*Session, error) {
 	lim, err := e.Limits(limits)
 	if err != nil {
@@ -452,15 +578,21 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 	if err := checkPackages(packages); err != nil {
 		return nil, err
 	}
+	release, err := e.admit(ctx)
+	if err != nil {
+		return nil, err
+	}
 	s, err := e.take(ctx, lim.MemoryLimitMB)
 	if err != nil {
+		release()
 		return nil, err
 	}
 	if err := e.install(ctx, s, packages); err != nil {
 		e.destroyLater(s)
+		release()
 		return nil, err
 	}
-	return &Session{e: e, s: s, limits: lim}, nil
+	return &Session{e: e, s: s, limits: lim, release: release}, nil
 }
 
 // ErrSessionGone is returned for a closed session or one whose sandbox died.
@@ -492,13 +624,8 @@ func (ss *Session) Run(ctx context.Context, code string, stream Stream) (*api.Re
 	if err := ss.usable(); err != nil {
 		return nil, err
 	}
-	release, err := ss.e.admit(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	res, err := ss.e.exec(ctx, ss.s, code, "<cell>", false, ss.limits, stream)
-	if err == nil && (res.TimedOut || res.MemoryExceeded || res.Error != nil && res.Error.Type == api.ErrGuestCrash) {
+	if err != nil || res.TimedOut || res.MemoryExceeded || res.Error != nil && res.Error.Type == api.ErrGuestCrash || ss.s.killed.Load() {
 		ss.closeLocked()
 	}
 	return res, err
@@ -509,24 +636,44 @@ func (ss *Session) WriteFile(ctx context.Context, p string, data []byte) error {
 	if err := checkPath(p); err != nil {
 		return err
 	}
-	_, err := ss.op(ctx, map[string]any{"op": "write", "path": p, "data": base64.StdEncoding.EncodeToString(data)})
+	_, err := ss.op(ctx, map[string]any{"op": "write", "path": p, "data": base64.StdEncoding.EncodeToString(data)}, smallLine, nil)
 	return err
 }
 
-// ReadFile returns the content of the file at the absolute sandbox path p.
+// ReadFile returns the content of the file at the absolute sandbox path p; a file larger than the
+// engine's MaxReadBytes is refused (errdefs.TooLarge).
 func (ss *Session) ReadFile(ctx context.Context, p string) ([]byte, error) {
+	return ss.ReadFileMax(ctx, p, 0)
+}
+
+// ReadFileMax is ReadFile with a cap of max bytes (at most MaxReadBytes; zero means MaxReadBytes).
+// The agent checks the size before it reads and sends the file in chunks, so a large file costs
+// neither side more than the cap.
+func (ss *Session) ReadFileMax(ctx context.Context, p string, max int64) ([]byte, error) {
 	if err := checkPath(p); err != nil {
 		return nil, err
 	}
-	r, err := ss.op(ctx, map[string]any{"op": "read", "path": p})
+	if max <= 0 || max > ss.e.cfg.MaxReadBytes {
+		max = ss.e.cfg.MaxReadBytes
+	}
+	var data []byte
+	_, err := ss.op(ctx, map[string]any{"op": "read", "path": p, "max": max}, readOpLine, func(r *reply) error {
+		if r.Event != "data" {
+			return protocolErr("a %s event during a read", quote([]byte(r.Event)))
+		}
+		if int64(len(data)+len(r.Data)) > max {
+			return protocolErr("a read of %s answered more than the %d bytes asked", p, max)
+		}
+		data = append(data, r.Data...)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	var body struct{ Data []byte }
-	if err := json.Unmarshal(r.Raw, &body); err != nil {
-		return nil, err
+	if data == nil {
+		data = []byte{}
 	}
-	return body.Data, nil
+	return data, nil
 }
 
 // FileEntry is one name in a listing.
@@ -543,39 +690,51 @@ func (ss *Session) ListFiles(ctx context.Context, dir string) ([]FileEntry, erro
 	if err := checkPath(dir); err != nil {
 		return nil, err
 	}
-	r, err := ss.op(ctx, map[string]any{"op": "list", "dir": dir})
+	r, err := ss.op(ctx, map[string]any{"op": "list", "dir": dir}, listLine, nil)
 	if err != nil {
 		return nil, err
 	}
 	var body struct{ Files []FileEntry }
 	if err := json.Unmarshal(r.Raw, &body); err != nil {
-		return nil, err
+		ss.Close()
+		return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("%w: %w: unreadable listing: %v", ErrSessionGone, errProtocol, err))
 	}
 	return body.Files, nil
 }
 
+// opTimeout bounds a file operation.
+const opTimeout = 60 * time.Second
+
 // op runs a file operation through the agent: paths resolve inside the sandbox, as its user, so
-// nothing the guest planted (links, "..") can reach the host.
-func (ss *Session) op(ctx context.Context, req map[string]any) (*reply, error) {
+// nothing the guest planted (links, "..") can reach the host. The agent's refusals are classified by
+// their type; a sandbox that broke the protocol, timed out or died ends the session.
+func (ss *Session) op(ctx context.Context, req map[string]any, maxLine int, on func(r *reply) error) (*reply, error) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if err := ss.usable(); err != nil {
 		return nil, err
 	}
-	r, err := ss.e.call(ctx, ss.s, req, api.Limits{TimeoutMS: 60_000}, nil)
-	if err != nil {
-		if strings.HasPrefix(err.Error(), "FileNotFoundError") {
-			return nil, errdefs.With(errdefs.NotFound, err)
-		}
-		if strings.Contains(err.Error(), "Error:") {
-			return nil, errdefs.With(errdefs.InvalidArgument, err)
-		}
+	r, err := ss.e.call(ctx, ss.s, req, opTimeout, maxLine, on)
+	if err == nil {
+		return r, nil
+	}
+	var ae *agentError
+	switch {
+	case errors.As(err, &ae) && ae.Type == "FileNotFoundError":
+		return nil, errdefs.With(errdefs.NotFound, err)
+	case errors.As(err, &ae) && ae.Type == "FileTooLarge":
+		return nil, errdefs.With(errdefs.TooLarge, err)
+	case errors.As(err, &ae) && ae.Type != api.ErrGuestCrash:
+		return nil, errdefs.With(errdefs.InvalidArgument, err)
+	case ctx.Err() != nil && !errors.Is(err, errTimeout):
+		ss.closeLocked() // the call killed the sandbox
 		return nil, err
 	}
-	return r, nil
+	ss.closeLocked()
+	return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("%w: %w", ErrSessionGone, err))
 }
 
-// Close destroys the session's sandbox.
+// Close destroys the session's sandbox and gives its slot back.
 func (ss *Session) Close() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -586,5 +745,6 @@ func (ss *Session) closeLocked() {
 	if !ss.closed {
 		ss.closed = true
 		ss.e.destroy(ss.s)
+		ss.release()
 	}
 }

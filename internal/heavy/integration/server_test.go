@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
 )
@@ -114,4 +116,85 @@ func TestAutoRouting(t *testing.T) {
 			t.Errorf("%q: tier %s fallback %q reason %q stdout %q stderr %s", tc.code, res.Tier, res.FallbackFrom, res.RouteReason, res.Stdout, res.Stderr)
 		}
 	}
+}
+
+// TestFileDownloadTooLargeIs413 (issue 9, finding 12): GET of a 200 MiB file (sparse: /tmp is small)
+// answered 500 and killed the session, the agent having read it whole. Now the agent refuses it by
+// its size, the API answers 413 and the session goes on.
+func TestFileDownloadTooLargeIs413(t *testing.T) {
+	ctx := context.Background()
+	c, _ := apiServer(t)
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{Tier: "heavy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	if r, err := s.Run(ctx, "open('/tmp/huge', 'wb').truncate(200 << 20)"); err != nil || r.Error != nil {
+		t.Fatalf("%v %+v", err, r)
+	}
+	_, err = s.Download(ctx, "/tmp/huge")
+	var apiErr *agentbox.APIError
+	if !errors.Is(err, agentbox.ErrTooLarge) || !errors.As(err, &apiErr) || apiErr.Status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("download of 200 MiB: %v, want 413", err)
+	}
+	if r, err := s.Run(ctx, "print('alive')"); err != nil || r.Stdout != "alive\n" {
+		t.Fatalf("the session after the refusal: %v %+v", err, r)
+	}
+}
+
+// TestParallelHeavySessionsAreCapped (issue 9, finding 4): 30 parallel POST /v1/sessions on heavy with
+// a cap of 4 start at most 4 sandboxes; the rest are answered 429 with Retry-After.
+func TestParallelHeavySessionsAreCapped(t *testing.T) {
+	ctx := context.Background()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: -1, MaxConcurrent: 4, MaxQueue: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	nanoEng, err := nano.New(ctx, nano.Config{PoolSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dispatch.New(nanoEng, dispatch.Config{Heavy: e})
+	defer func() { d.Close(); nanoEng.Close(ctx) }()
+	srv, err := server.New(d, server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	defer func() { srv.Shutdown(ctx); ts.Close() }()
+
+	statuses := make([]int, 30)
+	retry := make([]string, 30)
+	var wg sync.WaitGroup
+	for i := range statuses {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Post(ts.URL+"/v1/sessions", "application/json", strings.NewReader(`{"tier":"heavy"}`))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			statuses[i], retry[i] = resp.StatusCode, resp.Header.Get("Retry-After")
+		}()
+	}
+	wg.Wait()
+	created, refused := 0, 0
+	for i, st := range statuses {
+		switch {
+		case st == http.StatusCreated:
+			created++
+		case st == http.StatusTooManyRequests && retry[i] != "":
+			refused++
+		default:
+			t.Errorf("request %d: status %d (Retry-After %q)", i, st, retry[i])
+		}
+	}
+	if started := e.Stats.Started.Load(); created > 4 || started > 4 || created+refused != 30 {
+		t.Fatalf("%d created, %d refused with 429, %d sandboxes started; want at most 4 started", created, refused, started)
+	}
+	t.Logf("%d created, %d answered 429, %d sandboxes started", created, refused, e.Stats.Started.Load())
 }
