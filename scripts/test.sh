@@ -46,7 +46,8 @@ go test -race -count=1 -run 'TestSessionInfoSafeUnderRefresh|TestClientKeysAreTe
 # Nano concurrency: sandboxes sharing the standard-library layer, sleepers giving up slots, session caps.
 # The 1,000-run leak test runs in the plain job above.
 go test -race -count=1 -skip 'TestSleepTimeoutsLeakNothing' ./internal/nano ./internal/vfs ./internal/router
-go test -race -count=1 -run 'TestSession|TestMCPAuto' ./internal/heavy/integration
+go test -race -count=1 ./internal/heavy
+go test -race -count=1 -run 'TestSession|TestMCPAuto|TestGuestCannotReachProtocol|TestReadFileIsCapped' ./internal/heavy/integration
 
 say "Python SDK (pytest against a real server)"
 # Debian's interpreter and pytest; the SDK is installed offline into a throw-away venv.

@@ -69,7 +69,7 @@ func (s *fakeHeavySession) Run(context.Context, string, heavy.Stream) (*api.Resu
 	return &api.Result{Tier: api.TierHeavy}, nil
 }
 func (s *fakeHeavySession) WriteFile(context.Context, string, []byte) error { return nil }
-func (s *fakeHeavySession) ReadFile(context.Context, string) ([]byte, error) {
+func (s *fakeHeavySession) ReadFileMax(context.Context, string, int64) ([]byte, error) {
 	return nil, nil
 }
 func (s *fakeHeavySession) ListFiles(context.Context, string) ([]heavy.FileEntry, error) {

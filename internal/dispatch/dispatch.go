@@ -47,7 +47,8 @@ type HeavyEngine interface {
 type heavySession interface {
 	Run(ctx context.Context, code string, stream heavy.Stream) (*api.Result, error)
 	WriteFile(ctx context.Context, p string, data []byte) error
-	ReadFile(ctx context.Context, p string) ([]byte, error)
+	// ReadFileMax refuses a file over max bytes before reading it (errdefs.TooLarge).
+	ReadFileMax(ctx context.Context, p string, max int64) ([]byte, error)
 	ListFiles(ctx context.Context, dir string) ([]heavy.FileEntry, error)
 	Alive() bool
 	Close()

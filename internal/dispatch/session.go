@@ -492,11 +492,7 @@ func (s *Session) ReadFile(ctx context.Context, p string, max int64) ([]byte, er
 	}
 	defer s.unlock()
 	if s.hs != nil {
-		data, err := s.hs.ReadFile(ctx, p)
-		if err == nil && max > 0 && int64(len(data)) > max {
-			return nil, errdefs.With(errdefs.TooLarge, fmt.Errorf("%s is %d bytes, more than the %d allowed", p, len(data), max))
-		}
-		return data, err
+		return s.hs.ReadFileMax(ctx, p, max)
 	}
 	var data []byte
 	err := s.ns.WithFS(func(sfs *vfs.FS) error {

@@ -81,7 +81,8 @@ type Config struct {
 	PoolIdle time.Duration
 	// MaxConcurrent caps the sandboxes serving requests at once: one-shot runs, and open sessions,
 	// each of which holds its place from NewSession until Close. The PoolSize sandboxes waiting in the
-	// pool come on top. Zero means 8.
+	// pool come on top. Zero means 24: room for the dispatcher's default 16 heavy sessions and 8
+	// one-shot runs besides, so open sessions alone cannot lock runs out.
 	MaxConcurrent int
 	// MaxQueue caps the requests waiting for a place when all MaxConcurrent are taken: beyond it, or
 	// after QueueWait in the queue, a request is refused as errdefs.Overloaded (HTTP 429 with
@@ -160,7 +161,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	def(&cfg.Pids, defaultPids)
 	def(&cfg.DiskMB, defaultTmpMB)
 	def(&cfg.PoolSize, defaultPool)
-	def(&cfg.MaxConcurrent, 8)
+	def(&cfg.MaxConcurrent, 24)
 	def(&cfg.MaxQueue, 2*cfg.MaxConcurrent)
 	if cfg.QueueWait <= 0 {
 		cfg.QueueWait = 30 * time.Second
