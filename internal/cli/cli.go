@@ -14,6 +14,7 @@ import (
 
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/nano"
 )
 
 // Exit codes of agentbox itself (a program's own exit code passes through `agentbox run`).
@@ -26,8 +27,9 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	log            *slog.Logger
-	// openHeavy starts the heavy engine of `agentbox run` when the run goes there; nil means heavy.New
-	// (tests count or refuse the start).
+	// openNano and openHeavy start the engines of `agentbox run` when the run goes there; nil means
+	// nano.New and heavy.New as openRun configures them (tests count or refuse the starts).
+	openNano  func(ctx context.Context) (*nano.Engine, error)
 	openHeavy func(ctx context.Context) (*heavy.Engine, error)
 }
 

@@ -99,10 +99,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	if len(outSpecs) > 0 {
 		collectMax = maxOut
 	}
-	t, err := e.openRun(ctx, rules, collectMax)
-	if err != nil {
-		return 0, err
-	}
+	t := e.openRun(ctx, rules, collectMax)
 	defer t.close(context.Background())
 
 	var out dispatch.Output

@@ -88,7 +88,8 @@ func TestRunRouteReasonIsTheDispatchers(t *testing.T) {
 }
 
 // TestRunStartsHeavyOnlyWhenUsed: the heavy engine of `agentbox run` starts on the first use the
-// dispatcher makes of it (routed there, asked for, or a fallback), never for a run that stays on nano.
+// dispatcher makes of it (routed there, asked for, or a fallback), never for a run that stays on nano;
+// and nano starts only for a run that begins there.
 func TestRunStartsHeavyOnlyWhenUsed(t *testing.T) {
 	// An installation that passes heavy.Installed; the engine itself is the test's opener.
 	cache := t.TempDir()
@@ -109,24 +110,29 @@ func TestRunStartsHeavyOnlyWhenUsed(t *testing.T) {
 		args   []string
 		exit   int
 		stdout string // substring
-		opened int
+		opened int    // heavy starts
+		nano   int    // nano starts
 	}{
-		{name: "stays on nano", code: "import json\nprint(6 * 7)", exit: 0, stdout: "42", opened: 0},
-		{name: "nano asked for", code: "import pandas", args: []string{"--tier", "nano"}, exit: 1, opened: 0},
-		{name: "allowed modules pin nano", code: "import pandas", args: []string{"--allow-module", "pandas"}, exit: 1, opened: 0},
-		{name: "routed to heavy", code: "import pandas", exit: exitInternal, opened: 1},
-		{name: "heavy asked for", code: "print(1)", args: []string{"--tier", "heavy"}, exit: exitInternal, opened: 1},
-		{name: "falls back from nano", code: "print('on nano')\n__import__('nu' + 'mpy')", exit: exitInternal, stdout: "on nano", opened: 1},
+		{name: "stays on nano", code: "import json\nprint(6 * 7)", exit: 0, stdout: "42", opened: 0, nano: 1},
+		{name: "nano asked for", code: "import pandas", args: []string{"--tier", "nano"}, exit: 1, opened: 0, nano: 1},
+		{name: "allowed modules pin nano", code: "import pandas", args: []string{"--allow-module", "pandas"}, exit: 1, opened: 0, nano: 1},
+		{name: "routed to heavy", code: "import pandas", exit: exitInternal, opened: 1, nano: 0},
+		{name: "heavy asked for", code: "print(1)", args: []string{"--tier", "heavy"}, exit: exitInternal, opened: 1, nano: 0},
+		{name: "falls back from nano", code: "print('on nano')\n__import__('nu' + 'mpy')", exit: exitInternal, stdout: "on nano", opened: 1, nano: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			opened := 0
+			opened, nanoStarts := 0, 0
 			e := &env{stdin: strings.NewReader(tc.code), stdout: &out, stderr: &errOut, log: slog.New(slog.DiscardHandler),
-				openHeavy: func(context.Context) (*heavy.Engine, error) { opened++; return nil, refused }}
+				openHeavy: func(context.Context) (*heavy.Engine, error) { opened++; return nil, refused },
+				openNano: func(ctx context.Context) (*nano.Engine, error) {
+					nanoStarts++
+					return nano.New(ctx, nano.Config{PoolSize: -1, MaxConcurrent: 1})
+				}}
 			code := e.main(context.Background(), append(append([]string{"run"}, tc.args...), "-"))
-			if code != tc.exit || opened != tc.opened || !strings.Contains(out.String(), tc.stdout) {
-				t.Fatalf("exit %d (want %d), heavy started %d times (want %d)\nstdout %q (want %q)\nstderr %q",
-					code, tc.exit, opened, tc.opened, out.String(), tc.stdout, errOut.String())
+			if code != tc.exit || opened != tc.opened || nanoStarts != tc.nano || !strings.Contains(out.String(), tc.stdout) {
+				t.Fatalf("exit %d (want %d), heavy started %d times (want %d), nano %d (want %d)\nstdout %q (want %q)\nstderr %q",
+					code, tc.exit, opened, tc.opened, nanoStarts, tc.nano, out.String(), tc.stdout, errOut.String())
 			}
 			if tc.opened > 0 && !strings.Contains(errOut.String(), "starting the heavy tier: "+refused.Error()) {
 				t.Fatalf("stderr %q does not say heavy failed to start", errOut.String())
