@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/nano"
 )
 
 // Exit codes of agentbox itself (a program's own exit code passes through `agentbox run`).
@@ -25,6 +27,10 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	log            *slog.Logger
+	// openNano and openHeavy start the engines of `agentbox run` when the run goes there; nil means
+	// nano.New and heavy.New as openRun configures them (tests count or refuse the starts).
+	openNano  func(ctx context.Context) (*nano.Engine, error)
+	openHeavy func(ctx context.Context) (*heavy.Engine, error)
 }
 
 const usage = `agentbox runs untrusted Python in isolated sandboxes.
@@ -48,6 +54,11 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr,
 		log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))}
+	return e.main(ctx, args)
+}
+
+func (e *env) main(ctx context.Context, args []string) int {
+	stdout, stderr := e.stdout, e.stderr
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage

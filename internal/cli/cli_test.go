@@ -57,6 +57,9 @@ func TestRunCommand(t *testing.T) {
 		{name: "missing program file", args: []string{"run", filepath.Join(dir, "nope.py")}, exit: exitUsage, stderr: "no such file"},
 		{name: "bad --file", args: []string{"run", "--file", filepath.Join(dir, "nope.csv"), "-"}, exit: exitUsage, stderr: "nope.csv"},
 		{name: "bad --out", args: []string{"run", "--out", "relative", "-"}, exit: exitUsage, stderr: "REMOTE:LOCAL"},
+		// --out takes what the run hands back, /output, on every tier (the API's collection).
+		{name: "--out outside /output", args: []string{"run", "--tier", "nano", "--out", "/tmp/x:" + filepath.Join(dir, "x"), "-"}, stdin: "open('/tmp/x', 'w').write('x')",
+			exit: exitUsage, stderr: "files under /output only"},
 		{name: "unknown flag", args: []string{"run", "--nope", "-"}, exit: exitUsage},
 		{name: "unknown command", args: []string{"frobnicate"}, exit: exitUsage, stderr: "unknown command"},
 		{name: "version", args: []string{"version"}, exit: 0, stdout: "python.wasm build"},

@@ -18,9 +18,8 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
-	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
-	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
 // outSpec is one --out REMOTE:LOCAL.
@@ -39,7 +38,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	var allow, files, outs multiFlag
 	fset.Var(&allow, "allow-module", "only allow importing this top-level module (repeatable)")
 	fset.Var(&files, "file", "copy LOCAL[:REMOTE] into the sandbox before the run (repeatable; REMOTE defaults to /data/<name>)")
-	fset.Var(&outs, "out", "copy REMOTE:LOCAL out of the sandbox after the run (repeatable; heavy tier: files under /output)")
+	fset.Var(&outs, "out", "copy REMOTE:LOCAL out of the sandbox after the run (repeatable; REMOTE is a file under /output)")
 	fset.Usage = func() {
 		fmt.Fprintln(e.stderr, "Usage: agentbox run [flags] FILE|-")
 		fset.PrintDefaults()
@@ -60,7 +59,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		return 0, usagef("--timeout %v: must be at least 1ms", *timeout)
 	}
 
-	req := api.RunRequest{Tier: api.TierNano, Limits: api.Limits{
+	req := api.RunRequest{Tier: api.Tier(*tier), Limits: api.Limits{
 		TimeoutMS: int(*timeout / time.Millisecond), MemoryLimitMB: *memory, MaxOutputBytes: *maxOutput,
 		AllowedModules: allow,
 	}}
@@ -96,75 +95,63 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	if err != nil {
 		return 0, usageError{err}
 	}
-	reason := fmt.Sprintf("--tier %s was asked for", *tier)
-	auto := api.Tier(*tier) == api.TierAuto
-	if auto {
-		*tier, reason = string(api.TierNano), "--allow-module, or --out outside /output, is a nano-tier option, so the run stays on nano"
-		if len(allow) == 0 && outputOnly(outSpecs) {
-			d := rules.Decide(req)
-			*tier, reason = string(d.Tier), d.Reason
-		}
+	var collectMax int64
+	if len(outSpecs) > 0 {
+		collectMax = maxOut
 	}
-	if api.Tier(*tier) == api.TierHeavy {
-		if len(allow) > 0 || !outputOnly(outSpecs) {
-			return 0, usagef("on the heavy tier --allow-module does not apply and --out takes files under /output")
-		}
-		req.Tier = api.TierHeavy
-		code, err := e.runHeavy(ctx, req, *asJSON, *artifacts, outSpecs, reason, "")
-		if errors.Is(err, heavy.ErrNotInstalled) && auto {
-			fmt.Fprintf(e.stderr, "agentbox: %s, but the heavy tier is not installed (build/heavy/build.sh); running on nano\n", reason)
-			*tier = string(api.TierNano)
-		} else {
-			return code, err
-		}
-	}
-	eng, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, MaxConcurrent: 1, SnapshotMaxAge: time.Hour, Logger: e.log})
-	if err != nil {
-		return 0, err
-	}
-	defer eng.Close(context.Background())
+	t := e.openRun(ctx, rules, collectMax)
+	defer t.close(context.Background())
 
-	var opts []nano.ExecOption
+	var out dispatch.Output
 	if !*asJSON {
 		// Pass output through as the program writes it.
-		opts = append(opts, nano.WithStream(
-			func(b []byte) { e.stdout.Write(b) },
-			func(b []byte) { e.stderr.Write(b) }))
+		out = dispatch.Output{
+			Stdout: func(s string) { io.WriteString(e.stdout, s) },
+			Stderr: func(s string) { io.WriteString(e.stderr, s) },
+			Fallback: func(_ *api.Result, why string) {
+				fmt.Fprintf(e.stderr, "agentbox: %s; running it again on the heavy tier\n", why)
+			},
+		}
 	}
-	var res *api.Result
+	resp, err := t.Run(ctx, req, out)
+	switch {
+	case errors.Is(err, context.Canceled):
+		// Reported here: Main turns every returned error into exit 125, and a signal means 130.
+		fmt.Fprintln(e.stderr, "agentbox: interrupted")
+		return 130, nil
+	case errors.Is(err, dispatch.ErrNoHeavy) && t.noHeavy != nil:
+		return 0, t.noHeavy // what is missing, not a usage error: the command line was right
+	case err != nil:
+		return 0, err
+	}
+	if t.noHeavy != nil && req.Tier == api.TierAuto {
+		// The dispatcher stayed on nano (route_reason says so); say what would have helped.
+		if why, ok := rules.Fallback(&resp.Result); ok {
+			fmt.Fprintf(e.stderr, "agentbox: %s, but the heavy tier is not installed (build/heavy/build.sh)\n", why)
+		}
+	}
 	var copyErrs []error
-	err = eng.RunInstance(ctx, req, func(r *api.Result, sfs *vfs.FS) error {
-		res = r
-		for _, o := range outSpecs {
-			if err := copyOut(sfs, o); err != nil {
-				copyErrs = append(copyErrs, err)
+	for _, o := range outSpecs {
+		if err := saveOut(o, resp); err != nil {
+			copyErrs = append(copyErrs, err)
+		}
+	}
+	if *artifacts != "" {
+		written, refused, err := writeArtifacts(*artifacts, resp.Artifacts)
+		if err != nil {
+			return 0, err
+		}
+		if !*asJSON {
+			for _, p := range written {
+				fmt.Fprintf(e.stderr, "agentbox: wrote %s\n", p)
 			}
 		}
-		return nil
-	}, opts...)
-	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			// Reported here: Main turns every returned error into exit 125, and a signal means 130.
-			fmt.Fprintln(e.stderr, "agentbox: interrupted")
-			return 130, nil
-		}
+		copyErrs = append(copyErrs, refused...)
+	}
+	if err := e.report(&resp.Result, *asJSON); err != nil {
 		return 0, err
 	}
-	if why, ok := rules.Fallback(res); ok && auto && outputOnly(outSpecs) {
-		req.Tier = api.TierHeavy
-		if !*asJSON {
-			fmt.Fprintf(e.stderr, "agentbox: %s; running it again on the heavy tier\n", why)
-		}
-		code, err := e.runHeavy(ctx, req, *asJSON, *artifacts, outSpecs, why, api.TierNano)
-		if !errors.Is(err, heavy.ErrNotInstalled) {
-			return code, err
-		}
-	}
-	res.RouteReason = reason
-	if err := e.report(res, *asJSON); err != nil {
-		return 0, err
-	}
-	return e.exitCode(res, copyErrs), nil
+	return e.exitCode(&resp.Result, copyErrs), nil
 }
 
 // report prints the result: one JSON object, or the notes a terminal user needs (output already
@@ -183,64 +170,9 @@ func (e *env) report(res *api.Result, asJSON bool) error {
 	return nil
 }
 
-// outputOnly reports whether every --out names a file under /output, which both tiers return.
-func outputOnly(outs []outSpec) bool {
-	for _, o := range outs {
-		if !strings.HasPrefix(o.remote, nano.DirOutput+"/") {
-			return false
-		}
-	}
-	return true
-}
-
-// maxHeavyOut caps the /output files a heavy run hands back for --out (they travel base64 in one line
-// of the agent's protocol).
-const maxHeavyOut = 128 << 20
-
-// runHeavy runs a program on the heavy tier; reason and fallbackFrom go into the result.
-func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, artifactDir string, outs []outSpec, reason string, fallbackFrom api.Tier) (int, error) {
-	eng, err := heavy.New(ctx, heavy.Config{PoolSize: -1, Logger: e.log})
-	if err != nil {
-		return 0, err
-	}
-	defer eng.Close(context.Background())
-	var stream heavy.Stream
-	if !asJSON {
-		stream = heavy.Stream{Stdout: func(s string) { io.WriteString(e.stdout, s) }, Stderr: func(s string) { io.WriteString(e.stderr, s) }}
-	}
-	var maxOut int64
-	if len(outs) > 0 {
-		maxOut = maxHeavyOut
-	}
-	res, files, err := eng.RunCollect(ctx, req, stream, maxOut, maxOut)
-	if err != nil {
-		return 0, err
-	}
-	res.RouteReason, res.FallbackFrom = reason, fallbackFrom
-	var copyErrs []error
-	for _, o := range outs {
-		data, err := heavyOut(files, o.remote)
-		if err := saveOut(o, data, err); err != nil {
-			copyErrs = append(copyErrs, err)
-		}
-	}
-	if artifactDir != "" {
-		written, refused, err := writeArtifacts(artifactDir, res.Artifacts)
-		if err != nil {
-			return 0, err
-		}
-		if !asJSON {
-			for _, p := range written {
-				fmt.Fprintf(e.stderr, "agentbox: wrote %s\n", p)
-			}
-		}
-		copyErrs = append(copyErrs, refused...)
-	}
-	if err := e.report(res, asJSON); err != nil {
-		return 0, err
-	}
-	return e.exitCode(res, copyErrs), nil
-}
+// maxOut caps each /output file, and their total, that a run hands back for --out (from heavy they
+// travel base64 in one line of the agent's protocol).
+const maxOut = 128 << 20
 
 // exitCode is the program's exit code, or 1 when it succeeded but an --out file could not be copied
 // (the errors are printed).
@@ -287,34 +219,22 @@ func parseOutSpec(spec string) (outSpec, error) {
 	if err := nano.ValidatePath(o.remote); err != nil {
 		return outSpec{}, usagef("--out %s: %w", spec, err)
 	}
+	o.remote = path.Clean(o.remote) // as the collected files are named
+	if !strings.HasPrefix(o.remote, nano.DirOutput+"/") {
+		// Every tier hands back /output, the same collection as the API's "files".
+		return outSpec{}, usagef("--out %s: a run hands back files under %s only; have the program write it there", spec, nano.DirOutput)
+	}
 	return o, nil
 }
 
-func copyOut(sfs *vfs.FS, o outSpec) error {
-	data, err := sfs.ReadFile(o.remote, 0)
-	return saveOut(o, data, err)
-}
-
-// heavyOut finds the /output file p among those a heavy run handed back.
-func heavyOut(files *heavy.Output, p string) ([]byte, error) {
-	if files != nil {
-		if data, ok := files.Files[p]; ok {
-			return data, nil
-		}
-		if slices.Contains(files.Omitted, p) {
-			return nil, fmt.Errorf("larger than the %d MiB a heavy run hands back", maxHeavyOut>>20)
-		}
-	}
-	return nil, fs.ErrNotExist
-}
-
-// saveOut writes an --out file's content, as read from the sandbox with err, to its local path.
-func saveOut(o outSpec, data []byte, err error) error {
+// saveOut writes the /output file an --out names, as the run handed it back, to its local path.
+func saveOut(o outSpec, resp *api.RunResponse) error {
+	data, ok := resp.Files[o.remote]
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case !ok && slices.Contains(resp.FilesOmitted, o.remote):
+		return fmt.Errorf("--out %s: larger than the %d MiB a run hands back", o.remote, maxOut>>20)
+	case !ok:
 		return fmt.Errorf("--out %s: the program did not write that file", o.remote)
-	case err != nil:
-		return fmt.Errorf("--out %s: %w", o.remote, err)
 	}
 	if err := os.WriteFile(o.local, data, 0o644); err != nil {
 		return fmt.Errorf("--out %s: %w", o.remote, err)

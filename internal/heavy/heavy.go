@@ -145,6 +145,26 @@ func cacheDir() string {
 	return filepath.Join(base, "agentbox", "heavy")
 }
 
+// Installed reports whether the runsc and root filesystem cfg names (empty: the build script's cache)
+// are in place, as ErrNotInstalled (wrapped) when not. It starts nothing, so a caller can tell whether
+// there is a heavy tier before paying for an Engine.
+func Installed(cfg Config) error {
+	runsc, rootfs := cfg.Runsc, cfg.Rootfs
+	if runsc == "" {
+		runsc = filepath.Join(cacheDir(), "bin", "runsc")
+	}
+	if rootfs == "" {
+		rootfs = filepath.Join(cacheDir(), "rootfs")
+	}
+	if _, err := os.Stat(runsc); err != nil {
+		return fmt.Errorf("%w (%v)", ErrNotInstalled, err)
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "usr", "bin", "python3")); err != nil {
+		return fmt.Errorf("%w (%v)", ErrNotInstalled, err)
+	}
+	return nil
+}
+
 // New checks the installation, prepares the agent and starts filling the pool.
 func New(ctx context.Context, cfg Config) (*Engine, error) {
 	def := func(v *int, d int) {
@@ -184,11 +204,8 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := os.MkdirAll(cfg.PackageCache, 0o755); err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(cfg.Runsc); err != nil {
-		return nil, fmt.Errorf("%w (%v)", ErrNotInstalled, err)
-	}
-	if _, err := os.Stat(filepath.Join(cfg.Rootfs, "usr", "bin", "python3")); err != nil {
-		return nil, fmt.Errorf("%w (%v)", ErrNotInstalled, err)
+	if err := Installed(cfg); err != nil {
+		return nil, err
 	}
 	// runsc mounts "safely" and refuses a root reached through a symbolic link.
 	rootfs, err := filepath.EvalSymlinks(cfg.Rootfs)

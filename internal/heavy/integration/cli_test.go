@@ -75,3 +75,35 @@ func TestCLIOnHeavy(t *testing.T) {
 		})
 	}
 }
+
+// TestCLIRouteReasonIsTheAPIsOnHeavy: with the heavy tier installed, `agentbox run` places a program
+// as the API does: the same tier, route_reason and fallback_from, routed or fallen back.
+func TestCLIRouteReasonIsTheAPIsOnHeavy(t *testing.T) {
+	ctx := context.Background()
+	c, _ := apiServer(t)
+	for _, tc := range []struct{ name, code string }{
+		{"routed by its imports", "import pandas\nprint(1)"},
+		{"falls back from nano", "m = __import__('nu' + 'mpy')\nprint(int(m.arange(4).sum()))"},
+		{"stays on nano", "import json\nprint(1)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			cli.Main(ctx, []string{"run", "--json", "-"}, strings.NewReader(tc.code), &out, &errOut)
+			var fromCLI api.Result
+			if err := json.Unmarshal(out.Bytes(), &fromCLI); err != nil {
+				t.Fatalf("CLI: %v\nstdout %q\nstderr %q", err, out.String(), errOut.String())
+			}
+			fromAPI, err := c.Run(ctx, api.RunBody{Code: tc.code})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fromAPI.RouteReason == "" || fromCLI.Tier != fromAPI.Tier || fromCLI.RouteReason != fromAPI.RouteReason || fromCLI.FallbackFrom != fromAPI.FallbackFrom {
+				t.Fatalf("CLI placed it on %s (%q, fallback from %q)\nAPI on %s (%q, fallback from %q)",
+					fromCLI.Tier, fromCLI.RouteReason, fromCLI.FallbackFrom, fromAPI.Tier, fromAPI.RouteReason, fromAPI.FallbackFrom)
+			}
+			if fromCLI.Stdout != fromAPI.Stdout {
+				t.Fatalf("stdout: CLI %q, API %q", fromCLI.Stdout, fromAPI.Stdout)
+			}
+		})
+	}
+}
