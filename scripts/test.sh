@@ -42,7 +42,8 @@ go test -count=1 ./...
 
 say "go test -race (the packages that share sessions between goroutines)"
 go test -race -count=1 ./internal/dispatch ./internal/server ./internal/mcpserver ./internal/vfs
-go test -race -count=1 -run 'TestSessionInfoSafeUnderRefresh|TestClientKeysAreTenants|TestServeKeyFlags' . ./internal/cli
+go test -race -count=1 -run 'TestSessionInfoSafeUnderRefresh|TestClientKeysAreTenants' .
+go test -race -count=1 ./internal/cli
 # Nano concurrency: sandboxes sharing the standard-library layer, sleepers giving up slots, session caps.
 # The 1,000-run leak test runs in the plain job above.
 go test -race -count=1 -skip 'TestSleepTimeoutsLeakNothing' ./internal/nano ./internal/vfs ./internal/router
