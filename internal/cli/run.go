@@ -20,6 +20,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
+	tierpkg "github.com/entersandbox/agentbox/internal/tier" // "tier" is the --tier flag below
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
@@ -124,16 +125,14 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	}
 	defer eng.Close(context.Background())
 
-	var opts []nano.ExecOption
+	var stream tierpkg.Stream
 	if !*asJSON {
 		// Pass output through as the program writes it.
-		opts = append(opts, nano.WithStream(
-			func(b []byte) { e.stdout.Write(b) },
-			func(b []byte) { e.stderr.Write(b) }))
+		stream = tierpkg.Stream{Stdout: func(s string) { io.WriteString(e.stdout, s) }, Stderr: func(s string) { io.WriteString(e.stderr, s) }}
 	}
 	var res *api.Result
 	var copyErrs []error
-	err = eng.RunInstance(ctx, req, func(r *api.Result, sfs *vfs.FS) error {
+	err = eng.RunInstance(ctx, req, stream, func(r *api.Result, sfs *vfs.FS) error {
 		res = r
 		for _, o := range outSpecs {
 			if err := copyOut(sfs, o); err != nil {
@@ -141,7 +140,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 			}
 		}
 		return nil
-	}, opts...)
+	})
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			// Reported here: Main turns every returned error into exit 125, and a signal means 130.
@@ -204,9 +203,9 @@ func (e *env) runHeavy(ctx context.Context, req api.RunRequest, asJSON bool, art
 		return 0, err
 	}
 	defer eng.Close(context.Background())
-	var stream heavy.Stream
+	var stream tierpkg.Stream
 	if !asJSON {
-		stream = heavy.Stream{Stdout: func(s string) { io.WriteString(e.stdout, s) }, Stderr: func(s string) { io.WriteString(e.stderr, s) }}
+		stream = tierpkg.Stream{Stdout: func(s string) { io.WriteString(e.stdout, s) }, Stderr: func(s string) { io.WriteString(e.stderr, s) }}
 	}
 	var maxOut int64
 	if len(outs) > 0 {
@@ -268,7 +267,7 @@ func parseFileSpec(spec string) (api.File, error) {
 	if remote == "" {
 		remote = path.Join(nano.DirData, filepath.Base(local))
 	}
-	if err := nano.ValidatePath(remote); err != nil {
+	if err := api.CheckPath(remote); err != nil {
 		return api.File{}, usagef("--file %s: %w", spec, err)
 	}
 	data, err := os.ReadFile(local)
@@ -284,7 +283,7 @@ func parseOutSpec(spec string) (outSpec, error) {
 		return outSpec{}, usagef("--out %q: want REMOTE:LOCAL, e.g. /output/report.csv:report.csv", spec)
 	}
 	o := outSpec{remote: spec[:i], local: spec[i+1:]}
-	if err := nano.ValidatePath(o.remote); err != nil {
+	if err := api.CheckPath(o.remote); err != nil {
 		return outSpec{}, usagef("--out %s: %w", spec, err)
 	}
 	return o, nil
@@ -296,7 +295,7 @@ func copyOut(sfs *vfs.FS, o outSpec) error {
 }
 
 // heavyOut finds the /output file p among those a heavy run handed back.
-func heavyOut(files *heavy.Output, p string) ([]byte, error) {
+func heavyOut(files *tierpkg.Collected, p string) ([]byte, error) {
 	if files != nil {
 		if data, ok := files.Files[p]; ok {
 			return data, nil
