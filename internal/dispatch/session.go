@@ -46,18 +46,20 @@ type Session struct {
 	created   time.Time
 	tier      atomic.Int32 // tierNano or tierHeavy: which engine sb is on
 
-	mu sync.Mutex // one request at a time; guards everything below
-	// sb is the sandbox, on nano or on heavy as tier says; a move replaces it.
+	mu sync.Mutex // one request at a time
+	// sb is the sandbox, on nano or on heavy as tier says; a move replaces it. guarded by mu
 	sb    tier.Session
-	place *place
+	place *place // guarded by mu
 	// history holds the cells run on nano while the session may still move, to replay them on heavy.
-	history      []cell
-	historyBytes int
-	replayable   bool
-	stay         string // why the session can no longer move, once replayable is false
-	closed       bool
+	history      []cell // guarded by mu
+	historyBytes int    // guarded by mu
+	replayable   bool   // guarded by mu
+	stay         string // why the session can no longer move, once replayable is false; guarded by mu
+	closed       bool   // guarded by mu
 
-	meta      sync.Mutex // Info reads these without waiting for a running cell
+	// meta lets Info read these without waiting for a running cell. They are written holding mu and
+	// meta, so the reaper, which holds mu, may read lastUsed without meta.
+	meta      sync.Mutex
 	limits    api.Limits // guarded by meta
 	cells     int        // guarded by meta
 	lastUsed  time.Time  // guarded by meta

@@ -506,10 +506,10 @@ func (e *Engine) Close(ctx context.Context) error {
 	return nil
 }
 
-// Session is a heavy sandbox kept between runs: variables, imports and files persist until Close or
+// session is a heavy sandbox kept between runs: variables, imports and files persist until Close or
 // until its sandbox dies (a timeout or crash). It holds one of the engine's MaxConcurrent slots for
 // its whole life.
-type Session struct {
+type session struct {
 	e       *Engine
 	s       *sandbox
 	limits  api.Limits
@@ -517,6 +517,11 @@ type Session struct {
 	mu      sync.Mutex
 	closed  bool // guarded by mu
 }
+
+var (
+	_ tier.Engine  = (*Engine)(nil)
+	_ tier.Session = (*session)(nil)
+)
 
 // NewSession takes a slot (waiting in the bounded queue, errdefs.Overloaded beyond it) and starts a
 // session with packages installed. The slot is given back when starting fails or at Close.
@@ -542,10 +547,10 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 		release()
 		return nil, err
 	}
-	return &Session{e: e, s: s, limits: lim, release: release}, nil
+	return &session{e: e, s: s, limits: lim, release: release}, nil
 }
 
-func (ss *Session) usable() error {
+func (ss *session) usable() error {
 	if ss.closed || ss.s.killed.Load() {
 		return errdefs.With(errdefs.NotFound, tier.ErrGone)
 	}
@@ -558,14 +563,14 @@ func (ss *Session) usable() error {
 }
 
 // Alive reports whether the session can still run code (not closed, its sandbox not dead).
-func (ss *Session) Alive() bool {
+func (ss *session) Alive() bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return ss.usable() == nil
 }
 
 // Run executes code in the session.
-func (ss *Session) Run(ctx context.Context, code string, stream tier.Stream) (*api.Result, error) {
+func (ss *session) Run(ctx context.Context, code string, stream tier.Stream) (*api.Result, error) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if err := ss.usable(); err != nil {
@@ -579,7 +584,7 @@ func (ss *Session) Run(ctx context.Context, code string, stream tier.Stream) (*a
 }
 
 // WriteFile places data at the absolute sandbox path p.
-func (ss *Session) WriteFile(ctx context.Context, p string, data []byte) error {
+func (ss *session) WriteFile(ctx context.Context, p string, data []byte) error {
 	if err := limits.CheckPath(p); err != nil {
 		return err
 	}
@@ -591,7 +596,7 @@ func (ss *Session) WriteFile(ctx context.Context, p string, data []byte) error {
 // max bytes (errdefs.TooLarge; max is at most MaxReadBytes, zero means MaxReadBytes). The agent checks
 // the size before it reads and sends the file in chunks, so a large file costs neither side more than
 // the cap.
-func (ss *Session) ReadFile(ctx context.Context, p string, max int64) ([]byte, error) {
+func (ss *session) ReadFile(ctx context.Context, p string, max int64) ([]byte, error) {
 	if err := limits.CheckPath(p); err != nil {
 		return nil, err
 	}
@@ -628,7 +633,7 @@ type fileEntry struct {
 }
 
 // ListFiles lists the directory dir.
-func (ss *Session) ListFiles(ctx context.Context, dir string) ([]api.FileInfo, error) {
+func (ss *session) ListFiles(ctx context.Context, dir string) ([]api.FileInfo, error) {
 	if err := limits.CheckPath(dir); err != nil {
 		return nil, err
 	}
@@ -655,7 +660,7 @@ const opTimeout = 60 * time.Second
 // op runs a file operation through the agent: paths resolve inside the sandbox, as its user, so
 // nothing the guest planted (links, "..") can reach the host. The agent's refusals are classified by
 // their type; a sandbox that broke the protocol, timed out or died ends the session.
-func (ss *Session) op(ctx context.Context, req map[string]any, maxLine int, on func(r *reply) error) (*reply, error) {
+func (ss *session) op(ctx context.Context, req map[string]any, maxLine int, on func(r *reply) error) (*reply, error) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if err := ss.usable(); err != nil {
@@ -682,14 +687,14 @@ func (ss *Session) op(ctx context.Context, req map[string]any, maxLine int, on f
 }
 
 // Close destroys the session's sandbox and gives its slot back. Closing twice is not an error.
-func (ss *Session) Close(context.Context) error {
+func (ss *session) Close(context.Context) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.closeLocked()
 	return nil
 }
 
-func (ss *Session) closeLocked() {
+func (ss *session) closeLocked() {
 	if !ss.closed {
 		ss.closed = true
 		ss.e.destroy(ss.s)

@@ -136,7 +136,7 @@ type Engine struct {
 	sessMu sync.Mutex
 	// sessions are the sessions open or starting, counted against MaxSessions and closed by Close;
 	// guarded by sessMu.
-	sessions map[*Session]struct{}
+	sessions map[*session]struct{}
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -167,7 +167,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{cfg: cfg, log: log, sessions: map[*Session]struct{}{}, halt: make(chan struct{})}
+	e := &Engine{cfg: cfg, log: log, sessions: map[*session]struct{}{}, halt: make(chan struct{})}
 	e.reserve = uint64(cfg.Max.MemoryLimitMB) << 20
 	e.regions = newRegionPool(e.reserve, cfg.MaxConcurrent+max(cfg.PoolSize, 0)+2)
 
@@ -637,7 +637,7 @@ func (e *Engine) Close(ctx context.Context) error {
 			}
 		}
 		e.sessMu.Lock()
-		sessions := make([]*Session, 0, len(e.sessions))
+		sessions := make([]*session, 0, len(e.sessions))
 		for s := range e.sessions {
 			sessions = append(sessions, s)
 		}

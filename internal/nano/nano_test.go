@@ -428,7 +428,7 @@ func TestSession(t *testing.T) {
 func registered(e *Engine, s tier.Session) bool {
 	e.sessMu.Lock()
 	defer e.sessMu.Unlock()
-	_, ok := e.sessions[s.(*Session)]
+	_, ok := e.sessions[s.(*session)]
 	return ok
 }
 

@@ -16,11 +16,11 @@ import (
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
-// Session keeps one interpreter alive across cells, like a notebook kernel: variables, imports and
+// session keeps one interpreter alive across cells, like a notebook kernel: variables, imports and
 // files persist until it is closed or its interpreter dies (a timeout or crash). It is a bare
 // sandbox (tier.Session): ids, idle TTLs and refusing a second request while one runs are the
 // registry's above it (internal/dispatch). Calls on one session are serialised.
-type Session struct {
+type session struct {
 	eng    *Engine
 	limits api.Limits
 
@@ -30,7 +30,7 @@ type Session struct {
 	closed bool       // guarded by mu
 }
 
-var _ tier.Session = (*Session)(nil)
+var _ tier.Session = (*session)(nil)
 
 // NewSession starts a session with the given limits (zero fields take the engine's defaults). The
 // nano tier has the standard library only, so packages are refused.
@@ -52,7 +52,7 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 		e.sessMu.Unlock()
 		return nil, errdefs.With(errdefs.Overloaded, fmt.Errorf("%d sessions are open, the most this server allows", e.cfg.MaxSessions))
 	}
-	s := &Session{eng: e, limits: lim}
+	s := &session{eng: e, limits: lim}
 	e.sessions[s] = struct{}{}
 	e.sessMu.Unlock()
 	inst, err := e.take(ctx)
@@ -78,14 +78,14 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 	return s, nil
 }
 
-func (e *Engine) forget(s *Session) {
+func (e *Engine) forget(s *session) {
 	e.sessMu.Lock()
 	delete(e.sessions, s)
 	e.sessMu.Unlock()
 }
 
 // Alive reports whether the session can still run cells.
-func (s *Session) Alive() bool {
+func (s *session) Alive() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.usable() == nil
@@ -93,7 +93,7 @@ func (s *Session) Alive() bool {
 
 // Run executes code in the session's interpreter. A timeout, crash or os._exit ends the interpreter;
 // the result says so and later calls fail with tier.ErrGone.
-func (s *Session) Run(ctx context.Context, code string, stream tier.Stream) (*api.Result, error) {
+func (s *session) Run(ctx context.Context, code string, stream tier.Stream) (*api.Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	slot, err := s.eng.admit(ctx)
@@ -113,7 +113,7 @@ func (s *Session) Run(ctx context.Context, code string, stream tier.Stream) (*ap
 	return res, err
 }
 
-func (s *Session) usable() error {
+func (s *session) usable() error {
 	if s.closed || s.inst == nil || s.inst.dead {
 		return errdefs.With(errdefs.NotFound, tier.ErrGone)
 	}
@@ -121,7 +121,7 @@ func (s *Session) usable() error {
 }
 
 // withFS calls fn with the session's filesystem, between cells, and classifies its error.
-func (s *Session) withFS(fn func(fs *vfs.FS) error) error {
+func (s *session) withFS(fn func(fs *vfs.FS) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.usable(); err != nil {
@@ -131,7 +131,7 @@ func (s *Session) withFS(fn func(fs *vfs.FS) error) error {
 }
 
 // WriteFile places data at the absolute sandbox path p, creating parent directories.
-func (s *Session) WriteFile(_ context.Context, p string, data []byte) error {
+func (s *session) WriteFile(_ context.Context, p string, data []byte) error {
 	if err := limits.CheckPath(p); err != nil {
 		return err
 	}
@@ -139,7 +139,7 @@ func (s *Session) WriteFile(_ context.Context, p string, data []byte) error {
 }
 
 // ReadFile returns the file at p; a file larger than max (when positive) is refused.
-func (s *Session) ReadFile(_ context.Context, p string, max int64) ([]byte, error) {
+func (s *session) ReadFile(_ context.Context, p string, max int64) ([]byte, error) {
 	if err := limits.CheckPath(p); err != nil {
 		return nil, err
 	}
@@ -153,7 +153,7 @@ func (s *Session) ReadFile(_ context.Context, p string, max int64) ([]byte, erro
 }
 
 // ListFiles lists the directory dir.
-func (s *Session) ListFiles(_ context.Context, dir string) ([]api.FileInfo, error) {
+func (s *session) ListFiles(_ context.Context, dir string) ([]api.FileInfo, error) {
 	if err := limits.CheckPath(dir); err != nil {
 		return nil, err
 	}
@@ -187,14 +187,14 @@ func fsError(err error) error {
 }
 
 // Close ends the session and frees its interpreter. Closing twice is not an error.
-func (s *Session) Close(ctx context.Context) error {
+func (s *session) Close(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closeLocked(ctx)
 	return nil
 }
 
-func (s *Session) closeLocked(ctx context.Context) {
+func (s *session) closeLocked(ctx context.Context) {
 	if s.closed {
 		return
 	}
