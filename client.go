@@ -339,10 +339,12 @@ func (s *Session) RunStream(ctx context.Context, code string, cb Callbacks) (*Re
 	return &out, nil
 }
 
-// filePath maps an absolute sandbox path onto the files endpoint (each segment escaped).
+// filePath maps an absolute sandbox path onto the files endpoint (each segment escaped). The path
+// is checked as the server checks it (api.CheckPath), before any request: a ".." segment would
+// otherwise be cleaned away by the HTTP layer and name another file.
 func (s *Session) filePath(p string) (string, error) {
-	if !strings.HasPrefix(p, "/") {
-		return "", fmt.Errorf("agentbox: sandbox path %q must be absolute", p)
+	if err := api.CheckPath(p); err != nil {
+		return "", fmt.Errorf("agentbox: sandbox %w (%w)", err, ErrInvalidArgument)
 	}
 	segs := strings.Split(strings.TrimPrefix(p, "/"), "/")
 	for i, seg := range segs {

@@ -274,3 +274,25 @@ func TestClientKeysAreTenants(t *testing.T) {
 		t.Fatalf("the owner lists %v %+v", err, l)
 	}
 }
+
+// TestClientChecksPathsLikeTheServer: the client refuses the sandbox paths the server refuses (one
+// check, api.CheckPath) as invalid arguments, before sending anything.
+func TestClientChecksPathsLikeTheServer(t *testing.T) {
+	ctx := context.Background()
+	c, _ := agentbox.New(testServer(), agentbox.WithAPIKey(apiKey))
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	for _, p := range []string{"data/x", "/data/../etc/passwd", "/data/a\x00b", "/" + strings.Repeat("a", 5000)} {
+		t.Run(fmt.Sprintf("%.20q", p), func(t *testing.T) {
+			if _, err := s.Upload(ctx, p, strings.NewReader("x")); !errors.Is(err, agentbox.ErrInvalidArgument) {
+				t.Errorf("upload: %v, want invalid argument", err)
+			}
+			if _, err := s.Download(ctx, p); !errors.Is(err, agentbox.ErrInvalidArgument) {
+				t.Errorf("download: %v, want invalid argument", err)
+			}
+		})
+	}
+}

@@ -127,7 +127,12 @@ func trackedFiles() ([]string, error) {
 		return nil, err
 	}
 	var files []string
+	seen := map[string]bool{}
 	for _, f := range strings.Split(string(out), "\x00") {
+		if seen[f] {
+			continue // an unmerged file is listed once per stage during a merge
+		}
+		seen[f] = true
 		if fi, err := os.Lstat(f); f == "" || err != nil || !fi.Mode().IsRegular() {
 			continue // deleted in the working tree, or a symlink (module zips hold regular files only)
 		}

@@ -13,13 +13,17 @@ import (
 	"log/slog"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
-	"github.com/entersandbox/agentbox/internal/vfs"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // Engine runs sandboxes in this process. It is safe for concurrent use; Close releases it.
 type Engine struct {
 	eng *nano.Engine
+	// sessions is the server's session registry (ids, idle TTL, one request at a time) over the
+	// in-process nano engine, so that a local session behaves exactly like a served one.
+	sessions *dispatch.Dispatcher
 }
 
 // Option configures New.
@@ -52,27 +56,32 @@ func New(ctx context.Context, opts ...Option) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{eng: eng}, nil
+	// No memory budget: the engine's own session cap and limits bound what this process holds.
+	d := dispatch.New(eng, dispatch.Config{MemoryBudgetMB: -1, NanoSlots: cfg.MaxConcurrent, Logger: cfg.Logger})
+	return &Engine{eng: eng, sessions: d}, nil
 }
 
 // Run executes req.Code in a fresh sandbox. A program's own failure (exception, limit) is reported in
 // the Result; the error is for requests that are invalid or cannot be served.
 func (e *Engine) Run(ctx context.Context, req api.RunRequest) (*api.Result, error) {
-	return e.eng.Run(ctx, req)
+	return e.eng.Run(ctx, req, tier.Stream{})
 }
 
-// Close stops the engine; runs in progress are cancelled when ctx is done.
-func (e *Engine) Close(ctx context.Context) error { return e.eng.Close(ctx) }
+// Close ends the sessions and stops the engine; runs in progress are cancelled when ctx is done.
+func (e *Engine) Close(ctx context.Context) error {
+	e.sessions.Close()
+	return e.eng.Close(ctx)
+}
 
-// Session is an in-process sandbox that keeps its interpreter between runs. One cell runs at a time;
-// a session left idle for ten minutes is closed.
+// Session is an in-process sandbox that keeps its interpreter between runs. One cell runs at a time
+// (a second call meanwhile is refused); a session left idle for ten minutes is closed.
 type Session struct {
-	s *nano.Session
+	s *dispatch.Session
 }
 
 // NewSession starts a session with the given limits (zero fields: the engine's defaults).
 func (e *Engine) NewSession(ctx context.Context, limits api.Limits) (*Session, error) {
-	s, err := e.eng.NewSession(ctx, limits, 0)
+	s, err := e.sessions.NewSession(ctx, api.SessionRequest{Tier: api.TierNano, Limits: limits})
 	if err != nil {
 		return nil, err
 	}
@@ -81,30 +90,21 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits) (*Session, e
 
 // Run executes code in the session; variables, imports and files persist.
 func (s *Session) Run(ctx context.Context, code string) (*api.Result, error) {
-	return s.s.Run(ctx, code)
+	return s.s.Run(ctx, code, dispatch.Output{})
 }
 
 // Upload writes a file into the session's filesystem at the absolute path p.
 func (s *Session) Upload(p string, data []byte) error {
-	if err := nano.ValidatePath(p); err != nil {
-		return err
-	}
-	return s.s.WithFS(func(fs *vfs.FS) error { return fs.WriteFile(p, data, 0o644) })
+	return s.s.WriteFile(context.Background(), p, data)
 }
 
 // Download reads the file at the absolute path p from the session's filesystem.
 func (s *Session) Download(p string) ([]byte, error) {
-	if err := nano.ValidatePath(p); err != nil {
-		return nil, err
-	}
-	var data []byte
-	err := s.s.WithFS(func(fs *vfs.FS) error {
-		var err error
-		data, err = fs.ReadFile(p, 0)
-		return err
-	})
-	return data, err
+	return s.s.ReadFile(context.Background(), p, 0)
 }
 
 // Close ends the session.
-func (s *Session) Close(ctx context.Context) error { return s.s.Close(ctx) }
+func (s *Session) Close(context.Context) error {
+	s.s.Close()
+	return nil
+}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // Options sizes a benchmark run. Zero fields take the defaults in brackets.
@@ -162,7 +163,7 @@ func Run(ctx context.Context, o Options, progress io.Writer) (*Report, error) {
 }
 
 func runPrint(ctx context.Context, e *nano.Engine) error {
-	res, err := e.Run(ctx, api.RunRequest{Code: printCode})
+	res, err := e.Run(ctx, api.RunRequest{Code: printCode}, tier.Stream{})
 	if err != nil {
 		return err
 	}
@@ -232,19 +233,19 @@ func idleRSS(ctx context.Context, e *nano.Engine, n int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var sessions []*nano.Session
+	var sessions []tier.Session
 	defer func() {
 		for _, s := range sessions {
 			s.Close(context.Background())
 		}
 	}()
 	for i := 0; i < n; i++ {
-		s, err := e.NewSession(ctx, api.Limits{}, 0)
+		s, err := e.NewSession(ctx, api.Limits{}, nil)
 		if err != nil {
 			return 0, err
 		}
 		sessions = append(sessions, s)
-		if _, err := s.Run(ctx, "x = 1"); err != nil {
+		if _, err := s.Run(ctx, "x = 1", tier.Stream{}); err != nil {
 			return 0, err
 		}
 	}
@@ -288,7 +289,7 @@ func cpuLoop(ctx context.Context, e *nano.Engine, python string) (CPULoop, error
 	}
 	var err error
 	out.NanoMS, err = best(func() (float64, error) {
-		res, err := e.Run(ctx, api.RunRequest{Code: loopCode, Limits: api.Limits{TimeoutMS: 120000}})
+		res, err := e.Run(ctx, api.RunRequest{Code: loopCode, Limits: api.Limits{TimeoutMS: 120000}}, tier.Stream{})
 		if err != nil {
 			return 0, err
 		}

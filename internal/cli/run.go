@@ -200,7 +200,7 @@ func parseFileSpec(spec string) (api.File, error) {
 	if remote == "" {
 		remote = path.Join(nano.DirData, filepath.Base(local))
 	}
-	if err := nano.ValidatePath(remote); err != nil {
+	if err := api.CheckPath(remote); err != nil {
 		return api.File{}, usagef("--file %s: %w", spec, err)
 	}
 	data, err := os.ReadFile(local)
@@ -216,7 +216,7 @@ func parseOutSpec(spec string) (outSpec, error) {
 		return outSpec{}, usagef("--out %q: want REMOTE:LOCAL, e.g. /output/report.csv:report.csv", spec)
 	}
 	o := outSpec{remote: spec[:i], local: spec[i+1:]}
-	if err := nano.ValidatePath(o.remote); err != nil {
+	if err := api.CheckPath(o.remote); err != nil {
 		return outSpec{}, usagef("--out %s: %w", spec, err)
 	}
 	o.remote = path.Clean(o.remote) // as the collected files are named

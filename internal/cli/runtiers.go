@@ -12,7 +12,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/router"
-	"github.com/entersandbox/agentbox/internal/vfs"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // runTiers are the engines and the dispatcher behind one `agentbox run`: the same placement as the
@@ -20,8 +20,8 @@ import (
 // pays for the tier it runs on alone.
 type runTiers struct {
 	*dispatch.Dispatcher
-	nano  *lazyNano
-	heavy *lazyHeavy // nil when the heavy tier is not installed
+	nano  *lazy
+	heavy *lazy // nil when the heavy tier is not installed
 	// noHeavy says why there is no heavy tier (heavy.ErrNotInstalled, wrapped); nil when there is one.
 	noHeavy error
 }
@@ -38,7 +38,13 @@ func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64
 				SnapshotMaxAge: time.Hour, Logger: e.log})
 		}
 	}
-	t := &runTiers{nano: &lazyNano{lazy[*nano.Engine]{ctx: ctx, open: openNano}}}
+	t := &runTiers{nano: &lazy{ctx: ctx, what: "nano", open: func(ctx context.Context) (tier.Engine, error) {
+		eng, err := openNano(ctx)
+		if err != nil {
+			return nil, err // not eng: a nil *nano.Engine in the interface would not be nil
+		}
+		return eng, nil
+	}}}
 	cfg := dispatch.Config{Rules: rules, Logger: e.log, NanoSlots: 1, HeavySlots: 1,
 		MaxFileBytes: collectMax, MaxFilesBytes: collectMax,
 		MemoryBudgetMB: -1} // one run: its limits are checked by the engine, there is nothing to share
@@ -50,8 +56,14 @@ func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64
 				return heavy.New(ctx, heavy.Config{PoolSize: -1, Logger: e.log})
 			}
 		}
-		t.heavy = &lazyHeavy{lazy[*heavy.Engine]{ctx: ctx, open: open}}
-		cfg.Heavy = t.heavy // only when set: a nil *lazyHeavy in the interface would not be nil
+		t.heavy = &lazy{ctx: ctx, what: "heavy", open: func(ctx context.Context) (tier.Engine, error) {
+			eng, err := open(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return eng, nil
+		}}
+		cfg.Heavy = t.heavy // only when set: a nil *lazy in the interface would not be nil
 	}
 	t.Dispatcher = dispatch.New(t.nano, cfg)
 	return t
@@ -61,75 +73,72 @@ func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64
 func (t *runTiers) close(ctx context.Context) error {
 	t.Dispatcher.Close()
 	var err error
-	if n := t.nano.started(); n != nil {
-		if cerr := n.Close(ctx); cerr != nil {
-			err = fmt.Errorf("closing nano engine: %w", cerr)
-		}
+	if cerr := t.nano.Close(ctx); cerr != nil {
+		err = fmt.Errorf("closing nano engine: %w", cerr)
 	}
 	if t.heavy == nil {
 		return err
 	}
-	if h := t.heavy.started(); h != nil {
-		if cerr := h.Close(ctx); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("closing heavy engine: %w", cerr))
-		}
+	if cerr := t.heavy.Close(ctx); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("closing heavy engine: %w", cerr))
 	}
 	return err
 }
 
-// lazy is an engine opened by the first call that needs it.
-type lazy[E comparable] struct {
+// lazy is a tier.Engine opened by the first call that needs it.
+type lazy struct {
 	// ctx is the run's: Limits, which has no ctx of its own, opens the engine under it.
 	ctx  context.Context
-	open func(ctx context.Context) (E, error)
+	open func(ctx context.Context) (tier.Engine, error)
+	// what names the tier in the error of a failed start.
+	what string
 
 	mu  sync.Mutex
-	eng E     // guarded by mu; set once open succeeded
-	err error // guarded by mu; open's failure, which every later call returns too
+	eng tier.Engine // guarded by mu; set once open succeeded
+	err error       // guarded by mu; open's failure, which every later call returns too
 }
 
-func (l *lazy[E]) engine(ctx context.Context) (E, error) {
+var _ tier.Engine = (*lazy)(nil)
+
+func (l *lazy) engine(ctx context.Context) (tier.Engine, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var none E
-	if l.eng == none && l.err == nil {
-		if l.eng, l.err = l.open(ctx); l.err != nil {
-			l.eng = none
+	if l.eng == nil && l.err == nil {
+		eng, err := l.open(ctx)
+		if err != nil {
+			l.err = fmt.Errorf("starting the %s tier: %w", l.what, err)
+		} else {
+			l.eng = eng
 		}
 	}
 	return l.eng, l.err
 }
 
-// started is the engine if it was opened, else the zero E (nil).
-func (l *lazy[E]) started() E {
+// started is the engine if it was opened, else nil.
+func (l *lazy) started() tier.Engine {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.eng
 }
 
-// lazyNano is a dispatch.NanoEngine over a lazily opened *nano.Engine.
-type lazyNano struct{ lazy[*nano.Engine] }
-
-var _ dispatch.NanoEngine = (*lazyNano)(nil)
-
-func (l *lazyNano) RunInstance(ctx context.Context, req api.RunRequest, fn func(*api.Result, *vfs.FS) error, opts ...nano.ExecOption) error {
+func (l *lazy) RunCollect(ctx context.Context, req api.RunRequest, stream tier.Stream, maxFile, maxTotal int64) (*api.Result, *tier.Collected, error) {
 	eng, err := l.engine(ctx)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	return eng.RunInstance(ctx, req, fn, opts...)
+	return eng.RunCollect(ctx, req, stream, maxFile, maxTotal)
 }
 
-func (l *lazyNano) NewSession(ctx context.Context, limits api.Limits, ttl time.Duration) (*nano.Session, error) {
+func (l *lazy) NewSession(ctx context.Context, limits api.Limits, packages []string) (tier.Session, error) {
 	eng, err := l.engine(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return eng.NewSession(ctx, limits, ttl)
+	return eng.NewSession(ctx, limits, packages)
 }
 
 // Limits opens the engine: the dispatcher resolves a run's limits when admitting it.
-func (l *lazyNano) Limits(req api.Limits) (api.Limits, error) {
+func (l *lazy) Limits(req api.Limits) (api.Limits, error) {
 	eng, err := l.engine(l.ctx)
 	if err != nil {
 		return req, err
@@ -137,62 +146,25 @@ func (l *lazyNano) Limits(req api.Limits) (api.Limits, error) {
 	return eng.Limits(req)
 }
 
-func (l *lazyNano) QueueDepth() int {
-	if eng := l.started(); eng != nil {
-		return eng.QueueDepth()
-	}
-	return 0
-}
-
-func (l *lazyNano) PoolReady() int {
+func (l *lazy) PoolReady() int {
 	if eng := l.started(); eng != nil {
 		return eng.PoolReady()
 	}
 	return 0
 }
 
-// lazyHeavy is a dispatch.HeavyEngine over a lazily opened *heavy.Engine.
-type lazyHeavy struct{ lazy[*heavy.Engine] }
-
-var _ dispatch.HeavyEngine = (*lazyHeavy)(nil)
-
-// heavyEngine is engine with the failure to start said as such.
-func (l *lazyHeavy) heavyEngine(ctx context.Context) (*heavy.Engine, error) {
-	eng, err := l.engine(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("starting the heavy tier: %w", err)
-	}
-	return eng, nil
-}
-
-func (l *lazyHeavy) RunCollect(ctx context.Context, req api.RunRequest, stream heavy.Stream, maxFile, maxTotal int64) (*api.Result, *heavy.Output, error) {
-	eng, err := l.heavyEngine(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	return eng.RunCollect(ctx, req, stream, maxFile, maxTotal)
-}
-
-func (l *lazyHeavy) NewSession(ctx context.Context, limits api.Limits, packages []string) (*heavy.Session, error) {
-	eng, err := l.heavyEngine(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return eng.NewSession(ctx, limits, packages)
-}
-
-// Limits opens the engine: the dispatcher resolves a heavy run's limits when admitting it.
-func (l *lazyHeavy) Limits(req api.Limits) (api.Limits, error) {
-	eng, err := l.heavyEngine(l.ctx)
-	if err != nil {
-		return req, err
-	}
-	return eng.Limits(req)
-}
-
-func (l *lazyHeavy) PoolReady() int {
-	if eng := l.started(); eng != nil {
-		return eng.PoolReady()
+// QueueDepth is the nano engine's, once it started (dispatch's stats look for it).
+func (l *lazy) QueueDepth() int {
+	if q, ok := l.started().(interface{ QueueDepth() int }); ok {
+		return q.QueueDepth()
 	}
 	return 0
+}
+
+// Close closes the engine if it started; runTiers.close calls it after the dispatcher's.
+func (l *lazy) Close(ctx context.Context) error {
+	if eng := l.started(); eng != nil {
+		return eng.Close(ctx)
+	}
+	return nil
 }

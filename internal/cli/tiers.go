@@ -65,10 +65,8 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 			return nil, err
 		}
 	}
-	cfg.Rules, cfg.Logger, cfg.MaxHeavySessions = rules, log, *tf.maxHeavy
-	if t.heavy != nil {
-		cfg.Heavy = t.heavy // only when set: a nil *heavy.Engine in the interface would not be nil
-	}
+	// A nil t.heavy is no heavy tier: dispatch treats a nil engine in the interface as none.
+	cfg.Rules, cfg.Logger, cfg.MaxHeavySessions, cfg.Heavy = rules, log, *tf.maxHeavy, t.heavy
 	t.Dispatcher = dispatch.New(t.nano, cfg)
 	return t, nil
 }

@@ -92,6 +92,7 @@ type runGate struct {
 	tenants map[string]*tenantRuns // guarded by mu; tenants with runs in flight or waiting
 }
 
+// tenantRuns is guarded by its runGate's mu.
 type tenantRuns struct {
 	limits  TenantLimits
 	running int

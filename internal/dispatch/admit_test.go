@@ -11,8 +11,8 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/limits"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // fakeHeavy is a heavy tier whose sessions take startDelay to start and count themselves.
@@ -24,13 +24,11 @@ type fakeHeavy struct {
 	peak       atomic.Int32 // most live at once
 }
 
-func (f *fakeHeavy) RunCollect(ctx context.Context, req api.RunRequest, _ heavy.Stream, _, _ int64) (*api.Result, *heavy.Output, error) {
+func (f *fakeHeavy) RunCollect(ctx context.Context, req api.RunRequest, _ tier.Stream, _, _ int64) (*api.Result, *tier.Collected, error) {
 	return &api.Result{Tier: api.TierHeavy}, nil, nil
 }
 
-func (f *fakeHeavy) NewSession(context.Context, api.Limits, []string) (*heavy.Session, error) {
-	return nil, errors.New("the fake starts sessions through start")
-}
+func (f *fakeHeavy) Close(context.Context) error { return nil }
 
 func (f *fakeHeavy) Limits(req api.Limits) (api.Limits, error) {
 	return limits.Resolve(req, api.Limits{TimeoutMS: 60_000, MemoryLimitMB: 1024, MaxOutputBytes: 1 << 20},
@@ -39,7 +37,7 @@ func (f *fakeHeavy) Limits(req api.Limits) (api.Limits, error) {
 
 func (f *fakeHeavy) PoolReady() int { return 0 }
 
-func (f *fakeHeavy) start(ctx context.Context, _ api.Limits, _ []string) (heavySession, error) {
+func (f *fakeHeavy) NewSession(ctx context.Context, _ api.Limits, _ []string) (tier.Session, error) {
 	select {
 	case <-time.After(f.startDelay):
 	case <-ctx.Done():
@@ -65,14 +63,14 @@ type fakeHeavySession struct {
 	closed bool
 }
 
-func (s *fakeHeavySession) Run(context.Context, string, heavy.Stream) (*api.Result, error) {
+func (s *fakeHeavySession) Run(context.Context, string, tier.Stream) (*api.Result, error) {
 	return &api.Result{Tier: api.TierHeavy}, nil
 }
 func (s *fakeHeavySession) WriteFile(context.Context, string, []byte) error { return nil }
-func (s *fakeHeavySession) ReadFileMax(context.Context, string, int64) ([]byte, error) {
+func (s *fakeHeavySession) ReadFile(context.Context, string, int64) ([]byte, error) {
 	return nil, nil
 }
-func (s *fakeHeavySession) ListFiles(context.Context, string) ([]heavy.FileEntry, error) {
+func (s *fakeHeavySession) ListFiles(context.Context, string) ([]api.FileInfo, error) {
 	return nil, nil
 }
 func (s *fakeHeavySession) Alive() bool {
@@ -80,20 +78,19 @@ func (s *fakeHeavySession) Alive() bool {
 	defer s.mu.Unlock()
 	return !s.closed
 }
-func (s *fakeHeavySession) Close() {
+func (s *fakeHeavySession) Close(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closed {
 		s.closed = true
 		s.f.live.Add(-1)
 	}
+	return nil
 }
 
 func newFakeHeavyDispatcher(t *testing.T, f *fakeHeavy, cfg Config) *Dispatcher {
 	cfg.Heavy = f
-	d := newDispatcher(t, cfg)
-	d.newHeavySession = f.start
-	return d
+	return newDispatcher(t, cfg)
 }
 
 // startParallel asks for n sessions at once and returns those started and how many were refused as

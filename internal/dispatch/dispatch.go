@@ -13,52 +13,23 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"runtime"
 	"sync"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
-	"github.com/entersandbox/agentbox/internal/heavy"
-	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/router"
-	"github.com/entersandbox/agentbox/internal/vfs"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
-
-// NanoEngine is what dispatch needs of the nano tier (*nano.Engine).
-type NanoEngine interface {
-	RunInstance(ctx context.Context, req api.RunRequest, fn func(*api.Result, *vfs.FS) error, opts ...nano.ExecOption) error
-	NewSession(ctx context.Context, limits api.Limits, ttl time.Duration) (*nano.Session, error)
-	Limits(req api.Limits) (api.Limits, error)
-	QueueDepth() int
-	PoolReady() int
-}
-
-// HeavyEngine is what dispatch needs of the heavy tier (*heavy.Engine).
-type HeavyEngine interface {
-	RunCollect(ctx context.Context, req api.RunRequest, stream heavy.Stream, maxFile, maxTotal int64) (*api.Result, *heavy.Output, error)
-	NewSession(ctx context.Context, limits api.Limits, packages []string) (*heavy.Session, error)
-	Limits(req api.Limits) (api.Limits, error)
-	PoolReady() int
-}
-
-// heavySession is what a session needs of a heavy one (*heavy.Session); an interface so that tests
-// can start sessions on a fake heavy tier.
-type heavySession interface {
-	Run(ctx context.Context, code string, stream heavy.Stream) (*api.Result, error)
-	WriteFile(ctx context.Context, p string, data []byte) error
-	// ReadFileMax refuses a file over max bytes before reading it (errdefs.TooLarge).
-	ReadFileMax(ctx context.Context, p string, max int64) ([]byte, error)
-	ListFiles(ctx context.Context, dir string) ([]heavy.FileEntry, error)
-	Alive() bool
-	Close()
-}
 
 // Config configures a Dispatcher. Zero values are the defaults given per field.
 type Config struct {
-	// Heavy serves tier "heavy" and the fallbacks to it; nil means this host has no heavy tier: tier
-	// "heavy" and packages are refused, and tier "auto" always runs on nano (saying so).
-	Heavy HeavyEngine
+	// Heavy serves tier "heavy" and the fallbacks to it; nil (or an engine that is a nil pointer)
+	// means this host has no heavy tier: tier "heavy" and packages are refused, and tier "auto" always
+	// runs on nano (saying so).
+	Heavy tier.Engine
 	// Rules route tier "auto"; nil means the shipped rules.
 	Rules *router.Rules
 	// SessionTTL is the idle time after which a session that asked for none is closed; zero means
@@ -95,27 +66,16 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Output receives a run's output as it is written and the router's fallbacks; nil fields discard.
+// Output receives a run's output as it is written (what a tier streams, tier.Stream) and the
+// router's fallbacks; nil fields discard.
 type Output struct {
 	Stdout, Stderr func(text string)
 	// Fallback is called with the nano result that failed, before the run starts again on heavy.
 	Fallback func(failed *api.Result, reason string)
 }
 
-func (o Output) nano() []nano.ExecOption {
-	if o.Stdout == nil && o.Stderr == nil {
-		return nil
-	}
-	bytesTo := func(f func(string)) func([]byte) {
-		if f == nil {
-			return func([]byte) {}
-		}
-		return func(b []byte) { f(string(b)) }
-	}
-	return []nano.ExecOption{nano.WithStream(bytesTo(o.Stdout), bytesTo(o.Stderr))}
-}
-
-func (o Output) heavy() heavy.Stream { return heavy.Stream{Stdout: o.Stdout, Stderr: o.Stderr} }
+// stream is what the tiers are given.
+func (o Output) stream() tier.Stream { return tier.Stream{Stdout: o.Stdout, Stderr: o.Stderr} }
 
 func (o Output) fallback(res *api.Result, reason string) {
 	if o.Fallback != nil {
@@ -125,29 +85,27 @@ func (o Output) fallback(res *api.Result, reason string) {
 
 // Dispatcher places runs and sessions on the nano and heavy tiers.
 type Dispatcher struct {
-	nano  NanoEngine
-	heavy HeavyEngine
+	nano  tier.Engine
+	heavy tier.Engine // nil: no heavy tier
 	rules *router.Rules
 	cfg   Config
 	log   *slog.Logger
 
-	// newHeavySession is heavy.NewSession (tests start fake sessions instead).
-	newHeavySession func(ctx context.Context, limits api.Limits, packages []string) (heavySession, error)
-	nanoRuns        *runGate
-	heavyRuns       *runGate
-	budget          *memoryBudget
+	nanoRuns  *runGate
+	heavyRuns *runGate
+	budget    *memoryBudget
 
 	mu       sync.Mutex
 	sessions map[string]*Session // guarded by mu
 	// Session places reserved (open or starting sessions), per tier and per tenant; guarded by mu.
 	nanoPlaces, heavyPlaces int
-	tenantPlaces            map[string]int
+	tenantPlaces            map[string]int // guarded by mu
 	stop                    chan struct{}
 	stopOnce                sync.Once
 }
 
 // New returns a Dispatcher over the nano engine n and cfg.Heavy.
-func New(n NanoEngine, cfg Config) *Dispatcher {
+func New(n tier.Engine, cfg Config) *Dispatcher {
 	if cfg.Rules == nil {
 		cfg.Rules = router.DefaultRules()
 	}
@@ -182,21 +140,24 @@ func New(n NanoEngine, cfg Config) *Dispatcher {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if isNil(cfg.Heavy) {
+		cfg.Heavy = nil // a nil *heavy.Engine in the interface is no heavy tier, not one that panics
+	}
 	d := &Dispatcher{nano: n, heavy: cfg.Heavy, rules: cfg.Rules, cfg: cfg, log: log,
 		nanoRuns: newRunGate(api.TierNano, cfg.NanoSlots), heavyRuns: newRunGate(api.TierHeavy, cfg.HeavySlots),
 		budget:   &memoryBudget{totalMB: int64(cfg.MemoryBudgetMB)},
 		sessions: map[string]*Session{}, tenantPlaces: map[string]int{}, stop: make(chan struct{})}
-	if cfg.Heavy != nil {
-		d.newHeavySession = func(ctx context.Context, limits api.Limits, packages []string) (heavySession, error) {
-			hs, err := cfg.Heavy.NewSession(ctx, limits, packages)
-			if err != nil {
-				return nil, err // not a typed nil in the interface
-			}
-			return hs, nil
-		}
-	}
 	go d.reap()
 	return d
+}
+
+// isNil reports whether e is nil or a nil pointer in the interface.
+func isNil(e tier.Engine) bool {
+	if e == nil {
+		return true
+	}
+	v := reflect.ValueOf(e)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }
 
 // ErrNoHeavy is returned for tier "heavy" or packages on a host without the heavy tier.
@@ -252,12 +213,7 @@ func (d *Dispatcher) Run(ctx context.Context, req api.RunRequest, out Output) (*
 		return nil, err
 	}
 	defer release()
-	resp := &api.RunResponse{}
-	err = d.nano.RunInstance(ctx, req, func(res *api.Result, sfs *vfs.FS) error {
-		resp.Result = *res
-		resp.Files, resp.FilesOmitted = d.collectOutput(sfs)
-		return nil
-	}, out.nano()...)
+	resp, err := d.runOn(ctx, d.nano, req, out)
 	if err != nil {
 		return nil, err
 	}
@@ -280,38 +236,25 @@ func (d *Dispatcher) runHeavy(ctx context.Context, req api.RunRequest, out Outpu
 		return nil, err
 	}
 	defer release()
-	res, files, err := d.heavy.RunCollect(ctx, req, out.heavy(), d.cfg.MaxFileBytes, d.cfg.MaxFilesBytes)
+	resp, err := d.runOn(ctx, d.heavy, req, out)
+	if err != nil {
+		return nil, err
+	}
+	resp.RouteReason, resp.FallbackFrom = reason, from
+	return resp, nil
+}
+
+// runOn runs req on the tier e and collects its /output files within the caps.
+func (d *Dispatcher) runOn(ctx context.Context, e tier.Engine, req api.RunRequest, out Output) (*api.RunResponse, error) {
+	res, files, err := e.RunCollect(ctx, req, out.stream(), d.cfg.MaxFileBytes, d.cfg.MaxFilesBytes)
 	if err != nil {
 		return nil, err
 	}
 	resp := &api.RunResponse{Result: *res, Files: map[string][]byte{}}
-	resp.RouteReason, resp.FallbackFrom = reason, from
 	if files != nil {
 		resp.Files, resp.FilesOmitted = files.Files, files.Omitted
 	}
 	return resp, nil
-}
-
-// collectOutput gathers the files under /output within the size caps.
-func (d *Dispatcher) collectOutput(sfs *vfs.FS) (map[string][]byte, []string) {
-	files := map[string][]byte{}
-	var omitted []string
-	var total int64
-	sfs.Walk(nano.DirOutput, func(p string, size int64) error {
-		if size > d.cfg.MaxFileBytes || total+size > d.cfg.MaxFilesBytes {
-			omitted = append(omitted, p)
-			return nil
-		}
-		data, err := sfs.ReadFile(p, d.cfg.MaxFileBytes)
-		if err != nil {
-			omitted = append(omitted, p)
-			return nil
-		}
-		total += int64(len(data))
-		files[p] = data
-		return nil
-	})
-	return files, omitted
 }
 
 // admitRun admits a run on tier for the tenant ctx acts for: a place within its fair share (waiting
@@ -361,9 +304,12 @@ type Stats struct {
 
 // Stats reports the gauges.
 func (d *Dispatcher) Stats() Stats {
-	st := Stats{QueueDepth: d.nano.QueueDepth(), PoolReady: d.nano.PoolReady(), Heavy: d.heavy != nil,
+	st := Stats{PoolReady: d.nano.PoolReady(), Heavy: d.heavy != nil,
 		RunsWaiting: d.nanoRuns.waiting() + d.heavyRuns.waiting(), MemoryUsedMB: int(d.budget.used()),
 		MemoryBudgetMB: max(d.cfg.MemoryBudgetMB, 0)}
+	if q, ok := d.nano.(interface{ QueueDepth() int }); ok {
+		st.QueueDepth = q.QueueDepth()
+	}
 	if d.heavy != nil {
 		st.HeavyPoolReady = d.heavy.PoolReady()
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 )
 
@@ -233,4 +234,22 @@ func TestSessionEnds(t *testing.T) {
 			t.Fatalf("run on a reaped session: %v", err)
 		}
 	})
+}
+
+// TestNilHeavyEngineIsNoHeavy: a nil *heavy.Engine in Config.Heavy (a typed nil in the interface,
+// which is not == nil) means no heavy tier, as a nil Heavy does, instead of a tier that panics.
+func TestNilHeavyEngineIsNoHeavy(t *testing.T) {
+	var h *heavy.Engine
+	d := newDispatcher(t, Config{Heavy: h})
+	ctx := context.Background()
+	if _, err := d.NewSession(ctx, api.SessionRequest{Tier: api.TierHeavy}); !errors.Is(err, ErrNoHeavy) {
+		t.Fatalf("heavy session with a nil heavy engine: %v, want ErrNoHeavy", err)
+	}
+	resp, err := d.Run(ctx, api.RunRequest{Code: "import numpy"}, Output{})
+	if err != nil || resp.Tier != api.TierNano {
+		t.Fatalf("auto run needing heavy with a nil heavy engine: %v %+v, want it on nano", err, resp)
+	}
+	if d.Stats().Heavy {
+		t.Fatal("stats say heavy is available")
+	}
 }

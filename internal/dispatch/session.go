@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"slices"
 	"strings"
 	"sync"
@@ -15,9 +14,8 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
-	"github.com/entersandbox/agentbox/internal/heavy"
-	"github.com/entersandbox/agentbox/internal/nano"
-	"github.com/entersandbox/agentbox/internal/vfs"
+	"github.com/entersandbox/agentbox/internal/limits"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // maxSessionTTL bounds a session's requested idle TTL.
@@ -28,8 +26,9 @@ const (
 	tierHeavy
 )
 
-// ErrSessionGone is returned for a session that was closed, reaped, or whose sandbox died.
-var ErrSessionGone = errors.New("session is closed")
+// ErrSessionGone is returned for a session that was closed, reaped, or whose sandbox died. It is the
+// tiers' own error, so that a sandbox found dead mid-call reads the same as a session already gone.
+var ErrSessionGone = tier.ErrGone
 
 // ErrSessionBusy is returned when a session is asked to do two things at once.
 var ErrSessionBusy = errors.New("session is busy with another request")
@@ -45,25 +44,27 @@ type Session struct {
 	// requested are the limits asked for; a move resolves them again against heavy's defaults.
 	requested api.Limits
 	created   time.Time
-	tier      atomic.Int32
+	tier      atomic.Int32 // tierNano or tierHeavy: which engine sb is on
 
-	mu    sync.Mutex // one request at a time; guards everything below
-	ns    *nano.Session
-	hs    heavySession
-	place *place
+	mu sync.Mutex // one request at a time
+	// sb is the sandbox, on nano or on heavy as tier says; a move replaces it. guarded by mu
+	sb    tier.Session
+	place *place // guarded by mu
 	// history holds the cells run on nano while the session may still move, to replay them on heavy.
-	history      []cell
-	historyBytes int
-	replayable   bool
-	stay         string // why the session can no longer move, once replayable is false
-	closed       bool
+	history      []cell // guarded by mu
+	historyBytes int    // guarded by mu
+	replayable   bool   // guarded by mu
+	stay         string // why the session can no longer move, once replayable is false; guarded by mu
+	closed       bool   // guarded by mu
 
-	meta      sync.Mutex // Info reads these without waiting for a running cell
-	limits    api.Limits
-	cells     int
-	lastUsed  time.Time
-	reason    string
-	movedFrom api.Tier
+	// meta lets Info read these without waiting for a running cell. They are written holding mu and
+	// meta, so the reaper, which holds mu, may read lastUsed without meta.
+	meta      sync.Mutex
+	limits    api.Limits // guarded by meta
+	cells     int        // guarded by meta
+	lastUsed  time.Time  // guarded by meta
+	reason    string     // guarded by meta
+	movedFrom api.Tier   // guarded by meta
 }
 
 type cell struct {
@@ -98,32 +99,35 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 		}
 	}
 	onHeavy := tier == api.TierHeavy
-	resolve := d.nano.Limits
-	if onHeavy {
-		resolve = d.heavy.Limits
-	}
-	lim, err := resolve(req.Limits)
+	eng := d.engine(onHeavy)
+	lim, err := eng.Limits(req.Limits)
 	if err != nil {
 		return nil, err
 	}
 	if s.place, err = d.reserve(tenant, onHeavy, lim.MemoryLimitMB); err != nil {
 		return nil, err
 	}
-	if onHeavy {
-		s.hs, err = d.newHeavySession(ctx, req.Limits, req.Packages)
-		s.limits = lim
-		s.tier.Store(tierHeavy)
-	} else if s.ns, err = d.nano.NewSession(ctx, req.Limits, ttl); err == nil {
-		s.limits = s.ns.Info().Limits
-	}
+	sb, err := eng.NewSession(ctx, req.Limits, req.Packages)
 	if err != nil {
 		s.place.release()
 		return nil, err
+	}
+	s.sb, s.limits = sb, lim
+	if onHeavy {
+		s.tier.Store(tierHeavy)
 	}
 	d.mu.Lock()
 	d.sessions[s.id] = s
 	d.mu.Unlock()
 	return s, nil
+}
+
+// engine is the heavy engine or the nano one.
+func (d *Dispatcher) engine(heavy bool) tier.Engine {
+	if heavy {
+		return d.heavy
+	}
+	return d.nano
 }
 
 func newID() string {
@@ -209,12 +213,10 @@ func (s *Session) touch(cells int) {
 }
 
 // gone reports whether the session's sandbox has died (a timeout, a crash, an OOM kill).
-func (s *Session) gone() bool {
-	if s.ns != nil {
-		return !s.ns.Info().Alive
-	}
-	return s.hs == nil || !s.hs.Alive()
-}
+func (s *Session) gone() bool { return !s.sb.Alive() }
+
+// onHeavy reports whether the session is on the heavy tier.
+func (s *Session) onHeavy() bool { return s.tier.Load() == tierHeavy }
 
 // closeLocked frees the sandbox and forgets the session.
 func (s *Session) closeLocked() {
@@ -222,12 +224,7 @@ func (s *Session) closeLocked() {
 		return
 	}
 	s.closed = true
-	if s.ns != nil {
-		s.ns.Close(context.Background())
-	}
-	if s.hs != nil {
-		s.hs.Close()
-	}
+	s.sb.Close(context.Background())
 	s.history = nil
 	s.place.release()
 	s.d.forget(s.id)
@@ -242,7 +239,7 @@ func (s *Session) Close() {
 
 // movable reports whether the session may still move to heavy.
 func (s *Session) movable() bool {
-	return s.auto && s.ns != nil && s.d.heavy != nil && s.replayable && len(s.requested.AllowedModules) == 0
+	return s.auto && !s.onHeavy() && s.d.heavy != nil && s.replayable && len(s.requested.AllowedModules) == 0
 }
 
 // Run executes code in the session. In a session of tier "auto" on nano, a cell whose imports need
@@ -255,18 +252,18 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 	defer s.unlock()
 	// The cell holds one of its tenant's places on the tier it starts on, also while it moves; the
 	// session holds its memory.
-	tier := api.TierNano
-	if s.hs != nil {
-		tier = api.TierHeavy
+	on := api.TierNano
+	if s.onHeavy() {
+		on = api.TierHeavy
 	}
-	release, err := s.d.admitRun(ctx, tier, s.requested, false)
+	release, err := s.d.admitRun(ctx, on, s.requested, false)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
 	s.touch(1)
-	if s.hs != nil {
-		res, err := s.hs.Run(ctx, code, out.heavy())
+	if s.onHeavy() {
+		res, err := s.sb.Run(ctx, code, out.stream())
 		if res != nil {
 			s.meta.Lock()
 			res.RouteReason = "the session is on heavy: " + s.reason
@@ -283,7 +280,7 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 			tried = true
 			moved, err := s.moveLocked(ctx, why)
 			if err == nil {
-				res, err := s.hs.Run(ctx, code, out.heavy())
+				res, err := s.sb.Run(ctx, code, out.stream())
 				if res != nil {
 					res.RouteReason = why + "; " + moved
 				}
@@ -297,7 +294,7 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 	} else if s.auto {
 		reason = s.stayReason()
 	}
-	res, err := s.ns.Run(ctx, code, out.nano()...)
+	res, err := s.sb.Run(ctx, code, out.stream())
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +304,7 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 			moved, merr := s.moveLocked(ctx, why)
 			if merr == nil {
 				out.fallback(res, why)
-				hres, herr := s.hs.Run(ctx, code, out.heavy())
+				hres, herr := s.sb.Run(ctx, code, out.stream())
 				if hres != nil {
 					hres.RouteReason, hres.FallbackFrom = why+"; "+moved, api.TierNano
 				}
@@ -348,8 +345,9 @@ func (s *Session) record(code string, failed bool) {
 	s.historyBytes += len(code)
 }
 
-// writableDirs are the nano directories a program can write, copied when a session moves.
-var writableDirs = []string{nano.DirData, nano.DirOutput, nano.DirTmp, nano.DirWork}
+// writableDirs are the directories a program can write, copied when a session moves. Both tiers
+// have them; dispatch knows them so that a move needs nothing of a tier beyond tier.Session.
+var writableDirs = []string{"/data", "/output", "/tmp", "/home/user"}
 
 // moveLocked moves the session from nano to heavy: a heavy session starts, the nano files are copied
 // in, the earlier cells are replayed in order (their output discarded), and the files are copied
@@ -365,18 +363,18 @@ func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	files, err := s.nanoFiles()
+	files, err := readFiles(ctx, s.sb)
 	if err != nil {
 		abort()
 		return "", fmt.Errorf("reading the nano files: %w", err)
 	}
-	hs, err := s.d.newHeavySession(ctx, s.requested, nil)
+	hs, err := s.d.heavy.NewSession(ctx, s.requested, nil)
 	if err != nil {
 		abort()
 		return "", fmt.Errorf("starting a heavy session: %w", err)
 	}
 	fail := func(err error) (string, error) {
-		hs.Close()
+		hs.Close(context.Background())
 		abort()
 		return "", err
 	}
@@ -384,7 +382,7 @@ func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
 		return fail(err)
 	}
 	for i, c := range s.history {
-		res, err := hs.Run(ctx, c.code, heavy.Stream{})
+		res, err := hs.Run(ctx, c.code, tier.Stream{})
 		if err != nil {
 			return fail(fmt.Errorf("replaying cell %d: %w", i+1, err))
 		}
@@ -404,8 +402,8 @@ func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
 			return fail(err)
 		}
 	}
-	s.ns.Close(ctx)
-	s.ns, s.hs = nil, hs
+	s.sb.Close(ctx)
+	s.sb = hs
 	commit()
 	s.tier.Store(tierHeavy)
 	s.meta.Lock()
@@ -423,29 +421,40 @@ type fileData struct {
 	data []byte
 }
 
-// nanoFiles reads every regular file the nano session's program can have written.
-func (s *Session) nanoFiles() ([]fileData, error) {
+// readFiles reads every regular file under writableDirs of sb, through the tier.Session interface
+// (ListFiles and ReadFile), so any tier's session can be the source of a move.
+func readFiles(ctx context.Context, sb tier.Session) ([]fileData, error) {
 	var files []fileData
-	err := s.ns.WithFS(func(sfs *vfs.FS) error {
-		for _, dir := range writableDirs {
-			err := sfs.Walk(dir, func(p string, _ int64) error {
-				data, err := sfs.ReadFile(p, 0)
-				if err != nil {
+	var walk func(dir string) error
+	walk = func(dir string) error {
+		entries, err := sb.ListFiles(ctx, dir)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.IsDir {
+				if err := walk(e.Path); err != nil {
 					return err
 				}
-				files = append(files, fileData{p, data})
-				return nil
-			})
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
+				continue
 			}
+			data, err := sb.ReadFile(ctx, e.Path, 0)
+			if err != nil {
+				return fmt.Errorf("%s: %w", e.Path, err)
+			}
+			files = append(files, fileData{e.Path, data})
 		}
 		return nil
-	})
-	return files, err
+	}
+	for _, dir := range writableDirs {
+		if err := walk(dir); err != nil && errdefs.ClassOf(err) != errdefs.NotFound {
+			return nil, err
+		}
+	}
+	return files, nil
 }
 
-func copyFiles(ctx context.Context, hs heavySession, files []fileData) error {
+func copyFiles(ctx context.Context, hs tier.Session, files []fileData) error {
 	for _, f := range files {
 		if err := hs.WriteFile(ctx, f.path, f.data); err != nil {
 			return fmt.Errorf("copying %s: %w", f.path, err)
@@ -459,92 +468,42 @@ func firstLine(s string) string {
 	return line
 }
 
-// checkPath validates an absolute sandbox path for the file operations.
-func checkPath(p string) error {
-	if err := nano.ValidatePath(p); err != nil {
-		return errdefs.With(errdefs.InvalidArgument, err)
-	}
-	return nil
-}
-
 // WriteFile places data at the absolute sandbox path p, creating parent directories.
 func (s *Session) WriteFile(ctx context.Context, p string, data []byte) error {
-	if err := checkPath(p); err != nil {
+	if err := limits.CheckPath(p); err != nil {
 		return err
 	}
 	if err := s.lock(); err != nil {
 		return err
 	}
 	defer s.unlock()
-	if s.hs != nil {
-		return s.hs.WriteFile(ctx, p, data)
-	}
-	return fsError(s.ns.WithFS(func(sfs *vfs.FS) error { return sfs.WriteFile(p, data, 0o644) }))
+	return s.sb.WriteFile(ctx, p, data)
 }
 
 // ReadFile returns the file at p; a file larger than max (when positive) is refused.
 func (s *Session) ReadFile(ctx context.Context, p string, max int64) ([]byte, error) {
-	if err := checkPath(p); err != nil {
+	if err := limits.CheckPath(p); err != nil {
 		return nil, err
 	}
 	if err := s.lock(); err != nil {
 		return nil, err
 	}
 	defer s.unlock()
-	if s.hs != nil {
-		return s.hs.ReadFileMax(ctx, p, max)
-	}
-	var data []byte
-	err := s.ns.WithFS(func(sfs *vfs.FS) error {
-		var err error
-		data, err = sfs.ReadFile(p, max)
-		return err
-	})
-	return data, fsError(err)
+	return s.sb.ReadFile(ctx, p, max)
 }
 
 // ListFiles lists the directory dir.
 func (s *Session) ListFiles(ctx context.Context, dir string) ([]api.FileInfo, error) {
-	if err := checkPath(dir); err != nil {
+	if err := limits.CheckPath(dir); err != nil {
 		return nil, err
 	}
 	if err := s.lock(); err != nil {
 		return nil, err
 	}
 	defer s.unlock()
-	out := []api.FileInfo{}
-	if s.hs != nil {
-		entries, err := s.hs.ListFiles(ctx, dir)
-		for _, e := range entries {
-			out = append(out, api.FileInfo{Name: e.Name, Path: e.Path, Size: e.Size, IsDir: e.IsDir,
-				ModTime: time.Unix(int64(e.MTime), 0).UTC().Format(time.RFC3339Nano)})
-		}
-		return out, err
+	out, err := s.sb.ListFiles(ctx, dir)
+	if out == nil {
+		out = []api.FileInfo{}
 	}
-	var entries []vfs.Entry
-	err := s.ns.WithFS(func(sfs *vfs.FS) error {
-		var err error
-		entries, err = sfs.ReadDir(dir)
-		return err
-	})
-	for _, e := range entries {
-		out = append(out, api.FileInfo{Name: e.Name, Path: e.Path, Size: e.Size, IsDir: e.IsDir,
-			ModTime: e.ModTime.UTC().Format(time.RFC3339Nano)})
-	}
-	return out, fsError(err)
-}
-
-// fsError classifies a nano filesystem error.
-func fsError(err error) error {
-	switch {
-	case err == nil || errdefs.ClassOf(err) != errdefs.Internal:
-		return err
-	case errors.Is(err, fs.ErrNotExist):
-		return errdefs.With(errdefs.NotFound, err)
-	case errors.Is(err, vfs.ErrNoSpace):
-		return errdefs.With(errdefs.TooLarge, err)
-	case errors.Is(err, fs.ErrInvalid), errors.Is(err, fs.ErrPermission), errors.Is(err, fs.ErrExist):
-		return errdefs.With(errdefs.InvalidArgument, err)
-	}
-	return err
+	return out, err
 }

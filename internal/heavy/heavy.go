@@ -90,7 +90,7 @@ type Config struct {
 	MaxQueue int
 	// QueueWait is the longest a request waits in the queue; zero means 30 seconds.
 	QueueWait time.Duration
-	// MaxReadBytes caps a file Session.ReadFile returns (larger ones are errdefs.TooLarge); zero
+	// MaxReadBytes caps a file a session's ReadFile returns (larger ones are errdefs.TooLarge); zero
 	// means 64 MiB.
 	MaxReadBytes int64
 	// PackageIndex is the PEP 503 index that `packages` are fetched from, on the host; empty refuses

@@ -16,6 +16,8 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/limits"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // fillPool keeps the pool full of started, preloaded sandboxes until the engine closes. After
@@ -171,26 +173,15 @@ func (e *Engine) admit(ctx context.Context) (func(), error) {
 	}
 }
 
-// Stream receives output as the program writes it.
-type Stream struct {
-	Stdout, Stderr func(text string)
-}
-
-// Output is what a run left under /output, within the caps it was collected with.
-type Output struct {
-	Files   map[string][]byte
-	Omitted []string
-}
-
 // Run executes one program in a fresh sandbox, which is destroyed afterwards.
-func (e *Engine) Run(ctx context.Context, req api.RunRequest, stream Stream) (*api.Result, error) {
+func (e *Engine) Run(ctx context.Context, req api.RunRequest, stream tier.Stream) (*api.Result, error) {
 	res, _, err := e.RunCollect(ctx, req, stream, 0, 0)
 	return res, err
 }
 
 // RunCollect is Run that also returns the files the program left under /output: each at most
 // maxFile bytes and maxTotal in all (zero: collect nothing).
-func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream Stream, maxFile, maxTotal int64) (*api.Result, *Output, error) {
+func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream tier.Stream, maxFile, maxTotal int64) (*api.Result, *tier.Collected, error) {
 	if req.Tier != "" && req.Tier != api.TierHeavy {
 		return nil, nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("tier %q is not served by the heavy engine", req.Tier))
 	}
@@ -199,7 +190,7 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream Stre
 		return nil, nil, err
 	}
 	for _, f := range req.Files {
-		if err := checkPath(f.Path); err != nil {
+		if err := limits.CheckPath(f.Path); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -248,22 +239,7 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream Stre
 	if err := json.Unmarshal(r.Raw, &body); err != nil {
 		return res, nil, nil
 	}
-	return res, &Output{Files: body.Files, Omitted: body.Omitted}, nil
-}
-
-func checkPath(p string) error {
-	switch {
-	case p == "" || p[0] != '/':
-		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("path %q: must be absolute", p))
-	case strings.ContainsRune(p, 0):
-		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("path %q: contains a NUL byte", p))
-	}
-	for _, seg := range strings.Split(p, "/") {
-		if seg == ".." {
-			return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("path %q: must not contain \"..\"", p))
-		}
-	}
-	return nil
+	return res, &tier.Collected{Files: body.Files, Omitted: body.Omitted}, nil
 }
 
 // reply is one line from the agent.
@@ -398,7 +374,7 @@ func clip(s string, n int) string {
 }
 
 // exec runs code in a sandbox and turns the agent's answer, or the sandbox's death, into a Result.
-func (e *Engine) exec(ctx context.Context, s *sandbox, code, filename string, fresh bool, lim api.Limits, stream Stream) (*api.Result, error) {
+func (e *Engine) exec(ctx context.Context, s *sandbox, code, filename string, fresh bool, lim api.Limits, stream tier.Stream) (*api.Result, error) {
 	res, _, err := e.execOutput(ctx, s, code, filename, fresh, lim, stream)
 	return res, err
 }
@@ -409,13 +385,14 @@ const procsNotable = 4
 // execOutput is exec that also says whether the program left anything under /output. A sandbox's
 // first run is always fresh: its worker reseeds its random generators (the pool's came from one
 // checkpoint).
-func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename string, fresh bool, lim api.Limits, stream Stream) (*api.Result, bool, error) {
+func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename string, fresh bool, lim api.Limits, stream tier.Stream) (*api.Result, bool, error) {
 	start := time.Now()
 	fresh = fresh || s.runs == 0
 	s.runs++
 	var mu sync.Mutex
-	var stdout, stderr capped
-	stdout.max, stderr.max = lim.MaxOutputBytes, lim.MaxOutputBytes
+	var stdout, stderr limits.Output
+	stdout.Reset(lim.MaxOutputBytes)
+	stderr.Reset(lim.MaxOutputBytes)
 	outputFull := errors.New("output limit")
 	forward := func(r *reply) error {
 		if r.Event != "stdout" && r.Event != "stderr" {
@@ -427,11 +404,11 @@ func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename stri
 		if r.Event == "stderr" {
 			w, cb = &stderr, stream.Stderr
 		}
-		kept := w.write(r.Text)
+		kept, _ := w.Write(r.Text)
 		if cb != nil && kept != "" {
 			cb(kept)
 		}
-		if w.truncated {
+		if w.Truncated() {
 			return outputFull
 		}
 		return nil
@@ -467,7 +444,7 @@ func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename stri
 	}
 	mu.Lock()
 	res.Stdout, res.Stderr = stdout.String(), stderr.String()
-	res.OutputTruncated = stdout.truncated || stderr.truncated
+	res.OutputTruncated = stdout.Truncated() || stderr.Truncated()
 	mu.Unlock()
 	return res, r != nil && r.HasOutput, nil
 }
@@ -494,33 +471,6 @@ func (e *Engine) death(s *sandbox, lim api.Limits) *api.Error {
 		return &api.Error{Type: api.ErrMemoryLimitExceeded, Message: fmt.Sprintf("the sandbox was killed (SIGKILL) with %d processes running (process limit %d): together they needed more than its %d MiB memory limit (a fork bomb?)", s.procs, e.cfg.Pids, lim.MemoryLimitMB)}
 	}
 	return &api.Error{Type: api.ErrMemoryLimitExceeded, Message: fmt.Sprintf("the sandbox was killed (SIGKILL); most likely the program needed more than its %d MiB memory limit", lim.MemoryLimitMB)}
-}
-
-// capped collects one stream up to max bytes.
-type capped struct {
-	b         strings.Builder
-	max       int
-	truncated bool
-}
-
-// write keeps what fits and returns it.
-func (c *capped) write(s string) string {
-	if c.truncated {
-		return ""
-	}
-	if room := c.max - c.b.Len(); len(s) > room {
-		s = s[:room]
-		c.truncated = true
-	}
-	c.b.WriteString(s)
-	return s
-}
-
-func (c *capped) String() string {
-	if c.truncated {
-		return c.b.String() + api.TruncationMarker
-	}
-	return c.b.String()
 }
 
 // destroyLater tears a used sandbox down in the background: runsc kill and delete take a few hundred
@@ -556,10 +506,10 @@ func (e *Engine) Close(ctx context.Context) error {
 	return nil
 }
 
-// Session is a heavy sandbox kept between runs: variables, imports and files persist until Close or
+// session is a heavy sandbox kept between runs: variables, imports and files persist until Close or
 // until its sandbox dies (a timeout or crash). It holds one of the engine's MaxConcurrent slots for
 // its whole life.
-type Session struct {
+type session struct {
 	e       *Engine
 	s       *sandbox
 	limits  api.Limits
@@ -568,9 +518,14 @@ type Session struct {
 	closed  bool // guarded by mu
 }
 
+var (
+	_ tier.Engine  = (*Engine)(nil)
+	_ tier.Session = (*session)(nil)
+)
+
 // NewSession takes a slot (waiting in the bounded queue, errdefs.Overloaded beyond it) and starts a
 // session with packages installed. The slot is given back when starting fails or at Close.
-func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []string) (*Session, error) {
+func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []string) (tier.Session, error) {
 	lim, err := e.Limits(limits)
 	if err != nil {
 		return nil, err
@@ -592,33 +547,30 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 		release()
 		return nil, err
 	}
-	return &Session{e: e, s: s, limits: lim, release: release}, nil
+	return &session{e: e, s: s, limits: lim, release: release}, nil
 }
 
-// ErrSessionGone is returned for a closed session or one whose sandbox died.
-var ErrSessionGone = errors.New("heavy session is closed")
-
-func (ss *Session) usable() error {
+func (ss *session) usable() error {
 	if ss.closed || ss.s.killed.Load() {
-		return errdefs.With(errdefs.NotFound, ErrSessionGone)
+		return errdefs.With(errdefs.NotFound, tier.ErrGone)
 	}
 	select {
 	case <-ss.s.done:
-		return errdefs.With(errdefs.NotFound, ErrSessionGone)
+		return errdefs.With(errdefs.NotFound, tier.ErrGone)
 	default:
 	}
 	return nil
 }
 
 // Alive reports whether the session can still run code (not closed, its sandbox not dead).
-func (ss *Session) Alive() bool {
+func (ss *session) Alive() bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return ss.usable() == nil
 }
 
 // Run executes code in the session.
-func (ss *Session) Run(ctx context.Context, code string, stream Stream) (*api.Result, error) {
+func (ss *session) Run(ctx context.Context, code string, stream tier.Stream) (*api.Result, error) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if err := ss.usable(); err != nil {
@@ -632,25 +584,20 @@ func (ss *Session) Run(ctx context.Context, code string, stream Stream) (*api.Re
 }
 
 // WriteFile places data at the absolute sandbox path p.
-func (ss *Session) WriteFile(ctx context.Context, p string, data []byte) error {
-	if err := checkPath(p); err != nil {
+func (ss *session) WriteFile(ctx context.Context, p string, data []byte) error {
+	if err := limits.CheckPath(p); err != nil {
 		return err
 	}
 	_, err := ss.op(ctx, map[string]any{"op": "write", "path": p, "data": base64.StdEncoding.EncodeToString(data)}, smallLine, nil)
 	return err
 }
 
-// ReadFile returns the content of the file at the absolute sandbox path p; a file larger than the
-// engine's MaxReadBytes is refused (errdefs.TooLarge).
-func (ss *Session) ReadFile(ctx context.Context, p string) ([]byte, error) {
-	return ss.ReadFileMax(ctx, p, 0)
-}
-
-// ReadFileMax is ReadFile with a cap of max bytes (at most MaxReadBytes; zero means MaxReadBytes).
-// The agent checks the size before it reads and sends the file in chunks, so a large file costs
-// neither side more than the cap.
-func (ss *Session) ReadFileMax(ctx context.Context, p string, max int64) ([]byte, error) {
-	if err := checkPath(p); err != nil {
+// ReadFile returns the content of the file at the absolute sandbox path p, refusing one larger than
+// max bytes (errdefs.TooLarge; max is at most MaxReadBytes, zero means MaxReadBytes). The agent checks
+// the size before it reads and sends the file in chunks, so a large file costs neither side more than
+// the cap.
+func (ss *session) ReadFile(ctx context.Context, p string, max int64) ([]byte, error) {
+	if err := limits.CheckPath(p); err != nil {
 		return nil, err
 	}
 	if max <= 0 || max > ss.e.cfg.MaxReadBytes {
@@ -676,8 +623,8 @@ func (ss *Session) ReadFileMax(ctx context.Context, p string, max int64) ([]byte
 	return data, nil
 }
 
-// FileEntry is one name in a listing.
-type FileEntry struct {
+// fileEntry is one name in the agent's listing.
+type fileEntry struct {
 	Name  string  `json:"name"`
 	Path  string  `json:"path"`
 	Size  int64   `json:"size"`
@@ -686,20 +633,25 @@ type FileEntry struct {
 }
 
 // ListFiles lists the directory dir.
-func (ss *Session) ListFiles(ctx context.Context, dir string) ([]FileEntry, error) {
-	if err := checkPath(dir); err != nil {
+func (ss *session) ListFiles(ctx context.Context, dir string) ([]api.FileInfo, error) {
+	if err := limits.CheckPath(dir); err != nil {
 		return nil, err
 	}
 	r, err := ss.op(ctx, map[string]any{"op": "list", "dir": dir}, listLine, nil)
 	if err != nil {
 		return nil, err
 	}
-	var body struct{ Files []FileEntry }
+	var body struct{ Files []fileEntry }
 	if err := json.Unmarshal(r.Raw, &body); err != nil {
-		ss.Close()
-		return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("%w: %w: unreadable listing: %v", ErrSessionGone, errProtocol, err))
+		ss.Close(ctx)
+		return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("%w: %w: unreadable listing: %v", tier.ErrGone, errProtocol, err))
 	}
-	return body.Files, nil
+	out := make([]api.FileInfo, 0, len(body.Files))
+	for _, e := range body.Files {
+		out = append(out, api.FileInfo{Name: e.Name, Path: e.Path, Size: e.Size, IsDir: e.IsDir,
+			ModTime: time.Unix(int64(e.MTime), 0).UTC().Format(time.RFC3339Nano)})
+	}
+	return out, nil
 }
 
 // opTimeout bounds a file operation.
@@ -708,7 +660,7 @@ const opTimeout = 60 * time.Second
 // op runs a file operation through the agent: paths resolve inside the sandbox, as its user, so
 // nothing the guest planted (links, "..") can reach the host. The agent's refusals are classified by
 // their type; a sandbox that broke the protocol, timed out or died ends the session.
-func (ss *Session) op(ctx context.Context, req map[string]any, maxLine int, on func(r *reply) error) (*reply, error) {
+func (ss *session) op(ctx context.Context, req map[string]any, maxLine int, on func(r *reply) error) (*reply, error) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if err := ss.usable(); err != nil {
@@ -731,17 +683,18 @@ func (ss *Session) op(ctx context.Context, req map[string]any, maxLine int, on f
 		return nil, err
 	}
 	ss.closeLocked()
-	return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("%w: %w", ErrSessionGone, err))
+	return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("%w: %w", tier.ErrGone, err))
 }
 
-// Close destroys the session's sandbox and gives its slot back.
-func (ss *Session) Close() {
+// Close destroys the session's sandbox and gives its slot back. Closing twice is not an error.
+func (ss *session) Close(context.Context) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.closeLocked()
+	return nil
 }
 
-func (ss *Session) closeLocked() {
+func (ss *session) closeLocked() {
 	if !ss.closed {
 		ss.closed = true
 		ss.e.destroy(ss.s)

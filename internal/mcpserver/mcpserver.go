@@ -21,7 +21,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
-	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/limits"
 )
 
 // Sandboxes is what the tools need to place runs and sessions (*dispatch.Dispatcher).
@@ -340,7 +340,7 @@ func summary(res *api.Result) string {
 }
 
 func (t *tools) writeFile(ctx context.Context, req *mcp.CallToolRequest, in WriteInput) (*mcp.CallToolResult, WriteOutput, error) {
-	if err := nano.ValidatePath(in.Path); err != nil {
+	if err := limits.CheckPath(in.Path); err != nil {
 		return nil, WriteOutput{}, err
 	}
 	data := []byte(in.Content)
@@ -361,7 +361,7 @@ func (t *tools) writeFile(ctx context.Context, req *mcp.CallToolRequest, in Writ
 }
 
 func (t *tools) readFile(ctx context.Context, req *mcp.CallToolRequest, in FileInput) (*mcp.CallToolResult, ReadOutput, error) {
-	if err := nano.ValidatePath(in.Path); err != nil {
+	if err := limits.CheckPath(in.Path); err != nil {
 		return nil, ReadOutput{}, err
 	}
 	s, err := t.session(ctx, req, in.Session, false, "")
@@ -392,7 +392,7 @@ func (t *tools) listFiles(ctx context.Context, req *mcp.CallToolRequest, in File
 	if in.Path == "" {
 		in.Path = "/"
 	}
-	if err := nano.ValidatePath(in.Path); err != nil {
+	if err := limits.CheckPath(in.Path); err != nil {
 		return nil, ListOutput{}, err
 	}
 	s, err := t.session(ctx, req, in.Session, false, "")

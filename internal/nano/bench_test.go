@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 func benchEngine(b *testing.B, cfg Config) *Engine {
@@ -22,7 +23,7 @@ func benchEngine(b *testing.B, cfg Config) *Engine {
 }
 
 func benchPrint(b *testing.B, e *Engine) {
-	res, err := e.Run(context.Background(), api.RunRequest{Code: "print(1)"})
+	res, err := e.Run(context.Background(), api.RunRequest{Code: "print(1)"}, tier.Stream{})
 	if err != nil || res.Stdout != "1\n" {
 		b.Fatalf("%v %+v", err, res)
 	}
@@ -64,7 +65,7 @@ func BenchmarkThroughput(b *testing.B) {
 	for _, callers := range []int{2, 16} {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			e := benchEngine(b, Config{PoolSize: 8, MaxQueue: 1 << 16})
-			b.SetParallelism(max(1, callers/runtime.GOMAXPROCS(0))) // goroutines = parallelism × GOMAXPROCS
+			b.SetParallelism(max(1, callers/runtime.GOMAXPROCS(0)))
 			start := time.Now()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -73,5 +74,6 @@ func BenchmarkThroughput(b *testing.B) {
 			})
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "runs/s")
 		})
+
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/pywasm"
+	"github.com/entersandbox/agentbox/internal/tier"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
@@ -45,7 +46,6 @@ const (
 	defaultPoolSize  = 4
 	defaultRotate    = time.Minute
 	defaultRotateN   = 10_000
-	defaultTTL       = 10 * time.Minute
 	defaultSessions  = 64
 	minMemoryMB      = 32
 	defaultQueuePerW = 32
@@ -87,9 +87,8 @@ type Config struct {
 	// how often that secret changes. Zero means one minute and 10,000 runs; negative disables rotation.
 	RotateAfter time.Duration
 	RotateRuns  int
-	// SessionTTL is how long an idle session lives; zero means 10 minutes.
-	SessionTTL time.Duration
-	// MaxSessions caps open sessions; zero means 64.
+	// MaxSessions caps the sessions open or starting, each holding an interpreter's memory; zero
+	// means 64. (Idle TTLs are the session registry's, internal/dispatch.)
 	MaxSessions int
 	// CacheDir holds wazero's compilation cache (and saved snapshots); empty means the user cache
 	// directory's agentbox/wazero, and "off" disables both.
@@ -134,9 +133,10 @@ type Engine struct {
 	poolStop chan struct{}
 	poolDone sync.WaitGroup
 
-	sessMu   sync.Mutex
-	sessions map[string]*Session // guarded by sessMu
-	sessOpen int                 // sessions open or being opened, against MaxSessions; guarded by sessMu
+	sessMu sync.Mutex
+	// sessions are the sessions open or starting, counted against MaxSessions and closed by Close;
+	// guarded by sessMu.
+	sessions map[*session]struct{}
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -167,7 +167,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{cfg: cfg, log: log, sessions: map[string]*Session{}, halt: make(chan struct{})}
+	e := &Engine{cfg: cfg, log: log, sessions: map[*session]struct{}{}, halt: make(chan struct{})}
 	e.reserve = uint64(cfg.Max.MemoryLimitMB) << 20
 	e.regions = newRegionPool(e.reserve, cfg.MaxConcurrent+max(cfg.PoolSize, 0)+2)
 
@@ -253,7 +253,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		e.poolDone.Add(1)
 		go e.fillPool()
 	}
-	go e.reapSessions()
+	go e.trimIdle()
 	return e, nil
 }
 
@@ -283,9 +283,6 @@ func withDefaults(cfg Config) Config {
 		cfg.RotateAfter = defaultRotate
 	}
 	def(&cfg.RotateRuns, defaultRotateN)
-	if cfg.SessionTTL == 0 {
-		cfg.SessionTTL = defaultTTL
-	}
 	def(&cfg.MaxSessions, defaultSessions)
 	return cfg
 }
@@ -437,27 +434,68 @@ func (e *Engine) Stats() *Stats { return &e.stats }
 // Run executes one program in a fresh sandbox and returns its result. Problems of the program (an
 // exception, a limit) are in the Result; the error reports requests that were invalid or could not be
 // served (errdefs classes).
-func (e *Engine) Run(ctx context.Context, req api.RunRequest, opts ...ExecOption) (*api.Result, error) {
+func (e *Engine) Run(ctx context.Context, req api.RunRequest, stream tier.Stream) (*api.Result, error) {
 	var out *api.Result
-	err := e.RunInstance(ctx, req, func(res *api.Result, _ *vfs.FS) error {
+	err := e.RunInstance(ctx, req, stream, func(res *api.Result, _ *vfs.FS) error {
 		out = res
 		return nil
-	}, opts...)
+	})
 	return out, err
+}
+
+// RunCollect is Run that also returns the files the program left under /output: each at most
+// maxFile bytes and maxTotal in all (maxTotal zero: none); the others are named in Omitted.
+func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream tier.Stream, maxFile, maxTotal int64) (*api.Result, *tier.Collected, error) {
+	var out *api.Result
+	var files *tier.Collected
+	err := e.RunInstance(ctx, req, stream, func(res *api.Result, sfs *vfs.FS) error {
+		out = res
+		if maxTotal > 0 {
+			files = collect(sfs, maxFile, maxTotal)
+		}
+		return nil
+	})
+	return out, files, err
+}
+
+// collect gathers the files under /output within the size caps.
+func collect(sfs *vfs.FS, maxFile, maxTotal int64) *tier.Collected {
+	c := &tier.Collected{Files: map[string][]byte{}}
+	var total int64
+	sfs.Walk(DirOutput, func(p string, size int64) error {
+		if size > maxFile || total+size > maxTotal {
+			c.Omitted = append(c.Omitted, p)
+			return nil
+		}
+		data, err := sfs.ReadFile(p, maxFile)
+		if err != nil {
+			c.Omitted = append(c.Omitted, p)
+			return nil
+		}
+		total += int64(len(data))
+		c.Files[p] = data
+		return nil
+	})
+	return c
 }
 
 // RunInstance is Run for callers that need the sandbox's filesystem afterwards (files written under
 // /output): fn is called with the result and the finished sandbox's filesystem before it is discarded.
-func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, fn func(res *api.Result, fs *vfs.FS) error, opts ...ExecOption) error {
+func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, stream tier.Stream, fn func(res *api.Result, fs *vfs.FS) error) error {
 	if req.Tier != "" && req.Tier != api.TierNano && req.Tier != api.TierAuto {
 		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("tier %q is not served by the nano engine", req.Tier))
 	}
-	limits, err := e.Limits(req.Limits)
+	if len(req.Packages) > 0 {
+		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need tier \"heavy\"; the nano tier has the standard library only", req.Packages))
+	}
+	lim, err := e.Limits(req.Limits)
 	if err != nil {
 		return err
 	}
-	if err := validateFiles(req.Files); err != nil {
-		return err
+	for _, f := range req.Files {
+		if err := limits.CheckPath(f.Path); err != nil {
+			return err
+		}
 	}
 	slot, err := e.admit(ctx)
 	if err != nil {
@@ -475,55 +513,11 @@ func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, fn func(re
 		}
 	}
 	e.stats.Runs.Add(1)
-	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: limits, slot: slot}, opts...)
+	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: lim, slot: slot}, stream)
 	if err != nil {
 		return err
 	}
 	return fn(res, inst.fs)
-}
-
-func validateFiles(files []api.File) error {
-	for _, f := range files {
-		if err := ValidatePath(f.Path); err != nil {
-			return errdefs.With(errdefs.InvalidArgument, err)
-		}
-	}
-	return nil
-}
-
-// ValidatePath checks a host-supplied sandbox path: absolute, no NUL, no "..", not too long.
-func ValidatePath(p string) error {
-	switch {
-	case p == "" || p[0] != '/':
-		return fmt.Errorf("path %q: must be absolute", p)
-	case len(p) > 4096:
-		return fmt.Errorf("path of %d bytes: too long", len(p))
-	}
-	for i := 0; i < len(p); i++ {
-		if p[i] == 0 {
-			return fmt.Errorf("path %q: contains a NUL byte", p)
-		}
-	}
-	for _, c := range splitSlash(p) {
-		if c == ".." {
-			return fmt.Errorf("path %q: must not contain \"..\"", p)
-		}
-	}
-	return nil
-}
-
-func splitSlash(p string) []string {
-	var out []string
-	start := 0
-	for i := 0; i <= len(p); i++ {
-		if i == len(p) || p[i] == '/' {
-			if i > start {
-				out = append(out, p[start:i])
-			}
-			start = i + 1
-		}
-	}
-	return out
 }
 
 // take returns a restored sandbox: from the pool when one is ready, otherwise a new one.
@@ -643,8 +637,8 @@ func (e *Engine) Close(ctx context.Context) error {
 			}
 		}
 		e.sessMu.Lock()
-		sessions := make([]*Session, 0, len(e.sessions))
-		for _, s := range e.sessions {
+		sessions := make([]*session, 0, len(e.sessions))
+		for s := range e.sessions {
 			sessions = append(sessions, s)
 		}
 		e.sessMu.Unlock()
@@ -671,3 +665,5 @@ func (e *Engine) Close(ctx context.Context) error {
 	})
 	return err
 }
+
+var _ tier.Engine = (*Engine)(nil)

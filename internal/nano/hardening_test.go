@@ -13,6 +13,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // TestSleepEndsAtDeadline (issue 9 #1): a program blocked in a sleep is stopped at the run's deadline
@@ -44,6 +45,7 @@ func TestSleepEndsAtDeadline(t *testing.T) {
 				t.Fatalf("a 500 ms limit answered after %v", took)
 			}
 		})
+
 	}
 	// Sleeps that fit in the limit still sleep, and the program goes on afterwards.
 	start := time.Now()
@@ -63,7 +65,7 @@ func TestSleepEndsOnCancel(t *testing.T) {
 	time.AfterFunc(300*time.Millisecond, cancel)
 	start := time.Now()
 	// Shorter sleeps than the limit, so that only the cancellation can end them early.
-	_, err := shared.Run(ctx, api.RunRequest{Code: "import time; time.sleep(30)", Limits: api.Limits{TimeoutMS: 60_000}})
+	_, err := shared.Run(ctx, api.RunRequest{Code: "import time; time.sleep(30)", Limits: api.Limits{TimeoutMS: 60_000}}, tier.Stream{})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
@@ -71,14 +73,14 @@ func TestSleepEndsOnCancel(t *testing.T) {
 		t.Fatalf("cancellation took %v", d)
 	}
 	// The same in a session, whose interpreter is then gone.
-	s, err := shared.NewSession(context.Background(), api.Limits{TimeoutMS: 60_000}, 0)
+	s, err := shared.NewSession(context.Background(), api.Limits{TimeoutMS: 60_000}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close(context.Background())
 	ctx, cancel = context.WithCancel(context.Background())
 	time.AfterFunc(300*time.Millisecond, cancel)
-	if _, err := s.Run(ctx, "import time; time.sleep(30)"); !errors.Is(err, context.Canceled) {
+	if _, err := s.Run(ctx, "import time; time.sleep(30)", tier.Stream{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("session: err = %v, want context.Canceled", err)
 	}
 }
@@ -108,7 +110,7 @@ func TestSleepingGuestFreesSlot(t *testing.T) {
 			var once sync.Once
 			wake := func() { once.Do(func() { close(asleep) }) }
 			_, err := e.Run(sctx, api.RunRequest{Code: "import time; print('z', flush=True); time.sleep(30)", Limits: api.Limits{TimeoutMS: 60_000}},
-				WithStream(func([]byte) { wake() }, nil))
+				tier.Stream{Stdout: func(string) { wake() }})
 			wake()
 			errs <- err
 		}()
@@ -117,7 +119,7 @@ func TestSleepingGuestFreesSlot(t *testing.T) {
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 60*time.Second)
 	defer rcancel()
-	res, err := e.Run(rctx, api.RunRequest{Code: "print(1)"})
+	res, err := e.Run(rctx, api.RunRequest{Code: "print(1)"}, tier.Stream{})
 	if err != nil || res.Stdout != "1\n" {
 		t.Fatalf("run beside %d sleeping programs: %v %+v", sleepers, err, res)
 	}
@@ -152,14 +154,14 @@ func TestCancelFreesSlot(t *testing.T) {
 	go func() {
 		var once sync.Once
 		_, err := e.Run(bctx, api.RunRequest{Code: "print('go', flush=True)\nwhile True: pass", Limits: api.Limits{TimeoutMS: 600_000}},
-			WithStream(func([]byte) { once.Do(func() { close(started) }) }, nil))
+			tier.Stream{Stdout: func(string) { once.Do(func() { close(started) }) }})
 		busy <- err
 	}()
 	<-started
 	time.AfterFunc(200*time.Millisecond, cancel)
 	rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer rcancel()
-	res, err := e.Run(rctx, api.RunRequest{Code: "print(1)"}) // queued behind the busy run
+	res, err := e.Run(rctx, api.RunRequest{Code: "print(1)"}, tier.Stream{}) // queued behind the busy run
 	if err != nil || res.Stdout != "1\n" {
 		t.Fatalf("run after the busy one was cancelled: %v %+v", err, res)
 	}
@@ -182,14 +184,14 @@ func TestMaxSessionsHoldsUnderConcurrency(t *testing.T) {
 	for round := 0; round < 2; round++ { // the second round shows closing releases the reservations
 		var wg sync.WaitGroup
 		var mu sync.Mutex
-		var opened []*Session
+		var opened []tier.Session
 		start := make(chan struct{})
 		for i := 0; i < callers; i++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				<-start
-				s, err := e.NewSession(ctx, api.Limits{}, 0)
+				s, err := e.NewSession(ctx, api.Limits{}, nil)
 				if err != nil {
 					if errdefs.ClassOf(err) != errdefs.Overloaded {
 						t.Errorf("refused session: %v, want overloaded", err)
@@ -260,12 +262,12 @@ func TestSleepTimeoutsLeakNothing(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			const n = 1000
 			runOne := func() {
-				res, err := e.Run(ctx, api.RunRequest{Code: c.code, Limits: api.Limits{TimeoutMS: 2}})
+				res, err := e.Run(ctx, api.RunRequest{Code: c.code, Limits: api.Limits{TimeoutMS: 2}}, tier.Stream{})
 				if err != nil || !res.TimedOut {
 					t.Fatalf("%v %+v", err, res)
 				}
 			}
-			for i := 0; i < 20; i++ { // warm up: pool, regions, caches
+			for i := 0; i < 20; i++ {
 				runOne()
 			}
 			before := sample(t, e)
@@ -284,16 +286,16 @@ func TestSleepTimeoutsLeakNothing(t *testing.T) {
 			if after.fds > before.fds+2 {
 				t.Errorf("open files grew from %d to %d", before.fds, after.fds)
 			}
-			// A guest memory left mapped by a stopped sandbox shows here first (4 to 34 per 1,000 stopped sleeps
-			// leaked before instance.close freed it explicitly).
+
 			if after.regions > before.regions+1 {
 				t.Errorf("guest memory regions grew from %d to %d", before.regions, after.regions)
 			}
-			// Generous: a leaked sandbox per run would be hundreds of MiB.
+
 			if after.heap > before.heap+32<<20 || after.rss > before.rss+128<<20 {
 				t.Errorf("memory grew: heap %.1f -> %.1f MiB, RSS %.1f -> %.1f MiB", mib(before.heap), mib(after.heap), mib(before.rss), mib(after.rss))
 			}
 		})
+
 	}
 }
 
@@ -362,6 +364,7 @@ func TestRunnerReportsMissing(t *testing.T) {
 				t.Fatalf("missing %+v, want %+v (error %+v)", res.Missing, *c.want, res.Error)
 			}
 		})
+
 	}
 }
 
@@ -382,7 +385,7 @@ print(n > 0)`
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := shared.Run(context.Background(), api.RunRequest{Code: code})
+			res, err := shared.Run(context.Background(), api.RunRequest{Code: code}, tier.Stream{})
 			switch {
 			case err != nil:
 				errs <- err
@@ -418,7 +421,7 @@ func TestSleepersAreBounded(t *testing.T) {
 			var once sync.Once
 			wake := func() { once.Do(func() { close(asleep) }) }
 			e.Run(sctx, api.RunRequest{Code: "import time; print('z', flush=True); time.sleep(30)", Limits: api.Limits{TimeoutMS: 60_000}},
-				WithStream(func([]byte) { wake() }, nil))
+				tier.Stream{Stdout: func(string) { wake() }})
 			wake()
 		}()
 		<-asleep
@@ -427,12 +430,12 @@ func TestSleepersAreBounded(t *testing.T) {
 	if got := e.sleeping.Load(); got != 1 {
 		t.Fatalf("%d runs asleep without a slot, want 1", got)
 	}
-	if _, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}); errdefs.ClassOf(err) != errdefs.Overloaded {
+	if _, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}, tier.Stream{}); errdefs.ClassOf(err) != errdefs.Overloaded {
 		t.Fatalf("run while the second sleeper keeps the only slot: %v, want overloaded", err)
 	}
 	cancel()
 	wg.Wait()
-	if res, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}); err != nil || res.Stdout != "1\n" {
+	if res, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}, tier.Stream{}); err != nil || res.Stdout != "1\n" {
 		t.Fatalf("after the sleepers were cancelled: %v %+v", err, res)
 	}
 	if got := e.sleeping.Load(); got != 0 {

@@ -21,7 +21,9 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/pywasm"
+	"github.com/entersandbox/agentbox/internal/tier"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
@@ -218,19 +220,6 @@ func (inst *instance) close(ctx context.Context) {
 	inst.dead = true
 }
 
-// ExecOption adjusts one execution.
-type ExecOption func(*execOptions)
-
-type execOptions struct {
-	onStdout, onStderr func([]byte)
-}
-
-// WithStream calls fn with output as the guest writes it (stdout and stderr separately), in addition
-// to collecting it in the result. fn must not retain the slice.
-func WithStream(stdout, stderr func([]byte)) ExecOption {
-	return func(o *execOptions) { o.onStdout, o.onStderr = stdout, stderr }
-}
-
 type execRequest struct {
 	code     string
 	filename string
@@ -257,7 +246,7 @@ type runnerReply struct {
 // first run's time) are paid in the background. No user code has run when it is handed out.
 func (inst *instance) warm(ctx context.Context) error {
 	lim := inst.eng.cfg.Defaults
-	res, err := inst.exec(ctx, execRequest{code: "", filename: "<warm-up>", limits: lim})
+	res, err := inst.exec(ctx, execRequest{code: "", filename: "<warm-up>", limits: lim}, tier.Stream{})
 	if err != nil {
 		return err
 	}
@@ -276,11 +265,7 @@ var (
 
 // exec runs code in the instance. The instance is left dead when the guest exited, trapped or was
 // stopped.
-func (inst *instance) exec(ctx context.Context, req execRequest, opts ...ExecOption) (*api.Result, error) {
-	var o execOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
+func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Stream) (*api.Result, error) {
 	if inst.dead {
 		return nil, errors.New("sandbox is no longer running")
 	}
@@ -296,8 +281,8 @@ func (inst *instance) exec(ctx context.Context, req execRequest, opts ...ExecOpt
 	timer := time.AfterFunc(time.Duration(lim.TimeoutMS)*time.Millisecond, func() { cancel(errTimeout) })
 	defer timer.Stop()
 	onFull := func() { cancel(errOutputLimit) }
-	inst.stdout.reset(lim.MaxOutputBytes, o.onStdout, onFull)
-	inst.stderr.reset(lim.MaxOutputBytes, o.onStderr, onFull)
+	inst.stdout.reset(lim.MaxOutputBytes, stream.Stdout, onFull)
+	inst.stderr.reset(lim.MaxOutputBytes, stream.Stderr, onFull)
 	inst.stdin.reset(req.stdin)
 
 	payload, err := json.Marshal(runnerRequest{Code: req.code, Filename: req.filename, Fresh: inst.runs == 0, Allowed: lim.AllowedModules})
@@ -361,7 +346,7 @@ func (inst *instance) exec(ctx context.Context, req execRequest, opts ...ExecOpt
 		}
 	}
 	res.Stdout, res.Stderr = inst.stdout.String(), inst.stderr.String()
-	if inst.stdout.truncated || inst.stderr.truncated {
+	if inst.stdout.Truncated() || inst.stderr.Truncated() {
 		res.OutputTruncated = true
 	}
 	return res, nil
@@ -450,52 +435,33 @@ func (inst *instance) sleep(ns int64) {
 	}
 }
 
-// capWriter collects one output stream up to a cap. Passing the cap keeps what fits, marks the stream
-// truncated and calls onFull, which stops the guest.
+// capWriter is the guest's stdout or stderr: a limits.Output that also streams what it keeps and
+// calls onFull, which stops the guest, on the write that passes the cap.
 type capWriter struct {
-	mu        sync.Mutex
-	buf       bytes.Buffer
-	max       int
-	truncated bool
-	onWrite   func([]byte)
-	onFull    func()
+	limits.Output
+	mu      sync.Mutex
+	onWrite func(string) // guarded by mu
+	onFull  func()       // guarded by mu
 }
 
-func (w *capWriter) reset(max int, onWrite func([]byte), onFull func()) {
+func (w *capWriter) reset(max int, onWrite func(string), onFull func()) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.buf.Reset()
-	w.max, w.truncated, w.onWrite, w.onFull = max, false, onWrite, onFull
+	w.Reset(max)
+	w.onWrite, w.onFull = onWrite, onFull
 }
 
 func (w *capWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.truncated {
-		return len(p), nil
+	kept, full := w.Output.Write(string(p))
+	if w.onWrite != nil && kept != "" {
+		w.onWrite(kept)
 	}
-	keep := p
-	if room := w.max - w.buf.Len(); w.max > 0 && len(p) > room {
-		keep = p[:room]
-		w.truncated = true
-	}
-	w.buf.Write(keep)
-	if w.onWrite != nil && len(keep) > 0 {
-		w.onWrite(keep)
-	}
-	if w.truncated && w.onFull != nil {
+	if full && w.onFull != nil {
 		w.onFull()
 	}
 	return len(p), nil
-}
-
-func (w *capWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.truncated {
-		return w.buf.String() + api.TruncationMarker
-	}
-	return w.buf.String()
 }
 
 // stdinReader is a sandbox's standard input, replaced before each run.

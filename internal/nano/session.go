@@ -2,66 +2,45 @@ package nano
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"runtime/debug"
 	"sync"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/limits"
+	"github.com/entersandbox/agentbox/internal/tier"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
-// Session keeps one interpreter alive across runs, like a notebook kernel: variables, imports and
-// files persist until it is closed, its interpreter dies (a timeout or crash), or it stays idle past
-// the engine's SessionTTL.
-type Session struct {
-	id     string
+// session keeps one interpreter alive across cells, like a notebook kernel: variables, imports and
+// files persist until it is closed or its interpreter dies (a timeout or crash). It is a bare
+// sandbox (tier.Session): ids, idle TTLs and refusing a second request while one runs are the
+// registry's above it (internal/dispatch). Calls on one session are serialised.
+type session struct {
 	eng    *Engine
 	limits api.Limits
-	ttl    time.Duration
 
-	mu       sync.Mutex // one run at a time
-	inst     *instance
-	cells    int
-	created  time.Time
-	lastUsed time.Time
-	closed   bool
+	mu     sync.Mutex // one call at a time
+	inst   *instance  // guarded by mu
+	cells  int        // guarded by mu
+	closed bool       // guarded by mu
 }
 
-// ErrSessionGone is returned for a session that was closed, reaped or whose interpreter died.
-var ErrSessionGone = errors.New("session is closed")
+var _ tier.Session = (*session)(nil)
 
-// SessionInfo describes a session.
-type SessionInfo struct {
-	ID       string        `json:"id"`
-	Tier     api.Tier      `json:"tier"`
-	Limits   api.Limits    `json:"limits"`
-	TTL      time.Duration `json:"ttl"`
-	Cells    int           `json:"cells"`
-	Created  time.Time     `json:"created"`
-	LastUsed time.Time     `json:"last_used"`
-	Alive    bool          `json:"alive"`
-}
-
-// maxSessionTTL bounds a session's requested idle TTL.
-const maxSessionTTL = 24 * time.Hour
-
-// NewSession starts a session with the given limits (zero fields take the engine's defaults) that is
-// closed after ttl of idleness (zero: the engine's SessionTTL).
-func (e *Engine) NewSession(ctx context.Context, limits api.Limits, ttl time.Duration) (*Session, error) {
+// NewSession starts a session with the given limits (zero fields take the engine's defaults). The
+// nano tier has the standard library only, so packages are refused.
+func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []string) (tier.Session, error) {
+	if len(packages) > 0 {
+		return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need tier \"heavy\"; the nano tier has the standard library only", packages))
+	}
 	lim, err := e.Limits(limits)
 	if err != nil {
 		return nil, err
-	}
-	switch {
-	case ttl < 0 || ttl > maxSessionTTL:
-		return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("session TTL %v is outside 0 to %v", ttl, maxSessionTTL))
-	case ttl == 0:
-		ttl = e.cfg.SessionTTL
 	}
 	if e.closed.Load() {
 		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
@@ -69,67 +48,53 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, ttl time.Dur
 	// The place is reserved before the interpreter is restored and given back if that fails: checking
 	// the count and registering later let parallel calls all pass the check.
 	e.sessMu.Lock()
-	if e.sessOpen >= e.cfg.MaxSessions {
+	if len(e.sessions) >= e.cfg.MaxSessions {
 		e.sessMu.Unlock()
 		return nil, errdefs.With(errdefs.Overloaded, fmt.Errorf("%d sessions are open, the most this server allows", e.cfg.MaxSessions))
 	}
-	e.sessOpen++
+	s := &session{eng: e, limits: lim}
+	e.sessions[s] = struct{}{}
 	e.sessMu.Unlock()
 	inst, err := e.take(ctx)
 	if err != nil {
-		e.sessMu.Lock()
-		e.sessOpen--
-		e.sessMu.Unlock()
+		e.forget(s)
 		return nil, err
 	}
-	now := time.Now()
-	s := &Session{id: newID(), eng: e, limits: lim, ttl: ttl, inst: inst, created: now, lastUsed: now}
-	e.sessMu.Lock()
-	e.sessions[s.id] = s
-	e.sessMu.Unlock()
+	s.mu.Lock()
+	closed := s.closed // Close collected it meanwhile
+	if !closed {
+		s.inst = inst
+	}
+	s.mu.Unlock()
+	if closed {
+		inst.close(ctx)
+		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
+	}
 	if e.closed.Load() {
-		// Close may have collected the sessions before this one registered.
+		// Close may have collected the sessions before this one had its interpreter.
 		s.Close(ctx)
 		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
 	}
 	return s, nil
 }
 
-func newID() string {
-	var b [12]byte
-	rand.Read(b[:])
-	return "ses_" + hex.EncodeToString(b[:])
+func (e *Engine) forget(s *session) {
+	e.sessMu.Lock()
+	delete(e.sessions, s)
+	e.sessMu.Unlock()
 }
 
-// ID is the session's identifier.
-func (s *Session) ID() string { return s.id }
-
-// Info describes the session.
-func (s *Session) Info() SessionInfo {
+// Alive reports whether the session can still run cells.
+func (s *session) Alive() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return SessionInfo{ID: s.id, Tier: api.TierNano, Limits: s.limits, TTL: s.ttl, Cells: s.cells, Created: s.created,
-		LastUsed: s.lastUsed, Alive: !s.closed && !s.inst.dead}
-}
-
-// ErrSessionBusy is returned when a session is asked to do two things at once.
-var ErrSessionBusy = errors.New("session is busy with another request")
-
-// lock takes the session for one operation, refusing instead of queueing behind a running cell.
-func (s *Session) lock() error {
-	if !s.mu.TryLock() {
-		return errdefs.With(errdefs.Conflict, fmt.Errorf("session %q: %w", s.id, ErrSessionBusy))
-	}
-	return nil
+	return s.usable() == nil
 }
 
 // Run executes code in the session's interpreter. A timeout, crash or os._exit ends the interpreter;
-// the result says so and later calls fail with ErrSessionGone. A session runs one request at a time;
-// another one meanwhile fails with ErrSessionBusy (errdefs.Conflict).
-func (s *Session) Run(ctx context.Context, code string, opts ...ExecOption) (*api.Result, error) {
-	if err := s.lock(); err != nil {
-		return nil, err
-	}
+// the result says so and later calls fail with tier.ErrGone.
+func (s *session) Run(ctx context.Context, code string, stream tier.Stream) (*api.Result, error) {
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	slot, err := s.eng.admit(ctx)
 	if err != nil {
@@ -140,63 +105,113 @@ func (s *Session) Run(ctx context.Context, code string, opts ...ExecOption) (*ap
 		return nil, err
 	}
 	s.cells++
-	s.lastUsed = time.Now()
 	s.eng.stats.Runs.Add(1)
-	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits, slot: slot}, opts...)
-	s.lastUsed = time.Now()
+	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits, slot: slot}, stream)
 	if s.inst.dead {
 		s.closeLocked(context.Background())
 	}
 	return res, err
 }
 
-func (s *Session) usable() error {
-	if s.closed || s.inst.dead {
-		return errdefs.With(errdefs.NotFound, fmt.Errorf("session %q: %w", s.id, ErrSessionGone))
+func (s *session) usable() error {
+	if s.closed || s.inst == nil || s.inst.dead {
+		return errdefs.With(errdefs.NotFound, tier.ErrGone)
 	}
 	return nil
 }
 
-// WithFS calls fn with the session's filesystem, between runs.
-func (s *Session) WithFS(fn func(fs *vfs.FS) error) error {
-	if err := s.lock(); err != nil {
-		return err
-	}
+// withFS calls fn with the session's filesystem, between cells, and classifies its error.
+func (s *session) withFS(fn func(fs *vfs.FS) error) error {
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.usable(); err != nil {
 		return err
 	}
-	s.lastUsed = time.Now()
-	return fn(s.inst.fs)
+	return fsError(fn(s.inst.fs))
+}
+
+// WriteFile places data at the absolute sandbox path p, creating parent directories.
+func (s *session) WriteFile(_ context.Context, p string, data []byte) error {
+	if err := limits.CheckPath(p); err != nil {
+		return err
+	}
+	return s.withFS(func(sfs *vfs.FS) error { return sfs.WriteFile(p, data, 0o644) })
+}
+
+// ReadFile returns the file at p; a file larger than max (when positive) is refused.
+func (s *session) ReadFile(_ context.Context, p string, max int64) ([]byte, error) {
+	if err := limits.CheckPath(p); err != nil {
+		return nil, err
+	}
+	var data []byte
+	err := s.withFS(func(sfs *vfs.FS) error {
+		var err error
+		data, err = sfs.ReadFile(p, max)
+		return err
+	})
+	return data, err
+}
+
+// ListFiles lists the directory dir.
+func (s *session) ListFiles(_ context.Context, dir string) ([]api.FileInfo, error) {
+	if err := limits.CheckPath(dir); err != nil {
+		return nil, err
+	}
+	var entries []vfs.Entry
+	err := s.withFS(func(sfs *vfs.FS) error {
+		var err error
+		entries, err = sfs.ReadDir(dir)
+		return err
+	})
+	out := make([]api.FileInfo, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, api.FileInfo{Name: e.Name, Path: e.Path, Size: e.Size, IsDir: e.IsDir,
+			ModTime: e.ModTime.UTC().Format(time.RFC3339Nano)})
+	}
+	return out, err
+}
+
+// fsError classifies a filesystem error.
+func fsError(err error) error {
+	switch {
+	case err == nil || errdefs.ClassOf(err) != errdefs.Internal:
+		return err
+	case errors.Is(err, fs.ErrNotExist):
+		return errdefs.With(errdefs.NotFound, err)
+	case errors.Is(err, vfs.ErrNoSpace):
+		return errdefs.With(errdefs.TooLarge, err)
+	case errors.Is(err, fs.ErrInvalid), errors.Is(err, fs.ErrPermission), errors.Is(err, fs.ErrExist):
+		return errdefs.With(errdefs.InvalidArgument, err)
+	}
+	return err
 }
 
 // Close ends the session and frees its interpreter. Closing twice is not an error.
-func (s *Session) Close(ctx context.Context) error {
+func (s *session) Close(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closeLocked(ctx)
 	return nil
 }
 
-func (s *Session) closeLocked(ctx context.Context) {
+func (s *session) closeLocked(ctx context.Context) {
 	if s.closed {
 		return
 	}
 	s.closed = true
-	s.inst.close(ctx)
-	s.eng.sessMu.Lock()
-	delete(s.eng.sessions, s.id)
-	s.eng.sessOpen--
-	s.eng.sessMu.Unlock()
+	if s.inst != nil {
+		s.inst.close(ctx)
+	}
+	s.eng.forget(s)
 }
 
 // idleTrim is how long the engine must have admitted no run before free memory regions are trimmed.
 const idleTrim = 5 * time.Second
 
-// reapSessions closes sessions idle past their TTL and, once the engine is idle, trims the memory kept
-// for recycling; it runs until the engine closes.
-func (e *Engine) reapSessions() {
-	tick := time.NewTicker(max(min(e.cfg.SessionTTL/10, time.Second), 10*time.Millisecond))
+// trimIdle trims the memory kept for recycling once the engine is idle; it runs until the engine
+// closes.
+func (e *Engine) trimIdle() {
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var trimmedAt int64 // the lastUsed value the last trim saw
 	for {
@@ -212,21 +227,6 @@ func (e *Engine) reapSessions() {
 				e.regions.trim(snap.mem.size(), e.cfg.MaxConcurrent)
 			}
 			debug.FreeOSMemory()
-		}
-		e.sessMu.Lock()
-		var idle []*Session
-		for _, s := range e.sessions {
-			if s.mu.TryLock() { // a session in use is not idle
-				if time.Since(s.lastUsed) > s.ttl {
-					idle = append(idle, s)
-				}
-				s.mu.Unlock()
-			}
-		}
-		e.sessMu.Unlock()
-		for _, s := range idle {
-			e.log.Info("session reaped after idle TTL", "session", s.id, "ttl", s.ttl)
-			s.Close(context.Background())
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // TestSavedSnapshot: an engine saves its first snapshot; the next one starts from it while it is
@@ -27,7 +28,7 @@ func TestSavedSnapshot(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { e.Close(context.Background()) })
-		res, err := e.Run(context.Background(), api.RunRequest{Code: "import random\nprint(len(str(random.random())) > 2)"})
+		res, err := e.Run(context.Background(), api.RunRequest{Code: "import random\nprint(len(str(random.random())) > 2)"}, tier.Stream{})
 		if err != nil || res.Stdout != "True\n" {
 			t.Fatalf("%v %+v", err, res)
 		}
@@ -65,5 +66,6 @@ func TestSavedSnapshot(t *testing.T) {
 			}
 			snapFile()
 		})
+
 	}
 }

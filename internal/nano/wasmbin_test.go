@@ -52,6 +52,7 @@ func TestStripDataSegmentsErrors(t *testing.T) {
 				t.Fatal("no error")
 			}
 		})
+
 	}
 }
 

@@ -52,7 +52,7 @@ func TestMain(m *testing.M) {
 	}
 	ctx := context.Background()
 	var err error
-	eng, err = nano.New(ctx, nano.Config{MaxConcurrent: 2, MaxQueue: 64, SessionTTL: time.Minute})
+	eng, err = nano.New(ctx, nano.Config{MaxConcurrent: 2, MaxQueue: 64})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -17,12 +17,13 @@ import (
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 const pandasVersion = "import pandas; print(pandas.__version__)"
 
 func benchRun(b *testing.B, e *heavy.Engine) {
-	res, err := e.Run(context.Background(), api.RunRequest{Code: pandasVersion}, heavy.Stream{})
+	res, err := e.Run(context.Background(), api.RunRequest{Code: pandasVersion}, tier.Stream{})
 	if err != nil || res.ExitCode != 0 {
 		b.Fatalf("%v %+v", err, res)
 	}

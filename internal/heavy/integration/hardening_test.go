@@ -13,6 +13,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // The regression tests of issue 9's heavy-tier findings, against the real sandbox.
@@ -27,7 +28,7 @@ func TestGuestCannotReachProtocol(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer s.Close(ctx)
 	probe := `import ctypes, os, sys
 agent = sys.modules['__main__']
 print(getattr(agent, 'PROTO', None), agent.PROTO_IN, agent.PROTO_OUT, os.getpid() != 1)
@@ -41,7 +42,7 @@ for fd in os.listdir('/proc/1/fd'):
 libc = ctypes.CDLL(None, use_errno=True)
 print('ptrace', libc.ptrace(16, 1, 0, 0), ctypes.get_errno())  # PTRACE_ATTACH: EPERM
 `
-	r, err := s.Run(ctx, probe, heavy.Stream{})
+	r, err := s.Run(ctx, probe, tier.Stream{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ for fd in sorted(int(n) for n in os.listdir('/proc/self/fd')):
             pass
 `
 	start := time.Now()
-	r, err = s.Run(ctx, flood, heavy.Stream{})
+	r, err = s.Run(ctx, flood, tier.Stream{})
 	if err != nil {
 		t.Fatalf("a flood of the worker's channel became an engine error: %.300v", err)
 	}
@@ -69,7 +70,7 @@ for fd in sorted(int(n) for n in os.listdir('/proc/self/fd')):
 	if d := time.Since(start); d > 45*time.Second {
 		t.Fatalf("the flooded run answered after %v", d)
 	}
-	if _, err := s.Run(ctx, "print(1)", heavy.Stream{}); !errors.Is(err, heavy.ErrSessionGone) {
+	if _, err := s.Run(ctx, "print(1)", tier.Stream{}); !errors.Is(err, tier.ErrGone) {
 		t.Fatalf("the crashed session still runs: %v", err)
 	}
 	if next := run(t, api.RunRequest{Code: "print('still serving')"}); next.Stdout != "still serving\n" {
@@ -114,15 +115,15 @@ func TestReadFileIsCapped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	if r, err := s.Run(ctx, "open('/tmp/big', 'wb').write(bytes(range(256)) * (40 << 12))", heavy.Stream{}); err != nil || r.Error != nil {
+	defer s.Close(ctx)
+	if r, err := s.Run(ctx, "open('/tmp/big', 'wb').write(bytes(range(256)) * (40 << 12))", tier.Stream{}); err != nil || r.Error != nil {
 		t.Fatalf("%v %+v", err, r)
 	}
 	const size = 40 << 20
-	if _, err := s.ReadFileMax(ctx, "/tmp/big", size-1); errdefs.ClassOf(err) != errdefs.TooLarge || !strings.Contains(err.Error(), "41943040 bytes") {
+	if _, err := s.ReadFile(ctx, "/tmp/big", size-1); errdefs.ClassOf(err) != errdefs.TooLarge || !strings.Contains(err.Error(), "41943040 bytes") {
 		t.Fatalf("over the cap: %v, want too large with the size", err)
 	}
-	data, err := s.ReadFileMax(ctx, "/tmp/big", size)
+	data, err := s.ReadFile(ctx, "/tmp/big", size)
 	if err != nil || !bytes.Equal(data, bytes.Repeat([]byte(func() string {
 		b := make([]byte, 256)
 		for i := range b {
@@ -132,22 +133,22 @@ func TestReadFileIsCapped(t *testing.T) {
 	}()), 40<<12)) {
 		t.Fatalf("at the cap: %d bytes, %v", len(data), err)
 	}
-	if _, err := s.ReadFileMax(ctx, "/dev/zero", 1<<20); errdefs.ClassOf(err) != errdefs.InvalidArgument {
+	if _, err := s.ReadFile(ctx, "/dev/zero", 1<<20); errdefs.ClassOf(err) != errdefs.InvalidArgument {
 		t.Fatalf("a device: %v, want invalid argument", err)
 	}
-	if r, err := s.Run(ctx, "os = __import__('os'); os.mkfifo('/tmp/fifo'); print('ok')", heavy.Stream{}); err != nil || r.Stdout != "ok\n" {
+	if r, err := s.Run(ctx, "os = __import__('os'); os.mkfifo('/tmp/fifo'); print('ok')", tier.Stream{}); err != nil || r.Stdout != "ok\n" {
 		t.Fatalf("%v %+v", err, r)
 	}
-	if _, err := s.ReadFileMax(ctx, "/tmp/fifo", 1<<20); errdefs.ClassOf(err) != errdefs.InvalidArgument {
+	if _, err := s.ReadFile(ctx, "/tmp/fifo", 1<<20); errdefs.ClassOf(err) != errdefs.InvalidArgument {
 		t.Fatalf("a FIFO: %v, want invalid argument (not a hang)", err)
 	}
-	if data, err := s.ReadFile(ctx, "/output/none"); errdefs.ClassOf(err) != errdefs.NotFound {
+	if data, err := s.ReadFile(ctx, "/output/none", 0); errdefs.ClassOf(err) != errdefs.NotFound {
 		t.Fatalf("missing: %q %v", data, err)
 	}
-	if r, err := s.Run(ctx, "open('/tmp/empty', 'w').close(); print('alive')", heavy.Stream{}); err != nil || r.Stdout != "alive\n" {
+	if r, err := s.Run(ctx, "open('/tmp/empty', 'w').close(); print('alive')", tier.Stream{}); err != nil || r.Stdout != "alive\n" {
 		t.Fatalf("the session after the refusals: %v %+v", err, r)
 	}
-	if data, err := s.ReadFile(ctx, "/tmp/empty"); err != nil || data == nil || len(data) != 0 {
+	if data, err := s.ReadFile(ctx, "/tmp/empty", 0); err != nil || data == nil || len(data) != 0 {
 		t.Fatalf("empty file: %#v %v", data, err)
 	}
 }
@@ -192,7 +193,7 @@ func TestSessionsHoldSlots(t *testing.T) {
 	}
 	defer e.Close(ctx)
 	var wg sync.WaitGroup
-	sessions := make([]*heavy.Session, 6)
+	sessions := make([]tier.Session, 6)
 	errs := make([]error, 6)
 	for i := range sessions {
 		wg.Add(1)
@@ -207,7 +208,7 @@ func TestSessionsHoldSlots(t *testing.T) {
 		switch {
 		case err == nil:
 			ok++
-			defer sessions[i].Close()
+			defer sessions[i].Close(ctx)
 		case errdefs.ClassOf(err) == errdefs.Overloaded:
 			busy++
 		default:
@@ -217,16 +218,16 @@ func TestSessionsHoldSlots(t *testing.T) {
 	if ok != 2 || busy != 4 || e.Stats.Started.Load() != 2 {
 		t.Fatalf("%d sessions, %d refused, %d sandboxes started; want 2, 4, 2", ok, busy, e.Stats.Started.Load())
 	}
-	if _, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}, heavy.Stream{}); errdefs.ClassOf(err) != errdefs.Overloaded {
+	if _, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}, tier.Stream{}); errdefs.ClassOf(err) != errdefs.Overloaded {
 		t.Fatalf("a run while the sessions hold every slot: %v", err)
 	}
 	for _, s := range sessions {
 		if s != nil {
-			s.Close()
+			s.Close(ctx)
 			break
 		}
 	}
-	if res, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}, heavy.Stream{}); err != nil || res.Stdout != "1\n" {
+	if res, err := e.Run(ctx, api.RunRequest{Code: "print(1)"}, tier.Stream{}); err != nil || res.Stdout != "1\n" {
 		t.Fatalf("a run after a session closed: %v %+v", err, res)
 	}
 }
@@ -250,7 +251,7 @@ func TestGoldenRotationChangesHashSecret(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		res, err := e.Run(ctx, api.RunRequest{Code: "print(hash('abc'))"}, heavy.Stream{})
+		res, err := e.Run(ctx, api.RunRequest{Code: "print(hash('abc'))"}, tier.Stream{})
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("%v %+v", err, res)
 		}

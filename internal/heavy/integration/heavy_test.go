@@ -22,6 +22,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 var eng *heavy.Engine
@@ -56,7 +57,7 @@ func TestMain(m *testing.M) {
 
 func run(t *testing.T, req api.RunRequest) *api.Result {
 	t.Helper()
-	res, err := eng.Run(context.Background(), req, heavy.Stream{})
+	res, err := eng.Run(context.Background(), req, tier.Stream{})
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -171,22 +172,22 @@ func TestSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer s.Close(ctx)
 	if err := s.WriteFile(ctx, "/data/in.csv", []byte("x\n1\n2\n3\n")); err != nil {
 		t.Fatal(err)
 	}
-	r, err := s.Run(ctx, "import pandas as pd\ndf = pd.read_csv('/data/in.csv')", heavy.Stream{})
+	r, err := s.Run(ctx, "import pandas as pd\ndf = pd.read_csv('/data/in.csv')", tier.Stream{})
 	if err != nil || r.Error != nil {
 		t.Fatalf("%v %+v", err, r)
 	}
 	var streamed strings.Builder
 	var mu sync.Mutex
 	r, err = s.Run(ctx, "total = int(df.x.sum())\nprint(total)\nopen('/output/total.txt', 'w').write(str(total))",
-		heavy.Stream{Stdout: func(s string) { mu.Lock(); streamed.WriteString(s); mu.Unlock() }})
+		tier.Stream{Stdout: func(s string) { mu.Lock(); streamed.WriteString(s); mu.Unlock() }})
 	if err != nil || r.Stdout != "6\n" || streamed.String() != "6\n" {
 		t.Fatalf("%v %+v streamed %q", err, r, streamed.String())
 	}
-	data, err := s.ReadFile(ctx, "/output/total.txt")
+	data, err := s.ReadFile(ctx, "/output/total.txt", 0)
 	if err != nil || string(data) != "6" {
 		t.Fatalf("%q %v", data, err)
 	}
@@ -194,24 +195,24 @@ func TestSession(t *testing.T) {
 	if err != nil || len(files) != 1 || files[0].Name != "in.csv" {
 		t.Fatalf("%+v %v", files, err)
 	}
-	if _, err := s.ReadFile(ctx, "/data/missing"); errdefs.ClassOf(err) != errdefs.NotFound {
+	if _, err := s.ReadFile(ctx, "/data/missing", 0); errdefs.ClassOf(err) != errdefs.NotFound {
 		t.Fatalf("missing file: %v", err)
 	}
 	if err := s.WriteFile(ctx, "/data/../etc/x", nil); errdefs.ClassOf(err) != errdefs.InvalidArgument {
 		t.Fatalf("dotdot path: %v", err)
 	}
 	// A link planted by the guest resolves inside the sandbox, never on the host.
-	s.Run(ctx, "import os\nos.symlink('/etc/passwd', '/data/link')", heavy.Stream{})
-	data, err = s.ReadFile(ctx, "/data/link")
+	s.Run(ctx, "import os\nos.symlink('/etc/passwd', '/data/link')", tier.Stream{})
+	data, err = s.ReadFile(ctx, "/data/link", 0)
 	if err != nil || !strings.Contains(string(data), "sandbox:x:1000") {
 		t.Fatalf("link read %q %v (want the sandbox's own /etc/passwd)", data, err)
 	}
 	// A timeout ends the session.
-	r, err = s.Run(ctx, "import time\ntime.sleep(60)", heavy.Stream{})
+	r, err = s.Run(ctx, "import time\ntime.sleep(60)", tier.Stream{})
 	if err != nil || !r.TimedOut {
 		t.Fatalf("%v %+v", err, r)
 	}
-	if _, err := s.Run(ctx, "print(1)", heavy.Stream{}); !errors.Is(err, heavy.ErrSessionGone) {
+	if _, err := s.Run(ctx, "print(1)", tier.Stream{}); !errors.Is(err, tier.ErrGone) {
 		t.Fatalf("run after timeout: %v", err)
 	}
 }
@@ -235,7 +236,7 @@ func TestPoolEmptiesWhenIdle(t *testing.T) {
 	}
 	waitFor("the pool to fill", func() bool { return e.PoolReady() == 1 })
 	waitFor("the idle pool to empty", func() bool { return e.PoolReady() == 0 })
-	if res, err := e.Run(ctx, api.RunRequest{Code: "print('woke')"}, heavy.Stream{}); err != nil || res.Stdout != "woke\n" {
+	if res, err := e.Run(ctx, api.RunRequest{Code: "print('woke')"}, tier.Stream{}); err != nil || res.Stdout != "woke\n" {
 		t.Fatalf("%v %+v", err, res)
 	}
 	waitFor("a request to refill it", func() bool { return e.PoolReady() == 1 })
@@ -286,7 +287,7 @@ func TestRefillsYieldTheCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer s.Close(ctx)
 	full := 0
 	for id, n := range cpuShares(t) {
 		if _, pooled := before[id]; pooled && n == 1024 {

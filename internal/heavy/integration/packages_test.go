@@ -16,6 +16,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/tier"
 )
 
 // wheel builds a minimal pure-Python wheel: one module and the dist-info files pip checks.
@@ -66,12 +67,12 @@ func TestPackagesFromALocalIndex(t *testing.T) {
 	}
 	defer e.Close(context.Background())
 	ctx := context.Background()
-	res, err := e.Run(ctx, api.RunRequest{Code: "import agentbox_demo\nprint(agentbox_demo.greet('sandbox'))", Packages: []string{"agentbox-demo==1.0"}}, heavy.Stream{})
+	res, err := e.Run(ctx, api.RunRequest{Code: "import agentbox_demo\nprint(agentbox_demo.greet('sandbox'))", Packages: []string{"agentbox-demo==1.0"}}, tier.Stream{})
 	if err != nil || res.Stdout != "hello sandbox from a wheel\n" {
 		t.Fatalf("%v %+v", err, res)
 	}
 	for _, bad := range [][]string{{"--index-url=http://evil"}, {"../etc"}, {"x y"}, {"nope-not-there"}} {
-		_, err := e.Run(ctx, api.RunRequest{Code: "1", Packages: bad}, heavy.Stream{})
+		_, err := e.Run(ctx, api.RunRequest{Code: "1", Packages: bad}, tier.Stream{})
 		if errdefs.ClassOf(err) != errdefs.InvalidArgument {
 			t.Errorf("packages %v: %v", bad, err)
 		}
@@ -81,8 +82,8 @@ func TestPackagesFromALocalIndex(t *testing.T) {
 	if err != nil {
 		t.Fatalf("session with cached wheels: %v", err)
 	}
-	defer s.Close()
-	if res, err := s.Run(ctx, "import agentbox_demo; print(agentbox_demo.greet('session'))", heavy.Stream{}); err != nil || res.Stdout != "hello session from a wheel\n" {
+	defer s.Close(ctx)
+	if res, err := s.Run(ctx, "import agentbox_demo; print(agentbox_demo.greet('session'))", tier.Stream{}); err != nil || res.Stdout != "hello session from a wheel\n" {
 		t.Fatalf("%v %+v", err, res)
 	}
 
