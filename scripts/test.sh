@@ -41,7 +41,7 @@ say "go test"
 go test -count=1 ./...
 
 say "go test -race (the packages that share sessions between goroutines)"
-go test -race -count=1 ./internal/dispatch ./internal/server ./internal/mcpserver ./internal/vfs
+go test -race -count=1 ./internal/dispatch ./internal/server ./internal/mcpserver ./internal/vfs ./local ./internal/limits
 go test -race -count=1 -run 'TestSessionInfoSafeUnderRefresh|TestClientKeysAreTenants' .
 go test -race -count=1 ./internal/cli
 # Nano concurrency: sandboxes sharing the standard-library layer, sleepers giving up slots, session caps.
