@@ -56,6 +56,9 @@ type named struct {
 	ready chan struct{}
 	id    string
 	err   error
+	// turn lets one tool call at a time use the session: agents send parallel calls on one name,
+	// and a dispatch session refuses a second request while it is busy (conflict) instead of queueing.
+	turn chan struct{}
 }
 
 // New returns an MCP server with agentbox's tools.
@@ -161,11 +164,26 @@ func connOf(req *mcp.CallToolRequest) *mcp.ServerSession {
 	return req.Session
 }
 
-// session finds (or, with create, starts) the named session of this connection. Only the name map is
-// locked: a session starting (seconds on heavy) holds up only the calls that use the same name.
-func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, tier api.Tier) (*dispatch.Session, error) {
+// session finds (or, with create, starts) the named session of this connection and waits for its
+// turn on it; the caller calls done when its call is over. Only the name map is locked: a session
+// starting (seconds on heavy) holds up only the calls that use the same name.
+func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, tier api.Tier) (s *dispatch.Session, done func(), err error) {
+	s, n, err := t.find(ctx, req, name, create, tier)
+	if err != nil {
+		return nil, nil, err
+	}
+	select {
+	case n.turn <- struct{}{}:
+		return s, func() { <-n.turn }, nil
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+}
+
+// find is session without the turn.
+func (t *tools) find(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, tier api.Tier) (*dispatch.Session, *named, error) {
 	if name == "" {
-		return nil, errors.New("session is required: files live in a named session (run_python with the same session name sees them)")
+		return nil, nil, errors.New("session is required: files live in a named session (run_python with the same session name sees them)")
 	}
 	key := nameKey{connOf(req), name}
 	for {
@@ -174,29 +192,30 @@ func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name stri
 		if !ok {
 			if !create {
 				t.mu.Unlock()
-				return nil, fmt.Errorf("no session %q: run_python or write_file with it creates it", name)
+				return nil, nil, fmt.Errorf("no session %q: run_python or write_file with it creates it", name)
 			}
-			n = &named{ready: make(chan struct{})}
+			n = &named{ready: make(chan struct{}), turn: make(chan struct{}, 1)}
 			t.names[key] = n
 			t.pruneLocked()
 			t.watchLocked(key.conn)
 			t.mu.Unlock()
-			return t.start(ctx, key, n, tier)
+			s, err := t.start(ctx, key, n, tier)
+			return s, n, err
 		}
 		t.mu.Unlock()
 		select {
 		case <-n.ready:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 		if n.err != nil {
-			return nil, n.err
+			return nil, nil, n.err
 		}
 		if s, err := t.sb.Session(ctx, n.id); err == nil {
 			if on := s.Info().Tier; tier != "" && tier != api.TierAuto && tier != on {
-				return nil, fmt.Errorf("session %q is on the %s tier; tier %q applies when a session starts (use another session name)", name, on, tier)
+				return nil, nil, fmt.Errorf("session %q is on the %s tier; tier %q applies when a session starts (use another session name)", name, on, tier)
 			}
-			return s, nil
+			return s, n, nil
 		}
 		t.mu.Lock()
 		if t.names[key] == n {
@@ -204,7 +223,7 @@ func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name stri
 		}
 		t.mu.Unlock()
 		if !create {
-			return nil, fmt.Errorf("session %q has ended (idle too long, or its interpreter stopped); run_python with it starts a new one", name)
+			return nil, nil, fmt.Errorf("session %q has ended (idle too long, or its interpreter stopped); run_python with it starts a new one", name)
 		}
 	}
 }
@@ -301,10 +320,11 @@ func (t *tools) runPython(ctx context.Context, req *mcp.CallToolRequest, in RunI
 		if in.TimeoutMS != 0 {
 			return nil, nil, errors.New("timeout_ms applies to runs without a session; a session keeps the limits it was created with")
 		}
-		s, err := t.session(ctx, req, in.Session, true, api.Tier(in.Tier))
+		s, done, err := t.session(ctx, req, in.Session, true, api.Tier(in.Tier))
 		if err != nil {
 			return nil, nil, err
 		}
+		defer done()
 		if res, err = s.Run(ctx, in.Code, dispatch.Output{}); err != nil {
 			return nil, nil, err
 		}
@@ -350,10 +370,11 @@ func (t *tools) writeFile(ctx context.Context, req *mcp.CallToolRequest, in Writ
 			return nil, WriteOutput{}, fmt.Errorf("content is not valid base64: %w", err)
 		}
 	}
-	s, err := t.session(ctx, req, in.Session, true, api.TierAuto)
+	s, done, err := t.session(ctx, req, in.Session, true, api.TierAuto)
 	if err != nil {
 		return nil, WriteOutput{}, err
 	}
+	defer done()
 	if err := s.WriteFile(ctx, in.Path, data); err != nil {
 		return nil, WriteOutput{}, err
 	}
@@ -364,10 +385,11 @@ func (t *tools) readFile(ctx context.Context, req *mcp.CallToolRequest, in FileI
 	if err := limits.CheckPath(in.Path); err != nil {
 		return nil, ReadOutput{}, err
 	}
-	s, err := t.session(ctx, req, in.Session, false, "")
+	s, done, err := t.session(ctx, req, in.Session, false, "")
 	if err != nil {
 		return nil, ReadOutput{}, err
 	}
+	defer done()
 	data, err := s.ReadFile(ctx, in.Path, maxReadBytes)
 	if err != nil {
 		return nil, ReadOutput{}, err
@@ -395,10 +417,11 @@ func (t *tools) listFiles(ctx context.Context, req *mcp.CallToolRequest, in File
 	if err := limits.CheckPath(in.Path); err != nil {
 		return nil, ListOutput{}, err
 	}
-	s, err := t.session(ctx, req, in.Session, false, "")
+	s, done, err := t.session(ctx, req, in.Session, false, "")
 	if err != nil {
 		return nil, ListOutput{}, err
 	}
+	defer done()
 	files, err := s.ListFiles(ctx, in.Path)
 	if err != nil {
 		return nil, ListOutput{}, err
