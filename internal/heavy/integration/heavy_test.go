@@ -245,14 +245,18 @@ func TestPoolEmptiesWhenIdle(t *testing.T) {
 	}
 }
 
-// cpuShares reads the CPU share of every agentbox sandbox's cgroup (cgroup v1 cpu.shares, or v2
-// cpu.weight scaled to shares).
+// cpuShares reads the CPU share of every running agentbox sandbox's cgroup (cgroup v1 cpu.shares,
+// or v2 cpu.weight scaled to shares). Empty cgroups are left out: a crashed test run elsewhere on
+// the machine may have left some behind, and no sandbox runs in them.
 func cpuShares(t *testing.T) map[string]int {
 	t.Helper()
 	out := map[string]int{}
 	for _, pattern := range []string{"/sys/fs/cgroup/cpu/agentbox-*/cpu.shares", "/sys/fs/cgroup/agentbox-*/cpu.weight"} {
 		files, _ := filepath.Glob(pattern)
 		for _, f := range files {
+			if procs, err := os.ReadFile(filepath.Join(filepath.Dir(f), "cgroup.procs")); err != nil || len(bytes.TrimSpace(procs)) == 0 {
+				continue
+			}
 			b, err := os.ReadFile(f)
 			if err != nil {
 				continue // the sandbox went away meanwhile
