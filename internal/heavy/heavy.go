@@ -299,6 +299,7 @@ type sandbox struct {
 	exitErr error          // set before done is closed; read only after <-done
 	stderr  *limitedBuffer // runsc's and the supervisor's stderr, for diagnostics
 	killed  atomic.Bool    // we stopped it (timeout, output cap, protocol fault, close)
+	closing atomic.Bool    // Close is killing it: its calls fail with errStopped, not as a crash
 	removed bool           // destroy took it out of Engine.live: it must not start; guarded by Engine.mu
 	torn    sync.Once      // destroy's teardown runs once, whoever asks first (Close, a session, a run)
 	memory  int            // MiB the container was started with

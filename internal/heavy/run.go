@@ -132,6 +132,9 @@ func (e *Engine) take(ctx context.Context, memoryMB int) (*sandbox, error) {
 // ErrClosed is returned by a closed engine.
 var ErrClosed = errors.New("heavy engine is closed")
 
+// errStopped is what a call in a sandbox that Close killed returns.
+var errStopped = errdefs.With(errdefs.Unavailable, fmt.Errorf("run stopped: %w", ErrClosed))
+
 // ErrBusy is returned (as errdefs.Overloaded) when every slot is taken and the queue is full or was
 // waited in for QueueWait.
 var ErrBusy = errors.New("heavy tier busy")
@@ -345,6 +348,9 @@ func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, timeo
 			e.kill(s, false)
 			return nil, context.Cause(ctx)
 		}
+		if s.closing.Load() {
+			return nil, errStopped
+		}
 		return nil, fmt.Errorf("%w: %v", errDied, err)
 	}
 	fault := func(err error) (*reply, error) {
@@ -355,6 +361,9 @@ func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, timeo
 		select {
 		case l, ok := <-s.lines:
 			if !ok {
+				if s.closing.Load() {
+					return nil, errStopped
+				}
 				return nil, errDied
 			}
 			if l.err != nil {
@@ -566,6 +575,7 @@ func (e *Engine) Close(ctx context.Context) error {
 	e.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, s := range live {
+		s.closing.Store(true)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -123,3 +123,43 @@ func TestSweepRemovesLeftovers(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedStartLeavesNothing: a sandbox that fails to start (runsc missing, runsc exiting before
+// the agent is ready, the caller giving up) leaves no bundle and is not tracked any more.
+func TestFailedStartLeavesNothing(t *testing.T) {
+	cases := []struct {
+		name   string
+		script string // the fake runsc; empty: none at all
+		cancel bool
+	}{
+		{"runsc missing", "", false},
+		{"runsc exits", "#!/bin/sh\necho broken >&2\nexit 1\n", false},
+		{"caller gives up", "#!/bin/sh\ncase \"$*\" in *' run '*) exec sleep 30;; esac\nexit 0\n", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := fakeEngine(t)
+			e.live = map[*sandbox]struct{}{}
+			if tc.script != "" {
+				os.WriteFile(e.cfg.Runsc, []byte(tc.script), 0o755)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tc.cancel {
+				time.AfterFunc(200*time.Millisecond, cancel)
+			}
+			if _, err := e.start(ctx, 256, false, false); err == nil {
+				t.Fatal("start succeeded")
+			}
+			bundles, _ := os.ReadDir(filepath.Join(e.cfg.StateDir, "bundles"))
+			if len(bundles) != 0 {
+				t.Errorf("bundles left: %v", bundles)
+			}
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			if len(e.live) != 0 {
+				t.Errorf("%d sandboxes still tracked", len(e.live))
+			}
+		})
+	}
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
@@ -352,5 +353,69 @@ func TestShutdownStopsHeavyCellAtGrace(t *testing.T) {
 				t.Errorf("after Close: %+v", c)
 			}
 		})
+	}
+}
+
+// TestCloseKillsLiveSandboxes: Close, called while a one-shot run and a session cell loop (their
+// contexts never end) and another session is idle, lets them run until its own deadline, then kills
+// every sandbox: the calls fail as errdefs.Unavailable (not as a crash or an OOM kill), and no runsc
+// process, mount or file of the engine is left.
+func TestCloseKillsLiveSandboxes(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: 1, StateDir: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := api.Limits{TimeoutMS: 600_000}
+	idle, err := e.NewSession(ctx, lim, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy, err := e.NewSession(ctx, lim, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	returned := make(chan error, 2)
+	go func() {
+		_, err := busy.Run(ctx, "while True: pass", heavy.Stream{})
+		returned <- err
+	}()
+	go func() {
+		_, err := e.Run(ctx, api.RunRequest{Code: "while True: pass", Limits: lim}, heavy.Stream{})
+		returned <- err
+	}()
+	time.Sleep(5 * time.Second)
+	ids := map[string]bool{}
+	t.Logf("before Close: %+v", count(t, root, ids))
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- e.Close(cctx) }()
+	select {
+	case err := <-closed:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Close = %v, want its deadline (calls were running)", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Close did not return after its deadline")
+	}
+	for range 2 {
+		select {
+		case err := <-returned:
+			if errdefs.ClassOf(err) != errdefs.Unavailable || !errors.Is(err, heavy.ErrClosed) {
+				t.Errorf("a loop Close stopped returned %v, want errdefs.Unavailable and heavy.ErrClosed", err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("a running call outlived Close")
+		}
+	}
+	if idle.Alive() {
+		t.Error("the idle session is alive after Close")
+	}
+	idle.Close()
+	busy.Close()
+	if c := count(t, root, ids); c != (leftovers{}) {
+		t.Errorf("after Close: %+v", c)
 	}
 }
