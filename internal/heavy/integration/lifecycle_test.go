@@ -185,6 +185,13 @@ func (p *serveProc) post(path string, body any) (*http.Response, error) {
 func TestKill9RestartSweeps(t *testing.T) {
 	bin := buildAgentbox(t)
 	root := filepath.Join(t.TempDir(), "state")
+	t.Cleanup(func() { // should a check fail before the sweep: the temporary directory can go
+		for range 64 {
+			if syscall.Unmount(filepath.Join(root, "runsc", "null-netns"), syscall.MNT_DETACH) != nil {
+				break
+			}
+		}
+	})
 	first := startServe(t, bin, root, "--heavy-pool", "1")
 	first.health(t, func(h map[string]any) bool { return h["pool_ready"] != nil && h["pool_ready"].(float64) >= 1 })
 	// An idle session, a session busy in a loop and a sleeping one-shot run.
@@ -211,7 +218,9 @@ func TestKill9RestartSweeps(t *testing.T) {
 	ids := map[string]bool{}
 	before := count(t, root, ids)
 	t.Logf("after kill -9: %+v (containers %d)", before, len(ids))
-	if before.Procs == 0 || before.Cgroups == 0 || before.Mounts == 0 || before.Files == 0 {
+	// runsc processes often die with the server (runsc run has a parent-death signal, and its
+	// sandbox follows it), so they are counted but not required.
+	if before.Cgroups == 0 || before.Mounts == 0 || before.Files == 0 {
 		t.Fatalf("the killed server left too little to test the sweep with: %+v", before)
 	}
 
