@@ -185,7 +185,17 @@ func (p *serveProc) post(path string, body any) (*http.Response, error) {
 func TestKill9RestartSweeps(t *testing.T) {
 	bin := buildAgentbox(t)
 	root := filepath.Join(t.TempDir(), "state")
-	t.Cleanup(func() { // should a check fail before the sweep: the temporary directory can go
+	ids := map[string]bool{} // every container id seen in the root's bundles
+	t.Cleanup(func() {
+		// Should a check fail before the sweep, nothing is left on the host either: the killed
+		// server's cgroups (empty by now) and its netns mount, so the temporary directory can go.
+		count(t, root, ids)
+		for id := range ids {
+			paths, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", id))
+			for _, p := range append(paths, filepath.Join("/sys/fs/cgroup", id)) {
+				syscall.Rmdir(p)
+			}
+		}
 		for range 64 {
 			if syscall.Unmount(filepath.Join(root, "runsc", "null-netns"), syscall.MNT_DETACH) != nil {
 				break
@@ -215,7 +225,6 @@ func TestKill9RestartSweeps(t *testing.T) {
 	first.cmd.Process.Signal(syscall.SIGKILL)
 	<-first.exited
 
-	ids := map[string]bool{}
 	before := count(t, root, ids)
 	t.Logf("after kill -9: %+v (containers %d)", before, len(ids))
 	// runsc processes often die with the server (runsc run has a parent-death signal, and its
