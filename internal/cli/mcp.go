@@ -14,7 +14,7 @@ import (
 func (e *env) mcp(ctx context.Context, args []string) error {
 	fset := flag.NewFlagSet("mcp", flag.ContinueOnError)
 	fset.SetOutput(e.stderr)
-	tf := addTierFlags(fset)
+	tf := addTierFlags(fset, "")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
@@ -32,7 +33,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	queue := fset.Int("queue", 0, "runs waiting for a slot before 429 (default 32 per slot)")
 	grace := fset.Duration("shutdown-grace", 30*time.Second, "how long in-flight requests may finish on shutdown")
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
-	tf := addTierFlags(fset)
+	tf := addTierFlags(fset, heavy.DefaultStateDir())
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}

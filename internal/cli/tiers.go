@@ -19,10 +19,14 @@ type tierFlags struct {
 	packageIndex *string
 	rules        *string
 	maxHeavy     *int
+	stateDir     *string
 }
 
-func addTierFlags(fset *flag.FlagSet) *tierFlags {
+// addTierFlags adds the tier flags; defaultState is --state-dir's default (empty: a private
+// directory removed on exit, not swept after a crash).
+func addTierFlags(fset *flag.FlagSet, defaultState string) *tierFlags {
 	return &tierFlags{
+		stateDir:     fset.String("state-dir", defaultState, "heavy tier state root (runsc state, bundles, checkpoints), locked by one server and swept of a crashed one's leftovers at start (docs/lifecycle.md)"),
 		heavyMode:    fset.String("heavy", "auto", "heavy tier: auto (on when installed), on, off"),
 		heavyPool:    fset.Int("heavy-pool", 0, "started heavy sandboxes kept ready (default 2; negative disables)"),
 		packageIndex: fset.String("package-index", "", "PEP 503 index URL that heavy-tier `packages` are fetched from (on the host)"),
@@ -55,7 +59,7 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 		return nil, err
 	}
 	if *tf.heavyMode != "off" {
-		t.heavy, err = heavy.New(ctx, heavy.Config{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, Logger: log})
+		t.heavy, err = heavy.New(ctx, heavy.Config{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Logger: log})
 		switch {
 		case err == nil:
 		case *tf.heavyMode == "auto" && errors.Is(err, heavy.ErrNotInstalled):
@@ -71,9 +75,15 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 	return t, nil
 }
 
-// close ends the sessions, then the engines, which cancels runs still going.
+// close ends the sessions and the engines. The engines let what is running finish until ctx is done
+// and then stop it; the dispatcher, closed alongside, ends idle sessions at once and busy ones when
+// their cell has been stopped (it waits for each under the session's lock).
 func (t *tiers) close(ctx context.Context) error {
-	t.Dispatcher.Close()
+	dispatched := make(chan struct{})
+	go func() {
+		t.Dispatcher.Close()
+		close(dispatched)
+	}()
 	var err error
 	if cerr := t.nano.Close(ctx); cerr != nil {
 		err = fmt.Errorf("closing nano engine: %w", cerr)
@@ -83,5 +93,6 @@ func (t *tiers) close(ctx context.Context) error {
 			err = errors.Join(err, fmt.Errorf("closing heavy engine: %w", cerr))
 		}
 	}
+	<-dispatched
 	return err
 }

@@ -2,7 +2,6 @@ package heavy
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -33,19 +32,10 @@ func (e *Engine) checkpoint(ctx context.Context, dir string) error {
 // restore starts a sandbox from a checkpoint image; its agent is waiting for requests already.
 // background sandboxes (pool refills) get a small CPU share until a request takes them.
 func (e *Engine) restore(ctx context.Context, image string, background bool) (*sandbox, error) {
-	s := &sandbox{id: newID(), done: make(chan struct{}), memory: e.cfg.Defaults.MemoryLimitMB}
-	s.bundle = filepath.Join(e.cfg.StateDir, "bundles", s.id)
-	if err := os.MkdirAll(s.bundle, 0o700); err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(e.spec(s.memory, true, background))
+	s, err := e.newSandbox(e.cfg.Defaults.MemoryLimitMB, true, background, "restore", "--image-path", image)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(s.bundle, "config.json"), b, 0o600); err != nil {
-		return nil, err
-	}
-	s.cmd = e.runscFor(background)("restore", "--image-path", image, "--bundle", s.bundle, s.id)
 	return e.attach(ctx, s, false)
 }
 

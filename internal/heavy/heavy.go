@@ -55,8 +55,11 @@ type Config struct {
 	// script's cache (~/.cache/agentbox/heavy/bin/runsc and .../rootfs).
 	Runsc  string
 	Rootfs string
-	// StateDir is runsc's state root and holds the per-sandbox bundles; empty means a new directory
-	// under os.TempDir().
+	// StateDir is the engine's state root: runsc's --root, the sandboxes' bundles, golden checkpoints
+	// and the agent's files (see state.go). The engine locks it (a second engine on it is refused with
+	// ErrStateInUse) and, at New, sweeps what a crashed engine left there: runsc containers and
+	// processes, cgroups, mounts and files. Empty means a new private directory under os.TempDir(),
+	// removed at Close and never swept (servers pass one; see DefaultStateDir).
 	StateDir string
 	// Defaults apply to a request's zero limit fields; zero fields here mean 60 s, 1024 MiB and 1 MiB
 	// of output per stream. Max are the largest a request may ask for; zero fields mean 30 min,
@@ -111,6 +114,7 @@ type Engine struct {
 	etcDir   string // the sandboxes' /etc/hostname and /etc/resolv.conf
 	nice     string // path of nice(1) for runscLow; empty runs background work at normal priority
 	ownState bool
+	lock     *os.File // the state root's flock; nil for a private root
 	pool     chan *sandbox
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -119,7 +123,10 @@ type Engine struct {
 	wake     chan struct{}
 	lastTake atomic.Int64
 	golden   atomic.Pointer[refiller] // set once the pool's refill path is chosen
-	closed   atomic.Bool
+	closed   atomic.Bool              // set under mu: no sandbox is registered once Close has listed them
+	busy     atomic.Int64             // agent calls in flight, which Close lets finish until its ctx ends
+	mu       sync.Mutex
+	live     map[*sandbox]struct{} // every sandbox from its bundle to its teardown; guarded by mu
 	Stats    Stats
 }
 
@@ -223,17 +230,36 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.GoldenMaxAge == 0 {
 		cfg.GoldenMaxAge = 10 * time.Minute
 	}
-	e := &Engine{cfg: cfg, log: log, stop: make(chan struct{}), slots: make(chan struct{}, cfg.MaxConcurrent), wake: make(chan struct{}, 1)}
+	e := &Engine{cfg: cfg, log: log, stop: make(chan struct{}), slots: make(chan struct{}, cfg.MaxConcurrent), wake: make(chan struct{}, 1),
+		live: map[*sandbox]struct{}{}}
 	e.lastTake.Store(time.Now().UnixNano())
+	e.nice, _ = exec.LookPath("nice")
+	var cu cleanup
+	defer cu.run()
 	if e.cfg.StateDir == "" {
 		dir, err := os.MkdirTemp("", "agentbox-heavy-")
 		if err != nil {
 			return nil, err
 		}
 		e.cfg.StateDir, e.ownState = dir, true
+		cu.add(func() { os.RemoveAll(dir) })
+	} else {
+		// runsc wants absolute paths, and the sweep compares them with /proc's.
+		dir, err := filepath.Abs(e.cfg.StateDir)
+		if err != nil {
+			return nil, fmt.Errorf("heavy state directory: %w", err)
+		}
+		e.cfg.StateDir = dir
+		if e.lock, err = lockState(dir); err != nil {
+			return nil, err
+		}
+		cu.add(func() { e.lock.Close() })
+		if n := e.sweep(); n != (sweepCounts{}) {
+			log.Info("heavy: swept what a previous server left in the state directory", "dir", dir, "containers", n.Containers,
+				"processes", n.Processes, "cgroups", n.Cgroups, "mounts", n.Mounts, "entries", n.Entries)
+		}
 	}
 	e.agentDir = filepath.Join(e.cfg.StateDir, "agent")
-	e.nice, _ = exec.LookPath("nice")
 	if err := os.MkdirAll(e.agentDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -251,6 +277,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 			return nil, err
 		}
 	}
+	cu.release()
 	if cfg.PoolSize > 0 {
 		e.pool = make(chan *sandbox, cfg.PoolSize)
 		e.wg.Add(1)
@@ -289,6 +316,9 @@ type sandbox struct {
 	exitErr error          // set before done is closed; read only after <-done
 	stderr  *limitedBuffer // runsc's and the supervisor's stderr, for diagnostics
 	killed  atomic.Bool    // we stopped it (timeout, output cap, protocol fault, close)
+	closing atomic.Bool    // Close is killing it: its calls fail with errStopped, not as a crash
+	removed bool           // destroy took it out of Engine.live: it must not start; guarded by Engine.mu
+	torn    sync.Once      // destroy's teardown runs once, whoever asks first (Close, a session, a run)
 	memory  int            // MiB the container was started with
 	nextID  int            // last request id sent
 	runs    int            // runs so far: the first one is always fresh
@@ -367,21 +397,41 @@ func runBounded(what string, cmd *exec.Cmd, d time.Duration) error {
 // start creates and starts a sandbox and waits for its agent to say it is ready. background
 // sandboxes (pool refills, the golden checkpoint) get a small CPU share until a request takes them.
 func (e *Engine) start(ctx context.Context, memoryMB int, preload, background bool) (*sandbox, error) {
+	s, err := e.newSandbox(memoryMB, preload, background, "run")
+	if err != nil {
+		return nil, err
+	}
+	return e.attach(ctx, s, true)
+}
+
+// newSandbox registers a sandbox with the engine (Close kills what is registered) and writes its
+// bundle; its command is runsc with args, then --bundle and its id. Every early return undoes both.
+func (e *Engine) newSandbox(memoryMB int, preload, background bool, args ...string) (*sandbox, error) {
 	s := &sandbox{id: newID(), done: make(chan struct{}), memory: memoryMB}
 	s.bundle = filepath.Join(e.cfg.StateDir, "bundles", s.id)
+	s.cmd = e.runscFor(background)(append(args, "--bundle", s.bundle, s.id)...)
+	e.mu.Lock()
+	if e.closed.Load() {
+		e.mu.Unlock()
+		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
+	}
+	e.live[s] = struct{}{}
+	e.mu.Unlock()
+	var cu cleanup
+	defer cu.run()
+	cu.add(func() { e.destroy(s) }) // not started: unregisters and removes the bundle
 	if err := os.MkdirAll(s.bundle, 0o700); err != nil {
 		return nil, err
 	}
-	spec := e.spec(memoryMB, preload, background)
-	b, err := json.MarshalIndent(spec, "", "  ")
+	b, err := json.MarshalIndent(e.spec(memoryMB, preload, background), "", "  ")
 	if err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(s.bundle, "config.json"), b, 0o600); err != nil {
 		return nil, err
 	}
-	s.cmd = e.runscFor(background)("run", "--bundle", s.bundle, s.id)
-	return e.attach(ctx, s, true)
+	cu.release()
+	return s, nil
 }
 
 // readyLine bounds the agent's first line.
@@ -391,6 +441,9 @@ const readyLine = 4 << 10
 // the agent's first line. The pipes are our own (not StdoutPipe): Wait closes StdoutPipe's end when
 // runsc exits, which could lose the last replies still being read.
 func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandbox, error) {
+	var cu cleanup
+	defer cu.run()
+	cu.add(func() { e.destroy(s) })
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	s.stderr = &limitedBuffer{max: 64 << 10}
 	s.cmd.Stderr = s.stderr
@@ -407,18 +460,24 @@ func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandb
 		return nil, err
 	}
 	s.cmd.Stdin, s.cmd.Stdout = inR, outW
-	err = s.cmd.Start()
+	// Started under mu, so that Close, which kills what is registered, either sees the process or
+	// has taken the sandbox out (then it must not start).
+	e.mu.Lock()
+	if s.removed {
+		err = errdefs.With(errdefs.Unavailable, ErrClosed)
+	} else if err = s.cmd.Start(); err == nil {
+		s.in, s.out = inW, outR
+		// A few lines of read-ahead: what the host holds for a sandbox stays a small multiple of the cap.
+		s.lines, s.quit = make(chan agentLine, 4), make(chan struct{})
+	}
+	e.mu.Unlock()
 	inR.Close() // the child holds its own copies
 	outW.Close()
 	if err != nil {
 		inW.Close()
 		outR.Close()
-		os.RemoveAll(s.bundle)
 		return nil, fmt.Errorf("starting runsc: %w", err)
 	}
-	s.in, s.out = inW, outR
-	// A few lines of read-ahead: what the host holds for a sandbox stays a small multiple of the cap.
-	s.lines, s.quit = make(chan agentLine, 4), make(chan struct{})
 	s.maxLine.Store(readyLine)
 	e.Stats.Started.Add(1)
 	go s.readLoop()
@@ -428,6 +487,7 @@ func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandb
 		close(s.done)
 	}()
 	if !waitReady {
+		cu.release()
 		return s, nil
 	}
 	timer := time.NewTimer(startTimeout)
@@ -456,9 +516,9 @@ func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandb
 		err = fmt.Errorf("sandbox did not start within %v", startTimeout)
 	}
 	if err != nil {
-		e.destroy(s)
 		return nil, fmt.Errorf("starting heavy sandbox: %w", err)
 	}
+	cu.release()
 	return s, nil
 }
 
@@ -624,15 +684,27 @@ func (e *Engine) kill(s *sandbox, background bool) {
 	}
 }
 
-// destroy stops a sandbox and removes its traces. Every wait in it is bounded.
+// destroy stops a sandbox and removes its traces, once: a second call (a session closed after Close
+// destroyed its sandbox) waits for the first. Every wait in it is bounded.
 func (e *Engine) destroy(s *sandbox) {
+	s.torn.Do(func() { e.teardown(s) })
+}
+
+func (e *Engine) teardown(s *sandbox) {
+	e.mu.Lock()
+	delete(e.live, s)
+	s.removed = true
+	started := s.cmd != nil && s.cmd.Process != nil
+	e.mu.Unlock()
+	if !started {
+		os.RemoveAll(s.bundle) // never started: no container to delete
+		return
+	}
 	e.kill(s, true)
-	if s.cmd != nil && s.cmd.Process != nil {
-		select {
-		case <-s.done:
-		case <-time.After(killGrace):
-			e.log.Warn("a heavy sandbox's runsc did not exit after SIGKILL", "id", s.id)
-		}
+	select {
+	case <-s.done:
+	case <-time.After(killGrace):
+		e.log.Warn("a heavy sandbox's runsc did not exit after SIGKILL", "id", s.id)
 	}
 	if err := runBounded("delete", e.runscLow("delete", "--force", s.id), runscTimeout); err != nil {
 		e.log.Debug("runsc delete", "id", s.id, "err", err)

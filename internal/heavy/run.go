@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
@@ -134,6 +133,9 @@ func (e *Engine) take(ctx context.Context, memoryMB int) (*sandbox, error) {
 
 // ErrClosed is returned by a closed engine.
 var ErrClosed = errors.New("heavy engine is closed")
+
+// errStopped is what a call in a sandbox that Close killed returns.
+var errStopped = errdefs.With(errdefs.Unavailable, fmt.Errorf("run stopped: %w", ErrClosed))
 
 // ErrBusy is returned (as errdefs.Overloaded) when every slot is taken and the queue is full or was
 // waited in for QueueWait.
@@ -293,6 +295,8 @@ func timeoutOf(lim api.Limits) time.Duration { return time.Duration(lim.TimeoutM
 // anything else is a protocol fault (errProtocol). The sandbox is killed when ctx ends, timeout
 // passes, on fails, or the protocol breaks; call never waits past timeout plus runsc's kill bounds.
 func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, timeout time.Duration, maxLine int, on func(r *reply) error) (*reply, error) {
+	e.busy.Add(1)
+	defer e.busy.Add(-1)
 	s.nextID++
 	id := s.nextID
 	s.procs = 0
@@ -320,6 +324,9 @@ func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, timeo
 			e.kill(s, false)
 			return nil, context.Cause(ctx)
 		}
+		if s.closing.Load() {
+			return nil, errStopped
+		}
 		return nil, fmt.Errorf("%w: %v", errDied, err)
 	}
 	fault := func(err error) (*reply, error) {
@@ -330,6 +337,9 @@ func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, timeo
 		select {
 		case l, ok := <-s.lines:
 			if !ok {
+				if s.closing.Load() {
+					return nil, errStopped
+				}
 				return nil, errDied
 			}
 			if l.err != nil {
@@ -485,25 +495,66 @@ func (e *Engine) destroyLater(s *sandbox) {
 	}()
 }
 
-// Close stops the pool and removes the engine's state.
+// Close stops the pool, lets the calls in flight (runs, session cells and file operations) finish
+// until ctx is done, then kills every sandbox the engine still has (pooled, running, sessions: they
+// answer errdefs.Unavailable or ErrSessionGone) and removes the engine's state. Every wait after ctx
+// ends is bounded by runsc's kill and delete bounds. It returns ctx's error if calls were still
+// running when it ended.
 func (e *Engine) Close(ctx context.Context) error {
+	e.mu.Lock()
 	if e.closed.Swap(true) {
+		e.mu.Unlock()
 		return nil
 	}
-	close(e.stop)
-	e.wg.Wait()
+	e.mu.Unlock()
+	close(e.stop) // the pool filler's context ends: a refill in progress stops
+	var err error
+	for e.busy.Load() > 0 {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("closing heavy engine: %d calls still running: %w", e.busy.Load(), ctx.Err())
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// No sandbox is registered any more (closed is set); kill those there are, in parallel.
+	e.mu.Lock()
+	live := make([]*sandbox, 0, len(e.live))
+	for s := range e.live {
+		live = append(live, s)
+	}
+	e.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range live {
+		s.closing.Store(true)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.destroy(s)
+		}()
+	}
+	wg.Wait()
+	e.wg.Wait() // the pool filler and background teardowns
 	if e.pool != nil {
 		e.drainPool()
 	}
 	// runsc --network=none bind-mounts an empty network namespace under its root; it outlives the
-	// sandboxes, so it is unmounted here (possibly stacked: until the call fails).
-	netns := filepath.Join(e.cfg.StateDir, "runsc", "null-netns")
-	for i := 0; i < 64 && syscall.Unmount(netns, syscall.MNT_DETACH) == nil; i++ {
-	}
+	// sandboxes, so it is unmounted here (possibly stacked).
+	unmountUnder(e.cfg.StateDir)
 	if e.ownState {
-		return os.RemoveAll(e.cfg.StateDir)
+		return errors.Join(err, os.RemoveAll(e.cfg.StateDir))
 	}
-	return nil
+	// Nothing of a closed engine is needed again: the next one starts from an empty root.
+	if entries, rerr := os.ReadDir(e.cfg.StateDir); rerr == nil {
+		for _, ent := range entries {
+			if ent.Name() != "lock" {
+				if rerr := os.RemoveAll(filepath.Join(e.cfg.StateDir, ent.Name())); rerr != nil {
+					err = errors.Join(err, fmt.Errorf("removing heavy state: %w", rerr))
+				}
+			}
+		}
+	}
+	e.lock.Close() // releases the flock
+	return err
 }
 
 // session is a heavy sandbox kept between runs: variables, imports and files persist until Close or

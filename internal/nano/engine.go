@@ -128,6 +128,9 @@ type Engine struct {
 	closeMu  sync.RWMutex
 	inflight sync.WaitGroup // admitted runs not yet finished, sleeping ones included
 	halt     chan struct{}  // closed when Close stops waiting for runs: sleeping programs are stopped
+	// haltCtx is cancelled with halt: running programs are stopped (exec cancels its run on it).
+	haltCtx  context.Context
+	haltRuns context.CancelFunc
 
 	pool     chan *instance
 	poolStop chan struct{}
@@ -168,6 +171,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{cfg: cfg, log: log, sessions: map[*session]struct{}{}, halt: make(chan struct{})}
+	e.haltCtx, e.haltRuns = context.WithCancel(context.Background())
 	e.reserve = uint64(cfg.Max.MemoryLimitMB) << 20
 	e.regions = newRegionPool(e.reserve, cfg.MaxConcurrent+max(cfg.PoolSize, 0)+2)
 
@@ -615,8 +619,10 @@ func (e *Engine) noteUse(s *snapshot) {
 	}
 }
 
-// Close stops the pool, closes all sessions and releases the runtime. It waits for runs in progress
-// until ctx is done; then sleeping programs are stopped and running ones closed with the runtime.
+// Close stops the pool, closes all sessions and releases the runtime. Runs in progress, session cells
+// included, may finish until ctx is done; then every program still running or sleeping is stopped
+// (its run fails as errdefs.Unavailable) and the sessions are closed. Close does not wait for a
+// running cell under its session's lock.
 func (e *Engine) Close(ctx context.Context) error {
 	var err error
 	e.closeOnce.Do(func() {
@@ -636,16 +642,7 @@ func (e *Engine) Close(ctx context.Context) error {
 				}
 			}
 		}
-		e.sessMu.Lock()
-		sessions := make([]*session, 0, len(e.sessions))
-		for s := range e.sessions {
-			sessions = append(sessions, s)
-		}
-		e.sessMu.Unlock()
-		for _, s := range sessions {
-			s.Close(ctx)
-		}
-		// Wait for runs in progress, as long as ctx allows.
+		// Wait for runs in progress, as long as ctx allows; no new one is admitted.
 		finished := make(chan struct{})
 		go func() {
 			e.inflight.Wait()
@@ -657,8 +654,24 @@ func (e *Engine) Close(ctx context.Context) error {
 			err = fmt.Errorf("closing nano engine: %w", ctx.Err())
 		}
 		close(e.halt)
+		e.haltRuns()
+		// The stopped programs return at their next check; their sessions' locks come free then.
+		select {
+		case <-finished:
+		case <-time.After(haltWait):
+			e.log.Warn("nano runs still going after they were stopped", "waited", haltWait)
+		}
+		e.sessMu.Lock()
+		sessions := make([]*session, 0, len(e.sessions))
+		for s := range e.sessions {
+			sessions = append(sessions, s)
+		}
+		e.sessMu.Unlock()
+		for _, s := range sessions {
+			s.Close(context.Background())
+		}
 		e.snap.Store(nil)
-		if cerr := e.rt.Close(ctx); cerr != nil && err == nil {
+		if cerr := e.rt.Close(context.Background()); cerr != nil && err == nil {
 			err = fmt.Errorf("closing wazero runtime: %w", cerr)
 		}
 		e.regions.close()
@@ -667,3 +680,6 @@ func (e *Engine) Close(ctx context.Context) error {
 }
 
 var _ tier.Engine = (*Engine)(nil)
+
+// haltWait bounds how long Close waits for stopped programs to return.
+const haltWait = 10 * time.Second

@@ -278,6 +278,9 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	inst.mem.exceeded.Store(false)
 	runCtx, cancel := context.WithCancelCause(inst.ctx(ctx))
 	defer cancel(nil)
+	// The engine's Close stops runs still going when its grace period ends.
+	stopOnHalt := context.AfterFunc(inst.eng.haltCtx, func() { cancel(ErrClosed) })
+	defer stopOnHalt()
 	timer := time.AfterFunc(time.Duration(lim.TimeoutMS)*time.Millisecond, func() { cancel(errTimeout) })
 	defer timer.Stop()
 	onFull := func() { cancel(errOutputLimit) }
@@ -323,8 +326,8 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	case ctx.Err() != nil:
 		inst.dead = true
 		return nil, fmt.Errorf("run cancelled: %w", context.Cause(ctx))
-	case errors.Is(callErr, ErrClosed):
-		inst.dead = true // the engine stopped the sleeping program (Close)
+	case errors.Is(cause, ErrClosed) || errors.Is(callErr, ErrClosed):
+		inst.dead = true // the engine stopped the program (Close)
 		return nil, errdefs.With(errdefs.Unavailable, fmt.Errorf("run stopped: %w", ErrClosed))
 	default:
 		inst.dead = true

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
@@ -72,6 +73,11 @@ type Server struct {
 	// checkHost is set on a keyless server (which New allows on loopback only): requests must then
 	// be addressed to a loopback name.
 	checkHost bool
+	// base is every request's parent context; Shutdown cancels it when the grace period ends, so that
+	// runs still going stop instead of outliving the server.
+	base       context.Context
+	cancelBase context.CancelCauseFunc
+	handlers   atomic.Int64 // requests being handled, waited for (bounded) after base is cancelled
 }
 
 // New makes a server for sb. It refuses a non-loopback address without API keys.
@@ -103,9 +109,11 @@ func New(sb Sandboxes, cfg Config) (*Server, error) {
 		checkHost: keys.empty()}
 	s.metrics = newMetrics(sb.Stats)
 	s.handler = s.routes()
+	s.base, s.cancelBase = context.WithCancelCause(context.Background())
 	s.http = &http.Server{
 		Addr:              cfg.Addr,
 		Handler:           s.handler,
+		BaseContext:       func(net.Listener) context.Context { return s.base },
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		IdleTimeout:       2 * time.Minute,
@@ -147,10 +155,37 @@ func (s *Server) ListenAndServe() error {
 	return s.Serve(l)
 }
 
-// Shutdown stops accepting requests and waits for those in flight until ctx is done; runs still going
-// then are cancelled by the caller closing the dispatcher and the engines.
+// ErrShuttingDown is the cause of the cancellation of requests still running when Shutdown's grace
+// period ends; they answer 503.
+var ErrShuttingDown = errdefs.With(errdefs.Unavailable, errors.New("the server is shutting down: the run was stopped at the end of the shutdown grace period"))
+
+// handlerDrain bounds how long Shutdown waits, after cancelling the requests still running, for their
+// handlers to answer (a cancelled heavy run waits for runsc kill, itself bounded).
+const handlerDrain = 30 * time.Second
+
+// Shutdown stops accepting requests and lets those in flight finish until ctx is done. Then it cancels
+// them (they answer 503 with ErrShuttingDown, streams end with an error event), waits a bounded time
+// for their handlers to return, and closes the connections. It returns ctx's error when the grace
+// period ran out.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.http.Shutdown(ctx)
+	err := s.http.Shutdown(ctx)
+	if err == nil {
+		s.cancelBase(ErrShuttingDown)
+		return nil
+	}
+	s.cancelBase(ErrShuttingDown)
+	// Polled, not a WaitGroup: a kept-alive connection may still start a request (which fails at
+	// once on the cancelled context) while this waits.
+	deadline := time.Now().Add(handlerDrain)
+	for s.handlers.Load() > 0 {
+		if time.Now().After(deadline) {
+			s.log.Warn("shutdown: requests still running after cancellation", "requests", s.handlers.Load(), "waited", handlerDrain)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.http.Close()
+	return fmt.Errorf("shutting down: %w", err)
 }
 
 func (s *Server) routes() http.Handler {
@@ -189,6 +224,8 @@ const requestIDKey ctxKey = 0
 // a log line.
 func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.handlers.Add(1)
+		defer s.handlers.Add(-1)
 		start := time.Now()
 		id := r.Header.Get("X-Request-Id")
 		if !validRequestID(id) {
