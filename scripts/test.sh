@@ -48,7 +48,7 @@ go test -race -count=1 ./internal/cli
 # The 1,000-run leak test runs in the plain job above.
 go test -race -count=1 -skip 'TestSleepTimeoutsLeakNothing' ./internal/nano ./internal/vfs ./internal/router
 go test -race -count=1 ./internal/heavy
-go test -race -count=1 -run 'TestSession|TestMCPAuto|TestGuestCannotReachProtocol|TestReadFileIsCapped' ./internal/heavy/integration
+go test -race -count=1 -run 'TestSession|TestMCPAuto|TestGuestCannotReachProtocol|TestReadFileIsCapped|TestShutdownStopsHeavyCellAtGrace|TestCloseKillsLiveSandboxes|TestKill9RestartSweeps' ./internal/heavy/integration
 
 say "Python SDK (pytest against a real server)"
 # Debian's interpreter and pytest; the SDK is installed offline into a throw-away venv.
