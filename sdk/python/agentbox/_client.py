@@ -10,6 +10,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -193,7 +194,10 @@ class _LocalServer:
         self.api_key = secrets.token_urlsafe(24)
         env = dict(os.environ, AGENTBOX_API_KEY=self.api_key)
         self._log: Deque[str] = collections.deque(maxlen=self.LOG_LINES)
-        self.proc = subprocess.Popen([path, "serve", "--addr", f"127.0.0.1:{port}"], env=env,
+        # A state root of its own: the default one is locked by the machine's shared server, and an
+        # embedded server is private to this process.
+        self._state = tempfile.mkdtemp(prefix="agentbox-state-")
+        self.proc = subprocess.Popen([path, "serve", "--addr", f"127.0.0.1:{port}", "--state-dir", self._state], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         self._drain = threading.Thread(target=self._read_log, name="agentbox-serve-log", daemon=True)
@@ -239,6 +243,7 @@ class _LocalServer:
         self._drain.join(timeout=5)
         if self.proc.stderr:
             self.proc.stderr.close()
+        shutil.rmtree(self._state, ignore_errors=True)
 
 
 class Sandbox:

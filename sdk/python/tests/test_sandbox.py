@@ -204,7 +204,8 @@ def test_keys_are_tenants(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([BIN, "serve", "--addr", f"127.0.0.1:{port}", "--api-key-file", str(keys)],
+    proc = subprocess.Popen([BIN, "serve", "--addr", f"127.0.0.1:{port}", "--api-key-file", str(keys),
+                             "--state-dir", str(tmp_path / "state")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
