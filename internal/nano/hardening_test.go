@@ -59,29 +59,34 @@ func TestSleepEndsAtDeadline(t *testing.T) {
 }
 
 // TestSleepEndsOnCancel (issue 9 #1): cancelling the caller's context (a SIGTERM of the CLI, a client
-// that goes away) stops a sleeping program at once; time.sleep(3600) used to ignore it.
+// that goes away) stops a sleeping program at once, as it stops a busy one; time.sleep(3600) used to
+// ignore it. The limit is longer than the programs, so only the cancellation can end them early.
 func TestSleepEndsOnCancel(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(300*time.Millisecond, cancel)
-	start := time.Now()
-	// Shorter sleeps than the limit, so that only the cancellation can end them early.
-	_, err := shared.Run(ctx, api.RunRequest{Code: "import time; time.sleep(30)", Limits: api.Limits{TimeoutMS: 60_000}}, tier.Stream{})
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("err = %v, want context.Canceled", err)
-	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Fatalf("cancellation took %v", d)
-	}
-	// The same in a session, whose interpreter is then gone.
-	s, err := shared.NewSession(context.Background(), api.Limits{TimeoutMS: 60_000}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(context.Background())
-	ctx, cancel = context.WithCancel(context.Background())
-	time.AfterFunc(300*time.Millisecond, cancel)
-	if _, err := s.Run(ctx, "import time; time.sleep(30)", tier.Stream{}); !errors.Is(err, context.Canceled) {
-		t.Fatalf("session: err = %v, want context.Canceled", err)
+	lim := api.Limits{TimeoutMS: 60_000}
+	for _, code := range []string{"import time; time.sleep(30)", "while True: pass"} {
+		t.Run(code, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(300*time.Millisecond, cancel)
+			start := time.Now()
+			_, err := shared.Run(ctx, api.RunRequest{Code: code, Limits: lim}, tier.Stream{})
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("err = %v, want context.Canceled", err)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Fatalf("cancellation took %v", d)
+			}
+			// The same in a session, whose interpreter is then gone.
+			s, err := shared.NewSession(context.Background(), lim, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close(context.Background())
+			ctx, cancel = context.WithCancel(context.Background())
+			time.AfterFunc(300*time.Millisecond, cancel)
+			if _, err := s.Run(ctx, code, tier.Stream{}); !errors.Is(err, context.Canceled) {
+				t.Fatalf("session: err = %v, want context.Canceled", err)
+			}
+		})
 	}
 }
 
