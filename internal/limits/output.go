@@ -1,8 +1,10 @@
 package limits
 
 import (
+	"fmt"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
@@ -14,6 +16,19 @@ func CheckPath(p string) error {
 		return errdefs.With(errdefs.InvalidArgument, err)
 	}
 	return nil
+}
+
+// Text caps a message at max bytes (cut at a character boundary) and says how much was left out:
+// messages may quote what a guest wrote, so answers and logs must not grow with it.
+func Text(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... [%d more bytes]", s[:cut], len(s)-cut)
 }
 
 // Output collects one output stream of a program (stdout or stderr) up to a cap, the same way on

@@ -67,3 +67,21 @@ func TestCheckPath(t *testing.T) {
 		})
 	}
 }
+
+func TestText(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		max      int
+		want     string
+	}{
+		{"fits", "abc", 3, "abc"},
+		{"cut", "abcdef", 4, "abcd... [2 more bytes]"},
+		{"at a character boundary", "aé", 2, "a... [2 more bytes]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Text(tc.in, tc.max); got != tc.want {
+				t.Fatalf("Text(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
+			}
+		})
+	}
+}

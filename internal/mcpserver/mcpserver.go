@@ -102,8 +102,7 @@ func capErrors[In, Out any](h mcp.ToolHandlerFor[In, Out]) mcp.ToolHandlerFor[In
 	return func(ctx context.Context, req *mcp.CallToolRequest, in In) (*mcp.CallToolResult, Out, error) {
 		res, out, err := h(ctx, req, in)
 		if err != nil && len(err.Error()) > maxErrorText {
-			msg := strings.ToValidUTF8(err.Error()[:maxErrorText], "")
-			err = &cappedError{err: err, text: fmt.Sprintf("%s... [%d more bytes]", msg, len(err.Error())-len(msg))}
+			err = &cappedError{err: err, text: limits.Text(err.Error(), maxErrorText)}
 		}
 		return res, out, err
 	}

@@ -13,11 +13,11 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/limits"
 )
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -54,24 +54,12 @@ func (s *Server) errorBody(r *http.Request, err error) (*errdefs.Class, api.Erro
 	class := errdefs.ClassOf(err)
 	s.metrics.errors.WithLabelValues(class.Name()).Inc()
 	id := fmt.Sprint(r.Context().Value(requestIDKey))
-	msg := capText(err.Error(), maxErrorMessage)
+	msg := limits.Text(err.Error(), maxErrorMessage)
 	if class == errdefs.Internal {
-		s.log.Error("internal error", "id", id, "err", capText(err.Error(), maxLoggedError))
+		s.log.Error("internal error", "id", id, "err", limits.Text(err.Error(), maxLoggedError))
 		msg = "internal error (request " + id + ")"
 	}
 	return class, api.ErrorBody{Error: api.ErrorDetail{Code: class.Name(), Message: msg}}
-}
-
-// capText cuts s to at most max bytes (at a rune boundary) and says how much was left out.
-func capText(s string, max int) string {
-	if len(s) <= max {
-		return s
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s... [%d more bytes]", s[:cut], len(s)-cut)
 }
 
 // jsonHint tells curl users, whose -d sends application/x-www-form-urlencoded, how to send JSON.
@@ -85,7 +73,7 @@ func decode(r *http.Request, v any) error {
 		return errdefs.With(errdefs.InvalidArgument, errors.New("no Content-Type: "+jsonHint))
 	}
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("content type %q: %s", capText(ct, 256), jsonHint))
+		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("content type %q: %s", limits.Text(ct, 256), jsonHint))
 	}
 	body := bufio.NewReader(r.Body)
 	if err := startsObject(body); err != nil {

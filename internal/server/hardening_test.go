@@ -15,6 +15,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/limits"
 )
 
 // keyless starts a server without API keys on loopback, as `agentbox serve` runs by default.
@@ -258,10 +259,10 @@ func TestInternalErrorsMaskedAndCapped(t *testing.T) {
 	}
 	var e api.ErrorBody
 	if err := json.Unmarshal([]byte(data), &e); err != nil {
-		t.Fatalf("error event %q: %v", capText(data, 200), err)
+		t.Fatalf("error event %q: %v", limits.Text(data, 200), err)
 	}
 	if e.Error.Code != "internal" || e.Error.Message != "internal error (request stream-1)" {
-		t.Fatalf("error event %s", capText(data, 200))
+		t.Fatalf("error event %s", limits.Text(data, 200))
 	}
 
 	// Both were logged, each capped.

@@ -20,6 +20,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/limits"
 )
 
 //go:embed openapi.yaml
@@ -239,7 +240,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			route := routeLabel(r)
 			s.metrics.requests.WithLabelValues(route, fmt.Sprint(rec.status)).Inc()
 			// The path is capped: headers may be up to 1 MB, and this line is logged before auth.
-			s.log.Info("request", "id", id, "method", capText(r.Method, 32), "path", capText(r.URL.Path, 1024), "status", rec.status,
+			s.log.Info("request", "id", id, "method", limits.Text(r.Method, 32), "path", limits.Text(r.URL.Path, 1024), "status", rec.status,
 				"ms", time.Since(start).Milliseconds(), "remote", r.RemoteAddr, "tenant", tenant.ID)
 		}()
 		if err := s.checkOrigin(r); err != nil {
@@ -266,7 +267,7 @@ func (s *Server) checkOrigin(r *http.Request) error {
 		return errdefs.With(errdefs.Forbidden, fmt.Errorf("cross-origin request refused: agentbox does not serve web pages of other sites (%w)", err))
 	}
 	if s.checkHost && !loopbackHost(r.Host) {
-		return errdefs.With(errdefs.Forbidden, fmt.Errorf("host %q refused: a server without API keys answers only requests addressed to localhost, 127.0.0.1 or [::1] (a guard against DNS rebinding); start it with --api-key to serve other names", capText(r.Host, 256)))
+		return errdefs.With(errdefs.Forbidden, fmt.Errorf("host %q refused: a server without API keys answers only requests addressed to localhost, 127.0.0.1 or [::1] (a guard against DNS rebinding); start it with --api-key to serve other names", limits.Text(r.Host, 256)))
 	}
 	return nil
 }
