@@ -69,6 +69,12 @@ type RunRequest struct {
 	Stdin []byte `json:"stdin,omitempty"`
 	// Packages are third-party packages installed before the program runs (heavy tier).
 	Packages []string `json:"packages,omitempty"`
+	// Network is the network the sandbox may use (see NetworkPolicy); nil means offline.
+	Network *NetworkPolicy `json:"network,omitempty"`
+	// Task is the trusted task text and Intent what it needs: the server derives network grants from
+	// them (URLs named in Task, Intent's packages, URLs and git remotes), inside its ceiling.
+	Task   string  `json:"task,omitempty"`
+	Intent *Intent `json:"intent,omitempty"`
 }
 
 // Error describes why a program did not finish normally.
@@ -105,6 +111,8 @@ type Result struct {
 	// did not fail that way. Only runs made in this process carry it (Local, and the server's own
 	// fallback decision): it is not part of the HTTP API.
 	Missing *Missing `json:"-"`
+	// NetworkEvents are the connections and requests the run (or cell) made and the policy's verdicts.
+	NetworkEvents []NetworkEvent `json:"network_events,omitempty"`
 }
 
 // Missing is what a nano program failed for want of.
@@ -135,6 +143,12 @@ type RunBody struct {
 	Stdin []byte            `json:"stdin,omitempty"`
 	// Packages are third-party packages to install first; they need the heavy tier.
 	Packages []string `json:"packages,omitempty"`
+	// Network is the network the sandbox may use (see NetworkPolicy); nil means offline.
+	Network *NetworkPolicy `json:"network,omitempty"`
+	// Task is the trusted task text and Intent what it needs: the server derives network grants from
+	// them (URLs named in Task, Intent's packages, URLs and git remotes), inside its ceiling.
+	Task   string  `json:"task,omitempty"`
+	Intent *Intent `json:"intent,omitempty"`
 }
 
 // RunResponse is POST /v1/run's answer: the result, and the files the program left under /output
@@ -155,6 +169,12 @@ type SessionRequest struct {
 	TTLSeconds int `json:"ttl_s,omitempty"`
 	// Packages are third-party packages to install first; they need the heavy tier.
 	Packages []string `json:"packages,omitempty"`
+	// Network is the network the sandbox may use (see NetworkPolicy); nil means offline.
+	Network *NetworkPolicy `json:"network,omitempty"`
+	// Task is the trusted task text and Intent what it needs: the server derives network grants from
+	// them (URLs named in Task, Intent's packages, URLs and git remotes), inside its ceiling.
+	Task   string  `json:"task,omitempty"`
+	Intent *Intent `json:"intent,omitempty"`
 }
 
 // Session describes a session.
