@@ -43,6 +43,10 @@ type NetworkPolicy struct {
 	// Secrets are injected by the proxy into requests to their host only; the sandbox never sees
 	// their values.
 	Secrets []SecretRule `json:"secrets,omitempty"`
+	// AllowWritesAfterDLP turns the flow rule off: by default, once DLP found something in a
+	// sandbox's traffic, its later POST, PUT, PATCH and DELETE requests are denied. Only a ceiling
+	// with allow_writes_after_dlp lets a request set it.
+	AllowWritesAfterDLP bool `json:"allow_writes_after_dlp,omitempty"`
 }
 
 // HostRule is one Allow or Deny entry. In JSON it is either a string (the host) or an object.
