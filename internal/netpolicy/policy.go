@@ -217,17 +217,14 @@ func deny(host, rule, source, reason string) Decision {
 // decide answers r; tainted reports an earlier DLP finding in the sandbox's traffic and used the
 // bytes each rule has carried so far (by rule name).
 func (p *Policy) decide(r Request, tainted bool, used map[string]int64) Decision {
-	if p.Offline() {
-		return deny("", "default:offline", "", "this sandbox is offline")
-	}
 	host := r.Host
-	if host == "" {
-		if r.DNS || !r.Addr.IsValid() {
-			return deny("", "canonical:invalid", "", "no host name and no address")
-		}
+	if host == "" && !r.DNS && r.Addr.IsValid() {
 		host = r.Addr.Addr().Unmap().String()
 	}
 	h, err := Canonical(host)
+	if p.Offline() {
+		return deny(h, "default:offline", "", "this sandbox is offline")
+	}
 	if err != nil {
 		return deny("", "canonical:invalid", "", err.Error())
 	}
