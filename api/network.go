@@ -1,8 +1,9 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
-	"errors"
+	"fmt"
 )
 
 // DLP modes: what the egress proxy does with outbound traffic in which a detector found secrets or
@@ -70,8 +71,10 @@ func (r *HostRule) UnmarshalJSON(b []byte) error {
 	}
 	type plain HostRule
 	var p plain
-	if err := json.Unmarshal(b, &p); err != nil {
-		return errors.New("a network rule is a host name or an object {host, methods, paths}")
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields() // a mistyped "no_inspect" must not be dropped silently
+	if err := dec.Decode(&p); err != nil {
+		return fmt.Errorf("a network rule is a host name or an object {host, methods, paths, no_inspect}: %w", err)
 	}
 	*r = HostRule(p)
 	return nil

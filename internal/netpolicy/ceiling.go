@@ -30,8 +30,10 @@ type CeilingConfig struct {
 	// AllowCIDRs are the address ranges requests may allow as IP or CIDR entries and that names may
 	// resolve into although they are private, loopback or link-local (an internal API). Empty: none.
 	AllowCIDRs []string `toml:"allow_cidrs"`
-	// DLP is the default DLP mode and the weakest a request may ask for; empty means "block".
+	// DLP is the DLP mode of requests that ask for none; empty means "block".
 	DLP string `toml:"dlp"`
+	// DLPMin is the weakest mode a request may ask for (off < log < redact < block); empty means DLP.
+	DLPMin string `toml:"dlp_min"`
 	// DLPResponses scans every sandbox's responses too; false lets requests choose.
 	DLPResponses bool `toml:"dlp_responses"`
 	// InspectTLS terminates TLS for every host but those allowed with no_inspect by a ceiling rule
@@ -134,7 +136,7 @@ type Ceiling struct {
 	allow               []rule // canonical; names "ceiling:allow:<host>"
 	deny                []string
 	AllowCIDRs          []netip.Prefix
-	DLP                 string
+	DLP, DLPMin         string
 	DLPResponses        bool
 	InspectTLS          bool
 	AllowWritesAfterDLP bool
@@ -226,6 +228,16 @@ func NewCeiling(cfg CeilingConfig) (*Ceiling, error) {
 	}
 	if !validDLP(c.DLP) {
 		return nil, cfgErr(cfg.DLP, "dlp %q: want block, redact, log or off", cfg.DLP)
+	}
+	c.DLPMin = cfg.DLPMin
+	if c.DLPMin == "" {
+		c.DLPMin = c.DLP
+	}
+	if !validDLP(c.DLPMin) {
+		return nil, cfgErr(cfg.DLPMin, "dlp_min %q: want block, redact, log or off", cfg.DLPMin)
+	}
+	if dlpStrength(c.DLPMin) > dlpStrength(c.DLP) {
+		return nil, cfgErr(cfg.DLPMin, "dlp_min %q is stronger than the default dlp %q", c.DLPMin, c.DLP)
 	}
 	for _, cr := range cfg.Allow {
 		host, err := canonicalPattern(cr.Host, true)
@@ -478,8 +490,8 @@ func (c *Ceiling) dlpFor(m string) (string, error) {
 	if !validDLP(m) {
 		return "", errdefs.With(errdefs.InvalidArgument, fmt.Errorf("network.dlp %q: want block, redact, log or off", m))
 	}
-	if dlpStrength(m) < dlpStrength(c.DLP) {
-		return "", forbidden("ceiling:dlp: network.dlp %q is weaker than the server's ceiling (%q)", m, c.DLP)
+	if dlpStrength(m) < dlpStrength(c.DLPMin) {
+		return "", forbidden("ceiling:dlp_min: network.dlp %q is weaker than the server's ceiling allows (dlp_min %q)", m, c.DLPMin)
 	}
 	return m, nil
 }

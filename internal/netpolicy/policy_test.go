@@ -65,6 +65,7 @@ func TestParseCeilingErrorsNameFileAndLine(t *testing.T) {
 		{"bad host", "dlp = \"log\"\nallow = [\"[evil.com]\"]", "policy.toml:2: allow \"[evil.com]\""},
 		{"address in allow", "allow = [\"10.0.0.1\"]", "policy.toml:1: allow \"10.0.0.1\": addresses go in allow_cidrs"},
 		{"bad dlp", "\ndlp = \"maybe\"", "policy.toml:2: dlp \"maybe\""},
+		{"dlp_min stronger than dlp", "dlp = \"log\"\ndlp_min = \"block\"", "policy.toml:2: dlp_min \"block\" is stronger"},
 		{"bad cidr", "allow_cidrs = [\n  \"10.0.0.0/33\"]", "policy.toml:2: allow_cidrs"},
 		{"secret needs one source", "[secrets.X]\nhosts = [\"a.com\"]", "policy.toml:1: secrets.X: give exactly one"},
 		{"secret name", "[secrets.lower]\nvalue = \"v\"", "policy.toml:1: secrets.lower"},
@@ -125,7 +126,7 @@ func TestCompileRefusals(t *testing.T) {
 		{"address outside allow_cidrs", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "10.2.0.1"}}}, nil, errdefs.Forbidden, "ceiling:allow_cidrs"},
 		{"range wider than allow_cidrs", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "10.0.0.0/8"}}}, nil, errdefs.Forbidden, "ceiling:allow_cidrs"},
 		{"numeric form of an address outside", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "2130706433"}}}, nil, errdefs.Forbidden, "ceiling:allow_cidrs"},
-		{"weaker DLP than the ceiling", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}, DLP: api.DLPOff}, nil, errdefs.Forbidden, "ceiling:dlp"},
+		{"weaker DLP than the ceiling", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}, DLP: api.DLPOff}, nil, errdefs.Forbidden, "ceiling:dlp_min"},
 		{"unknown DLP", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}, DLP: "loud"}, nil, errdefs.InvalidArgument, "network.dlp"},
 		{"inspect_tls off under an inspecting ceiling", inspecting, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "a.com"}}, InspectTLS: &no}, nil, errdefs.Forbidden, "ceiling:inspect_tls"},
 		{"no_inspect the ceiling does not grant", inspecting, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "a.com", NoInspect: true}}}, nil, errdefs.Forbidden, "asks for no_inspect"},
@@ -145,6 +146,9 @@ func TestCompileRefusals(t *testing.T) {
 		{"secret to a host the policy does not allow", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}, Secrets: []api.SecretRule{{Host: "example.com", Header: "X-Key", Value: "${LITERAL}"}}}, nil, errdefs.InvalidArgument, "not allowed by this policy"},
 		{"secret on a framing header", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}, Secrets: []api.SecretRule{{Host: "pypi.org", Header: "Content-Length", Value: "${LITERAL}"}}}, nil, errdefs.InvalidArgument, "cannot carry a secret"},
 		{"secrets on an offline policy", c, &api.NetworkPolicy{Secrets: []api.SecretRule{{Host: "pypi.org", Header: "X", Value: "v"}}}, nil, errdefs.InvalidArgument, "nowhere to send"},
+		{"stronger DLP than the ceiling is fine", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}, DLP: api.DLPBlock}, nil, nil, ""},
+		{"DLP down to dlp_min is fine", mustCeiling(t, "dlp_min = \"log\"\nallow = [\"a.com\"]"), &api.NetworkPolicy{Allow: []api.HostRule{{Host: "a.com"}}, DLP: api.DLPLog}, nil, nil, ""},
+		{"DLP below dlp_min", mustCeiling(t, "dlp_min = \"log\"\nallow = [\"a.com\"]"), &api.NetworkPolicy{Allow: []api.HostRule{{Host: "a.com"}}, DLP: api.DLPOff}, nil, errdefs.Forbidden, "ceiling:dlp_min"},
 		{"inspect on is fine", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}, InspectTLS: &yes}, nil, nil, ""},
 	}
 	for _, tc := range cases {
