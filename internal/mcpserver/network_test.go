@@ -1,0 +1,110 @@
+package mcpserver
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
+	"github.com/entersandbox/agentbox/internal/tier"
+)
+
+// probeTier is the nano tier with a stand-in for the egress data plane: each run or cell asks the
+// Guard in ctx about GET pypi.org/simple/ and records the decision, as the proxy does.
+type probeTier struct{ tier.Engine }
+
+func probe(ctx context.Context) {
+	if g := netpolicy.GuardOf(ctx); g != nil {
+		d := g.Decide(netpolicy.Request{Host: "pypi.org", Port: 443, Method: "GET", Path: "/simple/"})
+		g.Record(api.NetworkEvent{Host: d.Host, Method: "GET", Path: "/simple/", Verdict: d.Verdict, Rule: d.Rule, Source: d.Source})
+	}
+}
+
+func (p probeTier) RunCollect(ctx context.Context, req api.RunRequest, st tier.Stream, maxFile, maxTotal int64) (*api.Result, *tier.Collected, error) {
+	probe(ctx)
+	return p.Engine.RunCollect(ctx, req, st, maxFile, maxTotal)
+}
+
+func (p probeTier) NewSession(ctx context.Context, lim api.Limits, pkgs []string) (tier.Session, error) {
+	s, err := p.Engine.NewSession(ctx, lim, pkgs)
+	if err != nil {
+		return nil, err
+	}
+	return probeSession{s}, nil
+}
+
+type probeSession struct{ tier.Session }
+
+func (p probeSession) Run(ctx context.Context, code string, st tier.Stream) (*api.Result, error) {
+	probe(ctx)
+	return p.Session.Run(ctx, code, st)
+}
+
+func TestRunPythonNetwork(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	eng, err := nano.New(ctx, nano.Config{PoolSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := netpolicy.ParseCeiling("policy.toml", []byte(`allow = ["pypi.org", "files.pythonhosted.org", "example.com"]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dispatch.New(probeTier{eng}, dispatch.Config{Ceiling: c})
+	t.Cleanup(func() { d.Close(); eng.Close(context.Background()) })
+	ct, st := mcp.NewInMemoryTransports()
+	if _, err := New(d, "test").Connect(ctx, st, nil); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "t", Version: "1"}, nil).Connect(ctx, ct, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	event := func(structured map[string]any) string {
+		evs, _ := structured["network_events"].([]any)
+		if len(evs) != 1 {
+			return ""
+		}
+		e := evs[0].(map[string]any)
+		return e["verdict"].(string) + " " + e["rule"].(string)
+	}
+	cases := []struct {
+		name  string
+		args  map[string]any
+		event string // "" for none
+		err   string
+	}{
+		{"offline", map[string]any{"code": "print(1)"}, "", ""},
+		{"allowed", map[string]any{"code": "print(1)", "network": map[string]any{"allow": []any{map[string]any{"host": "pypi.org"}}}}, "allowed allow:pypi.org", ""},
+		{"bad rule key", map[string]any{"code": "print(1)", "network": map[string]any{"allow": []any{map[string]any{"host": "pypi.org", "no_inspec": true}}}}, "", "no_inspec"},
+		{"allowed as a string", map[string]any{"code": "print(1)", "network": map[string]any{"allow": []any{"pypi.org"}}}, "allowed allow:pypi.org", ""},
+		{"intent", map[string]any{"code": "print(1)", "intent": map[string]any{"packages": []any{"rich"}}}, "allowed grant:intent.packages:pypi.org/simple", ""},
+		{"outside the ceiling", map[string]any{"code": "print(1)", "network": map[string]any{"allow": []any{map[string]any{"host": "evil.com"}}}}, "", "ceiling:allow"},
+		{"session starts open", map[string]any{"code": "print(1)", "session": "s", "network": map[string]any{"allow": []any{map[string]any{"host": "pypi.org"}}}}, "allowed allow:pypi.org", ""},
+		{"session keeps its policy", map[string]any{"code": "print(1)", "session": "s"}, "allowed allow:pypi.org", ""},
+		{"network on a running session replaces it", map[string]any{"code": "print(1)", "session": "s", "network": map[string]any{"allow": []any{map[string]any{"host": "example.com"}}}}, "denied default:deny", ""},
+		{"task on a running session", map[string]any{"code": "print(1)", "session": "s", "task": "see https://pypi.org/"}, "", "task and intent apply when session"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res, structured := callTool(t, cs, "run_python", tc.args)
+			if tc.err != "" {
+				if !res.IsError || !strings.Contains(text(res), tc.err) {
+					t.Fatalf("want an error with %q, got %q", tc.err, text(res))
+				}
+				return
+			}
+			if res.IsError || event(structured) != tc.event {
+				t.Fatalf("error %v %q; event %q, want %q (%v)", res.IsError, text(res), event(structured), tc.event, structured["network_events"])
+			}
+		})
+	}
+}
