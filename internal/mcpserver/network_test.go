@@ -8,43 +8,11 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
-	"github.com/entersandbox/agentbox/internal/tier"
+	"github.com/entersandbox/agentbox/internal/netpolicy/netpolicytest"
 )
-
-// probeTier is the nano tier with a stand-in for the egress data plane: each run or cell asks the
-// Guard in ctx about GET pypi.org/simple/ and records the decision, as the proxy does.
-type probeTier struct{ tier.Engine }
-
-func probe(ctx context.Context) {
-	if g := netpolicy.GuardOf(ctx); g != nil {
-		d := g.Decide(netpolicy.Request{Host: "pypi.org", Port: 443, Method: "GET", Path: "/simple/"})
-		g.Record(api.NetworkEvent{Host: d.Host, Method: "GET", Path: "/simple/", Verdict: d.Verdict, Rule: d.Rule, Source: d.Source})
-	}
-}
-
-func (p probeTier) RunCollect(ctx context.Context, req api.RunRequest, st tier.Stream, maxFile, maxTotal int64) (*api.Result, *tier.Collected, error) {
-	probe(ctx)
-	return p.Engine.RunCollect(ctx, req, st, maxFile, maxTotal)
-}
-
-func (p probeTier) NewSession(ctx context.Context, lim api.Limits, pkgs []string) (tier.Session, error) {
-	s, err := p.Engine.NewSession(ctx, lim, pkgs)
-	if err != nil {
-		return nil, err
-	}
-	return probeSession{s}, nil
-}
-
-type probeSession struct{ tier.Session }
-
-func (p probeSession) Run(ctx context.Context, code string, st tier.Stream) (*api.Result, error) {
-	probe(ctx)
-	return p.Session.Run(ctx, code, st)
-}
 
 func TestRunPythonNetwork(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -57,7 +25,7 @@ func TestRunPythonNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := dispatch.New(probeTier{eng}, dispatch.Config{Ceiling: c})
+	d := dispatch.New(netpolicytest.Engine{Engine: eng, BytesOut: 120, BytesIn: 4096}, dispatch.Config{Ceiling: c})
 	t.Cleanup(func() { d.Close(); eng.Close(context.Background()) })
 	ct, st := mcp.NewInMemoryTransports()
 	if _, err := New(d, "test").Connect(ctx, st, nil); err != nil {
