@@ -386,8 +386,10 @@ func Compile(c *Ceiling, np *api.NetworkPolicy, task string, in *api.Intent, now
 	if np == nil {
 		np = &api.NetworkPolicy{}
 	}
-	wants := len(np.Allow) > 0 || len(taskURLs(task)) > 0 || in != nil && (len(in.Packages) > 0 || len(in.URLs) > 0 || len(in.Git) > 0)
-	if !wants {
+	// URLs in the task text are optional grants: text may name a URL for other reasons, so on a server
+	// without a ceiling (where every grant would be refused) they leave the sandbox offline.
+	asks := len(np.Allow) > 0 || in != nil && (len(in.Packages) > 0 || len(in.URLs) > 0 || len(in.Git) > 0)
+	if !asks && (c == nil || len(taskURLs(task)) == 0) {
 		if err := checkOfflineFields(np); err != nil {
 			return nil, err
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -172,6 +173,18 @@ func TestCompileRefusals(t *testing.T) {
 
 func TestCompileOffline(t *testing.T) {
 	c := mustCeiling(t, testCeiling)
+	t.Run("task URLs without a ceiling", func(t *testing.T) {
+		p, err := Compile(nil, nil, "write a server answering on http://localhost:5000/", nil, nil)
+		if err != nil || !p.Offline() {
+			t.Fatalf("Compile = %v, %v; want offline", p, err)
+		}
+	})
+	t.Run("task URLs the ceiling refuses", func(t *testing.T) {
+		p, err := Compile(c, nil, "write a server answering on http://localhost:5000/", nil, nil)
+		if err != nil || !p.Offline() || len(p.Skipped()) != 1 {
+			t.Fatalf("Compile = %v, %v; want offline with the URL skipped", p, err)
+		}
+	})
 	for name, np := range map[string]*api.NetworkPolicy{"nil": nil, "empty allow": {Allow: []api.HostRule{}}, "deny only": {Deny: []api.HostRule{{Host: "a.com"}}}} {
 		t.Run(name, func(t *testing.T) {
 			for _, cc := range []*Ceiling{c, nil} {
@@ -517,4 +530,59 @@ func TestPolicyAccessors(t *testing.T) {
 	if p2, _ := Compile(c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}}, "", nil, nil); p2.DLP() != api.DLPLog {
 		t.Fatalf("ceiling default DLP: %q", p2.DLP())
 	}
+}
+
+// TestGuardConcurrent: the data plane calls a Guard from a goroutine per connection while a PATCH
+// swaps its policy and a run drains it (run with -race).
+func TestGuardConcurrent(t *testing.T) {
+	c := mustCeiling(t, testCeiling)
+	open, err := Compile(c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}}, "", &api.Intent{URLs: []string{"https://example.com/f"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sunk atomicCount
+	g := NewGuard(open, func(api.NetworkEvent) { sunk.add() })
+	var wg sync.WaitGroup
+	drained := make(chan int, 1)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for j := 0; j < 200; j++ {
+				d := g.Decide(Request{Host: "example.com", Port: 443, Method: "GET", Path: "/f"})
+				g.Record(api.NetworkEvent{Host: d.Host, Rule: d.Rule, Verdict: d.Verdict, BytesIn: 1})
+				if i == 0 && j%50 == 0 {
+					g.Swap(open)
+				}
+			}
+		}(i)
+	}
+	go func() {
+		n := 0
+		for k := 0; k < 100; k++ {
+			n += len(g.Drain())
+		}
+		drained <- n
+	}()
+	wg.Wait()
+	total := <-drained + len(g.Drain())
+	if total != 1600 || sunk.get() != 1600 {
+		t.Fatalf("drained %d, sink %d; want every one of 1600 events once", total, sunk.get())
+	}
+	// The grant's 1000-byte budget was spent along the way; every byte recorded counted.
+	if d := g.Decide(Request{Host: "example.com", Port: 443, Method: "GET", Path: "/f"}); d.Allow || !strings.Contains(d.Reason, "budget") {
+		t.Fatalf("after 1600 bytes of a 1000-byte budget: %+v", d)
+	}
+}
+
+type atomicCount struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (a *atomicCount) add() { a.mu.Lock(); a.n++; a.mu.Unlock() }
+func (a *atomicCount) get() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.n
 }
