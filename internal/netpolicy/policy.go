@@ -19,6 +19,7 @@ import (
 type rule struct {
 	name   string // what Decision.Rule says: "allow:pypi.org", "grant:intent.urls:example.com/docs"
 	source string // Decision.Source: "policy", "intent.packages", "task:url", "ceiling"
+	why    string // what it came from, for Decision.Reason: `network.allow[0] "pypi.org"`, a grant's input
 	host   string // canonical pattern; empty for an address rule
 	prefix netip.Prefix
 	port   int // 0: ports 80 and 443 (and an unknown port)
@@ -255,7 +256,7 @@ func (p *Policy) decide(r Request, tainted bool, used map[string]int64) Decision
 			continue
 		}
 		if !d.bounded() || request && d.matchesRequest(method, cleaned) {
-			return deny(h, d.name, d.source, "denied by the policy")
+			return deny(h, d.name, d.source, "denied by "+d.why)
 		}
 	}
 	now := p.clock()
@@ -293,7 +294,7 @@ func (p *Policy) decide(r Request, tainted bool, used map[string]int64) Decision
 			inspect = inspect || !a.noInspect
 		}
 		return Decision{Allow: true, Host: h, Verdict: api.VerdictAllowed, Rule: a.name, Source: a.source,
-			Inspect: inspect && !r.DNS, Budget: left}
+			Reason: "allowed by " + a.why, Inspect: inspect && !r.DNS, Budget: left}
 	}
 	switch {
 	case spent != nil:
@@ -425,6 +426,7 @@ func Compile(c *Ceiling, np *api.NetworkPolicy, task string, in *api.Intent, now
 		if err != nil {
 			return nil, err
 		}
+		r.why = fmt.Sprintf("network.deny[%d] %q", i, hr.Host)
 		p.deny = append(p.deny, r)
 	}
 	for i, hr := range np.Allow {
@@ -432,7 +434,8 @@ func Compile(c *Ceiling, np *api.NetworkPolicy, task string, in *api.Intent, now
 		if err != nil {
 			return nil, err
 		}
-		if err := c.admit(&r, fmt.Sprintf("network.allow[%d] %q", i, hr.Host)); err != nil {
+		r.why = fmt.Sprintf("network.allow[%d] %q", i, hr.Host)
+		if err := c.admit(&r, r.why); err != nil {
 			return nil, err
 		}
 		p.allow = append(p.allow, r)
@@ -449,6 +452,7 @@ func Compile(c *Ceiling, np *api.NetworkPolicy, task string, in *api.Intent, now
 			}
 			return nil, err
 		}
+		g.rule.why = g.what
 		p.allow = append(p.allow, g.rule)
 	}
 	if p.secrets, err = c.resolveSecrets(np.Secrets, p); err != nil {

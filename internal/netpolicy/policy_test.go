@@ -221,7 +221,7 @@ func TestDecide(t *testing.T) {
 		rule, host     string
 		reason         string
 	}{
-		{"exact name any case", Request{Host: "PYPI.ORG", Port: 443}, true, false, "allow:pypi.org", "pypi.org", ""},
+		{"exact name any case", Request{Host: "PYPI.ORG", Port: 443}, true, false, "allow:pypi.org", "pypi.org", `allowed by network.allow[0] "PyPI.org."`},
 		{"trailing dot", Request{Host: "pypi.org.", Port: 443}, true, false, "allow:pypi.org", "pypi.org", ""},
 		{"bracketed name denied", Request{Host: "[pypi.org]", Port: 443}, false, false, "canonical:invalid", "", "brackets"},
 		{"unknown host", Request{Host: "evil.com", Port: 443}, false, false, "ceiling:allow", "evil.com", ""},
@@ -229,7 +229,7 @@ func TestDecide(t *testing.T) {
 		{"wildcard subdomain", Request{Host: "api.github.com", Port: 443}, true, false, "allow:*.github.com", "api.github.com", ""},
 		{"wildcard deep subdomain", Request{Host: "a.b.github.com", Port: 443}, true, false, "allow:*.github.com", "a.b.github.com", ""},
 		{"wildcard not the apex", Request{Host: "github.com", Port: 443}, false, false, "default:deny", "github.com", ""},
-		{"deny over allow", Request{Host: "gist.github.com", Port: 443}, false, false, "deny:gist.github.com", "gist.github.com", ""},
+		{"deny over allow", Request{Host: "gist.github.com", Port: 443}, false, false, "deny:gist.github.com", "gist.github.com", `denied by network.deny[0] "gist.github.com"`},
 		{"ceiling deny over allow", Request{Host: "x.evil.github.com", Port: 443}, false, false, "ceiling:deny:*.evil.github.com", "x.evil.github.com", ""},
 		{"method allowed", Request{Host: "api.example.com", Port: 443, Method: "GET", Path: "/v1/items"}, true, true, "allow:api.example.com", "api.example.com", ""},
 		{"method refused", Request{Host: "api.example.com", Port: 443, Method: "POST", Path: "/v1/items"}, false, false, "default:deny", "api.example.com", "POST"},
@@ -274,8 +274,8 @@ func TestDecide(t *testing.T) {
 			if want := map[bool]string{true: api.VerdictAllowed, false: api.VerdictDenied}[tc.allow]; d.Verdict != want {
 				t.Fatalf("verdict %q, want %q", d.Verdict, want)
 			}
-			if !d.Allow && d.Reason == "" {
-				t.Fatalf("a denial without a reason: %+v", d)
+			if d.Reason == "" {
+				t.Fatalf("a decision without a reason: %+v", d)
 			}
 			if tc.reason != "" && !strings.Contains(d.Reason, tc.reason) {
 				t.Fatalf("reason %q, want it to say %q", d.Reason, tc.reason)
@@ -342,6 +342,7 @@ func TestGrants(t *testing.T) {
 		{"package index outside its paths", Request{Host: "pypi.org", Port: 443, Method: "GET", Path: "/account/login/"}, false, "default:deny", ""},
 		{"package index connection", Request{Host: "pypi.org", Port: 443}, true, "grant:intent.packages:pypi.org/simple", SourcePackages},
 		{"intent URL", Request{Host: "example.com", Port: 443, Method: "GET", Path: "/data.csv"}, true, "grant:intent.urls:example.com/data.csv", SourceURLs},
+		{"package grant says what granted it", Request{Host: "pypi.org", Port: 443, Method: "HEAD", Path: "/simple/x/"}, true, "grant:intent.packages:pypi.org/simple", SourcePackages},
 		{"intent URL HEAD", Request{Host: "example.com", Port: 443, Method: "HEAD", Path: "/data.csv"}, true, "grant:intent.urls:example.com/data.csv", SourceURLs},
 		{"intent URL is read-only", Request{Host: "example.com", Port: 443, Method: "PUT", Path: "/data.csv"}, false, "default:deny", ""},
 		{"intent URL is path-scoped", Request{Host: "example.com", Port: 443, Method: "GET", Path: "/other"}, false, "default:deny", ""},
@@ -359,10 +360,13 @@ func TestGrants(t *testing.T) {
 			if d.Allow != tc.allow || d.Rule != tc.rule || d.Source != tc.source {
 				t.Fatalf("Decide(%+v) = %+v; want allow %v rule %q source %q", tc.r, d, tc.allow, tc.rule, tc.source)
 			}
-			if d.Allow && (d.Budget != 1000 || !d.Inspect) {
-				t.Fatalf("grant decision %+v: want the ceiling's budget (1000) and inspection", d)
+			if d.Allow && (d.Budget != 1000 || !d.Inspect || !strings.HasPrefix(d.Reason, "allowed by ")) {
+				t.Fatalf("grant decision %+v: want the ceiling's budget (1000), inspection and what granted it", d)
 			}
 		})
+	}
+	if d := NewGuard(p, nil).Decide(Request{Host: "pypi.org", Port: 443, Method: "GET", Path: "/simple/requests/"}); d.Reason != "allowed by intent.packages (requests,numpy) -> pypi.org/simple" {
+		t.Fatalf("reason %q does not name the intent that granted it", d.Reason)
 	}
 	for _, g := range p.Grants() {
 		if !strings.Contains(g, "budget 1000 bytes") || !strings.Contains(g, "until 2026-12-01T12:10:00Z") || !strings.Contains(g, "(source ") {
