@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -240,14 +241,22 @@ func NewCeiling(cfg CeilingConfig) (*Ceiling, error) {
 		return nil, cfgErr(cfg.DLPMin, "dlp_min %q is stronger than the default dlp %q", c.DLPMin, c.DLP)
 	}
 	for _, cr := range cfg.Allow {
-		host, err := canonicalPattern(cr.Host, true)
+		h, port, err := splitHostPort(cr.Host)
+		if err != nil {
+			return nil, cfgErr(cr.Host, "allow %q: %v", cr.Host, err)
+		}
+		host, err := canonicalPattern(h, true)
 		if err != nil {
 			return nil, cfgErr(cr.Host, "allow %q: %v (addresses go in allow_cidrs)", cr.Host, err)
 		}
 		if IsIP(host) {
 			return nil, cfgErr(cr.Host, "allow %q: addresses go in allow_cidrs", cr.Host)
 		}
-		r := rule{name: "ceiling:allow:" + host, source: "ceiling", host: host, noInspect: cr.NoInspect}
+		name := "ceiling:allow:" + host
+		if port != 0 {
+			name += ":" + strconv.Itoa(port)
+		}
+		r := rule{name: name, source: "ceiling", host: host, port: port, noInspect: cr.NoInspect}
 		for _, m := range cr.Methods {
 			if !validMethod(m) {
 				return nil, cfgErr(m, "allow %q: method %q is not an upper-case HTTP method", cr.Host, m)
@@ -377,13 +386,13 @@ func (c *Ceiling) refuses(h string) (name, why string) {
 }
 
 // permits reports whether some ceiling allow rule lets this through (addresses: refuses decided).
-func (c *Ceiling) permits(h, method, p string, request, noInspect bool) bool {
+func (c *Ceiling) permits(h string, port int, method, p string, request, noInspect bool) bool {
 	if IsIP(h) {
 		return !noInspect || !c.InspectTLS
 	}
 	for i := range c.allow {
 		r := &c.allow[i]
-		if !patternMatches(r.host, h) || request && !r.matchesRequest(method, p) {
+		if !r.matchesHost(h, port) || request && !r.matchesRequest(method, p) {
 			continue
 		}
 		if noInspect && (r.bounded() || c.InspectTLS && !r.noInspect) {
@@ -426,7 +435,7 @@ func (c *Ceiling) admit(r *rule, what string) error {
 	var why string
 	for i := range c.allow {
 		cr := &c.allow[i]
-		if !patternCovers(cr.host, r.host) {
+		if !patternCovers(cr.host, r.host) || !portCovers(cr.port, r.port) {
 			continue
 		}
 		if covering == nil {
@@ -444,6 +453,17 @@ func (c *Ceiling) admit(r *rule, what string) error {
 		return forbidden("%s", why)
 	}
 	return forbidden("ceiling:allow: %s is not among the hosts the server's ceiling allows", what)
+}
+
+// portCovers reports whether a rule on port cp (0: 80 and 443) allows all a rule on port rp does.
+func portCovers(cp, rp int) bool {
+	switch {
+	case cp == rp:
+		return true
+	case cp == 0:
+		return rp == 80 || rp == 443
+	}
+	return false
 }
 
 // narrow fits r inside ceiling rule cr: methods and paths r does not give are cr's, those it gives

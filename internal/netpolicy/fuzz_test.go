@@ -19,6 +19,7 @@ func FuzzDecide(f *testing.F) {
 	f.Add("10.1.2.0/24", "", "", "", "", "0x0a.1.2.3", 443, "", "", false, false)
 	f.Add("*.github.com", "", "", "", "", "x.evil.github.com.", 443, "", "", true, false)
 	f.Add("bank.example", "", "", "", "", "[bank.example]", 443, "", "", false, false)
+	f.Add("pypi.org:22,example.com:8443", "", "", "", "", "pypi.org", 22, "", "", false, false)
 	f.Add("internal.corp", "", "", "", "https://169.254.169.254/latest", "2852039166", 80, "GET", "/latest", false, false)
 	c := mustCeiling(f, testCeiling)
 	f.Fuzz(func(t *testing.T, allow, denyHosts, method, ruleP, task, host string, port int, reqMethod, reqPath string, dns, tainted bool) {
@@ -65,6 +66,9 @@ func FuzzDecide(f *testing.F) {
 			}
 			if strings.HasSuffix(d.Host, ".evil.github.com") {
 				t.Fatalf("allowed %q, which the ceiling denies (%+v)", d.Host, d)
+			}
+			if !dns && port != 0 && port != 80 && port != 443 && !(d.Host == "example.com" && port == 8443) {
+				t.Fatalf("allowed %q on port %d, which the ceiling does not allow (%+v)", d.Host, port, d)
 			}
 		}
 		if dns || reqMethod == "" {

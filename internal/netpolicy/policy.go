@@ -280,7 +280,7 @@ func (p *Policy) decide(r Request, tainted bool, used map[string]int64) Decision
 				continue
 			}
 		}
-		if !p.ceiling.permits(h, method, cleaned, request, a.noInspect) {
+		if !p.ceiling.permits(h, r.Port, method, cleaned, request, a.noInspect) {
 			continue // defence in depth: Compile keeps such rules out
 		}
 		inspect := !a.noInspect && (p.inspect || a.bounded())

@@ -16,7 +16,7 @@ import (
 const testCeiling = `
 allow = [
   "pypi.org", "files.pythonhosted.org", "*.github.com", "github.com", "example.com", "docs.example.org",
-  "pinned.example.net",
+  "pinned.example.net", "example.com:8443",
   { host = "api.example.com", methods = ["GET", "POST"], paths = ["/v1/"] },
   { host = "bank.example", no_inspect = true },
   "internal.corp",
@@ -73,6 +73,7 @@ func TestParseCeilingErrorsNameFileAndLine(t *testing.T) {
 		{"bad ttl", "[grants]\nttl = \"soon\"", "policy.toml:2: grants.ttl"},
 		{"bad index", "[grants]\npackage_indexes = [\"ftp://x/\"]", "policy.toml:2: grants.package_indexes"},
 		{"no_inspect with bounds", "allow = [{ host = \"a.com\", paths = [\"/x\"], no_inspect = true }]", "policy.toml:1: allow \"a.com\": a no_inspect rule"},
+		{"bad ceiling port", "allow = [\"a.com:99999\"]", "policy.toml:1: allow \"a.com:99999\": port"},
 		{"unknown rule key", "allow = [{ host = \"a.com\", port = 8 }]", "unknown key \"port\""},
 		{"wildcard in the middle", "deny = [\"a.*.com\"]", "policy.toml:1: deny \"a.*.com\""},
 	}
@@ -124,6 +125,8 @@ func TestCompileRefusals(t *testing.T) {
 		{"ceiling deny covers the rule", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "x.evil.github.com"}}}, nil, errdefs.Forbidden, "ceiling:deny:*.evil.github.com"},
 		{"method beyond the ceiling rule", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "api.example.com", Methods: []string{"DELETE"}}}}, nil, errdefs.Forbidden, "ceiling:allow:api.example.com: network.allow[0] \"api.example.com\" asks for method DELETE"},
 		{"path beyond the ceiling rule", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "api.example.com", Paths: []string{"/v2/"}}}}, nil, errdefs.Forbidden, "asks for path /v2"},
+		{"port the ceiling does not allow", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org:22"}}}, nil, errdefs.Forbidden, `ceiling:allow: network.allow[0] "pypi.org:22"`},
+		{"intent URL on a port the ceiling does not allow", c, nil, &api.Intent{URLs: []string{"https://pypi.org:8443/x"}}, errdefs.Forbidden, "ceiling:allow: intent.urls[0]"},
 		{"address outside allow_cidrs", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "10.2.0.1"}}}, nil, errdefs.Forbidden, "ceiling:allow_cidrs"},
 		{"range wider than allow_cidrs", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "10.0.0.0/8"}}}, nil, errdefs.Forbidden, "ceiling:allow_cidrs"},
 		{"numeric form of an address outside", c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "2130706433"}}}, nil, errdefs.Forbidden, "ceiling:allow_cidrs"},
@@ -382,7 +385,7 @@ func TestGrantsInsideTheCeiling(t *testing.T) {
 	if !errors.Is(err, errdefs.Forbidden) || !strings.Contains(err.Error(), "ceiling:allow:pypi.org") {
 		t.Fatalf("Compile error %v, want 403 naming the ceiling rule", err)
 	}
-	custom := mustCeiling(t, "allow = [\"pypi.internal\"]\n[grants]\npackage_indexes = [\"https://pypi.internal:8443/root/simple/\"]")
+	custom := mustCeiling(t, "allow = [\"pypi.internal:8443\"]\n[grants]\npackage_indexes = [\"https://pypi.internal:8443/root/simple/\"]")
 	p, err := Compile(custom, nil, "", &api.Intent{Packages: []string{"requests"}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -589,4 +592,22 @@ func (a *atomicCount) get() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.n
+}
+
+// BenchmarkDecide is the cost of one decision the proxy asks for per request (a grant among rules).
+func BenchmarkDecide(b *testing.B) {
+	c := mustCeiling(b, testCeiling)
+	p, err := Compile(c, &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}, {Host: "*.github.com"}, {Host: "api.example.com"}}},
+		"see https://docs.example.org/guide/", &api.Intent{Packages: []string{"requests"}}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := NewGuard(p, nil)
+	r := Request{Host: "Files.PythonHosted.org.", Port: 443, Method: "GET", Path: "/packages/ab/cd/requests-2.32.0-py3-none-any.whl"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := g.Decide(r); !d.Allow {
+			b.Fatal(d)
+		}
+	}
 }
