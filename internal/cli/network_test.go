@@ -88,10 +88,30 @@ func TestServePolicyFlag(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			code := Main(context.Background(), []string{"serve", "--addr", "127.0.0.1:0", "--policy", tc.file}, strings.NewReader(""), &out, &errOut)
-			if code != exitUsage || !strings.Contains(errOut.String(), tc.stderr) {
-				t.Fatalf("exit %d stderr %q; want %d with %q", code, errOut.String(), exitUsage, tc.stderr)
+			for _, cmd := range [][]string{{"serve", "--addr", "127.0.0.1:0"}, {"mcp"}} {
+				code := Main(context.Background(), append(cmd, "--policy", tc.file), strings.NewReader(""), &out, &errOut)
+				if code != exitUsage || !strings.Contains(errOut.String(), tc.stderr) {
+					t.Fatalf("%s: exit %d stderr %q; want %d with %q", cmd[0], code, errOut.String(), exitUsage, tc.stderr)
+				}
 			}
 		})
+	}
+}
+
+// TestReportNetworkEvents: a terminal run says which connections were refused and why; allowed ones
+// are quiet (they are in --json).
+func TestReportNetworkEvents(t *testing.T) {
+	var out, errOut bytes.Buffer
+	e := &env{stdout: &out, stderr: &errOut}
+	res := &api.Result{NetworkEvents: []api.NetworkEvent{
+		{Host: "pypi.org", Method: "GET", Path: "/simple/", Verdict: api.VerdictAllowed, Rule: "allow:pypi.org"},
+		{Host: "evil.com", Method: "POST", Path: "/up", Verdict: api.VerdictDenied, Rule: "default:deny", Reason: "no rule allows POST /up on evil.com"},
+	}}
+	if err := e.report(res, false); err != nil {
+		t.Fatal(err)
+	}
+	want := "agentbox: network denied POST evil.com/up (default:deny): no rule allows POST /up on evil.com\n"
+	if errOut.String() != want || out.Len() != 0 {
+		t.Fatalf("stderr %q, want %q", errOut.String(), want)
 	}
 }
