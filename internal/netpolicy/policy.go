@@ -250,6 +250,8 @@ func (p *Policy) decide(r Request, tainted bool, used map[string]int64) Decision
 			return deny(h, "canonical:invalid", "", err.Error())
 		}
 	}
+	// boundedDeny is a deny rule for some of this host's requests: only inspection can enforce it.
+	var boundedDeny *rule
 	for i := range p.deny {
 		d := &p.deny[i]
 		if !d.matchesHost(h, r.Port) {
@@ -258,6 +260,7 @@ func (p *Policy) decide(r Request, tainted bool, used map[string]int64) Decision
 		if !d.bounded() || request && d.matchesRequest(method, cleaned) {
 			return deny(h, d.name, d.source, "denied by "+d.why)
 		}
+		boundedDeny = d
 	}
 	now := p.clock()
 	var spent, expired *rule
@@ -283,7 +286,10 @@ func (p *Policy) decide(r Request, tainted bool, used map[string]int64) Decision
 		if !p.ceiling.permits(h, r.Port, method, cleaned, request, a.noInspect) {
 			continue // defence in depth: Compile keeps such rules out
 		}
-		inspect := !a.noInspect && (p.inspect || a.bounded())
+		if boundedDeny != nil && a.noInspect && !r.DNS {
+			return deny(h, boundedDeny.name, boundedDeny.source, "denied by "+boundedDeny.why+": it bounds methods or paths of a host allowed without inspection, which cannot be checked")
+		}
+		inspect := !a.noInspect && (p.inspect || a.bounded() || boundedDeny != nil)
 		if tainted && !p.allowWritesAfterDLP {
 			if request && slices.Contains(writeMethods, method) {
 				return deny(h, "flow:dlp", "policy", "a DLP finding was made in this sandbox's traffic, so writes ("+method+") are denied from now on")

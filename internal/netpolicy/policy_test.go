@@ -211,7 +211,8 @@ func TestDecide(t *testing.T) {
 			{Host: "bank.example", NoInspect: true}, {Host: "10.1.2.0/24"}, {Host: "example.com:8443"},
 			{Host: "docs.example.org", Methods: []string{"GET", "PUT"}, Paths: []string{"/guide/"}},
 		},
-		Deny: []api.HostRule{{Host: "gist.github.com"}, {Host: "docs.example.org", Methods: []string{"PUT"}, Paths: []string{"/guide/locked"}}},
+		Deny: []api.HostRule{{Host: "gist.github.com"}, {Host: "docs.example.org", Methods: []string{"PUT"}, Paths: []string{"/guide/locked"}},
+			{Host: "pypi.org", Methods: []string{"DELETE"}}, {Host: "bank.example", Paths: []string{"/transfer"}}},
 	}
 	p, err := Compile(c, np, "", nil, nil)
 	if err != nil {
@@ -224,8 +225,8 @@ func TestDecide(t *testing.T) {
 		rule, host     string
 		reason         string
 	}{
-		{"exact name any case", Request{Host: "PYPI.ORG", Port: 443}, true, false, "allow:pypi.org", "pypi.org", `allowed by network.allow[0] "PyPI.org."`},
-		{"trailing dot", Request{Host: "pypi.org.", Port: 443}, true, false, "allow:pypi.org", "pypi.org", ""},
+		{"exact name any case", Request{Host: "PYPI.ORG", Port: 443}, true, true, "allow:pypi.org", "pypi.org", `allowed by network.allow[0] "PyPI.org."`},
+		{"trailing dot", Request{Host: "pypi.org.", Port: 443}, true, true, "allow:pypi.org", "pypi.org", ""},
 		{"bracketed name denied", Request{Host: "[pypi.org]", Port: 443}, false, false, "canonical:invalid", "", "brackets"},
 		{"unknown host", Request{Host: "evil.com", Port: 443}, false, false, "ceiling:allow", "evil.com", ""},
 		{"ceiling host the policy did not ask for", Request{Host: "example.com", Port: 443}, false, false, "default:deny", "example.com", ""},
@@ -246,10 +247,12 @@ func TestDecide(t *testing.T) {
 		{"bounded deny", Request{Host: "docs.example.org", Port: 443, Method: "PUT", Path: "/guide/locked/x"}, false, false, "deny:docs.example.org", "docs.example.org", ""},
 		{"bounded deny leaves other methods", Request{Host: "docs.example.org", Port: 443, Method: "GET", Path: "/guide/locked/x"}, true, true, "allow:docs.example.org", "docs.example.org", ""},
 		{"bounded deny does not deny the connection", Request{Host: "docs.example.org", Port: 443}, true, true, "allow:docs.example.org", "docs.example.org", ""},
+		{"bounded deny makes an unbounded rule inspected", Request{Host: "pypi.org", Port: 443}, true, true, "allow:pypi.org", "pypi.org", ""},
+		{"bounded deny on a no_inspect host denies the connection", Request{Host: "bank.example", Port: 443}, false, false, "deny:bank.example", "bank.example", "cannot be checked"},
 		{"lower-case method refused", Request{Host: "pypi.org", Port: 443, Method: "get", Path: "/"}, false, false, "canonical:invalid", "pypi.org", ""},
-		{"no_inspect host", Request{Host: "bank.example", Port: 443}, true, false, "allow:bank.example", "bank.example", ""},
+		{"bounded deny on a no_inspect host, port 80 too", Request{Host: "bank.example", Port: 80}, false, false, "deny:bank.example", "bank.example", ""},
 		{"other port refused", Request{Host: "pypi.org", Port: 22}, false, false, "default:deny", "pypi.org", ""},
-		{"port 80 allowed", Request{Host: "pypi.org", Port: 80}, true, false, "allow:pypi.org", "pypi.org", ""},
+		{"port 80 allowed", Request{Host: "pypi.org", Port: 80}, true, true, "allow:pypi.org", "pypi.org", ""},
 		{"explicit port", Request{Host: "example.com", Port: 8443}, true, false, "allow:example.com:8443", "example.com", ""},
 		{"explicit port only", Request{Host: "example.com", Port: 443}, false, false, "default:deny", "example.com", ""},
 		{"address in an allowed range", Request{Host: "10.1.2.3", Port: 443}, true, false, "allow:10.1.2.0/24", "10.1.2.3", ""},
