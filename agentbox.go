@@ -22,4 +22,9 @@ type (
 	SessionInfo    = api.Session
 	FileInfo       = api.FileInfo
 	Tier           = api.Tier
+	NetworkPolicy  = api.NetworkPolicy
+	HostRule       = api.HostRule
+	SecretRule     = api.SecretRule
+	Intent         = api.Intent
+	NetworkEvent   = api.NetworkEvent
 )

@@ -397,6 +397,14 @@ func (s *Session) ListFiles(ctx context.Context, dir string) ([]FileInfo, error)
 	return out.Files, nil
 }
 
+// SetNetwork replaces the session's network policy (PATCH /v1/sessions/{id}/network): it is in force
+// for new connections at once, also while a cell runs, and replaces the grants of the session's task
+// and intent too (an empty policy makes it offline). A policy beyond the server's ceiling is
+// ErrForbidden, its message naming the ceiling rule, and changes nothing.
+func (s *Session) SetNetwork(ctx context.Context, p NetworkPolicy) error {
+	return s.c.doJSON(ctx, http.MethodPatch, s.path("/network"), p, nil)
+}
+
 // Close ends the session. Closing a session that is already gone reports ErrNotFound.
 func (s *Session) Close(ctx context.Context) error {
 	resp, err := s.c.do(ctx, http.MethodDelete, s.path(""), nil, "", "")

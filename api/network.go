@@ -1,8 +1,9 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
-	"errors"
+	"fmt"
 )
 
 // DLP modes: what the egress proxy does with outbound traffic in which a detector found secrets or
@@ -43,6 +44,10 @@ type NetworkPolicy struct {
 	// Secrets are injected by the proxy into requests to their host only; the sandbox never sees
 	// their values.
 	Secrets []SecretRule `json:"secrets,omitempty"`
+	// AllowWritesAfterDLP turns the flow rule off: by default, once DLP found something in a
+	// sandbox's traffic, its later POST, PUT, PATCH and DELETE requests are denied. Only a ceiling
+	// with allow_writes_after_dlp lets a request set it.
+	AllowWritesAfterDLP bool `json:"allow_writes_after_dlp,omitempty"`
 }
 
 // HostRule is one Allow or Deny entry. In JSON it is either a string (the host) or an object.
@@ -66,8 +71,10 @@ func (r *HostRule) UnmarshalJSON(b []byte) error {
 	}
 	type plain HostRule
 	var p plain
-	if err := json.Unmarshal(b, &p); err != nil {
-		return errors.New("a network rule is a host name or an object {host, methods, paths}")
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields() // a mistyped "no_inspect" must not be dropped silently
+	if err := dec.Decode(&p); err != nil {
+		return fmt.Errorf("a network rule is a host name or an object {host, methods, paths, no_inspect}: %w", err)
 	}
 	*r = HostRule(p)
 	return nil

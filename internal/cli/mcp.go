@@ -8,6 +8,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
 // mcp serves the Model Context Protocol on stdin/stdout; logs go to stderr.
@@ -15,10 +16,18 @@ func (e *env) mcp(ctx context.Context, args []string) error {
 	fset := flag.NewFlagSet("mcp", flag.ContinueOnError)
 	fset.SetOutput(e.stderr)
 	tf := addTierFlags(fset, "")
+	policyFile := fset.String("policy", "", "network ceiling (TOML, docs/egress.md) that the tools' network arguments must stay inside; without it sandboxes are offline")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
-	t, err := tf.open(ctx, nano.Config{PoolSize: 2}, dispatch.Config{}, e.log)
+	var ceiling *netpolicy.Ceiling
+	if *policyFile != "" {
+		var err error
+		if ceiling, err = netpolicy.LoadCeiling(*policyFile); err != nil {
+			return usagef("--policy: %w", err)
+		}
+	}
+	t, err := tf.open(ctx, nano.Config{PoolSize: 2}, dispatch.Config{Ceiling: ceiling}, e.log)
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
 // outSpec is one --out REMOTE:LOCAL.
@@ -35,7 +36,13 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	tier := fset.String("tier", "auto", "sandbox tier: auto (chosen from the imports), nano, or heavy (numpy/pandas/matplotlib under gVisor)")
 	rulesFile := fset.String("rules", "", "routing rules (TOML) for --tier auto, over the shipped ones")
 	artifacts := fset.String("artifacts", "", "heavy tier: write charts and other artifacts into this directory")
-	var allow, files, outs multiFlag
+	var allow, files, outs, allowHosts, denyHosts multiFlag
+	fset.Var(&allowHosts, "allow-host", "let the program reach this host: a name, *.name, or an object's host (repeatable; needs --policy)")
+	fset.Var(&denyHosts, "deny-host", "never let the program reach this host (repeatable; wins over --allow-host)")
+	dlp := fset.String("dlp", "", "DLP mode for outbound traffic: block, redact, log or off (default the ceiling's)")
+	inspectTLS := fset.Bool("inspect-tls", false, "terminate TLS so that methods, paths and bodies are checked")
+	task := fset.String("task", "", "the trusted task text: http(s) URLs in it are granted read-only, inside the ceiling")
+	policyFile := fset.String("policy", "", "network ceiling (TOML, docs/egress.md) that --allow-host and --task must stay inside")
 	fset.Var(&allow, "allow-module", "only allow importing this top-level module (repeatable)")
 	fset.Var(&files, "file", "copy LOCAL[:REMOTE] into the sandbox before the run (repeatable; REMOTE defaults to /data/<name>)")
 	fset.Var(&outs, "out", "copy REMOTE:LOCAL out of the sandbox after the run (repeatable; REMOTE is a file under /output)")
@@ -62,7 +69,13 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	req := api.RunRequest{Tier: api.Tier(*tier), Limits: api.Limits{
 		TimeoutMS: int(*timeout / time.Millisecond), MemoryLimitMB: *memory, MaxOutputBytes: *maxOutput,
 		AllowedModules: allow,
-	}}
+	}, Network: networkFlags(allowHosts, denyHosts, *dlp, *inspectTLS), Task: *task}
+	var ceiling *netpolicy.Ceiling
+	if *policyFile != "" {
+		if ceiling, err = netpolicy.LoadCeiling(*policyFile); err != nil {
+			return 0, usagef("--policy: %w", err)
+		}
+	}
 	var code []byte
 	if pos[0] == "-" {
 		code, err = io.ReadAll(e.stdin)
@@ -99,7 +112,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	if len(outSpecs) > 0 {
 		collectMax = maxOut
 	}
-	t := e.openRun(ctx, rules, collectMax)
+	t := e.openRun(ctx, rules, collectMax, ceiling)
 	defer t.close(context.Background())
 
 	var out dispatch.Output
@@ -154,11 +167,34 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	return e.exitCode(&resp.Result, copyErrs), nil
 }
 
+// networkFlags is the network policy of run's flags; nil (offline) when none is given.
+func networkFlags(allow, deny []string, dlp string, inspectTLS bool) *api.NetworkPolicy {
+	if len(allow) == 0 && len(deny) == 0 && dlp == "" && !inspectTLS {
+		return nil
+	}
+	np := &api.NetworkPolicy{DLP: dlp}
+	for _, h := range allow {
+		np.Allow = append(np.Allow, api.HostRule{Host: h})
+	}
+	for _, h := range deny {
+		np.Deny = append(np.Deny, api.HostRule{Host: h})
+	}
+	if inspectTLS {
+		np.InspectTLS = &inspectTLS
+	}
+	return np
+}
+
 // report prints the result: one JSON object, or the notes a terminal user needs (output already
 // streamed through).
 func (e *env) report(res *api.Result, asJSON bool) error {
 	if asJSON {
 		return json.NewEncoder(e.stdout).Encode(res)
+	}
+	for _, ev := range res.NetworkEvents {
+		if ev.Verdict != api.VerdictAllowed {
+			fmt.Fprintf(e.stderr, "agentbox: network %s %s %s%s (%s): %s\n", ev.Verdict, ev.Method, ev.Host, ev.Path, ev.Rule, ev.Reason)
+		}
 	}
 	if res.OutputTruncated {
 		fmt.Fprintln(e.stderr, "agentbox: output truncated at the limit")

@@ -11,6 +11,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/router"
 	"github.com/entersandbox/agentbox/internal/tier"
 )
@@ -27,8 +28,9 @@ type runTiers struct {
 }
 
 // openRun opens the tiers for one run. collectMax caps each /output file the run hands back and
-// their total; zero means the dispatcher's defaults.
-func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64) *runTiers {
+// their total; zero means the dispatcher's defaults. ceiling bounds the run's network (nil: offline
+// only).
+func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64, ceiling *netpolicy.Ceiling) *runTiers {
 	openNano := e.openNano
 	if openNano == nil {
 		openNano = func(ctx context.Context) (*nano.Engine, error) {
@@ -45,7 +47,7 @@ func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64
 		}
 		return eng, nil
 	}}}
-	cfg := dispatch.Config{Rules: rules, Logger: e.log, NanoSlots: 1, HeavySlots: 1,
+	cfg := dispatch.Config{Rules: rules, Logger: e.log, NanoSlots: 1, HeavySlots: 1, Ceiling: ceiling,
 		MaxFileBytes: collectMax, MaxFilesBytes: collectMax,
 		MemoryBudgetMB: -1} // one run: its limits are checked by the engine, there is nothing to share
 	// Only a stat here: whether the run needs heavy is the dispatcher's to decide.

@@ -12,6 +12,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/server"
 )
 
@@ -33,12 +34,20 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	queue := fset.Int("queue", 0, "runs waiting for a slot before 429 (default 32 per slot)")
 	grace := fset.Duration("shutdown-grace", 30*time.Second, "how long in-flight requests may finish on shutdown")
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
+	policyFile := fset.String("policy", "", "network ceiling (TOML, docs/egress.md): the hosts sandboxes may ever reach, hosts always denied, DLP defaults, rule packs, secrets; without it every sandbox is offline")
 	tf := addTierFlags(fset, heavy.DefaultStateDir())
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
 	if *keySessions < 0 || *keyRuns < 0 {
 		return usagef("--key-sessions and --key-runs must be 0 (no cap of its own) or more")
+	}
+	var ceiling *netpolicy.Ceiling
+	if *policyFile != "" {
+		var err error
+		if ceiling, err = netpolicy.LoadCeiling(*policyFile); err != nil {
+			return usagef("--policy: %w", err)
+		}
 	}
 	if k := os.Getenv("AGENTBOX_API_KEY"); k != "" {
 		keys = append(keys, k)
@@ -62,7 +71,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if *logJSON {
 		log = slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	dcfg := dispatch.Config{MemoryBudgetMB: *budget, NanoSlots: *concurrent,
+	dcfg := dispatch.Config{MemoryBudgetMB: *budget, NanoSlots: *concurrent, Ceiling: ceiling,
 		TenantLimits: dispatch.TenantLimits{Sessions: *keySessions, Runs: *keyRuns, Queue: *keyQueue}}
 	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue}, dcfg, log)
 	if err != nil {
@@ -76,7 +85,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	log.Info("agentbox serving", "addr", *addr, "auth", len(keys)+len(keyed) > 0, "keys", len(keys)+len(keyed), "heavy", t.heavy != nil,
-		"memory_budget_mb", t.Stats().MemoryBudgetMB)
+		"memory_budget_mb", t.Stats().MemoryBudgetMB, "network_ceiling", *policyFile)
 	select {
 	case err = <-errc:
 	case <-ctx.Done():

@@ -20,6 +20,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/router"
 	"github.com/entersandbox/agentbox/internal/tier"
 )
@@ -64,6 +65,12 @@ type Config struct {
 	MaxReplayBytes int
 	// Logger receives session moves and reaping; nil discards.
 	Logger *slog.Logger
+	// Ceiling bounds every run's and session's network (agentbox serve --policy); nil means no
+	// ceiling: only offline sandboxes, and a request asking for a network is refused saying so.
+	Ceiling *netpolicy.Ceiling
+	// NetworkSink receives every network event of every sandbox as it is recorded (the audit log);
+	// nil logs them to Logger.
+	NetworkSink func(api.NetworkEvent)
 }
 
 // Output receives a run's output as it is written (what a tier streams, tier.Stream) and the
@@ -196,10 +203,31 @@ func (d *Dispatcher) route(req api.RunRequest) (api.Tier, string) {
 // by its imports, packages and limits, and running it again on heavy when it failed on nano for want
 // of something heavy has. A program's own failure is in the response; the error is for requests that
 // are invalid or cannot be served.
+//
+// Its network policy (req.Network, Task, Intent) is compiled inside the ceiling first; an online one
+// is carried to the tier as a Guard in ctx (netpolicy.WithGuard), and the events it recorded, on
+// every tier the run used, are the result's NetworkEvents.
 func (d *Dispatcher) Run(ctx context.Context, req api.RunRequest, out Output) (*api.RunResponse, error) {
 	if err := d.checkPlacement(req.Tier, req.Packages); err != nil {
 		return nil, err
 	}
+	p, err := d.compileNetwork(req.Network, req.Task, req.Intent)
+	if err != nil {
+		return nil, err
+	}
+	if p.Offline() {
+		return d.run(ctx, req, out)
+	}
+	g := d.newGuard(p, runID())
+	resp, err := d.run(netpolicy.WithGuard(ctx, g), req, out)
+	if resp != nil {
+		resp.NetworkEvents = append(resp.NetworkEvents, g.Drain()...)
+	}
+	return resp, err
+}
+
+// run places and runs req (Run without the network).
+func (d *Dispatcher) run(ctx context.Context, req api.RunRequest, out Output) (*api.RunResponse, error) {
 	reason := fmt.Sprintf("tier %q was asked for", req.Tier)
 	auto := req.Tier == "" || req.Tier == api.TierAuto
 	if auto {

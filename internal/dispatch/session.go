@@ -15,6 +15,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/tier"
 )
 
@@ -56,6 +57,9 @@ type Session struct {
 	replayable   bool   // guarded by mu
 	stay         string // why the session can no longer move, once replayable is false; guarded by mu
 	closed       bool   // guarded by mu
+	// guard is the session's network policy in force, on whichever tier it is; SetNetwork swaps its
+	// policy without waiting for mu.
+	guard *netpolicy.Guard
 
 	// meta lets Info read these without waiting for a running cell. They are written holding mu and
 	// meta, so the reaper, which holds mu, may read lastUsed without meta.
@@ -86,9 +90,16 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	case ttl == 0:
 		ttl = d.cfg.SessionTTL
 	}
+	p, err := d.compileNetwork(req.Network, req.Task, req.Intent)
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now()
 	tenant := TenantOf(ctx)
 	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, created: now, lastUsed: now, replayable: true}
+	// A session always carries its Guard, offline or not, so that PATCH .../network can open it later.
+	s.guard = d.newGuard(p, s.id)
+	ctx = s.withGuard(ctx)
 	tier := req.Tier
 	s.reason = fmt.Sprintf("tier %q was asked for", tier)
 	if tier == "" || tier == api.TierAuto {
@@ -112,6 +123,7 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 		s.place.release()
 		return nil, err
 	}
+	s.guard.Drain() // what installing packages did is not a cell's; the sink has it
 	s.sb, s.limits = sb, lim
 	if onHeavy {
 		s.tier.Store(tierHeavy)
@@ -244,12 +256,23 @@ func (s *Session) movable() bool {
 
 // Run executes code in the session. In a session of tier "auto" on nano, a cell whose imports need
 // heavy moves the session there first, and a cell that fails on nano for want of something heavy has
-// moves it and runs again there; the result's route_reason and fallback_from say so.
+// moves it and runs again there; the result's route_reason and fallback_from say so. The cell's
+// network events (the move's replay included) are the result's NetworkEvents.
 func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result, error) {
 	if err := s.lock(); err != nil {
 		return nil, err
 	}
 	defer s.unlock()
+	res, err := s.run(s.withGuard(ctx), code, out)
+	if res != nil {
+		res.NetworkEvents = append(res.NetworkEvents, s.guard.Drain()...)
+	} else {
+		s.guard.Drain() // a failed cell's events are in the sink, not the next cell's result
+	}
+	return res, err
+}
+
+func (s *Session) run(ctx context.Context, code string, out Output) (*api.Result, error) {
 	// The cell holds one of its tenant's places on the tier it starts on, also while it moves; the
 	// session holds its memory.
 	on := api.TierNano

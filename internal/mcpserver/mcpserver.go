@@ -13,10 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync"
 	"unicode/utf8"
 
+	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/entersandbox/agentbox/api"
@@ -77,7 +79,9 @@ func newServer(sb Sandboxes, version string) (*mcp.Server, *tools) {
 			"Figures a run shows or leaves open come back as PNG images.",
 	})
 	mcp.AddTool(s, &mcp.Tool{Name: "run_python", Description: "Run Python code in a sandbox and return stdout, stderr, the exit code and any error. " +
-		"Without session, every call starts a fresh interpreter; with session, state persists across calls."}, capErrors(t.runPython))
+		"Without session, every call starts a fresh interpreter; with session, state persists across calls. " +
+		"The sandbox is offline unless network (or task/intent) asks for hosts the server's ceiling allows; " +
+		"network_events in the result say what it reached and what was denied.", InputSchema: runInputSchema}, capErrors(t.runPython))
 	mcp.AddTool(s, &mcp.Tool{Name: "write_file", Description: "Write a file into a session's sandbox filesystem (parent directories are created)."}, capErrors(t.writeFile))
 	mcp.AddTool(s, &mcp.Tool{Name: "read_file", Description: "Read a file from a session's sandbox filesystem (text, or base64 for binary content)."}, capErrors(t.readFile))
 	mcp.AddTool(s, &mcp.Tool{Name: "list_files", Description: "List a directory of a session's sandbox filesystem."}, capErrors(t.listFiles))
@@ -114,12 +118,32 @@ func HTTPHandler(sb Sandboxes, version string) http.Handler {
 	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil)
 }
 
+// runInputSchema is RunInput's schema, where a network rule may be a host string or an object, as in
+// the HTTP API (api.HostRule decodes both).
+var runInputSchema = func() *jsonschema.Schema {
+	obj, err := jsonschema.ForType(reflect.TypeFor[api.HostRule](), nil)
+	if err != nil {
+		panic(err)
+	}
+	rule := &jsonschema.Schema{AnyOf: []*jsonschema.Schema{{Type: "string", Description: "a host: name, *.name, address or CIDR"}, obj}}
+	s, err := jsonschema.For[RunInput](&jsonschema.ForOptions{TypeSchemas: map[reflect.Type]*jsonschema.Schema{reflect.TypeFor[api.HostRule](): rule}})
+	if err != nil {
+		panic(err)
+	}
+	return s
+}()
+
 // RunInput is run_python's input.
 type RunInput struct {
 	Code      string `json:"code" jsonschema:"Python source to run"`
 	Session   string `json:"session,omitempty" jsonschema:"name of a session to run in (created on first use); omit for a fresh sandbox"`
 	TimeoutMS int    `json:"timeout_ms,omitempty" jsonschema:"wall-clock limit in milliseconds (default 30000)"`
 	Tier      string `json:"tier,omitempty" jsonschema:"auto (default: chosen from the imports), nano (standard library, fastest) or heavy (numpy, pandas, matplotlib...)"`
+	// Network, Task and Intent are the run's (or the new session's) network; on a session that has
+	// run cells, Network replaces its policy.
+	Network *api.NetworkPolicy `json:"network,omitempty" jsonschema:"the network the sandbox may use, inside the server's ceiling: allow (hosts as {\"host\": \"pypi.org\"} objects, optionally with methods, paths), deny, dlp (block, redact, log, off), inspect_tls; omit for offline. On an existing session it replaces the session's policy."`
+	Task    string             `json:"task,omitempty" jsonschema:"the trusted task text: http(s) URLs in it are granted read-only, inside the server's ceiling"`
+	Intent  *api.Intent        `json:"intent,omitempty" jsonschema:"what the task needs: packages (pip names: the package index, read-only), urls (read-only), git (https remotes to fetch)"`
 }
 
 // FileInput names a file or directory in a session.
@@ -166,23 +190,31 @@ func connOf(req *mcp.CallToolRequest) *mcp.ServerSession {
 // session finds (or, with create, starts) the named session of this connection and waits for its
 // turn on it; the caller calls done when its call is over. Only the name map is locked: a session
 // starting (seconds on heavy) holds up only the calls that use the same name.
-func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, tier api.Tier) (s *dispatch.Session, done func(), err error) {
-	s, n, err := t.find(ctx, req, name, create, tier)
+func (t *tools) session(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, sreq api.SessionRequest) (s *dispatch.Session, done func(), err error) {
+	s, _, done, err = t.sessionStarted(ctx, req, name, create, sreq)
+	return s, done, err
+}
+
+// sessionStarted is session, also saying whether this call started it (with sreq).
+func (t *tools) sessionStarted(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, sreq api.SessionRequest) (s *dispatch.Session, started bool, done func(), err error) {
+	s, n, started, err := t.find(ctx, req, name, create, sreq)
 	if err != nil {
-		return nil, nil, err
+		return nil, false, nil, err
 	}
 	select {
 	case n.turn <- struct{}{}:
-		return s, func() { <-n.turn }, nil
+		return s, started, func() { <-n.turn }, nil
 	case <-ctx.Done():
-		return nil, nil, ctx.Err()
+		return nil, false, nil, ctx.Err()
 	}
 }
 
-// find is session without the turn.
-func (t *tools) find(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, tier api.Tier) (*dispatch.Session, *named, error) {
+// find is session without the turn. sreq is the session to start (its tier, network, task and intent);
+// an existing session must be on sreq.Tier, when one is given.
+func (t *tools) find(ctx context.Context, req *mcp.CallToolRequest, name string, create bool, sreq api.SessionRequest) (*dispatch.Session, *named, bool, error) {
+	tier := sreq.Tier
 	if name == "" {
-		return nil, nil, errors.New("session is required: files live in a named session (run_python with the same session name sees them)")
+		return nil, nil, false, errors.New("session is required: files live in a named session (run_python with the same session name sees them)")
 	}
 	key := nameKey{connOf(req), name}
 	for {
@@ -191,30 +223,30 @@ func (t *tools) find(ctx context.Context, req *mcp.CallToolRequest, name string,
 		if !ok {
 			if !create {
 				t.mu.Unlock()
-				return nil, nil, fmt.Errorf("no session %q: run_python or write_file with it creates it", name)
+				return nil, nil, false, fmt.Errorf("no session %q: run_python or write_file with it creates it", name)
 			}
 			n = &named{ready: make(chan struct{}), turn: make(chan struct{}, 1)}
 			t.names[key] = n
 			t.pruneLocked()
 			t.watchLocked(key.conn)
 			t.mu.Unlock()
-			s, err := t.start(ctx, key, n, tier)
-			return s, n, err
+			s, err := t.start(ctx, key, n, sreq)
+			return s, n, true, err
 		}
 		t.mu.Unlock()
 		select {
 		case <-n.ready:
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return nil, nil, false, ctx.Err()
 		}
 		if n.err != nil {
-			return nil, nil, n.err
+			return nil, nil, false, n.err
 		}
 		if s, err := t.sb.Session(ctx, n.id); err == nil {
 			if on := s.Info().Tier; tier != "" && tier != api.TierAuto && tier != on {
-				return nil, nil, fmt.Errorf("session %q is on the %s tier; tier %q applies when a session starts (use another session name)", name, on, tier)
+				return nil, nil, false, fmt.Errorf("session %q is on the %s tier; tier %q applies when a session starts (use another session name)", name, on, tier)
 			}
-			return s, n, nil
+			return s, n, false, nil
 		}
 		t.mu.Lock()
 		if t.names[key] == n {
@@ -222,14 +254,14 @@ func (t *tools) find(ctx context.Context, req *mcp.CallToolRequest, name string,
 		}
 		t.mu.Unlock()
 		if !create {
-			return nil, nil, fmt.Errorf("session %q has ended (idle too long, or its interpreter stopped); run_python with it starts a new one", name)
+			return nil, nil, false, fmt.Errorf("session %q has ended (idle too long, or its interpreter stopped); run_python with it starts a new one", name)
 		}
 	}
 }
 
 // start starts the session for the name n has reserved.
-func (t *tools) start(ctx context.Context, key nameKey, n *named, tier api.Tier) (*dispatch.Session, error) {
-	s, err := t.sb.NewSession(ctx, api.SessionRequest{Tier: tier})
+func (t *tools) start(ctx context.Context, key nameKey, n *named, sreq api.SessionRequest) (*dispatch.Session, error) {
+	s, err := t.sb.NewSession(ctx, sreq)
 	t.mu.Lock()
 	switch {
 	case err != nil:
@@ -310,7 +342,8 @@ func (t *tools) forget(conn *mcp.ServerSession) {
 func (t *tools) runPython(ctx context.Context, req *mcp.CallToolRequest, in RunInput) (*mcp.CallToolResult, *api.Result, error) {
 	var res *api.Result
 	if in.Session == "" {
-		resp, err := t.sb.Run(ctx, api.RunRequest{Code: in.Code, Tier: api.Tier(in.Tier), Limits: api.Limits{TimeoutMS: in.TimeoutMS}}, dispatch.Output{})
+		resp, err := t.sb.Run(ctx, api.RunRequest{Code: in.Code, Tier: api.Tier(in.Tier), Limits: api.Limits{TimeoutMS: in.TimeoutMS},
+			Network: in.Network, Task: in.Task, Intent: in.Intent}, dispatch.Output{})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -319,11 +352,22 @@ func (t *tools) runPython(ctx context.Context, req *mcp.CallToolRequest, in RunI
 		if in.TimeoutMS != 0 {
 			return nil, nil, errors.New("timeout_ms applies to runs without a session; a session keeps the limits it was created with")
 		}
-		s, done, err := t.session(ctx, req, in.Session, true, api.Tier(in.Tier))
+		s, started, done, err := t.sessionStarted(ctx, req, in.Session, true, api.SessionRequest{Tier: api.Tier(in.Tier), Network: in.Network, Task: in.Task, Intent: in.Intent})
 		if err != nil {
 			return nil, nil, err
 		}
 		defer done()
+		if !started {
+			if in.Task != "" || in.Intent != nil {
+				return nil, nil, fmt.Errorf("task and intent apply when session %q starts; pass network to change its policy", in.Session)
+			}
+			if in.Network != nil {
+				// The session was there already: network replaces its policy (PATCH .../network).
+				if err := s.SetNetwork(*in.Network); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
 		if res, err = s.Run(ctx, in.Code, dispatch.Output{}); err != nil {
 			return nil, nil, err
 		}
@@ -369,7 +413,7 @@ func (t *tools) writeFile(ctx context.Context, req *mcp.CallToolRequest, in Writ
 			return nil, WriteOutput{}, fmt.Errorf("content is not valid base64: %w", err)
 		}
 	}
-	s, done, err := t.session(ctx, req, in.Session, true, api.TierAuto)
+	s, done, err := t.session(ctx, req, in.Session, true, api.SessionRequest{Tier: api.TierAuto})
 	if err != nil {
 		return nil, WriteOutput{}, err
 	}
@@ -384,7 +428,7 @@ func (t *tools) readFile(ctx context.Context, req *mcp.CallToolRequest, in FileI
 	if err := limits.CheckPath(in.Path); err != nil {
 		return nil, ReadOutput{}, err
 	}
-	s, done, err := t.session(ctx, req, in.Session, false, "")
+	s, done, err := t.session(ctx, req, in.Session, false, api.SessionRequest{})
 	if err != nil {
 		return nil, ReadOutput{}, err
 	}
@@ -416,7 +460,7 @@ func (t *tools) listFiles(ctx context.Context, req *mcp.CallToolRequest, in File
 	if err := limits.CheckPath(in.Path); err != nil {
 		return nil, ListOutput{}, err
 	}
-	s, done, err := t.session(ctx, req, in.Session, false, "")
+	s, done, err := t.session(ctx, req, in.Session, false, api.SessionRequest{})
 	if err != nil {
 		return nil, ListOutput{}, err
 	}

@@ -55,6 +55,9 @@ type Guard struct {
 	policy  *Policy            // guarded by mu
 	tainted bool               // guarded by mu: a DLP finding was made in this sandbox's traffic
 	events  []api.NetworkEvent // guarded by mu: recorded since the last Drain
+	// used is the bytes each rule or grant has carried (by Decision.Rule, from Record), against its
+	// budget; it outlives Swap, so a grant kept by a new policy keeps what it spent. guarded by mu
+	used map[string]int64
 }
 
 // NewGuard returns a Guard enforcing p; sink, if not nil, receives every event as it is recorded (the
@@ -66,13 +69,14 @@ func NewGuard(p *Policy, sink func(api.NetworkEvent)) *Guard {
 // Decide answers r with the policy in force.
 func (g *Guard) Decide(r Request) Decision {
 	g.mu.Lock()
-	p, tainted := g.policy, g.tainted
-	g.mu.Unlock()
-	return p.decide(r, tainted)
+	defer g.mu.Unlock()
+	return g.policy.decide(r, g.tainted, g.used)
 }
 
 // Record keeps e for the result of the run or cell in progress and passes it to the sink. An event
-// with detectors taints the sandbox (flow rule: see Policy).
+// with detectors taints the sandbox (flow rule: see Policy). Its BytesOut and BytesIn count against
+// the budget of e.Rule (the Decision.Rule that allowed it): report bytes as they flow (several events
+// for one long connection) for the budget to bite mid-transfer.
 func (g *Guard) Record(e api.NetworkEvent) {
 	if e.Time == "" {
 		e.Time = time.Now().UTC().Format(time.RFC3339Nano)
@@ -80,6 +84,12 @@ func (g *Guard) Record(e api.NetworkEvent) {
 	g.mu.Lock()
 	if len(e.Detectors) > 0 {
 		g.tainted = true
+	}
+	if n := max(e.BytesOut, 0) + max(e.BytesIn, 0); n > 0 && e.Rule != "" {
+		if g.used == nil {
+			g.used = map[string]int64{}
+		}
+		g.used[e.Rule] += n
 	}
 	g.events = append(g.events, e)
 	g.mu.Unlock()
@@ -95,6 +105,13 @@ func (g *Guard) Drain() []api.NetworkEvent {
 	ev := g.events
 	g.events = nil
 	return ev
+}
+
+// Tainted reports whether a DLP finding was made in this sandbox's traffic (the flow rule is on).
+func (g *Guard) Tainted() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.tainted
 }
 
 // Swap puts p in force for new connections and requests.

@@ -151,7 +151,8 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	}
 	body := in.RunBody
 	body.Code = *in.Code
-	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: body.Tier, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages}
+	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: body.Tier, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages,
+		Network: body.Network, Task: body.Task, Intent: body.Intent}
 	paths := make([]string, 0, len(body.Files))
 	for p := range body.Files {
 		paths = append(paths, p)
@@ -241,6 +242,24 @@ func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
 		sess.Close()
 		w.WriteHeader(http.StatusNoContent)
 	}
+}
+
+// setNetwork is PATCH /v1/sessions/{id}/network.
+func (s *Server) setNetwork(w http.ResponseWriter, r *http.Request) {
+	sess := s.session(w, r)
+	if sess == nil {
+		return
+	}
+	var body api.NetworkPolicy
+	if err := decode(r, &body); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := sess.SetNetwork(body); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {

@@ -57,6 +57,7 @@ func TestTenantsCannotSeeEachOther(t *testing.T) {
 		{method: "GET", path: base + "/files?dir=/data"},
 		{method: "PUT", path: base + "/files/data%2Fx", body: []byte("x"), contentType: "application/octet-stream"},
 		{method: "GET", path: base + "/files/data%2Fx"},
+		{method: "PATCH", path: base + "/network", body: []byte(`{}`)},
 		{method: "DELETE", path: base},
 	} {
 		t.Run(c.method+" "+strings.TrimPrefix(c.path, base), func(t *testing.T) {

@@ -104,10 +104,20 @@ class SandboxConfig:
     packages: List[str] = field(default_factory=list)
     max_output_bytes: Optional[int] = None
     ttl_s: Optional[int] = None
+    # The network the sandbox may use, as the HTTP API's NetworkPolicy: {"allow": ["pypi.org",
+    # {"host": "api.example.com", "methods": ["GET"], "paths": ["/v1/"]}], "deny": [...], "dlp":
+    # "redact", "inspect_tls": True, "secrets": [...]}. None is offline. It must stay inside the
+    # server's ceiling (ForbiddenError names the rule that refused it). See docs/egress.md.
+    network: Optional[Dict[str, Any]] = None
+    # The trusted task text (http(s) URLs in it are granted read-only) and what it needs:
+    # {"packages": [...], "urls": [...], "git": [...]}.
+    task: Optional[str] = None
+    intent: Optional[Dict[str, List[str]]] = None
 
     def _limits(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
-        for key in ("timeout_ms", "memory_limit_mb", "allowed_modules", "max_output_bytes"):
+        for key in ("timeout_ms", "memory_limit_mb", "allowed_modules", "max_output_bytes",
+                    "network", "task", "intent"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -146,6 +156,10 @@ class SandboxResult:
     # Why runtime "auto" chose the tier; fallback_from is "nano" when a nano run was repeated on heavy.
     route_reason: str = ""
     fallback_from: str = ""
+    # What the sandbox reached and what was denied: dicts with time, host, port, method, path,
+    # bytes_out, bytes_in, verdict (allowed, denied, redacted, blocked_dlp), rule, source, detectors
+    # and reason.
+    network_events: List[Dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -169,6 +183,7 @@ class SandboxResult:
                        for a in (d.get("artifacts") or [])],
             route_reason=d.get("route_reason", ""),
             fallback_from=d.get("fallback_from", ""),
+            network_events=list(d.get("network_events") or []),
         )
 
 
@@ -182,7 +197,7 @@ class _LocalServer:
     LOG_LINES = 200  # lines of the server's log kept
     _MAX_LINE = 64 << 10  # bytes read as one line at most
 
-    def __init__(self, binary: Optional[str]) -> None:
+    def __init__(self, binary: Optional[str], policy: Optional[str] = None) -> None:
         path = binary or os.environ.get("AGENTBOX_BIN") or shutil.which("agentbox")
         if not path:
             raise AgentboxError("url=None starts a local server, but no agentbox binary was found: "
@@ -197,7 +212,10 @@ class _LocalServer:
         # A state root of its own: the default one is locked by the machine's shared server, and an
         # embedded server is private to this process.
         self._state = tempfile.mkdtemp(prefix="agentbox-state-")
-        self.proc = subprocess.Popen([path, "serve", "--addr", f"127.0.0.1:{port}", "--state-dir", self._state], env=env,
+        args = [path, "serve", "--addr", f"127.0.0.1:{port}", "--state-dir", self._state]
+        if policy is not None:
+            args += ["--policy", policy]
+        self.proc = subprocess.Popen(args, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         self._drain = threading.Thread(target=self._read_log, name="agentbox-serve-log", daemon=True)
@@ -251,17 +269,20 @@ class Sandbox:
     session, created on first use). Use as a context manager, or call ``close()``.
 
     With ``url=None`` a local ``agentbox serve`` is started on a free loopback port (the binary is
-    found through ``binary``, ``$AGENTBOX_BIN`` or ``PATH``) and stopped on close.
+    found through ``binary``, ``$AGENTBOX_BIN`` or ``PATH``) and stopped on close; ``policy`` is then
+    its network ceiling file (``agentbox serve --policy``), without which sandboxes are offline.
     """
 
     def __init__(self, config: Optional[SandboxConfig] = None, url: Optional[str] = None,
                  api_key: Optional[str] = None, *, binary: Optional[str] = None,
-                 request_timeout: float = 600.0) -> None:
+                 request_timeout: float = 600.0, policy: Optional[str] = None) -> None:
         self.config = config or SandboxConfig()
         self.config._limits()  # validate early
         self._local: Optional[_LocalServer] = None
+        if policy is not None and url is not None:
+            raise ValueError("policy is the embedded server's ceiling; a server at url has its own")
         if url is None:
-            self._local = _LocalServer(binary)
+            self._local = _LocalServer(binary, policy)
             url, api_key = self._local.url, self._local.api_key
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -385,6 +406,16 @@ class Sandbox:
         if on_stdout is None and on_stderr is None and on_fallback is None:
             return SandboxResult._from_json(self._json("POST", "/v1/run", payload))
         return SandboxResult._from_json(self._stream("/v1/run", payload, on_stdout, on_stderr, on_fallback))
+
+    def set_network(self, policy: Dict[str, Any]) -> None:
+        """Replace this sandbox's network policy (PATCH /v1/sessions/{id}/network), creating the session
+        first if need be. It is in force for new connections at once, also while a cell runs, and
+        replaces the grants of the config's task and intent too; ``{}`` makes the sandbox offline.
+        A policy beyond the server's ceiling raises ``ForbiddenError`` naming the rule and changes
+        nothing."""
+        if not isinstance(policy, dict):
+            raise TypeError(f"policy must be a dict (the API's NetworkPolicy), not {type(policy).__name__}")
+        self._json("PATCH", self._session_path() + "/network", policy)
 
     def upload_file(self, local_path: str, remote_path: str) -> None:
         """Copy a local file into the sandbox (parent directories are created)."""
