@@ -168,8 +168,13 @@ func writeResponse(w http.ResponseWriter, resp *http.Response) {
 			}
 			_ = rc.Flush() // streamed responses (server-sent events) reach the sandbox as they come
 		}
-		if err != nil {
+		if errors.Is(err, io.EOF) {
 			return
+		}
+		if err != nil {
+			// Cut off (budget, upstream failure): abort, so the client sees a broken response
+			// rather than a complete short one.
+			panic(http.ErrAbortHandler)
 		}
 	}
 }
@@ -375,6 +380,9 @@ func containsStr(xs []string, s string) bool {
 func (p *Proxy) refuse(g Guard, ev api.NetworkEvent, status int, verdict, rule, reason string) *http.Response {
 	if rule == "" {
 		rule = "default:deny"
+	}
+	if rule != ev.Rule {
+		ev.Source = "" // the refusal is the proxy's own, not the rule or grant that allowed the host
 	}
 	ev.Verdict, ev.Rule, ev.Reason = verdict, rule, reason
 	p.record(g, ev)
