@@ -78,13 +78,17 @@ func (p *Proxy) answerDNS(a *attachment, pkt []byte) []byte {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), dnsResolveT)
 	defer cancel()
-	ap, err := p.resolve(ctx, d.Host, 0)
+	target := d.Host
+	if target == "" {
+		target = canonName(name)
+	}
+	ap, err := p.resolve(ctx, target, 0)
 	if err != nil {
 		rule, reason := "resolve:failed", err.Error()
 		if rf, ok := refusalOf(err); ok {
 			rule, reason = rf.rule, rf.reason
 		}
-		p.record(a.g, api.NetworkEvent{Host: d.Host, Port: 53, Method: "DNS", Verdict: api.VerdictDenied, Rule: rule, Reason: reason})
+		p.record(a.g, api.NetworkEvent{Host: target, Port: 53, Method: "DNS", Verdict: api.VerdictDenied, Rule: rule, Reason: reason})
 		if strings.HasPrefix(rule, "resolve:") {
 			return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
 		}
@@ -94,7 +98,7 @@ func (p *Proxy) answerDNS(a *attachment, pkt []byte) []byte {
 	if !ip.Is4() {
 		return reply(h, qs, dnsmessage.RCodeSuccess, nil)
 	}
-	a.remember(ip, d.Host)
+	a.remember(ip, target)
 	return reply(h, qs, dnsmessage.RCodeSuccess, []netip.Addr{ip})
 }
 

@@ -191,20 +191,25 @@ func reqEvent(r *http.Request, dst netip.AddrPort) api.NetworkEvent {
 // bridge). It always returns a response; refusals are synthesised and already recorded, a forwarded
 // response records its event when its body is done.
 func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme string, dst netip.AddrPort) *http.Response {
-	host, port := splitHost(r.Host, scheme)
+	// The port: the Host header's, else the one the sandbox dialled, else the scheme's.
+	host, port := splitHost(r.Host, "")
 	if port == 0 && dst.IsValid() {
 		port = int(dst.Port())
+	}
+	if port == 0 {
+		_, port = splitHost("", scheme)
 	}
 	path := r.URL.EscapedPath()
 	if path == "" {
 		path = "/"
 	}
 	d := g.Decide(netpolicy.Request{Host: host, Port: port, Addr: dst, Method: r.Method, Path: path})
-	ev := api.NetworkEvent{Host: d.Host, Port: port, Method: r.Method, Path: r.URL.Path,
-		Verdict: d.Verdict, Rule: d.Rule, Source: d.Source, Reason: d.Reason}
-	if ev.Host == "" {
-		ev.Host = canonName(host)
+	target := d.Host // canonical, as the policy matched it
+	if target == "" {
+		target = canonName(host)
 	}
+	ev := api.NetworkEvent{Host: target, Port: port, Method: r.Method, Path: r.URL.Path,
+		Verdict: d.Verdict, Rule: d.Rule, Source: d.Source, Reason: d.Reason}
 	if !d.Allow {
 		return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, d.Rule, d.Reason)
 	}
@@ -229,7 +234,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	// The sandbox's own request is checked before the proxy adds anything to it.
 	secrets := g.Secrets()
 	for _, s := range secrets {
-		if canonName(s.Host) != d.Host && leaks(r, body, s.Value) {
+		if canonName(s.Host) != target && leaks(r, body, s.Value) {
 			ev.Detectors = []string{detectorSecret}
 			return p.refuse(g, ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleSecretLeak,
 				fmt.Sprintf("the request carries the brokered secret for %s (header %s)", s.Host, s.Header))
@@ -253,7 +258,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	}
 
 	out, err := http.NewRequestWithContext(ctx, r.Method, (&url.URL{
-		Scheme: scheme, Host: joinHost(d.Host, port, scheme), Opaque: r.URL.Opaque,
+		Scheme: scheme, Host: joinHost(target, port, scheme), Opaque: r.URL.Opaque,
 		Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery,
 	}).String(), bytes.NewReader(body))
 	if err != nil {
@@ -266,7 +271,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 		out.Body = http.NoBody
 	}
 	for _, s := range secrets {
-		if canonName(s.Host) == d.Host {
+		if canonName(s.Host) == target {
 			out.Header.Set(s.Header, s.Value) // replaces whatever the sandbox sent under that name
 		}
 	}

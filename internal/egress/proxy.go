@@ -113,6 +113,7 @@ type Proxy struct {
 	self     []netip.AddrPort           // guarded by mu: the listeners' addresses
 	tcp      net.Listener               // guarded by mu
 	udp      *net.UDPConn               // guarded by mu
+	cancel   context.CancelFunc         // guarded by mu: ends the connections' context
 	closed   bool                       // guarded by mu
 	stopped  chan struct{}              // closed by Close
 	wg       sync.WaitGroup
@@ -232,18 +233,20 @@ func (p *Proxy) Start(ctx context.Context) error {
 		udp.Close()
 		return errors.New("egress: proxy closed")
 	}
-	p.tcp, p.udp = ln, udp
+	// Connections live under their own context, cancelled by Close as well as by ctx, so that
+	// in-flight upstream requests stop with them.
+	ctx, cancel := context.WithCancel(ctx)
+	p.tcp, p.udp, p.cancel = ln, udp, cancel
 	p.self = []netip.AddrPort{netAddrPort(ln.Addr()), netAddrPort(udp.LocalAddr())}
 	p.mu.Unlock()
-	p.wg.Add(3)
 	go func() {
-		defer p.wg.Done()
 		select {
 		case <-ctx.Done():
 			p.Close()
 		case <-p.stopped:
 		}
 	}()
+	p.wg.Add(2)
 	go func() { defer p.wg.Done(); p.acceptLoop(ctx, ln) }()
 	go func() { defer p.wg.Done(); p.serveDNS(udp) }()
 	return nil
@@ -285,7 +288,7 @@ func (p *Proxy) selfAddrs() []netip.AddrPort {
 	return p.self
 }
 
-// Close stops the listeners and every open connection.
+// Close stops the listeners and every open connection, and returns once their goroutines are done.
 func (p *Proxy) Close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -294,7 +297,7 @@ func (p *Proxy) Close() error {
 	}
 	p.closed = true
 	close(p.stopped)
-	ln, udp := p.tcp, p.udp
+	ln, udp, cancel := p.tcp, p.udp, p.cancel
 	atts := make([]*attachment, 0, len(p.attached))
 	for _, a := range p.attached {
 		atts = append(atts, a)
@@ -307,9 +310,13 @@ func (p *Proxy) Close() error {
 	if udp != nil {
 		udp.Close()
 	}
+	if cancel != nil {
+		cancel()
+	}
 	for _, a := range atts {
 		a.close()
 	}
+	p.wg.Wait()
 	p.transport.CloseIdleConnections()
 	return nil
 }
@@ -532,7 +539,7 @@ func (p *Proxy) serveTLS(ctx context.Context, a *attachment, c net.Conn, br *buf
 	}
 	conn := withPrefix(c, consumed, br)
 	if d.Inspect && h.sni != "" {
-		p.inspect(ctx, a, conn, d.Host, dst)
+		p.inspect(ctx, a, conn, h.sni, dst)
 		return
 	}
 	p.relay(ctx, a, conn, ev, d)

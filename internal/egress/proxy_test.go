@@ -564,4 +564,3 @@ func TestRoundTripForNano(t *testing.T) {
 		}
 	}
 }
-

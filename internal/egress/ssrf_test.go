@@ -42,7 +42,7 @@ func TestClassify(t *testing.T) {
 		{"240.0.0.1", "ssrf:reserved"},
 		{"8.8.4.4", "ssrf:host"}, // the host's own address, even a public one
 		{"10.200.3.2", "ssrf:sandbox"},
-		{"10.50.1.1", ""},          // inside an allowed CIDR
+		{"10.50.1.1", ""},              // inside an allowed CIDR
 		{"10.200.0.2", "ssrf:sandbox"}, // 10/8 is allowed, the sandboxes' range never is
 	}
 	for _, tc := range cases {
