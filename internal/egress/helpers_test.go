@@ -98,7 +98,7 @@ type testCA struct {
 	pemFile string
 }
 
-func newTestCA(t *testing.T) *testCA {
+func newTestCA(t testing.TB) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -119,7 +119,7 @@ func newTestCA(t *testing.T) *testCA {
 	return &testCA{cert: cert, key: key, pemFile: f}
 }
 
-func (ca *testCA) leaf(t *testing.T, names ...string) tls.Certificate {
+func (ca *testCA) leaf(t testing.TB, names ...string) tls.Certificate {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
@@ -184,7 +184,7 @@ func upstream(t testing.TB, ca *testCA, addr string, names ...string) (*httptest
 	srv.Listener = ln
 	if ca != nil {
 		srv.EnableHTTP2 = true
-		srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.leaf(t.(*testing.T), names...)}}
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.leaf(t, names...)}}
 		srv.StartTLS()
 	} else {
 		srv.Start()
@@ -209,7 +209,7 @@ type rig struct {
 	extraResolve []string
 }
 
-func newRig(t *testing.T, mut func(*Config)) *rig {
+func newRig(t testing.TB, mut func(*Config)) *rig {
 	t.Helper()
 	ca := newTestCA(t)
 	hs, sh := upstream(t, ca, "127.0.0.2:0", "api.test", "other.test")
@@ -262,6 +262,12 @@ func (r *rig) pair(t testing.TB, src netip.Addr, dst netip.AddrPort) net.Conn {
 // client is a sandbox's HTTP client: every connection goes through the proxy's connection handler
 // as if redirected by nftables (port 443 for https, 80 for http), and it trusts the proxy's CA.
 func (r *rig) client(t testing.TB, src netip.Addr, h2 bool) *http.Client {
+	return r.clientWith(t, src, h2, h2)
+}
+
+// clientWith is client with keep-alives chosen (HTTP/1.1 clients in tests open a connection per
+// request, so each one is decided and its event recorded promptly).
+func (r *rig) clientWith(t testing.TB, src netip.Addr, h2, keepAlive bool) *http.Client {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(r.p.CACertPEM())
 	tr := &http.Transport{
@@ -270,9 +276,10 @@ func (r *rig) client(t testing.TB, src netip.Addr, h2 bool) *http.Client {
 			dst := netip.MustParseAddrPort("198.51.100.7:" + port)
 			return r.pair(t, src, dst), nil
 		},
-		TLSClientConfig:   &tls.Config{RootCAs: roots},
-		ForceAttemptHTTP2: h2,
-		DisableKeepAlives: !h2,
+		TLSClientConfig:     &tls.Config{RootCAs: roots},
+		ForceAttemptHTTP2:   h2,
+		DisableKeepAlives:   !keepAlive,
+		MaxIdleConnsPerHost: 64,
 	}
 	if !h2 {
 		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
