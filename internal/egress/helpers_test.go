@@ -206,7 +206,6 @@ type rig struct {
 	seenS, seenP *seen
 	ctx          context.Context
 	dst          netip.AddrPort // what the "sandbox" dialled: the proxy must ignore it
-	extraResolve []string
 }
 
 func newRig(t testing.TB, mut func(*Config)) *rig {

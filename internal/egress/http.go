@@ -18,8 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
@@ -84,7 +82,7 @@ func (p *Proxy) RoundTrip(ctx context.Context, g Guard, req *http.Request) (*htt
 
 // serveHTTP serves plain HTTP/1 from a sandbox connection.
 func (p *Proxy) serveHTTP(ctx context.Context, a *attachment, c net.Conn, dst netip.AddrPort) {
-	p.serveHTTP1(c, p.handler(ctx, a, "http", dst, ""))
+	p.serveOne(ctx, c, p.handler(ctx, a, "http", dst, ""))
 }
 
 // inspect terminates TLS with a leaf for sni and serves HTTP/1.1 or HTTP/2 inside it.
@@ -105,28 +103,26 @@ func (p *Proxy) inspect(ctx context.Context, a *attachment, c net.Conn, sni stri
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	h := p.handler(ctx, a, "https", dst, sni)
-	if tc.ConnectionState().NegotiatedProtocol == "h2" {
-		(&http2.Server{}).ServeConn(tc, &http2.ServeConnOpts{Context: ctx, Handler: h, BaseConfig: p.httpServer(h)})
-		return
-	}
-	p.serveHTTP1(tc, h)
+	// net/http serves h2 itself when it is handed the *tls.Conn that negotiated it.
+	p.serveOne(ctx, tc, p.handler(ctx, a, "https", dst, sni))
 }
 
-func (p *Proxy) httpServer(h http.Handler) *http.Server {
-	return &http.Server{
+// serveOne serves HTTP on the single connection c until it is closed.
+func (p *Proxy) serveOne(ctx context.Context, c net.Conn, h http.Handler) {
+	l := newConnListener(c)
+	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: helloTimeout,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateClosed || s == http.StateHijacked {
+				l.closed()
+			}
+		},
 	}
-}
-
-// serveHTTP1 serves c with net/http until the client closes it.
-func (p *Proxy) serveHTTP1(c net.Conn, h http.Handler) {
-	srv := p.httpServer(h)
-	srv.SetKeepAlivesEnabled(true)
-	_ = srv.Serve(newConnListener(c))
+	_ = srv.Serve(l)
 }
 
 // handler answers a sandbox's requests on one connection; sni, when set, is the TLS server name the
@@ -565,19 +561,18 @@ func joinHost(host string, port int, scheme string) string {
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }
 
-// connListener serves exactly one connection to an http.Server, then reports closed once that
-// connection is.
+// connListener serves exactly one connection to an http.Server, then reports closed once the
+// server is done with that connection (http.Server.ConnState calls closed).
 type connListener struct {
 	mu   sync.Mutex
 	c    net.Conn // guarded by mu: nil once handed out
 	done chan struct{}
+	once sync.Once
 	addr net.Addr
 }
 
 func newConnListener(c net.Conn) *connListener {
-	l := &connListener{done: make(chan struct{}), addr: c.LocalAddr()}
-	l.c = &closeNotifyConn{Conn: c, done: l.done}
-	return l
+	return &connListener{c: c, done: make(chan struct{}), addr: c.LocalAddr()}
 }
 
 func (l *connListener) Accept() (net.Conn, error) {
@@ -592,17 +587,6 @@ func (l *connListener) Accept() (net.Conn, error) {
 	return nil, net.ErrClosed
 }
 
+func (l *connListener) closed()        { l.once.Do(func() { close(l.done) }) }
 func (l *connListener) Close() error   { return nil }
 func (l *connListener) Addr() net.Addr { return l.addr }
-
-type closeNotifyConn struct {
-	net.Conn
-	once sync.Once
-	done chan struct{}
-}
-
-func (c *closeNotifyConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { close(c.done) })
-	return err
-}

@@ -190,6 +190,12 @@ func TestPlainHTTP(t *testing.T) {
 	if body := readAll(t, resp); resp.StatusCode != 403 || !strings.Contains(body, "default:deny") || resp.Header.Get("X-Agentbox-Rule") != "default:deny" {
 		t.Fatalf("%d %q, want 403 naming default:deny", resp.StatusCode, body)
 	}
+	g.eventsEventually(t, 2)
+	m := r.p.Metrics()
+	if m.Connections < 2 || m.BytesIn == 0 || m.Verdicts[VerdictRule{api.VerdictDenied, "default:deny"}] != 1 ||
+		m.Verdicts[VerdictRule{api.VerdictAllowed, "allow:plain.test"}] != 1 {
+		t.Fatalf("metrics %+v", m)
+	}
 }
 
 func TestRedirectToPrivateAddressIsDecidedPerHop(t *testing.T) {
