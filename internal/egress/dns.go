@@ -82,7 +82,7 @@ func (p *Proxy) answerDNS(a *attachment, pkt []byte) []byte {
 	if target == "" {
 		target = canonName(name)
 	}
-	ap, err := p.resolve(ctx, target, 0)
+	ap, err := p.resolve(ctx, a.g, target, 0)
 	if err != nil {
 		rule, reason := "resolve:failed", err.Error()
 		if rf, ok := refusalOf(err); ok {

@@ -33,6 +33,7 @@ type fakeGuard struct {
 	secrets []api.SecretRule
 	mode    string
 	resp    bool
+	ranges  []netip.Prefix
 
 	mu     sync.Mutex
 	events []api.NetworkEvent  // guarded by mu
@@ -63,8 +64,34 @@ func (g *fakeGuard) Record(e api.NetworkEvent) {
 	g.mu.Unlock()
 }
 
-func (g *fakeGuard) Secrets() []api.SecretRule          { return g.secrets }
+func (g *fakeGuard) Secrets(host string) []api.SecretRule {
+	var out []api.SecretRule
+	for _, s := range g.secrets {
+		if s.Host == host {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (g *fakeGuard) SecretValues() []string {
+	var out []string
+	for _, s := range g.secrets {
+		out = append(out, s.Value)
+	}
+	return out
+}
+
 func (g *fakeGuard) DLP() (mode string, responses bool) { return g.mode, g.resp }
+
+func (g *fakeGuard) RangeAllowed(a netip.Addr) bool {
+	for _, p := range g.ranges {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
 
 // eventsEventually returns the events once there are at least n (events of forwarded requests are
 // recorded when the body is done, which may trail the client by a moment).

@@ -227,13 +227,18 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 			fmt.Sprintf("byte budget of %d exhausted", d.Budget))
 	}
 
-	// The sandbox's own request is checked before the proxy adds anything to it.
-	secrets := g.Secrets()
+	// The sandbox's own request is checked before the proxy adds anything to it: a brokered value
+	// may only ever reach the host it is for.
+	secrets := g.Secrets(target)
+	own := map[string]bool{}
 	for _, s := range secrets {
-		if canonName(s.Host) != target && leaks(r, body, s.Value) {
+		own[s.Value] = true
+	}
+	for _, v := range g.SecretValues() {
+		if !own[v] && leaks(r, body, v) {
 			ev.Detectors = []string{detectorSecret}
 			return p.refuse(g, ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleSecretLeak,
-				fmt.Sprintf("the request carries the brokered secret for %s (header %s)", s.Host, s.Header))
+				"the request carries a brokered secret of another host")
 		}
 	}
 	mode, scanResponses := g.DLP()
@@ -267,11 +272,9 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 		out.Body = http.NoBody
 	}
 	for _, s := range secrets {
-		if canonName(s.Host) == target {
-			out.Header.Set(s.Header, s.Value) // replaces whatever the sandbox sent under that name
-		}
+		out.Header.Set(s.Header, s.Value) // replaces whatever the sandbox sent under that name
 	}
-	resp, err := p.transport.RoundTrip(out)
+	resp, err := p.transportFor(g).RoundTrip(out)
 	if err != nil {
 		if rf, ok := refusalOf(err); ok {
 			return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, rf.rule, rf.reason)

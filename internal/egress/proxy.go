@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"reflect"
 	"sync"
 	"time"
 
@@ -31,10 +32,14 @@ import (
 type Guard interface {
 	Decide(netpolicy.Request) netpolicy.Decision
 	Record(api.NetworkEvent)
-	// Secrets are the headers to set on requests to their hosts, values resolved.
-	Secrets() []api.SecretRule
+	// Secrets are the headers to set on requests to host (canonical), values resolved.
+	Secrets(host string) []api.SecretRule
+	// SecretValues are all brokered secret values: none may go to a host that is not its own.
+	SecretValues() []string
 	// DLP is the mode in force (api.DLP*; "" is off) and whether responses are scanned too.
 	DLP() (mode string, responses bool)
+	// RangeAllowed reports whether the policy's ceiling opens a (private, loopback...) address.
+	RangeAllowed(netip.Addr) bool
 }
 
 // Config configures a Proxy.
@@ -105,18 +110,21 @@ type Proxy struct {
 	pins      map[string]pin
 	sandboxes netip.Prefix
 	own       map[netip.Addr]bool // the host's own addresses, read at New
-	transport *http.Transport     // forwards inspected and plain HTTP requests; dials via dialHost
 	met       metrics
 
 	mu       sync.Mutex
 	attached map[netip.Addr]*attachment // guarded by mu: by sandbox source address
-	self     []netip.AddrPort           // guarded by mu: the listeners' addresses
-	tcp      net.Listener               // guarded by mu
-	udp      *net.UDPConn               // guarded by mu
-	cancel   context.CancelFunc         // guarded by mu: ends the connections' context
-	closed   bool                       // guarded by mu
-	stopped  chan struct{}              // closed by Close
-	wg       sync.WaitGroup
+	// transports forward inspected and plain HTTP requests, one per Guard: upstream connections
+	// are never shared between sandboxes, and each dials under its own policy's ranges.
+	transports map[Guard]*guardTransport // guarded by mu
+	roots      *x509.CertPool
+	self       []netip.AddrPort   // guarded by mu: the listeners' addresses
+	tcp        net.Listener       // guarded by mu
+	udp        *net.UDPConn       // guarded by mu
+	cancel     context.CancelFunc // guarded by mu: ends the connections' context
+	closed     bool               // guarded by mu
+	stopped    chan struct{}      // closed by Close
+	wg         sync.WaitGroup
 }
 
 // attachment is a Guard attached to one sandbox address, with the connections it has open.
@@ -171,16 +179,8 @@ func New(cfg Config) (*Proxy, error) {
 	if !p.sandboxes.IsValid() {
 		p.sandboxes = netip.MustParsePrefix("10.200.0.0/16")
 	}
-	p.transport = &http.Transport{
-		DialContext:           p.dialHost,
-		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
-		ForceAttemptHTTP2:     true,
-		MaxIdleConnsPerHost:   16,
-		IdleConnTimeout:       60 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
-		DisableCompression:    true, // pass the upstream's encoding through untouched
-	}
+	p.roots = roots
+	p.transports = map[Guard]*guardTransport{}
 	p.met.init()
 	return p, nil
 }
@@ -317,7 +317,13 @@ func (p *Proxy) Close() error {
 		a.close()
 	}
 	p.wg.Wait()
-	p.transport.CloseIdleConnections()
+	p.mu.Lock()
+	trs := p.transports
+	p.transports = map[Guard]*guardTransport{}
+	p.mu.Unlock()
+	for _, t := range trs {
+		t.tr.CloseIdleConnections()
+	}
 	return nil
 }
 
@@ -326,6 +332,17 @@ func (p *Proxy) Close() error {
 // after another Attach of src, does nothing to the newer attachment.
 func (p *Proxy) Attach(src netip.Addr, g Guard) (detach func()) {
 	src = src.Unmap()
+	if isNil(g) {
+		// Nothing to decide with: the source stays (or becomes) unattached, refused at once.
+		p.mu.Lock()
+		old := p.attached[src]
+		delete(p.attached, src)
+		p.mu.Unlock()
+		if old != nil {
+			old.close()
+		}
+		return func() {}
+	}
 	a := &attachment{g: g, names: map[netip.Addr]string{}, conns: map[net.Conn]struct{}{}}
 	p.mu.Lock()
 	old := p.attached[src]
@@ -471,9 +488,11 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// looksHTTP reports whether the client's first bytes are an HTTP/1 request line's method.
+// looksHTTP reports whether the client's first bytes are (the start of) an HTTP/1 request line's
+// method. It looks only at what is buffered, so a raw client that sent a few bytes and waits is not
+// held up.
 func looksHTTP(br *bufio.Reader) bool {
-	b, _ := br.Peek(8)
+	b, _ := br.Peek(min(br.Buffered(), 8))
 	for _, m := range []string{"GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "PATCH ", "OPTIONS ", "CONNECT ", "TRACE "} {
 		n := min(len(m), len(b))
 		if n > 0 && string(b[:n]) == m[:n] && (n == len(m) || len(b) < len(m)) {
@@ -578,12 +597,12 @@ func (p *Proxy) relay(ctx context.Context, a *attachment, c net.Conn, ev api.Net
 	if host == "" {
 		host = ev.Host
 	}
-	ap, err := p.resolve(ctx, host, uint16(ev.Port))
+	ap, err := p.resolve(ctx, a.g, host, uint16(ev.Port))
 	if err != nil {
 		p.refuseConn(a, c, ev, err)
 		return
 	}
-	up, err := p.dialChecked(ctx, ap)
+	up, err := p.dialChecked(ctx, a.g, ap)
 	if err != nil {
 		p.refuseConn(a, c, ev, err)
 		return
@@ -675,4 +694,54 @@ func closeWrite(c net.Conn) {
 			return
 		}
 	}
+}
+
+// isNil reports a nil Guard, also a typed nil pointer inside the interface.
+func isNil(g Guard) bool {
+	if g == nil {
+		return true
+	}
+	v := reflect.ValueOf(g)
+	return v.Kind() == reflect.Pointer && v.IsNil()
+}
+
+// guardTransport is one Guard's forwarding transport.
+type guardTransport struct {
+	tr   *http.Transport
+	used time.Time // guarded by Proxy.mu
+}
+
+// transportIdle is how long a Guard's transport outlives its last request.
+const transportIdle = 2 * time.Minute
+
+// transportFor returns g's transport, creating it; transports idle for transportIdle are dropped
+// on the way (a Guard has no end the proxy could see).
+func (p *Proxy) transportFor(g Guard) *http.Transport {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, t := range p.transports {
+		if k != g && now.Sub(t.used) > transportIdle {
+			t.tr.CloseIdleConnections()
+			delete(p.transports, k)
+		}
+	}
+	if t, ok := p.transports[g]; ok {
+		t.used = now
+		return t.tr
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return p.dialHost(ctx, g, addr)
+		},
+		TLSClientConfig:       &tls.Config{RootCAs: p.roots, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   8,
+		IdleConnTimeout:       60 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		DisableCompression:    true, // pass the upstream's encoding through untouched
+	}
+	p.transports[g] = &guardTransport{tr: tr, used: now}
+	return tr
 }

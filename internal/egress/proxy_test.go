@@ -528,6 +528,16 @@ func TestUnattachedSourceIsReset(t *testing.T) {
 			t.Fatal("the connection outlived detach")
 		}
 	})
+	t.Run("attaching a nil guard leaves the source refused", func(t *testing.T) {
+		var nilGuard *fakeGuard
+		for _, g := range []Guard{nil, nilGuard} {
+			r.p.Attach(sandboxIP, newGuard("api.test"))
+			r.p.Attach(sandboxIP, g)()
+			if err := rawTLS(t, r, clientHello("api.test")); !isReset(err) {
+				t.Fatalf("want a reset, got %v", err)
+			}
+		}
+	})
 	if m := r.p.Metrics(); m.Unattached < 2 {
 		t.Fatalf("metrics %+v: want 2 unattached", m)
 	}
@@ -568,5 +578,29 @@ func TestRoundTripForNano(t *testing.T) {
 		if _, err := r.p.RoundTrip(context.Background(), g, must(http.NewRequest("GET", bad, nil))); err == nil {
 			t.Fatalf("%s: want an error", bad)
 		}
+	}
+}
+
+func TestLooksHTTP(t *testing.T) {
+	cases := []struct {
+		in   string
+		want bool
+	}{
+		{"GET / HTTP/1.1\r\n", true},
+		{"POST /x", true},
+		{"OPTIONS * HTTP/1.1", true},
+		{"GE", true}, // a request line split across segments
+		{"SSH-2.0-OpenSSH", false},
+		{"\x00\x00\x00\x08", false},
+		{"get / HTTP/1.1", false},
+	}
+	for _, tc := range cases {
+		t.Run(strings.TrimSpace(tc.in), func(t *testing.T) {
+			br := bufio.NewReader(strings.NewReader(tc.in))
+			br.Peek(1)
+			if got := looksHTTP(br); got != tc.want {
+				t.Fatalf("looksHTTP(%q) = %v", tc.in, got)
+			}
+		})
 	}
 }

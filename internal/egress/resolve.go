@@ -55,7 +55,7 @@ func refusalOf(err error) (*refusal, bool) {
 // resolve turns the canonical name the policy decided on into the one address to dial: a pin, an IP
 // literal the policy allowed, or every address the resolver answers, each classified; one refused
 // address refuses the name (an answer that mixes public and private addresses is a rebinding attempt).
-func (p *Proxy) resolve(ctx context.Context, host string, port uint16) (netip.AddrPort, error) {
+func (p *Proxy) resolve(ctx context.Context, g Guard, host string, port uint16) (netip.AddrPort, error) {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	var addrs []netip.Addr
 	if pn, ok := p.pins[host]; ok {
@@ -79,7 +79,7 @@ func (p *Proxy) resolve(ctx context.Context, host string, port uint16) (netip.Ad
 		return netip.AddrPort{}, &refusal{"resolve:failed", "no address for " + host}
 	}
 	for _, a := range addrs {
-		if rule := p.classify(a); rule != "" {
+		if rule := p.classify(g, a); rule != "" {
 			return netip.AddrPort{}, &refusal{rule, fmt.Sprintf("%s resolves to %s", host, a.Unmap())}
 		}
 	}
@@ -110,7 +110,7 @@ func (p *Proxy) isSelf(ap netip.AddrPort) bool {
 
 // dialChecked dials the address resolve checked; the dialer's Control classifies the address the
 // socket really connects to once more, so no path reaches a refused class.
-func (p *Proxy) dialChecked(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+func (p *Proxy) dialChecked(ctx context.Context, g Guard, ap netip.AddrPort) (net.Conn, error) {
 	d := net.Dialer{
 		Timeout: p.cfg.dialTimeout(),
 		Control: func(network, address string, _ syscall.RawConn) error {
@@ -118,7 +118,7 @@ func (p *Proxy) dialChecked(ctx context.Context, ap netip.AddrPort) (net.Conn, e
 			if err != nil {
 				return fmt.Errorf("egress: dial %s: %w", address, err)
 			}
-			if rule := p.classify(got.Addr()); rule != "" {
+			if rule := p.classify(g, got.Addr()); rule != "" {
 				return &refusal{rule, "dial to " + got.String()}
 			}
 			if p.isSelf(got) {
@@ -134,8 +134,8 @@ func (p *Proxy) dialChecked(ctx context.Context, ap netip.AddrPort) (net.Conn, e
 	return c, nil
 }
 
-// dialHost resolves and dials "host:port" for the forwarding http.Transport.
-func (p *Proxy) dialHost(ctx context.Context, _, hostport string) (net.Conn, error) {
+// dialHost resolves and dials "host:port" for g's forwarding http.Transport.
+func (p *Proxy) dialHost(ctx context.Context, g Guard, hostport string) (net.Conn, error) {
 	host, ps, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return nil, fmt.Errorf("egress: dial %q: %w", hostport, err)
@@ -144,9 +144,9 @@ func (p *Proxy) dialHost(ctx context.Context, _, hostport string) (net.Conn, err
 	if err != nil {
 		return nil, fmt.Errorf("egress: dial %q: bad port: %w", hostport, err)
 	}
-	ap, err := p.resolve(ctx, host, uint16(port))
+	ap, err := p.resolve(ctx, g, host, uint16(port))
 	if err != nil {
 		return nil, err
 	}
-	return p.dialChecked(ctx, ap)
+	return p.dialChecked(ctx, g, ap)
 }

@@ -47,7 +47,7 @@ func TestClassify(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.addr, func(t *testing.T) {
-			if got := p.classify(netip.MustParseAddr(tc.addr)); got != tc.rule {
+			if got := p.classify(nil, netip.MustParseAddr(tc.addr)); got != tc.rule {
 				t.Fatalf("classify(%s) = %q, want %q", tc.addr, got, tc.rule)
 			}
 		})
@@ -61,7 +61,7 @@ func TestDialerRechecksTheAddress(t *testing.T) {
 	}
 	// resolve is bypassed: the dialer's Control alone must refuse.
 	for addr, rule := range map[string]string{"127.0.0.1:1": "ssrf:host", "127.0.0.5:1": "ssrf:loopback", "10.1.1.1:1": "ssrf:private"} {
-		_, err = p.dialChecked(context.Background(), netip.MustParseAddrPort(addr))
+		_, err = p.dialChecked(context.Background(), nil, netip.MustParseAddrPort(addr))
 		if rf, ok := refusalOf(err); !ok || rf.rule != rule {
 			t.Fatalf("dial %s: %v, want refused by %s", addr, err, rule)
 		}
@@ -105,5 +105,37 @@ func TestNewNeedsItsPieces(t *testing.T) {
 	os.WriteFile(bad, []byte("not pem"), 0o644)
 	if _, err := New(Config{CADir: t.TempDir(), UpstreamCAs: []string{bad}}); err == nil {
 		t.Fatal("New took an upstream CA file without a certificate")
+	}
+}
+
+func TestPolicyRangesOpenAddresses(t *testing.T) {
+	p, err := New(Config{CADir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGuard()
+	g.ranges = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	cases := []struct {
+		name, addr string
+		g          Guard
+		rule       string
+	}{
+		{"private address without the policy's range", "10.1.2.3", nil, "ssrf:private"},
+		{"private address inside the policy's range", "10.1.2.3", g, ""},
+		{"another sandbox stays refused", "10.200.0.9", g, "ssrf:sandbox"},
+		{"outside the range", "192.168.0.1", g, "ssrf:private"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := p.classify(tc.g, netip.MustParseAddr(tc.addr)); got != tc.rule {
+				t.Fatalf("got %q, want %q", got, tc.rule)
+			}
+		})
+	}
+	if p.transportFor(g) == p.transportFor(newGuard()) {
+		t.Fatal("two guards share upstream connections")
+	}
+	if p.transportFor(g) != p.transportFor(g) {
+		t.Fatal("a guard's transport is not reused")
 	}
 }
