@@ -60,8 +60,9 @@ const (
 // RoundTrip sends one request from a sandbox under g through the same path as intercepted traffic:
 // the policy decides, the proxy resolves and classifies the host, brokered secrets are injected,
 // DLP scans, the event is recorded when the response body is closed. Refusals come back as responses
-// (403 policy, 451 DLP, 413, 502) whose body names the rule, as a transparent client would see them;
-// an error means req itself is unusable. It is the nano tier's bridge.
+// (403 policy, 451 DLP, 413) whose body names the rule, as a transparent client would see them; an
+// error means req itself is unusable (errdefs.InvalidArgument) or the destination failed: it did not
+// resolve, answer or verify, or ctx ended (errdefs.Unavailable). It is the nano tier's bridge.
 func (p *Proxy) RoundTrip(ctx context.Context, g Guard, req *http.Request) (*http.Response, error) {
 	if req == nil || req.URL == nil {
 		return nil, errdefs.With(errdefs.InvalidArgument, errors.New("egress: no request URL"))
@@ -77,7 +78,11 @@ func (p *Proxy) RoundTrip(ctx context.Context, g Guard, req *http.Request) (*htt
 	if r.Host == "" {
 		r.Host = req.URL.Host
 	}
-	return p.send(ctx, g, r, scheme, netip.AddrPort{}), nil
+	resp, err := p.send(ctx, g, r, scheme, netip.AddrPort{})
+	if err != nil {
+		return nil, errdefs.With(errdefs.Unavailable, err)
+	}
+	return resp, nil
 }
 
 // serveHTTP serves plain HTTP/1 from a sandbox connection.
@@ -138,7 +143,10 @@ func (p *Proxy) handler(ctx context.Context, a *attachment, scheme string, dst n
 			resp = p.refuse(a.g, reqEvent(r, dst), http.StatusForbidden, api.VerdictDenied, ruleHostMismatch,
 				fmt.Sprintf("request host %q differs from the TLS server name %q", hostOnly(r.Host), sni))
 		default:
-			resp = p.send(ctx, a.g, r, scheme, dst)
+			var err error
+			if resp, err = p.send(ctx, a.g, r, scheme, dst); err != nil {
+				resp = answer(hostOnly(r.Host), http.StatusBadGateway, ruleUpstream, err.Error())
+			}
 		}
 		writeResponse(w, resp)
 	})
@@ -186,7 +194,7 @@ func reqEvent(r *http.Request, dst netip.AddrPort) api.NetworkEvent {
 // send is the one path every HTTP request takes (intercepted plain HTTP, inspected TLS, the nano
 // bridge). It always returns a response; refusals are synthesised and already recorded, a forwarded
 // response records its event when its body is done.
-func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme string, dst netip.AddrPort) *http.Response {
+func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme string, dst netip.AddrPort) (*http.Response, error) {
 	// The port: the Host header's, else the one the sandbox dialled, else the scheme's.
 	host, port := splitHost(r.Host, "")
 	if port == 0 && dst.IsValid() {
@@ -207,7 +215,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	ev := api.NetworkEvent{Host: target, Port: port, Method: r.Method, Path: r.URL.Path,
 		Verdict: d.Verdict, Rule: d.Rule, Source: d.Source, Reason: d.Reason}
 	if !d.Allow {
-		return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, d.Rule, d.Reason)
+		return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, d.Rule, d.Reason), nil
 	}
 	if ev.Verdict == "" {
 		ev.Verdict = api.VerdictAllowed
@@ -217,14 +225,14 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
 			return p.refuse(g, ev, http.StatusRequestEntityTooLarge, api.VerdictDenied, ruleBodyLimit,
-				fmt.Sprintf("request bodies above %d bytes are not forwarded", p.cfg.maxBody()))
+				fmt.Sprintf("request bodies above %d bytes are not forwarded", p.cfg.maxBody())), nil
 		}
-		return p.refuse(g, ev, http.StatusBadRequest, api.VerdictDenied, "http:bad-body", err.Error())
+		return p.refuse(g, ev, http.StatusBadRequest, api.VerdictDenied, "http:bad-body", err.Error()), nil
 	}
 	ev.BytesOut = int64(len(body))
 	if d.Budget > 0 && int64(len(body)) > d.Budget {
 		return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, d.Rule,
-			fmt.Sprintf("byte budget of %d exhausted", d.Budget))
+			fmt.Sprintf("byte budget of %d exhausted", d.Budget)), nil
 	}
 
 	// The sandbox's own request is checked before the proxy adds anything to it: a brokered value
@@ -238,7 +246,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 		if !own[v] && leaks(r, body, v) {
 			ev.Detectors = []string{detectorSecret}
 			return p.refuse(g, ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleSecretLeak,
-				"the request carries a brokered secret of another host")
+				"the request carries a brokered secret of another host"), nil
 		}
 	}
 	mode, scanResponses := g.DLP()
@@ -248,11 +256,11 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	if mode != "" {
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 		if resp := p.scanRequest(g, &ev, r, mode); resp != nil {
-			return resp
+			return resp, nil
 		}
 		if ev.Verdict == api.VerdictRedacted {
 			if body, err = readBody(r, p.cfg.maxBody()+1<<20); err != nil {
-				return p.refuse(g, ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleDLPError, err.Error())
+				return p.refuse(g, ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleDLPError, err.Error()), nil
 			}
 			ev.BytesOut = int64(len(body))
 		}
@@ -263,7 +271,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 		Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery,
 	}).String(), bytes.NewReader(body))
 	if err != nil {
-		return p.refuse(g, ev, http.StatusBadRequest, api.VerdictDenied, "http:bad-request", err.Error())
+		return p.refuse(g, ev, http.StatusBadRequest, api.VerdictDenied, "http:bad-request", err.Error()), nil
 	}
 	out.Header = r.Header.Clone()
 	removeHopByHop(out.Header)
@@ -276,15 +284,18 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	}
 	resp, err := p.transportFor(g).RoundTrip(out)
 	if err != nil {
-		if rf, ok := refusalOf(err); ok {
-			return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, rf.rule, rf.reason)
+		if rf, ok := refusalOf(err); ok && !strings.HasPrefix(rf.rule, "resolve:") {
+			return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, rf.rule, rf.reason), nil
 		}
-		return p.refuse(g, ev, http.StatusBadGateway, api.VerdictDenied, ruleUpstream, err.Error())
+		// Not a refusal: the destination failed (resolution, dial, TLS verification, cancellation).
+		ev.Verdict, ev.Rule, ev.Source, ev.Reason = api.VerdictDenied, ruleUpstream, "", err.Error()
+		p.record(g, ev)
+		return nil, fmt.Errorf("egress: %s: %w", target, err)
 	}
 	removeHopByHop(resp.Header)
 	if scanResponses && mode != "" {
 		if refused := p.scanResponse(g, &ev, resp, mode); refused != nil {
-			return refused
+			return refused, nil
 		}
 	}
 	var left int64 = -1
@@ -299,7 +310,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 		p.met.bytes(ev.BytesOut, in)
 		p.record(g, ev)
 	}}
-	return resp
+	return resp, nil
 }
 
 // scanRequest runs DLP on r; a non-nil response is the refusal to send instead.
@@ -390,7 +401,15 @@ func (p *Proxy) refuse(g Guard, ev api.NetworkEvent, status int, verdict, rule, 
 	}
 	ev.Verdict, ev.Rule, ev.Reason = verdict, rule, reason
 	p.record(g, ev)
-	msg := fmt.Sprintf("agentbox egress: %s refused by rule %s: %s\n", ev.Host, rule, reason)
+	return answer(ev.Host, status, rule, reason)
+}
+
+// answer is the proxy's own response to the sandbox: status, the rule in X-Agentbox-Rule and a body.
+func answer(host string, status int, rule, reason string) *http.Response {
+	msg := fmt.Sprintf("agentbox egress: %s refused by rule %s: %s\n", host, rule, reason)
+	if status == http.StatusBadGateway {
+		msg = fmt.Sprintf("agentbox egress: %s failed (%s): %s\n", host, rule, reason)
+	}
 	return &http.Response{
 		StatusCode:    status,
 		Status:        fmt.Sprintf("%d %s", status, http.StatusText(status)),

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
@@ -603,4 +604,57 @@ func TestLooksHTTP(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestUpstreamFailures(t *testing.T) {
+	r := newRig(t, nil)
+	cases := []struct{ name, url, why string }{
+		{"nothing listens", "http://down.test/", "refused"},
+		{"the upstream certificate does not verify", "https://wrongname.test/", "certificate"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuard("down.test", "wrongname.test")
+			defer r.p.Attach(sandboxIP, g)()
+			resp, err := r.client(t, sandboxIP, false).Get(tc.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := readAll(t, resp); resp.StatusCode != 502 || !strings.Contains(body, tc.why) {
+				t.Fatalf("transparent: %d %q, want 502 saying %q", resp.StatusCode, body, tc.why)
+			}
+			if e := g.lastEvent(t); e.Rule != ruleUpstream || e.Verdict != api.VerdictDenied {
+				t.Fatalf("event %+v", e)
+			}
+			_, err = r.p.RoundTrip(context.Background(), g, must(http.NewRequest("GET", tc.url, nil)))
+			if errdefs.ClassOf(err) != errdefs.Unavailable || !strings.Contains(err.Error(), tc.why) {
+				t.Fatalf("RoundTrip: %v, want unavailable saying %q", err, tc.why)
+			}
+		})
+	}
+	t.Run("cancelling the context stops a RoundTrip", func(t *testing.T) {
+		// An upstream that accepts and never answers.
+		ln, err := net.Listen("tcp", "127.0.0.5:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+			}
+		}()
+		r := newRig(t, func(c *Config) { c.Resolve = append(c.Resolve, "hang.test="+ln.Addr().String()) })
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err = r.p.RoundTrip(ctx, newGuard("hang.test"), must(http.NewRequest("GET", "http://hang.test/", nil)))
+		if err == nil || time.Since(start) > 20*time.Second {
+			t.Fatalf("RoundTrip returned %v after %v", err, time.Since(start))
+		}
+	})
 }
