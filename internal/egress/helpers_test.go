@@ -241,8 +241,8 @@ func newRig(t testing.TB, mut func(*Config)) *rig {
 	hs, sh := upstream(t, ca, "127.0.0.2:0", "api.test", "other.test")
 	ps, sp := upstream(t, nil, "127.0.0.3:0")
 	cfg := Config{
-		CADir:       filepath.Join(t.TempDir(), "ca"),
-		Resolve:     []string{"api.test=" + portOf(hs), "other.test=" + portOf(hs), "plain.test=" + portOf(ps), "private.test=10.1.2.3", "metadata.test=169.254.169.254",
+		CADir: filepath.Join(t.TempDir(), "ca"),
+		Resolve: []string{"api.test=" + portOf(hs), "other.test=" + portOf(hs), "plain.test=" + portOf(ps), "private.test=10.1.2.3", "metadata.test=169.254.169.254",
 			"down.test=127.0.0.4:1", "wrongname.test=" + portOf(hs)},
 		AllowCIDRs:  []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		UpstreamCAs: []string{ca.pemFile},
