@@ -135,7 +135,8 @@ func TestPolicyRangesOpenAddresses(t *testing.T) {
 	if p.transportFor(g) == p.transportFor(newGuard()) {
 		t.Fatal("two guards share upstream connections")
 	}
-	if p.transportFor(g) != p.transportFor(g) {
+	first := p.transportFor(g)
+	if again := p.transportFor(g); again != first {
 		t.Fatal("a guard's transport is not reused")
 	}
 }
