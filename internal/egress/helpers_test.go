@@ -235,7 +235,7 @@ type rig struct {
 	dst          netip.AddrPort // what the "sandbox" dialled: the proxy must ignore it
 }
 
-func newRig(t testing.TB, mut func(*Config)) *rig {
+func newRigUnstarted(t testing.TB, mut func(*Config)) *rig {
 	t.Helper()
 	ca := newTestCA(t)
 	hs, sh := upstream(t, ca, "127.0.0.2:0", "api.test", "other.test")
@@ -256,13 +256,21 @@ func newRig(t testing.TB, mut func(*Config)) *rig {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { p.Close() })
 	return &rig{p: p, ca: ca, https: hs, plain: ps, seenS: sh, seenP: sp, ctx: ctx,
 		dst: netip.MustParseAddrPort("198.51.100.7:443")}
 }
+
+func newRig(t testing.TB, mut func(*Config)) *rig {
+	t.Helper()
+	r := newRigUnstarted(t, mut)
+	if err := r.start(); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (r *rig) start() error { return r.p.Start(r.ctx) }
 
 var sandboxIP = netip.MustParseAddr("10.200.0.2")
 
