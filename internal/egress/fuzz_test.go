@@ -46,7 +46,7 @@ func FuzzAnswerDNS(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	a := &attachment{g: newGuard("plain.test"), names: map[netip.Addr]string{}}
+	a := newAttachment(newGuard("plain.test"))
 	f.Fuzz(func(t *testing.T, pkt []byte) {
 		resp := p.answerDNS(a, pkt)
 		if resp == nil {

@@ -58,6 +58,17 @@ func (g *fakeGuard) Decide(r netpolicy.Request) netpolicy.Decision {
 	return netpolicy.Decision{Verdict: api.VerdictDenied, Rule: "default:deny", Reason: "not in the allow list"}
 }
 
+func (g *fakeGuard) wasAsked(r netpolicy.Request) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, q := range g.asked {
+		if q == r {
+			return true
+		}
+	}
+	return false
+}
+
 func (g *fakeGuard) Record(e api.NetworkEvent) {
 	g.mu.Lock()
 	g.events = append(g.events, e)

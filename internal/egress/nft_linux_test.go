@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
 // TestRealRedirect runs the transparent path for real, without touching the host's network: a
@@ -110,13 +111,7 @@ func TestRealRedirect(t *testing.T) {
 		if _, err := c.Read(make([]byte, 1)); !isReset(err) {
 			t.Fatalf("want a reset, got %v", err)
 		}
-		found := false
-		g.mu.Lock()
-		for _, q := range g.asked {
-			found = found || q.Addr == netip.MustParseAddrPort("203.0.113.10:5432")
-		}
-		g.mu.Unlock()
-		if !found {
+		if !g.wasAsked(netpolicy.Request{Port: 5432, Addr: netip.MustParseAddrPort("203.0.113.10:5432")}) {
 			t.Fatalf("the guard was never asked about 203.0.113.10:5432 (SO_ORIGINAL_DST): %+v", g.asked)
 		}
 	})
@@ -135,8 +130,28 @@ func TestRealRedirect(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)
 			}
-			if ans, rc := parseAnswer(t, buf[:n]); rc != want || (want == dnsmessage.RCodeSuccess && ans != "127.0.0.2") {
+			ans, rc := parseAnswer(t, buf[:n])
+			if rc != want || (want == dnsmessage.RCodeSuccess && !synthetic.Contains(netip.MustParseAddr(ans))) {
 				t.Fatalf("%s: %q %v, want %v", name, ans, rc, want)
+			}
+			if want != dnsmessage.RCodeSuccess {
+				continue
+			}
+			// Raw TCP to the answer is decided on the name it stands for.
+			var c net.Conn
+			inNS(t, sbx, func() (err error) { c, err = net.DialTimeout("tcp", ans+":5432", 10*time.Second); return })
+			if c == nil {
+				t.Fatal("dial from the sandbox namespace failed")
+			}
+			c.Write([]byte{0, 0, 0, 8, 4, 210, 22, 47})
+			c.Close()
+			want := netpolicy.Request{Host: "api.test", Port: 5432, Addr: netip.MustParseAddrPort(ans + ":5432")}
+			deadline := time.Now().Add(10 * time.Second)
+			for !g.wasAsked(want) {
+				if time.Now().After(deadline) {
+					t.Fatalf("raw TCP to %s:5432 was never decided as %+v: %+v", ans, want, g.asked)
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
 		}
 	})

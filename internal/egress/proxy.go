@@ -132,7 +132,9 @@ type attachment struct {
 	g Guard
 
 	mu     sync.Mutex
-	names  map[netip.Addr]string // guarded by mu: addresses the DNS stub answered, to the name asked
+	names  map[netip.Addr]string // guarded by mu: synthetic addresses the DNS stub answered -> name
+	addrs  map[string]netip.Addr // guarded by mu: the reverse
+	next   uint32                // guarded by mu: the next synthetic address's offset
 	conns  map[net.Conn]struct{} // guarded by mu: open connections, closed on detach
 	closed bool                  // guarded by mu
 }
@@ -343,7 +345,7 @@ func (p *Proxy) Attach(src netip.Addr, g Guard) (detach func()) {
 		}
 		return func() {}
 	}
-	a := &attachment{g: g, names: map[netip.Addr]string{}, conns: map[net.Conn]struct{}{}}
+	a := newAttachment(g)
 	p.mu.Lock()
 	old := p.attached[src]
 	p.attached[src] = a
@@ -403,13 +405,37 @@ func (a *attachment) nameOf(ip netip.Addr) string {
 	return a.names[ip.Unmap()]
 }
 
-func (a *attachment) remember(ip netip.Addr, name string) {
+func newAttachment(g Guard) *attachment {
+	return &attachment{g: g, names: map[netip.Addr]string{}, addrs: map[string]netip.Addr{}, conns: map[net.Conn]struct{}{}}
+}
+
+// synthetic is the range the DNS stub answers from (RFC 2544 benchmarking space, never a real
+// destination): one address per name per sandbox.
+var synthetic = netip.MustParsePrefix("198.18.0.0/15")
+
+// addrFor returns the sandbox's synthetic address for name, allocating one. The sandbox connects to
+// it; nftables brings the connection here; the proxy maps it back to the name and dials what the
+// name resolves to. So the name is known even for non-HTTP TCP, a pinned loopback address works from
+// inside the sandbox (whose own loopback it would otherwise be), and no real address is disclosed.
+func (a *attachment) addrFor(name string) netip.Addr {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if len(a.names) >= 4096 {
-		clear(a.names)
+	if ip, ok := a.addrs[name]; ok {
+		return ip
 	}
-	a.names[ip.Unmap()] = name
+	size := uint32(1) << (32 - synthetic.Bits())
+	if a.next >= size-2 {
+		clear(a.names)
+		clear(a.addrs)
+		a.next = 0
+	}
+	a.next++
+	base := synthetic.Addr().As4()
+	n := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3]) + a.next
+	ip := netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	a.names[ip] = name
+	a.addrs[name] = ip
+	return ip
 }
 
 func (p *Proxy) acceptLoop(ctx context.Context, ln net.Listener) {
