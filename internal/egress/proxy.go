@@ -528,8 +528,11 @@ func looksHTTP(br *bufio.Reader) bool {
 	return false
 }
 
-// event starts the NetworkEvent of a connection-level decision.
+// connEvent starts the NetworkEvent of a connection-level decision.
 func connEvent(r netpolicy.Request, d netpolicy.Decision) api.NetworkEvent {
+	if d.Allow && d.Verdict == "" {
+		d.Verdict = api.VerdictAllowed
+	}
 	host := d.Host
 	if host == "" {
 		host = r.Host
@@ -642,7 +645,6 @@ func (p *Proxy) relay(ctx context.Context, a *attachment, c net.Conn, ev api.Net
 	ev.BytesOut, ev.BytesIn = out, in
 	if over {
 		ev.Verdict, ev.Reason = api.VerdictDenied, fmt.Sprintf("byte budget of %d exhausted", d.Budget)
-		reset(c)
 	}
 	p.met.bytes(out, in)
 	p.record(a.g, ev)
@@ -698,7 +700,7 @@ func pipe(c, up net.Conn, budget int64) (out, in int64, over bool) {
 	stop := overFlag
 	mu.Unlock()
 	if stop {
-		c.Close()
+		reset(c)
 		up.Close()
 	}
 	<-done
