@@ -29,7 +29,7 @@ import (
 
 // fakeGuard is a policy for tests: allowed hosts with their decisions, everything else denied.
 type fakeGuard struct {
-	allow   map[string]netpolicy.Decision // by canonical host
+	allow   map[string]netpolicy.Decision // by canonical host; guarded by mu once in use
 	secrets []api.SecretRule
 	mode    string
 	resp    bool
@@ -51,8 +51,9 @@ func newGuard(hosts ...string) *fakeGuard {
 func (g *fakeGuard) Decide(r netpolicy.Request) netpolicy.Decision {
 	g.mu.Lock()
 	g.asked = append(g.asked, r)
+	d, ok := g.allow[canonName(r.Host)]
 	g.mu.Unlock()
-	if d, ok := g.allow[canonName(r.Host)]; ok {
+	if ok {
 		return d
 	}
 	return netpolicy.Decision{Verdict: api.VerdictDenied, Rule: "default:deny", Reason: "not in the allow list"}

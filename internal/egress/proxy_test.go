@@ -659,3 +659,46 @@ func TestUpstreamFailures(t *testing.T) {
 		}
 	})
 }
+
+func TestConnectIsRefused(t *testing.T) {
+	r := newRig(t, nil)
+	g := newGuard("api.test")
+	defer r.p.Attach(sandboxIP, g)()
+	c := r.pair(t, sandboxIP, netip.MustParseAddrPort("198.51.100.7:80"))
+	defer c.Close()
+	io.WriteString(c, "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 403 || !strings.Contains(body, ruleConnect) {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+}
+
+func TestPolicyChangeAppliesToTheNextRequest(t *testing.T) {
+	r := newRig(t, nil)
+	g := newGuard("api.test")
+	defer r.p.Attach(sandboxIP, g)()
+	c := r.client(t, sandboxIP, true) // h2: both requests share one inspected connection
+	get := func() int {
+		resp, err := c.Get("https://api.test/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		return resp.StatusCode
+	}
+	if s := get(); s != 200 {
+		t.Fatalf("before the change: %d", s)
+	}
+	g.mu.Lock()
+	delete(g.allow, "api.test") // as Guard.Swap would
+	g.mu.Unlock()
+	if s := get(); s != 403 {
+		t.Fatalf("after the change: %d, want 403", s)
+	}
+	if m := r.p.Metrics(); m.Connections != 1 {
+		t.Fatalf("%d connections, want both requests on one", m.Connections)
+	}
+}
