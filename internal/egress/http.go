@@ -279,8 +279,16 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	if len(body) == 0 {
 		out.Body = http.NoBody
 	}
-	for _, s := range secrets {
-		out.Header.Set(s.Header, s.Value) // replaces whatever the sandbox sent under that name
+	if scheme == "https" {
+		for _, s := range secrets {
+			out.Header.Set(s.Header, s.Value) // replaces whatever the sandbox sent under that name
+		}
+	} else if len(secrets) > 0 {
+		// A brokered secret never crosses the network in clear text.
+		for _, s := range secrets {
+			out.Header.Del(s.Header)
+		}
+		ev.Reason = "brokered secrets are injected over HTTPS only; this request went without them"
 	}
 	resp, err := p.transportFor(g).RoundTrip(out)
 	if err != nil {

@@ -297,6 +297,24 @@ func TestSecretsBrokering(t *testing.T) {
 			t.Fatalf("other.test got Authorization %q", got.Header.Get("Authorization"))
 		}
 	})
+	t.Run("never injected over cleartext HTTP", func(t *testing.T) {
+		g := newG()
+		g.secrets = append(g.secrets, api.SecretRule{Host: "plain.test", Header: "X-Key", Value: "plain-secret-123"})
+		defer r.p.Attach(sandboxIP, g)()
+		req := must(http.NewRequest("GET", "http://plain.test/", nil))
+		req.Header.Set("X-Key", "guest-value")
+		resp, err := r.client(t, sandboxIP, false).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		if got, _ := r.seenP.last(t); got.Header.Get("X-Key") != "" {
+			t.Fatalf("plain.test got X-Key %q", got.Header.Get("X-Key"))
+		}
+		if e := g.lastEvent(t); e.Verdict != api.VerdictAllowed || !strings.Contains(e.Reason, "HTTPS only") {
+			t.Fatalf("event %+v", e)
+		}
+	})
 	leaks := []struct {
 		name string
 		req  func() *http.Request
