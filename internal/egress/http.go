@@ -331,6 +331,10 @@ func (p *Proxy) scanRequest(g Guard, ev *api.NetworkEvent, r *http.Request, mode
 			"the policy asks for DLP but this server has no DLP engine")
 	}
 	rep, err := p.cfg.Inspector.ScanRequest(r, mode)
+	if err != nil && mode == api.DLPLog {
+		ev.Reason = fmt.Sprintf("DLP could not scan the request: %v", err) // log mode never blocks
+		return nil
+	}
 	if err != nil {
 		return p.refuse(g, *ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleDLPError,
 			fmt.Sprintf("DLP could not scan the request: %v", err))
@@ -348,6 +352,10 @@ func (p *Proxy) scanResponse(g Guard, ev *api.NetworkEvent, resp *http.Response,
 			"the policy asks for DLP but this server has no DLP engine")
 	}
 	rep, err := p.cfg.Inspector.ScanResponse(resp, mode)
+	if err != nil && mode == api.DLPLog {
+		ev.Reason = fmt.Sprintf("DLP could not scan the response: %v", err)
+		return nil
+	}
 	if err != nil {
 		resp.Body.Close()
 		return p.refuse(g, *ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleDLPError,

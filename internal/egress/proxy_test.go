@@ -384,6 +384,9 @@ func (fakeInspector) scan(body []byte, mode string) ([]byte, DLPReport) {
 
 func (f fakeInspector) ScanRequest(r *http.Request, mode string) (DLPReport, error) {
 	b, _ := io.ReadAll(r.Body)
+	if strings.Contains(string(b), "undecodable") {
+		return DLPReport{}, errors.New("unknown content encoding") // and the body is consumed
+	}
 	b, rep := f.scan(b, mode)
 	r.Body, r.ContentLength = io.NopCloser(strings.NewReader(string(b))), int64(len(b))
 	return rep, nil
@@ -412,6 +415,8 @@ func TestDLP(t *testing.T) {
 		{"clean body passes block", api.DLPBlock, "/x", "nothing here", false, 200, api.VerdictAllowed, "nothing here", true, "hello"},
 		{"responses are blocked when scanned", api.DLPBlock, "/card", "", true, 451, api.VerdictBlockedDLP, "", true, "dlp:card"},
 		{"responses are redacted when scanned", api.DLPRedact, "/card", "", true, 200, api.VerdictRedacted, "", true, "card [REDACTED:card] here"},
+		{"a scan error blocks under block", api.DLPBlock, "/x", "undecodable", false, 451, api.VerdictBlockedDLP, "", false, ruleDLPError},
+		{"a scan error passes the original under log", api.DLPLog, "/x", "undecodable", false, 200, api.VerdictAllowed, "undecodable", true, "hello"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
