@@ -725,3 +725,24 @@ func TestPolicyChangeAppliesToTheNextRequest(t *testing.T) {
 		t.Fatalf("%d connections, want both requests on one", m.Connections)
 	}
 }
+
+func TestAbsoluteFormIsDecidedOnWhatIsDialled(t *testing.T) {
+	r := newRig(t, nil)
+	g := newGuard("plain.test")
+	defer r.p.Attach(sandboxIP, g)()
+	c := r.pair(t, sandboxIP, netip.MustParseAddrPort("198.51.100.7:80"))
+	defer c.Close()
+	// The request line names another host than the Host header: the one net/http takes (the
+	// request line's) is both decided and dialled.
+	io.WriteString(c, "GET http://example.test/x HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 403 || !strings.Contains(body, "example.test") {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if n := r.seenP.count(); n != 0 {
+		t.Fatalf("plain.test got %d requests", n)
+	}
+}
