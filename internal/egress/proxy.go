@@ -71,6 +71,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// DialTimeout bounds an upstream dial; zero means 10 s.
 	DialTimeout time.Duration
+	// MaxConnsPerSandbox bounds one sandbox's open connections through the proxy (more are reset
+	// and recorded as limit:connections); zero means 256.
+	MaxConnsPerSandbox int
 	// PeekTimeout is how long the proxy waits for a client's first bytes before treating the
 	// connection as a server-speaks-first protocol; zero means 2 s.
 	PeekTimeout time.Duration
@@ -90,6 +93,13 @@ func (c *Config) peekTimeout() time.Duration {
 		return c.PeekTimeout
 	}
 	return 2 * time.Second
+}
+
+func (c *Config) maxConns() int {
+	if c.MaxConnsPerSandbox > 0 {
+		return c.MaxConnsPerSandbox
+	}
+	return 256
 }
 
 func (c *Config) maxBody() int64 {
@@ -136,6 +146,7 @@ type attachment struct {
 	addrs  map[string]netip.Addr // guarded by mu: the reverse
 	next   uint32                // guarded by mu: the next synthetic address's offset
 	conns  map[net.Conn]struct{} // guarded by mu: open connections, closed on detach
+	client int                   // guarded by mu: how many of them the sandbox opened
 	closed bool                  // guarded by mu
 }
 
@@ -382,6 +393,29 @@ func (a *attachment) track(c net.Conn) bool {
 	return true
 }
 
+// admit tracks the sandbox's connection c unless the attachment is gone or at max; full reports
+// the latter.
+func (a *attachment) admit(c net.Conn, max int) (ok, full bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return false, false
+	}
+	if a.client >= max {
+		return false, true
+	}
+	a.client++
+	a.conns[c] = struct{}{}
+	return true, false
+}
+
+func (a *attachment) release(c net.Conn) {
+	a.mu.Lock()
+	a.client--
+	delete(a.conns, c)
+	a.mu.Unlock()
+}
+
 func (a *attachment) untrack(c net.Conn) {
 	a.mu.Lock()
 	delete(a.conns, c)
@@ -486,12 +520,23 @@ func reset(c net.Conn) {
 func (p *Proxy) handleConn(ctx context.Context, c net.Conn, src netip.Addr, dst netip.AddrPort) {
 	p.met.conn()
 	a := p.attachmentOf(src)
-	if a == nil || !a.track(c) {
+	if a == nil {
 		p.met.unattached()
 		reset(c)
 		return
 	}
-	defer a.untrack(c)
+	ok, full := a.admit(c, p.cfg.maxConns())
+	if full {
+		p.deny(a, c, api.NetworkEvent{Host: dst.Addr().String(), Port: int(dst.Port())}, "limit:connections",
+			fmt.Sprintf("the sandbox has %d connections open", p.cfg.maxConns()))
+		return
+	}
+	if !ok {
+		p.met.unattached()
+		reset(c)
+		return
+	}
+	defer a.release(c)
 	defer c.Close()
 	br := bufio.NewReader(c)
 	_ = c.SetReadDeadline(time.Now().Add(p.cfg.peekTimeout()))

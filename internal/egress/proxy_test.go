@@ -746,3 +746,31 @@ func TestAbsoluteFormIsDecidedOnWhatIsDialled(t *testing.T) {
 		t.Fatalf("plain.test got %d requests", n)
 	}
 }
+
+func TestConnectionsPerSandboxAreBounded(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.MaxConnsPerSandbox = 2; c.PeekTimeout = time.Minute })
+	g := newGuard()
+	defer r.p.Attach(sandboxIP, g)()
+	// Two connections that say nothing hold their slots (the proxy waits for their first bytes).
+	for i := 0; i < 2; i++ {
+		c := r.pair(t, sandboxIP, r.dst)
+		defer c.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	a := r.p.attachmentOf(sandboxIP)
+	for {
+		a.mu.Lock()
+		n := a.client
+		a.mu.Unlock()
+		if n == 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := rawTLS(t, r, clientHello("api.test")); !isReset(err) {
+		t.Fatalf("third connection: want a reset, got %v", err)
+	}
+	if e := g.lastEvent(t); e.Rule != "limit:connections" {
+		t.Fatalf("event %+v", e)
+	}
+}
