@@ -150,3 +150,24 @@ func (p *Proxy) dialHost(ctx context.Context, g Guard, hostport string) (net.Con
 	}
 	return p.dialChecked(ctx, g, ap)
 }
+
+// ParseCIDRs reads --egress-allow-cidr values ("10.1.0.0/16", or a bare address for one host).
+func ParseCIDRs(values []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(values))
+	for _, v := range values {
+		v = strings.TrimSpace(v)
+		if a, err := netip.ParseAddr(v); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		pre, err := netip.ParsePrefix(v)
+		if err != nil {
+			return nil, fmt.Errorf("egress: allowed range %q: want a CIDR such as 10.1.0.0/16: %w", v, err)
+		}
+		if pre != pre.Masked() {
+			return nil, fmt.Errorf("egress: allowed range %q has host bits set (did you mean %s?)", v, pre.Masked())
+		}
+		out = append(out, pre)
+	}
+	return out, nil
+}

@@ -2,9 +2,11 @@ package egress
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -138,5 +140,28 @@ func TestPolicyRangesOpenAddresses(t *testing.T) {
 	first := p.transportFor(g)
 	if again := p.transportFor(g); again != first {
 		t.Fatal("a guard's transport is not reused")
+	}
+}
+
+func TestParseCIDRs(t *testing.T) {
+	cases := []struct {
+		in   []string
+		want string
+		ok   bool
+	}{
+		{[]string{"10.1.0.0/16"}, "[10.1.0.0/16]", true},
+		{[]string{"127.0.0.2"}, "[127.0.0.2/32]", true},
+		{[]string{"fd00::/8", " 192.168.0.0/24 "}, "[fd00::/8 192.168.0.0/24]", true},
+		{[]string{"10.1.2.3/16"}, "", false},
+		{[]string{"10.1.0.0/33"}, "", false},
+		{[]string{"internal"}, "", false},
+	}
+	for _, tc := range cases {
+		t.Run(strings.Join(tc.in, ","), func(t *testing.T) {
+			got, err := ParseCIDRs(tc.in)
+			if (err == nil) != tc.ok || (tc.ok && fmt.Sprint(got) != tc.want) {
+				t.Fatalf("ParseCIDRs(%q) = %v, %v; want %s ok=%v", tc.in, got, err, tc.want, tc.ok)
+			}
+		})
 	}
 }
