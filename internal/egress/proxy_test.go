@@ -774,3 +774,50 @@ func TestConnectionsPerSandboxAreBounded(t *testing.T) {
 		t.Fatalf("event %+v", e)
 	}
 }
+
+func TestRelayedConnectionsAreCheckedToo(t *testing.T) {
+	r := newRig(t, nil)
+	cases := []struct {
+		name, host, rule string
+		first            []byte
+	}{
+		{"TLS without inspection to a private address", "private.test", "ssrf:private", clientHello("private.test")},
+		{"TLS without inspection to the metadata address", "metadata.test", "ssrf:metadata", clientHello("metadata.test")},
+		{"TLS without inspection to a dead upstream", "down.test", "upstream:unreachable", clientHello("down.test")},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuard()
+			g.allow[tc.host] = netpolicy.Decision{Allow: true, Host: tc.host, Rule: "allow:" + tc.host}
+			defer r.p.Attach(sandboxIP, g)()
+			if err := rawTLS(t, r, tc.first); !isReset(err) {
+				t.Fatalf("want a reset, got %v", err)
+			}
+			if e := g.lastEvent(t); e.Rule != tc.rule || e.Verdict != api.VerdictDenied {
+				t.Fatalf("event %+v, want denied by %s", e, tc.rule)
+			}
+		})
+	}
+	t.Run("raw TCP to a name resolving privately", func(t *testing.T) {
+		g := newGuard()
+		g.allow["private.test"] = netpolicy.Decision{Allow: true, Host: "private.test", Rule: "allow:private.test"}
+		defer r.p.Attach(sandboxIP, g)()
+		// The stub refuses the name itself (NXDOMAIN)...
+		if _, rc := dnsAsk(t, r.p, r.p.attachmentOf(sandboxIP), "private.test", 1); rc != 3 {
+			t.Fatalf("rcode %v, want NXDOMAIN", rc)
+		}
+		// ...and a connection naming it some other way (an address the sandbox learned elsewhere,
+		// mapped to the name) is refused at dial time.
+		ip := r.p.attachmentOf(sandboxIP).addrFor("private.test")
+		c := r.pair(t, sandboxIP, netip.AddrPortFrom(ip, 5432))
+		defer c.Close()
+		c.Write([]byte{0, 0, 0, 8})
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !isReset(err) {
+			t.Fatalf("want a reset, got %v", err)
+		}
+		if e := g.lastEvent(t); e.Rule != "ssrf:private" {
+			t.Fatalf("event %+v", e)
+		}
+	})
+}
