@@ -631,11 +631,16 @@ func (p *Proxy) serveTLS(ctx context.Context, a *attachment, c net.Conn, br *buf
 		return
 	}
 	conn := withPrefix(c, consumed, br)
-	if d.Inspect && h.sni != "" {
+	switch {
+	case d.Inspect && h.sni != "":
 		p.inspect(ctx, a, conn, h.sni, dst)
-		return
+	case d.Inspect:
+		// The policy needs to see inside (methods, paths, DLP); without a server name there is
+		// no certificate to present, so the connection cannot be inspected: fail closed.
+		p.deny(a, c, ev, "tls:no-sni", "the policy inspects this host, and a TLS client that sends no server name cannot be inspected")
+	default:
+		p.relay(ctx, a, conn, ev, d)
 	}
-	p.relay(ctx, a, conn, ev, d)
 }
 
 func isIPLiteral(s string) bool {
@@ -659,6 +664,12 @@ func (p *Proxy) serveRaw(ctx context.Context, a *attachment, c net.Conn, br *buf
 	ev := connEvent(req, d)
 	if !d.Allow {
 		p.deny(a, c, ev, d.Rule, d.Reason)
+		return
+	}
+	if d.Inspect {
+		// Neither TLS nor HTTP: nothing to check methods, paths or bodies in. Hosts reached over
+		// other protocols are allowed with no_inspect.
+		p.deny(a, c, ev, "inspect:not-http", "the policy inspects this host, and this connection is neither TLS nor HTTP (allow the host with no_inspect)")
 		return
 	}
 	p.relay(ctx, a, withPrefix(c, nil, br), ev, d)

@@ -798,6 +798,26 @@ func TestRelayedConnectionsAreCheckedToo(t *testing.T) {
 			}
 		})
 	}
+	t.Run("what cannot be inspected is refused when the policy inspects", func(t *testing.T) {
+		g := newGuard("plain.test") // Inspect: true
+		defer r.p.Attach(sandboxIP, g)()
+		ip := r.p.attachmentOf(sandboxIP).addrFor("plain.test")
+		for _, tc := range []struct {
+			rule  string
+			first []byte
+		}{{"inspect:not-http", []byte{0, 0, 0, 8}}, {"tls:no-sni", clientHello("")}} {
+			c := r.pair(t, sandboxIP, netip.AddrPortFrom(ip, 443))
+			c.Write(tc.first)
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); !isReset(err) {
+				t.Fatalf("%s: want a reset, got %v", tc.rule, err)
+			}
+			c.Close()
+			if e := g.lastEvent(t); e.Rule != tc.rule || e.Host != "plain.test" {
+				t.Fatalf("event %+v, want %s for plain.test", e, tc.rule)
+			}
+		}
+	})
 	t.Run("raw TCP to a name resolving privately", func(t *testing.T) {
 		g := newGuard()
 		g.allow["private.test"] = netpolicy.Decision{Allow: true, Host: "private.test", Rule: "allow:private.test"}
