@@ -101,7 +101,8 @@ func (p *Proxy) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
 // isSelf reports whether ap is one of the proxy's own listeners (a loop through the proxy).
 func (p *Proxy) isSelf(ap netip.AddrPort) bool {
 	for _, s := range p.selfAddrs() {
-		if s.Port() == ap.Port() && (s.Addr() == ap.Addr() || s.Addr().IsUnspecified() && p.own[ap.Addr()]) {
+		// A listener on 0.0.0.0 answers on every local address, all of 127/8 included.
+		if s.Port() == ap.Port() && (s.Addr() == ap.Addr() || s.Addr().IsUnspecified() && (p.own[ap.Addr()] || ap.Addr().IsLoopback())) {
 			return true
 		}
 	}

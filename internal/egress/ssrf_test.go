@@ -165,3 +165,27 @@ func TestParseCIDRs(t *testing.T) {
 		})
 	}
 }
+
+func TestTheProxyNeverDialsItself(t *testing.T) {
+	p, err := New(Config{CADir: t.TempDir(), ListenTCP: "0.0.0.0:0", ListenDNS: "127.0.0.1:0",
+		AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	port := p.Addr().Port()
+	for _, a := range []string{"127.0.0.1", "127.0.0.9"} {
+		_, err := p.resolve(ctx, nil, a, port)
+		if rf, ok := refusalOf(err); !ok || rf.rule != "ssrf:proxy" {
+			t.Fatalf("%s:%d: %v, want refused by ssrf:proxy", a, port, err)
+		}
+	}
+	if _, err := p.resolve(ctx, nil, "127.0.0.9", port+1); err != nil {
+		t.Fatalf("another port of an allowed loopback address: %v", err)
+	}
+}
