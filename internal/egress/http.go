@@ -192,8 +192,8 @@ func reqEvent(r *http.Request, dst netip.AddrPort) api.NetworkEvent {
 }
 
 // send is the one path every HTTP request takes (intercepted plain HTTP, inspected TLS, the nano
-// bridge). It always returns a response; refusals are synthesised and already recorded, a forwarded
-// response records its event when its body is done.
+// bridge). Refusals come back as synthesised responses, already recorded; a forwarded response
+// records its event when its body is done; an error is a destination that failed (recorded too).
 func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme string, dst netip.AddrPort) (*http.Response, error) {
 	// The port: the Host header's, else the one the sandbox dialled, else the scheme's.
 	host, port := splitHost(r.Host, "")
