@@ -37,7 +37,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	rulesFile := fset.String("rules", "", "routing rules (TOML) for --tier auto, over the shipped ones")
 	artifacts := fset.String("artifacts", "", "heavy tier: write charts and other artifacts into this directory")
 	var allow, files, outs, allowHosts, denyHosts multiFlag
-	fset.Var(&allowHosts, "allow-host", "let the program reach this host: a name, *.name, or an object's host (repeatable; needs --policy)")
+	fset.Var(&allowHosts, "allow-host", "let the program reach this host: a name, *.name, name:port, or an address or CIDR inside the ceiling's allow_cidrs (repeatable; needs --policy)")
 	fset.Var(&denyHosts, "deny-host", "never let the program reach this host (repeatable; wins over --allow-host)")
 	dlp := fset.String("dlp", "", "DLP mode for outbound traffic: block, redact, log or off (default the ceiling's)")
 	inspectTLS := fset.Bool("inspect-tls", false, "terminate TLS so that methods, paths and bodies are checked")
