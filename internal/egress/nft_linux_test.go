@@ -42,7 +42,7 @@ func TestRealRedirect(t *testing.T) {
 		t.Fatal("AGENTBOX_INTEGRATION=1 but iproute2's ip is missing")
 	}
 	id := os.Getpid() % 100000
-	sbx, prx := fmt.Sprintf("abxeg%d-s", id), fmt.Sprintf("abxeg%d-p", id)
+	sbx, prx := fmt.Sprintf("egtest%d-s", id), fmt.Sprintf("egtest%d-p", id)
 	vs, vp := fmt.Sprintf("eg%ds", id), fmt.Sprintf("eg%dp", id)
 	ip := func(args ...string) {
 		t.Helper()
@@ -55,13 +55,13 @@ func TestRealRedirect(t *testing.T) {
 	ip("netns", "add", prx)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", prx).Run() })
 	ip("link", "add", vs, "netns", sbx, "type", "veth", "peer", "name", vp, "netns", prx)
-	ip("-n", prx, "addr", "add", "10.201.0.1/30", "dev", vp)
-	ip("-n", sbx, "addr", "add", "10.201.0.2/30", "dev", vs)
+	ip("-n", prx, "addr", "add", "10.218.0.1/30", "dev", vp)
+	ip("-n", sbx, "addr", "add", "10.218.0.2/30", "dev", vs)
 	for _, ns := range [][2]string{{prx, vp}, {sbx, vs}} {
 		ip("-n", ns[0], "link", "set", ns[1], "up")
 		ip("-n", ns[0], "link", "set", "lo", "up")
 	}
-	ip("-n", sbx, "route", "add", "default", "via", "10.201.0.1")
+	ip("-n", sbx, "route", "add", "default", "via", "10.218.0.1")
 
 	// Only the listeners are created inside the proxy namespace; the upstreams and the proxy's own
 	// dials stay in the test's namespace, on loopback.
@@ -73,7 +73,7 @@ func TestRealRedirect(t *testing.T) {
 	if err := redirectAll(prx, r.p.Addr().Port(), r.p.DNSAddr().Port()); err != nil {
 		t.Fatalf("nftables: %v", err)
 	}
-	guest := netip.MustParseAddr("10.201.0.2")
+	guest := netip.MustParseAddr("10.218.0.2")
 	g := newGuard("api.test")
 	detach := r.p.Attach(guest, g)
 

@@ -841,3 +841,37 @@ func TestRelayedConnectionsAreCheckedToo(t *testing.T) {
 		}
 	})
 }
+
+func TestCancellingStartStopsEverything(t *testing.T) {
+	r := newRigUnstarted(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.ctx = ctx
+	if err := r.start(); err != nil {
+		t.Fatal(err)
+	}
+	g := newGuard()
+	g.allow["plain.test"] = netpolicy.Decision{Allow: true, Host: "plain.test", Rule: "allow:plain.test"}
+	r.p.Attach(sandboxIP, g)
+	ip := r.p.attachmentOf(sandboxIP).addrFor("plain.test")
+	c := r.pair(t, sandboxIP, netip.AddrPortFrom(ip, 80))
+	defer c.Close()
+	c.Write([]byte("X")) // a relayed connection the upstream keeps open, waiting for more
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(c); isTimeoutErr(err) {
+		t.Fatal("the relayed connection outlived the proxy's context")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", r.p.Addr().String())
+		if err != nil {
+			break // the listener is gone
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the listener still accepts after the context ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
