@@ -1,0 +1,494 @@
+package dlp
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"regexp"
+	"strings"
+
+	"github.com/nyaruka/phonenumbers"
+)
+
+// piiDetector is one of our validated detectors: a cheap candidate regex
+// and a validator that decides.
+type piiDetector struct {
+	typ  string
+	find func(e *Engine, text []byte, out *[]Finding)
+}
+
+var piiDetectors = []piiDetector{
+	{TypePrivateKey, findPrivateKeys},
+	{TypeJWT, findJWTs},
+	{TypeCard, findCards},
+	{TypeIBAN, findIBANs},
+	{TypeEmail, findEmails},
+	{TypeUSSSN, findSSNs},
+	{TypeJPMyNumber, findMyNumbers},
+	{TypePhone, findPhones},
+}
+
+func emit(out *[]Finding, typ string, s, e int) {
+	*out = append(*out, Finding{Type: typ, Rule: typ, Start: s, End: e})
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+func isAlnum(c byte) bool {
+	return isDigit(c) || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+}
+
+// digitBounded reports whether text[s:e] is not glued to more digits (or to
+// digit groups joined by '-' or '.'), i.e. it is a whole number token.
+func digitBounded(text []byte, s, e int) bool {
+	if s > 0 {
+		c := text[s-1]
+		if isAlnum(c) || c == '_' {
+			return false
+		}
+		if (c == '-' || c == '.' || c == '/') && s > 1 && isDigit(text[s-2]) {
+			return false
+		}
+	}
+	if e < len(text) {
+		c := text[e]
+		if isAlnum(c) || c == '_' {
+			return false
+		}
+		if (c == '-' || c == '.' || c == '/') && e+1 < len(text) && isDigit(text[e+1]) {
+			return false
+		}
+	}
+	return true
+}
+
+// groupBounded reports whether the grouped number text[s:e] (groups joined
+// by sep) is not one piece of a longer grouping, as in "4111 1111 1111 1112".
+func groupBounded(text []byte, s, e int, sep byte) bool {
+	if s > 1 && text[s-1] == sep && isDigit(text[s-2]) {
+		return false
+	}
+	return !(e+1 < len(text) && text[e] == sep && isDigit(text[e+1]))
+}
+
+func digitsOf(b []byte) []byte {
+	d := make([]byte, 0, len(b))
+	for _, c := range b {
+		if isDigit(c) {
+			d = append(d, c-'0')
+		}
+	}
+	return d
+}
+
+// consistentSeparators: groups are split by one kind of separator or none.
+func consistentSeparators(b []byte) bool {
+	var sep byte
+	for _, c := range b {
+		if !isDigit(c) {
+			if sep != 0 && c != sep {
+				return false
+			}
+			sep = c
+		}
+	}
+	return true
+}
+
+// ---- payment cards ----
+
+var cardRe = regexp.MustCompile(`\d(?:[ -]?\d){12,18}`)
+
+func findCards(_ *Engine, text []byte, out *[]Finding) {
+	for _, m := range cardRe.FindAllIndex(text, -1) {
+		s, e := m[0], m[1]
+		if !digitBounded(text, s, e) || !consistentSeparators(text[s:e]) {
+			continue
+		}
+		if d := digitsOf(text[s:e]); luhn(d) && cardIssuer(d) != "" {
+			emit(out, TypeCard, s, e)
+		}
+	}
+}
+
+func luhn(d []byte) bool {
+	sum := 0
+	for i := range d {
+		v := int(d[len(d)-1-i])
+		if i%2 == 1 {
+			v *= 2
+			if v > 9 {
+				v -= 9
+			}
+		}
+		sum += v
+	}
+	return len(d) > 0 && sum%10 == 0
+}
+
+// cardIssuer returns the scheme whose IIN range and length d fits, or "".
+func cardIssuer(d []byte) string {
+	n := len(d)
+	pre := func(k int) int {
+		v := 0
+		for i := 0; i < k && i < n; i++ {
+			v = v*10 + int(d[i])
+		}
+		return v
+	}
+	in := func(k, lo, hi int) bool { p := pre(k); return lo <= p && p <= hi }
+	switch {
+	case d[0] == 4 && (n == 13 || n == 16 || n == 19):
+		return "visa"
+	case (in(2, 51, 55) || in(4, 2221, 2720)) && n == 16:
+		return "mastercard"
+	case (in(2, 34, 34) || in(2, 37, 37)) && n == 15:
+		return "amex"
+	case (in(4, 6011, 6011) || in(2, 65, 65) || in(3, 644, 649)) && n >= 16 && n <= 19:
+		return "discover"
+	case in(4, 3528, 3589) && n >= 16 && n <= 19:
+		return "jcb"
+	case in(2, 62, 62) && n >= 16 && n <= 19:
+		return "unionpay"
+	case (in(3, 300, 305) || in(2, 36, 36) || in(2, 38, 39)) && n >= 14 && n <= 19:
+		return "diners"
+	}
+	return ""
+}
+
+// ---- IBAN ----
+
+// ibanLengths is the SWIFT IBAN registry's length per country.
+var ibanLengths = map[string]int{
+	"AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BI": 27,
+	"BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27, "DK": 18, "DO": 28,
+	"EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
+	"GL": 18, "GR": 27, "GT": 28, "HN": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
+	"IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21,
+	"LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28,
+	"NL": 18, "NO": 15, "OM": 23, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22,
+	"RU": 33, "SA": 24, "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25,
+	"SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}
+
+var ibanStartRe = regexp.MustCompile(`[A-Z]{2}\d{2}`)
+
+func findIBANs(_ *Engine, text []byte, out *[]Finding) {
+	for _, m := range ibanStartRe.FindAllIndex(text, -1) {
+		s := m[0]
+		if s > 0 && (isAlnum(text[s-1]) || text[s-1] == '_') {
+			continue
+		}
+		want, ok := ibanLengths[string(text[s:s+2])]
+		if !ok {
+			continue
+		}
+		// Walk want alphanumerics, allowing single spaces between them
+		// (the printed form groups by four).
+		chars := make([]byte, 0, want)
+		i := s
+		for i < len(text) && len(chars) < want {
+			c := text[i]
+			switch {
+			case isDigit(c) || 'A' <= c && c <= 'Z':
+				chars = append(chars, c)
+				i++
+			case c == ' ' && len(chars) > 0 && i+1 < len(text) && text[i+1] != ' ':
+				i++
+			default:
+				i = len(text) + 1
+			}
+		}
+		if len(chars) != want || i > len(text) || (i < len(text) && (isAlnum(text[i]) || text[i] == '_')) {
+			continue
+		}
+		if ibanValid(chars) {
+			emit(out, TypeIBAN, s, i)
+		}
+	}
+}
+
+func ibanValid(chars []byte) bool {
+	r := 0
+	step := func(v int) {
+		if v >= 10 {
+			r = (r*100 + v) % 97
+		} else {
+			r = (r*10 + v) % 97
+		}
+	}
+	for _, c := range append(append([]byte{}, chars[4:]...), chars[:4]...) {
+		if isDigit(c) {
+			step(int(c - '0'))
+		} else {
+			step(int(c-'A') + 10)
+		}
+	}
+	return r == 1
+}
+
+// ---- email ----
+
+var emailRe = regexp.MustCompile(`[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}`)
+
+// notTLDs are endings that make "name@2x.png" look like an address.
+var notTLDs = map[string]bool{
+	"png": true, "jpg": true, "jpeg": true, "gif": true, "svg": true, "webp": true, "ico": true, "bmp": true,
+	"js": true, "mjs": true, "css": true, "map": true, "json": true, "html": true, "htm": true, "txt": true,
+	"py": true, "go": true, "rs": true, "ts": true, "tsx": true, "jsx": true, "md": true, "yaml": true, "yml": true,
+	"lock": true, "toml": true, "xml": true, "pdf": true, "zip": true, "gz": true, "tar": true, "whl": true,
+	"local": true, "localhost": true, "internal": true, "example": true, "invalid": true, "test": true,
+}
+
+func findEmails(_ *Engine, text []byte, out *[]Finding) {
+	for _, m := range emailRe.FindAllIndex(text, -1) {
+		s, e := m[0], m[1]
+		// The regex may start inside a longer local part or end inside a
+		// longer label: only whole tokens count.
+		if s > 0 && (isAlnum(text[s-1]) || strings.IndexByte("._%+-", text[s-1]) >= 0) {
+			continue
+		}
+		if e < len(text) && (isAlnum(text[e]) || text[e] == '-' || text[e] == '_' || text[e] == '@') {
+			continue
+		}
+		addr := string(text[s:e])
+		at := strings.IndexByte(addr, '@')
+		local, domain := addr[:at], addr[at+1:]
+		if local[0] == '.' || local[len(local)-1] == '.' || strings.Contains(local, "..") || len(addr) > 254 {
+			continue
+		}
+		labels := strings.Split(domain, ".")
+		okLabels := true
+		for _, l := range labels {
+			if l == "" || l[0] == '-' || l[len(l)-1] == '-' {
+				okLabels = false
+			}
+		}
+		if !okLabels || notTLDs[strings.ToLower(labels[len(labels)-1])] {
+			continue
+		}
+		emit(out, TypeEmail, s, e)
+	}
+}
+
+// ---- US SSN ----
+
+var (
+	ssnRe      = regexp.MustCompile(`\d{3}([- ])\d{2}([- ])\d{4}`)
+	ssnBareRe  = regexp.MustCompile(`\d{9}`)
+	ssnContext = []string{"ssn", "social security", "soc sec", "taxpayer"}
+)
+
+func findSSNs(_ *Engine, text []byte, out *[]Finding) {
+	for _, m := range ssnRe.FindAllSubmatchIndex(text, -1) {
+		s, e := m[0], m[1]
+		if text[m[2]] != text[m[4]] || !digitBounded(text, s, e) || !groupBounded(text, s, e, text[m[2]]) {
+			continue
+		}
+		if ssnValid(digitsOf(text[s:e])) {
+			emit(out, TypeUSSSN, s, e)
+		}
+	}
+	// Nine bare digits are an SSN only when the text says so nearby:
+	// without context they are as likely an order or account number.
+	for _, m := range ssnBareRe.FindAllIndex(text, -1) {
+		s, e := m[0], m[1]
+		if digitBounded(text, s, e) && hasContext(text, s, ssnContext) && ssnValid(digitsOf(text[s:e])) {
+			emit(out, TypeUSSSN, s, e)
+		}
+	}
+}
+
+func ssnValid(d []byte) bool {
+	if len(d) != 9 {
+		return false
+	}
+	area := int(d[0])*100 + int(d[1])*10 + int(d[2])
+	group := int(d[3])*10 + int(d[4])
+	serial := int(d[5])*1000 + int(d[6])*100 + int(d[7])*10 + int(d[8])
+	if area == 0 || area == 666 || area >= 900 || group == 0 || serial == 0 {
+		return false
+	}
+	same := true
+	for _, c := range d {
+		if c != d[0] {
+			same = false
+		}
+	}
+	s := make([]byte, len(d))
+	for i, c := range d {
+		s[i] = c + '0'
+	}
+	// Sequences and advertising numbers the SSA voided.
+	switch string(s) {
+	case "123456789", "078051120", "219099999":
+		return false
+	}
+	return !same
+}
+
+// hasContext reports whether one of the words appears in the 40 bytes
+// before s (case-insensitive).
+func hasContext(text []byte, s int, words []string) bool {
+	w := bytes.ToLower(text[max(0, s-40):s])
+	for _, k := range words {
+		if bytes.Contains(w, []byte(k)) {
+			return true
+		}
+	}
+	return false
+}
+
+// ---- JP My Number ----
+
+var (
+	myNumberGroupedRe = regexp.MustCompile(`\d{4}([- ])\d{4}([- ])\d{4}`)
+	myNumberBareRe    = regexp.MustCompile(`\d{12}`)
+	myNumberContext   = []string{"マイナンバー", "個人番号", "my number", "mynumber", "my_number", "individual number", "kojin"}
+)
+
+func findMyNumbers(_ *Engine, text []byte, out *[]Finding) {
+	for _, m := range myNumberGroupedRe.FindAllSubmatchIndex(text, -1) {
+		s, e := m[0], m[1]
+		if text[m[2]] == text[m[4]] && digitBounded(text, s, e) && groupBounded(text, s, e, text[m[2]]) && myNumberValid(digitsOf(text[s:e])) {
+			emit(out, TypeJPMyNumber, s, e)
+		}
+	}
+	// Bare 12 digits pass the check digit one time in ten by chance, so
+	// they need context words.
+	for _, m := range myNumberBareRe.FindAllIndex(text, -1) {
+		s, e := m[0], m[1]
+		if digitBounded(text, s, e) && hasContext(text, s, myNumberContext) && myNumberValid(digitsOf(text[s:e])) {
+			emit(out, TypeJPMyNumber, s, e)
+		}
+	}
+}
+
+// myNumberValid checks the individual number's check digit (the 12th):
+// weights 6,5,4,3,2,7,6,5,4,3,2 over digits 1..11, r = sum mod 11,
+// check = 0 if r <= 1 else 11-r.
+func myNumberValid(d []byte) bool {
+	if len(d) != 12 {
+		return false
+	}
+	weights := [11]int{6, 5, 4, 3, 2, 7, 6, 5, 4, 3, 2}
+	sum := 0
+	for i, w := range weights {
+		sum += int(d[i]) * w
+	}
+	check := 0
+	if r := sum % 11; r > 1 {
+		check = 11 - r
+	}
+	return int(d[11]) == check
+}
+
+// ---- phone numbers ----
+
+// phoneRe finds candidates: international (+CC ...) or national numbers
+// written with separators. Bare digit runs are not phone numbers here
+// (they are ids, timestamps and amounts far more often).
+var phoneRe = regexp.MustCompile(`(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,5}(?:[ .-]\d{1,5}){1,5}|\+\d{7,15}`)
+
+var (
+	dateLikeRe = regexp.MustCompile(`^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$`)
+	ipLikeRe   = regexp.MustCompile(`^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$`)
+	verLikeRe  = regexp.MustCompile(`^\d+\.\d+\.\d+$`)
+)
+
+func findPhones(e *Engine, text []byte, out *[]Finding) {
+	for _, m := range phoneRe.FindAllIndex(text, -1) {
+		s, end := m[0], m[1]
+		if s > 0 && (isAlnum(text[s-1]) || text[s-1] == '_' || text[s-1] == '+' || text[s-1] == '-' || text[s-1] == '.' || text[s-1] == '/') {
+			continue
+		}
+		if end < len(text) && (isAlnum(text[end]) || text[end] == '_' || (text[end] == '-' || text[end] == '.' || text[end] == '/') && end+1 < len(text) && isDigit(text[end+1])) {
+			continue
+		}
+		c := text[s:end]
+		n := len(digitsOf(c))
+		if n < 7 || n > 15 || dateLikeRe.Match(c) || ipLikeRe.Match(c) || verLikeRe.Match(c) {
+			continue
+		}
+		if c[0] != '+' && !bytes.ContainsAny(c, " .-(") {
+			continue
+		}
+		num, err := phonenumbers.Parse(string(c), e.phoneRegion)
+		if err != nil || !phonenumbers.IsValidNumber(num) {
+			continue
+		}
+		emit(out, TypePhone, s, end)
+	}
+}
+
+// ---- JWT ----
+
+var jwtRe = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`)
+
+func findJWTs(_ *Engine, text []byte, out *[]Finding) {
+	for _, m := range jwtRe.FindAllIndex(text, -1) {
+		s, e := m[0], m[1]
+		if s > 0 && (isAlnum(text[s-1]) || text[s-1] == '_' || text[s-1] == '-') {
+			continue
+		}
+		parts := bytes.SplitN(text[s:e], []byte("."), 3)
+		var hdr struct {
+			Alg *string `json:"alg"`
+		}
+		h, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(string(parts[0]), "="))
+		if err != nil || json.Unmarshal(h, &hdr) != nil || hdr.Alg == nil {
+			continue
+		}
+		p, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(string(parts[1]), "="))
+		if err != nil || !json.Valid(p) {
+			continue
+		}
+		if *hdr.Alg != "none" && len(parts[2]) < 16 {
+			continue // a signed token carries a real signature
+		}
+		emit(out, TypeJWT, s, e)
+	}
+}
+
+// ---- PEM private keys ----
+
+var pemBeginRe = regexp.MustCompile(`-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----`)
+
+func findPrivateKeys(_ *Engine, text []byte, out *[]Finding) {
+	for _, m := range pemBeginRe.FindAllSubmatchIndex(text, -1) {
+		s, bodyStart := m[0], m[1]
+		endMarker := "-----END " + string(text[m[2]:m[3]]) + "-----"
+		i := bytes.Index(text[bodyStart:], []byte(endMarker))
+		var e int
+		body := 0
+		if i >= 0 {
+			e = bodyStart + i + len(endMarker)
+			body = countB64(text[bodyStart : bodyStart+i])
+		} else {
+			// Truncated key (the scan window cut it, or it was pasted
+			// partially): the span runs to the end of the key material.
+			e = bodyStart
+			for e < len(text) && (isB64(text[e]) || text[e] == '\n' || text[e] == '\r' || text[e] == ' ' || text[e] == '\\' && e+1 < len(text) && (text[e+1] == 'n' || text[e+1] == 'r')) {
+				if text[e] == '\\' {
+					e++
+				}
+				e++
+			}
+			body = countB64(text[bodyStart:e])
+		}
+		if body >= 32 { // "-----BEGIN PRIVATE KEY-----" alone in docs is not a key
+			emit(out, TypePrivateKey, s, e)
+		}
+	}
+}
+
+func isB64(c byte) bool { return isAlnum(c) || c == '+' || c == '/' || c == '=' }
+
+func countB64(b []byte) int {
+	n := 0
+	for _, c := range b {
+		if isB64(c) {
+			n++
+		}
+	}
+	return n
+}
