@@ -213,6 +213,9 @@ func (e *Engine) scanBody(m *message, mode Mode, budget int64, rep *Report) erro
 		for i, p := range multipartParts(text, params["boundary"]) {
 			if p.decoded != nil {
 				for _, f := range e.Scan(p.decoded) {
+					if slices.ContainsFunc(fs, func(b Finding) bool { return b.Type == f.Type && b.Start < p.end && p.start < b.End }) {
+						continue // already found in the raw body (a base64 run)
+					}
 					rep.Findings = append(rep.Findings, Finding{Type: f.Type, Rule: f.Rule, Start: p.start, End: p.end, Part: "body/part[" + strconv.Itoa(i) + "]"})
 					fs = append(fs, Finding{Type: f.Type, Start: p.start, End: p.end})
 				}
@@ -375,6 +378,11 @@ func multipartParts(body []byte, boundary string) []mimePart {
 		seg := body[partStart:partEnd]
 		if bytes.HasPrefix(seg, []byte("--")) {
 			break // closing delimiter
+		}
+		// The delimiter line ends with optional padding and CRLF.
+		if nl := bytes.IndexByte(seg, '\n'); nl >= 0 {
+			partStart += nl + 1
+			seg = seg[nl+1:]
 		}
 		hdrEnd := bytes.Index(seg, []byte("\r\n\r\n"))
 		sep := 4
