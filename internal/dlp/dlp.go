@@ -154,9 +154,15 @@ func (e *Engine) RuleCount() int { return len(e.rules.rules) }
 // string escapes, percent-encoding and base64 is decoded and scanned too; a
 // finding there spans the whole encoded token.
 func (e *Engine) Scan(text []byte) []Finding {
+	return resolve(e.scanAll(text))
+}
+
+// scanAll is Scan before nested and duplicate findings are resolved: every
+// rule that fired (the corpus test scores rules one by one).
+func (e *Engine) scanAll(text []byte) []Finding {
 	var fs []Finding
 	e.scanDepth(text, 0, &fs)
-	return resolve(fs)
+	return fs
 }
 
 // maxDecodeDepth bounds nested decoding (base64 in a JSON string is depth 2).

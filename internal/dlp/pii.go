@@ -387,7 +387,7 @@ func myNumberValid(d []byte) bool {
 // phoneRe finds candidates: international (+CC ...) or national numbers
 // written with separators. Bare digit runs are not phone numbers here
 // (they are ids, timestamps and amounts far more often).
-var phoneRe = regexp.MustCompile(`(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,5}(?:[ .-]\d{1,5}){1,5}|\+\d{7,15}`)
+var phoneRe = regexp.MustCompile(`(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,8}(?:[ .-]\d{1,8}){1,5}|\+\d{7,15}`)
 
 var (
 	dateLikeRe = regexp.MustCompile(`^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$`)
@@ -398,10 +398,18 @@ var (
 func findPhones(e *Engine, text []byte, out *[]Finding) {
 	for _, m := range phoneRe.FindAllIndex(text, -1) {
 		s, end := m[0], m[1]
-		if s > 0 && (isAlnum(text[s-1]) || text[s-1] == '_' || text[s-1] == '+' || text[s-1] == '-' || text[s-1] == '.' || text[s-1] == '/') {
-			continue
+		if s > 0 && (isAlnum(text[s-1]) || strings.IndexByte("_+-./#$€", text[s-1]) >= 0) {
+			continue // glued to a word, an id ("PO#2025-103347"), an amount
+		}
+		if inIBANGroups(text, s) {
+			continue // the tail of an IBAN written in groups of four
 		}
 		if end < len(text) && (isAlnum(text[end]) || text[end] == '_' || (text[end] == '-' || text[end] == '.' || text[end] == '/') && end+1 < len(text) && isDigit(text[end+1])) {
+			continue
+		}
+		// A neighbouring token with digits joined by one space means the
+		// candidate is a piece of something longer (an IBAN, a card).
+		if s > 1 && text[s-1] == ' ' && tokenHasDigit(text, s-2, -1) || end+1 < len(text) && text[end] == ' ' && tokenHasDigit(text, end+1, 1) {
 			continue
 		}
 		c := text[s:end]
@@ -416,8 +424,50 @@ func findPhones(e *Engine, text []byte, out *[]Finding) {
 		if err != nil || !phonenumbers.IsValidNumber(num) {
 			continue
 		}
+		// Without a '+' the number must be one of the default region's own
+		// (not, say, "0116-4822-1105" read as US-dialled 011 64 ...).
+		if c[0] != '+' && !phonenumbers.IsValidNumberForRegion(num, e.phoneRegion) {
+			continue
+		}
 		emit(out, TypePhone, s, end)
 	}
+}
+
+// inIBANGroups reports whether text[s:] follows "CCdd XXXX XXXX ...", the
+// printed IBAN grouping, so a number there is not read as a phone.
+func inIBANGroups(text []byte, s int) bool {
+	i := s
+	for i >= 5 && text[i-1] == ' ' {
+		g := text[i-5 : i-1]
+		if !isUpperAlnum(g) {
+			return false
+		}
+		if 'A' <= g[0] && g[0] <= 'Z' && 'A' <= g[1] && g[1] <= 'Z' && isDigit(g[2]) && isDigit(g[3]) && (i-5 == 0 || !isAlnum(text[i-6])) {
+			return true
+		}
+		i -= 5
+	}
+	return false
+}
+
+func isUpperAlnum(b []byte) bool {
+	for _, c := range b {
+		if !isDigit(c) && (c < 'A' || c > 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// tokenHasDigit reports whether the whitespace-free token around text[i]
+// (walking in direction dir) contains a digit.
+func tokenHasDigit(text []byte, i, dir int) bool {
+	for ; i >= 0 && i < len(text) && text[i] != ' ' && text[i] != '\n' && text[i] != '\t'; i += dir {
+		if isDigit(text[i]) {
+			return true
+		}
+	}
+	return false
 }
 
 // ---- JWT ----
