@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -83,6 +84,7 @@ func TestCorpusPrecisionRecall(t *testing.T) {
 	secretAll := &score{}
 	var missedRules, fpRules []string
 	fpExamples := map[string][]string{} // type -> a few false-positive kinds, for the log
+	negatives, secretOnNegatives := 0, 0
 	for _, r := range recs {
 		switch r.Source {
 		case "gitleaks-tp", "gitleaks-fp":
@@ -107,6 +109,15 @@ func TestCorpusPrecisionRecall(t *testing.T) {
 			continue
 		}
 		fs := e.Scan([]byte(r.Text))
+		if r.Source == "negative" {
+			negatives++
+			if slices.ContainsFunc(fs, func(f Finding) bool { return f.Type == TypeSecret }) {
+				secretOnNegatives++
+				if len(fpExamples["secret on a hard negative"]) < 5 {
+					fpExamples["secret on a hard negative"] = append(fpExamples["secret on a hard negative"], r.Kind+" "+strconv.Quote(r.Text))
+				}
+			}
+		}
 		matched := make([]bool, len(r.Labels))
 		for _, f := range fs {
 			s := pii[f.Type]
@@ -167,7 +178,8 @@ func TestCorpusPrecisionRecall(t *testing.T) {
 			full++
 		}
 	}
-	fmt.Fprintf(&b, "\ngitleaks rules with examples: %d; all examples right: %d\n", len(rules), full)
+	fmt.Fprintf(&b, "\nhard-negative records with a secret finding: %d of %d\n", secretOnNegatives, negatives)
+	fmt.Fprintf(&b, "gitleaks rules with examples: %d; all examples right: %d\n", len(rules), full)
 	fmt.Fprintf(&b, "rules missing true-positive examples (missed/total): %s\n", strings.Join(missedRules, ", "))
 	fmt.Fprintf(&b, "rules firing on their false-positive examples: %s\n", strings.Join(fpRules, ", "))
 	t.Log(b.String())

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/nyaruka/phonenumbers"
@@ -426,11 +427,27 @@ func findPhones(e *Engine, text []byte, out *[]Finding) {
 		}
 		// Without a '+' the number must be one of the default region's own
 		// (not, say, "0116-4822-1105" read as US-dialled 011 64 ...).
-		if c[0] != '+' && !phonenumbers.IsValidNumberForRegion(num, e.phoneRegion) {
+		if c[0] != '+' && (!phonenumbers.IsValidNumberForRegion(num, e.phoneRegion) || !nationalGrouping(c, num)) {
 			continue
 		}
 		emit(out, TypePhone, s, end)
 	}
+}
+
+// nationalGrouping reports whether a number written without a country code
+// groups its digits the way the region writes them ("(415) 555-2671",
+// "415.555.2671", with or without the trunk prefix "1"), not as another
+// number's grouping would ("1182 0328 6708").
+func nationalGrouping(c []byte, num *phonenumbers.PhoneNumber) bool {
+	groups := func(b []byte) []string {
+		return strings.FieldsFunc(string(b), func(r rune) bool { return r < '0' || r > '9' })
+	}
+	got := groups(c)
+	want := groups([]byte(phonenumbers.Format(num, phonenumbers.NATIONAL)))
+	if len(got) == len(want)+1 && len(got[0]) == 1 {
+		got = got[1:] // trunk prefix written as its own group
+	}
+	return slices.Equal(got, want)
 }
 
 // inIBANGroups reports whether text[s:] follows "CCdd XXXX XXXX ...", the

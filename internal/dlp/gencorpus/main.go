@@ -141,6 +141,24 @@ var contexts = []struct {
 	{"form", "ref=A17&value=%s&submit=1", "", url.QueryEscape},
 	{"yaml", "customer:\n  name: Jane\n  value: %s\n  note: ok\n", "", nil},
 	{"csv", "1842,Jane Doe,%s,2024-05-01\n", "", nil},
+	{"json-escaped", `{"note":"%s","ts":"2024-05-01T10:00:00Z"}`, "", jsonEscapeAll},
+	{"base64", "payload %s end", "", func(v string) string { return base64.StdEncoding.EncodeToString([]byte("value: " + v + " (customer)")) }},
+	{"with-distractors", "order #2024-118812 at 2024-05-01T10:00:00Z, trace 7f9c2ba4-e88f-11ee-8c90-0242ac120002, value %s, total $1,240.50", "", nil},
+}
+
+// jsonEscapeAll writes non-alphanumerics as \u escapes, as some encoders do.
+func jsonEscapeAll(v string) string {
+	var b strings.Builder
+	for _, c := range v {
+		if c < 0x80 && (c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			b.WriteRune(c)
+		} else if c < 0x10000 {
+			fmt.Fprintf(&b, "\\u%04x", c)
+		} else {
+			b.WriteRune(c)
+		}
+	}
+	return b.String()
 }
 
 // place renders value in a random context and labels it.
@@ -148,7 +166,9 @@ func (g *gen) place(typ, value string, label bool, extraBefore string) (string, 
 	c := contexts[g.r.IntN(len(contexts))]
 	v := value
 	if c.encode != nil {
-		v = c.encode(value)
+		// Context words travel inside the encoding, as they would in a real body.
+		v = c.encode(extraBefore + value)
+		extraBefore = ""
 	}
 	tmpl := c.before
 	i := strings.Index(tmpl, "%s")
@@ -380,6 +400,44 @@ func (g *gen) myNumber(valid bool) (string, string) {
 	return group(s, []int{4, 4, 4}, "-"), ""
 }
 
+func (g *gen) b64url(n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(g.r.Uint32())
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func (g *gen) jwt(valid bool) string {
+	alg := g.pick([]string{"HS256", "RS256", "ES256"})
+	hdr := `{"alg":"` + alg + `","typ":"JWT"}`
+	if !valid {
+		hdr = `{"typ":"JWT","kid":"` + g.hex(4) + `"}` // no alg: not a JWS header
+	}
+	payload := fmt.Sprintf(`{"sub":"%d","name":"%s","iat":%d}`, g.r.IntN(100000), g.pick(firstNames), 1700000000+g.r.IntN(1e8))
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(hdr)) + "." + enc([]byte(payload)) + "." + g.b64url(32)
+}
+
+func (g *gen) pem(valid bool) string {
+	kind := g.pick([]string{"RSA PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "OPENSSH PRIVATE KEY", "ENCRYPTED PRIVATE KEY"})
+	if !valid {
+		kind = g.pick([]string{"PUBLIC KEY", "CERTIFICATE", "CERTIFICATE REQUEST", "RSA PUBLIC KEY"})
+	}
+	b := make([]byte, 48*(3+g.r.IntN(10)))
+	for i := range b {
+		b[i] = byte(g.r.Uint32())
+	}
+	body := base64.StdEncoding.EncodeToString(b)
+	var lines []string
+	for len(body) > 64 {
+		lines = append(lines, body[:64])
+		body = body[64:]
+	}
+	lines = append(lines, body)
+	return "-----BEGIN " + kind + "-----\n" + strings.Join(lines, "\n") + "\n-----END " + kind + "-----"
+}
+
 func (g *gen) pii(n int) []Record {
 	var recs []Record
 	add := func(source, typ, value, extra string, label bool) {
@@ -407,6 +465,10 @@ func (g *gen) pii(n int) []Record {
 		add("pii", "jp_mynumber", s, ctx, true)
 		s, ctx = g.myNumber(false)
 		add("pii-invalid", "jp_mynumber", s, ctx, false)
+		add("pii", "jwt", g.jwt(true), "", true)
+		add("pii-invalid", "jwt", g.jwt(false), "", false)
+		add("pii", "private_key", g.pem(true), "", true)
+		add("pii-invalid", "private_key", g.pem(false), "", false)
 	}
 	return recs
 }
