@@ -200,3 +200,59 @@ func TestCorpusPrecisionRecall(t *testing.T) {
 		t.Errorf("gitleaks examples: %d rules, recall %.4f; want >= 150 rules and recall >= 0.90", len(rules), secretAll.recall())
 	}
 }
+
+// TestWindowedRulesMatchWholeText: running rules only near their keywords
+// and on overlapping chunks finds what running every rule over the whole
+// text finds, on a long text of gitleaks' examples separated by filler
+// (matches land across window and chunk edges).
+func TestWindowedRulesMatchWholeText(t *testing.T) {
+	e := testEngine(t)
+	var b strings.Builder
+	i := 0
+	for j, r := range loadCorpus(t) {
+		if r.Source != "gitleaks-tp" || j%12 != 0 {
+			continue
+		}
+		b.WriteString(r.Text)
+		b.WriteString(strings.Repeat(" lorem ipsum dolor", 1+i%37))
+		b.WriteString("\n")
+		i++
+	}
+	text := []byte(b.String())
+	var got []Finding
+	e.rules.scan(text, nil, &got)
+	var want []Finding
+	for _, r := range e.rules.rules {
+		r.findIn(text, 0, len(text), 0, len(text), e.rules.global, &want)
+	}
+	key := func(f Finding) string { return fmt.Sprintf("%s@%d-%d", f.Rule, f.Start, f.End) }
+	gotSet := map[string]bool{}
+	for _, f := range got {
+		gotSet[key(f)] = true
+	}
+	missing := 0
+	for _, f := range want {
+		if !gotSet[key(f)] {
+			missing++
+			if missing <= 5 {
+				t.Errorf("windowed scan misses %s %q", key(f), text[f.Start:f.End])
+			}
+		}
+	}
+	wantSet := map[string]bool{}
+	for _, f := range want {
+		wantSet[key(f)] = true
+	}
+	extra := map[string]int{}
+	for _, f := range got {
+		if !wantSet[key(f)] {
+			extra[f.Rule]++
+			if extra[f.Rule] <= 2 {
+				t.Errorf("windowed scan adds %s %q", key(f), text[max(0, f.Start-30):f.End])
+			}
+		}
+	}
+	if len(want) < 150 || len(got) != len(want) {
+		t.Errorf("%d findings windowed, %d whole (%d missing), text %d bytes", len(got), len(want), missing, len(text))
+	}
+}

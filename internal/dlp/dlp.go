@@ -192,9 +192,10 @@ func (e *Engine) scanDepth(text []byte, depth int, out *[]Finding) {
 
 // scanPlain runs every detector over text as it is.
 func (e *Engine) scanPlain(text []byte, out *[]Finding) {
+	st := &scanText{b: text}
 	for _, d := range piiDetectors {
 		if !e.disabled[d.typ] {
-			d.find(e, text, out)
+			d.find(e, st, out)
 		}
 	}
 	e.rules.scan(text, e.disabled, out)

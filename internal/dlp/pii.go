@@ -15,7 +15,66 @@ import (
 // and a validator that decides.
 type piiDetector struct {
 	typ  string
-	find func(e *Engine, text []byte, out *[]Finding)
+	find func(e *Engine, st *scanText, out *[]Finding)
+}
+
+// scanText is the text under scan with the digit windows the numeric
+// detectors share: Go's regexp costs per byte, so the numeric regexes run
+// only on runs of digits and separators long enough to hold a number.
+type scanText struct {
+	b       []byte
+	wins    [][2]int
+	winsSet bool
+}
+
+// minWindowDigits is the fewest digits any numeric detector needs (phone).
+const minWindowDigits = 7
+
+func (st *scanText) digitWindows() [][2]int {
+	if st.winsSet {
+		return st.wins
+	}
+	st.winsSet = true
+	b := st.b
+	for i := 0; i < len(b); {
+		if !isDigit(b[i]) {
+			i++
+			continue
+		}
+		s := i
+		for s > 0 && isNumSep(b[s-1]) && !isDigit(b[s-1]) {
+			s-- // a leading '+' or '('
+		}
+		n := 0
+		for i < len(b) && (isDigit(b[i]) || isNumSep(b[i])) {
+			if isDigit(b[i]) {
+				n++
+			}
+			i++
+		}
+		if n >= minWindowDigits {
+			st.wins = append(st.wins, [2]int{s, i})
+		}
+	}
+	return st.wins
+}
+
+func isNumSep(c byte) bool {
+	return c == ' ' || c == '-' || c == '.' || c == '(' || c == ')' || c == '+'
+}
+
+// findAllIn runs re over each window; indices are absolute.
+func findAllIn(re *regexp.Regexp, b []byte, wins [][2]int, fn func(m []int)) {
+	for _, w := range wins {
+		for _, m := range re.FindAllSubmatchIndex(b[w[0]:w[1]], -1) {
+			for i := range m {
+				if m[i] >= 0 {
+					m[i] += w[0]
+				}
+			}
+			fn(m)
+		}
+	}
 }
 
 var piiDetectors = []piiDetector{
@@ -99,16 +158,17 @@ func consistentSeparators(b []byte) bool {
 
 var cardRe = regexp.MustCompile(`\d(?:[ -]?\d){12,18}`)
 
-func findCards(_ *Engine, text []byte, out *[]Finding) {
-	for _, m := range cardRe.FindAllIndex(text, -1) {
+func findCards(_ *Engine, st *scanText, out *[]Finding) {
+	text := st.b
+	findAllIn(cardRe, text, st.digitWindows(), func(m []int) {
 		s, e := m[0], m[1]
 		if !digitBounded(text, s, e) || !consistentSeparators(text[s:e]) {
-			continue
+			return
 		}
 		if d := digitsOf(text[s:e]); luhn(d) && cardIssuer(d) != "" {
 			emit(out, TypeCard, s, e)
 		}
-	}
+	})
 }
 
 func luhn(d []byte) bool {
@@ -171,11 +231,14 @@ var ibanLengths = map[string]int{
 	"SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
 }
 
-var ibanStartRe = regexp.MustCompile(`[A-Z]{2}\d{2}`)
+func isUpper(c byte) bool { return 'A' <= c && c <= 'Z' }
 
-func findIBANs(_ *Engine, text []byte, out *[]Finding) {
-	for _, m := range ibanStartRe.FindAllIndex(text, -1) {
-		s := m[0]
+func findIBANs(_ *Engine, st *scanText, out *[]Finding) {
+	text := st.b
+	for s := 0; s+4 <= len(text); s++ {
+		if !isUpper(text[s]) || !isUpper(text[s+1]) || !isDigit(text[s+2]) || !isDigit(text[s+3]) {
+			continue
+		}
 		if s > 0 && (isAlnum(text[s-1]) || text[s-1] == '_') {
 			continue
 		}
@@ -229,7 +292,8 @@ func ibanValid(chars []byte) bool {
 
 // ---- email ----
 
-var emailRe = regexp.MustCompile(`[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}`)
+func isLocalChar(c byte) bool  { return isAlnum(c) || strings.IndexByte("._%+-", c) >= 0 }
+func isDomainChar(c byte) bool { return isAlnum(c) || c == '-' || c == '.' }
 
 // notTLDs are endings that make "name@2x.png" look like an address.
 var notTLDs = map[string]bool{
@@ -240,35 +304,61 @@ var notTLDs = map[string]bool{
 	"local": true, "localhost": true, "internal": true, "example": true, "invalid": true, "test": true,
 }
 
-func findEmails(_ *Engine, text []byte, out *[]Finding) {
-	for _, m := range emailRe.FindAllIndex(text, -1) {
-		s, e := m[0], m[1]
-		// The regex may start inside a longer local part or end inside a
-		// longer label: only whole tokens count.
-		if s > 0 && (isAlnum(text[s-1]) || strings.IndexByte("._%+-", text[s-1]) >= 0) {
+func findEmails(_ *Engine, st *scanText, out *[]Finding) {
+	text := st.b
+	for off := 0; ; {
+		i := bytes.IndexByte(text[off:], '@')
+		if i < 0 {
+			return
+		}
+		at := off + i
+		off = at + 1
+		s := at
+		for s > 0 && at-s < 64 && isLocalChar(text[s-1]) {
+			s--
+		}
+		if s == at || s > 0 && isLocalChar(text[s-1]) {
+			continue // empty or longer than 64: not an address
+		}
+		e := at + 1
+		for e < len(text) && e-at <= 253 && isDomainChar(text[e]) {
+			e++
+		}
+		for e > at+1 && (text[e-1] == '.' || text[e-1] == '-') {
+			e-- // sentence punctuation after the address
+		}
+		if e < len(text) && (isAlnum(text[e]) || text[e] == '_' || text[e] == '@') {
 			continue
 		}
-		if e < len(text) && (isAlnum(text[e]) || text[e] == '-' || text[e] == '_' || text[e] == '@') {
-			continue
-		}
-		addr := string(text[s:e])
-		at := strings.IndexByte(addr, '@')
-		local, domain := addr[:at], addr[at+1:]
-		if local[0] == '.' || local[len(local)-1] == '.' || strings.Contains(local, "..") || len(addr) > 254 {
+		local, domain := string(text[s:at]), string(text[at+1:e])
+		if local[0] == '.' || local[len(local)-1] == '.' || strings.Contains(local, "..") || e-s > 254 {
 			continue
 		}
 		labels := strings.Split(domain, ".")
-		okLabels := true
+		if len(labels) < 2 {
+			continue
+		}
+		ok := true
 		for _, l := range labels {
-			if l == "" || l[0] == '-' || l[len(l)-1] == '-' {
-				okLabels = false
+			if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+				ok = false
 			}
 		}
-		if !okLabels || notTLDs[strings.ToLower(labels[len(labels)-1])] {
+		tld := labels[len(labels)-1]
+		if !ok || len(tld) < 2 || len(tld) > 24 || !isAlpha(tld) || notTLDs[strings.ToLower(tld)] {
 			continue
 		}
 		emit(out, TypeEmail, s, e)
 	}
+}
+
+func isAlpha(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // ---- US SSN ----
@@ -279,24 +369,22 @@ var (
 	ssnContext = []string{"ssn", "social security", "soc sec", "taxpayer"}
 )
 
-func findSSNs(_ *Engine, text []byte, out *[]Finding) {
-	for _, m := range ssnRe.FindAllSubmatchIndex(text, -1) {
+func findSSNs(_ *Engine, st *scanText, out *[]Finding) {
+	text := st.b
+	findAllIn(ssnRe, text, st.digitWindows(), func(m []int) {
 		s, e := m[0], m[1]
-		if text[m[2]] != text[m[4]] || !digitBounded(text, s, e) || !groupBounded(text, s, e, text[m[2]]) {
-			continue
-		}
-		if ssnValid(digitsOf(text[s:e])) {
+		if text[m[2]] == text[m[4]] && digitBounded(text, s, e) && groupBounded(text, s, e, text[m[2]]) && ssnValid(digitsOf(text[s:e])) {
 			emit(out, TypeUSSSN, s, e)
 		}
-	}
+	})
 	// Nine bare digits are an SSN only when the text says so nearby:
 	// without context they are as likely an order or account number.
-	for _, m := range ssnBareRe.FindAllIndex(text, -1) {
+	findAllIn(ssnBareRe, text, st.digitWindows(), func(m []int) {
 		s, e := m[0], m[1]
 		if digitBounded(text, s, e) && hasContext(text, s, ssnContext) && ssnValid(digitsOf(text[s:e])) {
 			emit(out, TypeUSSSN, s, e)
 		}
-	}
+	})
 }
 
 func ssnValid(d []byte) bool {
@@ -347,21 +435,22 @@ var (
 	myNumberContext   = []string{"マイナンバー", "個人番号", "my number", "mynumber", "my_number", "individual number", "kojin"}
 )
 
-func findMyNumbers(_ *Engine, text []byte, out *[]Finding) {
-	for _, m := range myNumberGroupedRe.FindAllSubmatchIndex(text, -1) {
+func findMyNumbers(_ *Engine, st *scanText, out *[]Finding) {
+	text := st.b
+	findAllIn(myNumberGroupedRe, text, st.digitWindows(), func(m []int) {
 		s, e := m[0], m[1]
 		if text[m[2]] == text[m[4]] && digitBounded(text, s, e) && groupBounded(text, s, e, text[m[2]]) && myNumberValid(digitsOf(text[s:e])) {
 			emit(out, TypeJPMyNumber, s, e)
 		}
-	}
+	})
 	// Bare 12 digits pass the check digit one time in ten by chance, so
 	// they need context words.
-	for _, m := range myNumberBareRe.FindAllIndex(text, -1) {
+	findAllIn(myNumberBareRe, text, st.digitWindows(), func(m []int) {
 		s, e := m[0], m[1]
 		if digitBounded(text, s, e) && hasContext(text, s, myNumberContext) && myNumberValid(digitsOf(text[s:e])) {
 			emit(out, TypeJPMyNumber, s, e)
 		}
-	}
+	})
 }
 
 // myNumberValid checks the individual number's check digit (the 12th):
@@ -396,42 +485,43 @@ var (
 	verLikeRe  = regexp.MustCompile(`^\d+\.\d+\.\d+$`)
 )
 
-func findPhones(e *Engine, text []byte, out *[]Finding) {
-	for _, m := range phoneRe.FindAllIndex(text, -1) {
+func findPhones(e *Engine, st *scanText, out *[]Finding) {
+	text := st.b
+	findAllIn(phoneRe, text, st.digitWindows(), func(m []int) {
 		s, end := m[0], m[1]
 		if s > 0 && (isAlnum(text[s-1]) || strings.IndexByte("_+-./#$€", text[s-1]) >= 0) {
-			continue // glued to a word, an id ("PO#2025-103347"), an amount
+			return // glued to a word, an id ("PO#2025-103347"), an amount
 		}
 		if inIBANGroups(text, s) {
-			continue // the tail of an IBAN written in groups of four
+			return // the tail of an IBAN written in groups of four
 		}
 		if end < len(text) && (isAlnum(text[end]) || text[end] == '_' || (text[end] == '-' || text[end] == '.' || text[end] == '/') && end+1 < len(text) && isDigit(text[end+1])) {
-			continue
+			return
 		}
 		// A neighbouring token with digits joined by one space means the
 		// candidate is a piece of something longer (an IBAN, a card).
 		if s > 1 && text[s-1] == ' ' && tokenHasDigit(text, s-2, -1) || end+1 < len(text) && text[end] == ' ' && tokenHasDigit(text, end+1, 1) {
-			continue
+			return
 		}
 		c := text[s:end]
 		n := len(digitsOf(c))
 		if n < 7 || n > 15 || dateLikeRe.Match(c) || ipLikeRe.Match(c) || verLikeRe.Match(c) {
-			continue
+			return
 		}
 		if c[0] != '+' && !bytes.ContainsAny(c, " .-(") {
-			continue
+			return
 		}
 		num, err := phonenumbers.Parse(string(c), e.phoneRegion)
 		if err != nil || !phonenumbers.IsValidNumber(num) {
-			continue
+			return
 		}
 		// Without a '+' the number must be one of the default region's own
 		// (not, say, "0116-4822-1105" read as US-dialled 011 64 ...).
 		if c[0] != '+' && (!phonenumbers.IsValidNumberForRegion(num, e.phoneRegion) || !nationalGrouping(c, num)) {
-			continue
+			return
 		}
 		emit(out, TypePhone, s, end)
-	}
+	})
 }
 
 // nationalGrouping reports whether a number written without a country code
@@ -491,7 +581,8 @@ func tokenHasDigit(text []byte, i, dir int) bool {
 
 var jwtRe = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`)
 
-func findJWTs(_ *Engine, text []byte, out *[]Finding) {
+func findJWTs(_ *Engine, st *scanText, out *[]Finding) {
+	text := st.b
 	for _, m := range jwtRe.FindAllIndex(text, -1) {
 		s, e := m[0], m[1]
 		if s > 0 && (isAlnum(text[s-1]) || text[s-1] == '_' || text[s-1] == '-') {
@@ -520,7 +611,8 @@ func findJWTs(_ *Engine, text []byte, out *[]Finding) {
 
 var pemBeginRe = regexp.MustCompile(`-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----`)
 
-func findPrivateKeys(_ *Engine, text []byte, out *[]Finding) {
+func findPrivateKeys(_ *Engine, st *scanText, out *[]Finding) {
+	text := st.b
 	for _, m := range pemBeginRe.FindAllSubmatchIndex(text, -1) {
 		s, bodyStart := m[0], m[1]
 		endMarker := "-----END " + string(text[m[2]:m[3]]) + "-----"

@@ -8,7 +8,10 @@ import (
 	"math"
 	"os"
 	"regexp"
+	"regexp/syntax"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
 )
@@ -56,6 +59,8 @@ type packAllowlist struct {
 type rule struct {
 	id, typ     string
 	re          *regexp.Regexp
+	width       int  // longest possible match in bytes; -1: unbounded
+	kwInMatch   bool // every match contains a keyword, so keyword windows hold every match
 	secretGroup int
 	entropy     float64
 	keywords    []string // lowercase; empty: always run
@@ -190,7 +195,6 @@ func compilePack(name string, data []byte, builtin bool) (*packFile, []*rule, []
 	}
 	var out []*rule
 	for _, pr := range pf.Rules {
-		line := lineOfRule(data, pr.ID)
 		if pr.ID == "" {
 			return nil, nil, nil, fmt.Errorf("dlp: %s:%d: rule without id", name, lineOfNthRule(data, len(out)))
 		}
@@ -198,7 +202,7 @@ func compilePack(name string, data []byte, builtin bool) (*packFile, []*rule, []
 			continue
 		}
 		if pr.Regex == "" {
-			return nil, nil, nil, fmt.Errorf("dlp: %s:%d: rule %q: regex is required (path-only rules are not supported)", name, line, pr.ID)
+			return nil, nil, nil, fmt.Errorf("dlp: %s:%d: rule %q: regex is required (path-only rules are not supported)", name, lineOfRule(data, pr.ID), pr.ID)
 		}
 		re, err := regexp.Compile(pr.Regex)
 		if err != nil {
@@ -217,13 +221,20 @@ func compilePack(name string, data []byte, builtin bool) (*packFile, []*rule, []
 		if !typeRe.MatchString(typ) {
 			return nil, nil, nil, fmt.Errorf("dlp: %s:%d: rule %q: type %q must match %s", name, lineOfKeyInRule(data, pr.ID, "type"), pr.ID, typ, typeRe)
 		}
-		r := &rule{id: pr.ID, typ: typ, re: re, secretGroup: pr.SecretGroup, entropy: pr.Entropy}
+		r := &rule{id: pr.ID, typ: typ, re: re, secretGroup: pr.SecretGroup, entropy: pr.Entropy, width: -1}
+		sr, err := syntax.Parse(pr.Regex, syntax.Perl)
+		if err == nil {
+			r.width = maxWidth(sr.Simplify())
+		}
 		for _, k := range pr.Keywords {
 			k = strings.ToLower(k)
 			if len(k) < 2 {
 				return nil, nil, nil, fmt.Errorf("dlp: %s:%d: rule %q: keyword %q is shorter than 2 bytes", name, lineOfKeyInRule(data, pr.ID, "keywords"), pr.ID, k)
 			}
 			r.keywords = append(r.keywords, k)
+		}
+		if sr != nil {
+			r.kwInMatch = containsKeyword(sr.Simplify(), r.keywords)
 		}
 		for _, a := range pr.Allowlists {
 			al, ok, err := compileAllowlist(a)
@@ -336,15 +347,29 @@ func isKeyLine(t, key string) bool {
 	return ok && strings.HasPrefix(strings.TrimSpace(rest), "=")
 }
 
+// Rules run only near their keywords: a match contains its keyword
+// (gitleaks' rules are written so), so a window from keywordBefore bytes
+// before to keywordAfter bytes after each occurrence holds every match that
+// is not longer than that. The window widens to the start of a token so
+// that \b and prefixes see what they would in the whole text.
+const (
+	keywordBefore = 512
+	keywordAfter  = 4096
+	maxKeywordHit = 4096 // more occurrences than this: scan the whole text
+)
+
 // scan runs the keyword-selected rules over text.
 func (rs *ruleSet) scan(text []byte, disabled map[string]bool, out *[]Finding) {
 	if len(rs.rules) == 0 {
 		return
 	}
-	run := make([]bool, len(rs.rules))
+	hits := make([][]int, len(rs.rules)) // keyword positions per rule; nil: not triggered
+	whole := make([]bool, len(rs.rules))
 	for _, i := range rs.always {
-		run[i] = true
+		whole[i] = true
 	}
+	// triggered but may match away from its keywords: scanned whole.
+	wholeOnHit := func(i int) bool { return !rs.rules[i].kwInMatch }
 	// Keyword prefilter: one pass, ASCII-lowercasing on the fly.
 	for i := 0; i+1 < len(text); i++ {
 		a, b := lower(text[i]), lower(text[i+1])
@@ -353,44 +378,251 @@ func (rs *ruleSet) scan(text []byte, disabled map[string]bool, out *[]Finding) {
 			continue
 		}
 		for _, ent := range rs.kw[[2]byte{a, b}] {
-			if !run[ent.rule] && hasPrefixFold(text[i:], ent.word) {
-				run[ent.rule] = true
+			if whole[ent.rule] || !hasPrefixFold(text[i:], ent.word) {
+				continue
 			}
+			if wholeOnHit(ent.rule) {
+				whole[ent.rule] = true
+				continue
+			}
+			if h := hits[ent.rule]; len(h) > 0 && h[len(h)-1] == i {
+				continue // two keywords of one rule at one place
+			}
+			if len(hits[ent.rule]) >= maxKeywordHit {
+				whole[ent.rule] = true
+				continue
+			}
+			hits[ent.rule] = append(hits[ent.rule], i)
 		}
 	}
 	for i, r := range rs.rules {
-		if !run[i] || disabled[r.typ] {
+		if disabled[r.typ] || !whole[i] && hits[i] == nil {
 			continue
 		}
-		for _, m := range r.re.FindAllSubmatchIndex(text, -1) {
-			s, e := m[0], m[1]
-			if r.secretGroup > 0 {
-				s, e = m[2*r.secretGroup], m[2*r.secretGroup+1]
-			} else {
-				for g := 1; 2*g+1 < len(m); g++ { // first non-empty group, as gitleaks does
-					if m[2*g] >= 0 && m[2*g+1] > m[2*g] {
-						s, e = m[2*g], m[2*g+1]
-						break
-					}
-				}
-			}
-			if s < 0 || s >= e {
-				continue
-			}
-			secret := text[s:e]
-			if r.entropy > 0 {
-				if shannon(secret) <= r.entropy {
-					continue
-				}
-				if strings.HasPrefix(r.id, "generic") && !bytes.ContainsAny(secret, "0123456789") {
-					continue // generic rules: words without digits are rarely secrets
-				}
-			}
-			if allowed(r.allow, text, m[0], m[1], s, e) || allowed(rs.global, text, m[0], m[1], s, e) {
-				continue
-			}
-			*out = append(*out, Finding{Type: r.typ, Rule: r.id, Start: s, End: e})
+		if whole[i] {
+			r.find(text, 0, len(text), rs.global, out)
+			continue
 		}
+		for _, w := range windows(text, hits[i]) {
+			r.find(text, w[0], w[1], rs.global, out)
+		}
+	}
+}
+
+// windows merges the keyword windows around positions (ascending).
+func windows(text []byte, pos []int) [][2]int {
+	var ws [][2]int
+	for _, p := range pos {
+		s, e := max(0, p-keywordBefore), min(len(text), p+keywordAfter)
+		for lim := max(0, s-256); s > lim && !isSpace(text[s-1]); s-- {
+		}
+		if n := len(ws); n > 0 && s <= ws[n-1][1] {
+			ws[n-1][1] = max(ws[n-1][1], e)
+			continue
+		}
+		ws = append(ws, [2]int{s, e})
+	}
+	return ws
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\n' || c == '\t' || c == '\r' }
+
+// Go's regexp uses its backtracker, several times faster than its NFA, when
+// the input is short for the program. Rules whose matches are bounded run
+// on chunks of chunkSize bytes that overlap by the longest match (plus
+// chunkContext bytes so \b and lazy prefixes see what precedes a chunk);
+// each match is taken from the one chunk where it starts in the fresh part.
+const (
+	chunkSize    = 768
+	chunkContext = 64
+	maxChunked   = 384 // longest match width that is chunked
+)
+
+func (r *rule) find(text []byte, ws, we int, global []allowlist, out *[]Finding) {
+	if r.width < 0 || r.width > maxChunked || we-ws <= chunkSize {
+		r.findIn(text, ws, we, ws, we, global, out)
+		return
+	}
+	step := chunkSize - r.width - chunkContext
+	for cs := ws; cs < we; cs += step {
+		from := max(ws, cs-chunkContext) // context before the fresh part
+		if cs+step+r.width >= we {
+			r.findIn(text, from, we, cs, we, global, out)
+			break
+		}
+		r.findIn(text, from, cs+step+r.width, cs, cs+step, global, out)
+	}
+}
+
+// fixedLower is the text re always matches, lowercased, if it is fixed up
+// to case ("Api", [Aa]pi, (?i)api).
+func fixedLower(re *syntax.Regexp) (string, bool) {
+	switch re.Op {
+	case syntax.OpLiteral:
+		return strings.ToLower(string(re.Rune)), true
+	case syntax.OpCharClass:
+		// One letter in its cases, e.g. [Aa] (ranges are pairs lo, hi).
+		var letter rune = -1
+		for i := 0; i+1 < len(re.Rune); i += 2 {
+			for c := re.Rune[i]; c <= re.Rune[i+1]; c++ {
+				l := unicode.ToLower(c)
+				if letter >= 0 && l != letter {
+					return "", false
+				}
+				letter = l
+			}
+		}
+		return string(letter), letter >= 0
+	case syntax.OpCapture:
+		return fixedLower(re.Sub[0])
+	case syntax.OpConcat:
+		var b strings.Builder
+		for _, sub := range re.Sub {
+			f, ok := fixedLower(sub)
+			if !ok {
+				return "", false
+			}
+			b.WriteString(f)
+		}
+		return b.String(), true
+	}
+	return "", false
+}
+
+// containsKeyword reports whether every match of re contains one of the
+// (lowercase) keywords, judged from re's structure (false when unsure).
+func containsKeyword(re *syntax.Regexp, kws []string) bool {
+	if len(kws) == 0 {
+		return false
+	}
+	has := func(s string) bool {
+		for _, k := range kws {
+			if strings.Contains(s, k) {
+				return true
+			}
+		}
+		return false
+	}
+	if f, ok := fixedLower(re); ok {
+		return has(f)
+	}
+	switch re.Op {
+	case syntax.OpCapture, syntax.OpPlus:
+		return containsKeyword(re.Sub[0], kws)
+	case syntax.OpRepeat:
+		return re.Min >= 1 && containsKeyword(re.Sub[0], kws)
+	case syntax.OpAlternate:
+		for _, sub := range re.Sub {
+			if !containsKeyword(sub, kws) {
+				return false
+			}
+		}
+		return true
+	case syntax.OpConcat:
+		var run strings.Builder // adjacent fixed parts may spell a keyword together
+		for _, sub := range re.Sub {
+			if f, ok := fixedLower(sub); ok {
+				run.WriteString(f)
+				if has(run.String()) {
+					return true
+				}
+				continue
+			}
+			run.Reset()
+			if containsKeyword(sub, kws) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// maxWidth is the longest text re can match, in bytes; -1 if unbounded.
+func maxWidth(re *syntax.Regexp) int {
+	switch re.Op {
+	case syntax.OpEmptyMatch, syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText, syntax.OpWordBoundary, syntax.OpNoWordBoundary:
+		return 0
+	case syntax.OpLiteral:
+		n := 0
+		for _, c := range re.Rune {
+			switch {
+			case re.Flags&syntax.FoldCase != 0 && strings.ContainsRune("kKsS", c):
+				n += 3 // folds to the Kelvin sign or long s
+			default:
+				n += utf8.RuneLen(c)
+			}
+		}
+		return n
+	case syntax.OpCharClass:
+		if len(re.Rune) > 0 && re.Rune[len(re.Rune)-1] < utf8.RuneSelf {
+			return 1
+		}
+		return utf8.UTFMax
+	case syntax.OpAnyChar, syntax.OpAnyCharNotNL:
+		return utf8.UTFMax
+	case syntax.OpCapture:
+		return maxWidth(re.Sub[0])
+	case syntax.OpQuest:
+		return maxWidth(re.Sub[0])
+	case syntax.OpRepeat:
+		w := maxWidth(re.Sub[0])
+		if w < 0 || re.Max < 0 {
+			return -1
+		}
+		return w * re.Max
+	case syntax.OpConcat, syntax.OpAlternate:
+		total := 0
+		for _, sub := range re.Sub {
+			w := maxWidth(sub)
+			if w < 0 {
+				return -1
+			}
+			if re.Op == syntax.OpConcat {
+				total += w
+			} else {
+				total = max(total, w)
+			}
+		}
+		return total
+	}
+	return -1 // star, plus
+}
+
+// findIn reports r's matches in text[ws:we] that start in [minStart,
+// maxStart) (offsets absolute; maxStart == we: no upper bound).
+func (r *rule) findIn(text []byte, ws, we, minStart, maxStart int, global []allowlist, out *[]Finding) {
+	win := text[ws:we]
+	for _, m := range r.re.FindAllSubmatchIndex(win, -1) {
+		if ws+m[0] < minStart || ws+m[0] >= maxStart && maxStart < we {
+			continue // a neighbouring chunk has it
+		}
+		s, e := m[0], m[1]
+		if r.secretGroup > 0 {
+			s, e = m[2*r.secretGroup], m[2*r.secretGroup+1]
+		} else {
+			for g := 1; 2*g+1 < len(m); g++ { // first non-empty group, as gitleaks does
+				if m[2*g] >= 0 && m[2*g+1] > m[2*g] {
+					s, e = m[2*g], m[2*g+1]
+					break
+				}
+			}
+		}
+		if s < 0 || s >= e {
+			continue
+		}
+		secret := win[s:e]
+		if r.entropy > 0 {
+			if shannon(secret) <= r.entropy {
+				continue
+			}
+			if strings.HasPrefix(r.id, "generic") && !bytes.ContainsAny(secret, "0123456789") {
+				continue // generic rules: words without digits are rarely secrets
+			}
+		}
+		if allowed(r.allow, win, m[0], m[1], s, e) || allowed(global, win, m[0], m[1], s, e) {
+			continue
+		}
+		*out = append(*out, Finding{Type: r.typ, Rule: r.id, Start: ws + s, End: ws + e})
 	}
 }
 
