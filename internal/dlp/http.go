@@ -47,9 +47,14 @@ var ErrUndecodable = errors.New("dlp: body cannot be decoded")
 // counts as Blocked under block and redact (nothing can be inspected or
 // redacted) and is reported under log. Otherwise r's body is left as it was
 // (its bytes are replayed). The error is for I/O failures reading the body.
+//
+// An unknown mode is an error with a Blocked report (fail closed).
 func (e *Engine) ScanRequest(r *http.Request, mode Mode) (Report, error) {
 	if mode == ModeOff || mode == "" {
 		return Report{}, nil
+	}
+	if _, err := ParseMode(string(mode)); err != nil {
+		return Report{Blocked: true, Reason: err.Error()}, err
 	}
 	m := message{header: r.Header, body: &r.Body, contentLength: &r.ContentLength}
 	if r.URL != nil {
@@ -63,6 +68,9 @@ func (e *Engine) ScanRequest(r *http.Request, mode Mode) (Report, error) {
 func (e *Engine) ScanResponse(resp *http.Response, mode Mode) (Report, error) {
 	if mode == ModeOff || mode == "" {
 		return Report{}, nil
+	}
+	if _, err := ParseMode(string(mode)); err != nil {
+		return Report{Blocked: true, Reason: err.Error()}, err
 	}
 	m := message{header: resp.Header, body: &resp.Body, contentLength: &resp.ContentLength}
 	return e.scanMessage(&m, mode)
@@ -177,7 +185,8 @@ func rewriteURL(m *message, uri []byte) error {
 func (e *Engine) scanBody(m *message, mode Mode, budget int64, rep *Report) error {
 	orig := *m.body
 	var raw bytes.Buffer
-	dec, closeDec, decErr := decoder(m.header.Values("Content-Encoding"), io.TeeReader(orig, &raw))
+	src := &errTap{r: orig}
+	dec, closeDec, decErr := decoder(m.header.Values("Content-Encoding"), io.TeeReader(src, &raw))
 	var all []byte // budget+1 bytes at most: one more tells a truncated body
 	var readErr error
 	if decErr == nil {
@@ -186,7 +195,9 @@ func (e *Engine) scanBody(m *message, mode Mode, budget int64, rep *Report) erro
 	restore := func() {
 		*m.body = replayBody{Reader: io.MultiReader(bytes.NewReader(raw.Bytes()), orig), c: orig}
 	}
-	if decErr == nil && readErr != nil && (isDecodeError(readErr) || errors.Is(readErr, io.ErrUnexpectedEOF)) {
+	// An error the body itself did not return came from a decoder: the
+	// encoding is corrupt or truncated.
+	if decErr == nil && readErr != nil && src.err == nil {
 		decErr = fmt.Errorf("%w: content-encoding %q: %v", ErrUndecodable, strings.Join(m.header.Values("Content-Encoding"), ","), readErr)
 	}
 	if decErr != nil {
@@ -262,12 +273,19 @@ type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
 
-// isDecodeError separates corrupt encodings from transport errors.
-func isDecodeError(err error) bool {
-	var ce flate.CorruptInputError
-	return errors.As(err, &ce) || errors.Is(err, gzip.ErrHeader) || errors.Is(err, gzip.ErrChecksum) ||
-		errors.Is(err, zlib.ErrHeader) || errors.Is(err, zlib.ErrChecksum) || errors.Is(err, ErrUndecodable) ||
-		strings.HasPrefix(err.Error(), "brotli:") || strings.HasPrefix(err.Error(), "zstd:") || errors.Is(err, zstd.ErrMagicMismatch)
+// errTap remembers the first error other than EOF its reader returned,
+// which tells transport errors from decoding errors.
+type errTap struct {
+	r   io.Reader
+	err error
+}
+
+func (t *errTap) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err != nil && err != io.EOF && t.err == nil {
+		t.err = err
+	}
+	return n, err
 }
 
 // maxZstdWindow bounds a zstd frame's memory (the spec's decoder minimum is 8 MiB).

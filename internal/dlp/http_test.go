@@ -367,3 +367,16 @@ func TestScanRequestReadErrorIsReturned(t *testing.T) {
 		t.Errorf("err = %v, want a read error", err)
 	}
 }
+
+func TestScanUnknownModeFailsClosed(t *testing.T) {
+	e := testEngine(t)
+	r := newReq(t, "http://h/", []byte("hello"), nil)
+	rep, err := e.ScanRequest(r, Mode("Block"))
+	if err == nil || !rep.Blocked {
+		t.Errorf("request: report %+v, err %v", rep, err)
+	}
+	resp := &http.Response{Header: http.Header{}, Body: io.NopCloser(strings.NewReader("x"))}
+	if rep, err := e.ScanResponse(resp, Mode("redacted")); err == nil || !rep.Blocked {
+		t.Errorf("response: report %+v, err %v", rep, err)
+	}
+}
