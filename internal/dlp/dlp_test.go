@@ -80,6 +80,9 @@ func TestDetectorsFindValidatedValues(t *testing.T) {
 		{"aws access key id", "AKIAZ52HGXYRN4WBTEST", []string{"secret@AKIAZ52HGXYRN4WBTEST"}},
 		{"aws documentation key is allowlisted", "AKIAIOSFODNN7EXAMPLE", nil},
 		{"github token", `token = "ghp_0123456789abcdefABCDEF0123456789abcd"`, []string{"secret@ghp_0123456789abcdefABCDEF0123456789abcd"}},
+		{"aws secret access key", "aws_secret_access_key = h3Jk9sP2qL8vN5xR7tY1wZ4mB6cD0fG2hJ4kL6nP\n", []string{"secret@h3Jk9sP2qL8vN5xR7tY1wZ4mB6cD0fG2hJ4kL6nP"}},
+		{"azure storage account key", "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=gtD7fGUOv8fwNfBb0jXxUJR4QQAAabVVloZaXZxmCu1VShIqmArIntn9oX98WHgCtzC1uwB5FXZPf7stg7NvlE==;EndpointSuffix=core.windows.net", []string{"secret@gtD7fGUOv8fwNfBb0jXxUJR4QQAAabVVloZaXZxmCu1VShIqmArIntn9oX98WHgCtzC1uwB5FXZPf7stg7NvlE=="}},
+		{"gcp service account key id", `{"type": "service_account", "private_key_id": "d26ab4a829a95249f512c17b8ed411fa644d35db"}`, []string{"secret@d26ab4a829a95249f512c17b8ed411fa644d35db"}},
 		{"uuid", "id 123e4567-e89b-12d3-a456-426614174000", nil},
 		{"sha256", "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", nil},
 	}
