@@ -262,6 +262,9 @@ stopwords = ["test"]
 [[rules]]
 id = "aws-access-token"
 regex = '''NEVERMATCHES[0-9]{99}'''
+
+[allowlist]
+stopwords = ["dummy"]
 `)
 	e, err := New(Config{Packs: []string{p}})
 	if err != nil {
@@ -275,6 +278,8 @@ regex = '''NEVERMATCHES[0-9]{99}'''
 		{"pack stopword", "acme_testa1b2c3d4e5f6", nil},
 		{"low entropy", "acme_aaaaaaaaaaaaaaaa", nil},
 		{"pack overrides a built-in id", "AKIAZ52HGXYRN4WBTEST", nil},
+		{"pack global allowlist applies to all rules", `token = "ghp_dummy56789abcdefABCDEF0123456789abcd"`, nil},
+		{"built-in rules still run", `token = "ghp_0123456789abcdefABCDEF0123456789abcd"`, []string{"secret@ghp_0123456789abcdefABCDEF0123456789abcd"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
