@@ -40,6 +40,7 @@ Usage:
   agentbox serve [flags]          serve the HTTP API (and MCP at /mcp), default 127.0.0.1:8080
   agentbox mcp                    serve the Model Context Protocol on stdin/stdout
   agentbox route [flags] FILE     print which tier a program would run on, and why
+  agentbox dlp scan FILE|-        print the DLP findings (secrets, PII) in a file as JSON
   agentbox bench [flags]          measure start-up and throughput on this machine
   agentbox version                print the version and interpreter build
 
@@ -76,6 +77,8 @@ func (e *env) main(ctx context.Context, args []string) int {
 		err = e.mcp(ctx, args[1:])
 	case "route":
 		err = e.route(args[1:])
+	case "dlp":
+		code, err = e.dlpCmd(args[1:])
 	case "version", "--version":
 		err = e.version()
 	case "help", "-h", "--help":
