@@ -175,9 +175,9 @@ func TestBridge(t *testing.T) {
 			stdout:   []string{"hello from upstream"},
 			upstream: "GET files.test:8080 /hello "},
 		{name: "urllib follows a redirect, each hop decided",
-			code:     "import urllib.request\nr = urllib.request.urlopen('https://api.test/redirect')\nprint(r.url, r.read().decode())",
-			stdout:   []string{"https://api.test/hello hello from upstream"},
-			events:   []string{"GET api.test /redirect allowed", "GET api.test /hello allowed"}},
+			code:   "import urllib.request\nr = urllib.request.urlopen('https://api.test/redirect')\nprint(r.url, r.read().decode())",
+			stdout: []string{"https://api.test/hello hello from upstream"},
+			events: []string{"GET api.test /redirect allowed", "GET api.test /hello allowed"}},
 		{name: "http.client, two requests on one connection",
 			code: "import http.client\nc = http.client.HTTPSConnection('api.test', timeout=10)\nfor body in (b'one', b'two'):\n" +
 				"    c.request('PUT', '/echo', body=body, headers={'X-Test': 'hc', 'Content-Type': 'text/plain'})\n    r = c.getresponse()\n    print(r.status, r.getheader('Content-Type'), r.read().decode())\nc.close()",
@@ -188,7 +188,7 @@ func TestBridge(t *testing.T) {
 				"print(status, headers['content-length'], body.decode())\nr = agentbox.http.request('GET', 'https://api.test/hello')\nprint(r.status, r.headers['x-upstream'], r.body)",
 			stdout: []string{"200 11 POST ab hé", "200 yes b'hello from upstream'"}},
 		{name: "denied host is HTTPError 403 naming the rule",
-			code: "import urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('https://evil.test/x')\nexcept urllib.error.HTTPError as e:\n    print('HTTPError', e.code, e.read().decode())",
+			code:   "import urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('https://evil.test/x')\nexcept urllib.error.HTTPError as e:\n    print('HTTPError', e.code, e.read().decode())",
 			stdout: []string{"HTTPError 403 denied by rule test:not-allowed: not in the test's allow list"},
 			events: []string{"GET evil.test /x denied"}},
 		{name: "agentbox.http gets a denial as a response",
@@ -501,4 +501,3 @@ func TestParseBridgeRequest(t *testing.T) {
 		})
 	}
 }
-
