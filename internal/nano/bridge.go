@@ -33,6 +33,16 @@ type HTTP interface {
 	RoundTrip(ctx context.Context, g *netpolicy.Guard, req *http.Request) (*http.Response, error)
 }
 
+// HTTPFunc adapts a function to HTTP, e.g. a data plane whose RoundTrip takes its own Guard
+// interface: HTTPFunc(func(ctx context.Context, g *netpolicy.Guard, r *http.Request) (*http.Response,
+// error) { return proxy.RoundTrip(ctx, g, r) }).
+type HTTPFunc func(ctx context.Context, g *netpolicy.Guard, req *http.Request) (*http.Response, error)
+
+// RoundTrip calls f.
+func (f HTTPFunc) RoundTrip(ctx context.Context, g *netpolicy.Guard, req *http.Request) (*http.Response, error) {
+	return f(ctx, g, req)
+}
+
 // The guest's side of the bridge: runner.py's _bridge_exchange opens BridgeDevice, writes one request
 // and reads the reply until EOF. See docs/egress-nano.md.
 const (

@@ -291,6 +291,27 @@ _agentbox.http = _agentbox_http
 sys.modules["agentbox"] = _agentbox
 sys.modules["agentbox.http"] = _agentbox_http
 
+
+def _warm_bridge():
+    """Runs urllib, http.client and agentbox.http once against a canned response, before the snapshot,
+    so that a program's first request does not pay for building the opener and first-use set-up of
+    the code it runs (about 4 ms of a 5 ms first request)."""
+    global _bridge_exchange
+    real = _bridge_exchange
+    _bridge_exchange = lambda *args: b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    _net["on"] = True
+    try:
+        for _ in range(2):
+            urllib.request.urlopen("https://warm-up.invalid/").read()
+            urllib.request.urlopen(urllib.request.Request("http://warm-up.invalid/", data=b"x")).read()
+            _http_request("GET", "https://warm-up.invalid/")
+    finally:
+        _bridge_exchange = real
+        _net["on"] = False
+
+
+_warm_bridge()
+
 _RUNNER_GLOBALS = globals()
 _allowed = None  # frozenset of top-level names, or None for no restriction
 _real_import = builtins.__import__
