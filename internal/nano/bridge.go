@@ -186,6 +186,7 @@ func (inst *instance) bridge(raw []byte) []byte {
 	defer cancel()
 
 	gaveUp := c.slot != nil && c.slot.sleep()
+	inst.sent++
 	reply := inst.roundTrip(ctx, h, c.guard, out)
 	var stopped error
 	if err := context.Cause(c.ctx); err != nil {

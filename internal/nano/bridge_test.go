@@ -501,3 +501,38 @@ func TestParseBridgeRequest(t *testing.T) {
 		})
 	}
 }
+
+// TestBridgeNoFallbackAfterRequests: a program that sent a request and then failed for want of a
+// module reports no Missing, so the router does not run it again on heavy (which would send the
+// request twice); one that sent none still does.
+func TestBridgeNoFallbackAfterRequests(t *testing.T) {
+	b := newBridge(t, Config{})
+	cases := []struct {
+		name string
+		code string
+		want *api.Missing
+	}{
+		{"request, then a missing module", "import urllib.request\nurllib.request.urlopen('https://api.test/hello').read()\nimport numpy", nil},
+		{"denied request, then a missing module", "import agentbox.http\nagentbox.http.request('POST', 'https://evil.test/')\nimport numpy", nil},
+		{"a missing module and no request", "import urllib.request\nimport numpy", &api.Missing{Module: "numpy"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, _ := withNetwork()
+			res, err := b.e.Run(ctx, api.RunRequest{Code: c.code}, tier.Stream{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.ExitCode != 1 || res.Error == nil || res.Error.Type != "ModuleNotFoundError" {
+				t.Fatalf("result %+v", res)
+			}
+			_, fallback := router.DefaultRules().Fallback(res)
+			switch {
+			case c.want == nil && (res.Missing != nil || fallback):
+				t.Fatalf("missing %+v (fallback %v), want none", res.Missing, fallback)
+			case c.want != nil && (res.Missing == nil || *res.Missing != *c.want || !fallback):
+				t.Fatalf("missing %+v (fallback %v), want %+v", res.Missing, fallback, c.want)
+			}
+		})
+	}
+}

@@ -46,6 +46,9 @@ type instance struct {
 	// cur is the exec call in progress, for host functions that block (sleep). Only the goroutine
 	// calling into the guest touches it: wazero runs host functions on the caller's goroutine.
 	cur guestCall
+	// sent counts the requests of the exec call in progress that went to the engine's HTTP; same
+	// goroutine as cur.
+	sent int
 }
 
 // guestCall is what a blocking host function needs to know about the call that made it.
@@ -305,7 +308,7 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	}
 	inst.runs++
 	res := &api.Result{Tier: api.TierNano}
-	inst.cur = guestCall{ctx: runCtx, slot: req.slot, guard: req.guard}
+	inst.cur, inst.sent = guestCall{ctx: runCtx, slot: req.slot, guard: req.guard}, 0
 	reply, callErr := inst.call(runCtx, payload)
 	inst.cur = guestCall{}
 	res.DurationMS = float64(time.Since(start).Microseconds()) / 1000
@@ -358,6 +361,11 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 			res.ExitCode = api.ExitCrash
 			res.Error = &api.Error{Type: api.ErrGuestCrash, Message: crashMessage(callErr)}
 		}
+	}
+	if inst.sent > 0 {
+		// The fallback runs a failed program again on heavy; one that reached the network would send
+		// its requests twice.
+		res.Missing = nil
 	}
 	res.Stdout, res.Stderr = inst.stdout.String(), inst.stderr.String()
 	if inst.stdout.Truncated() || inst.stderr.Truncated() {
