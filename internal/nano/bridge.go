@@ -55,6 +55,9 @@ const (
 	// bridgeHeadroom is what a request may carry beyond its body cap: the meta line and the request
 	// line and headers.
 	bridgeHeadroom = 1 << 20
+	// maxBridgeOpen bounds the device's open handles per sandbox, each holding up to a request's and a
+	// response's cap in host memory; the guest's own code opens one at a time.
+	maxBridgeOpen = 4
 )
 
 // bridgeMeta is the first line the guest writes: where the request goes (the connection http.client
@@ -78,6 +81,10 @@ type bridgeStatus struct {
 type bridgeDevice struct{ inst *instance }
 
 func (d bridgeDevice) Open(experimentalsys.Oflag) (experimentalsys.File, experimentalsys.Errno) {
+	if d.inst.bridgeOpen.Add(1) > maxBridgeOpen {
+		d.inst.bridgeOpen.Add(-1)
+		return nil, experimentalsys.EAGAIN
+	}
 	return &bridgeFile{inst: d.inst}, 0
 }
 
@@ -137,8 +144,11 @@ func (f *bridgeFile) Read(p []byte) (int, experimentalsys.Errno) {
 }
 
 func (f *bridgeFile) Close() experimentalsys.Errno {
-	f.closed = true
-	f.req, f.reply = bytes.Buffer{}, nil
+	if !f.closed {
+		f.closed = true
+		f.req, f.reply = bytes.Buffer{}, nil
+		f.inst.bridgeOpen.Add(-1)
+	}
 	return 0
 }
 

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -49,6 +50,9 @@ type instance struct {
 	// sent counts the requests of the exec call in progress that went to the engine's HTTP; same
 	// goroutine as cur.
 	sent int
+	// bridgeOpen counts the HTTP bridge device's open handles (atomic: wazero closes them when the
+	// module closes, which may be another goroutine).
+	bridgeOpen atomic.Int32
 }
 
 // guestCall is what a blocking host function needs to know about the call that made it.
