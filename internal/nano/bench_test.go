@@ -92,19 +92,25 @@ func (nullHTTP) RoundTrip(_ context.Context, _ *netpolicy.Guard, req *http.Reque
 }
 
 // BenchmarkBridgeGet: one run doing one urllib GET through the bridge (the pool on), against a
-// loopback upstream over https (the host makes TLS; keep-alive to the upstream) and plain http, and
-// against nullHTTP (no network: the bridge's own cost). Reports the p50 and p99 of a whole run.
+// loopback upstream over https through the real egress proxy's RoundTrip and through the test fake
+// (the host makes TLS; keep-alive to the upstream), over plain http, and against nullHTTP (no
+// network: the bridge's own cost). Reports the p50 and p99 of a whole run.
 func BenchmarkBridgeGet(b *testing.B) {
 	up := &upstream{slowDone: make(chan struct{})}
 	tlsUp, plainUp := httptest.NewTLSServer(up), httptest.NewServer(up)
 	defer tlsUp.Close()
 	defer plainUp.Close()
 	fake := &fakeHTTP{tlsUp: tlsUp, plainUp: plainUp, allow: map[string]bool{"api.test": true}}
+	p := newTestProxy(b, tlsUp)
+	viaProxy := HTTPFunc(func(ctx context.Context, g *netpolicy.Guard, r *http.Request) (*http.Response, error) {
+		return p.RoundTrip(ctx, proxyGuard{Guard: g, allow: "example.com"}, r)
+	})
 	for _, c := range []struct {
 		name string
 		h    HTTP
 		url  string
 	}{
+		{"upstream=https,proxy=egress", viaProxy, "https://example.com/hello"},
 		{"upstream=https", fake, "https://api.test/hello"},
 		{"upstream=http", fake, "http://api.test/hello"},
 		{"upstream=none", nullHTTP{}, "https://api.test/hello"},
