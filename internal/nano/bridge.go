@@ -191,7 +191,8 @@ func (inst *instance) bridge(raw []byte) []byte {
 	}
 	ctx, cancel := c.ctx, context.CancelFunc(func() {})
 	if meta.Timeout > 0 {
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(meta.Timeout*float64(time.Second)))
+		// No run lasts longer than maxTimeout; the clamp keeps a huge value from overflowing.
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(min(meta.Timeout, maxTimeout.Seconds())*float64(time.Second)))
 	}
 	defer cancel()
 
@@ -213,9 +214,11 @@ func (inst *instance) bridge(raw []byte) []byte {
 
 // roundTrip makes the request and writes the reply.
 func (inst *instance) roundTrip(ctx context.Context, h HTTP, g *netpolicy.Guard, req *http.Request) []byte {
+	// ctx is done here only for the guest's own timeout: when the run's context ends, bridge stops
+	// the guest and the reply is never read.
 	resp, err := h.RoundTrip(ctx, g, req.WithContext(ctx))
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return statusLine(bridgeStatus{Kind: "timeout", Error: "timed out"})
 		}
 		return statusLine(bridgeStatus{Kind: "connect", Error: fmt.Sprintf("%s %s: %v", req.Method, req.URL.Redacted(), err)})
@@ -224,7 +227,7 @@ func (inst *instance) roundTrip(ctx context.Context, h HTTP, g *netpolicy.Guard,
 	max := inst.eng.httpMaxResponse()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
 	switch {
-	case err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+	case err != nil && ctx.Err() != nil:
 		return statusLine(bridgeStatus{Kind: "timeout", Error: "timed out reading the response"})
 	case err != nil:
 		return statusLine(bridgeStatus{Kind: "connect", Error: fmt.Sprintf("reading the response of %s %s: %v", req.Method, req.URL.Redacted(), err)})

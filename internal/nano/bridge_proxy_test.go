@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/egress"
@@ -58,6 +59,13 @@ func TestBridgeThroughProxy(t *testing.T) {
 		mu.Lock()
 		seen = append(seen, r.Method+" "+r.URL.Path+" "+r.Header.Get("Authorization"))
 		mu.Unlock()
+		if r.URL.Path == "/slow" {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(20 * time.Second):
+			}
+			return
+		}
 		fmt.Fprint(w, "hello through the proxy")
 	}))
 	defer up.Close()
@@ -82,6 +90,8 @@ func TestBridgeThroughProxy(t *testing.T) {
 			"200 hello through the proxy False", "GET /hello Bearer s3cret-value-42", []string{"allow:example.com"}},
 		{"denied host is HTTPError naming the rule", "import urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('https://other.example.org/')\nexcept urllib.error.HTTPError as e:\n    print(e.code, e.headers['X-Agentbox-Rule'], e.read().decode())",
 			"403 default:offline", "", []string{"default:offline"}},
+		{"the guest's timeout is TimeoutError", "import urllib.request\ntry:\n    urllib.request.urlopen('https://example.com/slow', timeout=0.5)\nexcept TimeoutError as e:\n    print('TimeoutError', e)",
+			"TimeoutError timed out", "GET /slow Bearer s3cret-value-42", nil},
 		{"a destination that does not answer is URLError", "import urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('https://down.example.com/', timeout=10)\nexcept urllib.error.URLError as e:\n    print('URLError', e.reason)",
 			"URLError", "", nil},
 	}
