@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/router"
 	"github.com/entersandbox/agentbox/internal/tier"
@@ -540,5 +541,38 @@ func TestBridgeNoFallbackAfterRequests(t *testing.T) {
 				t.Fatalf("missing %+v (fallback %v), want %+v", res.Missing, fallback, c.want)
 			}
 		})
+	}
+}
+
+// TestBridgeStopsOnClose: Close, once its grace period ends, stops a program waiting for a response:
+// the run fails as unavailable and the upstream request is cancelled.
+func TestBridgeStopsOnClose(t *testing.T) {
+	b := newBridge(t, Config{PoolSize: -1})
+	ctx, _ := withNetwork()
+	ran := make(chan error, 1)
+	go func() {
+		_, err := b.e.Run(ctx, api.RunRequest{Code: "import urllib.request\nurllib.request.urlopen('https://api.test/slow')", Limits: api.Limits{TimeoutMS: 600_000}}, tier.Stream{})
+		ran <- err
+	}()
+	for deadline := time.Now().Add(30 * time.Second); len(b.up.lastRequest()) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request did not reach the upstream")
+		}
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	b.e.Close(cctx)
+	select {
+	case err := <-ran:
+		if errdefs.ClassOf(err) != errdefs.Unavailable {
+			t.Fatalf("run: %v, want unavailable", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the run outlived Close")
+	}
+	select {
+	case <-b.up.slowDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream request was not cancelled")
 	}
 }
