@@ -171,6 +171,12 @@ func (e *Engine) httpMaxResponse() int64 {
 	return defaultHTTPResponse
 }
 
+// networked says whether a program under g has the bridge: a Guard with a policy (nil is offline,
+// netpolicy.Guard.Policy) and an HTTP to send through.
+func networked(g *netpolicy.Guard, h HTTP) bool {
+	return g != nil && h != nil && g.Policy() != nil
+}
+
 // bridge sends the request the guest wrote through the engine's HTTP under the run's Guard and
 // returns the reply for the guest. While it waits the run gives its CPU slot up, as a sleep does.
 // When the run's context ends meanwhile (deadline, output cap, cancellation, Close) it stops the
@@ -178,7 +184,7 @@ func (e *Engine) httpMaxResponse() int64 {
 func (inst *instance) bridge(raw []byte) []byte {
 	c := inst.cur
 	h := inst.eng.cfg.HTTP
-	if c.ctx == nil || c.guard == nil || h == nil {
+	if c.ctx == nil || !networked(c.guard, h) {
 		return statusLine(bridgeStatus{Kind: "offline", Error: "network access is not available in this sandbox (no network policy)"})
 	}
 	out, meta, refusal, err := parseBridgeRequest(raw, inst.eng.httpMaxRequest())

@@ -301,6 +301,8 @@ func TestBridgeOfflineByDefault(t *testing.T) {
 		{"no Guard: the device itself says offline", b.e, context.Background(),
 			"import os\nfd = os.open('/dev/agentbox/http', os.O_RDWR)\nos.write(fd, b'x')\nprint(os.read(fd, 4096))",
 			`"kind":"offline"`, nil},
+		{"Guard without a policy", b.e, netpolicy.WithGuard(context.Background(), netpolicy.NewGuard(nil, nil)),
+			"import http.client\nhttp.client.HTTPSConnection('api.test').request('GET', '/')", "", &api.Missing{Feature: "network"}},
 		{"Guard but no HTTP in the engine", shared, netpolicy.WithGuard(context.Background(), withGuard),
 			"import http.client\nhttp.client.HTTPConnection('api.test').request('GET', '/')", "", &api.Missing{Feature: "network"}},
 	}
@@ -574,5 +576,27 @@ func TestBridgeStopsOnClose(t *testing.T) {
 	case <-b.up.slowDone:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the upstream request was not cancelled")
+	}
+}
+
+// TestBridgeSessionFollowsSwap: a session whose Guard had no policy is offline until a policy is
+// swapped in (PATCH /v1/sessions/{id}/network), and its next cell has the network.
+func TestBridgeSessionFollowsSwap(t *testing.T) {
+	b := newBridge(t, Config{})
+	g := netpolicy.NewGuard(nil, nil)
+	s, err := b.e.NewSession(netpolicy.WithGuard(context.Background(), g), api.Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	const cell = "import http.client\nc = http.client.HTTPSConnection('api.test')\nc.request('GET', '/hello')\nprint(c.getresponse().read().decode())"
+	res, err := s.Run(context.Background(), cell, tier.Stream{})
+	if err != nil || res.Missing == nil || res.Missing.Feature != "network" {
+		t.Fatalf("before the swap: %v %+v", err, res)
+	}
+	g.Swap(&netpolicy.Policy{})
+	res, err = s.Run(context.Background(), cell, tier.Stream{})
+	if err != nil || !strings.Contains(res.Stdout, "hello from upstream") {
+		t.Fatalf("after the swap: %v %+v", err, res)
 	}
 }

@@ -306,7 +306,7 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	inst.stdin.reset(req.stdin)
 
 	payload, err := json.Marshal(runnerRequest{Code: req.code, Filename: req.filename, Fresh: inst.runs == 0, Allowed: lim.AllowedModules,
-		Network: req.guard != nil && inst.eng.cfg.HTTP != nil})
+		Network: networked(req.guard, inst.eng.cfg.HTTP)})
 	if err != nil {
 		return nil, err
 	}
