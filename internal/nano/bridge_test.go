@@ -600,3 +600,29 @@ func TestBridgeSessionFollowsSwap(t *testing.T) {
 		t.Fatalf("after the swap: %v %+v", err, res)
 	}
 }
+
+// FuzzParseBridgeRequest: whatever a program writes to the device, the host's parsing neither panics
+// nor sends a request anywhere but to the scheme, host and port of the meta line.
+func FuzzParseBridgeRequest(f *testing.F) {
+	for _, seed := range []string{
+		`{"scheme":"https","host":"api.test","port":443}` + "\nGET /p?q=1 HTTP/1.1\r\nHost: api.test\r\n\r\n",
+		`{"scheme":"http","host":"::1","port":8080}` + "\nPOST / HTTP/1.1\r\nHost: [::1]:8080\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		`{"scheme":"https","host":"api.test","port":443}` + "\nGET http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+		`{"scheme":"https","host":"a","port":1}` + "\nGET //evil.test/x HTTP/1.1\r\n\r\n",
+		"{}\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		req, meta, refusal, err := parseBridgeRequest(raw, 1<<10)
+		if err != nil || refusal != nil {
+			return
+		}
+		if req.URL.Scheme != meta.Scheme || !strings.EqualFold(req.URL.Hostname(), strings.TrimSuffix(strings.Trim(meta.Host, "[]"), ".")) {
+			t.Fatalf("request to %s from meta %+v", req.URL, meta)
+		}
+		if port := req.URL.Port(); port != "" && port != strconv.Itoa(meta.Port) {
+			t.Fatalf("request to port %s from meta %+v", port, meta)
+		}
+	})
+}
