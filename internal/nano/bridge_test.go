@@ -50,6 +50,14 @@ func (f *fakeHTTP) RoundTrip(ctx context.Context, g *netpolicy.Guard, req *http.
 		}
 	}
 	ev := api.NetworkEvent{Host: req.URL.Hostname(), Port: port, Method: req.Method, Path: req.URL.Path, Verdict: d.Verdict, Rule: d.Rule, Reason: d.Reason}
+	if req.URL.Hostname() == "dlp.test" {
+		// What the proxy answers when DLP blocks a request.
+		ev.Verdict, ev.Rule, ev.Detectors = api.VerdictBlockedDLP, "dlp:block", []string{"card"}
+		g.Record(ev)
+		body := "blocked by rule dlp:block: the request carries a payment card number"
+		return &http.Response{StatusCode: http.StatusUnavailableForLegalReasons, Status: "451 Unavailable For Legal Reasons",
+			Header: http.Header{"X-Agentbox-Rule": {"dlp:block"}}, Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)), Request: req}, nil
+	}
 	if !d.Allow {
 		g.Record(ev)
 		body := fmt.Sprintf("denied by rule %s: %s", d.Rule, d.Reason)
@@ -192,6 +200,10 @@ func TestBridge(t *testing.T) {
 			code:   "import urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('https://evil.test/x')\nexcept urllib.error.HTTPError as e:\n    print('HTTPError', e.code, e.read().decode())",
 			stdout: []string{"HTTPError 403 denied by rule test:not-allowed: not in the test's allow list"},
 			events: []string{"GET evil.test /x denied"}},
+		{name: "DLP block is HTTPError 451 naming the rule",
+			code:   "import urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('https://dlp.test/pay', data=b'card=4111111111111111')\nexcept urllib.error.HTTPError as e:\n    print('HTTPError', e.code, e.headers['X-Agentbox-Rule'], e.read().decode())",
+			stdout: []string{"HTTPError 451 dlp:block blocked by rule dlp:block"},
+			events: []string{"POST dlp.test /pay blocked_dlp"}},
 		{name: "agentbox.http gets a denial as a response",
 			code:   "import agentbox.http\nr = agentbox.http.request('DELETE', 'https://evil.test/y')\nprint(r.status, r.body.decode())",
 			stdout: []string{"403 denied by rule test:not-allowed"}},
