@@ -89,8 +89,8 @@ func (d bridgeDevice) Open(experimentalsys.Oflag) (experimentalsys.File, experim
 }
 
 // bridgeFile is one open of the device: the request is written, the first read sends it and the
-// reads return the reply. It is used by the goroutine running the guest only (wazero runs host
-// calls on it), so it has no lock.
+// reads return the reply. It is used by the goroutine running the guest (wazero runs host calls on
+// it), and closed by the module's Close once the guest no longer runs, so it has no lock.
 type bridgeFile struct {
 	experimentalsys.UnimplementedFile
 	inst   *instance

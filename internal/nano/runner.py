@@ -125,8 +125,8 @@ def _ascii_host(host):
 
 def _bridge_exchange(scheme, host, port, timeout, raw):
     """Sends one raw HTTP/1.1 request to scheme://host:port through the host; returns the raw response."""
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        timeout = 0  # socket._GLOBAL_DEFAULT_TIMEOUT or None: the run's deadline bounds it
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        timeout = 0  # socket._GLOBAL_DEFAULT_TIMEOUT, None or inf: the run's deadline bounds it
     meta = json.dumps({"scheme": scheme, "host": _ascii_host(host), "port": port, "timeout": timeout}).encode()
     fd = os.open(_BRIDGE, os.O_RDWR)
     try:
