@@ -3,11 +3,17 @@ package nano
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/tier"
 )
 
@@ -76,4 +82,80 @@ func BenchmarkThroughput(b *testing.B) {
 		})
 
 	}
+}
+
+// nullHTTP answers every request at once without any network: what is left is the bridge itself.
+type nullHTTP struct{}
+
+func (nullHTTP) RoundTrip(_ context.Context, _ *netpolicy.Guard, req *http.Request) (*http.Response, error) {
+	return &http.Response{StatusCode: 200, Status: "200 OK", Header: http.Header{}, Body: io.NopCloser(strings.NewReader("ok")), Request: req}, nil
+}
+
+// BenchmarkBridgeGet: one run doing one urllib GET through the bridge (the pool on), against a
+// loopback upstream over https through the real egress proxy's RoundTrip and through the test fake
+// (the host makes TLS; keep-alive to the upstream), over plain http, and against nullHTTP (no
+// network: the bridge's own cost). Reports the p50 and p99 of a whole run.
+func BenchmarkBridgeGet(b *testing.B) {
+	up := &upstream{slowDone: make(chan struct{})}
+	tlsUp, plainUp := httptest.NewTLSServer(up), httptest.NewServer(up)
+	defer tlsUp.Close()
+	defer plainUp.Close()
+	fake := &fakeHTTP{tlsUp: tlsUp, plainUp: plainUp, allow: map[string]bool{"api.test": true}}
+	p := newTestProxy(b, tlsUp)
+	viaProxy := HTTPFunc(func(ctx context.Context, g *netpolicy.Guard, r *http.Request) (*http.Response, error) {
+		return p.RoundTrip(ctx, proxyGuard{Guard: g, allow: "example.com"}, r)
+	})
+	for _, c := range []struct {
+		name string
+		h    HTTP
+		url  string
+	}{
+		{"upstream=https,proxy=egress", viaProxy, "https://example.com/hello"},
+		{"upstream=https", fake, "https://api.test/hello"},
+		{"upstream=http", fake, "http://api.test/hello"},
+		{"upstream=none", nullHTTP{}, "https://api.test/hello"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			e := benchEngine(b, Config{PoolSize: 4, HTTP: c.h})
+			ctx := netpolicy.WithGuard(context.Background(), netpolicy.NewGuard(&netpolicy.Policy{}, nil))
+			code := fmt.Sprintf("import urllib.request\nprint(urllib.request.urlopen(%q).status)", c.url)
+			var d []time.Duration
+			for b.Loop() {
+				b.StopTimer()
+				for e.PoolReady() == 0 {
+					time.Sleep(20 * time.Microsecond)
+				}
+				b.StartTimer()
+				start := time.Now()
+				res, err := e.Run(ctx, api.RunRequest{Code: code}, tier.Stream{})
+				d = append(d, time.Since(start))
+				if err != nil || res.Stdout != "200\n" {
+					b.Fatalf("%v %+v", err, res)
+				}
+			}
+			reportQuantiles(b, d)
+		})
+	}
+}
+
+// BenchmarkBridgeChannel: the device channel alone, inside one run: open, write a request, read the
+// reply, close (an offline reply: no HTTP call). This is what a host function would have saved.
+func BenchmarkBridgeChannel(b *testing.B) {
+	e := benchEngine(b, Config{PoolSize: -1})
+	code := fmt.Sprintf("import os\nfor _ in range(%d):\n    fd = os.open('/dev/agentbox/http', os.O_RDWR)\n    os.write(fd, b'{}\\nGET / HTTP/1.1\\r\\n\\r\\n')\n    while os.read(fd, 65536): pass\n    os.close(fd)", b.N)
+	b.ResetTimer()
+	res, err := e.Run(context.Background(), api.RunRequest{Code: code, Limits: api.Limits{TimeoutMS: 600_000}}, tier.Stream{})
+	if err != nil || res.ExitCode != 0 {
+		b.Fatalf("%v %+v", err, res)
+	}
+}
+
+func reportQuantiles(b *testing.B, d []time.Duration) {
+	if len(d) == 0 {
+		return
+	}
+	slices.Sort(d)
+	q := func(p float64) float64 { return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(q(0.5), "p50-ms")
+	b.ReportMetric(q(0.99), "p99-ms")
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/pywasm"
 	"github.com/entersandbox/agentbox/internal/tier"
 	"github.com/entersandbox/agentbox/internal/vfs"
@@ -100,6 +101,15 @@ type Config struct {
 	SnapshotMaxAge time.Duration
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
+	// HTTP is the egress data plane the programs' HTTP requests (urllib.request, http.client,
+	// agentbox.http) go through, each under the netpolicy.Guard of its run's context (a session's:
+	// the one it started with). Nil, or a run without a Guard, is offline: the requests fail as the
+	// sockets do. See docs/egress-nano.md.
+	HTTP HTTP
+	// HTTPMaxRequestBytes caps one request's body through the bridge; zero means 8 MiB.
+	HTTPMaxRequestBytes int64
+	// HTTPMaxResponseBytes caps one response's body; zero means 32 MiB.
+	HTTPMaxResponseBytes int64
 }
 
 // Engine runs Python programs in nano sandboxes. It is safe for concurrent use.
@@ -517,7 +527,8 @@ func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, stream tie
 		}
 	}
 	e.stats.Runs.Add(1)
-	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: lim, slot: slot}, stream)
+	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: lim, slot: slot,
+		guard: netpolicy.GuardOf(ctx)}, stream)
 	if err != nil {
 		return err
 	}

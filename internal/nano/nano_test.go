@@ -109,7 +109,7 @@ func TestRun(t *testing.T) {
 		{name: "stdin", code: `import sys; print(input().upper(), sys.stdin.read().split())`, stdin: "first\nsecond third\n",
 			want: want{stdout: []string{"FIRST ['second', 'third']"}}},
 		{name: "no host files", code: "import os\nprint(sorted(os.listdir('/')))\nfor p in ['/etc/passwd', '/proc/self/environ', '../../../../etc/hostname', '/root']:\n    print(p, os.path.exists(p))",
-			want: want{stdout: []string{"['data', 'home', 'output', 'tmp', 'usr']", "/etc/passwd False", "/proc/self/environ False", "../../../../etc/hostname False", "/root False"}}},
+			want: want{stdout: []string{"['data', 'dev', 'home', 'output', 'tmp', 'usr']", "/etc/passwd False", "/proc/self/environ False", "../../../../etc/hostname False", "/root False"}}},
 		{name: "no network", code: "import socket, urllib.request\nfor f in [lambda: socket.socket().connect(('127.0.0.1', 22)), lambda: socket.create_connection(('example.com', 80)), lambda: urllib.request.urlopen('http://127.0.0.1/')]:\n    try:\n        f(); print('CONNECTED')\n    except OSError as e:\n        print('refused', type(e).__name__)",
 			want: want{stdout: []string{"refused OSError\nrefused OSError\nrefused URLError"}}},
 		{name: "environment is empty", code: `import os, sys; print(dict(os.environ), sys.argv)`, want: want{stdout: []string{"{} ['main.py']"}}},

@@ -2,7 +2,8 @@
 # memory snapshot is taken; every sandbox then calls run() through agentbox_exec.
 #
 # run(request: bytes) -> bytes takes and returns JSON:
-#   request: {"code": str, "filename": str, "fresh": bool, "allowed": [str] | null, "argv": [str]}
+#   request: {"code": str, "filename": str, "fresh": bool, "allowed": [str] | null, "argv": [str],
+#             "network": bool (HTTP goes to the host bridge; false: offline)}
 #   reply:   {"exit_code": int, "error": null | {"type": str, "message": str, "traceback": str},
 #             "missing": null | {"module": str, "feature": str}}
 # "missing" says what the program failed for want of (see _missing): the router's fallback to the
@@ -96,6 +97,220 @@ socket.create_connection = _no_network
 socket.socket.connect = _no_network
 socket.socket.connect_ex = _no_network
 socket.socket.bind = _no_network
+
+# --- The HTTP bridge (docs/egress-nano.md) ---------------------------------------------------------------
+# There are no sockets here: http.client's connections, and so urllib.request's (HTTPS included), keep
+# what they send and, when the response is first read, hand the request to the host through the device
+# below; the host sends it under the run's network policy, doing TLS itself, and returns the response.
+# A run without a network policy gets the sockets' offline error. The host enforces everything (caps,
+# policy, deadline): this side only shapes requests and errors as CPython's would be.
+import http.client  # noqa: E402
+import urllib.error  # noqa: E402
+
+_BRIDGE = "/dev/agentbox/http"
+_BRIDGE_READ = 256 << 10
+_net = {"on": False}  # set by run() from the request's "network"
+
+
+class _BridgeConnectError(ConnectionError):
+    """The host could not get a response (no such host, refused, reset): urllib raises it as URLError."""
+
+
+def _ascii_host(host):
+    try:
+        return host.encode("ascii").decode()
+    except UnicodeError:
+        return host.encode("idna").decode()
+
+
+def _bridge_exchange(scheme, host, port, timeout, raw):
+    """Sends one raw HTTP/1.1 request to scheme://host:port through the host; returns the raw response."""
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        timeout = 0  # socket._GLOBAL_DEFAULT_TIMEOUT, None or inf: the run's deadline bounds it
+    meta = json.dumps({"scheme": scheme, "host": _ascii_host(host), "port": port, "timeout": timeout}).encode()
+    fd = os.open(_BRIDGE, os.O_RDWR)
+    try:
+        view = memoryview(meta + b"\n" + raw)
+        while view:
+            view = view[os.write(fd, view):]
+        del view
+        chunks = []
+        while True:
+            chunk = os.read(fd, _BRIDGE_READ)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    head, _, response = b"".join(chunks).partition(b"\n")
+    status = json.loads(head)
+    message = status.get("error")
+    if message:
+        kind = status.get("kind")
+        if kind == "timeout":
+            raise TimeoutError(message)
+        if kind == "too_large":
+            raise OSError(errno.EFBIG, message)
+        if kind == "offline":
+            raise OSError(errno.ENETUNREACH, message)
+        if kind == "invalid":
+            raise OSError(errno.EINVAL, message)
+        raise _BridgeConnectError(errno.ECONNABORTED, message)
+    return response
+
+
+class _BridgeSocket:
+    """HTTPConnection.sock in this tier: sendall keeps the request, makefile sends it and reads the response."""
+
+    def __init__(self, scheme, host, port, timeout):
+        self._dest = (scheme, host, port)
+        self._timeout = timeout
+        self._out = []
+        self._response = None
+
+    def sendall(self, data):
+        if self._response is not None:
+            raise OSError(errno.EPIPE, "the request on this connection was already sent")
+        self._out.append(bytes(data))
+
+    def send(self, data):
+        data = bytes(data)
+        self.sendall(data)
+        return len(data)
+
+    def makefile(self, mode="r", buffering=None, **kwargs):
+        if self._response is None:
+            raw, self._out = b"".join(self._out), []
+            self._response = _bridge_exchange(*self._dest, self._timeout, raw)
+        return io.BufferedReader(io.BytesIO(self._response))
+
+    def settimeout(self, timeout):
+        self._timeout = timeout
+
+    def gettimeout(self):
+        return self._timeout
+
+    def setsockopt(self, *args):
+        pass
+
+    def close(self):
+        self._out = []
+
+
+def _bridged_connect(self):
+    sys.audit("http.client.connect", self, self.host, self.port)
+    if not _net["on"]:
+        _no_network()
+    if self._tunnel_host:
+        raise OSError(errno.EOPNOTSUPP, "proxy tunnels (CONNECT) are not used in the nano tier: the host sends each request itself")
+    self.sock = _BridgeSocket(self._bridge_scheme, self.host, self.port, self.timeout)
+
+
+http.client.HTTPConnection._bridge_scheme = "http"
+http.client.HTTPConnection.connect = _bridged_connect
+
+
+class HTTPSConnection(http.client.HTTPConnection):
+    """http.client.HTTPSConnection of the nano tier: the host makes the TLS connection and verifies the
+    server's certificate, so there is no ssl context; client certificates are not available."""
+
+    default_port = http.client.HTTPS_PORT
+    _bridge_scheme = "https"
+
+    def __init__(self, host, port=None, key_file=None, cert_file=None, timeout=socket._GLOBAL_DEFAULT_TIMEOUT,
+                 source_address=None, *, context=None, check_hostname=None, blocksize=8192):
+        super().__init__(host, port, timeout, source_address, blocksize=blocksize)
+        if key_file is not None or cert_file is not None:
+            raise ValueError("client certificates are not available in the nano tier (the host makes the TLS connection)")
+        self.key_file = self.cert_file = None
+        self._context = context
+
+
+HTTPSConnection.__module__ = "http.client"
+http.client.HTTPSConnection = HTTPSConnection
+http.client.__all__.append("HTTPSConnection")
+
+import urllib.request  # noqa: E402  (after HTTPSConnection: it defines HTTPSHandler only if there is one)
+
+_do_open = urllib.request.AbstractHTTPHandler.do_open
+
+
+def _bridged_do_open(self, http_class, req, **kwargs):
+    try:
+        return _do_open(self, http_class, req, **kwargs)
+    except _BridgeConnectError as e:
+        raise urllib.error.URLError(e) from None  # where a socket's connect error would surface
+
+
+urllib.request.AbstractHTTPHandler.do_open = _bridged_do_open
+
+_Response = collections.namedtuple("Response", "status headers body")
+_Response.__module__ = "agentbox.http"
+
+
+def _http_request(method, url, headers=None, body=None, timeout=None):
+    """Sends one HTTP request through the host, under this run's network policy.
+
+    Returns Response(status, headers, body): the status code, a dict of lower-case header names (repeated
+    headers joined with ", ") and the body as bytes. A request the policy refuses is a response too (403
+    or 451, the body naming the rule); OSError means no response (no policy, no such host, too large),
+    TimeoutError that timeout seconds passed. body may be bytes or str (sent as UTF-8).
+    """
+    if not _net["on"]:
+        raise OSError(errno.ENETUNREACH, "network access is not available: this run has no network policy")
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"agentbox.http: {url!r} is not an http:// or https:// URL")
+    cls = HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname, parts.port, timeout=socket._GLOBAL_DEFAULT_TIMEOUT if timeout is None else timeout)
+    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    if isinstance(body, str):
+        body = body.encode()
+    try:
+        conn.request(method.upper(), target, body=body, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        data = resp.read()
+        merged = {}
+        for name, value in resp.getheaders():
+            name = name.lower()
+            merged[name] = merged[name] + ", " + value if name in merged else value
+        return _Response(resp.status, merged, data)
+    finally:
+        conn.close()
+
+
+_http_request.__module__ = "agentbox.http"
+_http_request.__name__ = _http_request.__qualname__ = "request"
+_agentbox = types.ModuleType("agentbox", "Host services of agentbox's nano tier.")
+_agentbox.__path__ = []
+_agentbox_http = types.ModuleType("agentbox.http", "HTTP through the host, under the run's network policy (docs/egress-nano.md).")
+_agentbox_http.request = _http_request
+_agentbox_http.Response = _Response
+_agentbox.http = _agentbox_http
+sys.modules["agentbox"] = _agentbox
+sys.modules["agentbox.http"] = _agentbox_http
+
+
+def _warm_bridge():
+    """Runs urllib, http.client and agentbox.http once against a canned response, before the snapshot,
+    so that a program's first request does not pay for building the opener and first-use set-up of
+    the code it runs (about 4 ms of a 5 ms first request)."""
+    global _bridge_exchange
+    real = _bridge_exchange
+    _bridge_exchange = lambda *args: b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    _net["on"] = True
+    try:
+        for _ in range(2):
+            urllib.request.urlopen("https://warm-up.invalid/").read()
+            urllib.request.urlopen(urllib.request.Request("http://warm-up.invalid/", data=b"x")).read()
+            _http_request("GET", "https://warm-up.invalid/")
+    finally:
+        _bridge_exchange = real
+        _net["on"] = False
+
+
+_warm_bridge()
 
 _RUNNER_GLOBALS = globals()
 _allowed = None  # frozenset of top-level names, or None for no restriction
@@ -229,6 +444,7 @@ def run(request):
         tempfile._name_sequence = None
     allowed = req.get("allowed")
     _allowed = frozenset(allowed) if allowed else None
+    _net["on"] = bool(req.get("network"))
     sys.argv = req.get("argv") or [req["filename"]]
     exit_code, error, missing = 0, None, None
     try:

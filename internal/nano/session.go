@@ -12,6 +12,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/tier"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
@@ -23,6 +24,9 @@ import (
 type session struct {
 	eng    *Engine
 	limits api.Limits
+	// guard is the network the session started with (netpolicy.GuardOf of NewSession's context),
+	// kept for every cell; PATCH /v1/sessions/{id}/network swaps its policy. Nil: offline.
+	guard *netpolicy.Guard
 
 	mu     sync.Mutex // one call at a time
 	inst   *instance  // guarded by mu
@@ -52,7 +56,7 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 		e.sessMu.Unlock()
 		return nil, errdefs.With(errdefs.Overloaded, fmt.Errorf("%d sessions are open, the most this server allows", e.cfg.MaxSessions))
 	}
-	s := &session{eng: e, limits: lim}
+	s := &session{eng: e, limits: lim, guard: netpolicy.GuardOf(ctx)}
 	e.sessions[s] = struct{}{}
 	e.sessMu.Unlock()
 	inst, err := e.take(ctx)
@@ -106,7 +110,7 @@ func (s *session) Run(ctx context.Context, code string, stream tier.Stream) (*ap
 	}
 	s.cells++
 	s.eng.stats.Runs.Add(1)
-	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits, slot: slot}, stream)
+	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits, slot: slot, guard: s.guard}, stream)
 	if s.inst.dead {
 		s.closeLocked(context.Background())
 	}

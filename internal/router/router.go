@@ -23,6 +23,9 @@ var lineInMsg = regexp.MustCompile(`\bline (\d+)\b`)
 // Rules say which tier can run what.
 type Rules struct {
 	NanoUnusable []string `toml:"nano_unusable"`
+	// NanoBridged are NanoUnusable modules the nano tier serves through its HTTP bridge when the
+	// request asks for a network.
+	NanoBridged  []string `toml:"nano_bridged"`
 	HeavyModules []string `toml:"heavy_modules"`
 	NanoMax      NanoMax  `toml:"nano_max"`
 
@@ -87,9 +90,9 @@ func parseRules(name, text string, base *Rules) (*Rules, error) {
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		key := undecoded[0].String()
-		return nil, &RulesError{File: name, Line: lineOf(text, undecoded[0][len(undecoded[0])-1]), Msg: fmt.Sprintf("unknown key %q (want nano_unusable, heavy_modules or [nano_max] timeout_ms / memory_limit_mb)", key)}
+		return nil, &RulesError{File: name, Line: lineOf(text, undecoded[0][len(undecoded[0])-1]), Msg: fmt.Sprintf("unknown key %q (want nano_unusable, nano_bridged, heavy_modules or [nano_max] timeout_ms / memory_limit_mb)", key)}
 	}
-	for _, list := range [][]string{r.NanoUnusable, r.HeavyModules} {
+	for _, list := range [][]string{r.NanoUnusable, r.NanoBridged, r.HeavyModules} {
 		for _, m := range list {
 			if !validDotted(m) {
 				return nil, &RulesError{File: name, Line: lineOf(text, m), Msg: fmt.Sprintf("%q is not a module name", m)}
@@ -142,23 +145,39 @@ func (r *Rules) Decide(req api.RunRequest) Decision {
 		d.Tier, d.Reason = api.TierHeavy, fmt.Sprintf("memory_limit_mb %d is above the nano tier's %d", req.MemoryLimitMB, r.NanoMax.MemoryLimitMB)
 		return d
 	}
+	networked := req.Network != nil || req.Intent != nil
+	bridged := false
 	for _, im := range imports {
-		if why := r.needsHeavy(im.Module); why != "" {
+		if why := r.needsHeavy(im.Module, networked); why != "" {
 			d.Tier, d.Reason = api.TierHeavy, fmt.Sprintf("line %d imports %s, %s", im.Line, im.Module, why)
 			return d
 		}
+		bridged = bridged || networked && matchesAny(im.Module, r.NanoBridged) || strings.HasPrefix(im.Module+".", nanoOnly+".")
 	}
 	if len(d.Imports) == 0 {
 		d.Reason = "no imports: the nano tier starts fastest"
 	} else {
 		d.Reason = "all imports (" + strings.Join(d.Imports, ", ") + ") are in the nano tier's standard library"
 	}
+	if bridged {
+		d.Reason += "; its HTTP goes through the nano tier's host bridge"
+	}
 	return d
 }
 
-// needsHeavy says why a module needs the heavy tier, or "" when nano can run it.
-func (r *Rules) needsHeavy(module string) string {
+// nanoOnly is the module the nano tier's runner provides (agentbox.http), which no build lists.
+const nanoOnly = "agentbox"
+
+// needsHeavy says why a module needs the heavy tier, or "" when nano can run it; networked says the
+// request asks for a network, which nano's bridged modules then serve.
+func (r *Rules) needsHeavy(module string, networked bool) string {
 	top, _, _ := strings.Cut(module, ".")
+	if top == nanoOnly {
+		return ""
+	}
+	if networked && matchesAny(module, r.NanoBridged) {
+		return ""
+	}
 	for _, u := range r.NanoUnusable {
 		if module == u || strings.HasPrefix(module, u+".") || top == u {
 			return "which the nano tier cannot use (no processes, threads, sockets or native code)"
@@ -173,6 +192,16 @@ func (r *Rules) needsHeavy(module string) string {
 		return "a third-party module that is not in the nano tier's standard library"
 	}
 	return ""
+}
+
+// matchesAny reports whether module is one of list or below one.
+func matchesAny(module string, list []string) bool {
+	for _, m := range list {
+		if module == m || strings.HasPrefix(module, m+".") {
+			return true
+		}
+	}
+	return false
 }
 
 // HeavyHas reports whether the heavy tier provides a top-level module (for fallback decisions): its

@@ -58,6 +58,13 @@ func TestDecide(t *testing.T) {
 		{"import urllib.request", api.RunRequest{}, api.TierHeavy, "urllib.request"},
 		{"from concurrent.futures import ThreadPoolExecutor", api.RunRequest{}, api.TierHeavy, "concurrent.futures"},
 		{"import socket", api.RunRequest{}, api.TierHeavy, "cannot use"},
+		// With a network asked for, nano's HTTP bridge serves urllib.request and http.client; sockets stay heavy.
+		{"import urllib.request", api.RunRequest{Network: &api.NetworkPolicy{Allow: []api.HostRule{{Host: "pypi.org"}}}}, api.TierNano, "host bridge"},
+		{"import http.client", api.RunRequest{Network: &api.NetworkPolicy{}}, api.TierNano, "host bridge"},
+		{"from urllib.request import urlopen", api.RunRequest{Intent: &api.Intent{URLs: []string{"https://example.com/"}}}, api.TierNano, "host bridge"},
+		{"import socket", api.RunRequest{Network: &api.NetworkPolicy{}}, api.TierHeavy, "cannot use"},
+		{"import urllib.request\nimport numpy", api.RunRequest{Network: &api.NetworkPolicy{}}, api.TierHeavy, "numpy"},
+		{"import agentbox.http", api.RunRequest{}, api.TierNano, "host bridge"},
 		{"print(1)", api.RunRequest{Packages: []string{"requests"}}, api.TierHeavy, "packages"},
 		{"print(1)", api.RunRequest{Limits: api.Limits{MemoryLimitMB: 4096}}, api.TierHeavy, "memory_limit_mb 4096"},
 		{"print(1)", api.RunRequest{Limits: api.Limits{TimeoutMS: 3_600_000}}, api.TierHeavy, "timeout_ms"},

@@ -62,6 +62,7 @@ type node struct {
 
 	children map[string]*node // directories
 	target   string           // symbolic links
+	dev      Device           // character devices (AddDevices): opens go to it
 
 	// Regular files. A read-only file may load its content lazily (load), once.
 	data     []byte
@@ -344,6 +345,12 @@ func (f *FS) OpenFile(path string, flag experimentalsys.Oflag, perm fs.FileMode)
 		}
 		if n.isSymlink() {
 			return nil, experimentalsys.ELOOP // O_NOFOLLOW on a link
+		}
+		if n.dev != nil {
+			if flag&experimentalsys.O_DIRECTORY != 0 {
+				return nil, experimentalsys.ENOTDIR
+			}
+			return n.dev.Open(flag)
 		}
 		if flag&experimentalsys.O_DIRECTORY != 0 && !n.isDir() {
 			return nil, experimentalsys.ENOTDIR
