@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -12,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
@@ -128,9 +131,20 @@ func (l *HeavyLauncher) prepare(ctx context.Context, pkgs []string) (string, err
 }
 
 // heavyConn is a heavy process as a LineConn.
-type heavyConn struct{ p *heavy.Process }
+type heavyConn struct {
+	p *heavy.Process
+	// fault is the read error that ended the connection (a line over the cap), for ExitReason.
+	fault atomic.Pointer[string]
+}
 
-func (c *heavyConn) ReadLine(ctx context.Context) ([]byte, error) { return c.p.ReadLine(ctx) }
+func (c *heavyConn) ReadLine(ctx context.Context) ([]byte, error) {
+	b, err := c.p.ReadLine(ctx)
+	if err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+		why := err.Error()
+		c.fault.CompareAndSwap(nil, &why)
+	}
+	return b, err
+}
 func (c *heavyConn) WriteLine(ctx context.Context, b []byte) error {
 	return c.p.WriteLine(ctx, b)
 }
@@ -139,6 +153,9 @@ func (c *heavyConn) Close() { c.p.Close() }
 // ExitReason implements Exiter: the sandbox's end (crash or memory limit) and the start of the
 // server's stderr.
 func (c *heavyConn) ExitReason() string {
+	if why := c.fault.Load(); why != nil {
+		return *why
+	}
 	select {
 	case <-c.p.Done():
 	case <-time.After(3 * time.Second): // stdout closed, the sandbox still exiting: it is not known yet

@@ -1,0 +1,327 @@
+// Package integration tests hosted MCP servers in real sandboxes: the MCP project's reference server
+// (@modelcontextprotocol/server-everything, from npm) on the heavy tier, and our stdlib-only Python
+// server on nano and heavy, through agentbox's gateway. They need root, runsc, the heavy root
+// filesystem with Node (build/heavy/build.sh) and npm reaching its registry, and run only with
+// AGENTBOX_INTEGRATION=1; without it `go test` reports the package as not run and why.
+package integration
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/mcphost"
+	"github.com/entersandbox/agentbox/internal/mcpserver"
+	"github.com/entersandbox/agentbox/internal/nano"
+)
+
+const integrationEnv = "AGENTBOX_INTEGRATION"
+
+// everything is the reference server's package, pinned.
+const everything = "npm:@modelcontextprotocol/server-everything@2026.8.31"
+
+var (
+	heavyEng *heavy.Engine
+	nanoEng  *nano.Engine
+	d        *dispatch.Dispatcher
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	on, err := strconv.ParseBool(cmp.Or(os.Getenv(integrationEnv), "0"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q: want 1 or 0\n", integrationEnv, os.Getenv(integrationEnv))
+		os.Exit(2)
+	}
+	if !on {
+		fmt.Printf("mcp hosting integration tests not run: set %s=1 (needs root, runsc, build/heavy/build.sh's root filesystem with Node, and npm)\n", integrationEnv)
+		flag.Set("test.skip", ".")
+		os.Exit(m.Run())
+	}
+	ctx := context.Background()
+	heavyEng, err = heavy.New(ctx, heavy.Config{PoolSize: -1, DiskMB: 64})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "heavy tier (%s=1 needs root, runsc and the root filesystem): %v\n", integrationEnv, err)
+		os.Exit(1)
+	}
+	if _, err := os.Stat(filepath.Join(rootfs(), "usr", "bin", "node")); err != nil {
+		fmt.Fprintf(os.Stderr, "the heavy root filesystem has no Node (re-run build/heavy/build.sh): %v\n", err)
+		os.Exit(1)
+	}
+	if nanoEng, err = nano.New(ctx, nano.Config{}); err != nil {
+		fmt.Fprintf(os.Stderr, "nano tier: %v\n", err)
+		os.Exit(1)
+	}
+	d = dispatch.New(nanoEng, dispatch.Config{Heavy: heavyEng})
+	code := m.Run()
+	d.Close()
+	nanoEng.Close(ctx)
+	heavyEng.Close(ctx)
+	os.Exit(code)
+}
+
+func rootfs() string { return filepath.Join(heavy.CacheDir(), "rootfs") }
+
+// testCardScanner is a stand-in DLP engine for these tests (internal/dlp is another branch): it
+// finds runs of 13 to 19 digits, spaces or dashes allowed between them, that pass the Luhn check.
+type testCardScanner struct{}
+
+func (testCardScanner) Scan(text []byte) []mcphost.Finding {
+	var out []mcphost.Finding
+	for i := 0; i < len(text); i++ {
+		if text[i] < '0' || text[i] > '9' {
+			continue
+		}
+		var digits []int
+		j, end := i, i
+		for ; j < len(text) && len(digits) < 19; j++ {
+			c := text[j]
+			if c >= '0' && c <= '9' {
+				digits = append(digits, int(c-'0'))
+				end = j + 1
+			} else if c != ' ' && c != '-' {
+				break
+			}
+		}
+		if len(digits) >= 13 && luhn(digits) {
+			out = append(out, mcphost.Finding{Type: "credit_card", Rule: "luhn", Start: i, End: end})
+			i = end - 1
+		}
+	}
+	return out
+}
+
+func luhn(d []int) bool {
+	sum := 0
+	for i := range d {
+		v := d[len(d)-1-i]
+		if i%2 == 1 {
+			if v *= 2; v > 9 {
+				v -= 9
+			}
+		}
+		sum += v
+	}
+	return sum%10 == 0
+}
+
+func (testCardScanner) Redact(text []byte, fs []mcphost.Finding) []byte {
+	var out []byte
+	last := 0
+	for _, f := range fs {
+		out = append(append(out, text[last:f.Start]...), "[REDACTED:"+f.Type+"]"...)
+		last = f.End
+	}
+	return append(out, text[last:]...)
+}
+
+// events records the host's call events.
+type events struct {
+	mu  sync.Mutex
+	all []mcphost.Event
+}
+
+func (e *events) RecordMCPCall(_ context.Context, ev mcphost.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.all = append(e.all, ev)
+}
+
+func (e *events) last(t *testing.T, server, tool string) mcphost.Event {
+	t.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := len(e.all) - 1; i >= 0; i-- {
+		if e.all[i].Server == server && e.all[i].Tool == tool {
+			return e.all[i]
+		}
+	}
+	t.Fatalf("no event for %s__%s", server, tool)
+	return mcphost.Event{}
+}
+
+// newHost is a host over the shared engines with a private registry, and the events it records.
+func newHost(t *testing.T) (*mcphost.Host, *events) {
+	t.Helper()
+	ev := &events{}
+	h, err := mcphost.New(mcphost.Config{
+		Dir: t.TempDir(),
+		Launchers: map[api.Tier]mcphost.Launcher{
+			api.TierHeavy: &mcphost.HeavyLauncher{Engine: heavyEng},
+			api.TierNano:  &mcphost.NanoLauncher{Engine: nanoEng},
+		},
+		Builtin:    mcpserver.BuiltinTools,
+		Scanner:    testCardScanner{},
+		Recorder:   ev,
+		MinBackoff: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h, ev
+}
+
+// connect is an MCP client on the host's gateway, and a channel that receives a value per
+// tools/list_changed notification.
+func connect(t *testing.T, h *mcphost.Host) (*mcp.ClientSession, chan struct{}) {
+	t.Helper()
+	ctx := context.Background()
+	srv, stop := mcpserver.NewGateway(ctx, d, "test", h)
+	t.Cleanup(stop)
+	st, ct := mcp.NewInMemoryTransports()
+	ss, err := srv.Connect(ctx, st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ss.Close() })
+	changed := make(chan struct{}, 64)
+	client := mcp.NewClient(&mcp.Implementation{Name: "test"}, &mcp.ClientOptions{ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}})
+	cs, err := client.Connect(ctx, ct, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs, changed
+}
+
+func toolNames(t *testing.T, cs *mcp.ClientSession) []string {
+	t.Helper()
+	var names []string
+	for tool, err := range cs.Tools(context.Background(), nil) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, tool.Name)
+	}
+	return names
+}
+
+func call(t *testing.T, cs *mcp.ClientSession, name string, args any) *mcp.CallToolResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: name, Arguments: args})
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return res
+}
+
+func text(res *mcp.CallToolResult) string {
+	var b strings.Builder
+	for _, c := range res.Content {
+		if t, ok := c.(*mcp.TextContent); ok {
+			b.WriteString(t.Text)
+		}
+	}
+	return b.String()
+}
+
+func serverSource(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "testdata", "server.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestEverythingServerOnHeavy: the reference server from npm, in a heavy sandbox, through the
+// gateway: its tools listed beside ours, echo and get-sum relayed, an image result, a card number
+// in an argument blocked by DLP, the call events.
+func TestEverythingServerOnHeavy(t *testing.T) {
+	h, ev := newHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	info, err := h.Register(ctx, api.MCPServer{Name: "everything", Command: []string{"mcp-server-everything", "stdio"}, Packages: []string{everything},
+		Tools: api.MCPToolFilter{Deny: []string{"get-env"}}})
+	if err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+	if info.Status != mcphost.StatusRunning || !slices.Contains(info.ToolNames, "everything__echo") {
+		t.Fatalf("registered: %+v", info)
+	}
+	cs, _ := connect(t, h)
+	names := toolNames(t, cs)
+	for _, want := range []string{"run_python", "everything__echo", "everything__get-sum", "everything__get-tiny-image"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("gateway tools %v: no %s", names, want)
+		}
+	}
+	t.Run("a denied tool is not listed", func(t *testing.T) {
+		if slices.Contains(names, "everything__get-env") {
+			t.Errorf("get-env is denied but listed: %v", names)
+		}
+	})
+	t.Run("echo", func(t *testing.T) {
+		res := call(t, cs, "everything__echo", map[string]any{"message": "hello from the gateway"})
+		if res.IsError || !strings.Contains(text(res), "hello from the gateway") {
+			t.Fatalf("echo: %+v %q", res, text(res))
+		}
+		e := ev.last(t, "everything", "echo")
+		if e.Verdict != mcphost.VerdictAllowed || e.ArgsShape != `{"message":"string"}` || len(e.ArgsSHA256) != 64 || e.Duration <= 0 {
+			t.Fatalf("event: %+v", e)
+		}
+	})
+	t.Run("get-sum", func(t *testing.T) {
+		res := call(t, cs, "everything__get-sum", map[string]any{"a": 2, "b": 40})
+		if res.IsError || !strings.Contains(text(res), "42") {
+			t.Fatalf("get-sum: %q", text(res))
+		}
+	})
+	t.Run("an image result", func(t *testing.T) {
+		res := call(t, cs, "everything__get-tiny-image", map[string]any{})
+		var img *mcp.ImageContent
+		for _, c := range res.Content {
+			if i, ok := c.(*mcp.ImageContent); ok {
+				img = i
+			}
+		}
+		if img == nil || img.MIMEType != "image/png" || len(img.Data) < 8 || string(img.Data[1:4]) != "PNG" {
+			t.Fatalf("no PNG image in %+v", res.Content)
+		}
+	})
+	t.Run("a card number in an argument is blocked by DLP", func(t *testing.T) {
+		res := call(t, cs, "everything__echo", map[string]any{"message": "my card is 4111 1111 1111 1111"})
+		if !res.IsError || !strings.Contains(text(res), "credit_card") {
+			t.Fatalf("not blocked: %q", text(res))
+		}
+		e := ev.last(t, "everything", "echo")
+		if e.Verdict != mcphost.VerdictBlockedDLP || !slices.Contains(e.Findings, "args:credit_card") {
+			t.Fatalf("event: %+v", e)
+		}
+	})
+	t.Run("a denied tool's call is refused and recorded", func(t *testing.T) {
+		// Not listed, so the gateway has no such tool: the host refuses it too when asked directly.
+		res, err := h.Call(ctx, "everything__get-env", json.RawMessage(`{}`))
+		if err != nil || !res.IsError || !strings.Contains(text(res), "not allowed") {
+			t.Fatalf("get-env: %v %+v", err, res)
+		}
+		if e := ev.last(t, "everything", "get-env"); e.Verdict != mcphost.VerdictDenied {
+			t.Fatalf("event: %+v", e)
+		}
+	})
+}
