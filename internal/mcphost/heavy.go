@@ -139,7 +139,14 @@ type heavyConn struct {
 
 func (c *heavyConn) ReadLine(ctx context.Context) ([]byte, error) {
 	b, err := c.p.ReadLine(ctx)
-	if err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+	switch {
+	case err == nil || ctx.Err() != nil:
+	case errors.Is(err, io.EOF):
+		// The server closed stdout: it is exiting. Why is known before Close kills what is left.
+		if why := c.exit(); why != "" {
+			c.fault.CompareAndSwap(nil, &why)
+		}
+	default:
 		why := err.Error()
 		c.fault.CompareAndSwap(nil, &why)
 	}
@@ -156,6 +163,12 @@ func (c *heavyConn) ExitReason() string {
 	if why := c.fault.Load(); why != nil {
 		return *why
 	}
+	return c.exit()
+}
+
+// exit is the sandbox's end (crash or memory limit) and the start of the server's stderr; empty
+// when it was stopped by Close or has not exited within a few seconds.
+func (c *heavyConn) exit() string {
 	select {
 	case <-c.p.Done():
 	case <-time.After(3 * time.Second): // stdout closed, the sandbox still exiting: it is not known yet

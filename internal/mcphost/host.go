@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/entersandbox/agentbox/api"
@@ -755,12 +756,17 @@ func (h *Host) Call(ctx context.Context, name string, args json.RawMessage) (*mc
 		case ctx.Err() != nil:
 			return finish(nil, VerdictError, fmt.Sprintf("call to %s cancelled: %v", name, ctx.Err()))
 		}
-		// The connection ended: say why when the server's sandbox knows.
+		var wire *jsonrpc.Error
+		if errors.As(err, &wire) {
+			return finish(nil, VerdictError, fmt.Sprintf("server %s answered %s with an error: %s", serverName, tool, wire.Message))
+		}
+		// The connection ended, or the answer was not a tool result. When the connection is ending,
+		// say why (the sandbox knows a crash or the memory limit).
 		reason := ""
 		select {
 		case <-in.dead:
 			reason = in.reason
-		case <-time.After(5 * time.Second):
+		case <-time.After(time.Second):
 		}
 		why := fmt.Sprintf("server %s failed during %s: %v%s", serverName, tool, err, reason)
 		return finish(nil, VerdictError, why)

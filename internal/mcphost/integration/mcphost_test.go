@@ -325,3 +325,93 @@ func TestEverythingServerOnHeavy(t *testing.T) {
 		}
 	})
 }
+
+// TestOurPythonServerOnNano: the stdlib-only server on the nano tier (one run per request).
+func TestOurPythonServerOnNano(t *testing.T) {
+	h, ev := newHost(t)
+	ctx := context.Background()
+	if _, err := h.Register(ctx, api.MCPServer{Name: "py", Tier: api.TierNano, Command: []string{"python3", "server.py"},
+		Files: map[string]string{"server.py": serverSource(t)}, Limits: api.MCPLimits{CallTimeoutMS: 5000, MemoryLimitMB: 64}}); err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+	cs, _ := connect(t, h)
+	if names := toolNames(t, cs); !slices.Contains(names, "py__echo") || !slices.Contains(names, "py__add") {
+		t.Fatalf("tools: %v", names)
+	}
+	cases := []struct {
+		name, tool string
+		args       any
+		want       string
+		isError    bool
+	}{
+		{"echo", "py__echo", map[string]any{"message": "hi"}, "echo: hi", false},
+		{"add", "py__add", map[string]any{"a": 2, "b": 3}, "5", false},
+		{"a crash is a clean error", "py__crash", map[string]any{}, "ended without answering", true},
+		{"a hang ends at the call limit", "py__hang", map[string]any{}, "did not answer hang within 5s", true},
+		{"memory over the limit is a clean error", "py__memory", map[string]any{}, "MemoryLimitExceeded", true},
+		{"malformed JSON-RPC is a clean error", "py__malformed", map[string]any{}, "", true},
+		{"still serving after the faults", "py__add", map[string]any{"a": 40, "b": 2}, "42", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := call(t, cs, tc.tool, tc.args)
+			if res.IsError != tc.isError || !strings.Contains(text(res), tc.want) {
+				t.Fatalf("%s: isError %v, %q", tc.tool, res.IsError, text(res))
+			}
+		})
+	}
+	if e := ev.last(t, "py", "add"); e.Verdict != mcphost.VerdictAllowed || e.ArgsShape != `{"a":"number","b":"number"}` {
+		t.Fatalf("event: %+v", e)
+	}
+}
+
+// TestHeavyServerFaults: a server that crashes, hangs, floods stdout, answers malformed JSON-RPC or
+// exceeds its memory gets a clean MCP error back to the client, the gateway stays up, another
+// server's calls keep working, and the faulty one is started again for the next call.
+func TestHeavyServerFaults(t *testing.T) {
+	h, _ := newHost(t)
+	ctx := context.Background()
+	src := serverSource(t)
+	for _, name := range []string{"faulty", "healthy"} {
+		if _, err := h.Register(ctx, api.MCPServer{Name: name, Command: []string{"python3", "/srv/server.py"}, Files: map[string]string{"server.py": src},
+			Limits: api.MCPLimits{CallTimeoutMS: 3000, MemoryLimitMB: 192}}); err != nil {
+			t.Fatalf("Register %s: %v", name, err)
+		}
+	}
+	cs, _ := connect(t, h)
+	cases := []struct {
+		name, tool string
+		want       string // in the error's text
+	}{
+		{"crash", "crash", "exited unexpectedly"},
+		{"hang", "hang", "did not answer hang within 3s"},
+		{"stdout flood", "flood", "longer than"},
+		{"malformed JSON-RPC", "malformed", "faulty"},
+		{"memory exceeded", "memory", "MemoryLimitExceeded"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			res := call(t, cs, "faulty__"+tc.tool, map[string]any{})
+			if !res.IsError || !strings.Contains(text(res), tc.want) {
+				t.Fatalf("%s: isError %v, %q (want %q)", tc.tool, res.IsError, text(res), tc.want)
+			}
+			if d := time.Since(start); d > time.Minute {
+				t.Errorf("%s took %v", tc.tool, d)
+			}
+			if got := text(call(t, cs, "healthy__add", map[string]any{"a": 1, "b": 2})); got != "3" {
+				t.Fatalf("the other server after %s: %q", tc.tool, got)
+			}
+			if got := text(call(t, cs, "faulty__echo", map[string]any{"message": "back"})); got != "echo: back" {
+				t.Fatalf("the faulty server after %s: %q", tc.tool, got)
+			}
+			if names := toolNames(t, cs); !slices.Contains(names, "run_python") || !slices.Contains(names, "faulty__echo") {
+				t.Fatalf("gateway tools after %s: %v", tc.tool, names)
+			}
+		})
+	}
+	info, err := h.Get(ctx, "faulty")
+	if err != nil || info.Restarts < 3 {
+		t.Fatalf("faulty: %+v %v", info, err)
+	}
+}
