@@ -422,19 +422,8 @@ func (s *server) ensure(ctx context.Context) (*instance, error) {
 		case s.starting != nil:
 			ch := s.starting
 			s.mu.Unlock()
-			select {
-			case <-ch:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-			s.mu.Lock()
-			in, err := s.cur, s.startErr
-			s.mu.Unlock()
-			if err != nil {
-				return nil, err
-			}
-			if in != nil {
-				return in, nil
+			if in, err := s.await(ctx, ch); in != nil || err != nil {
+				return in, err
 			}
 			continue
 		}
@@ -469,7 +458,23 @@ func (s *server) ensure(ctx context.Context) (*instance, error) {
 			s.mu.Unlock()
 			close(ch)
 		}()
+		if in, err := s.await(ctx, ch); in != nil || err != nil {
+			return in, err
+		}
 	}
+}
+
+// await waits for the start that closes ch and returns its instance or error; neither when the
+// instance has ended meanwhile (the caller looks again).
+func (s *server) await(ctx context.Context, ch chan struct{}) (*instance, error) {
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur, s.startErr
 }
 
 // start launches an instance, does the MCP handshake and learns its tools.
@@ -790,6 +795,9 @@ func (h *Host) Call(ctx context.Context, name string, args json.RawMessage) (*mc
 func (s *server) fail(in *instance, why string) {
 	s.mu.Lock()
 	in.fault = why
+	if s.cur == in {
+		s.cur = nil // the next call starts another at once, not this one that is closing
+	}
 	s.mu.Unlock()
 	in.cs.Close()
 }
