@@ -52,15 +52,17 @@ type MCPToolFilter struct {
 	Deny  []string `json:"deny,omitempty"`
 }
 
-// MCPServerInfo is a registered server and its state (GET /v1/mcp/servers[/name]).
+// MCPServerInfo is a registered server and its state (GET /v1/mcp/servers[/name]). Files are
+// not repeated (FileNames lists them).
 type MCPServerInfo struct {
 	MCPServer
 	// Status is "stopped", "starting", "running" or "failed" (the last start failed; the next
 	// call tries again after a backoff).
 	Status string `json:"status"`
-	// Tools are the exposed tool names ("<name>__<tool>"), after the filter; empty until the
+	// ToolNames are the exposed tool names ("<name>__<tool>"), after the filter; empty until the
 	// server was first started.
 	ToolNames []string `json:"tool_names"`
+	FileNames []string `json:"file_names"`
 	Restarts  int      `json:"restarts"`
 	LastError string   `json:"last_error,omitempty"`
 	Created   string   `json:"created"`

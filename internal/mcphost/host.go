@@ -392,7 +392,13 @@ func (s *server) info() api.MCPServerInfo {
 		names = []string{}
 	}
 	spec := s.spec
-	return api.MCPServerInfo{MCPServer: spec, Status: status, ToolNames: names, Restarts: s.restarts, LastError: s.lastErr,
+	files := []string{}
+	for p := range spec.Files {
+		files = append(files, p)
+	}
+	sort.Strings(files)
+	spec.Files = nil
+	return api.MCPServerInfo{MCPServer: spec, Status: status, ToolNames: names, FileNames: files, Restarts: s.restarts, LastError: s.lastErr,
 		Created: s.rec.Created.Format(time.RFC3339)}
 }
 
