@@ -22,4 +22,10 @@ type (
 	SessionInfo    = api.Session
 	FileInfo       = api.FileInfo
 	Tier           = api.Tier
+	// Hosted MCP servers (see Client.RegisterMCPServer).
+	MCPServer     = api.MCPServer
+	MCPServerInfo = api.MCPServerInfo
+	MCPLimits     = api.MCPLimits
+	MCPToolFilter = api.MCPToolFilter
+	MCPTool       = api.MCPTool
 )
