@@ -25,6 +25,15 @@ type LineConn interface {
 	Close()
 }
 
+// ClientTransport is the MCP client transport over lc that the host uses (see transport); log
+// receives the dropped lines (nil discards them). Benchmarks use it to call a server directly.
+func ClientTransport(lc LineConn, log *slog.Logger) mcp.Transport {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &transport{lc: lc, log: log, dropped: new(atomic.Int64)}
+}
+
 // transport adapts a LineConn to the SDK's client side. Unlike the SDK's IOTransport, which ends
 // the connection at the first undecodable line, it drops lines that are not JSON-RPC messages (a
 // server's stray print) with a warning: the calls waiting for a real answer then end by their

@@ -157,7 +157,7 @@ func (e *events) last(t *testing.T, server, tool string) mcphost.Event {
 }
 
 // newHost is a host over the shared engines with a private registry, and the events it records.
-func newHost(t *testing.T) (*mcphost.Host, *events) {
+func newHost(t testing.TB) (*mcphost.Host, *events) {
 	t.Helper()
 	ev := &events{}
 	h, err := mcphost.New(mcphost.Config{
@@ -180,7 +180,7 @@ func newHost(t *testing.T) (*mcphost.Host, *events) {
 
 // connect is an MCP client on the host's gateway, and a channel that receives a value per
 // tools/list_changed notification.
-func connect(t *testing.T, h *mcphost.Host) (*mcp.ClientSession, chan struct{}) {
+func connect(t testing.TB, h *mcphost.Host) (*mcp.ClientSession, chan struct{}) {
 	t.Helper()
 	ctx := context.Background()
 	srv, stop := mcpserver.NewGateway(ctx, d, "test", h)
@@ -239,7 +239,7 @@ func text(res *mcp.CallToolResult) string {
 	return b.String()
 }
 
-func serverSource(t *testing.T) string {
+func serverSource(t testing.TB) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "testdata", "server.py"))
