@@ -42,7 +42,7 @@ func (l *NanoLauncher) Launch(ctx context.Context, spec *api.MCPServer, _ string
 	memory, call, _, maxLine := limitsOf(spec)
 	c := &nanoConn{eng: l.Engine, maxLine: maxLine, main: path.Join(nanoSrv, strings.TrimPrefix(spec.Command[1], "/srv/")), files: spec.Files,
 		limits: api.Limits{TimeoutMS: int(call.Milliseconds()), MemoryLimitMB: memory, MaxOutputBytes: max(maxLine*4, 1<<20)},
-		out: make(chan []byte, 16), closed: make(chan struct{})}
+		out:    make(chan []byte, 16), closed: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
