@@ -3,10 +3,15 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
@@ -64,5 +69,62 @@ func TestMCPAddListRemove(t *testing.T) {
 				t.Fatalf("exit %d, stdout %q, stderr %q; want %d, %q, %q", code, out.String(), errOut.String(), tc.code, tc.stdout, tc.stderr)
 			}
 		})
+	}
+}
+
+// TestMCPStdioListsHostedServers: `agentbox mcp --mcp-dir DIR` serves the registrations in DIR on
+// stdio beside its own tools, and relays a call to one.
+func TestMCPStdioListsHostedServers(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	eng, err := nano.New(ctx, nano.Config{PoolSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := mcphost.New(mcphost.Config{Dir: dir, Launchers: map[api.Tier]mcphost.Launcher{api.TierNano: &mcphost.NanoLauncher{Engine: eng}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile(filepath.Join("..", "mcphost", "testdata", "server.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Register(ctx, api.MCPServer{Name: "py", Tier: api.TierNano, Command: []string{"python3", "server.py"}, Files: map[string]string{"server.py": string(src)}}); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	eng.Close(ctx)
+
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan int, 1)
+	mctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		done <- Main(mctx, []string{"mcp", "--heavy", "off", "--mcp-dir", dir}, inR, outW, io.Discard)
+		outW.Close()
+	}()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "t"}, nil).Connect(ctx, &mcp.IOTransport{Reader: outR, Writer: inW}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for tool, err := range cs.Tools(ctx, nil) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, tool.Name)
+	}
+	if !slices.Contains(names, "run_python") || !slices.Contains(names, "py__add") {
+		t.Fatalf("tools %v", names)
+	}
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "py__add", Arguments: map[string]any{"a": 20, "b": 22}})
+	if err != nil || res.IsError || res.Content[0].(*mcp.TextContent).Text != "42" {
+		t.Fatalf("%+v %v", res, err)
+	}
+	cs.Close()
+	inW.Close()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d", code)
 	}
 }

@@ -584,3 +584,47 @@ func TestToolListChangesReachTheWatchers(t *testing.T) {
 		}
 	}
 }
+
+// netLauncher records the context value the Network hook put there.
+type netLauncher struct {
+	fakeLauncher
+	got atomic.Value
+}
+
+type netKey struct{}
+
+func (l *netLauncher) Launch(ctx context.Context, spec *api.MCPServer, srv string) (LineConn, error) {
+	if v := ctx.Value(netKey{}); v != nil {
+		l.got.Store(v)
+	}
+	return l.fakeLauncher.Launch(ctx, spec, srv)
+}
+
+func TestNetworkPolicy(t *testing.T) {
+	ctx := context.Background()
+	withHosts := spec("net", "echo")
+	withHosts.Network = &api.NetworkPolicy{Allow: []api.HostRule{{Host: "api.example.com"}}}
+	t.Run("a policy that allows hosts is refused without an egress data plane", func(t *testing.T) {
+		h, _ := newTestHost(t, t.TempDir(), &fakeLauncher{})
+		if _, err := h.Register(ctx, withHosts); err == nil || !strings.Contains(err.Error(), "no egress data plane") || !errors.Is(err, errdefs.InvalidArgument) {
+			t.Fatalf("%v", err)
+		}
+	})
+	t.Run("with one, the server starts under the policy's context", func(t *testing.T) {
+		l := &netLauncher{}
+		h, err := New(Config{Dir: t.TempDir(), Launchers: map[api.Tier]Launcher{api.TierHeavy: l},
+			Network: func(ctx context.Context, p *api.NetworkPolicy) (context.Context, error) {
+				return context.WithValue(ctx, netKey{}, p.Allow[0].Host), nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Close()
+		if _, err := h.Register(ctx, withHosts); err != nil {
+			t.Fatal(err)
+		}
+		if got := l.got.Load(); got != "api.example.com" {
+			t.Fatalf("launched under %v", got)
+		}
+	})
+}
