@@ -121,9 +121,12 @@ type server struct {
 
 // instance is one start of a server.
 type instance struct {
-	cs   *mcp.ClientSession
-	lc   LineConn
-	dead chan struct{} // closed once the instance has ended and reason is set
+	cs *mcp.ClientSession // set before ready is closed
+	lc LineConn
+	// ready is closed when start is done with the instance (cs is nil if the handshake failed):
+	// a server may announce tools/list_changed before it has answered initialize.
+	ready chan struct{}
+	dead  chan struct{} // closed once the instance has ended and reason is set
 	// reason is why it ended; set before dead is closed.
 	reason string
 	// stopped is set when we ended it on purpose (idle, delete, Close): not a failure.
@@ -498,7 +501,8 @@ func (s *server) start() (*instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &instance{lc: lc, dead: make(chan struct{})}
+	in := &instance{lc: lc, ready: make(chan struct{}), dead: make(chan struct{})}
+	defer close(in.ready)
 	client := mcp.NewClient(&mcp.Implementation{Name: "agentbox-gateway", Version: h.cfg.Version}, &mcp.ClientOptions{
 		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) { go s.refresh(in) },
 	})
@@ -588,6 +592,10 @@ func sameTools(a, b []*mcp.Tool) bool {
 // refresh re-learns the tools after the server said they changed; a list that now collides is
 // refused (the old one stays) with a warning.
 func (s *server) refresh(in *instance) {
+	<-in.ready
+	if in.cs == nil {
+		return
+	}
 	ctx, cancel := context.WithTimeout(s.h.ctx, 30*time.Second)
 	defer cancel()
 	if err := s.learn(ctx, in); err != nil {
