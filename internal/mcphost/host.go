@@ -231,6 +231,9 @@ func (h *Host) Register(ctx context.Context, spec api.MCPServer) (api.MCPServerI
 		h.mu.Lock()
 		delete(h.servers, spec.Name)
 		h.mu.Unlock()
+		s.mu.Lock()
+		s.deleted = true // a start still running (the caller gave up waiting) stops what it started
+		s.mu.Unlock()
 		s.stop()
 		h.st.remove(spec.Name)
 	}
@@ -458,7 +461,7 @@ func (s *server) ensure(ctx context.Context) (*instance, error) {
 				s.failures++
 				s.lastErr = limits.Text(err.Error(), 2048)
 				s.notBefore = time.Now().Add(s.h.backoff(s.failures))
-			} else if s.deleted {
+			} else if s.deleted || s.h.ctx.Err() != nil { // deleted, or the host closed, meanwhile
 				in.stopped.Store(true)
 				in.cs.Close()
 			} else {

@@ -628,3 +628,64 @@ func TestNetworkPolicy(t *testing.T) {
 		}
 	})
 }
+
+// slowLauncher blocks Launch until release is closed.
+type slowLauncher struct {
+	fakeLauncher
+	release chan struct{}
+}
+
+func (l *slowLauncher) Launch(ctx context.Context, spec *api.MCPServer, srv string) (LineConn, error) {
+	<-l.release
+	return l.fakeLauncher.Launch(ctx, spec, srv)
+}
+
+// TestAbandonedRegistrationLeavesNothingRunning: a registration whose caller gave up while the
+// server was starting is undone, and the start, when it completes, stops what it started.
+func TestAbandonedRegistrationLeavesNothingRunning(t *testing.T) {
+	l := &slowLauncher{release: make(chan struct{})}
+	h, _ := newTestHost(t, t.TempDir(), &l.fakeLauncher)
+	h.cfg.Launchers[api.TierHeavy] = l
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := h.Register(ctx, spec("slow", "echo")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("%v", err)
+	}
+	h.mu.Lock()
+	s := h.servers["slow"]
+	h.mu.Unlock()
+	if s != nil {
+		t.Fatal("an abandoned registration is kept")
+	}
+	close(l.release)
+	deadline := time.Now().Add(5 * time.Second)
+	for l.launches.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The started instance is closed: its server's connection ends.
+	l.mu.Lock()
+	srv := l.servers
+	l.mu.Unlock()
+	for len(srv) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+		l.mu.Lock()
+		srv = l.servers
+		l.mu.Unlock()
+	}
+	if len(srv) != 1 {
+		t.Fatalf("%d servers launched", len(srv))
+	}
+	for {
+		n := 0
+		for range srv[0].Sessions() {
+			n++
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the abandoned start's server is still connected")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
