@@ -415,3 +415,28 @@ func TestHeavyServerFaults(t *testing.T) {
 		t.Fatalf("faulty: %+v %v", info, err)
 	}
 }
+
+// TestHeavyServerConfinement: a hosted server runs as the unprivileged user, with its files
+// read-only and no network interface but loopback.
+func TestHeavyServerConfinement(t *testing.T) {
+	h, _ := newHost(t)
+	ctx := context.Background()
+	if _, err := h.Register(ctx, api.MCPServer{Name: "probe", Command: []string{"python3", "/srv/server.py"}, Files: map[string]string{"server.py": serverSource(t)}}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := h.Call(ctx, "probe__probe", nil)
+	if err != nil || res.IsError {
+		t.Fatalf("%v %+v", err, res)
+	}
+	var got struct {
+		UID         int      `json:"uid"`
+		SrvWritable bool     `json:"srv_writable"`
+		Interfaces  []string `json:"interfaces"`
+	}
+	if err := json.Unmarshal([]byte(text(res)), &got); err != nil {
+		t.Fatalf("%q: %v", text(res), err)
+	}
+	if got.UID != 1000 || got.SrvWritable || !slices.Equal(got.Interfaces, []string{"lo"}) {
+		t.Fatalf("confinement: %+v", got)
+	}
+}

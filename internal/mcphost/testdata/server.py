@@ -21,6 +21,7 @@ TOOLS = [
     {"name": "flood", "description": "Write a line far over any cap.", "inputSchema": schema()},
     {"name": "malformed", "description": "Answer with broken JSON-RPC.", "inputSchema": schema()},
     {"name": "memory", "description": "Allocate until the memory limit.", "inputSchema": schema()},
+    {"name": "probe", "description": "Report the sandbox: user, network interfaces, writable /srv.", "inputSchema": schema()},
 ]
 
 
@@ -59,6 +60,18 @@ def call(id, name, args):
         hog = []
         while True:
             hog.append(b"x" * (16 << 20))
+    elif name == "probe":
+        import socket
+        try:
+            open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.txt"), "w").close()
+            writable = True
+        except OSError:
+            writable = False
+        try:
+            interfaces = sorted(n for _, n in socket.if_nameindex())
+        except OSError:
+            interfaces = []
+        text(id, json.dumps({"uid": os.getuid(), "srv_writable": writable, "interfaces": interfaces}))
     else:
         send({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": "unknown tool " + name}})
 
