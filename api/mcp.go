@@ -64,8 +64,10 @@ type MCPServerInfo struct {
 	ToolNames []string `json:"tool_names"`
 	FileNames []string `json:"file_names"`
 	Restarts  int      `json:"restarts"`
-	LastError string   `json:"last_error,omitempty"`
-	Created   string   `json:"created"`
+	// DroppedLines counts the lines the server wrote that were not JSON-RPC messages (dropped).
+	DroppedLines int    `json:"dropped_lines"`
+	LastError    string `json:"last_error,omitempty"`
+	Created      string `json:"created"`
 }
 
 // MCPServerList is GET /v1/mcp/servers.

@@ -404,7 +404,7 @@ func (s *server) info() api.MCPServerInfo {
 	}
 	sort.Strings(files)
 	spec.Files = nil
-	return api.MCPServerInfo{MCPServer: spec, Status: status, ToolNames: names, FileNames: files, Restarts: s.restarts, LastError: s.lastErr,
+	return api.MCPServerInfo{MCPServer: spec, Status: status, ToolNames: names, FileNames: files, Restarts: s.restarts, DroppedLines: int(s.dropped.Load()), LastError: s.lastErr,
 		Created: s.rec.Created.Format(time.RFC3339)}
 }
 
