@@ -91,8 +91,10 @@ func (c *conn) Read(ctx context.Context) (jsonrpc.Message, error) {
 		}
 		msg, err := jsonrpc.DecodeMessage(line)
 		if err != nil {
-			c.dropped.Add(1)
-			c.log.Warn("mcp host: dropped a line from a server that is not a JSON-RPC message", "err", err, "line", limits.Text(string(line), 200))
+			// Logged sparingly: a server printing junk in a loop must not flood the log.
+			if n := c.dropped.Add(1); n <= 10 || n%1000 == 0 {
+				c.log.Warn("mcp host: dropped a line from a server that is not a JSON-RPC message", "dropped", n, "err", err, "line", limits.Text(string(line), 200))
+			}
 			continue
 		}
 		return msg, nil
