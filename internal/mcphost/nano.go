@@ -42,7 +42,7 @@ func (l *NanoLauncher) Launch(ctx context.Context, spec *api.MCPServer, _ string
 	memory, call, _, maxLine := limitsOf(spec)
 	c := &nanoConn{eng: l.Engine, maxLine: maxLine, main: path.Join(nanoSrv, strings.TrimPrefix(spec.Command[1], "/srv/")), files: spec.Files,
 		limits: api.Limits{TimeoutMS: int(call.Milliseconds()), MemoryLimitMB: memory, MaxOutputBytes: max(maxLine*4, 1<<20)},
-		out:    make(chan []byte, 16), closed: make(chan struct{})}
+		out:    make(chan []byte, 16), closed: make(chan struct{}), running: map[string]context.CancelFunc{}, turn: make(chan struct{}, 1)}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
@@ -79,10 +79,11 @@ type nanoConn struct {
 	wg      sync.WaitGroup
 
 	mu       sync.Mutex
-	preamble []byte // the initialize request and initialized notification, replayed before each request; guarded by mu
+	preamble []byte                        // the initialize request and initialized notification, replayed before each request; guarded by mu
+	running  map[string]context.CancelFunc // requests being answered, by id; guarded by mu
 
-	sessMu sync.Mutex   // one request at a time in the session
-	sess   tier.Session // nil until the first request, and after one ended it; guarded by sessMu
+	turn chan struct{} // holds a token while a request uses the session: one at a time
+	sess tier.Session  // nil until the first request, and after one ended it; guarded by turn
 }
 
 // rpcHead is what the relay reads of a client message.
@@ -110,7 +111,21 @@ func (c *nanoConn) WriteLine(ctx context.Context, b []byte) error {
 		c.preamble = append(c.preamble, line...)
 		c.mu.Unlock()
 		return nil
-	case len(h.ID) == 0: // other notifications (cancellations) have no run to reach
+	case h.Method == "notifications/cancelled":
+		// The client gave up on a request: stop its cell (or its wait for the session).
+		var n struct {
+			Params struct {
+				RequestID json.RawMessage `json:"requestId"`
+			} `json:"params"`
+		}
+		if json.Unmarshal(b, &n) == nil {
+			if cancel, ok := c.running[string(bytes.TrimSpace(n.Params.RequestID))]; ok {
+				cancel()
+			}
+		}
+		c.mu.Unlock()
+		return nil
+	case len(h.ID) == 0: // other notifications have no cell to reach
 		c.mu.Unlock()
 		return nil
 	}
@@ -118,19 +133,26 @@ func (c *nanoConn) WriteLine(ctx context.Context, b []byte) error {
 	if h.Method != "initialize" {
 		stdin = append(stdin, line...)
 	}
+	key := string(bytes.TrimSpace(h.ID))
+	rctx, cancel := context.WithCancel(c.ctx)
+	c.running[key] = cancel
 	c.mu.Unlock()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		c.answer(h.ID, stdin)
+		c.answer(rctx, h.ID, stdin)
+		c.mu.Lock()
+		delete(c.running, key)
+		c.mu.Unlock()
+		cancel()
 	}()
 	return nil
 }
 
 // answer runs the server with stdin in the session and passes on its answer to the request id;
 // when the run gives none, it answers an error itself.
-func (c *nanoConn) answer(id json.RawMessage, stdin []byte) {
-	res, err := c.serve(stdin)
+func (c *nanoConn) answer(ctx context.Context, id json.RawMessage, stdin []byte) {
+	res, err := c.serve(ctx, stdin)
 	var reply []byte
 	why := ""
 	switch {
@@ -168,12 +190,13 @@ func (c *nanoConn) answer(id json.RawMessage, stdin []byte) {
 
 // serve runs one request's cell, starting the session first if there is none. A session that the
 // cell ended (a crash, the memory or time limit) is dropped: the next request starts another.
-func (c *nanoConn) serve(stdin []byte) (*api.Result, error) {
-	c.sessMu.Lock()
-	defer c.sessMu.Unlock()
-	if err := c.ctx.Err(); err != nil {
-		return nil, err
+func (c *nanoConn) serve(ctx context.Context, stdin []byte) (*api.Result, error) {
+	select {
+	case c.turn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
+	defer func() { <-c.turn }()
 	if c.sess == nil {
 		s, err := c.start()
 		if err != nil {
@@ -182,7 +205,7 @@ func (c *nanoConn) serve(stdin []byte) (*api.Result, error) {
 		c.sess = s
 	}
 	arg, _ := json.Marshal(string(stdin)) // a JSON string is a Python string literal
-	res, err := c.sess.Run(c.ctx, "_agentbox_serve("+string(arg)+")\n", tier.Stream{})
+	res, err := c.sess.Run(ctx, "_agentbox_serve("+string(arg)+")\n", tier.Stream{})
 	if err != nil || !c.sess.Alive() || res.Error != nil {
 		c.sess.Close(context.Background())
 		c.sess = nil
@@ -232,10 +255,10 @@ func (c *nanoConn) Close() {
 		c.cancel()
 	})
 	c.wg.Wait()
-	c.sessMu.Lock()
+	c.turn <- struct{}{}
 	if c.sess != nil {
 		c.sess.Close(context.Background())
 		c.sess = nil
 	}
-	c.sessMu.Unlock()
+	<-c.turn
 }

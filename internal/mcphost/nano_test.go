@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/nano"
@@ -51,5 +52,42 @@ func TestNanoServerSession(t *testing.T) {
 				t.Fatalf("%v: isError %v %q, want %v %q", err, res.IsError, resultText(res), tc.isError, tc.want)
 			}
 		})
+	}
+}
+
+// TestNanoCancelledCallStopsItsCell: a call the client gives up on stops its cell, so the next
+// request is served at once rather than after the cell's own time limit.
+func TestNanoCancelledCallStopsItsCell(t *testing.T) {
+	ctx := context.Background()
+	eng, err := nano.New(ctx, nano.Config{PoolSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(ctx)
+	src, err := os.ReadFile("testdata/server.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := New(Config{Dir: t.TempDir(), Launchers: map[api.Tier]Launcher{api.TierNano: &NanoLauncher{Engine: eng}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if _, err := h.Register(ctx, api.MCPServer{Name: "py", Tier: api.TierNano, Command: []string{"python3", "server.py"},
+		Files: map[string]string{"server.py": string(src)}, Limits: api.MCPLimits{CallTimeoutMS: 60000}}); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if res, _ := h.Call(short, "py__hang", nil); !res.IsError || !strings.Contains(resultText(res), "cancelled") {
+		t.Fatalf("%q", resultText(res))
+	}
+	start := time.Now()
+	res, err := h.Call(ctx, "py__echo", json.RawMessage(`{"message":"next"}`))
+	if err != nil || res.IsError || resultText(res) != "echo: next" {
+		t.Fatalf("%v %q", err, resultText(res))
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("the next call waited %v for the cancelled cell", d)
 	}
 }
