@@ -292,6 +292,25 @@ func TestEverythingServerOnHeavy(t *testing.T) {
 			t.Fatalf("get-sum: %q", text(res))
 		}
 	})
+	t.Run("parallel calls", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan string, 16)
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "everything__get-sum", Arguments: map[string]any{"a": i, "b": 1000}})
+				if err != nil || res.IsError || !strings.Contains(text(res), strconv.Itoa(i+1000)) {
+					errs <- fmt.Sprintf("call %d: %v %q", i, err, text(res))
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for e := range errs {
+			t.Error(e)
+		}
+	})
 	t.Run("an image result", func(t *testing.T) {
 		res := call(t, cs, "everything__get-tiny-image", map[string]any{})
 		var img *mcp.ImageContent
