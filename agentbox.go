@@ -27,4 +27,10 @@ type (
 	SecretRule     = api.SecretRule
 	Intent         = api.Intent
 	NetworkEvent   = api.NetworkEvent
+	// Hosted MCP servers (see Client.RegisterMCPServer).
+	MCPServer     = api.MCPServer
+	MCPServerInfo = api.MCPServerInfo
+	MCPLimits     = api.MCPLimits
+	MCPToolFilter = api.MCPToolFilter
+	MCPTool       = api.MCPTool
 )

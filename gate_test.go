@@ -8,7 +8,7 @@ import (
 )
 
 // TestGoTestPassesWithoutRunsc: on a machine without the heavy tier (a contributor's laptop), `go test`
-// of the heavy integration tests passes and says they were not run and why; with
+// of the heavy and MCP hosting integration tests passes and says they were not run and why; with
 // AGENTBOX_INTEGRATION=1 (CI), the missing tier fails them instead.
 func TestGoTestPassesWithoutRunsc(t *testing.T) {
 	if testing.Short() {
@@ -27,19 +27,25 @@ func TestGoTestPassesWithoutRunsc(t *testing.T) {
 		}
 		return append(append(out, noHeavy...), extra...)
 	}
-	goTest := func(extra ...string) (string, error) {
-		cmd := exec.Command("go", "test", "-v", "./internal/heavy/integration")
-		cmd.Env = env(extra...)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	out, err := goTest()
-	if err != nil || !strings.Contains(out, "heavy integration tests not run: set AGENTBOX_INTEGRATION=1") ||
-		!strings.Contains(out, "no tests to run") {
-		t.Fatalf("without AGENTBOX_INTEGRATION: %v\n%s", err, out)
-	}
-	out, err = goTest("AGENTBOX_INTEGRATION=1")
-	if err == nil || !strings.Contains(out, "heavy tier not installed") {
-		t.Fatalf("with AGENTBOX_INTEGRATION=1 and no runsc: want a failure naming the missing tier, got %v\n%s", err, out)
+	for _, pkg := range []struct{ dir, notRun string }{
+		{"./internal/heavy/integration", "heavy integration tests not run: set AGENTBOX_INTEGRATION=1"},
+		{"./internal/mcphost/integration", "mcp hosting integration tests not run: set AGENTBOX_INTEGRATION=1"},
+	} {
+		t.Run(pkg.dir, func(t *testing.T) {
+			goTest := func(extra ...string) (string, error) {
+				cmd := exec.Command("go", "test", "-v", pkg.dir)
+				cmd.Env = env(extra...)
+				out, err := cmd.CombinedOutput()
+				return string(out), err
+			}
+			out, err := goTest()
+			if err != nil || !strings.Contains(out, pkg.notRun) || !strings.Contains(out, "no tests to run") {
+				t.Fatalf("without AGENTBOX_INTEGRATION: %v\n%s", err, out)
+			}
+			out, err = goTest("AGENTBOX_INTEGRATION=1")
+			if err == nil || !strings.Contains(out, "heavy tier not installed") {
+				t.Fatalf("with AGENTBOX_INTEGRATION=1 and no runsc: want a failure naming the missing tier, got %v\n%s", err, out)
+			}
+		})
 	}
 }

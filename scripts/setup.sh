@@ -15,6 +15,12 @@ fi
 
 bash build/pywasm/build.sh
 bash build/heavy/build.sh
+# npm, on the host: hosted MCP servers' npm packages are installed here and mounted into their
+# sandboxes (docs/mcp-hosting.md).
+if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ]; then
+  say "installing npm (hosted MCP servers' packages)"
+  apt-get install -y --no-install-recommends npm >/dev/null
+fi
 say "building bin/agentbox"
 go build -trimpath -o bin/agentbox ./cmd/agentbox
 say "ready: bin/agentbox"

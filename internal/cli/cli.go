@@ -39,6 +39,7 @@ Usage:
   agentbox run [flags] FILE|-     run a program in a fresh sandbox (- reads it from stdin)
   agentbox serve [flags]          serve the HTTP API (and MCP at /mcp), default 127.0.0.1:8080
   agentbox mcp                    serve the Model Context Protocol on stdin/stdout
+  agentbox mcp add|list|rm        manage the hosted MCP servers of an agentbox server
   agentbox route [flags] FILE     print which tier a program would run on, and why
   agentbox dlp scan FILE|-        print the DLP findings (secrets, PII) in a file as JSON
   agentbox bench [flags]          measure start-up and throughput on this machine

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/mcphost"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
@@ -36,6 +38,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
 	policyFile := fset.String("policy", "", "network ceiling (TOML, docs/egress.md): the hosts sandboxes may ever reach, hosts always denied, DLP defaults, rule packs, secrets; without it every sandbox is offline")
 	tf := addTierFlags(fset, heavy.DefaultStateDir())
+	mcpDirFlag := fset.String("mcp-dir", "", "hosted MCP servers' registrations (default: the state root's path with -mcp appended; \"off\": no MCP hosting)")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
@@ -77,8 +80,20 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(t, server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(t, version())})
+	scfg := server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(t, version())}
+	var host *mcphost.Host
+	if *mcpDirFlag != "off" {
+		if host, err = openHost(t, cmp.Or(*mcpDirFlag, mcpDir(*tf.stateDir)), log); err != nil {
+			t.close(context.Background())
+			return err
+		}
+		scfg.MCP, scfg.MCPServers = mcpserver.HTTPGateway(t, version(), host), host
+	}
+	srv, err := server.New(t, scfg)
 	if err != nil {
+		if host != nil {
+			host.Close()
+		}
 		t.close(context.Background())
 		return usageError{err}
 	}
@@ -95,6 +110,9 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	defer cancel()
 	if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
 		err = errors.Join(err, serr)
+	}
+	if host != nil {
+		host.Close() // its servers' sandboxes, before the engines close
 	}
 	if cerr := t.close(sctx); cerr != nil {
 		err = errors.Join(err, cerr)

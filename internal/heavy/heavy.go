@@ -407,6 +407,11 @@ func (e *Engine) start(ctx context.Context, memoryMB int, preload, background bo
 // newSandbox registers a sandbox with the engine (Close kills what is registered) and writes its
 // bundle; its command is runsc with args, then --bundle and its id. Every early return undoes both.
 func (e *Engine) newSandbox(memoryMB int, preload, background bool, args ...string) (*sandbox, error) {
+	return e.newSandboxSpec(memoryMB, e.spec(memoryMB, preload, background), background, args...)
+}
+
+// newSandboxSpec is newSandbox with the OCI spec given.
+func (e *Engine) newSandboxSpec(memoryMB int, spec map[string]any, background bool, args ...string) (*sandbox, error) {
 	s := &sandbox{id: newID(), done: make(chan struct{}), memory: memoryMB}
 	s.bundle = filepath.Join(e.cfg.StateDir, "bundles", s.id)
 	s.cmd = e.runscFor(background)(append(args, "--bundle", s.bundle, s.id)...)
@@ -423,7 +428,7 @@ func (e *Engine) newSandbox(memoryMB int, preload, background bool, args ...stri
 	if err := os.MkdirAll(s.bundle, 0o700); err != nil {
 		return nil, err
 	}
-	b, err := json.MarshalIndent(e.spec(memoryMB, preload, background), "", "  ")
+	b, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
 		return nil, err
 	}

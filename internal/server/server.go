@@ -54,6 +54,9 @@ type Config struct {
 	Logger *slog.Logger
 	// MCP, when set, is mounted at /mcp (behind the same auth).
 	MCP http.Handler
+	// MCPServers, when set, serves /v1/mcp/servers and /v1/mcp/tools (hosted MCP servers); nil
+	// answers them 503.
+	MCPServers MCPServers
 	// ReadHeaderTimeout and ReadTimeout bound how long a client may take to send its headers and its
 	// whole request (slow clients); zero means 10 s and 2 min.
 	ReadHeaderTimeout time.Duration
@@ -209,6 +212,11 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/sessions/{id}/files", s.listFiles)
 	mux.HandleFunc("PUT /v1/sessions/{id}/files/{path...}", s.putFile)
 	mux.HandleFunc("GET /v1/sessions/{id}/files/{path...}", s.getFile)
+	mux.HandleFunc("POST /v1/mcp/servers", s.registerMCPServer)
+	mux.HandleFunc("GET /v1/mcp/servers", s.listMCPServers)
+	mux.HandleFunc("GET /v1/mcp/servers/{name}", s.getMCPServer)
+	mux.HandleFunc("DELETE /v1/mcp/servers/{name}", s.deleteMCPServer)
+	mux.HandleFunc("GET /v1/mcp/tools", s.listMCPTools)
 	if s.cfg.MCP != nil {
 		mux.Handle("/mcp", s.keys.scopeMCP(s.cfg.MCP))
 	}

@@ -262,6 +262,7 @@ class _LocalServer:
         if self.proc.stderr:
             self.proc.stderr.close()
         shutil.rmtree(self._state, ignore_errors=True)
+        shutil.rmtree(self._state + "-mcp", ignore_errors=True)  # hosted MCP servers' registrations
 
 
 class Sandbox:
@@ -375,6 +376,35 @@ class Sandbox:
         every key's for an admin key), oldest first. Each has an ``owner``: a hash of the key that
         started it. Another key's sessions are not listed, and asking for one is ``NotFoundError``."""
         return self._json("GET", "/v1/sessions")["sessions"]
+
+    # -- hosted MCP servers ---------------------------------------------------------------------------
+
+    def register_mcp_server(self, spec: Dict[str, Any]) -> Dict[str, Any]:
+        """Register a stdio MCP server that the server hosts in a sandbox of its own (POST
+        /v1/mcp/servers): ``{"name", "command": [...], "files": {path: text}, "packages":
+        ["npm:..."], "tier": "heavy"|"nano", "env", "network", "limits", "tools": {"allow",
+        "deny"}, "dlp", "lazy"}``. Its tools then appear on the server's MCP endpoint as
+        ``name__tool``. A name collision is ``ConflictError``, a bad spec or a server that cannot
+        start ``InvalidArgumentError``. Returns the server's description (``status``,
+        ``tool_names``...)."""
+        return self._json("POST", "/v1/mcp/servers", spec)
+
+    def list_mcp_servers(self) -> List[Dict[str, Any]]:
+        """The hosted MCP servers of this API key (every key's for an admin key)."""
+        return self._json("GET", "/v1/mcp/servers")["servers"]
+
+    def get_mcp_server(self, name: str) -> Dict[str, Any]:
+        """One hosted server's description; ``NotFoundError`` when this key has none so named."""
+        return self._json("GET", "/v1/mcp/servers/" + urllib.parse.quote(name, safe=""))
+
+    def delete_mcp_server(self, name: str) -> None:
+        """Stop a hosted server and delete its registration."""
+        self._json("DELETE", "/v1/mcp/servers/" + urllib.parse.quote(name, safe=""))
+
+    def list_mcp_tools(self) -> List[Dict[str, Any]]:
+        """The hosted servers' tools with their input schemas (``name`` is ``server__tool``), for
+        agent frameworks that build their own tool list."""
+        return self._json("GET", "/v1/mcp/tools")["tools"]
 
     def info(self) -> Dict[str, Any]:
         """The session's description: ``id``, ``owner`` (a hash of the API key that started it, on

@@ -256,3 +256,27 @@ def test_startup_failure_shows_the_server_log(tmp_path):
         Sandbox(binary=str(fake))
     assert "the last words" in str(exc.value)
     assert "noise 1\n" not in str(exc.value)
+
+
+def test_mcp_servers(server):
+    """Register our stdlib test server on nano, list it and its tools, delete it."""
+    url, key = server
+    here = os.path.dirname(os.path.abspath(__file__))
+    src = open(os.path.join(here, "..", "..", "..", "internal", "mcphost", "testdata", "server.py")).read()
+    spec = {"name": "pysdk", "tier": "nano", "command": ["python3", "server.py"], "files": {"server.py": src},
+            "tools": {"allow": ["echo", "add"]}}
+    with Sandbox(url=url, api_key=key) as sb:
+        info = sb.register_mcp_server(spec)
+        assert info["status"] == "running" and info["tool_names"] == ["pysdk__echo", "pysdk__add"]
+        with pytest.raises(ConflictError):
+            sb.register_mcp_server(spec)
+        with pytest.raises(InvalidArgumentError):
+            sb.register_mcp_server(dict(spec, name="Bad Name"))
+        assert [s["name"] for s in sb.list_mcp_servers()] == ["pysdk"]
+        assert sb.get_mcp_server("pysdk")["file_names"] == ["server.py"]
+        tools = {t["name"]: t for t in sb.list_mcp_tools()}
+        assert set(tools) == {"pysdk__echo", "pysdk__add"}
+        assert tools["pysdk__add"]["input_schema"]["type"] == "object"
+        sb.delete_mcp_server("pysdk")
+        with pytest.raises(NotFoundError):
+            sb.get_mcp_server("pysdk")
