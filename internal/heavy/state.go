@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/netns"
 )
 
 // The state root (Config.StateDir) holds everything the engine leaves on the host while it runs:
@@ -71,6 +72,7 @@ func lockState(dir string) (*os.File, error) {
 // sweepCounts says what a sweep found and removed.
 type sweepCounts struct {
 	Containers, Processes, Cgroups, Mounts, Entries int
+	Network                                         netns.SweepCounts
 }
 
 // sweep removes what a previous engine on this state root left behind: its runsc containers
@@ -113,6 +115,13 @@ func (e *Engine) sweep() sweepCounts {
 	for id := range ids {
 		if strings.HasPrefix(id, "agentbox-") {
 			n.Cgroups += removeCgroups(id)
+		}
+	}
+	if e.cfg.Network != nil {
+		// Before the mounts go: the namespaces' files are among them, the veths and table are not.
+		var err error
+		if n.Network, err = netns.Sweep(netPrefix(root), e.netDir()); err != nil {
+			e.log.Warn("sweeping the heavy state: sandbox networks", "err", err)
 		}
 	}
 	n.Mounts = unmountUnder(root)

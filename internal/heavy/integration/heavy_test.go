@@ -27,6 +27,9 @@ import (
 
 var eng *heavy.Engine
 
+// afterAll are run after the tests, before eng closes: engines other tests made for themselves.
+var afterAll []func()
+
 // integrationEnv turns these tests on; CI sets it. They need root, runsc and the root filesystem, which
 // a contributor's `go test ./...` on a laptop does not have, so without it they are not run (and say
 // so); with it, a missing heavy tier fails them.
@@ -51,6 +54,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	for _, f := range afterAll {
+		f()
+	}
 	eng.Close(context.Background())
 	os.Exit(code)
 }

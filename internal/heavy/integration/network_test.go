@@ -1,0 +1,293 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
+	"github.com/entersandbox/agentbox/internal/tier"
+)
+
+// echoPlane is a stand-in data plane: it answers every redirected connection from an attached
+// source with one line naming what it saw (source, original destination, the guard's number), and
+// every DNS datagram with "dns <source>"; unattached sources are closed at once.
+type echoPlane struct {
+	tcp *net.TCPListener
+	udp *net.UDPConn
+
+	mu       sync.Mutex
+	guards   map[netip.Addr]*netpolicy.Guard // guarded by mu
+	attached []netip.Addr                    // guarded by mu: every Attach so far
+}
+
+func newEchoPlane(t *testing.T) *echoPlane {
+	t.Helper()
+	tl, err := net.ListenTCP("tcp4", &net.TCPAddr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul, err := net.ListenUDP("udp4", &net.UDPAddr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &echoPlane{tcp: tl, udp: ul, guards: map[netip.Addr]*netpolicy.Guard{}}
+	t.Cleanup(func() { tl.Close(); ul.Close() })
+	go p.serveTCP()
+	go p.serveUDP()
+	return p
+}
+
+func (p *echoPlane) Attach(guest netip.Addr, g *netpolicy.Guard) func() {
+	p.mu.Lock()
+	p.guards[guest] = g
+	p.attached = append(p.attached, guest)
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		if p.guards[guest] == g {
+			delete(p.guards, guest)
+		}
+		p.mu.Unlock()
+	}
+}
+
+func (p *echoPlane) Addr() netip.AddrPort {
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p.tcp.Addr().(*net.TCPAddr).Port))
+}
+
+func (p *echoPlane) DNSAddr() netip.AddrPort {
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p.udp.LocalAddr().(*net.UDPAddr).Port))
+}
+
+func (p *echoPlane) CACertPEM() []byte { return []byte("# agentbox test CA\n") }
+
+func (p *echoPlane) guard(a netip.Addr) *netpolicy.Guard {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.guards[a]
+}
+
+func (p *echoPlane) serveTCP() {
+	for {
+		c, err := p.tcp.AcceptTCP()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			src := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+			g := p.guard(src)
+			if g == nil {
+				c.SetLinger(0) // a reset, as the real proxy answers an unattached source
+				return
+			}
+			dst, _ := originalDst(c)
+			fmt.Fprintf(c, "src=%v dst=%v guard=%p\n", src, dst, g)
+		}()
+	}
+}
+
+func (p *echoPlane) serveUDP() {
+	buf := make([]byte, 512)
+	for {
+		n, from, err := p.udp.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		_ = n
+		p.udp.WriteToUDPAddrPort([]byte("dns "+from.Addr().Unmap().String()), from)
+	}
+}
+
+// originalDst is the destination a redirected connection was made to.
+func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var ap netip.AddrPort
+	var gerr error
+	raw.Control(func(fd uintptr) {
+		m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
+		if err != nil {
+			gerr = err
+			return
+		}
+		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Multiaddr[4:8])), uint16(m.Multiaddr[2])<<8|uint16(m.Multiaddr[3]))
+	})
+	return ap, gerr
+}
+
+var (
+	netEngOnce sync.Once
+	netEng     *heavy.Engine
+	netPlane   *echoPlane
+	netEngErr  error
+)
+
+// networked is an engine whose sandboxes have a governed network leading to an echoPlane, with a
+// pool of one (refilled from the golden checkpoint), shared by the tests of this file.
+func networked(t *testing.T) (*heavy.Engine, *echoPlane) {
+	t.Helper()
+	netEngOnce.Do(func() {
+		netPlane = &echoPlane{}
+		tl, err := net.ListenTCP("tcp4", &net.TCPAddr{})
+		if err != nil {
+			netEngErr = err
+			return
+		}
+		ul, err := net.ListenUDP("udp4", &net.UDPAddr{})
+		if err != nil {
+			netEngErr = err
+			return
+		}
+		netPlane = &echoPlane{tcp: tl, udp: ul, guards: map[netip.Addr]*netpolicy.Guard{}}
+		go netPlane.serveTCP()
+		go netPlane.serveUDP()
+		netEng, netEngErr = heavy.New(context.Background(), heavy.Config{PoolSize: 1, DiskMB: 64, Network: netPlane,
+			NetworkRange: netip.MustParsePrefix("10.213.0.0/20"), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		afterAll = append(afterAll, func() {
+			if netEng != nil {
+				netEng.Close(context.Background())
+			}
+			tl.Close()
+			ul.Close()
+		})
+	})
+	if netEngErr != nil {
+		t.Fatalf("networked heavy engine: %v", netEngErr)
+	}
+	return netEng, netPlane
+}
+
+// netProbe prints, one per line: the address the sandbox sees as its own, the echo plane's answer
+// to a TCP connection to 1.1.1.1:80 (or the error), and the DNS stub's answer to a datagram.
+const netProbe = `
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.connect(("192.0.2.53", 53))
+print("self", u.getsockname()[0])
+try:
+    c = socket.create_connection(("1.1.1.1", 80), timeout=5)
+    print("tcp", c.makefile().readline().strip() or "closed")
+except OSError as e:
+    print("tcp error", type(e).__name__)
+try:
+    u.send(b"q")
+    print("udp", u.recv(100).decode())
+except OSError as e:
+    print("udp error", type(e).__name__)
+`
+
+// probe parses netProbe's output.
+func probe(t *testing.T, out string) map[string]string {
+	t.Helper()
+	got := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), " ")
+		got[k] = v
+	}
+	return got
+}
+
+// TestNetworkedSandbox: a networked engine's sandboxes, pooled (restored from the golden
+// checkpoint) or started for a run, a session or a one-shot run, reach only the data plane, from
+// the address the policy was attached to, under the Guard of their own request; without a Guard
+// they are reset at once.
+func TestNetworkedSandbox(t *testing.T) {
+	e, plane := networked(t)
+	cases := []struct {
+		name   string
+		guard  bool
+		limits api.Limits
+		// session runs the probe in a session instead of a one-shot run; pooled waits for the pool
+		// (restored from the golden checkpoint, into a namespace of its own) and checks it served.
+		session, pooled bool
+	}{
+		{name: "pooled run with a guard", guard: true, pooled: true},
+		{name: "second pooled run, another restore of the same checkpoint", guard: true, pooled: true},
+		{name: "run started afresh (other memory limit) with a guard", guard: true, limits: api.Limits{MemoryLimitMB: 300}},
+		{name: "session with a guard", guard: true, session: true},
+		{name: "pooled session with a guard", guard: true, session: true, pooled: true},
+		{name: "run without a guard is reset"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			var g *netpolicy.Guard
+			if tc.guard {
+				g = netpolicy.NewGuard(nil, nil)
+				ctx = netpolicy.WithGuard(ctx, g)
+			}
+			hits := e.Stats.PoolHits.Load()
+			if tc.pooled {
+				deadline := time.Now().Add(3 * time.Minute)
+				for e.PoolReady() == 0 {
+					if time.Now().After(deadline) {
+						t.Fatal("the pool did not fill")
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+			var res *api.Result
+			var err error
+			if tc.session {
+				var s tier.Session
+				s, err = e.NewSession(ctx, tc.limits, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				res, err = s.Run(ctx, netProbe, tier.Stream{})
+				s.Close(ctx)
+			} else {
+				res, err = e.Run(ctx, api.RunRequest{Code: netProbe, Limits: tc.limits}, tier.Stream{})
+			}
+			if err != nil || res.Error != nil {
+				t.Fatalf("run: %v %+v\n%s", err, res.Error, res.Stderr)
+			}
+			if tc.pooled && e.Stats.PoolHits.Load() == hits {
+				t.Error("not served from the pool")
+			}
+			got := probe(t, res.Stdout)
+			self, err := netip.ParseAddr(got["self"])
+			if err != nil || !netip.MustParsePrefix("10.213.0.0/20").Contains(self) {
+				t.Fatalf("the sandbox's own address %q is not from the range:\n%s", got["self"], res.Stdout)
+			}
+			if !tc.guard {
+				if got["tcp"] != "error ConnectionRefusedError" && got["tcp"] != "error ConnectionResetError" {
+					t.Errorf("without a guard: tcp %q, want a reset", got["tcp"])
+				}
+				if !strings.HasPrefix(got["udp"], "error") {
+					t.Errorf("without a guard: udp %q, want refused", got["udp"])
+				}
+				return
+			}
+			want := fmt.Sprintf("src=%v dst=1.1.1.1:80 guard=%p", self, g)
+			if got["tcp"] != want {
+				t.Errorf("tcp: %q, want %q (the sandbox's address, its own guard)", got["tcp"], want)
+			}
+			if got["udp"] != "dns "+self.String() {
+				t.Errorf("udp: %q, want the DNS stub's answer to %v", got["udp"], self)
+			}
+		})
+	}
+	if e.Stats.Restored.Load() < 2 {
+		t.Errorf("%d sandboxes restored from the golden checkpoint: the restore path was not tested", e.Stats.Restored.Load())
+	}
+	_ = plane
+}
