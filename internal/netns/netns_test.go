@@ -291,6 +291,55 @@ func TestTraffic(t *testing.T) {
 		}
 	})
 
+	t.Run("the listeners are closed to other interfaces", func(t *testing.T) {
+		// A namespace of the test's own, on a veth without the prefix: a LAN, as far as the rules know.
+		dir := t.TempDir()
+		path := filepath.Join(dir, "lan")
+		if err := makeNamespace(path); err != nil {
+			t.Fatal(err)
+		}
+		defer unpin(path)
+		ns, err := vnetns.GetFromPath(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.Close()
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tlan0"}, PeerName: GuestLink, PeerNamespace: netlink.NsFd(int(ns))}); err != nil {
+			t.Fatal(err)
+		}
+		host, _ := netlink.LinkByName("tlan0")
+		defer netlink.LinkDel(host)
+		gw, peer := netip.MustParseAddr("10.251.0.1"), netip.MustParseAddr("10.251.0.2")
+		if err := errors.Join(netlink.AddrAdd(host, &netlink.Addr{IPNet: ipnet(gw, 30)}), netlink.LinkSetUp(host)); err != nil {
+			t.Fatal(err)
+		}
+		err = inNS(t, path, func() error {
+			eth, err := netlink.LinkByName(GuestLink)
+			if err != nil {
+				return err
+			}
+			return errors.Join(netlink.AddrAdd(eth, &netlink.Addr{IPNet: ipnet(peer, 30)}), netlink.LinkSetUp(eth))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dialErr error
+		inNS(t, path, func() error {
+			c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(gw, tp).String(), time.Second)
+			if err == nil {
+				c.Close()
+			}
+			dialErr = err
+			return nil
+		})
+		if dialErr == nil {
+			t.Fatal("a host on another interface reached the proxy port")
+		}
+		if !errors.Is(dialErr, os.ErrDeadlineExceeded) && !strings.Contains(dialErr.Error(), "timeout") {
+			t.Fatalf("want the SYN dropped, got %v", dialErr)
+		}
+	})
+
 	t.Run("IPv6 is off inside", func(t *testing.T) {
 		err := inNS(t, a.Path(), func() error {
 			v, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
@@ -397,8 +446,6 @@ func TestSweepAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	again2 := cfg
-	_ = again2
 	crashedPath := n.Path()
 	again.nft.CloseLasting()
 	third, err := New(cfg)

@@ -25,7 +25,9 @@ import (
 //	    iifname "P*" ip saddr != @attached reject with icmpx port-unreachable
 //	    iifname "P*" tcp dport PROXY accept
 //	    iifname "P*" udp dport DNS accept
-//	    iifname "P*" drop }
+//	    iifname "P*" drop
+//	    iifname != "P*" iifname != "lo" tcp dport PROXY drop   # the listeners serve sandboxes only
+//	    iifname != "P*" iifname != "lo" udp dport DNS drop }
 //	  chain forward { type filter hook forward priority filter; policy accept;
 //	    iifname "P*" drop
 //	    oifname "P*" drop } }
@@ -86,6 +88,15 @@ func (m *Manager) install() error {
 	rule(input, ours, l4(unix.IPPROTO_TCP), dport(m.cfg.ProxyPort), []expr.Any{acceptV})
 	rule(input, ours, l4(unix.IPPROTO_UDP), dport(m.cfg.DNSPort), []expr.Any{acceptV})
 	rule(input, ours, []expr.Any{drop})
+	// The listeners are bound to 0.0.0.0 (the redirect lands on each veth's gateway): nothing but the
+	// sandboxes and the host itself may reach them.
+	notOurs := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte(m.cfg.Prefix)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte("lo\x00")},
+	}
+	rule(input, notOurs, l4(unix.IPPROTO_TCP), dport(m.cfg.ProxyPort), []expr.Any{drop})
+	rule(input, notOurs, l4(unix.IPPROTO_UDP), dport(m.cfg.DNSPort), []expr.Any{drop})
 	rule(forward, ours, []expr.Any{drop})
 	rule(forward, m.ifPrefix(unix.NFT_META_OIFNAME), []expr.Any{drop})
 	return c.Flush()
