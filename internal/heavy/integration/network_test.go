@@ -226,6 +226,7 @@ func TestNetworkedSandbox(t *testing.T) {
 		{name: "pooled session with a guard", guard: true, session: true, pooled: true},
 		{name: "run without a guard is reset"},
 	}
+	seen := map[netip.Addr]string{} // guest address -> the case that had it
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -268,6 +269,11 @@ func TestNetworkedSandbox(t *testing.T) {
 			if err != nil || !netip.MustParsePrefix("10.213.0.0/20").Contains(self) {
 				t.Fatalf("the sandbox's own address %q is not from the range:\n%s", got["self"], res.Stdout)
 			}
+			// Restores of one checkpoint take the address of the namespace they are restored into.
+			if other, dup := seen[self]; dup {
+				t.Errorf("address %v again (first in %q): sandboxes must not share one", self, other)
+			}
+			seen[self] = tc.name
 			if !tc.guard {
 				if got["tcp"] != "error ConnectionRefusedError" && got["tcp"] != "error ConnectionResetError" {
 					t.Errorf("without a guard: tcp %q, want a reset", got["tcp"])
