@@ -23,7 +23,8 @@ type Network interface {
 	// detach is called.
 	Attach(guest netip.Addr, g *netpolicy.Guard) (detach func())
 	// Addr and DNSAddr are the proxy's TCP listener and its DNS stub. Both must listen on the
-	// unspecified address (0.0.0.0): the redirect of each sandbox's veth lands on its own gateway.
+	// unspecified address (0.0.0.0, or [::] dual-stack): the redirect of each sandbox's veth lands
+	// on its own gateway; the netns rules keep other interfaces away from both ports.
 	Addr() netip.AddrPort
 	DNSAddr() netip.AddrPort
 	// CACertPEM is the installation's CA, which sandboxes trust besides Debian's bundle (for TLS
@@ -54,8 +55,8 @@ func (e *Engine) netDir() string { return filepath.Join(e.cfg.StateDir, "netns")
 func (e *Engine) setupNetwork() error {
 	n := e.cfg.Network
 	for what, ap := range map[string]netip.AddrPort{"proxy": n.Addr(), "DNS stub": n.DNSAddr()} {
-		if !ap.IsValid() || ap.Port() == 0 || !ap.Addr().IsUnspecified() || !ap.Addr().Unmap().Is4() {
-			return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("heavy network: the egress %s listens on %v; it must listen on 0.0.0.0:PORT, where every sandbox's redirect lands", what, ap))
+		if !ap.IsValid() || ap.Port() == 0 || !ap.Addr().IsUnspecified() {
+			return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("heavy network: the egress %s listens on %v; it must listen on 0.0.0.0:PORT (all addresses), where every sandbox's redirect lands", what, ap))
 		}
 	}
 	m, err := netns.New(netns.Config{Range: e.cfg.NetworkRange, Prefix: netPrefix(e.cfg.StateDir), Dir: e.netDir(),
