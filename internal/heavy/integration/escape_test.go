@@ -540,7 +540,7 @@ print("ech", tcp("api.test", 443, b"\x16\x03\x01" + struct.pack("!H", len(hs)) +
 		{name: "a redirect to a metadata address is refused at the second hop", allow: []string{"api.test", "meta.test"},
 			// The client follows; the name of the second hop does not even resolve (the stub refuses it
 			// for what the proxy would dial), and the proxy would refuse the connection the same way.
-			code: `print("redirect", get("https://api.test/redirect?to=http://meta.test/latest/meta-data/"))`,
+			code:   `print("redirect", get("https://api.test/redirect?to=http://meta.test/latest/meta-data/"))`,
 			checks: []check{want("redirect error URLError"), event("ssrf:metadata")}},
 		{name: "DNS rebinding: the sandbox's destination is ignored, a name resolving privately is refused", allow: []string{"api.test", "rebind.test"},
 			code: `print("rebind", get("http://rebind.test/"))
