@@ -39,6 +39,11 @@ const caBundle = "/etc/ssl/certs/ca-certificates.crt"
 // caEnv points every client that keeps its own trust store at the bundle.
 var caEnv = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT", "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS"}
 
+// NetworkPrefix is the prefix of the names a state root's sandbox networks carry: host veths and
+// namespace files are NetworkPrefix+index, the nftables table is "agentbox_"+NetworkPrefix (for
+// operators looking at `ip link` or `nft list tables`, and for the tests).
+func NetworkPrefix(stateDir string) string { return netPrefix(stateDir) }
+
 // netPrefix is the name prefix of a state root's namespaces, veths and nftables table: stable for
 // the root (the sweep after a crash finds them) and different between roots on one host.
 func netPrefix(stateDir string) string {

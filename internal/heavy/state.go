@@ -117,11 +117,14 @@ func (e *Engine) sweep() sweepCounts {
 			n.Cgroups += removeCgroups(id)
 		}
 	}
-	if e.cfg.Network != nil {
-		// Before the mounts go: the namespaces' files are among them, the veths and table are not.
-		var err error
-		if n.Network, err = netns.Sweep(netPrefix(root), e.netDir()); err != nil {
+	// Before the mounts go: the namespaces' files are among them, the veths and table are not. A
+	// root that had networked sandboxes may be reopened without Config.Network: swept all the same.
+	var err error
+	if n.Network, err = netns.Sweep(netPrefix(root), e.netDir()); err != nil {
+		if e.cfg.Network != nil {
 			e.log.Warn("sweeping the heavy state: sandbox networks", "err", err)
+		} else {
+			e.log.Debug("sweeping the heavy state: sandbox networks", "err", err)
 		}
 	}
 	n.Mounts = unmountUnder(root)

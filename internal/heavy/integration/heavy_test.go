@@ -42,6 +42,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "%s=%q: want 1 (run the heavy integration tests) or 0\n", integrationEnv, os.Getenv(integrationEnv))
 		os.Exit(2)
 	}
+	if dir := os.Getenv(crashHelperEnv); dir != "" {
+		crashHelper(dir) // never returns: the parent test kills it
+	}
 	if !on {
 		// -test.skip also covers benchmarks; the testing package then reports "no tests to run".
 		fmt.Printf("heavy integration tests not run: set %s=1 (needs root, runsc and the root filesystem of build/heavy/build.sh)\n", integrationEnv)

@@ -2,20 +2,29 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/tier"
@@ -296,4 +305,157 @@ func TestNetworkedSandbox(t *testing.T) {
 		t.Errorf("%d sandboxes restored from the golden checkpoint: the restore path was not tested", e.Stats.Restored.Load())
 	}
 	_ = plane
+}
+
+// crashHelperEnv makes the test binary a networked engine on the state root it names, which prints
+// "ready" once its pool has a sandbox (with its namespace, veth and rules) and then waits to be killed.
+const crashHelperEnv = "AGENTBOX_NETNS_CRASH_HELPER"
+
+func crashHelper(dir string) {
+	tl, err := net.ListenTCP("tcp4", &net.TCPAddr{})
+	if err == nil {
+		var ul *net.UDPConn
+		if ul, err = net.ListenUDP("udp4", &net.UDPAddr{}); err == nil {
+			plane := &echoPlane{tcp: tl, udp: ul, guards: map[netip.Addr]*netpolicy.Guard{}}
+			var e *heavy.Engine
+			e, err = heavy.New(context.Background(), heavy.Config{StateDir: dir, PoolSize: 1, NoCheckpoint: true, DiskMB: 64,
+				Network: plane, NetworkRange: netip.MustParsePrefix("10.215.0.0/24")})
+			if err == nil {
+				for e.PoolReady() == 0 {
+					time.Sleep(20 * time.Millisecond)
+				}
+				fmt.Println("ready")
+				select {}
+			}
+		}
+	}
+	fmt.Println("helper:", err)
+	os.Exit(1)
+}
+
+// prefixed lists the host's links whose names carry prefix.
+func prefixed(t *testing.T, prefix string) []string {
+	t.Helper()
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, prefix) {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	return out
+}
+
+// TestNetworkSweptAfterKill9: an engine killed with SIGKILL leaves its sandboxes' veths, namespace
+// files and nftables table; the next engine on the same state root removes them before it starts
+// anything, and its Close removes its own.
+func TestNetworkSweptAfterKill9(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	prefix := heavy.NetworkPrefix(dir)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), crashHelperEnv+"="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("helper: %q %v\n%s", line, err, stderr.String())
+	}
+	left := prefixed(t, prefix)
+	if len(left) == 0 {
+		t.Fatal("the helper's pooled sandbox has no veth")
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if got := prefixed(t, prefix); len(got) == 0 {
+		t.Fatal("nothing left after SIGKILL: the sweep below would prove nothing")
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "netns", prefix+"*"))
+	if len(files) == 0 {
+		t.Fatal("no namespace files left after SIGKILL")
+	}
+
+	plane := newEchoPlane(t)
+	e, err := heavy.New(context.Background(), heavy.Config{StateDir: dir, PoolSize: -1, Network: plane, NetworkRange: netip.MustParsePrefix("10.215.0.0/24")})
+	if err != nil {
+		t.Fatalf("New after the crash: %v", err)
+	}
+	if got := prefixed(t, prefix); len(got) != 0 {
+		t.Errorf("links the crashed engine left survived the sweep: %v", got)
+	}
+	for _, f := range files {
+		if _, err := os.Stat(f); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s survived the sweep: %v", f, err)
+		}
+	}
+	// The swept root serves: a run reaches the data plane.
+	g := netpolicy.NewGuard(nil, nil)
+	res, err := e.Run(netpolicy.WithGuard(context.Background(), g), api.RunRequest{Code: netProbe}, tier.Stream{})
+	if err != nil || !strings.Contains(res.Stdout, "tcp src=10.215.0.") {
+		t.Errorf("a run after the sweep: %v %+v", err, res)
+	}
+	if err := e.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := prefixed(t, prefix); len(got) != 0 {
+		t.Errorf("links outlived Close: %v", got)
+	}
+	conn, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tab, _ := conn.ListTableOfFamily("agentbox_"+prefix, nftables.TableFamilyINet); tab != nil {
+		t.Error("the nftables table outlived Close")
+	}
+}
+
+// TestNetworkFailsClosed: an engine asked for a governed network that the host cannot give is not
+// made at all (no offline or open fallback), and the error names what is wrong.
+func TestNetworkFailsClosed(t *testing.T) {
+	cases := []struct {
+		name  string
+		cfg   func(p *echoPlane) heavy.Config
+		class *errdefs.Class
+		msg   string
+	}{
+		{name: "range overlapping the host's addresses", class: errdefs.Conflict, msg: "overlaps 127.0.0.1/8 on lo",
+			cfg: func(p *echoPlane) heavy.Config {
+				return heavy.Config{PoolSize: -1, Network: p, NetworkRange: netip.MustParsePrefix("127.0.0.0/16")}
+			}},
+		{name: "proxy listening on loopback only", class: errdefs.InvalidArgument, msg: "must listen on 0.0.0.0",
+			cfg: func(p *echoPlane) heavy.Config {
+				return heavy.Config{PoolSize: -1, Network: loopbackPlane{p}, NetworkRange: netip.MustParsePrefix("10.216.0.0/24")}
+			}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := heavy.New(context.Background(), tc.cfg(newEchoPlane(t)))
+			if err == nil {
+				e.Close(context.Background())
+				t.Fatal("an engine was made")
+			}
+			if !errors.Is(err, tc.class) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("got %v, want class %s and %q", err, tc.class.Name(), tc.msg)
+			}
+		})
+	}
+}
+
+// loopbackPlane is a data plane whose proxy listens on 127.0.0.1, where no redirect can land.
+type loopbackPlane struct{ *echoPlane }
+
+func (p loopbackPlane) Addr() netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p.echoPlane.Addr().Port())
 }
