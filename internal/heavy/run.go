@@ -601,7 +601,7 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 		release()
 		return nil, err
 	}
-	if err := e.bind(ctx, s); err == nil {
+	if err = e.bind(ctx, s); err == nil {
 		err = e.install(ctx, s, packages)
 	}
 	if err != nil {

@@ -545,7 +545,7 @@ func BenchmarkCreate(b *testing.B) {
 	l := listen(b)
 	m := newManager(b, l, "abb", netip.MustParsePrefix("10.205.0.0/16"))
 	ctx := context.Background()
-	var create time.Duration
+	var create, remove time.Duration
 	for b.Loop() {
 		start := time.Now()
 		n, err := m.Create(ctx)
@@ -553,7 +553,10 @@ func BenchmarkCreate(b *testing.B) {
 			b.Fatal(err)
 		}
 		create += time.Since(start)
+		start = time.Now()
 		n.Close()
+		remove += time.Since(start)
 	}
 	b.ReportMetric(float64(create.Microseconds())/float64(b.N), "create-µs/op")
+	b.ReportMetric(float64(remove.Microseconds())/float64(b.N), "close-µs/op")
 }
