@@ -158,9 +158,11 @@ func unsupported(piece string, err error) error {
 	return errdefs.With(errdefs.Unavailable, fmt.Errorf("%w: %s: %w", ErrUnsupported, piece, err))
 }
 
-// Check reports whether this host can make governed sandbox networks: root (CAP_NET_ADMIN and
-// CAP_SYS_ADMIN), network namespaces, veth and nf_tables with NAT and reject. It makes and removes a
-// throw-away namespace, veth pair and table; a missing piece is ErrUnsupported naming it.
+// Check reports whether this host can make governed sandbox networks: network namespaces, root
+// (CAP_NET_ADMIN, CAP_SYS_ADMIN) and nf_tables reachable through netlink. A missing piece is
+// ErrUnsupported naming it. New goes further: a kernel without the NAT, redirect or reject
+// expressions fails when it installs the table (named as nftables), one without veth at the first
+// Create.
 func Check() error {
 	if _, err := os.Stat(nsFile); err != nil {
 		return unsupported("network namespaces ("+nsFile+")", err)

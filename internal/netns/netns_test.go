@@ -560,3 +560,49 @@ func BenchmarkCreate(b *testing.B) {
 	b.ReportMetric(float64(create.Microseconds())/float64(b.N), "create-µs/op")
 	b.ReportMetric(float64(remove.Microseconds())/float64(b.N), "close-µs/op")
 }
+
+// TestConcurrentCreate: pool refills and requests make and remove namespaces at once; each gets its
+// own /30 and everything goes again.
+func TestConcurrentCreate(t *testing.T) {
+	needHost(t)
+	l := listen(t)
+	m := newManager(t, l, "abp", netip.MustParsePrefix("10.206.0.0/24"))
+	const n = 8
+	got := make(chan netip.Addr, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			ns, err := m.Create(context.Background())
+			if err != nil {
+				errs <- err
+				return
+			}
+			got <- ns.Guest()
+			if err := ns.Attach(); err != nil {
+				errs <- err
+				return
+			}
+			time.Sleep(50 * time.Millisecond) // all alive at once
+			errs <- ns.Close()
+		}()
+	}
+	seen := map[netip.Addr]bool{}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	close(got)
+	for a := range got {
+		if seen[a] {
+			t.Errorf("%v handed out twice", a)
+		}
+		seen[a] = true
+	}
+	m.mu.Lock()
+	left := len(m.used)
+	m.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d namespaces still registered", left)
+	}
+}
