@@ -459,3 +459,41 @@ type loopbackPlane struct{ *echoPlane }
 func (p loopbackPlane) Addr() netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p.echoPlane.Addr().Port())
 }
+
+// BenchmarkNetworked: BenchmarkPoolHit and BenchmarkColdStart with a governed network: the pool hit
+// adds the policy's binding at hand-out, the cold start the namespace's set-up besides. The program
+// makes one connection through the data plane.
+func BenchmarkNetworked(b *testing.B) {
+	const code = "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=5).recv(100)"
+	for _, bc := range []struct {
+		name string
+		pool int
+	}{{"PoolHit", 2}, {"ColdStart", -1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			tl, _ := net.ListenTCP("tcp4", &net.TCPAddr{})
+			ul, _ := net.ListenUDP("udp4", &net.UDPAddr{})
+			plane := &echoPlane{tcp: tl, udp: ul, guards: map[netip.Addr]*netpolicy.Guard{}}
+			defer tl.Close()
+			defer ul.Close()
+			go plane.serveTCP()
+			go plane.serveUDP()
+			e, err := heavy.New(context.Background(), heavy.Config{PoolSize: bc.pool, Network: plane, NetworkRange: netip.MustParsePrefix("10.217.0.0/20")})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer e.Close(context.Background())
+			for b.Loop() {
+				b.StopTimer()
+				for bc.pool > 0 && e.PoolReady() == 0 {
+					time.Sleep(5 * time.Millisecond)
+				}
+				ctx := netpolicy.WithGuard(context.Background(), netpolicy.NewGuard(nil, nil))
+				b.StartTimer()
+				res, err := e.Run(ctx, api.RunRequest{Code: code}, tier.Stream{})
+				if err != nil || res.ExitCode != 0 {
+					b.Fatalf("%v %+v", err, res)
+				}
+			}
+		})
+	}
+}
