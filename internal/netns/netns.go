@@ -102,6 +102,9 @@ var nsFile = "/proc/self/ns/net"
 
 var prefixRe = regexp.MustCompile(`^[a-z0-9]{2,8}$`)
 
+// sandboxLink matches the host veths Managers make with any valid prefix.
+var sandboxLink = regexp.MustCompile(`^[a-z0-9]{2,8}[0-9]+$`)
+
 // New checks that the host supports what a governed network needs, removes what an earlier Manager
 // with the same prefix left (see Sweep) and installs the nftables table. A missing piece is
 // ErrUnsupported (class Unavailable) naming it.
@@ -194,11 +197,15 @@ func checkRange(r netip.Prefix) error {
 		}
 		ones, _ := a.IPNet.Mask.Size()
 		if netip.PrefixFrom(p, ones).Masked().Overlaps(r) {
-			link := ""
+			link, veth := "", false
 			if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
-				link = l.Attrs().Name
+				link, veth = l.Attrs().Name, l.Type() == "veth"
 			}
-			return errdefs.With(errdefs.Conflict, fmt.Errorf("netns: range %v overlaps %v on %s: choose another range", r, a.IPNet, link))
+			hint := "choose another range"
+			if veth && sandboxLink.MatchString(link) {
+				hint = "choose another range for a second engine; if " + link + " is a sandbox veth an engine with a private state directory left when it was killed, remove it (`ip link del " + link + "`)"
+			}
+			return errdefs.With(errdefs.Conflict, fmt.Errorf("netns: range %v overlaps %v on %s: %s", r, a.IPNet, link, hint))
 		}
 	}
 	return nil
