@@ -1,9 +1,10 @@
 // Package heavy is agentbox's full-Python tier: CPython 3.11 with numpy, pandas, matplotlib and scipy
 // from Debian, each sandbox a gVisor (runsc) container with a read-only root filesystem, private
 // size-limited /tmp and /home/user, memory, CPU and process limits, an unprivileged user and no
-// network (or, with Config.Network, one that leads only to the egress proxy: network.go). Inside, a small agent (agent.py) runs programs and reports results and charts over a
-// line-delimited JSON protocol on stdio; programs run in a worker process the agent forks, which
-// cannot reach that protocol. See docs/heavy-tier.md.
+// network (or, with Config.Network, one that leads only to the egress proxy: network.go). Inside, a
+// small agent (agent.py) runs programs and reports results and charts over a line-delimited JSON
+// protocol on stdio; programs run in a worker process the agent forks, which cannot reach that
+// protocol. See docs/heavy-tier.md.
 package heavy
 
 import (

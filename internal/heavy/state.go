@@ -24,7 +24,9 @@ import (
 //	bundles/   one OCI bundle per sandbox, named after its container id
 //	golden*/   golden checkpoint images of the pool
 //	agent/     agent.py, bound read-only into every sandbox
-//	etc/       the sandboxes' /etc/hostname and /etc/resolv.conf
+//	etc/       the sandboxes' /etc/hostname and /etc/resolv.conf (and CA bundle, when networked)
+//	netns/     the networked sandboxes' namespaces, pinned (bind mounts); their veths and the
+//	           nftables table live in the host's network namespace (see network.go)
 //
 // A crashed server leaves all of it, and runsc processes, cgroups and mounts besides; the next engine
 // on the same root sweeps them (sweep) before it starts anything.

@@ -219,7 +219,7 @@ func probe(t *testing.T, out string) map[string]string {
 // the address the policy was attached to, under the Guard of their own request; without a Guard
 // they are reset at once.
 func TestNetworkedSandbox(t *testing.T) {
-	e, plane := networked(t)
+	e, _ := networked(t)
 	cases := []struct {
 		name   string
 		guard  bool
@@ -304,7 +304,6 @@ func TestNetworkedSandbox(t *testing.T) {
 	if e.Stats.Restored.Load() < 2 {
 		t.Errorf("%d sandboxes restored from the golden checkpoint: the restore path was not tested", e.Stats.Restored.Load())
 	}
-	_ = plane
 }
 
 // crashHelperEnv makes the test binary a networked engine on the state root it names, which prints
@@ -460,24 +459,29 @@ func (p loopbackPlane) Addr() netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p.echoPlane.Addr().Port())
 }
 
-// BenchmarkNetworked: BenchmarkPoolHit and BenchmarkColdStart with a governed network: the pool hit
-// adds the policy's binding at hand-out, the cold start the namespace's set-up besides. The program
-// makes one connection through the data plane.
+// BenchmarkNetworked: a pool hit and a cold start, offline and with a governed network (same
+// program: one connection attempt, which offline fails at once). Networked, the pool hit adds the
+// policy's binding at hand-out, the cold start the namespace's set-up besides.
 func BenchmarkNetworked(b *testing.B) {
-	const code = "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=5).recv(100)"
+	const code = "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 80), timeout=5).recv(100)\nexcept OSError:\n    pass"
 	for _, bc := range []struct {
-		name string
-		pool int
-	}{{"PoolHit", 2}, {"ColdStart", -1}} {
+		name      string
+		pool      int
+		networked bool
+	}{{"PoolHit/offline", 2, false}, {"PoolHit/networked", 2, true}, {"ColdStart/offline", -1, false}, {"ColdStart/networked", -1, true}} {
 		b.Run(bc.name, func(b *testing.B) {
-			tl, _ := net.ListenTCP("tcp4", &net.TCPAddr{})
-			ul, _ := net.ListenUDP("udp4", &net.UDPAddr{})
-			plane := &echoPlane{tcp: tl, udp: ul, guards: map[netip.Addr]*netpolicy.Guard{}}
-			defer tl.Close()
-			defer ul.Close()
-			go plane.serveTCP()
-			go plane.serveUDP()
-			e, err := heavy.New(context.Background(), heavy.Config{PoolSize: bc.pool, Network: plane, NetworkRange: netip.MustParsePrefix("10.217.0.0/20")})
+			cfg := heavy.Config{PoolSize: bc.pool}
+			if bc.networked {
+				tl, _ := net.ListenTCP("tcp4", &net.TCPAddr{})
+				ul, _ := net.ListenUDP("udp4", &net.UDPAddr{})
+				plane := &echoPlane{tcp: tl, udp: ul, guards: map[netip.Addr]*netpolicy.Guard{}}
+				defer tl.Close()
+				defer ul.Close()
+				go plane.serveTCP()
+				go plane.serveUDP()
+				cfg.Network, cfg.NetworkRange = plane, netip.MustParsePrefix("10.217.0.0/20")
+			}
+			e, err := heavy.New(context.Background(), cfg)
 			if err != nil {
 				b.Fatal(err)
 			}
