@@ -37,8 +37,9 @@ func (p *Proxy) serveDNS(udp *net.UDPConn) {
 	}
 }
 
-// answerDNS is the stub: it answers A questions for names the sandbox's policy allows with the
-// addresses the proxy itself would dial, NXDOMAIN for every other name, and never forwards a question
+// answerDNS is the stub: it answers A questions for names the sandbox's policy allows (and that
+// resolve to addresses the proxy would dial) with the sandbox's synthetic address for the name (see
+// addrFor), NXDOMAIN for every other name, and never forwards a question
 // (no DNS tunnelling). HTTPS and SVCB questions are refused so clients learn no ECH configuration;
 // other types of allowed names get an empty answer. a nil means an unattached source: REFUSED. A
 // packet that is not a query gets no answer.
@@ -82,8 +83,8 @@ func (p *Proxy) answerDNS(a *attachment, pkt []byte) []byte {
 	if target == "" {
 		target = canonName(name)
 	}
-	ap, err := p.resolve(ctx, target, 0)
-	if err != nil {
+	// Resolved and classified now, so that a name the proxy would refuse fails at once.
+	if _, err := p.resolve(ctx, a.g, target, 0); err != nil {
 		rule, reason := "resolve:failed", err.Error()
 		if rf, ok := refusalOf(err); ok {
 			rule, reason = rf.rule, rf.reason
@@ -94,12 +95,7 @@ func (p *Proxy) answerDNS(a *attachment, pkt []byte) []byte {
 		}
 		return reply(h, qs, dnsmessage.RCodeNameError, nil)
 	}
-	ip := ap.Addr()
-	if !ip.Is4() {
-		return reply(h, qs, dnsmessage.RCodeSuccess, nil)
-	}
-	a.remember(ip, target)
-	return reply(h, qs, dnsmessage.RCodeSuccess, []netip.Addr{ip})
+	return reply(h, qs, dnsmessage.RCodeSuccess, []netip.Addr{a.addrFor(target)})
 }
 
 func orDefault(s, def string) string {

@@ -65,8 +65,8 @@ func TestDNSStub(t *testing.T) {
 		rcode  dnsmessage.RCode
 		answer string
 	}{
-		{"allowed pinned name gets its address", "plain.test", dnsmessage.TypeA, dnsmessage.RCodeSuccess, "127.0.0.3"},
-		{"allowed name is resolved on the host", "looked.up.test", dnsmessage.TypeA, dnsmessage.RCodeSuccess, "127.0.0.9"},
+		{"allowed pinned name gets a synthetic address", "plain.test", dnsmessage.TypeA, dnsmessage.RCodeSuccess, "synthetic"},
+		{"allowed name is resolved on the host, answered synthetic", "looked.up.test", dnsmessage.TypeA, dnsmessage.RCodeSuccess, "synthetic"},
 		{"unknown name is NXDOMAIN, not forwarded", "exfil-data-a1b2.attacker.test", dnsmessage.TypeA, dnsmessage.RCodeNameError, ""},
 		{"allowed name resolving to a private address is NXDOMAIN", "private.test", dnsmessage.TypeA, dnsmessage.RCodeNameError, ""},
 		{"HTTPS records are refused", "plain.test", dnsmessage.TypeHTTPS, dnsmessage.RCodeRefused, ""},
@@ -92,6 +92,19 @@ func TestDNSStub(t *testing.T) {
 				t.Fatal(err)
 			}
 			ans, rc := parseAnswer(t, buf[:n])
+			if tc.answer == "synthetic" {
+				a, err := netip.ParseAddr(ans)
+				if err != nil || !synthetic.Contains(a) {
+					t.Fatalf("answer %q rcode %v, want an address in %v", ans, rc, synthetic)
+				}
+				if got := r.p.attachmentOf(client).nameOf(a); got != tc.q {
+					t.Fatalf("%s maps back to %q, want %q", a, got, tc.q)
+				}
+				if again, _ := dnsAsk(t, r.p, r.p.attachmentOf(client), tc.q, dnsmessage.TypeA); again != ans {
+					t.Fatalf("asked again: %s, first %s", again, ans)
+				}
+				ans = "synthetic"
+			}
 			if rc != tc.rcode || ans != tc.answer {
 				t.Fatalf("got %q rcode %v, want %q %v", ans, rc, tc.answer, tc.rcode)
 			}
@@ -100,6 +113,14 @@ func TestDNSStub(t *testing.T) {
 			}
 		})
 	}
+	t.Run("names get distinct synthetic addresses", func(t *testing.T) {
+		a := r.p.attachmentOf(client)
+		x, _ := dnsAsk(t, r.p, a, "plain.test", dnsmessage.TypeA)
+		y, _ := dnsAsk(t, r.p, a, "looked.up.test", dnsmessage.TypeA)
+		if x == y || x == "" {
+			t.Fatalf("plain.test %s, looked.up.test %s", x, y)
+		}
+	})
 	t.Run("unattached source is refused", func(t *testing.T) {
 		if _, rc := dnsAsk(t, r.p, nil, "plain.test", dnsmessage.TypeA); rc != dnsmessage.RCodeRefused {
 			t.Fatalf("rcode %v", rc)

@@ -29,10 +29,11 @@ import (
 
 // fakeGuard is a policy for tests: allowed hosts with their decisions, everything else denied.
 type fakeGuard struct {
-	allow   map[string]netpolicy.Decision // by canonical host
+	allow   map[string]netpolicy.Decision // by canonical host; guarded by mu once in use
 	secrets []api.SecretRule
 	mode    string
 	resp    bool
+	ranges  []netip.Prefix
 
 	mu     sync.Mutex
 	events []api.NetworkEvent  // guarded by mu
@@ -50,11 +51,23 @@ func newGuard(hosts ...string) *fakeGuard {
 func (g *fakeGuard) Decide(r netpolicy.Request) netpolicy.Decision {
 	g.mu.Lock()
 	g.asked = append(g.asked, r)
+	d, ok := g.allow[canonName(r.Host)]
 	g.mu.Unlock()
-	if d, ok := g.allow[canonName(r.Host)]; ok {
+	if ok {
 		return d
 	}
 	return netpolicy.Decision{Verdict: api.VerdictDenied, Rule: "default:deny", Reason: "not in the allow list"}
+}
+
+func (g *fakeGuard) wasAsked(r netpolicy.Request) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, q := range g.asked {
+		if q == r {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *fakeGuard) Record(e api.NetworkEvent) {
@@ -63,8 +76,34 @@ func (g *fakeGuard) Record(e api.NetworkEvent) {
 	g.mu.Unlock()
 }
 
-func (g *fakeGuard) Secrets() []api.SecretRule          { return g.secrets }
+func (g *fakeGuard) Secrets(host string) []api.SecretRule {
+	var out []api.SecretRule
+	for _, s := range g.secrets {
+		if s.Host == host {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (g *fakeGuard) SecretValues() []string {
+	var out []string
+	for _, s := range g.secrets {
+		out = append(out, s.Value)
+	}
+	return out
+}
+
 func (g *fakeGuard) DLP() (mode string, responses bool) { return g.mode, g.resp }
+
+func (g *fakeGuard) RangeAllowed(a netip.Addr) bool {
+	for _, p := range g.ranges {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
 
 // eventsEventually returns the events once there are at least n (events of forwarded requests are
 // recorded when the body is done, which may trail the client by a moment).
@@ -98,7 +137,7 @@ type testCA struct {
 	pemFile string
 }
 
-func newTestCA(t *testing.T) *testCA {
+func newTestCA(t testing.TB) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -119,7 +158,7 @@ func newTestCA(t *testing.T) *testCA {
 	return &testCA{cert: cert, key: key, pemFile: f}
 }
 
-func (ca *testCA) leaf(t *testing.T, names ...string) tls.Certificate {
+func (ca *testCA) leaf(t testing.TB, names ...string) tls.Certificate {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
@@ -184,7 +223,7 @@ func upstream(t testing.TB, ca *testCA, addr string, names ...string) (*httptest
 	srv.Listener = ln
 	if ca != nil {
 		srv.EnableHTTP2 = true
-		srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.leaf(t.(*testing.T), names...)}}
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.leaf(t, names...)}}
 		srv.StartTLS()
 	} else {
 		srv.Start()
@@ -206,17 +245,17 @@ type rig struct {
 	seenS, seenP *seen
 	ctx          context.Context
 	dst          netip.AddrPort // what the "sandbox" dialled: the proxy must ignore it
-	extraResolve []string
 }
 
-func newRig(t *testing.T, mut func(*Config)) *rig {
+func newRigUnstarted(t testing.TB, mut func(*Config)) *rig {
 	t.Helper()
 	ca := newTestCA(t)
 	hs, sh := upstream(t, ca, "127.0.0.2:0", "api.test", "other.test")
 	ps, sp := upstream(t, nil, "127.0.0.3:0")
 	cfg := Config{
-		CADir:       filepath.Join(t.TempDir(), "ca"),
-		Resolve:     []string{"api.test=" + portOf(hs), "other.test=" + portOf(hs), "plain.test=" + portOf(ps), "private.test=10.1.2.3", "metadata.test=169.254.169.254"},
+		CADir: filepath.Join(t.TempDir(), "ca"),
+		Resolve: []string{"api.test=" + portOf(hs), "other.test=" + portOf(hs), "plain.test=" + portOf(ps), "private.test=10.1.2.3", "metadata.test=169.254.169.254",
+			"down.test=127.0.0.4:1", "wrongname.test=" + portOf(hs)},
 		AllowCIDRs:  []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		UpstreamCAs: []string{ca.pemFile},
 	}
@@ -229,13 +268,21 @@ func newRig(t *testing.T, mut func(*Config)) *rig {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	if err := p.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { p.Close() })
 	return &rig{p: p, ca: ca, https: hs, plain: ps, seenS: sh, seenP: sp, ctx: ctx,
 		dst: netip.MustParseAddrPort("198.51.100.7:443")}
 }
+
+func newRig(t testing.TB, mut func(*Config)) *rig {
+	t.Helper()
+	r := newRigUnstarted(t, mut)
+	if err := r.start(); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (r *rig) start() error { return r.p.Start(r.ctx) }
 
 var sandboxIP = netip.MustParseAddr("10.200.0.2")
 
@@ -262,6 +309,12 @@ func (r *rig) pair(t testing.TB, src netip.Addr, dst netip.AddrPort) net.Conn {
 // client is a sandbox's HTTP client: every connection goes through the proxy's connection handler
 // as if redirected by nftables (port 443 for https, 80 for http), and it trusts the proxy's CA.
 func (r *rig) client(t testing.TB, src netip.Addr, h2 bool) *http.Client {
+	return r.clientWith(t, src, h2, h2)
+}
+
+// clientWith is client with keep-alives chosen (HTTP/1.1 clients in tests open a connection per
+// request, so each one is decided and its event recorded promptly).
+func (r *rig) clientWith(t testing.TB, src netip.Addr, h2, keepAlive bool) *http.Client {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(r.p.CACertPEM())
 	tr := &http.Transport{
@@ -270,9 +323,10 @@ func (r *rig) client(t testing.TB, src netip.Addr, h2 bool) *http.Client {
 			dst := netip.MustParseAddrPort("198.51.100.7:" + port)
 			return r.pair(t, src, dst), nil
 		},
-		TLSClientConfig:   &tls.Config{RootCAs: roots},
-		ForceAttemptHTTP2: h2,
-		DisableKeepAlives: !h2,
+		TLSClientConfig:     &tls.Config{RootCAs: roots},
+		ForceAttemptHTTP2:   h2,
+		DisableKeepAlives:   !keepAlive,
+		MaxIdleConnsPerHost: 64,
 	}
 	if !h2 {
 		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}

@@ -18,8 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
@@ -62,8 +60,9 @@ const (
 // RoundTrip sends one request from a sandbox under g through the same path as intercepted traffic:
 // the policy decides, the proxy resolves and classifies the host, brokered secrets are injected,
 // DLP scans, the event is recorded when the response body is closed. Refusals come back as responses
-// (403 policy, 451 DLP, 413, 502) whose body names the rule, as a transparent client would see them;
-// an error means req itself is unusable. It is the nano tier's bridge.
+// (403 policy, 451 DLP, 413) whose body names the rule, as a transparent client would see them; an
+// error means req itself is unusable (errdefs.InvalidArgument) or the destination failed: it did not
+// resolve, answer or verify, or ctx ended (errdefs.Unavailable). It is the nano tier's bridge.
 func (p *Proxy) RoundTrip(ctx context.Context, g Guard, req *http.Request) (*http.Response, error) {
 	if req == nil || req.URL == nil {
 		return nil, errdefs.With(errdefs.InvalidArgument, errors.New("egress: no request URL"))
@@ -79,12 +78,16 @@ func (p *Proxy) RoundTrip(ctx context.Context, g Guard, req *http.Request) (*htt
 	if r.Host == "" {
 		r.Host = req.URL.Host
 	}
-	return p.send(ctx, g, r, scheme, netip.AddrPort{}), nil
+	resp, err := p.send(ctx, g, r, scheme, netip.AddrPort{})
+	if err != nil {
+		return nil, errdefs.With(errdefs.Unavailable, err)
+	}
+	return resp, nil
 }
 
 // serveHTTP serves plain HTTP/1 from a sandbox connection.
 func (p *Proxy) serveHTTP(ctx context.Context, a *attachment, c net.Conn, dst netip.AddrPort) {
-	p.serveHTTP1(c, p.handler(ctx, a, "http", dst, ""))
+	p.serveOne(ctx, c, p.handler(ctx, a, "http", dst, ""))
 }
 
 // inspect terminates TLS with a leaf for sni and serves HTTP/1.1 or HTTP/2 inside it.
@@ -105,28 +108,26 @@ func (p *Proxy) inspect(ctx context.Context, a *attachment, c net.Conn, sni stri
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	h := p.handler(ctx, a, "https", dst, sni)
-	if tc.ConnectionState().NegotiatedProtocol == "h2" {
-		(&http2.Server{}).ServeConn(tc, &http2.ServeConnOpts{Context: ctx, Handler: h, BaseConfig: p.httpServer(h)})
-		return
-	}
-	p.serveHTTP1(tc, h)
+	// net/http serves h2 itself when it is handed the *tls.Conn that negotiated it.
+	p.serveOne(ctx, tc, p.handler(ctx, a, "https", dst, sni))
 }
 
-func (p *Proxy) httpServer(h http.Handler) *http.Server {
-	return &http.Server{
+// serveOne serves HTTP on the single connection c until it is closed.
+func (p *Proxy) serveOne(ctx context.Context, c net.Conn, h http.Handler) {
+	l := newConnListener(c)
+	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: helloTimeout,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateClosed || s == http.StateHijacked {
+				l.closed()
+			}
+		},
 	}
-}
-
-// serveHTTP1 serves c with net/http until the client closes it.
-func (p *Proxy) serveHTTP1(c net.Conn, h http.Handler) {
-	srv := p.httpServer(h)
-	srv.SetKeepAlivesEnabled(true)
-	_ = srv.Serve(newConnListener(c))
+	_ = srv.Serve(l)
 }
 
 // handler answers a sandbox's requests on one connection; sni, when set, is the TLS server name the
@@ -142,7 +143,10 @@ func (p *Proxy) handler(ctx context.Context, a *attachment, scheme string, dst n
 			resp = p.refuse(a.g, reqEvent(r, dst), http.StatusForbidden, api.VerdictDenied, ruleHostMismatch,
 				fmt.Sprintf("request host %q differs from the TLS server name %q", hostOnly(r.Host), sni))
 		default:
-			resp = p.send(ctx, a.g, r, scheme, dst)
+			var err error
+			if resp, err = p.send(ctx, a.g, r, scheme, dst); err != nil {
+				resp = answer(hostOnly(r.Host), http.StatusBadGateway, ruleUpstream, err.Error())
+			}
 		}
 		writeResponse(w, resp)
 	})
@@ -188,9 +192,9 @@ func reqEvent(r *http.Request, dst netip.AddrPort) api.NetworkEvent {
 }
 
 // send is the one path every HTTP request takes (intercepted plain HTTP, inspected TLS, the nano
-// bridge). It always returns a response; refusals are synthesised and already recorded, a forwarded
-// response records its event when its body is done.
-func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme string, dst netip.AddrPort) *http.Response {
+// bridge). Refusals come back as synthesised responses, already recorded; a forwarded response
+// records its event when its body is done; an error is a destination that failed (recorded too).
+func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme string, dst netip.AddrPort) (*http.Response, error) {
 	// The port: the Host header's, else the one the sandbox dialled, else the scheme's.
 	host, port := splitHost(r.Host, "")
 	if port == 0 && dst.IsValid() {
@@ -211,7 +215,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	ev := api.NetworkEvent{Host: target, Port: port, Method: r.Method, Path: r.URL.Path,
 		Verdict: d.Verdict, Rule: d.Rule, Source: d.Source, Reason: d.Reason}
 	if !d.Allow {
-		return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, d.Rule, d.Reason)
+		return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, d.Rule, d.Reason), nil
 	}
 	if ev.Verdict == "" {
 		ev.Verdict = api.VerdictAllowed
@@ -221,23 +225,28 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
 			return p.refuse(g, ev, http.StatusRequestEntityTooLarge, api.VerdictDenied, ruleBodyLimit,
-				fmt.Sprintf("request bodies above %d bytes are not forwarded", p.cfg.maxBody()))
+				fmt.Sprintf("request bodies above %d bytes are not forwarded", p.cfg.maxBody())), nil
 		}
-		return p.refuse(g, ev, http.StatusBadRequest, api.VerdictDenied, "http:bad-body", err.Error())
+		return p.refuse(g, ev, http.StatusBadRequest, api.VerdictDenied, "http:bad-body", err.Error()), nil
 	}
 	ev.BytesOut = int64(len(body))
 	if d.Budget > 0 && int64(len(body)) > d.Budget {
 		return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, d.Rule,
-			fmt.Sprintf("byte budget of %d exhausted", d.Budget))
+			fmt.Sprintf("byte budget of %d exhausted", d.Budget)), nil
 	}
 
-	// The sandbox's own request is checked before the proxy adds anything to it.
-	secrets := g.Secrets()
+	// The sandbox's own request is checked before the proxy adds anything to it: a brokered value
+	// may only ever reach the host it is for.
+	secrets := g.Secrets(target)
+	own := map[string]bool{}
 	for _, s := range secrets {
-		if canonName(s.Host) != target && leaks(r, body, s.Value) {
+		own[s.Value] = true
+	}
+	for _, v := range g.SecretValues() {
+		if !own[v] && leaks(r, body, v) {
 			ev.Detectors = []string{detectorSecret}
 			return p.refuse(g, ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleSecretLeak,
-				fmt.Sprintf("the request carries the brokered secret for %s (header %s)", s.Host, s.Header))
+				"the request carries a brokered secret of another host"), nil
 		}
 	}
 	mode, scanResponses := g.DLP()
@@ -247,11 +256,11 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	if mode != "" {
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 		if resp := p.scanRequest(g, &ev, r, mode); resp != nil {
-			return resp
+			return resp, nil
 		}
 		if ev.Verdict == api.VerdictRedacted {
 			if body, err = readBody(r, p.cfg.maxBody()+1<<20); err != nil {
-				return p.refuse(g, ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleDLPError, err.Error())
+				return p.refuse(g, ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleDLPError, err.Error()), nil
 			}
 			ev.BytesOut = int64(len(body))
 		}
@@ -262,7 +271,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 		Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery,
 	}).String(), bytes.NewReader(body))
 	if err != nil {
-		return p.refuse(g, ev, http.StatusBadRequest, api.VerdictDenied, "http:bad-request", err.Error())
+		return p.refuse(g, ev, http.StatusBadRequest, api.VerdictDenied, "http:bad-request", err.Error()), nil
 	}
 	out.Header = r.Header.Clone()
 	removeHopByHop(out.Header)
@@ -270,22 +279,31 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 	if len(body) == 0 {
 		out.Body = http.NoBody
 	}
-	for _, s := range secrets {
-		if canonName(s.Host) == target {
+	if scheme == "https" {
+		for _, s := range secrets {
 			out.Header.Set(s.Header, s.Value) // replaces whatever the sandbox sent under that name
 		}
-	}
-	resp, err := p.transport.RoundTrip(out)
-	if err != nil {
-		if rf, ok := refusalOf(err); ok {
-			return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, rf.rule, rf.reason)
+	} else if len(secrets) > 0 {
+		// A brokered secret never crosses the network in clear text.
+		for _, s := range secrets {
+			out.Header.Del(s.Header)
 		}
-		return p.refuse(g, ev, http.StatusBadGateway, api.VerdictDenied, ruleUpstream, err.Error())
+		ev.Reason = "brokered secrets are injected over HTTPS only; this request went without them"
+	}
+	resp, err := p.transportFor(g).RoundTrip(out)
+	if err != nil {
+		if rf, ok := refusalOf(err); ok && !strings.HasPrefix(rf.rule, "resolve:") {
+			return p.refuse(g, ev, http.StatusForbidden, api.VerdictDenied, rf.rule, rf.reason), nil
+		}
+		// Not a refusal: the destination failed (resolution, dial, TLS verification, cancellation).
+		ev.Verdict, ev.Rule, ev.Source, ev.Reason = api.VerdictDenied, ruleUpstream, "", err.Error()
+		p.record(g, ev)
+		return nil, fmt.Errorf("egress: %s: %w", target, err)
 	}
 	removeHopByHop(resp.Header)
 	if scanResponses && mode != "" {
 		if refused := p.scanResponse(g, &ev, resp, mode); refused != nil {
-			return refused
+			return refused, nil
 		}
 	}
 	var left int64 = -1
@@ -300,7 +318,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 		p.met.bytes(ev.BytesOut, in)
 		p.record(g, ev)
 	}}
-	return resp
+	return resp, nil
 }
 
 // scanRequest runs DLP on r; a non-nil response is the refusal to send instead.
@@ -313,6 +331,10 @@ func (p *Proxy) scanRequest(g Guard, ev *api.NetworkEvent, r *http.Request, mode
 			"the policy asks for DLP but this server has no DLP engine")
 	}
 	rep, err := p.cfg.Inspector.ScanRequest(r, mode)
+	if err != nil && mode == api.DLPLog {
+		ev.Reason = fmt.Sprintf("DLP could not scan the request: %v", err) // log mode never blocks
+		return nil
+	}
 	if err != nil {
 		return p.refuse(g, *ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleDLPError,
 			fmt.Sprintf("DLP could not scan the request: %v", err))
@@ -330,6 +352,10 @@ func (p *Proxy) scanResponse(g Guard, ev *api.NetworkEvent, resp *http.Response,
 			"the policy asks for DLP but this server has no DLP engine")
 	}
 	rep, err := p.cfg.Inspector.ScanResponse(resp, mode)
+	if err != nil && mode == api.DLPLog {
+		ev.Reason = fmt.Sprintf("DLP could not scan the response: %v", err)
+		return nil
+	}
 	if err != nil {
 		resp.Body.Close()
 		return p.refuse(g, *ev, http.StatusUnavailableForLegalReasons, api.VerdictBlockedDLP, ruleDLPError,
@@ -391,7 +417,15 @@ func (p *Proxy) refuse(g Guard, ev api.NetworkEvent, status int, verdict, rule, 
 	}
 	ev.Verdict, ev.Rule, ev.Reason = verdict, rule, reason
 	p.record(g, ev)
-	msg := fmt.Sprintf("agentbox egress: %s refused by rule %s: %s\n", ev.Host, rule, reason)
+	return answer(ev.Host, status, rule, reason)
+}
+
+// answer is the proxy's own response to the sandbox: status, the rule in X-Agentbox-Rule and a body.
+func answer(host string, status int, rule, reason string) *http.Response {
+	msg := fmt.Sprintf("agentbox egress: %s refused by rule %s: %s\n", host, rule, reason)
+	if status == http.StatusBadGateway {
+		msg = fmt.Sprintf("agentbox egress: %s failed (%s): %s\n", host, rule, reason)
+	}
 	return &http.Response{
 		StatusCode:    status,
 		Status:        fmt.Sprintf("%d %s", status, http.StatusText(status)),
@@ -565,19 +599,18 @@ func joinHost(host string, port int, scheme string) string {
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }
 
-// connListener serves exactly one connection to an http.Server, then reports closed once that
-// connection is.
+// connListener serves exactly one connection to an http.Server, then reports closed once the
+// server is done with that connection (http.Server.ConnState calls closed).
 type connListener struct {
 	mu   sync.Mutex
 	c    net.Conn // guarded by mu: nil once handed out
 	done chan struct{}
+	once sync.Once
 	addr net.Addr
 }
 
 func newConnListener(c net.Conn) *connListener {
-	l := &connListener{done: make(chan struct{}), addr: c.LocalAddr()}
-	l.c = &closeNotifyConn{Conn: c, done: l.done}
-	return l
+	return &connListener{c: c, done: make(chan struct{}), addr: c.LocalAddr()}
 }
 
 func (l *connListener) Accept() (net.Conn, error) {
@@ -592,17 +625,6 @@ func (l *connListener) Accept() (net.Conn, error) {
 	return nil, net.ErrClosed
 }
 
+func (l *connListener) closed()        { l.once.Do(func() { close(l.done) }) }
 func (l *connListener) Close() error   { return nil }
 func (l *connListener) Addr() net.Addr { return l.addr }
-
-type closeNotifyConn struct {
-	net.Conn
-	once sync.Once
-	done chan struct{}
-}
-
-func (c *closeNotifyConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { close(c.done) })
-	return err
-}

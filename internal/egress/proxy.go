@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"reflect"
 	"sync"
 	"time"
 
@@ -31,10 +32,14 @@ import (
 type Guard interface {
 	Decide(netpolicy.Request) netpolicy.Decision
 	Record(api.NetworkEvent)
-	// Secrets are the headers to set on requests to their hosts, values resolved.
-	Secrets() []api.SecretRule
+	// Secrets are the headers to set on requests to host (canonical), values resolved.
+	Secrets(host string) []api.SecretRule
+	// SecretValues are all brokered secret values: none may go to a host that is not its own.
+	SecretValues() []string
 	// DLP is the mode in force (api.DLP*; "" is off) and whether responses are scanned too.
 	DLP() (mode string, responses bool)
+	// RangeAllowed reports whether the policy's ceiling opens a (private, loopback...) address.
+	RangeAllowed(netip.Addr) bool
 }
 
 // Config configures a Proxy.
@@ -66,6 +71,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// DialTimeout bounds an upstream dial; zero means 10 s.
 	DialTimeout time.Duration
+	// MaxConnsPerSandbox bounds one sandbox's open connections through the proxy (more are reset
+	// and recorded as limit:connections); zero means 256.
+	MaxConnsPerSandbox int
 	// PeekTimeout is how long the proxy waits for a client's first bytes before treating the
 	// connection as a server-speaks-first protocol; zero means 2 s.
 	PeekTimeout time.Duration
@@ -87,6 +95,13 @@ func (c *Config) peekTimeout() time.Duration {
 	return 2 * time.Second
 }
 
+func (c *Config) maxConns() int {
+	if c.MaxConnsPerSandbox > 0 {
+		return c.MaxConnsPerSandbox
+	}
+	return 256
+}
+
 func (c *Config) maxBody() int64 {
 	if c.MaxBodyBytes > 0 {
 		return c.MaxBodyBytes
@@ -105,18 +120,21 @@ type Proxy struct {
 	pins      map[string]pin
 	sandboxes netip.Prefix
 	own       map[netip.Addr]bool // the host's own addresses, read at New
-	transport *http.Transport     // forwards inspected and plain HTTP requests; dials via dialHost
 	met       metrics
 
 	mu       sync.Mutex
 	attached map[netip.Addr]*attachment // guarded by mu: by sandbox source address
-	self     []netip.AddrPort           // guarded by mu: the listeners' addresses
-	tcp      net.Listener               // guarded by mu
-	udp      *net.UDPConn               // guarded by mu
-	cancel   context.CancelFunc         // guarded by mu: ends the connections' context
-	closed   bool                       // guarded by mu
-	stopped  chan struct{}              // closed by Close
-	wg       sync.WaitGroup
+	// transports forward inspected and plain HTTP requests, one per Guard: upstream connections
+	// are never shared between sandboxes, and each dials under its own policy's ranges.
+	transports map[Guard]*guardTransport // guarded by mu
+	roots      *x509.CertPool
+	self       []netip.AddrPort   // guarded by mu: the listeners' addresses
+	tcp        net.Listener       // guarded by mu
+	udp        *net.UDPConn       // guarded by mu
+	cancel     context.CancelFunc // guarded by mu: ends the connections' context
+	closed     bool               // guarded by mu
+	stopped    chan struct{}      // closed by Close
+	wg         sync.WaitGroup
 }
 
 // attachment is a Guard attached to one sandbox address, with the connections it has open.
@@ -124,8 +142,11 @@ type attachment struct {
 	g Guard
 
 	mu     sync.Mutex
-	names  map[netip.Addr]string // guarded by mu: addresses the DNS stub answered, to the name asked
+	names  map[netip.Addr]string // guarded by mu: synthetic addresses the DNS stub answered -> name
+	addrs  map[string]netip.Addr // guarded by mu: the reverse
+	next   uint32                // guarded by mu: the next synthetic address's offset
 	conns  map[net.Conn]struct{} // guarded by mu: open connections, closed on detach
+	client int                   // guarded by mu: how many of them the sandbox opened
 	closed bool                  // guarded by mu
 }
 
@@ -171,16 +192,8 @@ func New(cfg Config) (*Proxy, error) {
 	if !p.sandboxes.IsValid() {
 		p.sandboxes = netip.MustParsePrefix("10.200.0.0/16")
 	}
-	p.transport = &http.Transport{
-		DialContext:           p.dialHost,
-		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
-		ForceAttemptHTTP2:     true,
-		MaxIdleConnsPerHost:   16,
-		IdleConnTimeout:       60 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
-		DisableCompression:    true, // pass the upstream's encoding through untouched
-	}
+	p.roots = roots
+	p.transports = map[Guard]*guardTransport{}
 	p.met.init()
 	return p, nil
 }
@@ -317,7 +330,13 @@ func (p *Proxy) Close() error {
 		a.close()
 	}
 	p.wg.Wait()
-	p.transport.CloseIdleConnections()
+	p.mu.Lock()
+	trs := p.transports
+	p.transports = map[Guard]*guardTransport{}
+	p.mu.Unlock()
+	for _, t := range trs {
+		t.tr.CloseIdleConnections()
+	}
 	return nil
 }
 
@@ -326,7 +345,18 @@ func (p *Proxy) Close() error {
 // after another Attach of src, does nothing to the newer attachment.
 func (p *Proxy) Attach(src netip.Addr, g Guard) (detach func()) {
 	src = src.Unmap()
-	a := &attachment{g: g, names: map[netip.Addr]string{}, conns: map[net.Conn]struct{}{}}
+	if isNil(g) {
+		// Nothing to decide with: the source stays (or becomes) unattached, refused at once.
+		p.mu.Lock()
+		old := p.attached[src]
+		delete(p.attached, src)
+		p.mu.Unlock()
+		if old != nil {
+			old.close()
+		}
+		return func() {}
+	}
+	a := newAttachment(g)
 	p.mu.Lock()
 	old := p.attached[src]
 	p.attached[src] = a
@@ -363,6 +393,29 @@ func (a *attachment) track(c net.Conn) bool {
 	return true
 }
 
+// admit tracks the sandbox's connection c unless the attachment is gone or at max; full reports
+// the latter.
+func (a *attachment) admit(c net.Conn, max int) (ok, full bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return false, false
+	}
+	if a.client >= max {
+		return false, true
+	}
+	a.client++
+	a.conns[c] = struct{}{}
+	return true, false
+}
+
+func (a *attachment) release(c net.Conn) {
+	a.mu.Lock()
+	a.client--
+	delete(a.conns, c)
+	a.mu.Unlock()
+}
+
 func (a *attachment) untrack(c net.Conn) {
 	a.mu.Lock()
 	delete(a.conns, c)
@@ -386,13 +439,37 @@ func (a *attachment) nameOf(ip netip.Addr) string {
 	return a.names[ip.Unmap()]
 }
 
-func (a *attachment) remember(ip netip.Addr, name string) {
+func newAttachment(g Guard) *attachment {
+	return &attachment{g: g, names: map[netip.Addr]string{}, addrs: map[string]netip.Addr{}, conns: map[net.Conn]struct{}{}}
+}
+
+// synthetic is the range the DNS stub answers from (RFC 2544 benchmarking space, never a real
+// destination): one address per name per sandbox.
+var synthetic = netip.MustParsePrefix("198.18.0.0/15")
+
+// addrFor returns the sandbox's synthetic address for name, allocating one. The sandbox connects to
+// it; nftables brings the connection here; the proxy maps it back to the name and dials what the
+// name resolves to. So the name is known even for non-HTTP TCP, a pinned loopback address works from
+// inside the sandbox (whose own loopback it would otherwise be), and no real address is disclosed.
+func (a *attachment) addrFor(name string) netip.Addr {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if len(a.names) >= 4096 {
-		clear(a.names)
+	if ip, ok := a.addrs[name]; ok {
+		return ip
 	}
-	a.names[ip.Unmap()] = name
+	size := uint32(1) << (32 - synthetic.Bits())
+	if a.next >= size-2 {
+		clear(a.names)
+		clear(a.addrs)
+		a.next = 0
+	}
+	a.next++
+	base := synthetic.Addr().As4()
+	n := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3]) + a.next
+	ip := netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	a.names[ip] = name
+	a.addrs[name] = ip
+	return ip
 }
 
 func (p *Proxy) acceptLoop(ctx context.Context, ln net.Listener) {
@@ -443,12 +520,23 @@ func reset(c net.Conn) {
 func (p *Proxy) handleConn(ctx context.Context, c net.Conn, src netip.Addr, dst netip.AddrPort) {
 	p.met.conn()
 	a := p.attachmentOf(src)
-	if a == nil || !a.track(c) {
+	if a == nil {
 		p.met.unattached()
 		reset(c)
 		return
 	}
-	defer a.untrack(c)
+	ok, full := a.admit(c, p.cfg.maxConns())
+	if full {
+		p.deny(a, c, api.NetworkEvent{Host: dst.Addr().String(), Port: int(dst.Port())}, "limit:connections",
+			fmt.Sprintf("the sandbox has %d connections open", p.cfg.maxConns()))
+		return
+	}
+	if !ok {
+		p.met.unattached()
+		reset(c)
+		return
+	}
+	defer a.release(c)
 	defer c.Close()
 	br := bufio.NewReader(c)
 	_ = c.SetReadDeadline(time.Now().Add(p.cfg.peekTimeout()))
@@ -471,9 +559,11 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// looksHTTP reports whether the client's first bytes are an HTTP/1 request line's method.
+// looksHTTP reports whether the client's first bytes are (the start of) an HTTP/1 request line's
+// method. It looks only at what is buffered, so a raw client that sent a few bytes and waits is not
+// held up.
 func looksHTTP(br *bufio.Reader) bool {
-	b, _ := br.Peek(8)
+	b, _ := br.Peek(min(br.Buffered(), 8))
 	for _, m := range []string{"GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "PATCH ", "OPTIONS ", "CONNECT ", "TRACE "} {
 		n := min(len(m), len(b))
 		if n > 0 && string(b[:n]) == m[:n] && (n == len(m) || len(b) < len(m)) {
@@ -483,8 +573,11 @@ func looksHTTP(br *bufio.Reader) bool {
 	return false
 }
 
-// event starts the NetworkEvent of a connection-level decision.
+// connEvent starts the NetworkEvent of a connection-level decision.
 func connEvent(r netpolicy.Request, d netpolicy.Decision) api.NetworkEvent {
+	if d.Allow && d.Verdict == "" {
+		d.Verdict = api.VerdictAllowed
+	}
 	host := d.Host
 	if host == "" {
 		host = r.Host
@@ -538,11 +631,16 @@ func (p *Proxy) serveTLS(ctx context.Context, a *attachment, c net.Conn, br *buf
 		return
 	}
 	conn := withPrefix(c, consumed, br)
-	if d.Inspect && h.sni != "" {
+	switch {
+	case d.Inspect && h.sni != "":
 		p.inspect(ctx, a, conn, h.sni, dst)
-		return
+	case d.Inspect:
+		// The policy needs to see inside (methods, paths, DLP); without a server name there is
+		// no certificate to present, so the connection cannot be inspected: fail closed.
+		p.deny(a, c, ev, "tls:no-sni", "the policy inspects this host, and a TLS client that sends no server name cannot be inspected")
+	default:
+		p.relay(ctx, a, conn, ev, d)
 	}
-	p.relay(ctx, a, conn, ev, d)
 }
 
 func isIPLiteral(s string) bool {
@@ -568,6 +666,12 @@ func (p *Proxy) serveRaw(ctx context.Context, a *attachment, c net.Conn, br *buf
 		p.deny(a, c, ev, d.Rule, d.Reason)
 		return
 	}
+	if d.Inspect {
+		// Neither TLS nor HTTP: nothing to check methods, paths or bodies in. Hosts reached over
+		// other protocols are allowed with no_inspect.
+		p.deny(a, c, ev, "inspect:not-http", "the policy inspects this host, and this connection is neither TLS nor HTTP (allow the host with no_inspect)")
+		return
+	}
 	p.relay(ctx, a, withPrefix(c, nil, br), ev, d)
 }
 
@@ -578,12 +682,12 @@ func (p *Proxy) relay(ctx context.Context, a *attachment, c net.Conn, ev api.Net
 	if host == "" {
 		host = ev.Host
 	}
-	ap, err := p.resolve(ctx, host, uint16(ev.Port))
+	ap, err := p.resolve(ctx, a.g, host, uint16(ev.Port))
 	if err != nil {
 		p.refuseConn(a, c, ev, err)
 		return
 	}
-	up, err := p.dialChecked(ctx, ap)
+	up, err := p.dialChecked(ctx, a.g, ap)
 	if err != nil {
 		p.refuseConn(a, c, ev, err)
 		return
@@ -597,7 +701,6 @@ func (p *Proxy) relay(ctx context.Context, a *attachment, c net.Conn, ev api.Net
 	ev.BytesOut, ev.BytesIn = out, in
 	if over {
 		ev.Verdict, ev.Reason = api.VerdictDenied, fmt.Sprintf("byte budget of %d exhausted", d.Budget)
-		reset(c)
 	}
 	p.met.bytes(out, in)
 	p.record(a.g, ev)
@@ -653,7 +756,7 @@ func pipe(c, up net.Conn, budget int64) (out, in int64, over bool) {
 	stop := overFlag
 	mu.Unlock()
 	if stop {
-		c.Close()
+		reset(c)
 		up.Close()
 	}
 	<-done
@@ -675,4 +778,54 @@ func closeWrite(c net.Conn) {
 			return
 		}
 	}
+}
+
+// isNil reports a nil Guard, also a typed nil pointer inside the interface.
+func isNil(g Guard) bool {
+	if g == nil {
+		return true
+	}
+	v := reflect.ValueOf(g)
+	return v.Kind() == reflect.Pointer && v.IsNil()
+}
+
+// guardTransport is one Guard's forwarding transport.
+type guardTransport struct {
+	tr   *http.Transport
+	used time.Time // guarded by Proxy.mu
+}
+
+// transportIdle is how long a Guard's transport outlives its last request.
+const transportIdle = 2 * time.Minute
+
+// transportFor returns g's transport, creating it; transports idle for transportIdle are dropped
+// on the way (a Guard has no end the proxy could see).
+func (p *Proxy) transportFor(g Guard) *http.Transport {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, t := range p.transports {
+		if k != g && now.Sub(t.used) > transportIdle {
+			t.tr.CloseIdleConnections()
+			delete(p.transports, k)
+		}
+	}
+	if t, ok := p.transports[g]; ok {
+		t.used = now
+		return t.tr
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return p.dialHost(ctx, g, addr)
+		},
+		TLSClientConfig:       &tls.Config{RootCAs: p.roots, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   8,
+		IdleConnTimeout:       60 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		DisableCompression:    true, // pass the upstream's encoding through untouched
+	}
+	p.transports[g] = &guardTransport{tr: tr, used: now}
+	return tr
 }

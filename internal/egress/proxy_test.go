@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
@@ -146,7 +147,7 @@ func TestClientHelloRefusals(t *testing.T) {
 func TestPassthroughTLS(t *testing.T) {
 	r := newRig(t, nil)
 	g := newGuard()
-	g.allow["api.test"] = netpolicy.Decision{Allow: true, Host: "api.test", Rule: "allow:api.test", Verdict: api.VerdictAllowed}
+	g.allow["api.test"] = netpolicy.Decision{Allow: true, Host: "api.test", Rule: "allow:api.test"} // no Verdict: an allow is recorded "allowed" all the same
 	defer r.p.Attach(sandboxIP, g)()
 	// Not inspected: the sandbox sees the upstream's own certificate, so it trusts the upstream CA.
 	roots := x509.NewCertPool()
@@ -189,6 +190,12 @@ func TestPlainHTTP(t *testing.T) {
 	}
 	if body := readAll(t, resp); resp.StatusCode != 403 || !strings.Contains(body, "default:deny") || resp.Header.Get("X-Agentbox-Rule") != "default:deny" {
 		t.Fatalf("%d %q, want 403 naming default:deny", resp.StatusCode, body)
+	}
+	g.eventsEventually(t, 2)
+	m := r.p.Metrics()
+	if m.Connections < 2 || m.BytesIn == 0 || m.Verdicts[VerdictRule{api.VerdictDenied, "default:deny"}] != 1 ||
+		m.Verdicts[VerdictRule{api.VerdictAllowed, "allow:plain.test"}] != 1 {
+		t.Fatalf("metrics %+v", m)
 	}
 }
 
@@ -243,7 +250,7 @@ func TestDNSRebindingIsRefused(t *testing.T) {
 	})
 	g := newGuard("rebind.test", "mixed.test")
 	defer r.p.Attach(sandboxIP, g)()
-	if ip, rc := dnsAsk(t, r.p, r.p.attachmentOf(sandboxIP), "rebind.test", 1); rc != 0 || ip != "127.0.0.2" {
+	if ip, rc := dnsAsk(t, r.p, r.p.attachmentOf(sandboxIP), "rebind.test", 1); rc != 0 || !synthetic.Contains(netip.MustParseAddr(ip)) {
 		t.Fatalf("stub answered %q rcode %d", ip, rc)
 	}
 	for _, tc := range []struct{ host, rule string }{{"rebind.test", "ssrf:metadata"}, {"mixed.test", "ssrf:private"}} {
@@ -288,6 +295,24 @@ func TestSecretsBrokering(t *testing.T) {
 		readAll(t, resp)
 		if got, _ := r.seenS.last(t); got.Header.Get("Authorization") != "" {
 			t.Fatalf("other.test got Authorization %q", got.Header.Get("Authorization"))
+		}
+	})
+	t.Run("never injected over cleartext HTTP", func(t *testing.T) {
+		g := newG()
+		g.secrets = append(g.secrets, api.SecretRule{Host: "plain.test", Header: "X-Key", Value: "plain-secret-123"})
+		defer r.p.Attach(sandboxIP, g)()
+		req := must(http.NewRequest("GET", "http://plain.test/", nil))
+		req.Header.Set("X-Key", "guest-value")
+		resp, err := r.client(t, sandboxIP, false).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		if got, _ := r.seenP.last(t); got.Header.Get("X-Key") != "" {
+			t.Fatalf("plain.test got X-Key %q", got.Header.Get("X-Key"))
+		}
+		if e := g.lastEvent(t); e.Verdict != api.VerdictAllowed || !strings.Contains(e.Reason, "HTTPS only") {
+			t.Fatalf("event %+v", e)
 		}
 	})
 	leaks := []struct {
@@ -359,6 +384,9 @@ func (fakeInspector) scan(body []byte, mode string) ([]byte, DLPReport) {
 
 func (f fakeInspector) ScanRequest(r *http.Request, mode string) (DLPReport, error) {
 	b, _ := io.ReadAll(r.Body)
+	if strings.Contains(string(b), "undecodable") {
+		return DLPReport{}, errors.New("unknown content encoding") // and the body is consumed
+	}
 	b, rep := f.scan(b, mode)
 	r.Body, r.ContentLength = io.NopCloser(strings.NewReader(string(b))), int64(len(b))
 	return rep, nil
@@ -387,6 +415,8 @@ func TestDLP(t *testing.T) {
 		{"clean body passes block", api.DLPBlock, "/x", "nothing here", false, 200, api.VerdictAllowed, "nothing here", true, "hello"},
 		{"responses are blocked when scanned", api.DLPBlock, "/card", "", true, 451, api.VerdictBlockedDLP, "", true, "dlp:card"},
 		{"responses are redacted when scanned", api.DLPRedact, "/card", "", true, 200, api.VerdictRedacted, "", true, "card [REDACTED:card] here"},
+		{"a scan error blocks under block", api.DLPBlock, "/x", "undecodable", false, 451, api.VerdictBlockedDLP, "", false, ruleDLPError},
+		{"a scan error passes the original under log", api.DLPLog, "/x", "undecodable", false, 200, api.VerdictAllowed, "undecodable", true, "hello"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -465,10 +495,11 @@ func TestBudget(t *testing.T) {
 		g.allow["plain.test"] = netpolicy.Decision{Allow: true, Host: "plain.test", Rule: "allow:plain.test", Budget: 2000}
 		defer r.p.Attach(sandboxIP, g)()
 		// A raw (not HTTP-looking) client: relayed byte for byte. Its name comes from the DNS stub.
-		if ip, rc := dnsAsk(t, r.p, r.p.attachmentOf(sandboxIP), "plain.test", 1); rc != 0 || ip == "" {
+		ip, rc := dnsAsk(t, r.p, r.p.attachmentOf(sandboxIP), "plain.test", 1)
+		if rc != 0 || ip == "" {
 			t.Fatalf("dns %q %d", ip, rc)
 		}
-		c := r.pair(t, sandboxIP, netip.MustParseAddrPort("127.0.0.3:80"))
+		c := r.pair(t, sandboxIP, netip.MustParseAddrPort(ip+":80"))
 		defer c.Close()
 		_, _ = c.Write([]byte("XGET / HTTP/1.1\r\n" + strings.Repeat("A: b\r\n", 600) + "\r\n"))
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -507,8 +538,8 @@ func TestUnattachedSourceIsReset(t *testing.T) {
 		g := newGuard()
 		g.allow["plain.test"] = netpolicy.Decision{Allow: true, Host: "plain.test", Rule: "allow:plain.test"}
 		detach := r.p.Attach(sandboxIP, g)
-		dnsAsk(t, r.p, r.p.attachmentOf(sandboxIP), "plain.test", 1)
-		c := r.pair(t, sandboxIP, netip.MustParseAddrPort("127.0.0.3:80"))
+		ip, _ := dnsAsk(t, r.p, r.p.attachmentOf(sandboxIP), "plain.test", 1)
+		c := r.pair(t, sandboxIP, netip.MustParseAddrPort(ip+":80"))
 		defer c.Close()
 		c.Write([]byte("X")) // raw: relayed, the upstream waits for more
 		time.Sleep(100 * time.Millisecond)
@@ -520,6 +551,16 @@ func TestUnattachedSourceIsReset(t *testing.T) {
 		}
 		if errors.Is(err, context.DeadlineExceeded) || isTimeoutErr(err) {
 			t.Fatal("the connection outlived detach")
+		}
+	})
+	t.Run("attaching a nil guard leaves the source refused", func(t *testing.T) {
+		var nilGuard *fakeGuard
+		for _, g := range []Guard{nil, nilGuard} {
+			r.p.Attach(sandboxIP, newGuard("api.test"))
+			r.p.Attach(sandboxIP, g)()
+			if err := rawTLS(t, r, clientHello("api.test")); !isReset(err) {
+				t.Fatalf("want a reset, got %v", err)
+			}
 		}
 	})
 	if m := r.p.Metrics(); m.Unattached < 2 {
@@ -562,5 +603,275 @@ func TestRoundTripForNano(t *testing.T) {
 		if _, err := r.p.RoundTrip(context.Background(), g, must(http.NewRequest("GET", bad, nil))); err == nil {
 			t.Fatalf("%s: want an error", bad)
 		}
+	}
+}
+
+func TestLooksHTTP(t *testing.T) {
+	cases := []struct {
+		in   string
+		want bool
+	}{
+		{"GET / HTTP/1.1\r\n", true},
+		{"POST /x", true},
+		{"OPTIONS * HTTP/1.1", true},
+		{"GE", true}, // a request line split across segments
+		{"SSH-2.0-OpenSSH", false},
+		{"\x00\x00\x00\x08", false},
+		{"get / HTTP/1.1", false},
+	}
+	for _, tc := range cases {
+		t.Run(strings.TrimSpace(tc.in), func(t *testing.T) {
+			br := bufio.NewReader(strings.NewReader(tc.in))
+			br.Peek(1)
+			if got := looksHTTP(br); got != tc.want {
+				t.Fatalf("looksHTTP(%q) = %v", tc.in, got)
+			}
+		})
+	}
+}
+
+func TestUpstreamFailures(t *testing.T) {
+	r := newRig(t, nil)
+	cases := []struct{ name, url, why string }{
+		{"nothing listens", "http://down.test/", "refused"},
+		{"the upstream certificate does not verify", "https://wrongname.test/", "certificate"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuard("down.test", "wrongname.test")
+			defer r.p.Attach(sandboxIP, g)()
+			resp, err := r.client(t, sandboxIP, false).Get(tc.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := readAll(t, resp); resp.StatusCode != 502 || !strings.Contains(body, tc.why) {
+				t.Fatalf("transparent: %d %q, want 502 saying %q", resp.StatusCode, body, tc.why)
+			}
+			if e := g.lastEvent(t); e.Rule != ruleUpstream || e.Verdict != api.VerdictDenied {
+				t.Fatalf("event %+v", e)
+			}
+			_, err = r.p.RoundTrip(context.Background(), g, must(http.NewRequest("GET", tc.url, nil)))
+			if errdefs.ClassOf(err) != errdefs.Unavailable || !strings.Contains(err.Error(), tc.why) {
+				t.Fatalf("RoundTrip: %v, want unavailable saying %q", err, tc.why)
+			}
+		})
+	}
+	t.Run("cancelling the context stops a RoundTrip", func(t *testing.T) {
+		// An upstream that accepts and never answers.
+		ln, err := net.Listen("tcp", "127.0.0.5:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+			}
+		}()
+		r := newRig(t, func(c *Config) { c.Resolve = append(c.Resolve, "hang.test="+ln.Addr().String()) })
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err = r.p.RoundTrip(ctx, newGuard("hang.test"), must(http.NewRequest("GET", "http://hang.test/", nil)))
+		if err == nil || time.Since(start) > 20*time.Second {
+			t.Fatalf("RoundTrip returned %v after %v", err, time.Since(start))
+		}
+	})
+}
+
+func TestConnectIsRefused(t *testing.T) {
+	r := newRig(t, nil)
+	g := newGuard("api.test")
+	defer r.p.Attach(sandboxIP, g)()
+	c := r.pair(t, sandboxIP, netip.MustParseAddrPort("198.51.100.7:80"))
+	defer c.Close()
+	io.WriteString(c, "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 403 || !strings.Contains(body, ruleConnect) {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+}
+
+func TestPolicyChangeAppliesToTheNextRequest(t *testing.T) {
+	r := newRig(t, nil)
+	g := newGuard("api.test")
+	defer r.p.Attach(sandboxIP, g)()
+	c := r.client(t, sandboxIP, true) // h2: both requests share one inspected connection
+	get := func() int {
+		resp, err := c.Get("https://api.test/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, resp)
+		return resp.StatusCode
+	}
+	if s := get(); s != 200 {
+		t.Fatalf("before the change: %d", s)
+	}
+	g.mu.Lock()
+	delete(g.allow, "api.test") // as Guard.Swap would
+	g.mu.Unlock()
+	if s := get(); s != 403 {
+		t.Fatalf("after the change: %d, want 403", s)
+	}
+	if m := r.p.Metrics(); m.Connections != 1 {
+		t.Fatalf("%d connections, want both requests on one", m.Connections)
+	}
+}
+
+func TestAbsoluteFormIsDecidedOnWhatIsDialled(t *testing.T) {
+	r := newRig(t, nil)
+	g := newGuard("plain.test")
+	defer r.p.Attach(sandboxIP, g)()
+	c := r.pair(t, sandboxIP, netip.MustParseAddrPort("198.51.100.7:80"))
+	defer c.Close()
+	// The request line names another host than the Host header: the one net/http takes (the
+	// request line's) is both decided and dialled.
+	io.WriteString(c, "GET http://example.test/x HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 403 || !strings.Contains(body, "example.test") {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if n := r.seenP.count(); n != 0 {
+		t.Fatalf("plain.test got %d requests", n)
+	}
+}
+
+func TestConnectionsPerSandboxAreBounded(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.MaxConnsPerSandbox = 2; c.PeekTimeout = time.Minute })
+	g := newGuard()
+	defer r.p.Attach(sandboxIP, g)()
+	// Two connections that say nothing hold their slots (the proxy waits for their first bytes).
+	for i := 0; i < 2; i++ {
+		c := r.pair(t, sandboxIP, r.dst)
+		defer c.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	a := r.p.attachmentOf(sandboxIP)
+	for {
+		a.mu.Lock()
+		n := a.client
+		a.mu.Unlock()
+		if n == 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := rawTLS(t, r, clientHello("api.test")); !isReset(err) {
+		t.Fatalf("third connection: want a reset, got %v", err)
+	}
+	if e := g.lastEvent(t); e.Rule != "limit:connections" {
+		t.Fatalf("event %+v", e)
+	}
+}
+
+func TestRelayedConnectionsAreCheckedToo(t *testing.T) {
+	r := newRig(t, nil)
+	cases := []struct {
+		name, host, rule string
+		first            []byte
+	}{
+		{"TLS without inspection to a private address", "private.test", "ssrf:private", clientHello("private.test")},
+		{"TLS without inspection to the metadata address", "metadata.test", "ssrf:metadata", clientHello("metadata.test")},
+		{"TLS without inspection to a dead upstream", "down.test", "upstream:unreachable", clientHello("down.test")},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuard()
+			g.allow[tc.host] = netpolicy.Decision{Allow: true, Host: tc.host, Rule: "allow:" + tc.host}
+			defer r.p.Attach(sandboxIP, g)()
+			if err := rawTLS(t, r, tc.first); !isReset(err) {
+				t.Fatalf("want a reset, got %v", err)
+			}
+			if e := g.lastEvent(t); e.Rule != tc.rule || e.Verdict != api.VerdictDenied {
+				t.Fatalf("event %+v, want denied by %s", e, tc.rule)
+			}
+		})
+	}
+	t.Run("what cannot be inspected is refused when the policy inspects", func(t *testing.T) {
+		g := newGuard("plain.test") // Inspect: true
+		defer r.p.Attach(sandboxIP, g)()
+		ip := r.p.attachmentOf(sandboxIP).addrFor("plain.test")
+		for _, tc := range []struct {
+			rule  string
+			first []byte
+		}{{"inspect:not-http", []byte{0, 0, 0, 8}}, {"tls:no-sni", clientHello("")}} {
+			c := r.pair(t, sandboxIP, netip.AddrPortFrom(ip, 443))
+			c.Write(tc.first)
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); !isReset(err) {
+				t.Fatalf("%s: want a reset, got %v", tc.rule, err)
+			}
+			c.Close()
+			if e := g.lastEvent(t); e.Rule != tc.rule || e.Host != "plain.test" {
+				t.Fatalf("event %+v, want %s for plain.test", e, tc.rule)
+			}
+		}
+	})
+	t.Run("raw TCP to a name resolving privately", func(t *testing.T) {
+		g := newGuard()
+		g.allow["private.test"] = netpolicy.Decision{Allow: true, Host: "private.test", Rule: "allow:private.test"}
+		defer r.p.Attach(sandboxIP, g)()
+		// The stub refuses the name itself (NXDOMAIN)...
+		if _, rc := dnsAsk(t, r.p, r.p.attachmentOf(sandboxIP), "private.test", 1); rc != 3 {
+			t.Fatalf("rcode %v, want NXDOMAIN", rc)
+		}
+		// ...and a connection naming it some other way (an address the sandbox learned elsewhere,
+		// mapped to the name) is refused at dial time.
+		ip := r.p.attachmentOf(sandboxIP).addrFor("private.test")
+		c := r.pair(t, sandboxIP, netip.AddrPortFrom(ip, 5432))
+		defer c.Close()
+		c.Write([]byte{0, 0, 0, 8})
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !isReset(err) {
+			t.Fatalf("want a reset, got %v", err)
+		}
+		if e := g.lastEvent(t); e.Rule != "ssrf:private" {
+			t.Fatalf("event %+v", e)
+		}
+	})
+}
+
+func TestCancellingStartStopsEverything(t *testing.T) {
+	r := newRigUnstarted(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.ctx = ctx
+	if err := r.start(); err != nil {
+		t.Fatal(err)
+	}
+	g := newGuard()
+	g.allow["plain.test"] = netpolicy.Decision{Allow: true, Host: "plain.test", Rule: "allow:plain.test"}
+	r.p.Attach(sandboxIP, g)
+	ip := r.p.attachmentOf(sandboxIP).addrFor("plain.test")
+	c := r.pair(t, sandboxIP, netip.AddrPortFrom(ip, 80))
+	defer c.Close()
+	c.Write([]byte("X")) // a relayed connection the upstream keeps open, waiting for more
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(c); isTimeoutErr(err) {
+		t.Fatal("the relayed connection outlived the proxy's context")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", r.p.Addr().String())
+		if err != nil {
+			break // the listener is gone
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the listener still accepts after the context ended")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -55,7 +55,7 @@ func refusalOf(err error) (*refusal, bool) {
 // resolve turns the canonical name the policy decided on into the one address to dial: a pin, an IP
 // literal the policy allowed, or every address the resolver answers, each classified; one refused
 // address refuses the name (an answer that mixes public and private addresses is a rebinding attempt).
-func (p *Proxy) resolve(ctx context.Context, host string, port uint16) (netip.AddrPort, error) {
+func (p *Proxy) resolve(ctx context.Context, g Guard, host string, port uint16) (netip.AddrPort, error) {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	var addrs []netip.Addr
 	if pn, ok := p.pins[host]; ok {
@@ -79,7 +79,7 @@ func (p *Proxy) resolve(ctx context.Context, host string, port uint16) (netip.Ad
 		return netip.AddrPort{}, &refusal{"resolve:failed", "no address for " + host}
 	}
 	for _, a := range addrs {
-		if rule := p.classify(a); rule != "" {
+		if rule := p.classify(g, a); rule != "" {
 			return netip.AddrPort{}, &refusal{rule, fmt.Sprintf("%s resolves to %s", host, a.Unmap())}
 		}
 	}
@@ -101,7 +101,8 @@ func (p *Proxy) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
 // isSelf reports whether ap is one of the proxy's own listeners (a loop through the proxy).
 func (p *Proxy) isSelf(ap netip.AddrPort) bool {
 	for _, s := range p.selfAddrs() {
-		if s.Port() == ap.Port() && (s.Addr() == ap.Addr() || s.Addr().IsUnspecified() && p.own[ap.Addr()]) {
+		// A listener on 0.0.0.0 answers on every local address, all of 127/8 included.
+		if s.Port() == ap.Port() && (s.Addr() == ap.Addr() || s.Addr().IsUnspecified() && (p.own[ap.Addr()] || ap.Addr().IsLoopback())) {
 			return true
 		}
 	}
@@ -110,7 +111,7 @@ func (p *Proxy) isSelf(ap netip.AddrPort) bool {
 
 // dialChecked dials the address resolve checked; the dialer's Control classifies the address the
 // socket really connects to once more, so no path reaches a refused class.
-func (p *Proxy) dialChecked(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+func (p *Proxy) dialChecked(ctx context.Context, g Guard, ap netip.AddrPort) (net.Conn, error) {
 	d := net.Dialer{
 		Timeout: p.cfg.dialTimeout(),
 		Control: func(network, address string, _ syscall.RawConn) error {
@@ -118,7 +119,7 @@ func (p *Proxy) dialChecked(ctx context.Context, ap netip.AddrPort) (net.Conn, e
 			if err != nil {
 				return fmt.Errorf("egress: dial %s: %w", address, err)
 			}
-			if rule := p.classify(got.Addr()); rule != "" {
+			if rule := p.classify(g, got.Addr()); rule != "" {
 				return &refusal{rule, "dial to " + got.String()}
 			}
 			if p.isSelf(got) {
@@ -134,8 +135,8 @@ func (p *Proxy) dialChecked(ctx context.Context, ap netip.AddrPort) (net.Conn, e
 	return c, nil
 }
 
-// dialHost resolves and dials "host:port" for the forwarding http.Transport.
-func (p *Proxy) dialHost(ctx context.Context, _, hostport string) (net.Conn, error) {
+// dialHost resolves and dials "host:port" for g's forwarding http.Transport.
+func (p *Proxy) dialHost(ctx context.Context, g Guard, hostport string) (net.Conn, error) {
 	host, ps, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return nil, fmt.Errorf("egress: dial %q: %w", hostport, err)
@@ -144,9 +145,30 @@ func (p *Proxy) dialHost(ctx context.Context, _, hostport string) (net.Conn, err
 	if err != nil {
 		return nil, fmt.Errorf("egress: dial %q: bad port: %w", hostport, err)
 	}
-	ap, err := p.resolve(ctx, host, uint16(port))
+	ap, err := p.resolve(ctx, g, host, uint16(port))
 	if err != nil {
 		return nil, err
 	}
-	return p.dialChecked(ctx, ap)
+	return p.dialChecked(ctx, g, ap)
+}
+
+// ParseCIDRs reads --egress-allow-cidr values ("10.1.0.0/16", or a bare address for one host).
+func ParseCIDRs(values []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(values))
+	for _, v := range values {
+		v = strings.TrimSpace(v)
+		if a, err := netip.ParseAddr(v); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		pre, err := netip.ParsePrefix(v)
+		if err != nil {
+			return nil, fmt.Errorf("egress: allowed range %q: want a CIDR such as 10.1.0.0/16: %w", v, err)
+		}
+		if pre != pre.Masked() {
+			return nil, fmt.Errorf("egress: allowed range %q has host bits set (did you mean %s?)", v, pre.Masked())
+		}
+		out = append(out, pre)
+	}
+	return out, nil
 }

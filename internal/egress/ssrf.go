@@ -39,9 +39,10 @@ var (
 	}
 )
 
-// classify returns "" when a may be dialled, else the refusing rule. The sandboxes' own range and
-// the unspecified address are refused even inside an allowed CIDR: no ceiling may open them.
-func (p *Proxy) classify(a netip.Addr) string {
+// classify returns "" when a may be dialled for g (nil: no policy's ranges), else the refusing
+// rule. The sandboxes' own range and the unspecified address are refused even inside an allowed
+// range: no ceiling may open them.
+func (p *Proxy) classify(g Guard, a netip.Addr) string {
 	a = a.Unmap()
 	switch {
 	case !a.IsValid():
@@ -55,6 +56,9 @@ func (p *Proxy) classify(a netip.Addr) string {
 		if pre.Contains(a) {
 			return ""
 		}
+	}
+	if g != nil && g.RangeAllowed(a) {
+		return ""
 	}
 	if p.own[a] {
 		return "ssrf:host"

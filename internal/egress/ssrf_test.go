@@ -2,9 +2,11 @@ package egress
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -47,7 +49,7 @@ func TestClassify(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.addr, func(t *testing.T) {
-			if got := p.classify(netip.MustParseAddr(tc.addr)); got != tc.rule {
+			if got := p.classify(nil, netip.MustParseAddr(tc.addr)); got != tc.rule {
 				t.Fatalf("classify(%s) = %q, want %q", tc.addr, got, tc.rule)
 			}
 		})
@@ -61,7 +63,7 @@ func TestDialerRechecksTheAddress(t *testing.T) {
 	}
 	// resolve is bypassed: the dialer's Control alone must refuse.
 	for addr, rule := range map[string]string{"127.0.0.1:1": "ssrf:host", "127.0.0.5:1": "ssrf:loopback", "10.1.1.1:1": "ssrf:private"} {
-		_, err = p.dialChecked(context.Background(), netip.MustParseAddrPort(addr))
+		_, err = p.dialChecked(context.Background(), nil, netip.MustParseAddrPort(addr))
 		if rf, ok := refusalOf(err); !ok || rf.rule != rule {
 			t.Fatalf("dial %s: %v, want refused by %s", addr, err, rule)
 		}
@@ -105,5 +107,85 @@ func TestNewNeedsItsPieces(t *testing.T) {
 	os.WriteFile(bad, []byte("not pem"), 0o644)
 	if _, err := New(Config{CADir: t.TempDir(), UpstreamCAs: []string{bad}}); err == nil {
 		t.Fatal("New took an upstream CA file without a certificate")
+	}
+}
+
+func TestPolicyRangesOpenAddresses(t *testing.T) {
+	p, err := New(Config{CADir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGuard()
+	g.ranges = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	cases := []struct {
+		name, addr string
+		g          Guard
+		rule       string
+	}{
+		{"private address without the policy's range", "10.1.2.3", nil, "ssrf:private"},
+		{"private address inside the policy's range", "10.1.2.3", g, ""},
+		{"another sandbox stays refused", "10.200.0.9", g, "ssrf:sandbox"},
+		{"outside the range", "192.168.0.1", g, "ssrf:private"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := p.classify(tc.g, netip.MustParseAddr(tc.addr)); got != tc.rule {
+				t.Fatalf("got %q, want %q", got, tc.rule)
+			}
+		})
+	}
+	if p.transportFor(g) == p.transportFor(newGuard()) {
+		t.Fatal("two guards share upstream connections")
+	}
+	first := p.transportFor(g)
+	if again := p.transportFor(g); again != first {
+		t.Fatal("a guard's transport is not reused")
+	}
+}
+
+func TestParseCIDRs(t *testing.T) {
+	cases := []struct {
+		in   []string
+		want string
+		ok   bool
+	}{
+		{[]string{"10.1.0.0/16"}, "[10.1.0.0/16]", true},
+		{[]string{"127.0.0.2"}, "[127.0.0.2/32]", true},
+		{[]string{"fd00::/8", " 192.168.0.0/24 "}, "[fd00::/8 192.168.0.0/24]", true},
+		{[]string{"10.1.2.3/16"}, "", false},
+		{[]string{"10.1.0.0/33"}, "", false},
+		{[]string{"internal"}, "", false},
+	}
+	for _, tc := range cases {
+		t.Run(strings.Join(tc.in, ","), func(t *testing.T) {
+			got, err := ParseCIDRs(tc.in)
+			if (err == nil) != tc.ok || (tc.ok && fmt.Sprint(got) != tc.want) {
+				t.Fatalf("ParseCIDRs(%q) = %v, %v; want %s ok=%v", tc.in, got, err, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func TestTheProxyNeverDialsItself(t *testing.T) {
+	p, err := New(Config{CADir: t.TempDir(), ListenTCP: "0.0.0.0:0", ListenDNS: "127.0.0.1:0",
+		AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	port := p.Addr().Port()
+	for _, a := range []string{"127.0.0.1", "127.0.0.9"} {
+		_, err := p.resolve(ctx, nil, a, port)
+		if rf, ok := refusalOf(err); !ok || rf.rule != "ssrf:proxy" {
+			t.Fatalf("%s:%d: %v, want refused by ssrf:proxy", a, port, err)
+		}
+	}
+	if _, err := p.resolve(ctx, nil, "127.0.0.9", port+1); err != nil {
+		t.Fatalf("another port of an allowed loopback address: %v", err)
 	}
 }

@@ -255,9 +255,11 @@ func (p planeGuard) Decide(r netpolicy.Request) netpolicy.Decision {
 	return netpolicy.Decision{Allow: true, Host: h, Verdict: api.VerdictAllowed, Rule: "allow:" + h, Source: "test", Inspect: true}
 }
 
-func (p planeGuard) Record(e api.NetworkEvent)          { p.g.Record(e) }
-func (p planeGuard) Secrets() []api.SecretRule          { return nil }
-func (p planeGuard) DLP() (mode string, responses bool) { return api.DLPOff, false }
+func (p planeGuard) Record(e api.NetworkEvent)            { p.g.Record(e) }
+func (p planeGuard) Secrets(host string) []api.SecretRule { return nil }
+func (p planeGuard) SecretValues() []string               { return nil }
+func (p planeGuard) DLP() (mode string, responses bool)   { return api.DLPOff, false }
+func (p planeGuard) RangeAllowed(netip.Addr) bool         { return false } // the proxy's AllowCIDRs only
 
 // proxyPlane adapts the egress proxy to heavy.Network, as the server does, with allow lists per Guard.
 type proxyPlane struct {
