@@ -422,6 +422,8 @@ func TestEscapeSuite(t *testing.T) {
 		checks []check
 		// after runs host-side checks once the program is done.
 		after func(t *testing.T)
+		// noGuard runs the program without a Guard in the context: nothing is attached.
+		noGuard bool
 	}{
 		{name: "allowed HTTPS GET with the installation CA (urllib), from a restored pool sandbox", allow: []string{"api.test"},
 			code:   `print("get", get("https://api.test/ok"))`,
@@ -553,6 +555,19 @@ print("pinned", pinned("/dst"))`,
 					t.Errorf("a name resolving to a private address was reached:\n%s", out)
 				}
 			}, want("elsewhere data HTTP/1.1 403 Forbidden", "pinned HTTP/1.1 200 OK")}},
+		{name: "a sandbox with no policy attached is refused at once", noGuard: true,
+			code: fmt.Sprintf(`print("dns", resolve("api.test"))
+print("tcp", tcp(%q, 443))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.connect(("192.0.2.53", 53))
+try:
+    u.send(b"q")
+    u.recv(10)
+    print("udp answered")
+except OSError as e:
+    print("udp error", type(e).__name__)`, up),
+			checks: []check{want("dns error gaierror", "tcp error ConnectionRefusedError", "udp error ConnectionRefusedError")}},
 		{name: "a raw-socket client gets no raw socket", allow: []string{"api.test"},
 			code: `for fam, typ, proto in ((socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP), (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP), (socket.AF_PACKET, socket.SOCK_RAW, 3)):
     try:
@@ -577,6 +592,9 @@ print("pinned", pinned("/dst"))`,
 			g := netpolicy.NewGuard(nil, nil)
 			plane.list(g).set(tc.allow...)
 			ctx := netpolicy.WithGuard(context.Background(), g)
+			if tc.noGuard {
+				ctx = context.Background()
+			}
 			res, err := e.Run(ctx, api.RunRequest{Code: escapePrelude + tc.code, Limits: api.Limits{TimeoutMS: 60000}}, tier.Stream{})
 			if err != nil {
 				t.Fatal(err)
