@@ -32,7 +32,7 @@ func (e *Engine) checkpoint(ctx context.Context, dir string) error {
 // restore starts a sandbox from a checkpoint image; its agent is waiting for requests already.
 // background sandboxes (pool refills) get a small CPU share until a request takes them.
 func (e *Engine) restore(ctx context.Context, image string, background bool) (*sandbox, error) {
-	s, err := e.newSandbox(e.cfg.Defaults.MemoryLimitMB, true, background, "restore", "--image-path", image)
+	s, err := e.newSandbox(ctx, e.cfg.Defaults.MemoryLimitMB, true, background, "restore", "--image-path", image)
 	if err != nil {
 		return nil, err
 	}

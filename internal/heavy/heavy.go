@@ -1,9 +1,10 @@
 // Package heavy is agentbox's full-Python tier: CPython 3.11 with numpy, pandas, matplotlib and scipy
 // from Debian, each sandbox a gVisor (runsc) container with a read-only root filesystem, private
 // size-limited /tmp and /home/user, memory, CPU and process limits, an unprivileged user and no
-// network. Inside, a small agent (agent.py) runs programs and reports results and charts over a
-// line-delimited JSON protocol on stdio; programs run in a worker process the agent forks, which
-// cannot reach that protocol. See docs/heavy-tier.md.
+// network (or, with Config.Network, one that leads only to the egress proxy: network.go). Inside, a
+// small agent (agent.py) runs programs and reports results and charts over a line-delimited JSON
+// protocol on stdio; programs run in a worker process the agent forks, which cannot reach that
+// protocol. See docs/heavy-tier.md.
 package heavy
 
 import (
@@ -17,6 +18,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +31,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
+	"github.com/entersandbox/agentbox/internal/netns"
 )
 
 //go:embed agent.py
@@ -104,6 +107,15 @@ type Config struct {
 	Python       string
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
+	// Network, when set, gives every sandbox (pooled ones too) a governed network: its own network
+	// namespace and veth, runsc --network=sandbox, all TCP redirected to Network's proxy and DNS to
+	// its stub, and the request's netpolicy.Guard (from the context) attached at hand-out (see
+	// network.go and docs/egress-netns.md). New fails, naming the missing piece, when the host cannot
+	// do this. Nil means offline sandboxes (--network=none) whatever a request carries.
+	Network Network
+	// NetworkRange is the IPv4 range the sandboxes' /30s come from; zero means 10.200.0.0/16. Two
+	// networked engines on one host need ranges that do not overlap.
+	NetworkRange netip.Prefix
 }
 
 // Engine runs programs in heavy sandboxes. It is safe for concurrent use.
@@ -123,6 +135,7 @@ type Engine struct {
 	wake     chan struct{}
 	lastTake atomic.Int64
 	golden   atomic.Pointer[refiller] // set once the pool's refill path is chosen
+	net      *netns.Manager           // the sandboxes' namespaces; nil without Config.Network
 	closed   atomic.Bool              // set under mu: no sandbox is registered once Close has listed them
 	busy     atomic.Int64             // agent calls in flight, which Close lets finish until its ctx ends
 	mu       sync.Mutex
@@ -256,7 +269,8 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		cu.add(func() { e.lock.Close() })
 		if n := e.sweep(); n != (sweepCounts{}) {
 			log.Info("heavy: swept what a previous server left in the state directory", "dir", dir, "containers", n.Containers,
-				"processes", n.Processes, "cgroups", n.Cgroups, "mounts", n.Mounts, "entries", n.Entries)
+				"processes", n.Processes, "cgroups", n.Cgroups, "mounts", n.Mounts, "entries", n.Entries,
+				"veths", n.Network.Links, "namespaces", n.Network.Namespaces, "nft_tables", n.Network.Tables)
 		}
 	}
 	e.agentDir = filepath.Join(e.cfg.StateDir, "agent")
@@ -276,6 +290,12 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		if err := os.WriteFile(filepath.Join(e.etcDir, name), []byte(content), 0o644); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.Network != nil {
+		if err := e.setupNetwork(); err != nil {
+			return nil, err
+		}
+		cu.add(func() { e.net.Close() })
 	}
 	cu.release()
 	if cfg.PoolSize > 0 {
@@ -323,6 +343,8 @@ type sandbox struct {
 	nextID  int            // last request id sent
 	runs    int            // runs so far: the first one is always fresh
 	procs   int            // most processes the agent reported during the current call
+	ns      *netns.NS      // its network namespace; nil without Config.Network
+	unbind  func()         // detaches the request's policy bound at hand-out; guarded by Engine.mu
 }
 
 // agentLine is one reply line, or why reading stopped.
@@ -338,7 +360,11 @@ func newID() string {
 }
 
 func (e *Engine) runsc(args ...string) *exec.Cmd {
-	base := []string{"--root", filepath.Join(e.cfg.StateDir, "runsc"), "--platform=systrap", "--network=none"}
+	network := "--network=none"
+	if e.net != nil {
+		network = "--network=sandbox" // in the namespace the spec names (network.go)
+	}
+	base := []string{"--root", filepath.Join(e.cfg.StateDir, "runsc"), "--platform=systrap", network}
 	if dir := os.Getenv("AGENTBOX_RUNSC_DEBUG"); dir != "" {
 		// runsc's own logs, one file per command, for diagnosing start-up failures.
 		base = append(base, "--debug", "--debug-log="+dir+"/")
@@ -397,7 +423,7 @@ func runBounded(what string, cmd *exec.Cmd, d time.Duration) error {
 // start creates and starts a sandbox and waits for its agent to say it is ready. background
 // sandboxes (pool refills, the golden checkpoint) get a small CPU share until a request takes them.
 func (e *Engine) start(ctx context.Context, memoryMB int, preload, background bool) (*sandbox, error) {
-	s, err := e.newSandbox(memoryMB, preload, background, "run")
+	s, err := e.newSandbox(ctx, memoryMB, preload, background, "run")
 	if err != nil {
 		return nil, err
 	}
@@ -406,12 +432,12 @@ func (e *Engine) start(ctx context.Context, memoryMB int, preload, background bo
 
 // newSandbox registers a sandbox with the engine (Close kills what is registered) and writes its
 // bundle; its command is runsc with args, then --bundle and its id. Every early return undoes both.
-func (e *Engine) newSandbox(memoryMB int, preload, background bool, args ...string) (*sandbox, error) {
-	return e.newSandboxSpec(memoryMB, e.spec(memoryMB, preload, background), background, args...)
+func (e *Engine) newSandbox(ctx context.Context, memoryMB int, preload, background bool, args ...string) (*sandbox, error) {
+	return e.newSandboxSpec(ctx, memoryMB, e.spec(memoryMB, preload, background), background, args...)
 }
 
 // newSandboxSpec is newSandbox with the OCI spec given.
-func (e *Engine) newSandboxSpec(memoryMB int, spec map[string]any, background bool, args ...string) (*sandbox, error) {
+func (e *Engine) newSandboxSpec(ctx context.Context, memoryMB int, spec map[string]any, background bool, args ...string) (*sandbox, error) {
 	s := &sandbox{id: newID(), done: make(chan struct{}), memory: memoryMB}
 	s.bundle = filepath.Join(e.cfg.StateDir, "bundles", s.id)
 	s.cmd = e.runscFor(background)(append(args, "--bundle", s.bundle, s.id)...)
@@ -428,6 +454,10 @@ func (e *Engine) newSandboxSpec(memoryMB int, spec map[string]any, background bo
 	if err := os.MkdirAll(s.bundle, 0o700); err != nil {
 		return nil, err
 	}
+	if err := e.makeNamespace(ctx, s); err != nil {
+		return nil, err
+	}
+	e.networkSpec(spec, s)
 	b, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
 		return nil, err
@@ -701,6 +731,8 @@ func (e *Engine) teardown(s *sandbox) {
 	s.removed = true
 	started := s.cmd != nil && s.cmd.Process != nil
 	e.mu.Unlock()
+	e.unbindNetwork(s) // its new connections are reset from now on
+	defer e.removeNamespace(s)
 	if !started {
 		os.RemoveAll(s.bundle) // never started: no container to delete
 		return

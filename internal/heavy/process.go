@@ -49,8 +49,8 @@ type Process struct {
 }
 
 // StartProcess takes one of the engine's MaxConcurrent slots (waiting in its bounded queue) and
-// starts spec in a new sandbox with the usual confinement: read-only root, no network, an
-// unprivileged user, memory, CPU and process limits. The slot is held until Close.
+// starts spec in a new sandbox with the usual confinement: read-only root, the network of the
+// netpolicy.Guard in ctx (none without one), an unprivileged user, memory, CPU and process limits. The slot is held until Close.
 func (e *Engine) StartProcess(ctx context.Context, spec ProcessSpec) (*Process, error) {
 	if len(spec.Argv) == 0 || spec.Argv[0] == "" {
 		return nil, errdefs.With(errdefs.InvalidArgument, errors.New("heavy process: empty command"))
@@ -82,12 +82,18 @@ func (e *Engine) StartProcess(ctx context.Context, spec ProcessSpec) (*Process, 
 		mounts = append(mounts, map[string]any{"destination": m.Destination, "type": "bind", "source": m.Source, "options": []string{"rbind", "ro"}})
 	}
 	sp["mounts"] = mounts
-	s, err := e.newSandboxSpec(lim.MemoryLimitMB, sp, false, "run")
+	s, err := e.newSandboxSpec(ctx, lim.MemoryLimitMB, sp, false, "run")
 	if err != nil {
 		release()
 		return nil, err
 	}
 	if s, err = e.attach(ctx, s, false); err != nil {
+		release()
+		return nil, err
+	}
+	// A hosted server reaches the network its registration allows, through the Guard in ctx.
+	if err := e.bind(ctx, s); err != nil {
+		e.destroy(s)
 		release()
 		return nil, err
 	}

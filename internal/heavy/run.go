@@ -209,6 +209,9 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream tier
 		return nil, nil, err
 	}
 	defer e.destroyLater(s)
+	if err := e.bind(ctx, s); err != nil {
+		return nil, nil, err
+	}
 	if err := e.install(ctx, s, req.Packages); err != nil {
 		return nil, nil, err
 	}
@@ -540,6 +543,11 @@ func (e *Engine) Close(ctx context.Context) error {
 	// runsc --network=none bind-mounts an empty network namespace under its root; it outlives the
 	// sandboxes, so it is unmounted here (possibly stacked).
 	unmountUnder(e.cfg.StateDir)
+	if e.net != nil {
+		if nerr := e.net.Close(); nerr != nil {
+			err = errors.Join(err, nerr)
+		}
+	}
 	if e.ownState {
 		return errors.Join(err, os.RemoveAll(e.cfg.StateDir))
 	}
@@ -593,7 +601,10 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 		release()
 		return nil, err
 	}
-	if err := e.install(ctx, s, packages); err != nil {
+	if err = e.bind(ctx, s); err == nil {
+		err = e.install(ctx, s, packages)
+	}
+	if err != nil {
 		e.destroyLater(s)
 		release()
 		return nil, err

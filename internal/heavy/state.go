@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/netns"
 )
 
 // The state root (Config.StateDir) holds everything the engine leaves on the host while it runs:
@@ -23,7 +24,9 @@ import (
 //	bundles/   one OCI bundle per sandbox, named after its container id
 //	golden*/   golden checkpoint images of the pool
 //	agent/     agent.py, bound read-only into every sandbox
-//	etc/       the sandboxes' /etc/hostname and /etc/resolv.conf
+//	etc/       the sandboxes' /etc/hostname and /etc/resolv.conf (and CA bundle, when networked)
+//	netns/     the networked sandboxes' namespaces, pinned (bind mounts); their veths and the
+//	           nftables table live in the host's network namespace (see network.go)
 //
 // A crashed server leaves all of it, and runsc processes, cgroups and mounts besides; the next engine
 // on the same root sweeps them (sweep) before it starts anything.
@@ -71,6 +74,7 @@ func lockState(dir string) (*os.File, error) {
 // sweepCounts says what a sweep found and removed.
 type sweepCounts struct {
 	Containers, Processes, Cgroups, Mounts, Entries int
+	Network                                         netns.SweepCounts
 }
 
 // sweep removes what a previous engine on this state root left behind: its runsc containers
@@ -113,6 +117,16 @@ func (e *Engine) sweep() sweepCounts {
 	for id := range ids {
 		if strings.HasPrefix(id, "agentbox-") {
 			n.Cgroups += removeCgroups(id)
+		}
+	}
+	// Before the mounts go: the namespaces' files are among them, the veths and table are not. A
+	// root that had networked sandboxes may be reopened without Config.Network: swept all the same.
+	var err error
+	if n.Network, err = netns.Sweep(netPrefix(root), e.netDir()); err != nil {
+		if e.cfg.Network != nil {
+			e.log.Warn("sweeping the heavy state: sandbox networks", "err", err)
+		} else {
+			e.log.Debug("sweeping the heavy state: sandbox networks", "err", err)
 		}
 	}
 	n.Mounts = unmountUnder(root)

@@ -27,6 +27,9 @@ import (
 
 var eng *heavy.Engine
 
+// afterAll are run after the tests, before eng closes: engines other tests made for themselves.
+var afterAll []func()
+
 // integrationEnv turns these tests on; CI sets it. They need root, runsc and the root filesystem, which
 // a contributor's `go test ./...` on a laptop does not have, so without it they are not run (and say
 // so); with it, a missing heavy tier fails them.
@@ -38,6 +41,9 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s=%q: want 1 (run the heavy integration tests) or 0\n", integrationEnv, os.Getenv(integrationEnv))
 		os.Exit(2)
+	}
+	if dir := os.Getenv(crashHelperEnv); dir != "" {
+		crashHelper(dir) // never returns: the parent test kills it
 	}
 	if !on {
 		// -test.skip also covers benchmarks; the testing package then reports "no tests to run".
@@ -51,6 +57,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	for _, f := range afterAll {
+		f()
+	}
 	eng.Close(context.Background())
 	os.Exit(code)
 }
