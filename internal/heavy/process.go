@@ -50,7 +50,8 @@ type Process struct {
 
 // StartProcess takes one of the engine's MaxConcurrent slots (waiting in its bounded queue) and
 // starts spec in a new sandbox with the usual confinement: read-only root, the network of the
-// netpolicy.Guard in ctx (none without one), an unprivileged user, memory, CPU and process limits. The slot is held until Close.
+// netpolicy.Guard in ctx (none without one), an unprivileged user, memory, CPU and process limits.
+// The slot is held until Close.
 func (e *Engine) StartProcess(ctx context.Context, spec ProcessSpec) (*Process, error) {
 	if len(spec.Argv) == 0 || spec.Argv[0] == "" {
 		return nil, errdefs.With(errdefs.InvalidArgument, errors.New("heavy process: empty command"))
