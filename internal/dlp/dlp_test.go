@@ -1,8 +1,10 @@
 package dlp
 
 import (
+	"bytes"
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -334,8 +336,11 @@ func TestBuiltinRulesCompile(t *testing.T) {
 
 func TestScanIsSafeForConcurrentUse(t *testing.T) {
 	e := testEngine(t)
-	text := []byte("card 4111 1111 1111 1111 mail bob@example.com AKIAZ52HGXYRN4WBTEST")
+	text := []byte("card 4111 1111 1111 1111 mail bob@example.com AKIAZ52HGXYRN4WBTEST call +44 20 7946 0958 or (415) 555-2671")
 	want := e.Scan(text)
+	if len(want) != 5 {
+		t.Fatalf("setup: %d findings", len(want))
+	}
 	var wg sync.WaitGroup
 	errs := make(chan string, 8)
 	for range 8 {
@@ -343,6 +348,11 @@ func TestScanIsSafeForConcurrentUse(t *testing.T) {
 			for range 20 {
 				if got := e.Scan(text); !slices.Equal(got, want) {
 					errs <- fmt.Sprintf("%+v", got)
+					return
+				}
+				r, _ := http.NewRequest(http.MethodPost, "http://h/?q=1", bytes.NewReader(text))
+				if rep, err := e.ScanRequest(r, ModeRedact); err != nil || len(rep.Findings) != 5 {
+					errs <- fmt.Sprintf("ScanRequest: %+v %v", rep, err)
 					return
 				}
 			}

@@ -56,7 +56,7 @@ func (e *Engine) ScanRequest(r *http.Request, mode Mode) (Report, error) {
 	if _, err := ParseMode(string(mode)); err != nil {
 		return Report{Blocked: true, Reason: err.Error()}, err
 	}
-	m := message{header: r.Header, body: &r.Body, contentLength: &r.ContentLength}
+	m := message{header: r.Header, body: &r.Body, contentLength: &r.ContentLength, transferEncoding: &r.TransferEncoding, getBody: &r.GetBody}
 	if r.URL != nil {
 		m.url = r.URL
 		m.requestURI = &r.RequestURI
@@ -72,16 +72,20 @@ func (e *Engine) ScanResponse(resp *http.Response, mode Mode) (Report, error) {
 	if _, err := ParseMode(string(mode)); err != nil {
 		return Report{Blocked: true, Reason: err.Error()}, err
 	}
-	m := message{header: resp.Header, body: &resp.Body, contentLength: &resp.ContentLength}
+	m := message{header: resp.Header, body: &resp.Body, contentLength: &resp.ContentLength, transferEncoding: &resp.TransferEncoding}
 	return e.scanMessage(&m, mode)
 }
 
 type message struct {
-	url           *url.URL
-	requestURI    *string
-	header        http.Header
-	body          *io.ReadCloser
-	contentLength *int64
+	url              *url.URL
+	requestURI       *string
+	header           http.Header
+	body             *io.ReadCloser
+	contentLength    *int64
+	transferEncoding *[]string
+	// getBody is the request's GetBody: a retry or redirect must resend
+	// the redacted body, never the original.
+	getBody *func() (io.ReadCloser, error)
 }
 
 // digestHeaders no longer match a redacted body.
@@ -251,12 +255,19 @@ func (e *Engine) scanBody(m *message, mode Mode, budget int64, rep *Report) erro
 		*m.body = replayBody{Reader: rest, c: closerFunc(func() error { closeDec(); return orig.Close() })}
 		*m.contentLength = -1
 		m.header.Del("Content-Length")
+		if m.getBody != nil {
+			*m.getBody = nil // the stream cannot be replayed
+		}
 	} else {
 		closeDec()
 		_ = orig.Close()
 		*m.body = io.NopCloser(bytes.NewReader(red))
 		*m.contentLength = int64(len(red))
+		*m.transferEncoding = nil // the length is known now
 		m.header.Set("Content-Length", strconv.Itoa(len(red)))
+		if m.getBody != nil {
+			*m.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(red)), nil }
+		}
 	}
 	rep.Redacted = true
 	return nil

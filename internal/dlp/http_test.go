@@ -134,6 +134,13 @@ func TestScanRequestRedactRewritesBody(t *testing.T) {
 			if r.ContentLength != int64(len(want)) || r.Header.Get("Content-Length") != strconv.Itoa(len(want)) {
 				t.Errorf("content length %d / %q", r.ContentLength, r.Header.Get("Content-Length"))
 			}
+			if r.GetBody == nil {
+				t.Fatal("GetBody dropped")
+			}
+			rb, _ := r.GetBody()
+			if got := string(readBody(t, rb)); got != want {
+				t.Errorf("GetBody replays %q, want the redacted body", got)
+			}
 			for _, h := range []string{"Content-Encoding", "Content-Md5", "Digest"} {
 				if r.Header.Get(h) != "" {
 					t.Errorf("%s kept: %q", h, r.Header.Get(h))
@@ -243,7 +250,7 @@ func TestScanRequestBoundedByMaxScanBytes(t *testing.T) {
 		if got := string(readBody(t, r.Body)); got != want {
 			t.Errorf("body %d bytes, want %d", len(got), len(want))
 		}
-		if r.ContentLength != -1 || r.Header.Get("Content-Length") != "" || r.Header.Get("Content-Encoding") != "" {
+		if r.ContentLength != -1 || r.Header.Get("Content-Length") != "" || r.Header.Get("Content-Encoding") != "" || r.GetBody != nil {
 			t.Errorf("length %d, headers %v", r.ContentLength, r.Header)
 		}
 	})
