@@ -174,20 +174,61 @@ func (e *Engine) scanDepth(text []byte, depth int, out *[]Finding) {
 	if depth >= maxDecodeDepth {
 		return
 	}
-	plain := (*out)[first:]
+	segs := decodedSegments(text)
+	if len(segs) == 0 {
+		return
+	}
+	plain := newSpanIndex((*out)[first:])
 	var extra []Finding
-	for _, seg := range decodedSegments(text) {
+	for _, seg := range segs {
 		var inner []Finding
 		e.scanDepth(seg.decoded, depth+1, &inner)
 		for _, f := range inner {
 			// Plain text that merely contains a '+' or an escape is already
 			// covered: keep the precise plain span.
-			if !slices.ContainsFunc(plain, func(p Finding) bool { return p.Type == f.Type && p.Start < seg.end && seg.start < p.End }) {
+			if !plain.overlaps(f.Type, seg.start, seg.end) {
 				extra = append(extra, Finding{Type: f.Type, Rule: f.Rule, Start: seg.start, End: seg.end})
 			}
 		}
 	}
 	*out = append(*out, extra...)
+}
+
+// spanIndex answers "does a finding of this type overlap [s, e)?" in
+// O(log n): per type, spans sorted by start with the running maximum end.
+type spanIndex map[string]*typeSpans
+
+type typeSpans struct {
+	starts, maxEnds []int
+}
+
+func newSpanIndex(fs []Finding) spanIndex {
+	byType := map[string][]Finding{}
+	for _, f := range fs {
+		byType[f.Type] = append(byType[f.Type], f)
+	}
+	idx := spanIndex{}
+	for t, l := range byType {
+		slices.SortFunc(l, func(a, b Finding) int { return cmp.Compare(a.Start, b.Start) })
+		ts := &typeSpans{}
+		m := -1
+		for _, f := range l {
+			m = max(m, f.End)
+			ts.starts = append(ts.starts, f.Start)
+			ts.maxEnds = append(ts.maxEnds, m)
+		}
+		idx[t] = ts
+	}
+	return idx
+}
+
+func (x spanIndex) overlaps(typ string, s, e int) bool {
+	ts := x[typ]
+	if ts == nil {
+		return false
+	}
+	n, _ := slices.BinarySearch(ts.starts, e) // spans starting before e
+	return n > 0 && ts.maxEnds[n-1] > s
 }
 
 // scanPlain runs every detector over text as it is.
