@@ -364,3 +364,37 @@ func TestScanIsSafeForConcurrentUse(t *testing.T) {
 		t.Errorf("concurrent Scan differed: %s", s)
 	}
 }
+
+// Published example values (card networks' test numbers, the IBAN
+// registry's examples), written the way their sources print them.
+func TestDetectorsFindPublishedExamples(t *testing.T) {
+	e := testEngine(t)
+	for _, c := range []struct{ typ, value string }{
+		{TypeCard, "4242 4242 4242 4242"},
+		{TypeCard, "5555 5555 5555 4444"},
+		{TypeCard, "2223 0031 2200 3222"},
+		{TypeCard, "3782 822463 10005"},
+		{TypeCard, "6011 1111 1111 1117"},
+		{TypeCard, "3530 1113 3330 0000"},
+		{TypeCard, "6200 0000 0000 0005"},
+		{TypeCard, "3056 9300 0902 0004"},
+		{TypeIBAN, "GB29 NWBK 6016 1331 9268 19"},
+		{TypeIBAN, "FR14 2004 1010 0505 0001 3M02 606"},
+		{TypeIBAN, "NL91 ABNA 0417 1643 00"},
+		{TypeIBAN, "CH93 0076 2011 6238 5295 7"},
+		{TypeIBAN, "NO93 8601 1117 947"},
+		{TypeIBAN, "DE44500105175407324931"},
+		{TypeEmail, "Jane.Doe-Smith@sub.example-mail.co.jp"},
+		{TypePhone, "+81 3-1234-5678"},
+		{TypePhone, "+49 30 901820"},
+		{TypePhone, "415.555.2671"},
+	} {
+		t.Run(c.typ+" "+c.value, func(t *testing.T) {
+			text := "ref: " + c.value + "."
+			got := types(text, e.Scan([]byte(text)))
+			if !slices.Equal(got, []string{c.typ + "@" + c.value}) {
+				t.Errorf("Scan(%q) = %q", text, got)
+			}
+		})
+	}
+}

@@ -482,7 +482,6 @@ var phoneRe = regexp.MustCompile(`(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1
 var (
 	dateLikeRe = regexp.MustCompile(`^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$`)
 	ipLikeRe   = regexp.MustCompile(`^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$`)
-	verLikeRe  = regexp.MustCompile(`^\d+\.\d+\.\d+$`)
 )
 
 func findPhones(e *Engine, st *scanText, out *[]Finding) {
@@ -505,7 +504,7 @@ func findPhones(e *Engine, st *scanText, out *[]Finding) {
 		}
 		c := text[s:end]
 		n := len(digitsOf(c))
-		if n < 7 || n > 15 || dateLikeRe.Match(c) || ipLikeRe.Match(c) || verLikeRe.Match(c) {
+		if n < 7 || n > 15 || dateLikeRe.Match(c) || ipLikeRe.Match(c) {
 			return
 		}
 		if c[0] != '+' && !bytes.ContainsAny(c, " .-(") {
