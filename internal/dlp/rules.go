@@ -454,39 +454,75 @@ func (r *rule) find(text []byte, ws, we int, global []allowlist, out *[]Finding)
 	}
 }
 
-// fixedLower is the text re always matches, lowercased, if it is fixed up
-// to case ("Api", [Aa]pi, (?i)api).
-func fixedLower(re *syntax.Regexp) (string, bool) {
+// maxFixed bounds the strings fixedSet enumerates.
+const maxFixed = 256
+
+// fixedSet returns the lowercase strings re can match, if they are few
+// ("Api", [Aa]pi, (?i)api, A3T[A-Z0-9], sk|rk).
+func fixedSet(re *syntax.Regexp) ([]string, bool) {
 	switch re.Op {
+	case syntax.OpEmptyMatch, syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText, syntax.OpWordBoundary, syntax.OpNoWordBoundary:
+		return []string{""}, true
 	case syntax.OpLiteral:
-		return strings.ToLower(string(re.Rune)), true
+		return []string{strings.ToLower(string(re.Rune))}, true
 	case syntax.OpCharClass:
-		// One letter in its cases, e.g. [Aa] (ranges are pairs lo, hi).
-		var letter rune = -1
+		seen := map[string]bool{}
+		var out []string
 		for i := 0; i+1 < len(re.Rune); i += 2 {
+			if re.Rune[i+1]-re.Rune[i] > maxFixed {
+				return nil, false
+			}
 			for c := re.Rune[i]; c <= re.Rune[i+1]; c++ {
-				l := unicode.ToLower(c)
-				if letter >= 0 && l != letter {
-					return "", false
+				if l := string(unicode.ToLower(c)); !seen[l] {
+					seen[l] = true
+					out = append(out, l)
 				}
-				letter = l
 			}
 		}
-		return string(letter), letter >= 0
+		return out, len(out) <= maxFixed
 	case syntax.OpCapture:
-		return fixedLower(re.Sub[0])
-	case syntax.OpConcat:
-		var b strings.Builder
+		return fixedSet(re.Sub[0])
+	case syntax.OpQuest:
+		sub, ok := fixedSet(re.Sub[0])
+		return append(sub, ""), ok && len(sub) < maxFixed
+	case syntax.OpAlternate:
+		var out []string
 		for _, sub := range re.Sub {
-			f, ok := fixedLower(sub)
-			if !ok {
-				return "", false
+			f, ok := fixedSet(sub)
+			if !ok || len(out)+len(f) > maxFixed {
+				return nil, false
 			}
-			b.WriteString(f)
+			out = append(out, f...)
 		}
-		return b.String(), true
+		return out, true
+	case syntax.OpConcat:
+		out := []string{""}
+		for _, sub := range re.Sub {
+			f, ok := fixedSet(sub)
+			if !ok {
+				return nil, false
+			}
+			if out = product(out, f); out == nil {
+				return nil, false
+			}
+		}
+		return out, true
 	}
-	return "", false
+	return nil, false
+}
+
+// product is every a+b, or nil when that is more than maxFixed strings.
+func product(as, bs []string) []string {
+	if len(as)*len(bs) > maxFixed {
+		return nil
+	}
+	out := make([]string, 0, len(as)*len(bs))
+	for _, a := range as {
+		for _, b := range bs {
+			out = append(out, a+b)
+		}
+	}
+	return out
 }
 
 // containsKeyword reports whether every match of re contains one of the
@@ -495,16 +531,23 @@ func containsKeyword(re *syntax.Regexp, kws []string) bool {
 	if len(kws) == 0 {
 		return false
 	}
-	has := func(s string) bool {
-		for _, k := range kws {
-			if strings.Contains(s, k) {
-				return true
+	all := func(ss []string) bool {
+		for _, s := range ss {
+			hit := false
+			for _, k := range kws {
+				if strings.Contains(s, k) {
+					hit = true
+					break
+				}
+			}
+			if !hit {
+				return false
 			}
 		}
-		return false
+		return true
 	}
-	if f, ok := fixedLower(re); ok {
-		return has(f)
+	if f, ok := fixedSet(re); ok {
+		return all(f)
 	}
 	switch re.Op {
 	case syntax.OpCapture, syntax.OpPlus:
@@ -519,16 +562,21 @@ func containsKeyword(re *syntax.Regexp, kws []string) bool {
 		}
 		return true
 	case syntax.OpConcat:
-		var run strings.Builder // adjacent fixed parts may spell a keyword together
+		// Adjacent fixed parts may spell a keyword together ("a" then
+		// "ccess|uth" after the parser factors "access|auth").
+		run := []string{""}
 		for _, sub := range re.Sub {
-			if f, ok := fixedLower(sub); ok {
-				run.WriteString(f)
-				if has(run.String()) {
+			if f, ok := fixedSet(sub); ok {
+				if run = product(run, f); run == nil {
+					run = []string{""} // too many to enumerate: start afresh
+					continue
+				}
+				if all(run) {
 					return true
 				}
 				continue
 			}
-			run.Reset()
+			run = []string{""}
 			if containsKeyword(sub, kws) {
 				return true
 			}
