@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp/syntax"
 	"slices"
 	"strings"
 	"sync"
@@ -394,6 +395,36 @@ func TestDetectorsFindPublishedExamples(t *testing.T) {
 			got := types(text, e.Scan([]byte(text)))
 			if !slices.Equal(got, []string{c.typ + "@" + c.value}) {
 				t.Errorf("Scan(%q) = %q", text, got)
+			}
+		})
+	}
+}
+
+func TestKeywordAndWidthAnalysis(t *testing.T) {
+	for _, c := range []struct {
+		re       string
+		kws      []string
+		contains bool
+		width    int
+	}{
+		{`ghp_[0-9a-zA-Z]{36}`, []string{"ghp_"}, true, 40},
+		{`(?i)(?:access|auth|(?-i:[Aa]pi|API))=[a-z]{4}`, []string{"access", "auth", "api"}, true, 27}, // (?i) s and [a-z] may match multi-byte ſ and K,
+		{`\b((?:A3T[A-Z0-9]|AKIA|ASIA)[A-Z2-7]{16})\b`, []string{"a3t", "akia", "asia"}, true, 20},
+		{`(?:sgp_[a-f0-9]{40}|[a-f0-9]{40})`, []string{"sgp_"}, false, 44},
+		{`(?i)token[=:]\s*([a-z0-9]+)`, []string{"token"}, true, -1},
+		{`x[a-z]{2}y`, nil, false, 4},
+	} {
+		t.Run(c.re, func(t *testing.T) {
+			re, err := syntax.Parse(c.re, syntax.Perl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			re = re.Simplify()
+			if got := containsKeyword(re, c.kws); got != c.contains {
+				t.Errorf("containsKeyword = %v, want %v", got, c.contains)
+			}
+			if got := maxWidth(re); got != c.width {
+				t.Errorf("maxWidth = %d, want %d", got, c.width)
 			}
 		})
 	}
