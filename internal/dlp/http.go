@@ -36,7 +36,7 @@ type Report struct {
 // ErrUndecodable marks a body whose Content-Encoding is unknown or corrupt.
 var ErrUndecodable = errors.New("dlp: body cannot be decoded")
 
-// ScanRequest scans r's URL (path and query), header values and body
+// ScanRequest scans r's Host, URL (path and query), header values and body
 // (decoded per Content-Encoding: gzip, br, zstd, deflate; JSON escapes, form
 // encoding, base64 and multipart parts understood), within MaxScanBytes.
 //
@@ -57,9 +57,13 @@ func (e *Engine) ScanRequest(r *http.Request, mode Mode) (Report, error) {
 		return Report{Blocked: true, Reason: err.Error()}, err
 	}
 	m := message{header: r.Header, body: &r.Body, contentLength: &r.ContentLength, transferEncoding: &r.TransferEncoding, getBody: &r.GetBody}
+	m.host = r.Host
 	if r.URL != nil {
 		m.url = r.URL
 		m.requestURI = &r.RequestURI
+		if m.host == "" {
+			m.host = r.URL.Host
+		}
 	}
 	return e.scanMessage(&m, mode)
 }
@@ -77,6 +81,7 @@ func (e *Engine) ScanResponse(resp *http.Response, mode Mode) (Report, error) {
 }
 
 type message struct {
+	host             string // the request's Host ("" for responses)
 	url              *url.URL
 	requestURI       *string
 	header           http.Header
@@ -96,6 +101,18 @@ func (e *Engine) scanMessage(m *message, mode Mode) (Report, error) {
 	budget := e.maxScan
 	redact := mode == ModeRedact
 
+	if m.host != "" {
+		// Data can leave in a name too (4111....evil.example under an
+		// allowed wildcard). A host cannot be redacted: under redact a
+		// finding there blocks.
+		fs := e.Scan([]byte(m.host))
+		rep.Scanned += int64(len(m.host))
+		budget -= int64(len(m.host))
+		rep.add("host", fs)
+		if redact && len(fs) > 0 {
+			rep.Blocked = true
+		}
+	}
 	if m.url != nil {
 		uri := []byte(m.url.RequestURI())
 		fs := e.Scan(uri)

@@ -387,3 +387,25 @@ func TestScanUnknownModeFailsClosed(t *testing.T) {
 		t.Errorf("response: report %+v, err %v", rep, err)
 	}
 }
+
+func TestScanRequestHost(t *testing.T) {
+	e := testEngine(t)
+	for _, c := range []struct {
+		mode              Mode
+		blocked, redacted bool
+	}{{ModeLog, false, false}, {ModeBlock, true, false}, {ModeRedact, true, false}} {
+		t.Run(string(c.mode), func(t *testing.T) {
+			r := newReq(t, "http://4111111111111111.files.example.com/", nil, nil)
+			rep, err := e.ScanRequest(r, c.mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Findings) != 1 || rep.Findings[0].Part != "host" || rep.Findings[0].Type != TypeCard {
+				t.Fatalf("findings %+v", rep.Findings)
+			}
+			if rep.Blocked != c.blocked || rep.Redacted != c.redacted || r.Host != "4111111111111111.files.example.com" {
+				t.Errorf("report %+v, host %q", rep, r.Host)
+			}
+		})
+	}
+}
