@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/entersandbox/agentbox/internal/errdefs"
 )
 
 // Mode is what the engine does with a finding in an HTTP message. The strings
@@ -37,7 +39,7 @@ func ParseMode(s string) (Mode, error) {
 	case "":
 		return ModeOff, nil
 	}
-	return "", fmt.Errorf("dlp: unknown mode %q (want block, redact, log or off)", s)
+	return "", errdefs.With(errdefs.InvalidArgument, fmt.Errorf("dlp: unknown mode %q (want block, redact, log or off)", s))
 }
 
 // Detector types reported in Finding.Type.
@@ -98,10 +100,11 @@ type Engine struct {
 	literals    []literal
 }
 
-// New compiles the built-in rules and cfg's packs. Pack errors name file:line.
+// New compiles the built-in rules and cfg's packs. Pack errors name
+// file:line; configuration errors are errdefs.InvalidArgument.
 func New(cfg Config) (*Engine, error) {
 	if cfg.MaxScanBytes < 0 {
-		return nil, fmt.Errorf("dlp: MaxScanBytes %d is negative", cfg.MaxScanBytes)
+		return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("dlp: MaxScanBytes %d is negative", cfg.MaxScanBytes))
 	}
 	e := &Engine{disabled: map[string]bool{}, phoneRegion: cfg.PhoneRegion, maxScan: cfg.MaxScanBytes}
 	if e.phoneRegion == "" {
@@ -115,7 +118,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	rs, err := buildRuleSet(cfg)
 	if err != nil {
-		return nil, err
+		return nil, errdefs.With(errdefs.InvalidArgument, err)
 	}
 	e.rules = rs
 	return e, nil

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/entersandbox/agentbox/internal/errdefs"
 )
 
 var (
@@ -316,6 +318,9 @@ func TestRulePackErrorsNameFileAndLine(t *testing.T) {
 			_, err := New(Config{Packs: []string{p}, NoBuiltinRules: true})
 			if err == nil {
 				t.Fatal("New accepted a bad pack")
+			}
+			if errdefs.ClassOf(err) != errdefs.InvalidArgument {
+				t.Errorf("class %v, want invalid argument", errdefs.ClassOf(err))
 			}
 			if want := fmt.Sprintf("%s:%d:", p, c.line); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), c.msg) {
 				t.Errorf("error %q, want it to contain %q and %q", err, want, c.msg)
