@@ -206,8 +206,8 @@ func rewriteURL(m *message, uri []byte) error {
 func (e *Engine) scanBody(m *message, mode Mode, budget int64, rep *Report) error {
 	orig := *m.body
 	var raw bytes.Buffer
-	src := &errTap{r: orig}
-	dec, closeDec, decErr := decoder(m.header.Values("Content-Encoding"), io.TeeReader(src, &raw))
+	src := &errTap{r: orig, keep: &raw}
+	dec, closeDec, decErr := decoder(m.header.Values("Content-Encoding"), src)
 	var all []byte // budget+1 bytes at most: one more tells a truncated body
 	var readErr error
 	if decErr == nil {
@@ -267,7 +267,9 @@ func (e *Engine) scanBody(m *message, mode Mode, budget int64, rep *Report) erro
 		m.header.Del(h)
 	}
 	if rep.Truncated {
-		// The unscanned rest follows decoded, so the length is unknown.
+		// The unscanned rest follows decoded, so the length is unknown;
+		// its raw bytes need no copy any more.
+		src.keep = nil
 		rest := io.MultiReader(bytes.NewReader(red), bytes.NewReader(all[budget:]), dec)
 		*m.body = replayBody{Reader: rest, c: closerFunc(func() error { closeDec(); return orig.Close() })}
 		*m.contentLength = -1
@@ -301,15 +303,20 @@ type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
 
-// errTap remembers the first error other than EOF its reader returned,
-// which tells transport errors from decoding errors.
+// errTap copies what it reads into keep (while set), for replaying the
+// raw body, and remembers the first error other than EOF its reader
+// returned, which tells transport errors from decoding errors.
 type errTap struct {
-	r   io.Reader
-	err error
+	r    io.Reader
+	keep *bytes.Buffer
+	err  error
 }
 
 func (t *errTap) Read(p []byte) (int, error) {
 	n, err := t.r.Read(p)
+	if t.keep != nil {
+		t.keep.Write(p[:n])
+	}
 	if err != nil && err != io.EOF && t.err == nil {
 		t.err = err
 	}
