@@ -120,6 +120,18 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, errdefs.With(errdefs.InvalidArgument, err)
 	}
+	known := map[string]bool{TypeLiteral: true}
+	for _, d := range piiDetectors {
+		known[d.typ] = true
+	}
+	for _, t := range rs.types {
+		known[t] = true
+	}
+	for t := range e.disabled {
+		if !known[t] {
+			return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("dlp: Disable: no detector type %q", t))
+		}
+	}
 	e.rules = rs
 	return e, nil
 }

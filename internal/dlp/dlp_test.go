@@ -223,8 +223,13 @@ func TestConfigDisableAndLiterals(t *testing.T) {
 	if fs := e.Scan(text); len(fs) != 0 {
 		t.Errorf("WithLiterals changed the receiver: %+v", fs)
 	}
-	if _, err := New(Config{MaxScanBytes: -1}); err == nil {
-		t.Error("negative MaxScanBytes accepted")
+	for _, bad := range []Config{{MaxScanBytes: -1}, {Disable: []string{"emails"}}, {DisableRules: []string{"generic-api-kee"}}} {
+		if _, err := New(bad); err == nil || errdefs.ClassOf(err) != errdefs.InvalidArgument {
+			t.Errorf("New(%+v) = %v, want an invalid-argument error", bad, err)
+		}
+	}
+	if _, err := New(Config{Disable: []string{"secret", "phone"}, DisableRules: []string{"generic-api-key", "pkcs12-file"}}); err != nil {
+		t.Errorf("known names refused: %v", err)
 	}
 }
 

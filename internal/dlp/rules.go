@@ -76,6 +76,7 @@ type allowlist struct {
 
 type ruleSet struct {
 	rules  []*rule
+	types  []string // the types of all rules loaded (disabled ones too)
 	global []allowlist
 	// kw maps the first two bytes of each lowercase keyword to the rules
 	// it gates, so one pass over the text finds the rules worth running.
@@ -102,6 +103,7 @@ func buildRuleSet(cfg Config) (*ruleSet, error) {
 	for _, id := range cfg.DisableRules {
 		skip[id] = true
 	}
+	known := map[string]bool{} // every rule id loaded, to catch typos in DisableRules
 	add := func(r *rule) {
 		if i, ok := byID[r.id]; ok {
 			rs.rules[i] = r // a pack overrides a built-in rule of that id
@@ -122,6 +124,8 @@ func buildRuleSet(cfg Config) (*ruleSet, error) {
 				return fmt.Errorf("dlp: %s:%d: duplicate rule id %q", name, lineOfRule(data, r.id), r.id)
 			}
 			seen[r.id] = true
+			known[r.id] = true
+			rs.types = append(rs.types, r.typ)
 			if !skip[r.id] {
 				add(r)
 			}
@@ -146,6 +150,11 @@ func buildRuleSet(cfg Config) (*ruleSet, error) {
 		}
 		if err := load(p, data, false); err != nil {
 			return nil, err
+		}
+	}
+	for _, id := range cfg.DisableRules {
+		if _, unsupported := Unsupported[id]; !known[id] && !unsupported {
+			return nil, fmt.Errorf("dlp: DisableRules: no rule %q", id)
 		}
 	}
 	for i, r := range rs.rules {
