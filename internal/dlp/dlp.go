@@ -75,10 +75,11 @@ type Config struct {
 	// MaxScanBytes bounds the bytes scanned per HTTP message (URL, headers and
 	// decoded body together). 0 means 256 KiB; negative is an error.
 	MaxScanBytes int64
-	// Disable lists detector types that are not run ("phone", "secret", ...).
-	// Nil: all detectors run.
+	// Disable lists detector types that are not run ("phone", "secret", ...;
+	// an unknown type is an error). Nil: all detectors run.
 	Disable []string
-	// DisableRules lists rule ids (gitleaks or pack) that are not run. Nil: none.
+	// DisableRules lists rule ids (gitleaks or pack) that are not run (an
+	// unknown id is an error). Nil: none.
 	DisableRules []string
 	// PhoneRegion is the CLDR region used for phone numbers written without
 	// a country code. "" means "US".
