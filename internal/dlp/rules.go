@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -59,8 +60,9 @@ type packAllowlist struct {
 type rule struct {
 	id, typ     string
 	re          *regexp.Regexp
-	width       int  // longest possible match in bytes; -1: unbounded
-	kwInMatch   bool // every match contains a keyword, so keyword windows hold every match
+	width       int           // longest possible match in bytes; -1: unbounded
+	kwInMatch   bool          // every match contains a keyword, so keyword windows hold every match
+	anchored    *anchoredRule // non-nil: the rule runs anchored at its keywords
 	secretGroup int
 	entropy     float64
 	keywords    []string // lowercase; empty: always run
@@ -244,6 +246,7 @@ func compilePack(name string, data []byte, builtin bool) (*packFile, []*rule, []
 		}
 		if sr != nil {
 			r.kwInMatch = containsKeyword(sr.Simplify(), r.keywords)
+			r.anchored = anchorable(sr, r.keywords)
 		}
 		for _, a := range pr.Allowlists {
 			al, ok, err := compileAllowlist(a)
@@ -364,7 +367,7 @@ func isKeyLine(t, key string) bool {
 const (
 	keywordBefore = 512
 	keywordAfter  = 4096
-	maxKeywordHit = 4096 // more occurrences than this: scan the whole text
+	maxKeywordHit = 4096 // more occurrences than this: scan the whole text (anchored rules: no limit)
 )
 
 // scan runs the keyword-selected rules over text.
@@ -397,7 +400,7 @@ func (rs *ruleSet) scan(text []byte, disabled map[string]bool, out *[]Finding) {
 			if h := hits[ent.rule]; len(h) > 0 && h[len(h)-1] == i {
 				continue // two keywords of one rule at one place
 			}
-			if len(hits[ent.rule]) >= maxKeywordHit {
+			if len(hits[ent.rule]) >= maxKeywordHit && rs.rules[ent.rule].anchored == nil {
 				whole[ent.rule] = true
 				continue
 			}
@@ -410,6 +413,10 @@ func (rs *ruleSet) scan(text []byte, disabled map[string]bool, out *[]Finding) {
 		}
 		if whole[i] {
 			r.find(text, 0, len(text), rs.global, out)
+			continue
+		}
+		if r.anchored != nil {
+			r.findAnchored(text, hits[i], rs.global, out)
 			continue
 		}
 		for _, w := range windows(text, hits[i]) {
@@ -653,33 +660,135 @@ func (r *rule) findIn(text []byte, ws, we, minStart, maxStart int, global []allo
 		if ws+m[0] < minStart || ws+m[0] >= maxStart && maxStart < we {
 			continue // a neighbouring chunk has it
 		}
-		s, e := m[0], m[1]
-		if r.secretGroup > 0 {
-			s, e = m[2*r.secretGroup], m[2*r.secretGroup+1]
-		} else {
-			for g := 1; 2*g+1 < len(m); g++ { // first non-empty group, as gitleaks does
-				if m[2*g] >= 0 && m[2*g+1] > m[2*g] {
-					s, e = m[2*g], m[2*g+1]
-					break
-				}
+		r.emit(win, ws, m, global, out)
+	}
+}
+
+// emit applies the secret group, entropy and allowlists to match m of
+// text (indices relative to text, which starts at off) and reports it.
+func (r *rule) emit(text []byte, off int, m []int, global []allowlist, out *[]Finding) {
+	s, e := m[0], m[1]
+	if r.secretGroup > 0 {
+		s, e = m[2*r.secretGroup], m[2*r.secretGroup+1]
+	} else {
+		for g := 1; 2*g+1 < len(m); g++ { // first non-empty group, as gitleaks does
+			if m[2*g] >= 0 && m[2*g+1] > m[2*g] {
+				s, e = m[2*g], m[2*g+1]
+				break
 			}
 		}
-		if s < 0 || s >= e {
+	}
+	if s < 0 || s >= e {
+		return
+	}
+	secret := text[s:e]
+	if r.entropy > 0 {
+		if shannon(secret) <= r.entropy {
+			return
+		}
+		if strings.HasPrefix(r.id, "generic") && !bytes.ContainsAny(secret, "0123456789") {
+			return // generic rules: words without digits are rarely secrets
+		}
+	}
+	if allowed(r.allow, text, m[0], m[1], s, e) || allowed(global, text, m[0], m[1], s, e) {
+		return
+	}
+	*out = append(*out, Finding{Type: r.typ, Rule: r.id, Start: off + s, End: off + e})
+}
+
+// Most of gitleaks' rules read "[\w.-]{0,50}?(?:kw1|kw2|...)rest": a lazy
+// identifier prefix, then a keyword. Go's NFA tries that at every byte; but
+// a match can only continue at a keyword occurrence, which the prefilter
+// already found. So such rules run "^(?:kw1|kw2|...)rest" anchored at each
+// occurrence (past the previous match), and the match start is found by
+// walking back over the prefix's class, at most its bound and never into
+// the previous match: the same matches as the whole regex, leftmost-first.
+type anchoredRule struct {
+	re        *regexp.Regexp // ^(?:the regex without its lazy prefix)
+	prefix    []rune         // the prefix's class ranges (pairs); nil: no prefix
+	prefixMax int
+}
+
+// anchorable builds the anchored form of re when it has that shape: an
+// optional lazy class prefix, then a part matching a few fixed strings that
+// each begin with a keyword (and no assertions, which would see the cut).
+func anchorable(re *syntax.Regexp, kws []string) *anchoredRule {
+	if re.Op != syntax.OpConcat || len(re.Sub) < 2 {
+		return nil
+	}
+	a := &anchoredRule{}
+	subs := re.Sub
+	if p := subs[0]; p.Op == syntax.OpRepeat && p.Flags&syntax.NonGreedy != 0 && p.Min == 0 && p.Max >= 0 && p.Max <= 64 && p.Sub[0].Op == syntax.OpCharClass {
+		a.prefix, a.prefixMax = p.Sub[0].Rune, p.Max
+		subs = subs[1:]
+	}
+	head := subs[0]
+	if hasAssertion(head) {
+		return nil
+	}
+	fixed, ok := fixedSet(head)
+	if !ok || len(fixed) == 0 {
+		return nil
+	}
+	for _, f := range fixed {
+		if !slices.ContainsFunc(kws, func(k string) bool { return strings.HasPrefix(f, k) }) {
+			return nil
+		}
+	}
+	core := &syntax.Regexp{Op: syntax.OpConcat, Sub: subs, Flags: re.Flags}
+	cre, err := regexp.Compile(`^(?:` + core.String() + `)`)
+	if err != nil {
+		return nil
+	}
+	a.re = cre
+	return a
+}
+
+func hasAssertion(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText, syntax.OpWordBoundary, syntax.OpNoWordBoundary:
+		return true
+	}
+	return slices.ContainsFunc(re.Sub, hasAssertion)
+}
+
+func inClass(ranges []rune, c rune) bool {
+	for i := 0; i+1 < len(ranges); i += 2 {
+		if ranges[i] <= c && c <= ranges[i+1] {
+			return true
+		}
+	}
+	return false
+}
+
+// findAnchored runs r's anchored form at each keyword position (ascending).
+func (r *rule) findAnchored(text []byte, pos []int, global []allowlist, out *[]Finding) {
+	a := r.anchored
+	last := 0 // end of the previous match: the next one starts at or after it
+	for _, p := range pos {
+		if p < last {
 			continue
 		}
-		secret := win[s:e]
-		if r.entropy > 0 {
-			if shannon(secret) <= r.entropy {
-				continue
-			}
-			if strings.HasPrefix(r.id, "generic") && !bytes.ContainsAny(secret, "0123456789") {
-				continue // generic rules: words without digits are rarely secrets
-			}
-		}
-		if allowed(r.allow, win, m[0], m[1], s, e) || allowed(global, win, m[0], m[1], s, e) {
+		m := a.re.FindSubmatchIndex(text[p:])
+		if m == nil {
 			continue
 		}
-		*out = append(*out, Finding{Type: r.typ, Rule: r.id, Start: ws + s, End: ws + e})
+		for i := range m {
+			if m[i] >= 0 {
+				m[i] += p
+			}
+		}
+		s := p
+		for n := 0; n < a.prefixMax && s > last; n++ {
+			c, size := utf8.DecodeLastRune(text[:s])
+			if !inClass(a.prefix, c) {
+				break
+			}
+			s -= size
+		}
+		m[0] = s
+		r.emit(text, 0, m, global, out)
+		last = m[1]
 	}
 }
 
