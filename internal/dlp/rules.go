@@ -234,8 +234,10 @@ func compilePack(name string, data []byte, builtin bool) (*packFile, []*rule, []
 		}
 		r := &rule{id: pr.ID, typ: typ, re: re, secretGroup: pr.SecretGroup, entropy: pr.Entropy, width: -1}
 		sr, err := syntax.Parse(pr.Regex, syntax.Perl)
+		var simple *syntax.Regexp
 		if err == nil {
-			r.width = maxWidth(sr.Simplify())
+			simple = sr.Simplify()
+			r.width = maxWidth(simple)
 		}
 		for _, k := range pr.Keywords {
 			k = strings.ToLower(k)
@@ -245,7 +247,7 @@ func compilePack(name string, data []byte, builtin bool) (*packFile, []*rule, []
 			r.keywords = append(r.keywords, k)
 		}
 		if sr != nil {
-			r.kwInMatch = containsKeyword(sr.Simplify(), r.keywords)
+			r.kwInMatch = containsKeyword(simple, r.keywords)
 			r.anchored = anchorable(sr, r.keywords)
 		}
 		for _, a := range pr.Allowlists {
@@ -471,23 +473,45 @@ func (r *rule) find(text []byte, ws, we int, global []allowlist, out *[]Finding)
 }
 
 // maxFixed bounds the strings fixedSet enumerates.
-const maxFixed = 256
+const maxFixed = 64
+
+// fixedCache memoises fixedSet over one regex's analysis (the analysis
+// asks about every node from every ancestor).
+type fixedCache map[*syntax.Regexp]fixedResult
+
+type fixedResult struct {
+	set []string
+	ok  bool
+}
 
 // fixedSet returns the lowercase strings re can match, if they are few
 // ("Api", [Aa]pi, (?i)api, A3T[A-Z0-9], sk|rk).
-func fixedSet(re *syntax.Regexp) ([]string, bool) {
+func (fc fixedCache) fixedSet(re *syntax.Regexp) ([]string, bool) {
+	if r, ok := fc[re]; ok {
+		return r.set, r.ok
+	}
+	set, ok := fc.compute(re)
+	fc[re] = fixedResult{set, ok}
+	return set, ok
+}
+
+func (fc fixedCache) compute(re *syntax.Regexp) ([]string, bool) {
 	switch re.Op {
 	case syntax.OpEmptyMatch, syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText, syntax.OpWordBoundary, syntax.OpNoWordBoundary:
 		return []string{""}, true
 	case syntax.OpLiteral:
 		return []string{strings.ToLower(string(re.Rune))}, true
 	case syntax.OpCharClass:
+		n := 0
+		for i := 0; i+1 < len(re.Rune); i += 2 {
+			n += int(re.Rune[i+1]-re.Rune[i]) + 1
+		}
+		if n > 2*maxFixed { // case pairs fold to one: count twice the bound
+			return nil, false
+		}
 		seen := map[string]bool{}
 		var out []string
 		for i := 0; i+1 < len(re.Rune); i += 2 {
-			if re.Rune[i+1]-re.Rune[i] > maxFixed {
-				return nil, false
-			}
 			for c := re.Rune[i]; c <= re.Rune[i+1]; c++ {
 				if l := string(unicode.ToLower(c)); !seen[l] {
 					seen[l] = true
@@ -497,14 +521,14 @@ func fixedSet(re *syntax.Regexp) ([]string, bool) {
 		}
 		return out, len(out) <= maxFixed
 	case syntax.OpCapture:
-		return fixedSet(re.Sub[0])
+		return fc.fixedSet(re.Sub[0])
 	case syntax.OpQuest:
-		sub, ok := fixedSet(re.Sub[0])
+		sub, ok := fc.fixedSet(re.Sub[0])
 		return append(sub, ""), ok && len(sub) < maxFixed
 	case syntax.OpAlternate:
 		var out []string
 		for _, sub := range re.Sub {
-			f, ok := fixedSet(sub)
+			f, ok := fc.fixedSet(sub)
 			if !ok || len(out)+len(f) > maxFixed {
 				return nil, false
 			}
@@ -514,7 +538,7 @@ func fixedSet(re *syntax.Regexp) ([]string, bool) {
 	case syntax.OpConcat:
 		out := []string{""}
 		for _, sub := range re.Sub {
-			f, ok := fixedSet(sub)
+			f, ok := fc.fixedSet(sub)
 			if !ok {
 				return nil, false
 			}
@@ -544,6 +568,10 @@ func product(as, bs []string) []string {
 // containsKeyword reports whether every match of re contains one of the
 // (lowercase) keywords, judged from re's structure (false when unsure).
 func containsKeyword(re *syntax.Regexp, kws []string) bool {
+	return fixedCache{}.containsKeyword(re, kws)
+}
+
+func (fc fixedCache) containsKeyword(re *syntax.Regexp, kws []string) bool {
 	if len(kws) == 0 {
 		return false
 	}
@@ -562,17 +590,17 @@ func containsKeyword(re *syntax.Regexp, kws []string) bool {
 		}
 		return true
 	}
-	if f, ok := fixedSet(re); ok {
+	if f, ok := fc.fixedSet(re); ok {
 		return all(f)
 	}
 	switch re.Op {
 	case syntax.OpCapture, syntax.OpPlus:
-		return containsKeyword(re.Sub[0], kws)
+		return fc.containsKeyword(re.Sub[0], kws)
 	case syntax.OpRepeat:
 		return re.Min >= 1 && containsKeyword(re.Sub[0], kws)
 	case syntax.OpAlternate:
 		for _, sub := range re.Sub {
-			if !containsKeyword(sub, kws) {
+			if !fc.containsKeyword(sub, kws) {
 				return false
 			}
 		}
@@ -582,7 +610,7 @@ func containsKeyword(re *syntax.Regexp, kws []string) bool {
 		// "ccess|uth" after the parser factors "access|auth").
 		run := []string{""}
 		for _, sub := range re.Sub {
-			if f, ok := fixedSet(sub); ok {
+			if f, ok := fc.fixedSet(sub); ok {
 				if run = product(run, f); run == nil {
 					run = []string{""} // too many to enumerate: start afresh
 					continue
@@ -593,7 +621,7 @@ func containsKeyword(re *syntax.Regexp, kws []string) bool {
 				continue
 			}
 			run = []string{""}
-			if containsKeyword(sub, kws) {
+			if fc.containsKeyword(sub, kws) {
 				return true
 			}
 		}
@@ -726,7 +754,7 @@ func anchorable(re *syntax.Regexp, kws []string) *anchoredRule {
 	if hasAssertion(head) {
 		return nil
 	}
-	fixed, ok := fixedSet(head)
+	fixed, ok := fixedCache{}.fixedSet(head)
 	if !ok || len(fixed) == 0 {
 		return nil
 	}
