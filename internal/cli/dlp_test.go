@@ -45,6 +45,7 @@ func TestDLPScanCommand(t *testing.T) {
 		{name: "text output", args: []string{"dlp", "scan", "-json=false", file}, exit: 1, stdout: "5-24\tcard\tcard\n"},
 		{name: "redact output", args: []string{"dlp", "scan", "--redact", file}, exit: 1, stdout: "card [REDACTED:card]\nkey [REDACTED:secret]\n"},
 		{name: "bad pack exit 2 with file:line", args: []string{"dlp", "scan", "--pack", badPack, file}, exit: 2, stderr: badPack + ":3:"},
+		{name: "unknown detector exit 2", args: []string{"dlp", "scan", "--disable", "emails", file}, exit: 2, stderr: `no detector type "emails"`},
 		{name: "missing file exit 2", args: []string{"dlp", "scan", filepath.Join(dir, "nope")}, exit: 2, stderr: "no such file"},
 		{name: "no file exit 2", args: []string{"dlp", "scan"}, exit: 2, stderr: "one file"},
 		{name: "unknown subcommand exit 2", args: []string{"dlp", "frob"}, exit: 2, stderr: "unknown subcommand"},

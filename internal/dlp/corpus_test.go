@@ -201,10 +201,12 @@ func TestCorpusPrecisionRecall(t *testing.T) {
 	}
 }
 
-// TestWindowedRulesMatchWholeText: running rules only near their keywords
-// and on overlapping chunks finds what running every rule over the whole
-// text finds, on a long text of gitleaks' examples separated by filler
-// (matches land across window and chunk edges).
+// TestWindowedRulesMatchWholeText: running rules only near their keywords,
+// anchored at them, and on overlapping chunks finds what running every rule
+// over the whole text finds: on gitleaks' examples separated by filler
+// (matches land across window and chunk edges), on keyword-dense JSON with
+// planted secrets, and on matches packed back to back behind long
+// identifiers (the anchored rules' walk back over their prefix).
 func TestWindowedRulesMatchWholeText(t *testing.T) {
 	e := testEngine(t)
 	var b strings.Builder
@@ -218,41 +220,55 @@ func TestWindowedRulesMatchWholeText(t *testing.T) {
 		b.WriteString("\n")
 		i++
 	}
-	text := []byte(b.String())
-	var got []Finding
-	e.rules.scan(text, nil, &got)
-	var want []Finding
-	for _, r := range e.rules.rules {
-		r.findIn(text, 0, len(text), 0, len(text), e.rules.global, &want)
-	}
-	key := func(f Finding) string { return fmt.Sprintf("%s@%d-%d", f.Rule, f.Start, f.End) }
-	gotSet := map[string]bool{}
-	for _, f := range got {
-		gotSet[key(f)] = true
-	}
-	missing := 0
-	for _, f := range want {
-		if !gotSet[key(f)] {
-			missing++
-			if missing <= 5 {
-				t.Errorf("windowed scan misses %s %q", key(f), text[f.Start:f.End])
-			}
+	var dense strings.Builder
+	for k, rec := range strings.SplitAfter(string(benchJSON(48<<10)), "},") {
+		dense.WriteString(rec)
+		if k%7 == 0 {
+			fmt.Fprintf(&dense, `{"api_key":"a8f5f1%02d7f44f4964e6c998dee827110c","auth_token": "Zm9vYmFy%04dYmF6cXV4MTIzNDU2Nzg5"},`, k%100, k)
 		}
 	}
-	wantSet := map[string]bool{}
-	for _, f := range want {
-		wantSet[key(f)] = true
+	var packed strings.Builder
+	for k := range 40 {
+		fmt.Fprintf(&packed, "%s_secret=%08dQWxhZGRpbjpvcGVuIHNlc2FtZQ%s_token:'%06dx9f8e7d6c5b4a39281'", strings.Repeat("very_long_identifier", k%5), k, strings.Repeat("x", k%60), k)
 	}
-	extra := map[string]int{}
-	for _, f := range got {
-		if !wantSet[key(f)] {
-			extra[f.Rule]++
-			if extra[f.Rule] <= 2 {
-				t.Errorf("windowed scan adds %s %q", key(f), text[max(0, f.Start-30):f.End])
+	for _, c := range []struct {
+		name, text string
+		min        int
+	}{{"gitleaks examples", b.String(), 150}, {"dense json", dense.String(), 20}, {"packed", packed.String(), 30}} {
+		t.Run(c.name, func(t *testing.T) {
+			text := []byte(c.text)
+			var got []Finding
+			e.rules.scan(text, nil, &got)
+			var want []Finding
+			for _, r := range e.rules.rules {
+				r.findIn(text, 0, len(text), 0, len(text), e.rules.global, &want)
 			}
-		}
-	}
-	if len(want) < 150 || len(got) != len(want) {
-		t.Errorf("%d findings windowed, %d whole (%d missing), text %d bytes", len(got), len(want), missing, len(text))
+			key := func(f Finding) string { return fmt.Sprintf("%s@%d-%d", f.Rule, f.Start, f.End) }
+			gotSet, wantSet := map[string]bool{}, map[string]bool{}
+			for _, f := range got {
+				gotSet[key(f)] = true
+			}
+			for _, f := range want {
+				wantSet[key(f)] = true
+			}
+			missing, extra := 0, 0
+			for _, f := range want {
+				if !gotSet[key(f)] {
+					if missing++; missing <= 5 {
+						t.Errorf("windowed scan misses %s %q", key(f), text[f.Start:f.End])
+					}
+				}
+			}
+			for _, f := range got {
+				if !wantSet[key(f)] {
+					if extra++; extra <= 5 {
+						t.Errorf("windowed scan adds %s %q", key(f), text[max(0, f.Start-30):f.End])
+					}
+				}
+			}
+			if len(want) < c.min || len(got) != len(want) {
+				t.Errorf("%d findings windowed, %d whole (%d missing, %d extra), text %d bytes", len(got), len(want), missing, extra, len(text))
+			}
+		})
 	}
 }

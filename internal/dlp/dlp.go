@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/entersandbox/agentbox/internal/errdefs"
 )
 
 // Mode is what the engine does with a finding in an HTTP message. The strings
@@ -37,7 +39,7 @@ func ParseMode(s string) (Mode, error) {
 	case "":
 		return ModeOff, nil
 	}
-	return "", fmt.Errorf("dlp: unknown mode %q (want block, redact, log or off)", s)
+	return "", errdefs.With(errdefs.InvalidArgument, fmt.Errorf("dlp: unknown mode %q (want block, redact, log or off)", s))
 }
 
 // Detector types reported in Finding.Type.
@@ -73,10 +75,11 @@ type Config struct {
 	// MaxScanBytes bounds the bytes scanned per HTTP message (URL, headers and
 	// decoded body together). 0 means 256 KiB; negative is an error.
 	MaxScanBytes int64
-	// Disable lists detector types that are not run ("phone", "secret", ...).
-	// Nil: all detectors run.
+	// Disable lists detector types that are not run ("phone", "secret", ...;
+	// an unknown type is an error). Nil: all detectors run.
 	Disable []string
-	// DisableRules lists rule ids (gitleaks or pack) that are not run. Nil: none.
+	// DisableRules lists rule ids (gitleaks or pack) that are not run (an
+	// unknown id is an error). Nil: none.
 	DisableRules []string
 	// PhoneRegion is the CLDR region used for phone numbers written without
 	// a country code. "" means "US".
@@ -98,10 +101,11 @@ type Engine struct {
 	literals    []literal
 }
 
-// New compiles the built-in rules and cfg's packs. Pack errors name file:line.
+// New compiles the built-in rules and cfg's packs. Pack errors name
+// file:line; configuration errors are errdefs.InvalidArgument.
 func New(cfg Config) (*Engine, error) {
 	if cfg.MaxScanBytes < 0 {
-		return nil, fmt.Errorf("dlp: MaxScanBytes %d is negative", cfg.MaxScanBytes)
+		return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("dlp: MaxScanBytes %d is negative", cfg.MaxScanBytes))
 	}
 	e := &Engine{disabled: map[string]bool{}, phoneRegion: cfg.PhoneRegion, maxScan: cfg.MaxScanBytes}
 	if e.phoneRegion == "" {
@@ -115,7 +119,19 @@ func New(cfg Config) (*Engine, error) {
 	}
 	rs, err := buildRuleSet(cfg)
 	if err != nil {
-		return nil, err
+		return nil, errdefs.With(errdefs.InvalidArgument, err)
+	}
+	known := map[string]bool{TypeLiteral: true}
+	for _, d := range piiDetectors {
+		known[d.typ] = true
+	}
+	for _, t := range rs.types {
+		known[t] = true
+	}
+	for t := range e.disabled {
+		if !known[t] {
+			return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("dlp: Disable: no detector type %q", t))
+		}
 	}
 	e.rules = rs
 	return e, nil
@@ -174,20 +190,61 @@ func (e *Engine) scanDepth(text []byte, depth int, out *[]Finding) {
 	if depth >= maxDecodeDepth {
 		return
 	}
-	plain := (*out)[first:]
+	segs := decodedSegments(text)
+	if len(segs) == 0 {
+		return
+	}
+	plain := newSpanIndex((*out)[first:])
 	var extra []Finding
-	for _, seg := range decodedSegments(text) {
+	for _, seg := range segs {
 		var inner []Finding
 		e.scanDepth(seg.decoded, depth+1, &inner)
 		for _, f := range inner {
 			// Plain text that merely contains a '+' or an escape is already
 			// covered: keep the precise plain span.
-			if !slices.ContainsFunc(plain, func(p Finding) bool { return p.Type == f.Type && p.Start < seg.end && seg.start < p.End }) {
+			if !plain.overlaps(f.Type, seg.start, seg.end) {
 				extra = append(extra, Finding{Type: f.Type, Rule: f.Rule, Start: seg.start, End: seg.end})
 			}
 		}
 	}
 	*out = append(*out, extra...)
+}
+
+// spanIndex answers "does a finding of this type overlap [s, e)?" in
+// O(log n): per type, spans sorted by start with the running maximum end.
+type spanIndex map[string]*typeSpans
+
+type typeSpans struct {
+	starts, maxEnds []int
+}
+
+func newSpanIndex(fs []Finding) spanIndex {
+	byType := map[string][]Finding{}
+	for _, f := range fs {
+		byType[f.Type] = append(byType[f.Type], f)
+	}
+	idx := spanIndex{}
+	for t, l := range byType {
+		slices.SortFunc(l, func(a, b Finding) int { return cmp.Compare(a.Start, b.Start) })
+		ts := &typeSpans{}
+		m := -1
+		for _, f := range l {
+			m = max(m, f.End)
+			ts.starts = append(ts.starts, f.Start)
+			ts.maxEnds = append(ts.maxEnds, m)
+		}
+		idx[t] = ts
+	}
+	return idx
+}
+
+func (x spanIndex) overlaps(typ string, s, e int) bool {
+	ts := x[typ]
+	if ts == nil {
+		return false
+	}
+	n, _ := slices.BinarySearch(ts.starts, e) // spans starting before e
+	return n > 0 && ts.maxEnds[n-1] > s
 }
 
 // scanPlain runs every detector over text as it is.

@@ -1,15 +1,20 @@
 package dlp
 
 import (
+	"bytes"
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp/syntax"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/entersandbox/agentbox/internal/errdefs"
 )
 
 var (
@@ -218,8 +223,13 @@ func TestConfigDisableAndLiterals(t *testing.T) {
 	if fs := e.Scan(text); len(fs) != 0 {
 		t.Errorf("WithLiterals changed the receiver: %+v", fs)
 	}
-	if _, err := New(Config{MaxScanBytes: -1}); err == nil {
-		t.Error("negative MaxScanBytes accepted")
+	for _, bad := range []Config{{MaxScanBytes: -1}, {Disable: []string{"emails"}}, {DisableRules: []string{"generic-api-kee"}}} {
+		if _, err := New(bad); err == nil || errdefs.ClassOf(err) != errdefs.InvalidArgument {
+			t.Errorf("New(%+v) = %v, want an invalid-argument error", bad, err)
+		}
+	}
+	if _, err := New(Config{Disable: []string{"secret", "phone"}, DisableRules: []string{"generic-api-key", "pkcs12-file"}}); err != nil {
+		t.Errorf("known names refused: %v", err)
 	}
 }
 
@@ -314,6 +324,9 @@ func TestRulePackErrorsNameFileAndLine(t *testing.T) {
 			if err == nil {
 				t.Fatal("New accepted a bad pack")
 			}
+			if errdefs.ClassOf(err) != errdefs.InvalidArgument {
+				t.Errorf("class %v, want invalid argument", errdefs.ClassOf(err))
+			}
 			if want := fmt.Sprintf("%s:%d:", p, c.line); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), c.msg) {
 				t.Errorf("error %q, want it to contain %q and %q", err, want, c.msg)
 			}
@@ -334,8 +347,11 @@ func TestBuiltinRulesCompile(t *testing.T) {
 
 func TestScanIsSafeForConcurrentUse(t *testing.T) {
 	e := testEngine(t)
-	text := []byte("card 4111 1111 1111 1111 mail bob@example.com AKIAZ52HGXYRN4WBTEST")
+	text := []byte("card 4111 1111 1111 1111 mail bob@example.com AKIAZ52HGXYRN4WBTEST call +44 20 7946 0958 or (415) 555-2671")
 	want := e.Scan(text)
+	if len(want) != 5 {
+		t.Fatalf("setup: %d findings", len(want))
+	}
 	var wg sync.WaitGroup
 	errs := make(chan string, 8)
 	for range 8 {
@@ -345,6 +361,11 @@ func TestScanIsSafeForConcurrentUse(t *testing.T) {
 					errs <- fmt.Sprintf("%+v", got)
 					return
 				}
+				r, _ := http.NewRequest(http.MethodPost, "http://h/?q=1", bytes.NewReader(text))
+				if rep, err := e.ScanRequest(r, ModeRedact); err != nil || len(rep.Findings) != 5 {
+					errs <- fmt.Sprintf("ScanRequest: %+v %v", rep, err)
+					return
+				}
 			}
 		})
 	}
@@ -352,5 +373,69 @@ func TestScanIsSafeForConcurrentUse(t *testing.T) {
 	close(errs)
 	for s := range errs {
 		t.Errorf("concurrent Scan differed: %s", s)
+	}
+}
+
+// Published example values (card networks' test numbers, the IBAN
+// registry's examples), written the way their sources print them.
+func TestDetectorsFindPublishedExamples(t *testing.T) {
+	e := testEngine(t)
+	for _, c := range []struct{ typ, value string }{
+		{TypeCard, "4242 4242 4242 4242"},
+		{TypeCard, "5555 5555 5555 4444"},
+		{TypeCard, "2223 0031 2200 3222"},
+		{TypeCard, "3782 822463 10005"},
+		{TypeCard, "6011 1111 1111 1117"},
+		{TypeCard, "3530 1113 3330 0000"},
+		{TypeCard, "6200 0000 0000 0005"},
+		{TypeCard, "3056 9300 0902 0004"},
+		{TypeIBAN, "GB29 NWBK 6016 1331 9268 19"},
+		{TypeIBAN, "FR14 2004 1010 0505 0001 3M02 606"},
+		{TypeIBAN, "NL91 ABNA 0417 1643 00"},
+		{TypeIBAN, "CH93 0076 2011 6238 5295 7"},
+		{TypeIBAN, "NO93 8601 1117 947"},
+		{TypeIBAN, "DE44500105175407324931"},
+		{TypeEmail, "Jane.Doe-Smith@sub.example-mail.co.jp"},
+		{TypePhone, "+81 3-1234-5678"},
+		{TypePhone, "+49 30 901820"},
+		{TypePhone, "415.555.2671"},
+	} {
+		t.Run(c.typ+" "+c.value, func(t *testing.T) {
+			text := "ref: " + c.value + "."
+			got := types(text, e.Scan([]byte(text)))
+			if !slices.Equal(got, []string{c.typ + "@" + c.value}) {
+				t.Errorf("Scan(%q) = %q", text, got)
+			}
+		})
+	}
+}
+
+func TestKeywordAndWidthAnalysis(t *testing.T) {
+	for _, c := range []struct {
+		re       string
+		kws      []string
+		contains bool
+		width    int
+	}{
+		{`ghp_[0-9a-zA-Z]{36}`, []string{"ghp_"}, true, 40},
+		{`(?i)(?:access|auth|(?-i:[Aa]pi|API))=[a-z]{4}`, []string{"access", "auth", "api"}, true, 27}, // (?i) s and [a-z] may match multi-byte ſ and K,
+		{`\b((?:A3T[A-Z0-9]|AKIA|ASIA)[A-Z2-7]{16})\b`, []string{"a3t", "akia", "asia"}, true, 20},
+		{`(?:sgp_[a-f0-9]{40}|[a-f0-9]{40})`, []string{"sgp_"}, false, 44},
+		{`(?i)token[=:]\s*([a-z0-9]+)`, []string{"token"}, true, -1},
+		{`x[a-z]{2}y`, nil, false, 4},
+	} {
+		t.Run(c.re, func(t *testing.T) {
+			re, err := syntax.Parse(c.re, syntax.Perl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			re = re.Simplify()
+			if got := containsKeyword(re, c.kws); got != c.contains {
+				t.Errorf("containsKeyword = %v, want %v", got, c.contains)
+			}
+			if got := maxWidth(re); got != c.width {
+				t.Errorf("maxWidth = %d, want %d", got, c.width)
+			}
+		})
 	}
 }

@@ -2,8 +2,10 @@ package dlp
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -95,6 +97,38 @@ func FuzzScanRequestBody(f *testing.F) {
 		}
 		if fixed := int64(len("/p") + len(coding) + len(ctype)); rep.Scanned > max(4096, fixed) {
 			t.Fatalf("scanned %d bytes, window 4096", rep.Scanned)
+		}
+	})
+}
+
+// FuzzRulesWindowedEqualWhole: the keyword windows, chunks and anchored
+// runs find exactly what every rule's regex finds over the whole text.
+func FuzzRulesWindowedEqualWhole(f *testing.F) {
+	for _, s := range []string{
+		`api_key = "a8f5f167f44f4964e6c998dee827110c"`, `{"auth_token":"Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5"}`,
+		"very_long_identifier_very_long_identifier_very_long_identifier_secret=QWxhZGRpbjpvcGVuIHNlc2FtZQ12",
+		"token:'x9f8e7d6c5b4a39281'token:'y9f8e7d6c5b4a39282'", "AKIAZ52HGXYRN4WBTEST ghp_0123456789abcdefABCDEF0123456789abcd",
+		"password=hunter2hunter2hunter2 passwd: s3cr3tP4ssw0rd!!",
+	} {
+		f.Add([]byte(s))
+	}
+	e := testEngine(f)
+	f.Fuzz(func(t *testing.T, text []byte) {
+		var got, want []Finding
+		e.rules.scan(text, nil, &got)
+		for _, r := range e.rules.rules {
+			r.findIn(text, 0, len(text), 0, len(text), e.rules.global, &want)
+		}
+		key := func(fs []Finding) []string {
+			var out []string
+			for _, f := range fs {
+				out = append(out, fmt.Sprintf("%s@%d-%d", f.Rule, f.Start, f.End))
+			}
+			slices.Sort(out)
+			return out
+		}
+		if g, w := key(got), key(want); !slices.Equal(g, w) {
+			t.Fatalf("windowed %q\nwhole    %q", g, w)
 		}
 	})
 }

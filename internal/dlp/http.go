@@ -36,7 +36,7 @@ type Report struct {
 // ErrUndecodable marks a body whose Content-Encoding is unknown or corrupt.
 var ErrUndecodable = errors.New("dlp: body cannot be decoded")
 
-// ScanRequest scans r's URL (path and query), header values and body
+// ScanRequest scans r's Host, URL (path and query), header values and body
 // (decoded per Content-Encoding: gzip, br, zstd, deflate; JSON escapes, form
 // encoding, base64 and multipart parts understood), within MaxScanBytes.
 //
@@ -56,10 +56,14 @@ func (e *Engine) ScanRequest(r *http.Request, mode Mode) (Report, error) {
 	if _, err := ParseMode(string(mode)); err != nil {
 		return Report{Blocked: true, Reason: err.Error()}, err
 	}
-	m := message{header: r.Header, body: &r.Body, contentLength: &r.ContentLength}
+	m := message{header: r.Header, body: &r.Body, contentLength: &r.ContentLength, transferEncoding: &r.TransferEncoding, getBody: &r.GetBody}
+	m.host = r.Host
 	if r.URL != nil {
 		m.url = r.URL
 		m.requestURI = &r.RequestURI
+		if m.host == "" {
+			m.host = r.URL.Host
+		}
 	}
 	return e.scanMessage(&m, mode)
 }
@@ -72,16 +76,21 @@ func (e *Engine) ScanResponse(resp *http.Response, mode Mode) (Report, error) {
 	if _, err := ParseMode(string(mode)); err != nil {
 		return Report{Blocked: true, Reason: err.Error()}, err
 	}
-	m := message{header: resp.Header, body: &resp.Body, contentLength: &resp.ContentLength}
+	m := message{header: resp.Header, body: &resp.Body, contentLength: &resp.ContentLength, transferEncoding: &resp.TransferEncoding}
 	return e.scanMessage(&m, mode)
 }
 
 type message struct {
-	url           *url.URL
-	requestURI    *string
-	header        http.Header
-	body          *io.ReadCloser
-	contentLength *int64
+	host             string // the request's Host ("" for responses)
+	url              *url.URL
+	requestURI       *string
+	header           http.Header
+	body             *io.ReadCloser
+	contentLength    *int64
+	transferEncoding *[]string
+	// getBody is the request's GetBody: a retry or redirect must resend
+	// the redacted body, never the original.
+	getBody *func() (io.ReadCloser, error)
 }
 
 // digestHeaders no longer match a redacted body.
@@ -92,6 +101,18 @@ func (e *Engine) scanMessage(m *message, mode Mode) (Report, error) {
 	budget := e.maxScan
 	redact := mode == ModeRedact
 
+	if m.host != "" {
+		// Data can leave in a name too (4111....evil.example under an
+		// allowed wildcard). A host cannot be redacted: under redact a
+		// finding there blocks.
+		fs := e.Scan([]byte(m.host))
+		rep.Scanned += int64(len(m.host))
+		budget -= int64(len(m.host))
+		rep.add("host", fs)
+		if redact && len(fs) > 0 {
+			rep.Blocked = true
+		}
+	}
 	if m.url != nil {
 		uri := []byte(m.url.RequestURI())
 		fs := e.Scan(uri)
@@ -185,8 +206,8 @@ func rewriteURL(m *message, uri []byte) error {
 func (e *Engine) scanBody(m *message, mode Mode, budget int64, rep *Report) error {
 	orig := *m.body
 	var raw bytes.Buffer
-	src := &errTap{r: orig}
-	dec, closeDec, decErr := decoder(m.header.Values("Content-Encoding"), io.TeeReader(src, &raw))
+	src := &errTap{r: orig, keep: &raw}
+	dec, closeDec, decErr := decoder(m.header.Values("Content-Encoding"), src)
 	var all []byte // budget+1 bytes at most: one more tells a truncated body
 	var readErr error
 	if decErr == nil {
@@ -246,17 +267,26 @@ func (e *Engine) scanBody(m *message, mode Mode, budget int64, rep *Report) erro
 		m.header.Del(h)
 	}
 	if rep.Truncated {
-		// The unscanned rest follows decoded, so the length is unknown.
+		// The unscanned rest follows decoded, so the length is unknown;
+		// its raw bytes need no copy any more.
+		src.keep = nil
 		rest := io.MultiReader(bytes.NewReader(red), bytes.NewReader(all[budget:]), dec)
 		*m.body = replayBody{Reader: rest, c: closerFunc(func() error { closeDec(); return orig.Close() })}
 		*m.contentLength = -1
 		m.header.Del("Content-Length")
+		if m.getBody != nil {
+			*m.getBody = nil // the stream cannot be replayed
+		}
 	} else {
 		closeDec()
 		_ = orig.Close()
 		*m.body = io.NopCloser(bytes.NewReader(red))
 		*m.contentLength = int64(len(red))
+		*m.transferEncoding = nil // the length is known now
 		m.header.Set("Content-Length", strconv.Itoa(len(red)))
+		if m.getBody != nil {
+			*m.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(red)), nil }
+		}
 	}
 	rep.Redacted = true
 	return nil
@@ -273,15 +303,20 @@ type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
 
-// errTap remembers the first error other than EOF its reader returned,
-// which tells transport errors from decoding errors.
+// errTap copies what it reads into keep (while set), for replaying the
+// raw body, and remembers the first error other than EOF its reader
+// returned, which tells transport errors from decoding errors.
 type errTap struct {
-	r   io.Reader
-	err error
+	r    io.Reader
+	keep *bytes.Buffer
+	err  error
 }
 
 func (t *errTap) Read(p []byte) (int, error) {
 	n, err := t.r.Read(p)
+	if t.keep != nil {
+		t.keep.Write(p[:n])
+	}
 	if err != nil && err != io.EOF && t.err == nil {
 		t.err = err
 	}

@@ -134,6 +134,13 @@ func TestScanRequestRedactRewritesBody(t *testing.T) {
 			if r.ContentLength != int64(len(want)) || r.Header.Get("Content-Length") != strconv.Itoa(len(want)) {
 				t.Errorf("content length %d / %q", r.ContentLength, r.Header.Get("Content-Length"))
 			}
+			if r.GetBody == nil {
+				t.Fatal("GetBody dropped")
+			}
+			rb, _ := r.GetBody()
+			if got := string(readBody(t, rb)); got != want {
+				t.Errorf("GetBody replays %q, want the redacted body", got)
+			}
 			for _, h := range []string{"Content-Encoding", "Content-Md5", "Digest"} {
 				if r.Header.Get(h) != "" {
 					t.Errorf("%s kept: %q", h, r.Header.Get(h))
@@ -243,7 +250,7 @@ func TestScanRequestBoundedByMaxScanBytes(t *testing.T) {
 		if got := string(readBody(t, r.Body)); got != want {
 			t.Errorf("body %d bytes, want %d", len(got), len(want))
 		}
-		if r.ContentLength != -1 || r.Header.Get("Content-Length") != "" || r.Header.Get("Content-Encoding") != "" {
+		if r.ContentLength != -1 || r.Header.Get("Content-Length") != "" || r.Header.Get("Content-Encoding") != "" || r.GetBody != nil {
 			t.Errorf("length %d, headers %v", r.ContentLength, r.Header)
 		}
 	})
@@ -378,5 +385,27 @@ func TestScanUnknownModeFailsClosed(t *testing.T) {
 	resp := &http.Response{Header: http.Header{}, Body: io.NopCloser(strings.NewReader("x"))}
 	if rep, err := e.ScanResponse(resp, Mode("redacted")); err == nil || !rep.Blocked {
 		t.Errorf("response: report %+v, err %v", rep, err)
+	}
+}
+
+func TestScanRequestHost(t *testing.T) {
+	e := testEngine(t)
+	for _, c := range []struct {
+		mode              Mode
+		blocked, redacted bool
+	}{{ModeLog, false, false}, {ModeBlock, true, false}, {ModeRedact, true, false}} {
+		t.Run(string(c.mode), func(t *testing.T) {
+			r := newReq(t, "http://4111111111111111.files.example.com/", nil, nil)
+			rep, err := e.ScanRequest(r, c.mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Findings) != 1 || rep.Findings[0].Part != "host" || rep.Findings[0].Type != TypeCard {
+				t.Fatalf("findings %+v", rep.Findings)
+			}
+			if rep.Blocked != c.blocked || rep.Redacted != c.redacted || r.Host != "4111111111111111.files.example.com" {
+				t.Errorf("report %+v, host %q", rep, r.Host)
+			}
+		})
 	}
 }

@@ -482,7 +482,6 @@ var phoneRe = regexp.MustCompile(`(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1
 var (
 	dateLikeRe = regexp.MustCompile(`^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$`)
 	ipLikeRe   = regexp.MustCompile(`^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$`)
-	verLikeRe  = regexp.MustCompile(`^\d+\.\d+\.\d+$`)
 )
 
 func findPhones(e *Engine, st *scanText, out *[]Finding) {
@@ -505,7 +504,7 @@ func findPhones(e *Engine, st *scanText, out *[]Finding) {
 		}
 		c := text[s:end]
 		n := len(digitsOf(c))
-		if n < 7 || n > 15 || dateLikeRe.Match(c) || ipLikeRe.Match(c) || verLikeRe.Match(c) {
+		if n < 7 || n > 15 || dateLikeRe.Match(c) || ipLikeRe.Match(c) {
 			return
 		}
 		if c[0] != '+' && !bytes.ContainsAny(c, " .-(") {
@@ -609,6 +608,9 @@ func findJWTs(_ *Engine, st *scanText, out *[]Finding) {
 
 // ---- PEM private keys ----
 
+// maxPEMBody is more than an 8192-bit RSA key's PEM body (~6.4 KiB).
+const maxPEMBody = 16 << 10
+
 var pemBeginRe = regexp.MustCompile(`-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----`)
 
 func findPrivateKeys(_ *Engine, st *scanText, out *[]Finding) {
@@ -616,7 +618,9 @@ func findPrivateKeys(_ *Engine, st *scanText, out *[]Finding) {
 	for _, m := range pemBeginRe.FindAllSubmatchIndex(text, -1) {
 		s, bodyStart := m[0], m[1]
 		endMarker := "-----END " + string(text[m[2]:m[3]]) + "-----"
-		i := bytes.Index(text[bodyStart:], []byte(endMarker))
+		// Look for the end within maxPEMBody bytes only, so a text of
+		// BEGIN markers costs linear time.
+		i := bytes.Index(text[bodyStart:min(len(text), bodyStart+maxPEMBody)], []byte(endMarker))
 		var e int
 		body := 0
 		if i >= 0 {
@@ -626,7 +630,7 @@ func findPrivateKeys(_ *Engine, st *scanText, out *[]Finding) {
 			// Truncated key (the scan window cut it, or it was pasted
 			// partially): the span runs to the end of the key material.
 			e = bodyStart
-			for e < len(text) && (isB64(text[e]) || text[e] == '\n' || text[e] == '\r' || text[e] == ' ' || text[e] == '\\' && e+1 < len(text) && (text[e+1] == 'n' || text[e+1] == 'r')) {
+			for e < len(text) && e-bodyStart < maxPEMBody && (isB64(text[e]) || text[e] == '\n' || text[e] == '\r' || text[e] == ' ' || text[e] == '\\' && e+1 < len(text) && (text[e+1] == 'n' || text[e+1] == 'r')) {
 				if text[e] == '\\' {
 					e++
 				}

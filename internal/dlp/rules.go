@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -59,8 +60,9 @@ type packAllowlist struct {
 type rule struct {
 	id, typ     string
 	re          *regexp.Regexp
-	width       int  // longest possible match in bytes; -1: unbounded
-	kwInMatch   bool // every match contains a keyword, so keyword windows hold every match
+	width       int           // longest possible match in bytes; -1: unbounded
+	kwInMatch   bool          // every match contains a keyword, so keyword windows hold every match
+	anchored    *anchoredRule // non-nil: the rule runs anchored at its keywords
 	secretGroup int
 	entropy     float64
 	keywords    []string // lowercase; empty: always run
@@ -76,6 +78,7 @@ type allowlist struct {
 
 type ruleSet struct {
 	rules  []*rule
+	types  []string // the types of all rules loaded (disabled ones too)
 	global []allowlist
 	// kw maps the first two bytes of each lowercase keyword to the rules
 	// it gates, so one pass over the text finds the rules worth running.
@@ -102,6 +105,7 @@ func buildRuleSet(cfg Config) (*ruleSet, error) {
 	for _, id := range cfg.DisableRules {
 		skip[id] = true
 	}
+	known := map[string]bool{} // every rule id loaded, to catch typos in DisableRules
 	add := func(r *rule) {
 		if i, ok := byID[r.id]; ok {
 			rs.rules[i] = r // a pack overrides a built-in rule of that id
@@ -122,6 +126,8 @@ func buildRuleSet(cfg Config) (*ruleSet, error) {
 				return fmt.Errorf("dlp: %s:%d: duplicate rule id %q", name, lineOfRule(data, r.id), r.id)
 			}
 			seen[r.id] = true
+			known[r.id] = true
+			rs.types = append(rs.types, r.typ)
 			if !skip[r.id] {
 				add(r)
 			}
@@ -146,6 +152,11 @@ func buildRuleSet(cfg Config) (*ruleSet, error) {
 		}
 		if err := load(p, data, false); err != nil {
 			return nil, err
+		}
+	}
+	for _, id := range cfg.DisableRules {
+		if _, unsupported := Unsupported[id]; !known[id] && !unsupported {
+			return nil, fmt.Errorf("dlp: DisableRules: no rule %q", id)
 		}
 	}
 	for i, r := range rs.rules {
@@ -223,8 +234,10 @@ func compilePack(name string, data []byte, builtin bool) (*packFile, []*rule, []
 		}
 		r := &rule{id: pr.ID, typ: typ, re: re, secretGroup: pr.SecretGroup, entropy: pr.Entropy, width: -1}
 		sr, err := syntax.Parse(pr.Regex, syntax.Perl)
+		var simple *syntax.Regexp
 		if err == nil {
-			r.width = maxWidth(sr.Simplify())
+			simple = sr.Simplify()
+			r.width = maxWidth(simple)
 		}
 		for _, k := range pr.Keywords {
 			k = strings.ToLower(k)
@@ -234,7 +247,8 @@ func compilePack(name string, data []byte, builtin bool) (*packFile, []*rule, []
 			r.keywords = append(r.keywords, k)
 		}
 		if sr != nil {
-			r.kwInMatch = containsKeyword(sr.Simplify(), r.keywords)
+			r.kwInMatch = containsKeyword(simple, r.keywords)
+			r.anchored = anchorable(sr, r.keywords)
 		}
 		for _, a := range pr.Allowlists {
 			al, ok, err := compileAllowlist(a)
@@ -355,7 +369,7 @@ func isKeyLine(t, key string) bool {
 const (
 	keywordBefore = 512
 	keywordAfter  = 4096
-	maxKeywordHit = 4096 // more occurrences than this: scan the whole text
+	maxKeywordHit = 4096 // more occurrences than this: scan the whole text (anchored rules: no limit)
 )
 
 // scan runs the keyword-selected rules over text.
@@ -388,7 +402,7 @@ func (rs *ruleSet) scan(text []byte, disabled map[string]bool, out *[]Finding) {
 			if h := hits[ent.rule]; len(h) > 0 && h[len(h)-1] == i {
 				continue // two keywords of one rule at one place
 			}
-			if len(hits[ent.rule]) >= maxKeywordHit {
+			if len(hits[ent.rule]) >= maxKeywordHit && rs.rules[ent.rule].anchored == nil {
 				whole[ent.rule] = true
 				continue
 			}
@@ -401,6 +415,10 @@ func (rs *ruleSet) scan(text []byte, disabled map[string]bool, out *[]Finding) {
 		}
 		if whole[i] {
 			r.find(text, 0, len(text), rs.global, out)
+			continue
+		}
+		if r.anchored != nil {
+			r.findAnchored(text, hits[i], rs.global, out)
 			continue
 		}
 		for _, w := range windows(text, hits[i]) {
@@ -454,82 +472,156 @@ func (r *rule) find(text []byte, ws, we int, global []allowlist, out *[]Finding)
 	}
 }
 
-// fixedLower is the text re always matches, lowercased, if it is fixed up
-// to case ("Api", [Aa]pi, (?i)api).
-func fixedLower(re *syntax.Regexp) (string, bool) {
+// maxFixed bounds the strings fixedSet enumerates.
+const maxFixed = 64
+
+// fixedCache memoises fixedSet over one regex's analysis (the analysis
+// asks about every node from every ancestor).
+type fixedCache map[*syntax.Regexp]fixedResult
+
+type fixedResult struct {
+	set []string
+	ok  bool
+}
+
+// fixedSet returns the lowercase strings re can match, if they are few
+// ("Api", [Aa]pi, (?i)api, A3T[A-Z0-9], sk|rk).
+func (fc fixedCache) fixedSet(re *syntax.Regexp) ([]string, bool) {
+	if r, ok := fc[re]; ok {
+		return r.set, r.ok
+	}
+	set, ok := fc.compute(re)
+	fc[re] = fixedResult{set, ok}
+	return set, ok
+}
+
+func (fc fixedCache) compute(re *syntax.Regexp) ([]string, bool) {
 	switch re.Op {
+	case syntax.OpEmptyMatch, syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText, syntax.OpWordBoundary, syntax.OpNoWordBoundary:
+		return []string{""}, true
 	case syntax.OpLiteral:
-		return strings.ToLower(string(re.Rune)), true
+		return []string{strings.ToLower(string(re.Rune))}, true
 	case syntax.OpCharClass:
-		// One letter in its cases, e.g. [Aa] (ranges are pairs lo, hi).
-		var letter rune = -1
+		n := 0
+		for i := 0; i+1 < len(re.Rune); i += 2 {
+			n += int(re.Rune[i+1]-re.Rune[i]) + 1
+		}
+		if n > 2*maxFixed { // case pairs fold to one: count twice the bound
+			return nil, false
+		}
+		seen := map[string]bool{}
+		var out []string
 		for i := 0; i+1 < len(re.Rune); i += 2 {
 			for c := re.Rune[i]; c <= re.Rune[i+1]; c++ {
-				l := unicode.ToLower(c)
-				if letter >= 0 && l != letter {
-					return "", false
+				if l := string(unicode.ToLower(c)); !seen[l] {
+					seen[l] = true
+					out = append(out, l)
 				}
-				letter = l
 			}
 		}
-		return string(letter), letter >= 0
+		return out, len(out) <= maxFixed
 	case syntax.OpCapture:
-		return fixedLower(re.Sub[0])
-	case syntax.OpConcat:
-		var b strings.Builder
+		return fc.fixedSet(re.Sub[0])
+	case syntax.OpQuest:
+		sub, ok := fc.fixedSet(re.Sub[0])
+		return append(sub, ""), ok && len(sub) < maxFixed
+	case syntax.OpAlternate:
+		var out []string
 		for _, sub := range re.Sub {
-			f, ok := fixedLower(sub)
-			if !ok {
-				return "", false
+			f, ok := fc.fixedSet(sub)
+			if !ok || len(out)+len(f) > maxFixed {
+				return nil, false
 			}
-			b.WriteString(f)
+			out = append(out, f...)
 		}
-		return b.String(), true
+		return out, true
+	case syntax.OpConcat:
+		out := []string{""}
+		for _, sub := range re.Sub {
+			f, ok := fc.fixedSet(sub)
+			if !ok {
+				return nil, false
+			}
+			if out = product(out, f); out == nil {
+				return nil, false
+			}
+		}
+		return out, true
 	}
-	return "", false
+	return nil, false
+}
+
+// product is every a+b, or nil when that is more than maxFixed strings.
+func product(as, bs []string) []string {
+	if len(as)*len(bs) > maxFixed {
+		return nil
+	}
+	out := make([]string, 0, len(as)*len(bs))
+	for _, a := range as {
+		for _, b := range bs {
+			out = append(out, a+b)
+		}
+	}
+	return out
 }
 
 // containsKeyword reports whether every match of re contains one of the
 // (lowercase) keywords, judged from re's structure (false when unsure).
 func containsKeyword(re *syntax.Regexp, kws []string) bool {
+	return fixedCache{}.containsKeyword(re, kws)
+}
+
+func (fc fixedCache) containsKeyword(re *syntax.Regexp, kws []string) bool {
 	if len(kws) == 0 {
 		return false
 	}
-	has := func(s string) bool {
-		for _, k := range kws {
-			if strings.Contains(s, k) {
-				return true
+	all := func(ss []string) bool {
+		for _, s := range ss {
+			hit := false
+			for _, k := range kws {
+				if strings.Contains(s, k) {
+					hit = true
+					break
+				}
+			}
+			if !hit {
+				return false
 			}
 		}
-		return false
+		return true
 	}
-	if f, ok := fixedLower(re); ok {
-		return has(f)
+	if f, ok := fc.fixedSet(re); ok {
+		return all(f)
 	}
 	switch re.Op {
 	case syntax.OpCapture, syntax.OpPlus:
-		return containsKeyword(re.Sub[0], kws)
+		return fc.containsKeyword(re.Sub[0], kws)
 	case syntax.OpRepeat:
 		return re.Min >= 1 && containsKeyword(re.Sub[0], kws)
 	case syntax.OpAlternate:
 		for _, sub := range re.Sub {
-			if !containsKeyword(sub, kws) {
+			if !fc.containsKeyword(sub, kws) {
 				return false
 			}
 		}
 		return true
 	case syntax.OpConcat:
-		var run strings.Builder // adjacent fixed parts may spell a keyword together
+		// Adjacent fixed parts may spell a keyword together ("a" then
+		// "ccess|uth" after the parser factors "access|auth").
+		run := []string{""}
 		for _, sub := range re.Sub {
-			if f, ok := fixedLower(sub); ok {
-				run.WriteString(f)
-				if has(run.String()) {
+			if f, ok := fc.fixedSet(sub); ok {
+				if run = product(run, f); run == nil {
+					run = []string{""} // too many to enumerate: start afresh
+					continue
+				}
+				if all(run) {
 					return true
 				}
 				continue
 			}
-			run.Reset()
-			if containsKeyword(sub, kws) {
+			run = []string{""}
+			if fc.containsKeyword(sub, kws) {
 				return true
 			}
 		}
@@ -596,33 +688,135 @@ func (r *rule) findIn(text []byte, ws, we, minStart, maxStart int, global []allo
 		if ws+m[0] < minStart || ws+m[0] >= maxStart && maxStart < we {
 			continue // a neighbouring chunk has it
 		}
-		s, e := m[0], m[1]
-		if r.secretGroup > 0 {
-			s, e = m[2*r.secretGroup], m[2*r.secretGroup+1]
-		} else {
-			for g := 1; 2*g+1 < len(m); g++ { // first non-empty group, as gitleaks does
-				if m[2*g] >= 0 && m[2*g+1] > m[2*g] {
-					s, e = m[2*g], m[2*g+1]
-					break
-				}
+		r.emit(win, ws, m, global, out)
+	}
+}
+
+// emit applies the secret group, entropy and allowlists to match m of
+// text (indices relative to text, which starts at off) and reports it.
+func (r *rule) emit(text []byte, off int, m []int, global []allowlist, out *[]Finding) {
+	s, e := m[0], m[1]
+	if r.secretGroup > 0 {
+		s, e = m[2*r.secretGroup], m[2*r.secretGroup+1]
+	} else {
+		for g := 1; 2*g+1 < len(m); g++ { // first non-empty group, as gitleaks does
+			if m[2*g] >= 0 && m[2*g+1] > m[2*g] {
+				s, e = m[2*g], m[2*g+1]
+				break
 			}
 		}
-		if s < 0 || s >= e {
+	}
+	if s < 0 || s >= e {
+		return
+	}
+	secret := text[s:e]
+	if r.entropy > 0 {
+		if shannon(secret) <= r.entropy {
+			return
+		}
+		if strings.HasPrefix(r.id, "generic") && !bytes.ContainsAny(secret, "0123456789") {
+			return // generic rules: words without digits are rarely secrets
+		}
+	}
+	if allowed(r.allow, text, m[0], m[1], s, e) || allowed(global, text, m[0], m[1], s, e) {
+		return
+	}
+	*out = append(*out, Finding{Type: r.typ, Rule: r.id, Start: off + s, End: off + e})
+}
+
+// Most of gitleaks' rules read "[\w.-]{0,50}?(?:kw1|kw2|...)rest": a lazy
+// identifier prefix, then a keyword. Go's NFA tries that at every byte; but
+// a match can only continue at a keyword occurrence, which the prefilter
+// already found. So such rules run "^(?:kw1|kw2|...)rest" anchored at each
+// occurrence (past the previous match), and the match start is found by
+// walking back over the prefix's class, at most its bound and never into
+// the previous match: the same matches as the whole regex, leftmost-first.
+type anchoredRule struct {
+	re        *regexp.Regexp // ^(?:the regex without its lazy prefix)
+	prefix    []rune         // the prefix's class ranges (pairs); nil: no prefix
+	prefixMax int
+}
+
+// anchorable builds the anchored form of re when it has that shape: an
+// optional lazy class prefix, then a part matching a few fixed strings that
+// each begin with a keyword (and no assertions, which would see the cut).
+func anchorable(re *syntax.Regexp, kws []string) *anchoredRule {
+	if re.Op != syntax.OpConcat || len(re.Sub) < 2 {
+		return nil
+	}
+	a := &anchoredRule{}
+	subs := re.Sub
+	if p := subs[0]; p.Op == syntax.OpRepeat && p.Flags&syntax.NonGreedy != 0 && p.Min == 0 && p.Max >= 0 && p.Max <= 64 && p.Sub[0].Op == syntax.OpCharClass {
+		a.prefix, a.prefixMax = p.Sub[0].Rune, p.Max
+		subs = subs[1:]
+	}
+	head := subs[0]
+	if hasAssertion(head) {
+		return nil
+	}
+	fixed, ok := fixedCache{}.fixedSet(head)
+	if !ok || len(fixed) == 0 {
+		return nil
+	}
+	for _, f := range fixed {
+		if !slices.ContainsFunc(kws, func(k string) bool { return strings.HasPrefix(f, k) }) {
+			return nil
+		}
+	}
+	core := &syntax.Regexp{Op: syntax.OpConcat, Sub: subs, Flags: re.Flags}
+	cre, err := regexp.Compile(`^(?:` + core.String() + `)`)
+	if err != nil {
+		return nil
+	}
+	a.re = cre
+	return a
+}
+
+func hasAssertion(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText, syntax.OpWordBoundary, syntax.OpNoWordBoundary:
+		return true
+	}
+	return slices.ContainsFunc(re.Sub, hasAssertion)
+}
+
+func inClass(ranges []rune, c rune) bool {
+	for i := 0; i+1 < len(ranges); i += 2 {
+		if ranges[i] <= c && c <= ranges[i+1] {
+			return true
+		}
+	}
+	return false
+}
+
+// findAnchored runs r's anchored form at each keyword position (ascending).
+func (r *rule) findAnchored(text []byte, pos []int, global []allowlist, out *[]Finding) {
+	a := r.anchored
+	last := 0 // end of the previous match: the next one starts at or after it
+	for _, p := range pos {
+		if p < last {
 			continue
 		}
-		secret := win[s:e]
-		if r.entropy > 0 {
-			if shannon(secret) <= r.entropy {
-				continue
-			}
-			if strings.HasPrefix(r.id, "generic") && !bytes.ContainsAny(secret, "0123456789") {
-				continue // generic rules: words without digits are rarely secrets
-			}
-		}
-		if allowed(r.allow, win, m[0], m[1], s, e) || allowed(global, win, m[0], m[1], s, e) {
+		m := a.re.FindSubmatchIndex(text[p:])
+		if m == nil {
 			continue
 		}
-		*out = append(*out, Finding{Type: r.typ, Rule: r.id, Start: ws + s, End: ws + e})
+		for i := range m {
+			if m[i] >= 0 {
+				m[i] += p
+			}
+		}
+		s := p
+		for n := 0; n < a.prefixMax && s > last; n++ {
+			c, size := utf8.DecodeLastRune(text[:s])
+			if !inClass(a.prefix, c) {
+				break
+			}
+			s -= size
+		}
+		m[0] = s
+		r.emit(text, 0, m, global, out)
+		last = m[1]
 	}
 }
 
