@@ -18,6 +18,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcphost"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
 // mcpDir is where hosted MCP servers' registrations live by default: beside the heavy state root
@@ -39,7 +40,22 @@ func openHost(t *tiers, dir string, log *slog.Logger) (*mcphost.Host, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mcp servers directory: %w", err)
 	}
-	return mcphost.New(mcphost.Config{Dir: dir, Launchers: launchers, Builtin: mcpserver.BuiltinTools, Version: version(), Logger: log})
+	cfg := mcphost.Config{Dir: dir, Launchers: launchers, Builtin: mcpserver.BuiltinTools, Version: version(),
+		Scanner: mcpScanner{t.scan}, Logger: log}
+	if t.net != nil {
+		// A hosted server's own traffic passes the same ceiling, proxy and DLP as a sandbox's.
+		cfg.Network = func(ctx context.Context, np *api.NetworkPolicy) (context.Context, error) {
+			p, err := netpolicy.Compile(t.ceiling, np, "", nil, nil)
+			if err != nil {
+				return nil, fmt.Errorf("network policy: %w", err)
+			}
+			return netpolicy.WithGuard(ctx, netpolicy.NewGuard(p, func(e api.NetworkEvent) {
+				log.Info("network", "mcp_server", true, "host", e.Host, "method", e.Method, "path", e.Path,
+					"verdict", e.Verdict, "rule", e.Rule, "detectors", e.Detectors)
+			})), nil
+		}
+	}
+	return mcphost.New(cfg)
 }
 
 // mcpClient is the HTTP API client of `agentbox mcp add|list|rm`.

@@ -43,6 +43,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	inspectTLS := fset.Bool("inspect-tls", false, "terminate TLS so that methods, paths and bodies are checked")
 	task := fset.String("task", "", "the trusted task text: http(s) URLs in it are granted read-only, inside the ceiling")
 	policyFile := fset.String("policy", "", "network ceiling (TOML, docs/egress.md) that --allow-host and --task must stay inside")
+	egressFlags := addEgressFlags(fset)
 	fset.Var(&allow, "allow-module", "only allow importing this top-level module (repeatable)")
 	fset.Var(&files, "file", "copy LOCAL[:REMOTE] into the sandbox before the run (repeatable; REMOTE defaults to /data/<name>)")
 	fset.Var(&outs, "out", "copy REMOTE:LOCAL out of the sandbox after the run (repeatable; REMOTE is a file under /output)")
@@ -112,7 +113,14 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	if len(outSpecs) > 0 {
 		collectMax = maxOut
 	}
-	t := e.openRun(ctx, rules, collectMax, ceiling)
+	var net *network
+	if ceiling != nil {
+		if net, err = startRunNetwork(ctx, ceiling, egressFlags, e.log); err != nil {
+			return 0, err
+		}
+		defer net.close()
+	}
+	t := e.openRun(ctx, rules, collectMax, ceiling, net)
 	defer t.close(context.Background())
 
 	var out dispatch.Output

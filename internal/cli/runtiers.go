@@ -29,15 +29,15 @@ type runTiers struct {
 
 // openRun opens the tiers for one run. collectMax caps each /output file the run hands back and
 // their total; zero means the dispatcher's defaults. ceiling bounds the run's network (nil: offline
-// only).
-func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64, ceiling *netpolicy.Ceiling) *runTiers {
+// only) and net carries it (nil: offline).
+func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64, ceiling *netpolicy.Ceiling, net *network) *runTiers {
 	openNano := e.openNano
 	if openNano == nil {
 		openNano = func(ctx context.Context) (*nano.Engine, error) {
 			// One run, nothing to keep warm: no pool and no rotation, and the restored memory
 			// snapshot is kept on disk for an hour so that the next run starts from it.
 			return nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, MaxConcurrent: 1,
-				SnapshotMaxAge: time.Hour, Logger: e.log})
+				SnapshotMaxAge: time.Hour, HTTP: net.nanoHTTP(), Logger: e.log})
 		}
 	}
 	t := &runTiers{nano: &lazy{ctx: ctx, what: "nano", open: func(ctx context.Context) (tier.Engine, error) {
@@ -55,7 +55,8 @@ func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64
 		open := e.openHeavy
 		if open == nil {
 			open = func(ctx context.Context) (*heavy.Engine, error) {
-				return heavy.New(ctx, heavy.Config{PoolSize: -1, Logger: e.log})
+				// Its own range: a server on this host holds the default one.
+				return openHeavy(ctx, heavy.Config{PoolSize: -1, Network: net.heavyNetwork(), NetworkRange: runNetworkRange, Logger: e.log}, e.log)
 			}
 		}
 		t.heavy = &lazy{ctx: ctx, what: "heavy", open: func(ctx context.Context) (tier.Engine, error) {

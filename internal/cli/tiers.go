@@ -8,8 +8,11 @@ import (
 	"log/slog"
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/dlp"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
+	"github.com/entersandbox/agentbox/internal/netns"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
 // tierFlags pick and tune the tiers behind `serve` and `mcp`.
@@ -20,6 +23,7 @@ type tierFlags struct {
 	rules        *string
 	maxHeavy     *int
 	stateDir     *string
+	egress       *egressFlags
 }
 
 // addTierFlags adds the tier flags; defaultState is --state-dir's default (empty: a private
@@ -32,6 +36,7 @@ func addTierFlags(fset *flag.FlagSet, defaultState string) *tierFlags {
 		packageIndex: fset.String("package-index", "", "PEP 503 index URL that heavy-tier `packages` are fetched from (on the host)"),
 		rules:        fset.String("rules", "", "routing rules (TOML) for tier auto, over the shipped ones"),
 		maxHeavy:     fset.Int("max-heavy-sessions", 0, "sessions open on the heavy tier at once (default 16)"),
+		egress:       addEgressFlags(fset),
 	}
 }
 
@@ -40,6 +45,10 @@ type tiers struct {
 	*dispatch.Dispatcher
 	nano  *nano.Engine
 	heavy *heavy.Engine
+	net   *network // the governed network's data plane; nil without a ceiling
+	scan  *dlp.Engine
+	// ceiling bounds every network policy, hosted MCP servers' too; nil: everything offline.
+	ceiling *netpolicy.Ceiling
 }
 
 // open starts the nano engine, the heavy engine as --heavy says, and a dispatcher over both.
@@ -54,18 +63,31 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 		return nil, usageError{err}
 	}
 	nanoCfg.Logger = log
-	t := &tiers{}
+	t := &tiers{ceiling: cfg.Ceiling}
+	// The DLP engine serves the egress proxy and the hosted MCP servers' relay alike.
+	if t.scan, err = dlp.New(dlp.Config{Packs: cfg.Ceiling.Packs()}); err != nil {
+		return nil, usagef("dlp: %w", err)
+	}
+	if cfg.Ceiling != nil {
+		if t.net, err = startNetwork(ctx, t.scan, tf.egress, *tf.stateDir, *tf.heavyMode != "off", log); err != nil {
+			return nil, err
+		}
+	}
+	nanoCfg.HTTP = t.net.nanoHTTP()
 	if t.nano, err = nano.New(ctx, nanoCfg); err != nil {
+		t.net.close()
 		return nil, err
 	}
 	if *tf.heavyMode != "off" {
-		t.heavy, err = heavy.New(ctx, heavy.Config{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Logger: log})
+		hcfg := heavy.Config{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Network: t.net.heavyNetwork(), Logger: log}
+		t.heavy, err = openHeavy(ctx, hcfg, log)
 		switch {
 		case err == nil:
 		case *tf.heavyMode == "auto" && errors.Is(err, heavy.ErrNotInstalled):
 			log.Info("heavy tier off", "reason", err)
 		default:
 			t.nano.Close(context.Background())
+			t.net.close()
 			return nil, err
 		}
 	}
@@ -94,5 +116,19 @@ func (t *tiers) close(ctx context.Context) error {
 		}
 	}
 	<-dispatched
+	t.net.close()
 	return err
+}
+
+// openHeavy starts a heavy engine. When the host cannot give its sandboxes a governed network it
+// fails closed: the sandboxes stay offline, and a request whose policy allows traffic is refused
+// naming the missing piece instead of running without the network it asked for.
+func openHeavy(ctx context.Context, cfg heavy.Config, log *slog.Logger) (*heavy.Engine, error) {
+	eng, err := heavy.New(ctx, cfg)
+	if cfg.Network == nil || !errors.Is(err, netns.ErrUnsupported) {
+		return eng, err
+	}
+	log.Error("heavy tier offline: no governed network on this host", "reason", err)
+	cfg.Network, cfg.OfflineReason = nil, err.Error()
+	return heavy.New(ctx, cfg)
 }

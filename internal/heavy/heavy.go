@@ -116,6 +116,10 @@ type Config struct {
 	// NetworkRange is the IPv4 range the sandboxes' /30s come from; zero means 10.200.0.0/16. Two
 	// networked engines on one host need ranges that do not overlap.
 	NetworkRange netip.Prefix
+	// OfflineReason says why Network is nil on a server that governs networks (the host lacks a piece
+	// it needs); requests whose policy allows traffic are then refused with it (errdefs.Unavailable)
+	// instead of running offline. Empty: a generic reason.
+	OfflineReason string
 }
 
 // Engine runs programs in heavy sandboxes. It is safe for concurrent use.

@@ -113,6 +113,9 @@ func (e *Engine) makeNamespace(ctx context.Context, s *sandbox) error {
 // Guard nothing is attached and every connection is reset at once. Policies are bound at hand-out,
 // never at refill: a pooled sandbox has no network until a request takes it.
 func (e *Engine) bind(ctx context.Context, s *sandbox) error {
+	if err := e.refuseUngoverned(ctx, s); err != nil {
+		return err
+	}
 	g := netpolicy.GuardOf(ctx)
 	if g == nil || s.ns == nil {
 		return nil
@@ -178,4 +181,19 @@ func (e *Engine) networkSpec(spec map[string]any, s *sandbox) {
 		env = append(env, k+"="+caBundle)
 	}
 	proc["env"] = env
+}
+
+// refuseUngoverned fails closed when ctx's Guard allows traffic but the sandbox has no governed
+// network to carry it (the engine has no Config.Network): running it offline would silently ignore
+// the policy the caller asked for.
+func (e *Engine) refuseUngoverned(ctx context.Context, s *sandbox) error {
+	g := netpolicy.GuardOf(ctx)
+	if s.ns != nil || g == nil || g.Policy().Offline() {
+		return nil
+	}
+	why := e.cfg.OfflineReason
+	if why == "" {
+		why = "this engine was started without one"
+	}
+	return errdefs.With(errdefs.Unavailable, fmt.Errorf("heavy tier: no governed network for this sandbox's network policy: %s", why))
 }

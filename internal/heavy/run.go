@@ -638,6 +638,10 @@ func (ss *session) Run(ctx context.Context, code string, stream tier.Stream) (*a
 	if err := ss.usable(); err != nil {
 		return nil, err
 	}
+	// A session's policy may have been opened since it started (PATCH .../network).
+	if err := ss.e.refuseUngoverned(ctx, ss.s); err != nil {
+		return nil, err
+	}
 	res, err := ss.e.exec(ctx, ss.s, code, "<cell>", false, ss.limits, stream)
 	if err != nil || res.TimedOut || res.MemoryExceeded || res.Error != nil && res.Error.Type == api.ErrGuestCrash || ss.s.killed.Load() {
 		ss.closeLocked()

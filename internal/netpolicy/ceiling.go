@@ -595,3 +595,11 @@ func validHeader(h string) bool {
 	}
 	return true
 }
+
+// Packs returns the ceiling's DLP rule pack files (absolute); nil-safe.
+func (c *Ceiling) Packs() []string {
+	if c == nil {
+		return nil
+	}
+	return c.RulePacks
+}

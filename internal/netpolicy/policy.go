@@ -218,6 +218,9 @@ func deny(host, rule, source, reason string) Decision {
 // decide answers r; tainted reports an earlier DLP finding in the sandbox's traffic and used the
 // bytes each rule has carried so far (by rule name).
 func (p *Policy) decide(r Request, tainted bool, used map[string]int64) Decision {
+	if r.DNS {
+		r.Port = 0 // a question names no destination port (the stub's own is 53): any rule's will do
+	}
 	host := r.Host
 	if host == "" && !r.DNS && r.Addr.IsValid() {
 		host = r.Addr.Addr().Unmap().String()

@@ -267,6 +267,7 @@ func TestDecide(t *testing.T) {
 		{"DNS allowed name", Request{Host: "pypi.org", DNS: true}, true, false, "allow:pypi.org", "pypi.org", ""},
 		{"DNS of an explicit-port rule", Request{Host: "example.com", DNS: true}, true, false, "allow:example.com:8443", "example.com", ""},
 		{"DNS unknown name", Request{Host: "tunnel.evil.com", DNS: true}, false, false, "ceiling:allow", "tunnel.evil.com", ""},
+		{"DNS asked on the stub's port", Request{Host: "pypi.org", Port: 53, DNS: true}, true, false, "allow:pypi.org", "pypi.org", ""},
 		{"DNS for an address", Request{Host: "10.1.2.3", DNS: true}, false, false, "canonical:invalid", "10.1.2.3", ""},
 		{"IDNA name", Request{Host: "bücher.example", Port: 443}, false, false, "ceiling:allow", "xn--bcher-kva.example", ""},
 		{"port out of range", Request{Host: "pypi.org", Port: 70000}, false, false, "canonical:invalid", "pypi.org", ""},

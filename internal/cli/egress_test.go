@@ -1,0 +1,131 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/heavy"
+)
+
+// upstream is an HTTPS server on a loopback address with a certificate for name from a CA of its
+// own, whose PEM file it returns; it answers with the request's method and path and signals auth
+// for each request (with its Authorization header).
+func upstream(t *testing.T, name string) (addr, caFile string, auth chan string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "upstream test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}},
+		ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile = filepath.Join(t.TempDir(), "upstream-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth = make(chan string, 16)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth <- r.Header.Get("Authorization")
+		io.WriteString(w, "hello from upstream "+r.Method+" "+r.URL.Path)
+	}), TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: key}}}}
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String(), caFile, auth
+}
+
+// TestRunGovernedNetwork: `agentbox run --policy` starts the egress data plane and puts the run
+// behind it, on each tier: an allowed HTTPS request reaches a real upstream on a loopback address
+// (through TLS inspection; on heavy the sandbox trusts the installation's CA), a host outside the
+// run's policy is refused (nano: 403 from the bridge; heavy: the DNS stub does not answer for it),
+// and both are in network_events.
+func TestRunGovernedNetwork(t *testing.T) {
+	addr, caFile, auth := upstream(t, "api.test")
+	_, port, _ := net.SplitHostPort(addr)
+	policy := filepath.Join(t.TempDir(), "policy.toml")
+	ceiling := `allow = ["api.test", "evil.test"]
+inspect_tls = true
+allow_cidrs = ["127.0.0.0/8"]
+`
+	if err := os.WriteFile(policy, []byte(ceiling), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	program := `import urllib.request, urllib.error
+print(urllib.request.urlopen("https://api.test/hello", timeout=20).read().decode())
+try:
+    urllib.request.urlopen("https://evil.test/x", timeout=20)
+except urllib.error.HTTPError as e:
+    print("refused", e.code)
+except urllib.error.URLError as e:
+    print("refused name:", e.reason)
+`
+	tiers := []string{"nano"}
+	if os.Getenv("AGENTBOX_INTEGRATION") == "1" {
+		if err := heavy.Installed(heavy.Config{}); err != nil {
+			t.Fatalf("AGENTBOX_INTEGRATION=1 but the heavy tier is not installed: %v", err)
+		}
+		tiers = append(tiers, "heavy")
+	} else {
+		t.Log("heavy case not run: set AGENTBOX_INTEGRATION=1 (needs root, runsc and nftables support)")
+	}
+	for _, tierName := range tiers {
+		t.Run(tierName, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			var out, errOut bytes.Buffer
+			args := []string{"run", "--json", "--tier", tierName, "--policy", policy, "--allow-host", "api.test",
+				"--egress-resolve", "api.test=127.0.0.1:" + port, "--egress-upstream-ca", caFile,
+				"--egress-ca-dir", t.TempDir(), "--inspect-tls", "--timeout", "60s", "-"}
+			code := Main(ctx, args, strings.NewReader(program), &out, &errOut)
+			var res api.RunResponse
+			if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+				t.Fatalf("exit %d, stdout %q, stderr %q: %v", code, out.String(), errOut.String(), err)
+			}
+			if !strings.Contains(res.Stdout, "hello from upstream GET /hello") || !strings.Contains(res.Stdout, "refused") {
+				t.Fatalf("stdout %q stderr %q (agentbox: %s)", res.Stdout, res.Stderr, errOut.String())
+			}
+			verdicts := map[string]string{}
+			for _, ev := range res.NetworkEvents {
+				verdicts[ev.Host] = ev.Verdict
+			}
+			if verdicts["api.test"] != api.VerdictAllowed || verdicts["evil.test"] != api.VerdictDenied {
+				t.Fatalf("network events %+v", res.NetworkEvents)
+			}
+			select {
+			case <-auth:
+			default:
+				t.Fatal("the upstream saw no request")
+			}
+		})
+	}
+}
