@@ -231,6 +231,41 @@ func TestSessionNetwork(t *testing.T) {
 	step("locked down on heavy", "GET example.com /", "GET example.com/ denied default:offline")
 }
 
+// TestSessionWithWritesStaysOnNano: a move replays earlier nano cells on heavy, so once a cell has
+// sent a write (which replaying would send again) the session no longer moves; reads do not stop it.
+func TestSessionWithWritesStaysOnNano(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, first string
+		moves       bool
+	}{
+		{"read", "GET api.example.com /v1", true},
+		{"write", "POST api.example.com /v1", false},
+		{"refused write", "POST pypi.org /upload", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, _, _ := newNetDispatcher(t, netCeiling(t), nil)
+			s, err := d.NewSession(ctx, api.SessionRequest{Network: &api.NetworkPolicy{Allow: []api.HostRule{{Host: "api.example.com"}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Run(ctx, tc.first, Output{}); err != nil {
+				t.Fatal(err)
+			}
+			res, err := s.Run(ctx, "import numpy", Output{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if moved := res.Tier == api.TierHeavy; moved != tc.moves {
+				t.Fatalf("moved %v, want %v (%s)", moved, tc.moves, res.RouteReason)
+			}
+			if !tc.moves && !strings.Contains(res.RouteReason, "sent HTTP writes") {
+				t.Fatalf("route reason %q does not say why the session stayed", res.RouteReason)
+			}
+		})
+	}
+}
+
 func TestOfflineSessionCanBeOpened(t *testing.T) {
 	ctx := context.Background()
 	d, n, _ := newNetDispatcher(t, netCeiling(t), nil)

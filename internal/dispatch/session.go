@@ -263,13 +263,31 @@ func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result
 		return nil, err
 	}
 	defer s.unlock()
+	onNano := !s.onHeavy()
 	res, err := s.run(s.withGuard(ctx), code, out)
-	if res != nil {
-		res.NetworkEvents = append(res.NetworkEvents, s.guard.Drain()...)
-	} else {
-		s.guard.Drain() // a failed cell's events are in the sink, not the next cell's result
+	events := s.guard.Drain()
+	if onNano && !s.onHeavy() && sentWrites(events) {
+		// A move replays the nano cells on heavy: it would send this cell's writes again.
+		s.replayable, s.history = false, nil
+		s.stay = "a cell sent HTTP writes (POST, PUT, PATCH or DELETE), which replaying it on heavy would send again, so the session stays on nano"
 	}
+	if res != nil {
+		res.NetworkEvents = append(res.NetworkEvents, events...)
+	} // else a failed cell's events are in the sink, not the next cell's result
 	return res, err
+}
+
+// sentWrites reports whether events include a write request that left the sandbox.
+func sentWrites(events []api.NetworkEvent) bool {
+	for _, e := range events {
+		switch e.Method {
+		case "POST", "PUT", "PATCH", "DELETE":
+			if e.Verdict == api.VerdictAllowed || e.Verdict == api.VerdictRedacted {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (s *Session) run(ctx context.Context, code string, out Output) (*api.Result, error) {
