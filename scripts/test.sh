@@ -48,7 +48,12 @@ go test -race -count=1 ./internal/cli
 # The 1,000-run leak test runs in the plain job above.
 go test -race -count=1 -skip 'TestSleepTimeoutsLeakNothing' ./internal/nano ./internal/vfs ./internal/router
 go test -race -count=1 ./internal/heavy
-go test -race -count=1 -run 'TestSession|TestMCPAuto|TestGuestCannotReachProtocol|TestReadFileIsCapped|TestShutdownStopsHeavyCellAtGrace|TestCloseKillsLiveSandboxes|TestKill9RestartSweeps' ./internal/heavy/integration
+go test -race -count=1 -run 'TestSession|TestMCPAuto|TestGuestCannotReachProtocol|TestReadFileIsCapped|TestShutdownStopsHeavyCellAtGrace|TestCloseKillsLiveSandboxes|TestKill9RestartSweeps|TestNetworkedSandbox|TestEscapePolicyChange|TestNetworkSweptAfterKill9' ./internal/heavy/integration
+# The governed network: the data plane, the namespaces, the policy's Guard, the DLP engine's shared
+# state, and the hosted MCP servers' relay.
+go test -race -count=1 ./internal/egress ./internal/netns ./internal/mcphost
+go test -race -count=1 -run 'Guard|Network|Session' ./internal/netpolicy
+go test -race -count=1 -run 'TestScanIsSafeForConcurrentUse|TestScanRequest|TestScanResponse' ./internal/dlp
 
 say "Python SDK (pytest against a real server)"
 # Debian's interpreter and pytest; the SDK is installed offline into a throw-away venv.
@@ -70,3 +75,10 @@ go test -run '^$' -fuzz '^FuzzOffsets$' -fuzztime 10s ./internal/vfs
 go test -run '^$' -fuzz '^FuzzStripDataSegments$' -fuzztime 10s ./internal/nano
 go test -run '^$' -fuzz '^FuzzAPI$' -fuzztime 15s ./internal/server
 go test -run '^$' -fuzz '^FuzzImports$' -fuzztime 10s ./internal/router
+go test -run '^$' -fuzz '^FuzzParseBridgeRequest$' -fuzztime 10s ./internal/nano
+go test -run '^$' -fuzz '^FuzzPeekHello$' -fuzztime 10s ./internal/egress
+go test -run '^$' -fuzz '^FuzzAnswerDNS$' -fuzztime 10s ./internal/egress
+go test -run '^$' -fuzz '^FuzzCanonical$' -fuzztime 10s ./internal/netpolicy
+go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime 15s ./internal/netpolicy
+go test -run '^$' -fuzz '^FuzzScanRedact$' -fuzztime 10s ./internal/dlp
+go test -run '^$' -fuzz '^FuzzScanRequestBody$' -fuzztime 10s ./internal/dlp
