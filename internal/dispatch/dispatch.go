@@ -64,6 +64,10 @@ type Config struct {
 	MaxReplayBytes int
 	// Logger receives session moves and reaping; nil discards.
 	Logger *slog.Logger
+	// OnSessionEnd is called after the reaper has closed a session by itself: idle past its TTL
+	// (reason "ttl") or whose sandbox had gone ("sandbox gone"), with the session as it was; nil
+	// means nothing is told (the audit log records it as session.expire).
+	OnSessionEnd func(info api.Session, reason string)
 }
 
 // Output receives a run's output as it is written (what a tier streams, tier.Stream) and the
@@ -450,22 +454,31 @@ func (d *Dispatcher) reap() {
 		}
 		d.mu.Lock()
 		var ended []*Session
+		var reasons []string
 		for id, s := range d.sessions {
 			if !s.mu.TryLock() {
 				continue // busy, so not idle
 			}
-			if time.Since(s.lastUsed) > s.ttl || s.gone() {
-				ended = append(ended, s)
+			if idle, gone := time.Since(s.lastUsed) > s.ttl, s.gone(); idle || gone {
+				reason := "ttl"
+				if !idle {
+					reason = "sandbox gone"
+				}
+				ended, reasons = append(ended, s), append(reasons, reason)
 				delete(d.sessions, id)
 			}
 			s.mu.Unlock()
 		}
 		d.mu.Unlock()
-		for _, s := range ended {
+		for i, s := range ended {
 			s.mu.Lock()
+			info := s.Info()
 			s.closeLocked()
 			s.mu.Unlock()
 			d.log.Info("session ended", "id", s.id, "idle", time.Since(s.lastUsed).Round(time.Second))
+			if d.cfg.OnSessionEnd != nil {
+				d.cfg.OnSessionEnd(info, reasons[i])
+			}
 		}
 	}
 }
