@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
@@ -54,6 +55,10 @@ type Config struct {
 	Logger *slog.Logger
 	// MCP, when set, is mounted at /mcp (behind the same auth).
 	MCP http.Handler
+	// Audit, when set, records every run, session, file transfer, package install and
+	// authentication failure before the request is answered, and serves /v1/audit/* to keys with
+	// the audit scope; nil means no audit log (the audit routes answer 404).
+	Audit *audit.Log
 	// ReadHeaderTimeout and ReadTimeout bound how long a client may take to send its headers and its
 	// whole request (slow clients); zero means 10 s and 2 min.
 	ReadHeaderTimeout time.Duration
@@ -208,6 +213,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/sessions/{id}/files", s.listFiles)
 	mux.HandleFunc("PUT /v1/sessions/{id}/files/{path...}", s.putFile)
 	mux.HandleFunc("GET /v1/sessions/{id}/files/{path...}", s.getFile)
+	mux.HandleFunc("GET /v1/audit/events", s.auditEvents)
+	mux.HandleFunc("GET /v1/audit/reports/{period}", s.auditReport)
+	mux.HandleFunc("GET /v1/audit/verify", s.auditVerify)
 	if s.cfg.MCP != nil {
 		mux.Handle("/mcp", s.keys.scopeMCP(s.cfg.MCP))
 	}
@@ -235,7 +243,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		w.Header().Set("X-Request-Id", id)
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		tenant, ok := s.keys.tenant(r)
+		tenant, sc, ok := s.keys.tenant(r)
 		defer func() {
 			route := routeLabel(r)
 			s.metrics.requests.WithLabelValues(route, fmt.Sprint(rec.status)).Inc()
@@ -248,11 +256,17 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			return
 		}
 		if r.URL.Path != "/healthz" && !ok {
+			s.recordAuthFailure(r, "missing or wrong API key")
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="agentbox"`)
 			s.fail(rec, r, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: send Authorization: Bearer <key>")))
 			return
 		}
-		r = r.WithContext(dispatch.WithTenant(r.Context(), tenant))
+		r = r.WithContext(context.WithValue(dispatch.WithTenant(r.Context(), tenant), scopeKey, sc))
+		if err := s.checkScope(r, sc); err != nil {
+			s.recordAuthFailure(r, "scope: "+err.Error())
+			s.fail(rec, r, err)
+			return
+		}
 		r.Body = http.MaxBytesReader(rec, r.Body, s.cfg.MaxBodyBytes)
 		next.ServeHTTP(rec, r)
 	})
