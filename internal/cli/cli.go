@@ -40,6 +40,7 @@ Usage:
   agentbox serve [flags]          serve the HTTP API (and MCP at /mcp), default 127.0.0.1:8080
   agentbox mcp                    serve the Model Context Protocol on stdin/stdout
   agentbox route [flags] FILE     print which tier a program would run on, and why
+  agentbox audit verify|search|report  check, search and report on the audit log
   agentbox bench [flags]          measure start-up and throughput on this machine
   agentbox version                print the version and interpreter build
 
@@ -76,6 +77,8 @@ func (e *env) main(ctx context.Context, args []string) int {
 		err = e.mcp(ctx, args[1:])
 	case "route":
 		err = e.route(args[1:])
+	case "audit":
+		err = e.audit(ctx, args[1:])
 	case "version", "--version":
 		err = e.version()
 	case "help", "-h", "--help":
@@ -90,6 +93,9 @@ func (e *env) main(ctx context.Context, args []string) int {
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
+	}
+	if errors.Is(err, errAuditBroken) {
+		return 1
 	}
 	fmt.Fprintf(stderr, "agentbox: %v\n", err)
 	return exitCodeOf(err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
@@ -34,6 +35,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	grace := fset.Duration("shutdown-grace", 30*time.Second, "how long in-flight requests may finish on shutdown")
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
 	tf := addTierFlags(fset, heavy.DefaultStateDir())
+	af := addAuditFlags(fset)
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
@@ -64,21 +66,54 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	}
 	dcfg := dispatch.Config{MemoryBudgetMB: *budget, NanoSlots: *concurrent,
 		TenantLimits: dispatch.TenantLimits{Sessions: *keySessions, Runs: *keyRuns, Queue: *keyQueue}}
+	digest, policy, err := policyDigest(keys, keyed, dcfg, *tf.rules, tf)
+	if err != nil {
+		return err
+	}
+	// The audit log opens first: the dispatcher's reaper records expiries into it.
+	alog, closeSinks, err := af.open(ctx, *tf.stateDir, e.stdout, log)
+	if err != nil {
+		return err
+	}
+	if alog != nil {
+		defer closeSinks()
+		defer alog.Close()
+		dcfg.OnSessionEnd = sessionExpired(alog, log)
+	}
 	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue}, dcfg, log)
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(t, server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(t, version())})
+	srv, err := server.New(t, server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(t, version()), Audit: alog})
 	if err != nil {
 		t.close(context.Background())
 		return usageError{err}
 	}
+	started := time.Now()
+	if alog != nil {
+		if err := recordPolicy(ctx, alog, digest, policy); err != nil {
+			t.close(context.Background())
+			return err
+		}
+		if err := alog.Record(ctx, audit.Event{Type: audit.TypeServerStart, Details: map[string]any{"version": version(), "addr": *addr,
+			"auth": len(keys)+len(keyed) > 0, "keys": len(keys) + len(keyed), "heavy": t.heavy != nil, "policy_sha256": digest, "pid": os.Getpid()}}); err != nil {
+			t.close(context.Background())
+			return err
+		}
+		if *af.reportDir != "" {
+			rctx, stopReports := context.WithCancel(context.Background())
+			defer stopReports()
+			go alog.ScheduleDaily(rctx, *af.reportDir, *af.reportHour)
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	log.Info("agentbox serving", "addr", *addr, "auth", len(keys)+len(keyed) > 0, "keys", len(keys)+len(keyed), "heavy", t.heavy != nil,
-		"memory_budget_mb", t.Stats().MemoryBudgetMB)
+		"memory_budget_mb", t.Stats().MemoryBudgetMB, "audit_db", auditPath(alog))
+	stopReason := "signal"
 	select {
 	case err = <-errc:
+		stopReason = "error"
 	case <-ctx.Done():
 		log.Info("shutting down", "grace", *grace)
 	}
@@ -90,5 +125,21 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if cerr := t.close(sctx); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
+	if alog != nil {
+		d := map[string]any{"reason": stopReason, "uptime_s": int64(time.Since(started).Seconds())}
+		if err != nil {
+			d["error"] = err.Error()
+		}
+		if rerr := alog.Record(context.Background(), audit.Event{Type: audit.TypeServerStop, Details: d}); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
 	return err
+}
+
+func auditPath(l *audit.Log) string {
+	if l == nil {
+		return "off"
+	}
+	return l.Path()
 }
