@@ -22,4 +22,11 @@ type (
 	SessionInfo    = api.Session
 	FileInfo       = api.FileInfo
 	Tier           = api.Tier
+
+	AuditEvent        = api.AuditEvent
+	AuditEventList    = api.AuditEventList
+	AuditReport       = api.AuditReport
+	AuditVerification = api.AuditVerification
+	AuditCheckpoint   = api.AuditCheckpoint
+	AuditCount        = api.AuditCount
 )
