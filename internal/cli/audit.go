@@ -37,18 +37,18 @@ type auditFlags struct {
 	sync               *bool
 }
 
-// defaultAuditDB is beside the heavy state root, not in it: the root is swept of everything a
-// crashed server left, and the audit log must outlive a crash.
+// defaultAuditDB is under the server's state root, in the one directory the heavy tier's sweep of a
+// crashed server's leftovers keeps (heavy.KeepDir): the audit log must outlive a crash.
 func defaultAuditDB(stateDir string) string {
 	if stateDir == "" {
 		stateDir = heavy.DefaultStateDir()
 	}
-	return filepath.Join(filepath.Dir(filepath.Clean(stateDir)), "audit", "audit.db")
+	return filepath.Join(stateDir, heavy.KeepDir, "audit.db")
 }
 
 func addAuditFlags(fset *flag.FlagSet) *auditFlags {
 	af := &auditFlags{
-		db:                 fset.String("audit-db", "", "audit log database (SQLite); default audit/audit.db beside --state-dir; off disables the audit log (docs/audit.md)"),
+		db:                 fset.String("audit-db", "", "audit log database (SQLite); default STATE_DIR/audit/audit.db; off disables the audit log (docs/audit.md)"),
 		key:                fset.String("audit-key", "", "ed25519 key the audit checkpoints are signed with (created 0600 when missing, public key at KEY.pub); default AUDIT_DB.key"),
 		reportDir:          fset.String("audit-report-dir", "", "write the daily audit report (json, md, html) into this directory every day at --audit-report-hour"),
 		reportHour:         fset.Int("audit-report-hour", 0, "hour of the day (UTC) the daily report is written"),
@@ -215,7 +215,7 @@ func (e *env) audit(ctx context.Context, args []string) error {
 	sub, args := args[0], args[1:]
 	fset := flag.NewFlagSet("audit "+sub, flag.ContinueOnError)
 	fset.SetOutput(e.stderr)
-	db := fset.String("audit-db", "", "audit log database; default serve's (audit/audit.db beside the heavy state root)")
+	db := fset.String("audit-db", "", "audit log database; default serve's (STATE_DIR/audit/audit.db)")
 	pubFile := fset.String("pub", "", "public key file (hex) to check checkpoints against; default AUDIT_DB.key.pub")
 	var q struct {
 		since, until, typ, session, verdict, actor, text, cursor *string

@@ -116,8 +116,8 @@ func TestServeAuditFlags(t *testing.T) {
 	}
 }
 
-func TestDefaultAuditDBOutsideTheSweptStateRoot(t *testing.T) {
-	if got := defaultAuditDB("/var/lib/agentbox/state"); got != "/var/lib/agentbox/audit/audit.db" {
+func TestDefaultAuditDBIsUnderTheStateRoot(t *testing.T) {
+	if got := defaultAuditDB("/var/lib/agentbox/state"); got != "/var/lib/agentbox/state/audit/audit.db" {
 		t.Fatal(got)
 	}
 }
