@@ -143,8 +143,10 @@ type Log struct {
 	key   ed25519.PrivateKey // nil on a read-only log
 	pub   ed25519.PublicKey
 	keyID string
-	queue chan *pending
-	stop  chan struct{}
+	// insEvent and insFTS are prepared once on w, used by the writer only.
+	insEvent, insFTS *sql.Stmt
+	queue            chan *pending
+	stop             chan struct{}
 	done  chan struct{}
 	// closeOnce guards stop; closeErr is the writer's last error, set before done is closed.
 	closeOnce sync.Once
@@ -176,10 +178,10 @@ CREATE TABLE IF NOT EXISTS events(
 	prev_hash BLOB NOT NULL,
 	hash BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
-CREATE INDEX IF NOT EXISTS events_type_ts ON events(type, ts);
-CREATE INDEX IF NOT EXISTS events_session ON events(session, seq) WHERE session <> '';
+CREATE INDEX IF NOT EXISTS events_type ON events(type, seq);
+CREATE INDEX IF NOT EXISTS events_session ON events(session, seq);
 CREATE INDEX IF NOT EXISTS events_verdict ON events(verdict, seq);
-CREATE INDEX IF NOT EXISTS events_host ON events(host, ts) WHERE host <> '';
+CREATE INDEX IF NOT EXISTS events_host ON events(host, seq);
 CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(text, content='', contentless_delete=1);
 CREATE TABLE IF NOT EXISTS checkpoints(
 	seq INTEGER PRIMARY KEY,
@@ -262,6 +264,14 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	r.SetMaxOpenConns(4)
 	l := &Log{cfg: cfg, log: log, w: w, r: r, key: key, pub: key.Public().(ed25519.PublicKey), keyID: KeyID(key.Public().(ed25519.PublicKey)),
 		queue: make(chan *pending, cfg.QueueSize), stop: make(chan struct{}), done: make(chan struct{})}
+	if l.insEvent, err = w.PrepareContext(ctx, `INSERT INTO events(seq, ts, type, actor, session, sandbox, tier, verdict, host, errtype, body, prev_hash, hash) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)`); err == nil {
+		l.insFTS, err = w.PrepareContext(ctx, `INSERT INTO events_fts(rowid, text) VALUES(?, ?)`)
+	}
+	if err != nil {
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("audit: %w", err)
+	}
 	if err := l.retain(ctx); err != nil {
 		l.w.Close()
 		l.r.Close()
@@ -299,22 +309,9 @@ func (l *Log) Record(ctx context.Context, e Event) error {
 	if l.queue == nil {
 		return errdefs.With(errdefs.Unavailable, errors.New("the audit log is open read-only"))
 	}
-	ev, ts, err := l.prepare(e)
+	p, err := l.enqueue(ctx, e)
 	if err != nil {
 		return err
-	}
-	p := &pending{ev: ev, ts: ts, done: make(chan error, 1)}
-	select {
-	case <-l.stop:
-		return ErrClosed
-	default:
-	}
-	select {
-	case l.queue <- p:
-	case <-l.stop:
-		return ErrClosed
-	case <-ctx.Done():
-		return fmt.Errorf("audit: recording %s: %w", e.Type, context.Cause(ctx))
 	}
 	select {
 	case err := <-p.done:
@@ -329,6 +326,28 @@ func (l *Log) Record(ctx context.Context, e Event) error {
 		}
 	case <-ctx.Done():
 		return fmt.Errorf("audit: recording %s (it may still be written): %w", e.Type, context.Cause(ctx))
+	}
+}
+
+// enqueue prepares e and queues it for the writer, waiting while the queue is full.
+func (l *Log) enqueue(ctx context.Context, e Event) (*pending, error) {
+	ev, ts, err := l.prepare(e)
+	if err != nil {
+		return nil, err
+	}
+	p := &pending{ev: ev, ts: ts, done: make(chan error, 1)}
+	select {
+	case <-l.stop:
+		return nil, ErrClosed
+	default:
+	}
+	select {
+	case l.queue <- p:
+		return p, nil
+	case <-l.stop:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, fmt.Errorf("audit: recording %s: %w", e.Type, context.Cause(ctx))
 	}
 }
 
@@ -455,16 +474,25 @@ func (l *Log) writer() {
 func head(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
 }) (int64, []byte, error) {
-	var seq int64
+	seq, h, _, err := headTS(ctx, q)
+	return seq, h, err
+}
+
+// headTS is head with the last event's time (0 when there is none).
+func headTS(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) (int64, []byte, int64, error) {
+	var seq, ts int64
 	var h []byte
-	err := q.QueryRowContext(ctx, `SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1`).Scan(&seq, &h)
+	err := q.QueryRowContext(ctx, `SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1`).Scan(&seq, &h, &ts)
 	if err == nil {
-		return seq, h, nil
+		return seq, h, ts, nil
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
-		return 0, nil, fmt.Errorf("audit: reading the head: %w", err)
+		return 0, nil, 0, fmt.Errorf("audit: reading the head: %w", err)
 	}
-	return base(ctx, q)
+	seq, h, err = base(ctx, q)
+	return seq, h, 0, err
 }
 
 // base is where the chain starts: after the events retention deleted (0 and the zero hash when none).
@@ -547,23 +575,22 @@ func (l *Log) commitTx(batch []*pending) error {
 	defer tx.Rollback()
 	// The head is read inside the (immediate) transaction, so that whatever else wrote the file,
 	// the chain continues from what is really there.
-	seq, prev, err := head(ctx, tx)
+	seq, prev, lastTS, err := headTS(ctx, tx)
 	if err != nil {
 		return err
 	}
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO events(seq, ts, type, actor, session, sandbox, tier, verdict, host, errtype, body, prev_hash, hash) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)`)
-	if err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	defer ins.Close()
-	fts, err := tx.PrepareContext(ctx, `INSERT INTO events_fts(rowid, text) VALUES(?, ?)`)
-	if err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	defer fts.Close()
+	ins, fts := tx.StmtContext(ctx, l.insEvent), tx.StmtContext(ctx, l.insFTS)
 	for _, p := range batch {
 		seq++
 		p.ev.Seq = seq
+		// Times never go back along the chain, so that a time range is a range of seq (search
+		// and reports seek by seq): an event given an earlier time than the one before it is
+		// recorded at that one's time.
+		if ts := p.ts.UnixNano(); ts < lastTS {
+			p.ts = time.Unix(0, lastTS).UTC()
+			p.ev.Time = p.ts.Format(time.RFC3339Nano)
+		}
+		lastTS = p.ts.UnixNano()
 		body, err := stored(p.ev)
 		if err != nil {
 			return err

@@ -57,10 +57,33 @@ func Redact(details map[string]any) map[string]any {
 // toGeneric turns any JSON-encodable value into maps, slices, strings, float64s, bools and nils, so
 // that what is stored is what the hash covers and what reading it back gives.
 func toGeneric(v any) any {
-	switch v.(type) {
+	switch v := v.(type) {
 	case nil, string, bool, float64:
 		return v
+	case int:
+		return float64(v)
+	case int64:
+		return float64(v)
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, x := range v {
+			out[k] = toGeneric(x)
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, x := range v {
+			out[i] = toGeneric(x)
+		}
+		return out
+	case []string:
+		out := make([]any, len(v))
+		for i, x := range v {
+			out[i] = x
+		}
+		return out
 	}
+	// Anything else (structs, typed maps and slices) goes through its JSON form.
 	b, err := json.Marshal(v)
 	if err != nil {
 		return "[not encodable: " + err.Error() + "]"

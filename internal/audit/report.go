@@ -41,13 +41,21 @@ func (l *Log) Report(ctx context.Context, period string, date time.Time) (api.Au
 	}
 	rep := api.AuditReport{Period: period, Start: start.Format(time.RFC3339), End: end.Format(time.RFC3339),
 		GeneratedAt: l.cfg.Now().UTC().Format(time.RFC3339Nano), NewHosts: []string{}, PolicyChanges: []api.AuditEvent{}}
-	lo, hi := start.UnixNano(), end.UnixNano()
 	fail := func(what string, err error) (api.AuditReport, error) {
 		return rep, fmt.Errorf("audit: report %s: %w", what, err)
 	}
+	// Every query below is over the period's range of seq (times do not go back along the chain).
+	lo, hi, err := l.seqRange(ctx, start, end)
+	if err != nil {
+		return rep, err
+	}
+	if hi == 0 {
+		hi = 1<<63 - 1
+	}
+	t0 := start.UnixNano()
 
 	// One pass over the period for the totals.
-	rows, err := l.r.QueryContext(ctx, `SELECT type, verdict, tier, actor, count(*) FROM events WHERE ts >= ? AND ts < ? GROUP BY 1, 2, 3, 4`, lo, hi)
+	rows, err := l.r.QueryContext(ctx, `SELECT type, verdict, tier, actor, count(*) FROM events WHERE seq >= ? AND seq < ? GROUP BY 1, 2, 3, 4`, lo, hi)
 	if err != nil {
 		return fail("totals", err)
 	}
@@ -94,31 +102,31 @@ func (l *Log) Report(ctx context.Context, period string, date time.Time) (api.Au
 		}
 		return out, rows.Err()
 	}
-	if rep.BySession, err = counts("sessions", `SELECT session, count(*) FROM events WHERE session <> '' AND ts >= ? AND ts < ? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?`, lo, hi, topN); err != nil {
+	if rep.BySession, err = counts("sessions", `SELECT session, count(*) FROM events WHERE session <> '' AND seq >= ? AND seq < ? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?`, lo, hi, topN); err != nil {
 		return rep, err
 	}
-	if rep.TopBlocked, err = counts("blocked", `SELECT host, count(*) FROM events WHERE type = ? AND verdict = ? AND ts >= ? AND ts < ? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?`,
+	if rep.TopBlocked, err = counts("blocked", `SELECT host, count(*) FROM events WHERE type = ? AND verdict = ? AND seq >= ? AND seq < ? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?`,
 		TypeEgressRequest, VerdictBlock, lo, hi, topN); err != nil {
 		return rep, err
 	}
-	if rep.Errors, err = counts("errors", `SELECT errtype, count(*) FROM events WHERE type = ? AND errtype <> '' AND ts >= ? AND ts < ? GROUP BY 1 ORDER BY 2 DESC, 1`,
+	if rep.Errors, err = counts("errors", `SELECT errtype, count(*) FROM events WHERE type = ? AND errtype <> '' AND seq >= ? AND seq < ? GROUP BY 1 ORDER BY 2 DESC, 1`,
 		TypeRun, lo, hi); err != nil {
 		return rep, err
 	}
 	if rep.DLPFindings, err = counts("dlp", `SELECT json_extract(j.value, '$.type'), sum(coalesce(json_extract(j.value, '$.count'), 1))
 		FROM events e, json_each(e.body, '$.details.detectors') j
-		WHERE e.type IN (?, ?) AND e.ts >= ? AND e.ts < ? GROUP BY 1 ORDER BY 2 DESC, 1`, TypeEgressDLP, TypeMCPCall, lo, hi); err != nil {
+		WHERE e.type IN (?, ?) AND e.seq >= ? AND e.seq < ? GROUP BY 1 ORDER BY 2 DESC, 1`, TypeEgressDLP, TypeMCPCall, lo, hi); err != nil {
 		return rep, err
 	}
 
 	// Hosts of the period with no egress event before it.
-	hosts, err := counts("hosts", `SELECT host, count(*) FROM events WHERE type = ? AND host <> '' AND ts >= ? AND ts < ? GROUP BY 1 ORDER BY 1`, TypeEgressRequest, lo, hi)
+	hosts, err := counts("hosts", `SELECT host, count(*) FROM events WHERE type = ? AND host <> '' AND seq >= ? AND seq < ? GROUP BY 1 ORDER BY 1`, TypeEgressRequest, lo, hi)
 	if err != nil {
 		return rep, err
 	}
 	for _, h := range hosts {
 		var one int
-		err := l.r.QueryRowContext(ctx, `SELECT 1 FROM events WHERE host = ? AND ts < ? AND type = ? LIMIT 1`, h.Key, lo, TypeEgressRequest).Scan(&one)
+		err := l.r.QueryRowContext(ctx, `SELECT 1 FROM events WHERE host = ? AND seq < ? AND type = ? LIMIT 1`, h.Key, lo, TypeEgressRequest).Scan(&one)
 		if err == sql.ErrNoRows {
 			rep.NewHosts = append(rep.NewHosts, h.Key)
 		} else if err != nil {
@@ -134,7 +142,7 @@ func (l *Log) Report(ctx context.Context, period string, date time.Time) (api.Au
 
 	hours := int(end.Sub(start) / time.Hour)
 	rep.EventsPerHour, rep.BlockedPerHour = make([]int64, hours), make([]int64, hours)
-	rows, err = l.r.QueryContext(ctx, `SELECT (ts - ?) / 3600000000000, count(*), sum(verdict = ?) FROM events WHERE ts >= ? AND ts < ? GROUP BY 1`, lo, VerdictBlock, lo, hi)
+	rows, err = l.r.QueryContext(ctx, `SELECT (ts - ?) / 3600000000000, count(*), sum(verdict = ?) FROM events WHERE seq >= ? AND seq < ? GROUP BY 1`, t0, VerdictBlock, lo, hi)
 	if err != nil {
 		return fail("hours", err)
 	}
@@ -159,7 +167,7 @@ func (l *Log) Report(ctx context.Context, period string, date time.Time) (api.Au
 			return rep, err
 		}
 		var toSeq int64
-		if err := l.r.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM events WHERE ts < ?`, hi).Scan(&toSeq); err != nil {
+		if err := l.r.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM events WHERE seq < ?`, hi).Scan(&toSeq); err != nil {
 			return fail("verification", err)
 		}
 		if toSeq > fromSeq {

@@ -33,7 +33,7 @@ func (l *Log) retain(ctx context.Context) error {
 	reason := ""
 	if l.cfg.MaxAge > 0 {
 		var s int64
-		err := tx.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM events WHERE ts < ?`, now.Add(-l.cfg.MaxAge).UnixNano()).Scan(&s)
+		err := tx.QueryRowContext(ctx, `SELECT coalesce((SELECT seq FROM events WHERE ts < ? ORDER BY ts DESC LIMIT 1), 0)`, now.Add(-l.cfg.MaxAge).UnixNano()).Scan(&s)
 		if err != nil {
 			return fmt.Errorf("audit: retention: %w", err)
 		}

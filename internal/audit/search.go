@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -238,15 +239,17 @@ func (l *Log) Search(ctx context.Context, q Query) (api.AuditEventList, error) {
 		add("events_fts MATCH ?", match)
 		col = "f."
 	}
-	if below > 0 {
-		add(col+"rowid < ?", below)
+	lo, hi, err := l.seqRange(ctx, q.Since, q.Until)
+	if err != nil {
+		return api.AuditEventList{}, err
 	}
-	if !q.Since.IsZero() {
-		add("e.ts >= ?", q.Since.UnixNano())
+	if below > 0 && (hi == 0 || below < hi) {
+		hi = below
 	}
-	if !q.Until.IsZero() {
-		add("e.ts < ?", q.Until.UnixNano())
+	if hi == 0 {
+		hi = 1<<63 - 1
 	}
+	add(col+"rowid >= ? AND "+col+"rowid < ?", lo, hi)
 	if q.Type != "" {
 		if knownType[q.Type] {
 			add("e.type = ?", q.Type)
@@ -296,6 +299,35 @@ func (l *Log) Search(ctx context.Context, q Query) (api.AuditEventList, error) {
 		return out, fmt.Errorf("audit: searching: %w", err)
 	}
 	return out, nil
+}
+
+// seqRange turns a time range into the range of seq holding it, [lo, hi) with hi 0 meaning no end:
+// times do not go back along the chain (the writer sees to it), so each bound is one index seek.
+func (l *Log) seqRange(ctx context.Context, since, until time.Time) (int64, int64, error) {
+	var lo, hi int64
+	seek := func(t time.Time) (int64, error) {
+		var seq int64
+		err := l.r.QueryRowContext(ctx, `SELECT seq FROM events WHERE ts >= ? ORDER BY ts LIMIT 1`, t.UnixNano()).Scan(&seq)
+		if errors.Is(err, sql.ErrNoRows) {
+			return 1<<63 - 1, nil // after the last event
+		}
+		if err != nil {
+			return 0, fmt.Errorf("audit: %w", err)
+		}
+		return seq, nil
+	}
+	var err error
+	if !since.IsZero() {
+		if lo, err = seek(since); err != nil {
+			return 0, 0, err
+		}
+	}
+	if !until.IsZero() {
+		if hi, err = seek(until); err != nil {
+			return 0, 0, err
+		}
+	}
+	return lo, hi, nil
 }
 
 func jsonUnmarshalString(s string, v any) error {

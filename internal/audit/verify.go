@@ -167,11 +167,7 @@ func (l *Log) verifyRange(ctx context.Context, pub ed25519.PublicKey, fromSeq in
 		if err := rows.Scan(&seq, &body, &prevHash, &hash); err != nil {
 			return v, fmt.Errorf("audit: reading events: %w", err)
 		}
-		var ev struct {
-			Seq int64  `json:"seq"`
-			ID  string `json:"id"`
-		}
-		jerr := json.Unmarshal(body, &ev)
+		ev, jerr := seqAndID(body)
 		switch {
 		case seq != want:
 			return bad(want, "", fmt.Sprintf("events %d to %d are missing (deleted)", want, seq-1))
@@ -242,4 +238,32 @@ func (l *Log) checkpointBefore(ctx context.Context, t time.Time) (int64, []byte,
 		return 0, nil, fmt.Errorf("audit: %w", err)
 	}
 	return seq, h, nil
+}
+
+type seqID struct {
+	Seq int64  `json:"seq"`
+	ID  string `json:"id"`
+}
+
+// seqAndID reads an event's seq and id from its stored bytes: from the fixed prefix that stored
+// writes ({"schema":1,"seq":N,"id":"..."), without decoding the rest, or failing that as JSON.
+func seqAndID(body []byte) (seqID, error) {
+	var ev seqID
+	rest, ok := bytes.CutPrefix(body, []byte(`{"schema":1,"seq":`))
+	if ok {
+		i := 0
+		for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' && i < 19 {
+			ev.Seq = ev.Seq*10 + int64(rest[i]-'0')
+			i++
+		}
+		if id, ok := bytes.CutPrefix(rest[i:], []byte(`,"id":"`)); ok && i > 0 {
+			if end := bytes.IndexByte(id, '"'); end > 0 {
+				ev.ID = string(id[:end])
+				return ev, nil
+			}
+		}
+	}
+	ev = seqID{}
+	err := json.Unmarshal(body, &ev)
+	return ev, err
 }
