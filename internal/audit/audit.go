@@ -147,7 +147,7 @@ type Log struct {
 	insEvent, insFTS *sql.Stmt
 	queue            chan *pending
 	stop             chan struct{}
-	done  chan struct{}
+	done             chan struct{}
 	// closeOnce guards stop; closeErr is the writer's last error, set before done is closed.
 	closeOnce sync.Once
 	closeErr  error
