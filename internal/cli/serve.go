@@ -84,7 +84,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(t, server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(t, version()), Audit: alog})
+	srv, err := server.New(t, server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(server.AuditMCP(t, alog, log), version()), Audit: alog})
 	if err != nil {
 		t.close(context.Background())
 		return usageError{err}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -47,7 +48,11 @@ func errAuditFailed(err error) error {
 // record writes e for the request's key before the request is answered. Without an audit log it
 // does nothing.
 func (s *Server) record(ctx context.Context, e audit.Event) error {
-	if s.cfg.Audit == nil {
+	return recordTo(ctx, s.cfg.Audit, s.log, e)
+}
+
+func recordTo(ctx context.Context, l *audit.Log, log *slog.Logger, e audit.Event) error {
+	if l == nil {
 		return nil
 	}
 	if e.Actor == "" {
@@ -63,11 +68,71 @@ func (s *Server) record(ctx context.Context, e audit.Event) error {
 	// written all the same, bounded.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := s.cfg.Audit.Record(rctx, e); err != nil {
-		s.log.Error("audit record failed", "type", e.Type, "err", err)
+	if err := l.Record(rctx, e); err != nil {
+		log.Error("audit record failed", "type", e.Type, "err", err)
 		return errAuditFailed(err)
 	}
 	return nil
+}
+
+// MCPSandboxes is what the MCP handler runs through (mcpserver.Sandboxes).
+type MCPSandboxes interface {
+	Run(ctx context.Context, req api.RunRequest, out dispatch.Output) (*api.RunResponse, error)
+	NewSession(ctx context.Context, req api.SessionRequest) (*dispatch.Session, error)
+	Session(ctx context.Context, id string) (*dispatch.Session, error)
+}
+
+// AuditMCP wraps what the MCP handler runs through so that its one-shot runs and session starts are
+// recorded like the HTTP API's (source "mcp"), for the key the MCP connection was opened with; nil
+// l returns sb. Cells run in an MCP session go to the session itself and are the MCP server's to
+// record (mcp.call).
+func AuditMCP(sb MCPSandboxes, l *audit.Log, log *slog.Logger) MCPSandboxes {
+	if l == nil {
+		return sb
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return auditedMCP{sb, l, log}
+}
+
+type auditedMCP struct {
+	MCPSandboxes
+	l   *audit.Log
+	log *slog.Logger
+}
+
+func (a auditedMCP) Run(ctx context.Context, req api.RunRequest, out dispatch.Output) (*api.RunResponse, error) {
+	start := time.Now()
+	resp, err := a.MCPSandboxes.Run(ctx, req, out)
+	var res *api.Result
+	if resp != nil {
+		res = &resp.Result
+	}
+	e := runEvent(req.Code, "", req.Tier, req.Limits, req.Packages, len(req.Files), res, err, time.Since(start))
+	e.Details["source"] = "mcp"
+	if aerr := recordTo(ctx, a.l, a.log, e); aerr != nil {
+		return nil, aerr
+	}
+	return resp, err
+}
+
+func (a auditedMCP) NewSession(ctx context.Context, req api.SessionRequest) (*dispatch.Session, error) {
+	sess, err := a.MCPSandboxes.NewSession(ctx, req)
+	e := audit.Event{Type: audit.TypeSessionCreate, Details: map[string]any{"tier_requested": string(req.Tier), "limits": req.Limits, "source": "mcp"}}
+	if err != nil {
+		e.Verdict, e.Details["error_type"] = audit.VerdictError, errdefs.ClassOf(err).Name()
+	} else {
+		info := sess.Info()
+		e.Session, e.Tier, e.Details["ttl_s"] = info.ID, string(info.Tier), info.TTLSeconds
+	}
+	if aerr := recordTo(ctx, a.l, a.log, e); aerr != nil {
+		if sess != nil {
+			sess.Close()
+		}
+		return nil, aerr
+	}
+	return sess, err
 }
 
 func digest(b []byte) string {

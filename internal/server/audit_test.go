@@ -13,8 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
+	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/mcpserver"
 )
 
 const (
@@ -272,4 +276,43 @@ func TestAuditOffAnswers404(t *testing.T) {
 	hs := httptest.NewServer(srv.Handler())
 	defer hs.Close()
 	wantError(t, doAt(t, hs.URL, call{method: "GET", path: "/v1/audit/events", key: opsKey}, checkBoth), 404, "not_found", "--audit-db")
+}
+
+// TestMCPRunsAreAudited: run_python over /mcp is recorded like POST /v1/run, for the key that
+// opened the MCP connection, and a named session's start as session.create.
+func TestMCPRunsAreAudited(t *testing.T) {
+	l, err := audit.Open(context.Background(), audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	d := dispatch.New(eng, dispatch.Config{})
+	t.Cleanup(d.Close)
+	srv, err := New(d, Config{APIKeys: []string{testKey}, MCP: mcpserver.HTTPHandler(AuditMCP(d, l, nil), "test"), Audit: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	ctx := context.Background()
+	client := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil)
+	conn, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: hs.URL + "/mcp", HTTPClient: &http.Client{Transport: bearer(testKey)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, args := range []map[string]any{{"code": "print(6*7)"}, {"code": "x = 1", "session": "main"}} {
+		if res, err := conn.CallTool(ctx, &mcp.CallToolParams{Name: "run_python", Arguments: args}); err != nil || res.IsError {
+			t.Fatalf("%v %+v", err, res)
+		}
+	}
+	runs, _ := l.Search(ctx, audit.Query{Type: audit.TypeRun})
+	if len(runs.Events) != 1 || runs.Events[0].Actor != TenantID(testKey) || runs.Events[0].Details["source"] != "mcp" ||
+		runs.Events[0].Details["code_sha256"] != sha("print(6*7)") {
+		t.Fatalf("runs %+v", runs.Events)
+	}
+	created, _ := l.Search(ctx, audit.Query{Type: audit.TypeSessionCreate})
+	if len(created.Events) != 1 || created.Events[0].Actor != TenantID(testKey) || created.Events[0].Session == "" {
+		t.Fatalf("sessions %+v", created.Events)
+	}
 }
