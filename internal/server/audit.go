@@ -24,13 +24,6 @@ type scope struct {
 	auditOnly bool // may use nothing else (a read-only auditor's key)
 }
 
-const scopeKey ctxKey = 1
-
-func scopeOf(ctx context.Context) scope {
-	sc, _ := ctx.Value(scopeKey).(scope)
-	return sc
-}
-
 // actor is who an event is recorded for: the key's id, or "local" on a server without keys.
 func actor(ctx context.Context) string {
 	if id := dispatch.TenantOf(ctx).ID; id != "" {

@@ -261,7 +261,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			s.fail(rec, r, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: send Authorization: Bearer <key>")))
 			return
 		}
-		r = r.WithContext(context.WithValue(dispatch.WithTenant(r.Context(), tenant), scopeKey, sc))
+		r = r.WithContext(dispatch.WithTenant(r.Context(), tenant))
 		if err := s.checkScope(r, sc); err != nil {
 			s.recordAuthFailure(r, "scope: "+err.Error())
 			s.fail(rec, r, err)
