@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -660,5 +661,28 @@ func TestScheduleDailyWritesTheMissingReport(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(dir, "daily-2026-12-01.json"))
 	if json.Unmarshal(b, &rep) != nil || rep.Events != 1 {
 		t.Fatalf("report %s", b)
+	}
+}
+
+func TestOpenSinkAppendsToAPrivateFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "audit.cef")
+	os.WriteFile(p, []byte("earlier line\n"), 0o600)
+	s, err := OpenSink("cef:"+p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := openTest(t, Config{Sinks: []Sink{s}})
+	record(t, l, workload()[:2]...)
+	l.Close()
+	s.(io.Closer).Close()
+	b, _ := os.ReadFile(p)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 3 || lines[0] != "earlier line" || !strings.HasPrefix(lines[2], "CEF:0|agentbox|") {
+		t.Fatalf("%q", lines)
+	}
+	for _, bad := range []string{"cef", "xml:" + p, ":" + p} {
+		if _, err := OpenSink(bad, nil); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }
