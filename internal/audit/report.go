@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
@@ -54,35 +55,54 @@ func (l *Log) Report(ctx context.Context, period string, date time.Time) (api.Au
 	}
 	t0 := start.UnixNano()
 
-	// One pass over the period for the totals.
-	rows, err := l.r.QueryContext(ctx, `SELECT type, verdict, tier, actor, count(*) FROM events WHERE seq >= ? AND seq < ? GROUP BY 1, 2, 3, 4`, lo, hi)
+	// The chain's verification runs alongside the rest (it reads every event of the period too).
+	var vres api.AuditVerification
+	var verr error
+	var verifying sync.WaitGroup
+	verifying.Go(func() { vres, verr = l.verifyPeriod(ctx, start, hi) })
+	defer verifying.Wait() // never leave it reading after an early return
+
+	// One pass over the period for the totals, sessions and hours, counted here: GROUP BY on
+	// columns without an index would make SQLite sort the whole period once per total.
+	hours := int(end.Sub(start) / time.Hour)
+	rep.EventsPerHour, rep.BlockedPerHour = make([]int64, hours), make([]int64, hours)
+	rows, err := l.r.QueryContext(ctx, `SELECT type, verdict, tier, actor, session, ts FROM events WHERE seq >= ? AND seq < ?`, lo, hi)
 	if err != nil {
 		return fail("totals", err)
 	}
-	byType, byVerdict, byTier, byActor := map[string]int64{}, map[string]int64{}, map[string]int64{}, map[string]int64{}
+	byType, byVerdict, byTier, byActor, bySession := map[string]int64{}, map[string]int64{}, map[string]int64{}, map[string]int64{}, map[string]int64{}
+	var typ, verdict, tier, actor, session string
+	var ts int64
 	for rows.Next() {
-		var typ, verdict, tier, actor string
-		var n int64
-		if err := rows.Scan(&typ, &verdict, &tier, &actor, &n); err != nil {
+		if err := rows.Scan(&typ, &verdict, &tier, &actor, &session, &ts); err != nil {
 			rows.Close()
 			return fail("totals", err)
 		}
-		rep.Events += n
-		byType[typ] += n
-		byVerdict[verdict] += n
+		rep.Events++
+		byType[typ]++
+		byVerdict[verdict]++
 		if tier != "" {
-			byTier[tier] += n
+			byTier[tier]++
 		}
-		byActor[actor] += n
+		byActor[actor]++
+		if session != "" {
+			bySession[session]++
+		}
 		if typ == TypeAuthFailure {
-			rep.AuthFailures += n
+			rep.AuthFailures++
+		}
+		if h := int((ts - t0) / int64(time.Hour)); h >= 0 && h < hours {
+			rep.EventsPerHour[h]++
+			if verdict == VerdictBlock {
+				rep.BlockedPerHour[h]++
+			}
 		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return fail("totals", err)
 	}
-	rep.ByType, rep.ByVerdict, rep.ByTier, rep.ByActor = sorted(byType, 0), sorted(byVerdict, 0), sorted(byTier, 0), sorted(byActor, topN)
+	rep.ByType, rep.ByVerdict, rep.ByTier, rep.ByActor, rep.BySession = sorted(byType, 0), sorted(byVerdict, 0), sorted(byTier, 0), sorted(byActor, topN), sorted(bySession, topN)
 
 	counts := func(what, stmt string, args ...any) ([]api.AuditCount, error) {
 		rows, err := l.r.QueryContext(ctx, stmt, args...)
@@ -101,9 +121,6 @@ func (l *Log) Report(ctx context.Context, period string, date time.Time) (api.Au
 			out = append(out, c)
 		}
 		return out, rows.Err()
-	}
-	if rep.BySession, err = counts("sessions", `SELECT session, count(*) FROM events WHERE session <> '' AND seq >= ? AND seq < ? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?`, lo, hi, topN); err != nil {
-		return rep, err
 	}
 	if rep.TopBlocked, err = counts("blocked", `SELECT host, count(*) FROM events WHERE type = ? AND verdict = ? AND seq >= ? AND seq < ? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?`,
 		TypeEgressRequest, VerdictBlock, lo, hi, topN); err != nil {
@@ -140,47 +157,33 @@ func (l *Log) Report(ctx context.Context, period string, date time.Time) (api.Au
 	}
 	rep.PolicyChanges = pol.Events
 
-	hours := int(end.Sub(start) / time.Hour)
-	rep.EventsPerHour, rep.BlockedPerHour = make([]int64, hours), make([]int64, hours)
-	rows, err = l.r.QueryContext(ctx, `SELECT (ts - ?) / 3600000000000, count(*), sum(verdict = ?) FROM events WHERE seq >= ? AND seq < ? GROUP BY 1`, t0, VerdictBlock, lo, hi)
-	if err != nil {
-		return fail("hours", err)
+	verifying.Wait()
+	if verr != nil {
+		return rep, verr
 	}
-	for rows.Next() {
-		var h int
-		var n, blocked int64
-		if err := rows.Scan(&h, &n, &blocked); err != nil {
-			rows.Close()
-			return fail("hours", err)
-		}
-		if h >= 0 && h < hours {
-			rep.EventsPerHour[h], rep.BlockedPerHour[h] = n, blocked
-		}
-	}
-	rows.Close()
-
-	// The chain over the period, from the last checkpoint before it (or the base), which the
-	// checkpoint's signature vouches for.
-	if pub := l.PublicKey(); pub != nil {
-		fromSeq, fromHash, err := l.checkpointBefore(ctx, start)
-		if err != nil {
-			return rep, err
-		}
-		var toSeq int64
-		if err := l.r.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM events WHERE seq < ?`, hi).Scan(&toSeq); err != nil {
-			return fail("verification", err)
-		}
-		if toSeq > fromSeq {
-			if rep.Verification, err = l.verifyRange(ctx, pub, fromSeq, fromHash, toSeq); err != nil {
-				return rep, err
-			}
-		} else {
-			rep.Verification = api.AuditVerification{OK: true, FirstSeq: fromSeq + 1, LastSeq: fromSeq}
-		}
-	} else {
-		rep.Verification = api.AuditVerification{Problem: "not verified: the log is open without its key"}
-	}
+	rep.Verification = vres
 	return rep, nil
+}
+
+// verifyPeriod checks the chain through the last event before hi (a seq), from the last signed
+// checkpoint before start (or the base), which the checkpoint's signature vouches for.
+func (l *Log) verifyPeriod(ctx context.Context, start time.Time, hi int64) (api.AuditVerification, error) {
+	pub := l.PublicKey()
+	if pub == nil {
+		return api.AuditVerification{Problem: "not verified: the log is open without its key"}, nil
+	}
+	fromSeq, fromHash, err := l.checkpointBefore(ctx, start)
+	if err != nil {
+		return api.AuditVerification{}, err
+	}
+	var toSeq int64
+	if err := l.r.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM events WHERE seq < ?`, hi).Scan(&toSeq); err != nil {
+		return api.AuditVerification{}, fmt.Errorf("audit: report verification: %w", err)
+	}
+	if toSeq <= fromSeq {
+		return api.AuditVerification{OK: true, FirstSeq: fromSeq + 1, LastSeq: fromSeq}, nil
+	}
+	return l.verifyRange(ctx, pub, fromSeq, fromHash, toSeq)
 }
 
 func sorted(m map[string]int64, limit int) []api.AuditCount {
