@@ -168,13 +168,15 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	if resp != nil {
 		res = &resp.Result
 	}
-	if len(req.Packages) > 0 {
-		if aerr := s.record(r.Context(), installEvent("", req.Packages, err)); aerr != nil {
+	if s.cfg.Audit != nil { // the events are not even built without a log: runs are the hot path
+		if len(req.Packages) > 0 {
+			if aerr := s.record(r.Context(), installEvent("", req.Packages, err)); aerr != nil {
+				err = aerr
+			}
+		}
+		if aerr := s.record(r.Context(), runEvent(req.Code, "", req.Tier, req.Limits, req.Packages, len(req.Files), res, err, time.Since(start))); aerr != nil {
 			err = aerr
 		}
-	}
-	if aerr := s.record(r.Context(), runEvent(req.Code, "", req.Tier, req.Limits, req.Packages, len(req.Files), res, err, time.Since(start))); aerr != nil {
-		err = aerr
 	}
 	if resp == nil {
 		resp = &api.RunResponse{}
@@ -302,14 +304,16 @@ func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {
 	st := s.startStream(w, r)
 	before, start := sess.Info(), time.Now()
 	res, err := sess.Run(r.Context(), *body.Code, s.output(st))
-	if after := sess.Info(); after.Tier != before.Tier {
+	if after := sess.Info(); s.cfg.Audit != nil && after.Tier != before.Tier {
 		if aerr := s.record(r.Context(), audit.Event{Type: audit.TypeSessionMove, Session: after.ID, Tier: string(after.Tier),
 			Details: map[string]any{"from": string(before.Tier), "to": string(after.Tier), "reason": after.RouteReason}}); aerr != nil {
 			err = aerr
 		}
 	}
-	if aerr := s.record(r.Context(), runEvent(*body.Code, sess.ID(), before.Tier, before.Limits, nil, 0, res, err, time.Since(start))); aerr != nil {
-		err = aerr
+	if s.cfg.Audit != nil {
+		if aerr := s.record(r.Context(), runEvent(*body.Code, sess.ID(), before.Tier, before.Limits, nil, 0, res, err, time.Since(start))); aerr != nil {
+			err = aerr
+		}
 	}
 	var out api.Result
 	if res != nil {
