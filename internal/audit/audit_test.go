@@ -686,3 +686,15 @@ func TestOpenSinkAppendsToAPrivateFile(t *testing.T) {
 		}
 	}
 }
+
+func TestPeerVocabulary(t *testing.T) {
+	for in, want := range map[string]string{"allowed": "allow", "denied": "block", "redacted": "redact", "ok": "ok", "weird": "weird"} {
+		if got := VerdictOf(in); got != want {
+			t.Errorf("VerdictOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+	got, _ := json.Marshal(Detectors([]string{"email", "aws_key", "email"}))
+	if string(got) != `[{"count":1,"type":"aws_key"},{"count":2,"type":"email"}]` {
+		t.Fatal(string(got))
+	}
+}
