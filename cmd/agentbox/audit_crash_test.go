@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,37 +22,8 @@ import (
 func TestKill9LosesNoAcknowledgedAuditEvent(t *testing.T) {
 	dir := t.TempDir()
 	db := filepath.Join(dir, "audit.db")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
 	const key = "crash-key-0123456789abcdef"
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), asAgentbox+"=1", "AGENTBOX_TEST_ARGS=serve --addr "+addr+" --heavy off --pool 2 --api-key "+key+
-		" --audit-db "+db+" --state-dir "+filepath.Join(dir, "state")+" --audit-checkpoint-every 50")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	base := "http://" + addr
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get(base + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server did not come up: %s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	cmd, base, stderr := startServe(t, "--pool 2 --api-key "+key+" --audit-db "+db+" --state-dir "+filepath.Join(dir, "state")+" --audit-checkpoint-every 50")
 	send := func(method, path, body, ct, id string) (int, string) {
 		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+key)
