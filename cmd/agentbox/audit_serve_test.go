@@ -69,7 +69,8 @@ func TestServeRecordsStartStopAndPolicyChanges(t *testing.T) {
 		}
 	}
 	writeKeys("alice-key-0123456789abcdef\n")
-	serveOnce("")
+	export := filepath.Join(dir, "audit.ocsf")
+	serveOnce("--audit-export ocsf:" + export)
 	serveOnce("") // same policy
 	writeKeys("alice-key-0123456789abcdef runs=1\nops-key-0123456789abcdef admin audit\n")
 	serveOnce("")                 // new keys and limits
@@ -102,6 +103,11 @@ func TestServeRecordsStartStopAndPolicyChanges(t *testing.T) {
 	}
 	if p := changes[1]["policy"].(map[string]any); len(p["keys"].([]any)) != 2 || strings.Contains(strings.Join(types, ""), "0123456789abcdef") {
 		t.Fatalf("policy %v", p)
+	}
+	// The first server exported its events as OCSF lines: policy change, start, stop.
+	b, _ := os.ReadFile(export)
+	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); len(lines) != 3 || !strings.Contains(lines[1], `"class_uid":6003`) || !strings.Contains(lines[1], "server.start") {
+		t.Fatalf("export %q", lines)
 	}
 	if v, _ := l.Verify(context.Background(), nil); !v.OK {
 		t.Fatalf("%+v", v)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,5 +120,24 @@ func TestServeAuditFlags(t *testing.T) {
 func TestDefaultAuditDBIsUnderTheStateRoot(t *testing.T) {
 	if got := defaultAuditDB("/var/lib/agentbox/state"); got != "/var/lib/agentbox/state/audit/audit.db" {
 		t.Fatal(got)
+	}
+}
+
+func TestSessionExpiryIsRecorded(t *testing.T) {
+	l, err := audit.Open(context.Background(), audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	sessionExpired(l, slog.New(slog.DiscardHandler))(api.Session{ID: "ses_1", Owner: "key_abc", Tier: "nano", Cells: 3, TTLSeconds: 60}, "ttl")
+	sessionExpired(l, slog.New(slog.DiscardHandler))(api.Session{ID: "ses_2", Tier: "heavy"}, "sandbox gone")
+	res, _ := l.Search(context.Background(), audit.Query{Type: audit.TypeSessionExpire})
+	if len(res.Events) != 2 {
+		t.Fatalf("%+v", res.Events)
+	}
+	a, b := res.Events[1], res.Events[0]
+	if a.Session != "ses_1" || a.Actor != "key_abc" || a.Tier != "nano" || a.Details["reason"] != "ttl" || a.Details["cells"].(float64) != 3 ||
+		b.Actor != "local" || b.Details["reason"] != "sandbox gone" {
+		t.Fatalf("%+v\n%+v", a, b)
 	}
 }
