@@ -33,4 +33,11 @@ type (
 	MCPLimits     = api.MCPLimits
 	MCPToolFilter = api.MCPToolFilter
 	MCPTool       = api.MCPTool
+
+	AuditEvent        = api.AuditEvent
+	AuditEventList    = api.AuditEventList
+	AuditReport       = api.AuditReport
+	AuditVerification = api.AuditVerification
+	AuditCheckpoint   = api.AuditCheckpoint
+	AuditCount        = api.AuditCount
 )

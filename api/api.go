@@ -232,3 +232,107 @@ type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 }
+
+// AuditEvent is one record of the audit log (GET /v1/audit/events): what happened, who asked, where,
+// and the hash chain fields that make an edit, a deletion or a reordering detectable. Sensitive
+// content is never stored in clear: code, stdin and bodies appear as their sha256 and size, and long
+// values are capped with the sha256 of the original (docs/audit.md).
+type AuditEvent struct {
+	// Schema is the event schema version (docs/audit-event.schema.json).
+	Schema int `json:"schema"`
+	// Seq is the event's position in the log, from 1, without gaps.
+	Seq int64  `json:"seq"`
+	ID  string `json:"id"`
+	// Time is when the event was recorded, RFC 3339 with nanoseconds, UTC.
+	Time string `json:"time"`
+	// Type is one of run, session.create, session.move, session.close, session.expire, file.upload,
+	// file.download, package.install, auth.failure, server.start, server.stop, policy.change,
+	// egress.request, egress.dlp, mcp.call, audit.retention.
+	Type string `json:"type"`
+	// Actor is the API key the request came with, as its id (never the key); "local" on a server
+	// without keys, "system" for the server's own events.
+	Actor   string `json:"actor"`
+	Sandbox string `json:"sandbox,omitempty"`
+	Session string `json:"session,omitempty"`
+	Tier    string `json:"tier,omitempty"`
+	// Verdict is allow, block or redact for decisions, ok or error for operations, deny for an
+	// authentication failure.
+	Verdict string         `json:"verdict"`
+	Details map[string]any `json:"details,omitempty"`
+	// PrevHash and Hash are the chain: Hash = sha256(PrevHash || the event's stored bytes), hex. They
+	// are not part of the stored bytes.
+	PrevHash string `json:"prev_hash,omitempty"`
+	Hash     string `json:"hash,omitempty"`
+}
+
+// AuditEventList is GET /v1/audit/events: events newest first, and the cursor of the next page
+// (empty on the last).
+type AuditEventList struct {
+	Events     []AuditEvent `json:"events"`
+	NextCursor string       `json:"next_cursor,omitempty"`
+}
+
+// AuditCheckpoint is a signed statement of the log's head: after Seq events the chain's hash was
+// Head. Signature is ed25519 over the message docs/audit.md gives, by the key KeyID names.
+type AuditCheckpoint struct {
+	Seq       int64  `json:"seq"`
+	Head      string `json:"head"`
+	Time      string `json:"time"`
+	KeyID     string `json:"key_id"`
+	Signature string `json:"signature"`
+}
+
+// AuditVerification is the result of checking the chain and the checkpoints' signatures.
+type AuditVerification struct {
+	OK bool `json:"ok"`
+	// FirstSeq and LastSeq are the range checked; Events how many were.
+	FirstSeq    int64 `json:"first_seq"`
+	LastSeq     int64 `json:"last_seq"`
+	Events      int64 `json:"events"`
+	Checkpoints int   `json:"checkpoints"`
+	// LastCheckpoint is the newest checkpoint within the range, when there is one.
+	LastCheckpoint *AuditCheckpoint `json:"last_checkpoint,omitempty"`
+	// BadSeq and BadEventID name the first event found wrong (zero and empty when OK), Problem says
+	// what is wrong.
+	BadSeq     int64  `json:"bad_seq,omitempty"`
+	BadEventID string `json:"bad_event_id,omitempty"`
+	Problem    string `json:"problem,omitempty"`
+}
+
+// AuditCount is one row of a report's totals.
+type AuditCount struct {
+	Key   string `json:"key"`
+	Count int64  `json:"count"`
+}
+
+// AuditReport is a daily or weekly compliance report (GET /v1/audit/reports/{period}).
+type AuditReport struct {
+	Period string `json:"period"`
+	// Start and End bound the period, RFC 3339, End excluded.
+	Start       string       `json:"start"`
+	End         string       `json:"end"`
+	GeneratedAt string       `json:"generated_at"`
+	Events      int64        `json:"events"`
+	ByType      []AuditCount `json:"by_type"`
+	ByVerdict   []AuditCount `json:"by_verdict"`
+	ByTier      []AuditCount `json:"by_tier"`
+	BySession   []AuditCount `json:"by_session"`
+	ByActor     []AuditCount `json:"by_actor"`
+	// TopBlocked are the destinations egress was refused to most; NewHosts those contacted in the
+	// period for the first time in the log.
+	TopBlocked []AuditCount `json:"top_blocked"`
+	NewHosts   []string     `json:"new_hosts"`
+	// DLPFindings counts findings by detector type (never the matched values).
+	DLPFindings []AuditCount `json:"dlp_findings"`
+	// PolicyChanges are the policy.change events of the period.
+	PolicyChanges []AuditEvent `json:"policy_changes"`
+	// Errors counts runs by error type (Timeout, MemoryLimitExceeded, exception names...), AuthFailures
+	// the refused requests.
+	Errors       []AuditCount `json:"errors"`
+	AuthFailures int64        `json:"auth_failures"`
+	// BlockedPerHour and EventsPerHour have one entry per hour of the period.
+	BlockedPerHour []int64 `json:"blocked_per_hour"`
+	EventsPerHour  []int64 `json:"events_per_hour"`
+	// Verification checks the chain over the period, from the last signed checkpoint before it.
+	Verification AuditVerification `json:"verification"`
+}

@@ -42,6 +42,7 @@ Usage:
   agentbox mcp add|list|rm        manage the hosted MCP servers of an agentbox server
   agentbox route [flags] FILE     print which tier a program would run on, and why
   agentbox dlp scan FILE|-        print the DLP findings (secrets, PII) in a file as JSON
+  agentbox audit verify|search|report  check, search and report on the audit log
   agentbox bench [flags]          measure start-up and throughput on this machine
   agentbox version                print the version and interpreter build
 
@@ -80,6 +81,8 @@ func (e *env) main(ctx context.Context, args []string) int {
 		err = e.route(args[1:])
 	case "dlp":
 		code, err = e.dlpCmd(args[1:])
+	case "audit":
+		err = e.audit(ctx, args[1:])
 	case "version", "--version":
 		err = e.version()
 	case "help", "-h", "--help":
@@ -94,6 +97,9 @@ func (e *env) main(ctx context.Context, args []string) int {
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
+	}
+	if errors.Is(err, errAuditBroken) {
+		return 1
 	}
 	fmt.Fprintf(stderr, "agentbox: %v\n", err)
 	return exitCodeOf(err)

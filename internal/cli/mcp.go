@@ -47,7 +47,7 @@ func (e *env) mcp(ctx context.Context, args []string) error {
 	defer t.close(context.Background())
 	var hosted mcpserver.Hosted
 	if *dir != "off" {
-		h, err := openHost(t, cmp.Or(*dir, mcpDir(*tf.stateDir)), e.log)
+		h, err := openHost(t, cmp.Or(*dir, mcpDir(*tf.stateDir)), nil, e.log)
 		if err != nil {
 			return err
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcphost"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
@@ -32,7 +33,8 @@ func mcpDir(stateDir string) string {
 }
 
 // openHost starts the registry of hosted MCP servers over the tiers that are on.
-func openHost(t *tiers, dir string, log *slog.Logger) (*mcphost.Host, error) {
+// alog, when not nil, records every relayed call.
+func openHost(t *tiers, dir string, alog *audit.Log, log *slog.Logger) (*mcphost.Host, error) {
 	launchers := map[api.Tier]mcphost.Launcher{api.TierNano: &mcphost.NanoLauncher{Engine: t.nano}}
 	if t.heavy != nil {
 		launchers[api.TierHeavy] = &mcphost.HeavyLauncher{Engine: t.heavy, Logger: log}
@@ -42,6 +44,9 @@ func openHost(t *tiers, dir string, log *slog.Logger) (*mcphost.Host, error) {
 	}
 	cfg := mcphost.Config{Dir: dir, Launchers: launchers, Builtin: mcpserver.BuiltinTools, Version: version(),
 		Scanner: mcpScanner{t.scan}, Logger: log}
+	if alog != nil {
+		cfg.Recorder = mcpRecorder{alog, log}
+	}
 	if t.net != nil {
 		// A hosted server's own traffic passes the same ceiling, proxy and DLP as a sandbox's.
 		cfg.Network = func(ctx context.Context, np *api.NetworkPolicy) (context.Context, error) {

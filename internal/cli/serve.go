@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcphost"
@@ -39,6 +40,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	policyFile := fset.String("policy", "", "network ceiling (TOML, docs/egress.md): the hosts sandboxes may ever reach, hosts always denied, DLP defaults, rule packs, secrets; without it every sandbox is offline")
 	tf := addTierFlags(fset, heavy.DefaultStateDir())
 	mcpDirFlag := fset.String("mcp-dir", "", "hosted MCP servers' registrations (default: the state root's path with -mcp appended; \"off\": no MCP hosting)")
+	af := addAuditFlags(fset)
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
@@ -76,18 +78,35 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	}
 	dcfg := dispatch.Config{MemoryBudgetMB: *budget, NanoSlots: *concurrent, Ceiling: ceiling,
 		TenantLimits: dispatch.TenantLimits{Sessions: *keySessions, Runs: *keyRuns, Queue: *keyQueue}}
+	digest, policy, err := policyDigest(keys, keyed, dcfg, *tf.rules, tf)
+	if err != nil {
+		return err
+	}
+	// The audit log opens first: the dispatcher's reaper records expiries into it.
+	alog, closeSinks, err := af.open(ctx, *tf.stateDir, e.stdout, log)
+	if err != nil {
+		return err
+	}
+	if alog != nil {
+		defer closeSinks()
+		defer alog.Close()
+		dcfg.OnSessionEnd = sessionExpired(alog, log)
+		dcfg.NetworkSink = networkRecorder(alog, log)
+	}
 	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue}, dcfg, log)
 	if err != nil {
 		return err
 	}
-	scfg := server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(t, version())}
+	// MCP runs and session starts are recorded too.
+	sandboxes := server.AuditMCP(t, alog, log)
+	scfg := server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(sandboxes, version()), Audit: alog}
 	var host *mcphost.Host
 	if *mcpDirFlag != "off" {
-		if host, err = openHost(t, cmp.Or(*mcpDirFlag, mcpDir(*tf.stateDir)), log); err != nil {
+		if host, err = openHost(t, cmp.Or(*mcpDirFlag, mcpDir(*tf.stateDir)), alog, log); err != nil {
 			t.close(context.Background())
 			return err
 		}
-		scfg.MCP, scfg.MCPServers = mcpserver.HTTPGateway(t, version(), host), host
+		scfg.MCP, scfg.MCPServers = mcpserver.HTTPGateway(sandboxes, version(), host), host
 	}
 	srv, err := server.New(t, scfg)
 	if err != nil {
@@ -97,12 +116,31 @@ func (e *env) serve(ctx context.Context, args []string) error {
 		t.close(context.Background())
 		return usageError{err}
 	}
+	started := time.Now()
+	if alog != nil {
+		if err := recordPolicy(ctx, alog, digest, policy); err != nil {
+			t.close(context.Background())
+			return err
+		}
+		if err := alog.Record(ctx, audit.Event{Type: audit.TypeServerStart, Details: map[string]any{"version": version(), "addr": *addr,
+			"auth": len(keys)+len(keyed) > 0, "keys": len(keys) + len(keyed), "heavy": t.heavy != nil, "policy_sha256": digest, "pid": os.Getpid()}}); err != nil {
+			t.close(context.Background())
+			return err
+		}
+		if *af.reportDir != "" {
+			rctx, stopReports := context.WithCancel(context.Background())
+			defer stopReports()
+			go alog.ScheduleDaily(rctx, *af.reportDir, *af.reportHour)
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	log.Info("agentbox serving", "addr", *addr, "auth", len(keys)+len(keyed) > 0, "keys", len(keys)+len(keyed), "heavy", t.heavy != nil,
-		"memory_budget_mb", t.Stats().MemoryBudgetMB, "network_ceiling", *policyFile)
+		"memory_budget_mb", t.Stats().MemoryBudgetMB, "network_ceiling", *policyFile, "audit_db", auditPath(alog))
+	stopReason := "signal"
 	select {
 	case err = <-errc:
+		stopReason = "error"
 	case <-ctx.Done():
 		log.Info("shutting down", "grace", *grace)
 	}
@@ -117,5 +155,21 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if cerr := t.close(sctx); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
+	if alog != nil {
+		d := map[string]any{"reason": stopReason, "uptime_s": int64(time.Since(started).Seconds())}
+		if err != nil {
+			d["error"] = err.Error()
+		}
+		if rerr := alog.Record(context.Background(), audit.Event{Type: audit.TypeServerStop, Details: d}); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
 	return err
+}
+
+func auditPath(l *audit.Log) string {
+	if l == nil {
+		return "off"
+	}
+	return l.Path()
 }

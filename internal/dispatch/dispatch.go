@@ -68,9 +68,14 @@ type Config struct {
 	// Ceiling bounds every run's and session's network (agentbox serve --policy); nil means no
 	// ceiling: only offline sandboxes, and a request asking for a network is refused saying so.
 	Ceiling *netpolicy.Ceiling
-	// NetworkSink receives every network event of every sandbox as it is recorded (the audit log);
-	// nil logs them to Logger.
-	NetworkSink func(api.NetworkEvent)
+	// NetworkSink receives every network event of every sandbox as it is recorded (the audit log),
+	// with the tenant (TenantOf's ID) that started the run or session and its id ("ses_..." or
+	// "run_..."); nil logs them to Logger.
+	NetworkSink func(tenant, sandbox string, e api.NetworkEvent)
+	// OnSessionEnd is called after the reaper has closed a session by itself: idle past its TTL
+	// (reason "ttl") or whose sandbox had gone ("sandbox gone"), with the session as it was; nil
+	// means nothing is told (the audit log records it as session.expire).
+	OnSessionEnd func(info api.Session, reason string)
 }
 
 // Output receives a run's output as it is written (what a tier streams, tier.Stream) and the
@@ -218,7 +223,7 @@ func (d *Dispatcher) Run(ctx context.Context, req api.RunRequest, out Output) (*
 	if p.Offline() {
 		return d.run(ctx, req, out)
 	}
-	g := d.newGuard(p, runID())
+	g := d.newGuard(p, TenantOf(ctx).ID, runID())
 	resp, err := d.run(netpolicy.WithGuard(ctx, g), req, out)
 	if resp != nil {
 		resp.NetworkEvents = append(resp.NetworkEvents, g.Drain()...)
@@ -478,22 +483,31 @@ func (d *Dispatcher) reap() {
 		}
 		d.mu.Lock()
 		var ended []*Session
+		var reasons []string
 		for id, s := range d.sessions {
 			if !s.mu.TryLock() {
 				continue // busy, so not idle
 			}
-			if time.Since(s.lastUsed) > s.ttl || s.gone() {
-				ended = append(ended, s)
+			if idle, gone := time.Since(s.lastUsed) > s.ttl, s.gone(); idle || gone {
+				reason := "ttl"
+				if !idle {
+					reason = "sandbox gone"
+				}
+				ended, reasons = append(ended, s), append(reasons, reason)
 				delete(d.sessions, id)
 			}
 			s.mu.Unlock()
 		}
 		d.mu.Unlock()
-		for _, s := range ended {
+		for i, s := range ended {
 			s.mu.Lock()
+			info := s.Info()
 			s.closeLocked()
 			s.mu.Unlock()
 			d.log.Info("session ended", "id", s.id, "idle", time.Since(s.lastUsed).Round(time.Second))
+			if d.cfg.OnSessionEnd != nil {
+				d.cfg.OnSessionEnd(info, reasons[i])
+			}
 		}
 	}
 }

@@ -253,3 +253,41 @@ func TestNilHeavyEngineIsNoHeavy(t *testing.T) {
 		t.Fatal("stats say heavy is available")
 	}
 }
+
+// TestReaperTellsOnSessionEnd: a session the reaper closes for idling past its TTL is reported to
+// Config.OnSessionEnd (the audit log's session.expire), with what it was; a session closed by its
+// client is not.
+func TestReaperTellsOnSessionEnd(t *testing.T) {
+	type end struct {
+		info   api.Session
+		reason string
+	}
+	ends := make(chan end, 4)
+	d := newDispatcher(t, Config{OnSessionEnd: func(info api.Session, reason string) { ends <- end{info, reason} }})
+	ctx := context.Background()
+	closed, err := d.NewSession(ctx, api.SessionRequest{TTLSeconds: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	s, err := d.NewSession(ctx, api.SessionRequest{TTLSeconds: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Run(ctx, "x = 1", Output{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-ends:
+		if e.info.ID != s.ID() || e.reason != "ttl" || e.info.Cells != 1 || e.info.Tier != api.TierNano {
+			t.Fatalf("got %+v", e)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the expiry was not reported")
+	}
+	select {
+	case e := <-ends:
+		t.Fatalf("a second end reported: %+v", e)
+	case <-time.After(1500 * time.Millisecond):
+	}
+}

@@ -22,16 +22,15 @@ func (d *Dispatcher) compileNetwork(np *api.NetworkPolicy, task string, in *api.
 
 // newGuard makes the Guard enforcing p, whose events go to the configured sink (the audit log) or,
 // without one, to the log.
-func (d *Dispatcher) newGuard(p *netpolicy.Policy, id string) *netpolicy.Guard {
-	sink := d.cfg.NetworkSink
-	if sink == nil {
-		sink = func(e api.NetworkEvent) {
-			d.log.Info("network", "sandbox", id, "host", e.Host, "port", e.Port, "method", e.Method, "path", e.Path,
-				"verdict", e.Verdict, "rule", e.Rule, "source", e.Source, "detectors", e.Detectors,
-				"bytes_out", e.BytesOut, "bytes_in", e.BytesIn)
-		}
+func (d *Dispatcher) newGuard(p *netpolicy.Policy, tenant, id string) *netpolicy.Guard {
+	if d.cfg.NetworkSink != nil {
+		return netpolicy.NewGuard(p, func(e api.NetworkEvent) { d.cfg.NetworkSink(tenant, id, e) })
 	}
-	return netpolicy.NewGuard(p, sink)
+	return netpolicy.NewGuard(p, func(e api.NetworkEvent) {
+		d.log.Info("network", "sandbox", id, "host", e.Host, "port", e.Port, "method", e.Method, "path", e.Path,
+			"verdict", e.Verdict, "rule", e.Rule, "source", e.Source, "detectors", e.Detectors,
+			"bytes_out", e.BytesOut, "bytes_in", e.BytesIn)
+	})
 }
 
 // SetNetwork puts np in force for the session's new connections and requests at once, also while a

@@ -91,7 +91,11 @@ func netCeiling(t *testing.T) *netpolicy.Ceiling {
 
 func newNetDispatcher(t *testing.T, c *netpolicy.Ceiling, sink func(api.NetworkEvent)) (*Dispatcher, *netTier, *netTier) {
 	n, h := &netTier{name: api.TierNano}, &netTier{name: api.TierHeavy}
-	d := New(n, Config{Heavy: h, Ceiling: c, NetworkSink: sink})
+	cfg := Config{Heavy: h, Ceiling: c}
+	if sink != nil {
+		cfg.NetworkSink = func(_, _ string, e api.NetworkEvent) { sink(e) }
+	}
+	d := New(n, cfg)
 	t.Cleanup(d.Close)
 	return d, n, h
 }

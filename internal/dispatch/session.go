@@ -98,7 +98,7 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	tenant := TenantOf(ctx)
 	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, created: now, lastUsed: now, replayable: true}
 	// A session always carries its Guard, offline or not, so that PATCH .../network can open it later.
-	s.guard = d.newGuard(p, s.id)
+	s.guard = d.newGuard(p, tenant.ID, s.id)
 	ctx = s.withGuard(ctx)
 	tier := req.Tier
 	s.reason = fmt.Sprintf("tier %q was asked for", tier)

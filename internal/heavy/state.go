@@ -44,6 +44,10 @@ func DefaultStateDir() string {
 	return filepath.Join(base, "agentbox", "state")
 }
 
+// KeepDir is the one entry of the state root the sweep leaves: the server's audit log lives there
+// (internal/audit), and it must outlive the crash the sweep cleans up after.
+const KeepDir = "audit"
+
 // ErrStateInUse is returned by New when another engine holds the state root's lock.
 var ErrStateInUse = errors.New("heavy state directory is in use by another agentbox server")
 
@@ -79,7 +83,7 @@ type sweepCounts struct {
 
 // sweep removes what a previous engine on this state root left behind: its runsc containers
 // (runsc kill and delete, bounded), runsc processes still running with this root, the sandboxes'
-// cgroups, mounts under the root, and every file but the lock. It runs under the root's lock, before
+// cgroups, mounts under the root, and every file but the lock and KeepDir. It runs under the root's lock, before
 // this engine starts anything, so nothing it finds is ours.
 func (e *Engine) sweep() sweepCounts {
 	var n sweepCounts
@@ -132,7 +136,7 @@ func (e *Engine) sweep() sweepCounts {
 	n.Mounts = unmountUnder(root)
 	entries, _ := os.ReadDir(root)
 	for _, ent := range entries {
-		if ent.Name() == "lock" {
+		if ent.Name() == "lock" || ent.Name() == KeepDir {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(root, ent.Name())); err != nil {

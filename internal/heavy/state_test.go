@@ -57,12 +57,13 @@ func TestSecondEngineOnStateDirRefused(t *testing.T) {
 
 // TestSweepRemovesLeftovers: an engine starting on a crashed engine's state root kills and deletes
 // its runsc containers (those with bundles and those runsc lists), SIGKILLs runsc processes still
-// running with that root, removes the containers' cgroups and every file but the lock.
+// running with that root, removes the containers' cgroups and every file but the lock and the
+// audit log's directory (KeepDir).
 func TestSweepRemovesLeftovers(t *testing.T) {
 	cfg, log := fakeInstall(t, "agentbox-listed")
 	root := t.TempDir()
 	cfg.StateDir = root
-	for _, p := range []string{"bundles/agentbox-bundled/config.json", "golden/image", "golden-3/image", "runsc/agentbox-listed_sandbox.state", "agent/agent.py", "stray.tmp"} {
+	for _, p := range []string{"bundles/agentbox-bundled/config.json", "golden/image", "golden-3/image", "runsc/agentbox-listed_sandbox.state", "agent/agent.py", "stray.tmp", KeepDir + "/audit.db"} {
 		os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o700)
 		os.WriteFile(filepath.Join(root, p), []byte("x"), 0o600)
 	}
@@ -121,6 +122,9 @@ func TestSweepRemovesLeftovers(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
 			t.Errorf("%s is left in the state root", p)
 		}
+	}
+	if _, err := os.Stat(filepath.Join(root, KeepDir, "audit.db")); err != nil {
+		t.Errorf("the sweep removed the audit log: %v", err)
 	}
 }
 

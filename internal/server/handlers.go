@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
@@ -162,7 +163,22 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 		req.Files = append(req.Files, api.File{Path: p, Data: body.Files[p]})
 	}
 	st := s.startStream(w, r)
+	start := time.Now()
 	resp, err := s.sb.Run(r.Context(), req, s.output(st))
+	var res *api.Result
+	if resp != nil {
+		res = &resp.Result
+	}
+	if s.cfg.Audit != nil { // the events are not even built without a log: runs are the hot path
+		if len(req.Packages) > 0 {
+			if aerr := s.record(r.Context(), installEvent("", req.Packages, err)); aerr != nil {
+				err = aerr
+			}
+		}
+		if aerr := s.record(r.Context(), runEvent(req.Code, "", req.Tier, req.Limits, req.Packages, len(req.Files), res, err, time.Since(start))); aerr != nil {
+			err = aerr
+		}
+	}
 	if resp == nil {
 		resp = &api.RunResponse{}
 	}
@@ -214,12 +230,32 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess, err := s.sb.NewSession(r.Context(), body)
+	e := audit.Event{Type: audit.TypeSessionCreate, Details: map[string]any{"tier_requested": string(body.Tier), "limits": body.Limits, "ttl_s": body.TTLSeconds}}
+	var info api.Session
 	if err != nil {
+		e.Verdict, e.Details["error_type"], e.Details["message"] = audit.VerdictError, errdefs.ClassOf(err).Name(), limits.Text(err.Error(), audit.MaxValue)
+	} else {
+		info = sess.Info()
+		e.Session, e.Tier, e.Details["route_reason"], e.Details["ttl_s"] = info.ID, string(info.Tier), info.RouteReason, info.TTLSeconds
+	}
+	if len(body.Packages) > 0 {
+		e.Details["packages"] = body.Packages
+		if aerr := s.record(r.Context(), installEvent(info.ID, body.Packages, err)); aerr != nil && err == nil {
+			err = aerr
+		}
+	}
+	if aerr := s.record(r.Context(), e); aerr != nil && err == nil {
+		err = aerr
+	}
+	if err != nil {
+		if sess != nil {
+			sess.Close() // not acknowledged, so not left open
+		}
 		s.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Location", "/v1/sessions/"+sess.ID())
-	writeJSON(w, http.StatusCreated, sess.Info())
+	writeJSON(w, http.StatusCreated, info)
 }
 
 func (s *Server) session(w http.ResponseWriter, r *http.Request) *dispatch.Session {
@@ -239,7 +275,13 @@ func (s *Server) getSession(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
 	if sess := s.session(w, r); sess != nil {
+		info := sess.Info()
 		sess.Close()
+		if err := s.record(r.Context(), audit.Event{Type: audit.TypeSessionClose, Session: info.ID, Tier: string(info.Tier),
+			Details: map[string]any{"cells": info.Cells, "reason": "client"}}); err != nil {
+			s.fail(w, r, err)
+			return
+		}
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
@@ -279,7 +321,19 @@ func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := s.startStream(w, r)
+	before, start := sess.Info(), time.Now()
 	res, err := sess.Run(r.Context(), *body.Code, s.output(st))
+	if after := sess.Info(); s.cfg.Audit != nil && after.Tier != before.Tier {
+		if aerr := s.record(r.Context(), audit.Event{Type: audit.TypeSessionMove, Session: after.ID, Tier: string(after.Tier),
+			Details: map[string]any{"from": string(before.Tier), "to": string(after.Tier), "reason": after.RouteReason}}); aerr != nil {
+			err = aerr
+		}
+	}
+	if s.cfg.Audit != nil {
+		if aerr := s.record(r.Context(), runEvent(*body.Code, sess.ID(), before.Tier, before.Limits, nil, 0, res, err, time.Since(start))); aerr != nil {
+			err = aerr
+		}
+	}
 	var out api.Result
 	if res != nil {
 		out = *res
@@ -305,6 +359,10 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := s.record(r.Context(), fileEvent(audit.TypeFileUpload, sess, p, data)); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	writeJSON(w, http.StatusCreated, api.FileInfo{Name: p[strings.LastIndex(p, "/")+1:], Path: p, Size: int64(len(data)),
 		ModTime: time.Now().UTC().Format(time.RFC3339Nano)})
 }
@@ -315,6 +373,9 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data, err := sess.ReadFile(r.Context(), sandboxPath(r), s.cfg.MaxBodyBytes)
+	if err == nil {
+		err = s.record(r.Context(), fileEvent(audit.TypeFileDownload, sess, sandboxPath(r), data))
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return

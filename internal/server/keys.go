@@ -23,6 +23,10 @@ type APIKey struct {
 	Admin bool
 	// Limits are this key's own caps; zero fields mean the server's (dispatch.Config.TenantLimits).
 	Limits dispatch.TenantLimits
+	// Audit may read the audit log (/v1/audit/*: every key's events, reports, verification);
+	// AuditOnly (which implies Audit) may do nothing else: a read-only auditor's key.
+	Audit     bool
+	AuditOnly bool
 }
 
 // TenantID is what a key is known by in sessions, logs and errors: a hash, so that neither the API
@@ -36,9 +40,11 @@ func TenantID(key string) string {
 // a role and limits, e.g.
 //
 //	sk-alice-0123456789abcdef sessions=4 runs=2
-//	sk-ops-0123456789abcdef admin
+//	sk-ops-0123456789abcdef admin audit
+//	sk-auditor-0123456789ab audit-only
 //
-// Words: admin; sessions=N (open sessions), runs=N (runs at once per tier), queue=N (runs waiting).
+// Words: admin; audit (may also read the audit log), audit-only (may only read the audit log);
+// sessions=N (open sessions), runs=N (runs at once per tier), queue=N (runs waiting).
 // Blank lines and lines starting with # are skipped. Errors name the line, never the key.
 func ParseKeyFile(data string) ([]APIKey, error) {
 	var keys []APIKey
@@ -49,8 +55,15 @@ func ParseKeyFile(data string) ([]APIKey, error) {
 		}
 		k := APIKey{Key: fields[0]}
 		for _, w := range fields[1:] {
-			if w == "admin" {
+			switch w {
+			case "admin":
 				k.Admin = true
+				continue
+			case "audit":
+				k.Audit = true
+				continue
+			case "audit-only":
+				k.Audit, k.AuditOnly = true, true
 				continue
 			}
 			name, val, ok := strings.Cut(w, "=")
@@ -65,7 +78,7 @@ func ParseKeyFile(data string) ([]APIKey, error) {
 				dst = &k.Limits.Queue
 			}
 			if !ok || dst == nil || err != nil || n < 0 {
-				return nil, fmt.Errorf("line %d: %q: want admin, sessions=N, runs=N or queue=N (N >= 0) after the key", i+1, w)
+				return nil, fmt.Errorf("line %d: %q: want admin, audit, audit-only, sessions=N, runs=N or queue=N (N >= 0) after the key", i+1, w)
 			}
 			*dst = n
 		}
@@ -78,6 +91,7 @@ func ParseKeyFile(data string) ([]APIKey, error) {
 type keyring struct {
 	keys    [][]byte
 	tenants []dispatch.Tenant
+	scopes  []scope
 }
 
 func newKeyring(plain []string, keys []APIKey) (*keyring, error) {
@@ -97,22 +111,26 @@ func newKeyring(plain []string, keys []APIKey) (*keyring, error) {
 		}
 		seen[k.Key] = true
 		kr.keys = append(kr.keys, []byte(k.Key))
+		if k.AuditOnly && k.Admin {
+			return nil, fmt.Errorf("API key %s is both admin and audit-only: a read-only audit key can do nothing else", TenantID(k.Key))
+		}
 		kr.tenants = append(kr.tenants, dispatch.Tenant{ID: TenantID(k.Key), Admin: k.Admin, Limits: k.Limits})
+		kr.scopes = append(kr.scopes, scope{audit: k.Audit || k.AuditOnly, auditOnly: k.AuditOnly})
 	}
 	return kr, nil
 }
 
 func (kr *keyring) empty() bool { return len(kr.keys) == 0 }
 
-// tenant returns the tenant r's bearer key stands for. Without keys every request is the local
-// tenant. Every key is compared, in constant time, whichever matches.
-func (kr *keyring) tenant(r *http.Request) (dispatch.Tenant, bool) {
+// tenant returns the tenant r's bearer key stands for and its scope. Without keys every request is
+// the local tenant, with every scope. Every key is compared, in constant time, whichever matches.
+func (kr *keyring) tenant(r *http.Request) (dispatch.Tenant, scope, bool) {
 	if kr.empty() {
-		return dispatch.Tenant{}, true
+		return dispatch.Tenant{}, scope{audit: true}, true
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
-		return dispatch.Tenant{}, false
+		return dispatch.Tenant{}, scope{}, false
 	}
 	found := -1
 	for i, k := range kr.keys {
@@ -121,9 +139,9 @@ func (kr *keyring) tenant(r *http.Request) (dispatch.Tenant, bool) {
 		}
 	}
 	if found < 0 {
-		return dispatch.Tenant{}, false
+		return dispatch.Tenant{}, scope{}, false
 	}
-	return kr.tenants[found], true
+	return kr.tenants[found], kr.scopes[found], true
 }
 
 // scopeMCP binds each MCP session to the key that opened it (the SDK refuses its id from another

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
@@ -57,6 +58,10 @@ type Config struct {
 	// MCPServers, when set, serves /v1/mcp/servers and /v1/mcp/tools (hosted MCP servers); nil
 	// answers them 503.
 	MCPServers MCPServers
+	// Audit, when set, records every run, session, file transfer, package install and
+	// authentication failure before the request is answered, and serves /v1/audit/* to keys with
+	// the audit scope; nil means no audit log (the audit routes answer 404).
+	Audit *audit.Log
 	// ReadHeaderTimeout and ReadTimeout bound how long a client may take to send its headers and its
 	// whole request (slow clients); zero means 10 s and 2 min.
 	ReadHeaderTimeout time.Duration
@@ -217,6 +222,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/mcp/servers/{name}", s.getMCPServer)
 	mux.HandleFunc("DELETE /v1/mcp/servers/{name}", s.deleteMCPServer)
 	mux.HandleFunc("GET /v1/mcp/tools", s.listMCPTools)
+	mux.HandleFunc("GET /v1/audit/events", s.auditEvents)
+	mux.HandleFunc("GET /v1/audit/reports/{period}", s.auditReport)
+	mux.HandleFunc("GET /v1/audit/verify", s.auditVerify)
 	if s.cfg.MCP != nil {
 		mux.Handle("/mcp", s.keys.scopeMCP(s.cfg.MCP))
 	}
@@ -244,7 +252,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		w.Header().Set("X-Request-Id", id)
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		tenant, ok := s.keys.tenant(r)
+		tenant, sc, ok := s.keys.tenant(r)
 		defer func() {
 			route := routeLabel(r)
 			s.metrics.requests.WithLabelValues(route, fmt.Sprint(rec.status)).Inc()
@@ -257,11 +265,17 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			return
 		}
 		if r.URL.Path != "/healthz" && !ok {
+			s.recordAuthFailure(r, "missing or wrong API key")
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="agentbox"`)
 			s.fail(rec, r, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: send Authorization: Bearer <key>")))
 			return
 		}
 		r = r.WithContext(dispatch.WithTenant(r.Context(), tenant))
+		if err := s.checkScope(r, sc); err != nil {
+			s.recordAuthFailure(r, "scope: "+err.Error())
+			s.fail(rec, r, err)
+			return
+		}
 		r.Body = http.MaxBytesReader(rec, r.Body, s.cfg.MaxBodyBytes)
 		next.ServeHTTP(rec, r)
 	})

@@ -316,6 +316,8 @@ func TestParseKeyFile(t *testing.T) {
 		{"plain keys, comments, blanks", "# keys\nkey-one-0123456789abcdef\n\n  key-two-0123456789abcdef  \n", []APIKey{{Key: "key-one-0123456789abcdef"}, {Key: "key-two-0123456789abcdef"}}, ""},
 		{"roles and limits", "key-one-0123456789abcdef sessions=4 runs=2 queue=0\nkey-ops-0123456789abcdef admin\n",
 			[]APIKey{{Key: "key-one-0123456789abcdef", Limits: dispatch.TenantLimits{Sessions: 4, Runs: 2}}, {Key: "key-ops-0123456789abcdef", Admin: true}}, ""},
+		{"audit scopes", "key-ops-0123456789abcdef admin audit\nkey-aud-0123456789abcdef audit-only\n",
+			[]APIKey{{Key: "key-ops-0123456789abcdef", Admin: true, Audit: true}, {Key: "key-aud-0123456789abcdef", Audit: true, AuditOnly: true}}, ""},
 		{"unknown word", "key-one-0123456789abcdef root\n", nil, `line 1: "root"`},
 		{"bad number", "# x\nkey-one-0123456789abcdef runs=two\n", nil, `line 2: "runs=two"`},
 		{"negative", "key-one-0123456789abcdef sessions=-1\n", nil, "N >= 0"},
@@ -336,6 +338,9 @@ func TestParseKeyFile(t *testing.T) {
 	}
 	if _, err := New(sb, Config{APIKeys: []string{testKey}, Keys: []APIKey{{Key: testKey, Admin: true}}}); err == nil || strings.Contains(err.Error(), testKey) {
 		t.Fatalf("a key given twice: %v", err)
+	}
+	if _, err := New(sb, Config{Keys: []APIKey{{Key: testKey, Admin: true, AuditOnly: true}}}); err == nil || !strings.Contains(err.Error(), "audit-only") {
+		t.Fatalf("an admin audit-only key: %v", err)
 	}
 	if _, err := New(sb, Config{Keys: []APIKey{{Key: "short", Admin: true}}}); err == nil {
 		t.Fatal("a short admin key was accepted")

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Union
 
 __all__ = [
     "AgentboxError",
@@ -207,12 +207,18 @@ class _LocalServer:
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         self.api_key = secrets.token_urlsafe(24)
-        env = dict(os.environ, AGENTBOX_API_KEY=self.api_key)
+        env = {k: v for k, v in os.environ.items() if k != "AGENTBOX_API_KEY"}
         self._log: Deque[str] = collections.deque(maxlen=self.LOG_LINES)
         # A state root of its own: the default one is locked by the machine's shared server, and an
-        # embedded server is private to this process.
+        # embedded server is private to this process. Its audit log is in it (audit/audit.db).
         self._state = tempfile.mkdtemp(prefix="agentbox-state-")
-        args = [path, "serve", "--addr", f"127.0.0.1:{port}", "--state-dir", self._state]
+        # The one key may also read the server's audit log: the server is this process's own. The
+        # key file is private (0600) and removed once the server has read it.
+        self._keys = tempfile.mkdtemp(prefix="agentbox-keys-")
+        key_file = os.path.join(self._keys, "keys")
+        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(self.api_key + " audit\n")
+        args = [path, "serve", "--addr", f"127.0.0.1:{port}", "--state-dir", self._state, "--api-key-file", key_file]
         if policy is not None:
             args += ["--policy", policy]
         self.proc = subprocess.Popen(args, env=env,
@@ -227,6 +233,7 @@ class _LocalServer:
                 raise AgentboxError(f"agentbox serve exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    shutil.rmtree(self._keys, ignore_errors=True)
                     return
             except OSError:
                 time.sleep(0.05)
@@ -263,6 +270,8 @@ class _LocalServer:
             self.proc.stderr.close()
         shutil.rmtree(self._state, ignore_errors=True)
         shutil.rmtree(self._state + "-mcp", ignore_errors=True)  # hosted MCP servers' registrations
+        shutil.rmtree(self._state + "-ca", ignore_errors=True)  # the TLS inspection CA, with --policy
+        shutil.rmtree(self._keys, ignore_errors=True)
 
 
 class Sandbox:
@@ -469,6 +478,53 @@ class Sandbox:
         """List a directory: dicts with name, path, size, is_dir, mod_time."""
         query = urllib.parse.urlencode({"dir": directory})
         return self._json("GET", self._session_path() + "/files?" + query)["files"]
+
+    # -- audit log (needs a key with the audit scope; the embedded server's key has it) ----------------
+
+    def audit_events(self, *, since: Optional[str] = None, until: Optional[str] = None,
+                     type: Optional[str] = None, session: Optional[str] = None,
+                     verdict: Optional[str] = None, actor: Optional[str] = None,
+                     q: Optional[str] = None, cursor: Optional[str] = None,
+                     limit: Optional[int] = None) -> Dict[str, Any]:
+        """One page of audit events, newest first: ``{"events": [...], "next_cursor": ...}``.
+
+        ``since``/``until`` are RFC 3339, a date or a duration back from now (``"24h"``, ``"7d"``);
+        ``type`` is an event type or a prefix (``"egress"``); ``q`` is full-text over hosts, paths and
+        messages. Pass ``next_cursor`` back as ``cursor`` for the next page."""
+        params = {"since": since, "until": until, "type": type, "session": session, "verdict": verdict,
+                  "actor": actor, "q": q, "cursor": cursor, "limit": limit}
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        return self._json("GET", "/v1/audit/events" + ("?" + query if query else ""))
+
+    def iter_audit_events(self, **filters: Any) -> Iterator[Dict[str, Any]]:
+        """Every audit event the filters (those of ``audit_events``) select, page after page."""
+        filters.pop("cursor", None)
+        cursor = None
+        while True:
+            page = self.audit_events(cursor=cursor, **filters)
+            yield from page["events"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def audit_report(self, period: str = "daily", *, date: Optional[str] = None,
+                     format: str = "json") -> Union[Dict[str, Any], str]:
+        """The daily or weekly compliance report containing ``date`` (``"YYYY-MM-DD"``, UTC; default
+        today): a dict for ``format="json"``, the text of ``"md"`` or of ``"html"`` (a self-contained
+        page with charts)."""
+        params = {"format": format}
+        if date is not None:
+            params["date"] = date
+        path = "/v1/audit/reports/" + urllib.parse.quote(period, safe="") + "?" + urllib.parse.urlencode(params)
+        if format == "json":
+            return self._json("GET", path)
+        with self._request("GET", path, accept="*/*") as resp:
+            return resp.read().decode()
+
+    def audit_verify(self) -> Dict[str, Any]:
+        """Check the audit log's hash chain and signed checkpoints on the server: ``ok``, the range
+        checked and, when broken, ``bad_seq``/``bad_event_id`` of the first bad event and ``problem``."""
+        return self._json("GET", "/v1/audit/verify")
 
     def close(self) -> None:
         """End the session and, if this Sandbox started one, the local server. Idempotent."""

@@ -280,3 +280,35 @@ def test_mcp_servers(server):
         sb.delete_mcp_server("pysdk")
         with pytest.raises(NotFoundError):
             sb.get_mcp_server("pysdk")
+def test_audit_log(server):
+    """The embedded server's key has the audit scope: runs and files are in the log (code as its
+    hash only), searchable with filters and pages; reports and verification come back."""
+    import hashlib
+
+    url, key = server
+    code = "print('audited')"
+    with Sandbox(url=url, api_key=key) as sb:
+        assert sb.run(code).ok
+        sb.write_file("/data/a.txt", b"abc")
+        runs = sb.audit_events(type="run", session=sb.session_id, since="1h")["events"]
+        assert len(runs) == 1
+        d = runs[0]["details"]
+        assert d["code_sha256"] == hashlib.sha256(code.encode()).hexdigest() and d["code_size"] == len(code)
+        assert "audited" not in str(runs[0])
+        up = sb.audit_events(q="a.txt", type="file.upload")["events"]
+        assert up and up[0]["details"]["sha256"] == hashlib.sha256(b"abc").hexdigest()
+        first = sb.audit_events(limit=1)
+        assert len(first["events"]) == 1 and first["next_cursor"]
+        every = list(sb.iter_audit_events(limit=2))
+        assert len(every) >= 3 and len({e["id"] for e in every}) == len(every)
+        rep = sb.audit_report("weekly")
+        assert rep["events"] >= 3 and rep["verification"]["ok"]
+        html = sb.audit_report("daily", format="html")
+        assert html.startswith("<!DOCTYPE html>") and "<svg" in html
+        assert "# agentbox audit report" in sb.audit_report("daily", format="md")
+        v = sb.audit_verify()
+        assert v["ok"] and v["events"] >= 3
+        with pytest.raises(InvalidArgumentError):
+            sb.audit_report("monthly")
+        with pytest.raises(InvalidArgumentError):
+            sb.audit_events(verdict="maybe")
