@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/heavy"
 )
 
@@ -127,5 +129,42 @@ except urllib.error.URLError as e:
 				t.Fatal("the upstream saw no request")
 			}
 		})
+	}
+}
+
+// TestNetworkEventsAreAudited: the server's network sink commits each sandbox's egress decisions to
+// the audit log, a DLP finding as egress.dlp with detector types and counts (never values), under
+// the session or run it came from and the key that started it.
+func TestNetworkEventsAreAudited(t *testing.T) {
+	l, err := audit.Open(context.Background(), audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	sink := networkRecorder(l, slog.New(slog.DiscardHandler))
+	sink("key_1", "ses_1", api.NetworkEvent{Host: "pypi.org", Method: "GET", Path: "/simple/", Verdict: api.VerdictAllowed, Rule: "allow:pypi.org"})
+	sink("key_1", "run_2", api.NetworkEvent{Host: "api.example.com", Method: "POST", Path: "/v1", Verdict: api.VerdictBlockedDLP,
+		Rule: "dlp:block", Detectors: []string{"card", "card", "email"}})
+	for _, tc := range []struct {
+		typ, session, verdict, host string
+	}{
+		{audit.TypeEgressRequest, "ses_1", audit.VerdictAllow, "pypi.org"},
+		{audit.TypeEgressDLP, "", audit.VerdictBlock, "api.example.com"},
+	} {
+		got, err := l.Search(context.Background(), audit.Query{Type: tc.typ})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Events) != 1 {
+			t.Fatalf("%s: %d events", tc.typ, len(got.Events))
+		}
+		e := got.Events[0]
+		b, _ := json.Marshal(e)
+		if e.Session != tc.session || e.Verdict != tc.verdict || e.Actor != "key_1" || !strings.Contains(string(b), tc.host) {
+			t.Fatalf("%s: %s", tc.typ, b)
+		}
+		if tc.typ == audit.TypeEgressDLP && !strings.Contains(string(b), `"count":2`) {
+			t.Fatalf("detector counts missing: %s", b)
+		}
 	}
 }

@@ -297,11 +297,41 @@ func (s *Server) setNetwork(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := sess.SetNetwork(body); err != nil {
+	err := sess.SetNetwork(body)
+	ev := audit.Event{Type: audit.TypePolicyChange, Session: sess.ID(), Details: networkDetails(body)}
+	if err != nil {
+		ev.Verdict, ev.Details["error"] = audit.VerdictDeny, err.Error()
+	}
+	if rerr := s.record(r.Context(), ev); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// networkDetails is what the audit log keeps of a network policy: its rules and modes, and of its
+// secrets only where they go (never their values).
+func networkDetails(p api.NetworkPolicy) map[string]any {
+	hosts := func(rules []api.HostRule) []string {
+		out := make([]string, 0, len(rules))
+		for _, r := range rules {
+			out = append(out, r.Host)
+		}
+		return out
+	}
+	secrets := make([]string, 0, len(p.Secrets))
+	for _, sr := range p.Secrets {
+		secrets = append(secrets, sr.Header+"@"+sr.Host)
+	}
+	d := map[string]any{"scope": "session.network", "allow": hosts(p.Allow), "deny": hosts(p.Deny), "dlp": p.DLP,
+		"secrets": secrets}
+	if p.InspectTLS != nil {
+		d["inspect_tls"] = *p.InspectTLS
+	}
+	return d
 }
 
 func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {

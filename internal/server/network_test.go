@@ -1,16 +1,19 @@
 package server
 
 import (
+	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/netpolicy/netpolicytest"
 )
 
-func serveNetwork(t *testing.T) {
+func serveNetwork(t *testing.T) *audit.Log {
 	t.Helper()
 	c, err := netpolicy.ParseCeiling("policy.toml", []byte("dlp_min = \"log\"\nallow = [\"pypi.org\", \"files.pythonhosted.org\", \"example.com\"]"))
 	if err != nil {
@@ -18,7 +21,13 @@ func serveNetwork(t *testing.T) {
 	}
 	d := dispatch.New(netpolicytest.Engine{Engine: eng, BytesOut: 120, BytesIn: 4096}, dispatch.Config{Ceiling: c})
 	t.Cleanup(d.Close)
-	serveWith(t, d, Config{APIKeys: []string{testKey, keyB}})
+	l, err := audit.Open(context.Background(), audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	serveWith(t, d, Config{APIKeys: []string{testKey, keyB}, Audit: l})
+	return l
 }
 
 func TestRunNetworkOverHTTP(t *testing.T) {
@@ -82,7 +91,7 @@ func TestRunNetworkWithoutCeiling(t *testing.T) {
 }
 
 func TestPatchSessionNetwork(t *testing.T) {
-	serveNetwork(t)
+	alog := serveNetwork(t)
 	r := do(t, call{method: "POST", path: "/v1/sessions", body: []byte(`{"network": {"allow": ["pypi.org"]}}`)}, checkBoth)
 	s := decodeInto[api.Session](t, r)
 	base := "/v1/sessions/" + s.ID
@@ -118,4 +127,16 @@ func TestPatchSessionNetwork(t *testing.T) {
 	cell("locked down", "denied", "default:deny")
 	r = do(t, call{method: "PATCH", path: "/v1/sessions/ses_nope/network", body: []byte(`{}`)}, checkBoth)
 	wantError(t, r, 404, "not_found", "ses_nope")
+	// Both the change and the refused one are on the record, with the hosts and never a secret.
+	got, err := alog.Search(context.Background(), audit.Query{Type: audit.TypePolicyChange, Session: s.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verdicts := map[string]int{}
+	for _, e := range got.Events {
+		verdicts[e.Verdict]++
+	}
+	if verdicts[audit.VerdictOK] != 1 || verdicts[audit.VerdictDeny] != 1 || len(got.Events) != 2 {
+		t.Fatalf("policy.change events %+v", got.Events)
+	}
 }
