@@ -51,7 +51,7 @@ go test -race -count=1 ./internal/heavy
 go test -race -count=1 -run 'TestSession|TestMCPAuto|TestGuestCannotReachProtocol|TestReadFileIsCapped|TestShutdownStopsHeavyCellAtGrace|TestCloseKillsLiveSandboxes|TestKill9RestartSweeps|TestNetworkedSandbox|TestEscapePolicyChange|TestNetworkSweptAfterKill9' ./internal/heavy/integration
 # The governed network: the data plane, the namespaces, the policy's Guard, the DLP engine's shared
 # state, and the hosted MCP servers' relay.
-go test -race -count=1 ./internal/egress ./internal/netns ./internal/mcphost
+go test -race -count=1 ./internal/egress ./internal/netns ./internal/mcphost ./internal/audit
 go test -race -count=1 -run 'Guard|Network|Session' ./internal/netpolicy
 go test -race -count=1 -run 'TestScanIsSafeForConcurrentUse|TestScanRequest|TestScanResponse' ./internal/dlp
 
@@ -82,3 +82,4 @@ go test -run '^$' -fuzz '^FuzzCanonical$' -fuzztime 10s ./internal/netpolicy
 go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime 15s ./internal/netpolicy
 go test -run '^$' -fuzz '^FuzzScanRedact$' -fuzztime 10s ./internal/dlp
 go test -run '^$' -fuzz '^FuzzScanRequestBody$' -fuzztime 10s ./internal/dlp
+go test -run '^$' -fuzz '^FuzzSearchQuery$' -fuzztime 10s ./internal/audit
