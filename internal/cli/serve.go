@@ -9,6 +9,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/heavy"
@@ -100,6 +102,9 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	// MCP runs and session starts are recorded too.
 	sandboxes := server.AuditMCP(t, alog, log)
 	scfg := server.Config{Addr: *addr, APIKeys: keys, Keys: keyed, Logger: log, MCP: mcpserver.HTTPHandler(sandboxes, version()), Audit: alog}
+	if t.net != nil {
+		scfg.Collectors = []prometheus.Collector{t.net.proxy.Collector()}
+	}
 	var host *mcphost.Host
 	if *mcpDirFlag != "off" {
 		if host, err = openHost(t, cmp.Or(*mcpDirFlag, mcpDir(*tf.stateDir)), alog, log); err != nil {

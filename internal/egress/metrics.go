@@ -1,8 +1,11 @@
 package egress
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/entersandbox/agentbox/api"
 )
@@ -45,7 +48,7 @@ func (m *metrics) bytes(out, in int64) {
 
 func (m *metrics) event(e api.NetworkEvent) {
 	m.mu.Lock()
-	m.verdicts[VerdictRule{e.Verdict, e.Rule}]++
+	m.verdicts[VerdictRule{e.Verdict, ruleLabel(e.Rule)}]++
 	for _, d := range e.Detectors {
 		m.dlp[d]++
 	}
@@ -69,4 +72,50 @@ func (p *Proxy) Metrics() Metrics {
 		s.DLPHits[k] = v
 	}
 	return s
+}
+
+// ruleLabel bounds the rules metrics are kept by: a grant is named by its source only (its hosts
+// and paths come from task texts, which are unbounded).
+func ruleLabel(rule string) string {
+	if rest, ok := strings.CutPrefix(rule, "grant:"); ok {
+		source, _, _ := strings.Cut(rest, ":")
+		return "grant:" + source
+	}
+	return rule
+}
+
+// Collector exports the proxy's counters as Prometheus series (agentbox_egress_*).
+func (p *Proxy) Collector() prometheus.Collector { return collector{p} }
+
+var (
+	descConns    = prometheus.NewDesc("agentbox_egress_connections_total", "Sandbox TCP connections the egress proxy accepted.", nil, nil)
+	descUnattach = prometheus.NewDesc("agentbox_egress_unattached_total", "Connections refused because their source had no policy attached.", nil, nil)
+	descBytes    = prometheus.NewDesc("agentbox_egress_bytes_total", "Bytes between sandboxes and destinations, by direction (out: to the destination).", []string{"direction"}, nil)
+	descVerdicts = prometheus.NewDesc("agentbox_egress_decisions_total", "Connections and requests by verdict and the rule that decided (grants by their source).", []string{"verdict", "rule"}, nil)
+	descDLP      = prometheus.NewDesc("agentbox_egress_dlp_findings_total", "DLP findings in sandbox traffic by detector type.", []string{"type"}, nil)
+)
+
+type collector struct{ p *Proxy }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConns, descUnattach, descBytes, descVerdicts, descDLP} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	m := c.p.Metrics()
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(descConns, m.Connections)
+	counter(descUnattach, m.Unattached)
+	counter(descBytes, m.BytesOut, "out")
+	counter(descBytes, m.BytesIn, "in")
+	for k, v := range m.Verdicts {
+		counter(descVerdicts, v, k.Verdict, k.Rule)
+	}
+	for k, v := range m.DLPHits {
+		counter(descDLP, v, k)
+	}
 }

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
@@ -55,6 +57,8 @@ type Config struct {
 	Logger *slog.Logger
 	// MCP, when set, is mounted at /mcp (behind the same auth).
 	MCP http.Handler
+	// Collectors are more Prometheus series for /metrics (the egress proxy's); nil means none.
+	Collectors []prometheus.Collector
 	// MCPServers, when set, serves /v1/mcp/servers and /v1/mcp/tools (hosted MCP servers); nil
 	// answers them 503.
 	MCPServers MCPServers
@@ -117,6 +121,11 @@ func New(sb Sandboxes, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, sb: sb, log: log, keys: keys, crossOrigin: http.NewCrossOriginProtection(),
 		checkHost: keys.empty()}
 	s.metrics = newMetrics(sb.Stats)
+	for _, c := range cfg.Collectors {
+		if err := s.metrics.reg.Register(c); err != nil {
+			return nil, fmt.Errorf("server: metrics: %w", err)
+		}
+	}
 	s.handler = s.routes()
 	s.base, s.cancelBase = context.WithCancelCause(context.Background())
 	s.http = &http.Server{
