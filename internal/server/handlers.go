@@ -121,9 +121,17 @@ func startsObject(body *bufio.Reader) error {
 // errNoCode refuses a run without code: a body of {} must not run an empty program.
 var errNoCode = errdefs.With(errdefs.InvalidArgument, errors.New(`"code" is required (an empty program is "code": "")`))
 
+// nonNullResults makes a result's missing outputs an empty list, which the contract asks for.
+func nonNullResults(res *api.Result) {
+	if res.Results == nil {
+		res.Results = []api.Output{}
+	}
+}
+
 // nonNull makes the empty contents in a run's answer empty strings: a nil []byte (how an empty file
 // reads) would encode as null, which the contract does not allow.
 func nonNull(resp *api.RunResponse) {
+	nonNullResults(&resp.Result)
 	for p, data := range resp.Files {
 		if data == nil {
 			resp.Files[p] = []byte{}
@@ -151,7 +159,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	}
 	body := in.RunBody
 	body.Code = *in.Code
-	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: body.Tier, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages}
+	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: body.Tier, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages, Script: body.Script}
 	paths := make([]string, 0, len(body.Files))
 	for p := range body.Files {
 		paths = append(paths, p)
@@ -181,6 +189,7 @@ func (s *Server) output(st *stream) dispatch.Output {
 	if st != nil {
 		out.Stdout = func(text string) { st.event("stdout", map[string]string{"text": text}) }
 		out.Stderr = func(text string) { st.event("stderr", map[string]string{"text": text}) }
+		out.Output = func(o api.Output) { st.event("output", o) }
 	}
 	return out
 }
@@ -265,6 +274,7 @@ func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {
 	if res != nil {
 		out = *res
 	}
+	nonNullResults(&out)
 	s.finish(w, r, st, err, &out, out)
 }
 

@@ -1,0 +1,357 @@
+# Rich results, shared by both tiers' runners (internal/nano/runner.py, internal/heavy/agent.py): REPL
+# semantics for a final expression, display(), the IPython _repr_*_ protocols, matplotlib figures (PNG,
+# SVG on request, an extracted chart), pandas DataFrames (HTML and a table) and plotly figures.
+#
+# Outputs are Jupyter-style dicts {"type": "execute_result"|"display_data", "data": {mime: value},
+# "metadata": {...}, "is_main_result": bool}, handed one by one to the tier's emitter as they happen, so
+# the tier can put them in order with stdout. The host re-checks and caps everything (internal/outputs
+# collector.go): limits here only keep the guest from building what would be cut anyway.
+# Standard library only (the nano tier has nothing else); third-party modules are used only when the
+# program itself imported them (sys.modules), never imported here.
+import ast
+import base64
+import builtins
+import io
+import json
+import math
+import struct
+import sys
+
+# Set per run by begin().
+_emit = None  # function(dict): sends one output
+_svg = False  # add image/svg+xml to figures
+_max_rows = 50  # rows of a DataFrame's table and HTML
+_max_points = 1000  # points of one chart series
+
+# MIME types the _repr_<name>_ methods give, in IPython's order; binary ones come as bytes or base64.
+_REPRS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"),
+    ("application/javascript", "_repr_javascript_"),
+    ("application/pdf", "_repr_pdf_"),
+)
+_BINARY = frozenset(("image/png", "image/jpeg", "application/pdf"))
+CHART_MIME = "application/vnd.agentbox.chart+json"
+TABLE_MIME = "application/vnd.dataresource+json"
+
+
+def begin(emit, svg=False, max_rows=50):
+    global _emit, _svg, _max_rows
+    _emit, _svg, _max_rows = emit, bool(svg), max(1, int(max_rows))
+
+
+def encode(output):
+    """The output as JSON text. Values JSON cannot carry (NaN, objects a _repr_json_ returned) are left
+    out with a note on stderr rather than failing the run."""
+    try:
+        return json.dumps(output, allow_nan=False)
+    except (TypeError, ValueError):
+        pass
+    for part in ("data", "metadata"):
+        for key, value in list(output[part].items()):
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                del output[part][key]
+                sys.stderr.write(f"agentbox: {key} of an output left out: {e}\n")
+    if not output["data"]:
+        output["data"] = {"text/plain": "[agentbox: output left out: its data is not JSON]"}
+    return json.dumps(output, allow_nan=False, default=str)
+
+
+def _send(kind, data, metadata, main=False):
+    if _emit is None or not data:
+        return
+    _emit({"type": kind, "data": data, "metadata": metadata or {}, "is_main_result": main})
+
+
+def display(*objs, raw=False, metadata=None):
+    """Shows each object as a display_data output, like IPython's display(). With raw=True each object
+    is a MIME bundle itself ({"text/markdown": "# hi"})."""
+    for obj in objs:
+        if raw:
+            if not isinstance(obj, dict):
+                raise TypeError("display(raw=True) takes MIME bundles: dicts from MIME type to data")
+            data, md = dict(obj), {}
+        else:
+            data, md = bundle(obj)
+        if metadata:
+            md = {**md, **metadata}
+        _send("display_data", data, md)
+
+
+def _text(obj):
+    try:
+        return repr(obj)
+    except Exception as e:  # noqa: BLE001 - a broken __repr__ must not lose the run
+        return f"<{type(obj).__name__} object (repr failed: {type(e).__name__})>"
+
+
+def _module_of(obj):
+    return type(obj).__module__ or ""
+
+
+def _isinstance_of(obj, module, name):
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def bundle(obj):
+    """The MIME bundle and metadata of obj: what IPython's formatters would give, plus the extras."""
+    if _isinstance_of(obj, "matplotlib.figure", "Figure"):
+        return _figure(obj, close=True)
+    if _isinstance_of(obj, "pandas", "DataFrame") or _isinstance_of(obj, "pandas", "Series"):
+        return _frame(obj)
+    if _module_of(obj).startswith("plotly.") and callable(getattr(obj, "to_json", None)) and hasattr(obj, "to_plotly_json"):
+        return _plotly(obj)
+    data, md = {}, {}
+    mb = getattr(obj, "_repr_mimebundle_", None)
+    if callable(mb) and not isinstance(obj, type):
+        got = _call(mb, include=None, exclude=None)
+        if isinstance(got, tuple) and len(got) == 2:
+            got, extra = got
+            if isinstance(extra, dict):
+                md.update(extra)
+        if isinstance(got, dict):
+            data.update(got)
+    for mime, name in _REPRS:
+        if mime in data:
+            continue
+        fn = getattr(obj, name, None)
+        if not callable(fn) or isinstance(obj, type):
+            continue
+        got = _call(fn)
+        if isinstance(got, tuple) and len(got) == 2:
+            got, extra = got
+            if isinstance(extra, dict):
+                md[mime] = extra
+        if got is None:
+            continue
+        if mime in _BINARY and isinstance(got, (bytes, bytearray)):
+            got = base64.b64encode(got).decode()
+        data[mime] = got
+    for mime, value in list(data.items()):
+        if mime in _BINARY and isinstance(value, (bytes, bytearray)):
+            data[mime] = base64.b64encode(value).decode()
+    data.setdefault("text/plain", _text(obj))
+    return data, md
+
+
+def _call(fn, **kwargs):
+    try:
+        return fn(**kwargs)
+    except Exception as e:  # noqa: BLE001 - like IPython: a failing formatter is reported, not fatal
+        try:
+            sys.stderr.write(f"agentbox: {getattr(fn, '__qualname__', 'a formatter')} failed: {type(e).__name__}: {e}\n")
+        except Exception:  # noqa: BLE001
+            pass
+        return None
+
+
+# --- REPL semantics -------------------------------------------------------------------------------
+
+def run(code, filename, g, repl=True):
+    """Executes code in the namespace g. With repl, a final expression statement is evaluated and its
+    value becomes the main result (execute_result), unless it is None or the statement ends with ';'.
+    Exceptions, SyntaxError included, propagate to the caller."""
+    tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    last = None
+    if repl and tree.body and isinstance(tree.body[-1], ast.Expr) and not _suppressed(code, tree.body[-1]):
+        last = tree.body.pop()
+    exec(compile(tree, filename, "exec", dont_inherit=True), g)
+    if last is None:
+        return
+    value = eval(compile(ast.Expression(last.value), filename, "eval", dont_inherit=True), g)
+    if value is None:
+        return
+    builtins._ = value
+    data, md = bundle(value)
+    _send("execute_result", data, md, main=True)
+
+
+def _suppressed(code, stmt):
+    """Whether the statement is followed by a ';' (IPython's rule for not showing a value). Only
+    comments and blank lines may follow it, so the ';' is right after its end on its last line."""
+    lines = code.splitlines()
+    if stmt.end_lineno is None or stmt.end_lineno > len(lines):
+        return False
+    rest = lines[stmt.end_lineno - 1].encode()[stmt.end_col_offset:]  # offsets are in UTF-8 bytes
+    return rest.lstrip().startswith(b";")
+
+
+# --- matplotlib -----------------------------------------------------------------------------------
+
+def show_figures():
+    """Sends every open matplotlib figure as display_data and closes it (plt.show, and the end of a
+    run: figures left open are shown like Jupyter's inline backend does)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return
+    for num in plt.get_fignums():
+        fig = plt.figure(num)
+        try:
+            data, md = _figure(fig, close=False)
+        except Exception as e:  # noqa: BLE001 - a broken figure must not lose the run's result
+            sys.stderr.write(f"agentbox: could not render figure {num}: {type(e).__name__}: {e}\n")
+            data, md = {}, {}
+        _send("display_data", data, md)
+    plt.close("all")
+
+
+def _figure(fig, close):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    png = buf.getvalue()
+    data = {"text/plain": _text(fig), "image/png": base64.b64encode(png).decode()}
+    md = {}
+    if png[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", png[16:24])
+        md["image/png"] = {"width": w, "height": h}
+    if _svg:
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+        data["image/svg+xml"] = buf.getvalue()
+    try:
+        chart = _chart(fig)
+    except Exception:  # noqa: BLE001 - the chart is an extra: the image stands without it
+        chart = None
+    if chart is not None:
+        data[CHART_MIME] = chart
+    num = getattr(fig, "number", None)
+    if num is not None:
+        md["figure"] = num
+    if close:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
+            plt.close(fig)
+    return data, md
+
+
+def _plain(v):
+    """A JSON-able scalar from a number, numpy scalar, date or anything else (as text)."""
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    item = getattr(v, "item", None)
+    if callable(item):
+        try:
+            return _plain(item())
+        except Exception:  # noqa: BLE001
+            pass
+    if isinstance(v, str):
+        return v
+    return str(v)
+
+
+def _values(seq):
+    out = []
+    for v in seq:
+        if len(out) >= _max_points:
+            break
+        out.append(_plain(v))
+    return out
+
+
+def _chart(fig):
+    """A description of a simple chart for agents that cannot see the image: its type, title, axes and
+    series data. One Axes gives one chart; several (subplots) a "composite" of them."""
+    charts = [c for c in (_axes_chart(ax) for ax in fig.get_axes()) if c is not None]
+    if not charts:
+        return None
+    if len(charts) == 1:
+        return charts[0]
+    sup = getattr(fig, "_suptitle", None)
+    return {"type": "composite", "title": sup.get_text() if sup is not None else "", "charts": charts}
+
+
+def _axes_chart(ax):
+    from matplotlib.collections import PathCollection
+    from matplotlib.container import BarContainer
+    from matplotlib.patches import Wedge
+
+    series = []
+    wedges = [p for p in ax.patches if isinstance(p, Wedge)]
+    if wedges:
+        total = sum(abs(w.theta2 - w.theta1) for w in wedges) or 1.0
+        series.append({"kind": "pie", "labels": [w.get_label() for w in wedges],
+                       "fractions": [round(abs(w.theta2 - w.theta1) / total, 6) for w in wedges]})
+    ticks = {}
+    try:
+        for pos, label in zip(ax.get_xticks(), ax.get_xticklabels()):
+            if label.get_text():
+                ticks[round(float(pos), 6)] = label.get_text()
+    except Exception:  # noqa: BLE001
+        ticks = {}
+    for c in ax.containers:
+        if not isinstance(c, BarContainer):
+            continue
+        xs, ys = [], []
+        for r in c.patches[:_max_points]:
+            center = round(r.get_x() + r.get_width() / 2, 6)
+            xs.append(ticks.get(center, _plain(center)))
+            ys.append(_plain(r.get_height()))
+        label = c.get_label()
+        series.append({"kind": "bar", "label": "" if not label or label.startswith("_") else label, "x": xs, "y": ys,
+                       "points": len(c.patches)})
+    for line in ax.get_lines():
+        label = line.get_label()
+        x, y = line.get_xdata(), line.get_ydata()
+        series.append({"kind": "line", "label": "" if label.startswith("_") else label, "x": _values(x), "y": _values(y),
+                       "points": len(y)})
+    for coll in ax.collections:
+        if not isinstance(coll, PathCollection):
+            continue
+        offsets = coll.get_offsets()
+        label = coll.get_label()
+        series.append({"kind": "scatter", "label": "" if label.startswith("_") else label,
+                       "x": _values(p[0] for p in offsets), "y": _values(p[1] for p in offsets), "points": len(offsets)})
+    if not series:
+        return None
+    kinds = {s["kind"] for s in series}
+    chart = {"type": kinds.pop() if len(kinds) == 1 else "mixed", "title": ax.get_title(), "series": series}
+    if "pie" not in kinds or chart["type"] != "pie":
+        chart["x_axis"] = {"label": ax.get_xlabel(), "scale": ax.get_xscale()}
+        chart["y_axis"] = {"label": ax.get_ylabel(), "scale": ax.get_yscale()}
+    return chart
+
+
+# --- pandas and plotly ----------------------------------------------------------------------------
+
+def _frame(obj):
+    """A DataFrame (or Series): pandas' own text and HTML, and a table (Table Schema plus the first
+    rows, application/vnd.dataresource+json), both limited to _max_rows rows."""
+    pd = sys.modules["pandas"]
+    df = obj.to_frame() if isinstance(obj, pd.Series) else obj
+    rows, cols = df.shape
+    data = {"text/plain": _text(obj)}
+    md = {"rows": int(rows), "columns": int(cols)}
+    try:
+        data["text/html"] = df.to_html(max_rows=_max_rows, max_cols=50, notebook=False)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        head = df.head(_max_rows)
+        if head.columns.duplicated().any():
+            raise ValueError("duplicate column names")
+        table = json.loads(head.to_json(orient="table", date_format="iso", default_handler=str))
+        table.get("schema", {}).pop("pandas_version", None)
+        if rows > _max_rows:
+            md["truncated_rows"] = int(rows - _max_rows)
+        data[TABLE_MIME] = table
+    except Exception:  # noqa: BLE001 - e.g. duplicate or MultiIndex columns: the HTML stands
+        pass
+    return data, md
+
+
+def _plotly(fig):
+    data = {"text/plain": _text(fig), "application/vnd.plotly.v1+json": json.loads(fig.to_json())}
+    return data, {}
