@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Output types, as in Jupyter.
@@ -173,4 +174,53 @@ func (r *Result) MainResult() *Output {
 		}
 	}
 	return nil
+}
+
+// ArtifactContents returns the result's artifacts with their content: an artifact that refers to an
+// output (a matplotlib figure, whose image is in Results) gets that output's data of its MIME type.
+func (r *Result) ArtifactContents() []Artifact {
+	out := make([]Artifact, 0, len(r.Artifacts))
+	for _, a := range r.Artifacts {
+		if a.Output != nil && *a.Output >= 0 && *a.Output < len(r.Results) && len(a.Data) == 0 {
+			a.Data = r.Results[*a.Output].binary(a.MIME)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// Markdown renders the table as a Markdown table (the fields in schema order; "|" and newlines in
+// cells escaped), for agents and chat clients that read text.
+func (t *Table) Markdown() string {
+	var b strings.Builder
+	cell := func(v any) string {
+		var s string
+		switch v := v.(type) {
+		case nil:
+			s = ""
+		case string:
+			s = v
+		default:
+			j, _ := json.Marshal(v)
+			s = string(j)
+		}
+		return strings.NewReplacer("|", "\\|", "\n", " ", "\r", " ").Replace(s)
+	}
+	b.WriteString("|")
+	for _, f := range t.Schema.Fields {
+		b.WriteString(" " + cell(f.Name) + " |")
+	}
+	b.WriteString("\n|")
+	for range t.Schema.Fields {
+		b.WriteString(" --- |")
+	}
+	b.WriteString("\n")
+	for _, row := range t.Data {
+		b.WriteString("|")
+		for _, f := range t.Schema.Fields {
+			b.WriteString(" " + cell(row[f.Name]) + " |")
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }

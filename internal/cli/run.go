@@ -137,7 +137,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		}
 	}
 	if *artifacts != "" {
-		written, refused, err := writeArtifacts(*artifacts, resp.Artifacts)
+		written, refused, err := writeArtifacts(*artifacts, resp.ArtifactContents())
 		if err != nil {
 			return 0, err
 		}

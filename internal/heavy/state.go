@@ -22,7 +22,7 @@ import (
 //	runsc/     runsc's --root: container state, and the null network namespace it bind-mounts
 //	bundles/   one OCI bundle per sandbox, named after its container id
 //	golden*/   golden checkpoint images of the pool
-//	agent/     agent.py, bound read-only into every sandbox
+//	agent/     agent.py and outputs.py, bound read-only into every sandbox
 //	etc/       the sandboxes' /etc/hostname and /etc/resolv.conf
 //
 // A crashed server leaves all of it, and runsc processes, cgroups and mounts besides; the next engine

@@ -233,11 +233,12 @@ func (c *Collector) Omitted() int { return c.omitted }
 // refers to its output instead of carrying the image again (a chart is sent once).
 func (c *Collector) Finish(res *api.Result) {
 	res.Results, res.ResultsOmitted = c.Outputs(), c.omitted
+	n := 0
 	for i, out := range res.Results {
-		var num int
-		if json.Unmarshal(out.Metadata["figure"], &num) != nil || !out.Has("image/png") {
+		if _, fig := out.Metadata["figure"]; !fig || !out.Has("image/png") {
 			continue
 		}
-		res.Artifacts = append(res.Artifacts, api.Artifact{Name: fmt.Sprintf("figure-%d.png", num), MIME: "image/png", Data: []byte{}, Output: &i})
+		n++ // figure numbers repeat once plt.show() closed the figures: names count instead
+		res.Artifacts = append(res.Artifacts, api.Artifact{Name: fmt.Sprintf("figure-%d.png", n), MIME: "image/png", Data: []byte{}, Output: &i})
 	}
 }

@@ -302,11 +302,16 @@ def _axes_chart(ax):
         label = c.get_label()
         series.append({"kind": "bar", "label": "" if not label or label.startswith("_") else label, "x": xs, "y": ys,
                        "points": len(c.patches)})
+    bars = bool(series) and series[-1]["kind"] == "bar"
     for line in ax.get_lines():
         label = line.get_label()
-        x, y = line.get_xdata(), line.get_ydata()
-        series.append({"kind": "line", "label": "" if label.startswith("_") else label, "x": _values(x), "y": _values(y),
-                       "points": len(y)})
+        x, y = _values(line.get_xdata()), _values(line.get_ydata())
+        if all(v is None for v in y):
+            continue
+        if bars and len(x) == 2 and x[0] == x[1]:
+            continue  # an error bar drawn over a bar (seaborn's barplot)
+        series.append({"kind": "line", "label": "" if label.startswith("_") else label, "x": x, "y": y,
+                       "points": len(line.get_ydata())})
     for coll in ax.collections:
         if not isinstance(coll, PathCollection):
             continue
@@ -322,6 +327,74 @@ def _axes_chart(ax):
         chart["x_axis"] = {"label": ax.get_xlabel(), "scale": ax.get_xscale()}
         chart["y_axis"] = {"label": ax.get_ylabel(), "scale": ax.get_yscale()}
     return chart
+
+
+# --- hooks into libraries (heavy tier) ------------------------------------------------------------
+
+def _patch_pyplot(plt):
+    if getattr(plt.show, "_agentbox", False):
+        return
+
+    def show(*args, **kwargs):
+        show_figures()
+
+    show._agentbox = True
+    plt.show = show
+
+
+def _patch_plotly_io(pio):
+    # Figure.show() calls plotly.io.show, which would look for a browser or IPython.
+    def show(fig, *args, **kwargs):
+        display(fig)
+
+    pio.show = show
+
+
+_HOOKS = {"matplotlib.pyplot": _patch_pyplot, "plotly.io": _patch_plotly_io}
+
+
+class _PostImport:
+    """A meta-path finder that runs a hook on a module once it has been executed, whenever the program
+    imports it: plt.show() and fig.show() then display their figures."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        hook = _HOOKS.get(name)
+        if hook is None:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is _PostImport or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        real = getattr(loader, "exec_module", None)
+        if real is None:
+            return spec
+
+        def exec_module(module):
+            real(module)
+            hook(module)
+
+        loader.exec_module = exec_module  # this loader instance serves this module only
+        return spec
+
+    @staticmethod
+    def invalidate_caches():
+        pass
+
+
+def install_hooks():
+    """Patches the libraries' show() now if they are loaded, and on import otherwise."""
+    for name, hook in _HOOKS.items():
+        if name in sys.modules:
+            hook(sys.modules[name])
+    if _PostImport not in sys.meta_path:
+        sys.meta_path.insert(0, _PostImport)
 
 
 # --- pandas and plotly ----------------------------------------------------------------------------
