@@ -22,4 +22,21 @@ type (
 	SessionInfo    = api.Session
 	FileInfo       = api.FileInfo
 	Tier           = api.Tier
+	// Output is one rich result (Result.Results): its helpers Text, HTML, PNG, JSON, Chart and Table
+	// read its representations; Result.MainResult is the final expression's value.
+	Output      = api.Output
+	Chart       = api.Chart
+	ChartAxis   = api.ChartAxis
+	ChartSeries = api.ChartSeries
+	Table       = api.Table
+	TableSchema = api.TableSchema
+	TableField  = api.TableField
+	Artifact    = api.Artifact
+)
+
+// MIME types of the structured representations (see Output).
+const (
+	MIMEChart  = api.MIMEChart
+	MIMETable  = api.MIMETable
+	MIMEPlotly = api.MIMEPlotly
 )

@@ -35,6 +35,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	tier := fset.String("tier", "auto", "sandbox tier: auto (chosen from the imports), nano, or heavy (numpy/pandas/matplotlib under gVisor)")
 	rulesFile := fset.String("rules", "", "routing rules (TOML) for --tier auto, over the shipped ones")
 	artifacts := fset.String("artifacts", "", "heavy tier: write charts and other artifacts into this directory")
+	repl := fset.Bool("repl", false, "REPL semantics, like a notebook cell: the value of a final expression is the main result (printed as text). Without it the program runs like python3 FILE")
 	var allow, files, outs multiFlag
 	fset.Var(&allow, "allow-module", "only allow importing this top-level module (repeatable)")
 	fset.Var(&files, "file", "copy LOCAL[:REMOTE] into the sandbox before the run (repeatable; REMOTE defaults to /data/<name>)")
@@ -59,7 +60,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		return 0, usagef("--timeout %v: must be at least 1ms", *timeout)
 	}
 
-	req := api.RunRequest{Tier: api.Tier(*tier), Limits: api.Limits{
+	req := api.RunRequest{Tier: api.Tier(*tier), Script: !*repl, Limits: api.Limits{
 		TimeoutMS: int(*timeout / time.Millisecond), MemoryLimitMB: *memory, MaxOutputBytes: *maxOutput,
 		AllowedModules: allow,
 	}}
@@ -108,6 +109,12 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		out = dispatch.Output{
 			Stdout: func(s string) { io.WriteString(e.stdout, s) },
 			Stderr: func(s string) { io.WriteString(e.stderr, s) },
+			// A rich output shows as its text, like IPython in a terminal (--artifacts saves figures).
+			Output: func(o api.Output) {
+				if t := o.Text(); t != "" {
+					io.WriteString(e.stdout, t+"\n")
+				}
+			},
 			Fallback: func(_ *api.Result, why string) {
 				fmt.Fprintf(e.stderr, "agentbox: %s; running it again on the heavy tier\n", why)
 			},
