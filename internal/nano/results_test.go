@@ -2,179 +2,31 @@ package nano
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/outputs/outputstest"
 	"github.com/entersandbox/agentbox/internal/tier"
 )
-
-// wantOut is what a test expects of one output: its type, whether it is the main result, and MIME
-// types with the exact data (a JSON literal) or, with a leading "~", a substring of the string data.
-type wantOut struct {
-	typ  string
-	main bool
-	data map[string]string
-}
-
-func checkOutputs(t *testing.T, got []api.Output, want []wantOut) {
-	t.Helper()
-	if len(got) != len(want) {
-		b, _ := json.Marshal(got)
-		t.Fatalf("%d outputs, want %d: %s", len(got), len(want), b)
-	}
-	for i, w := range want {
-		o := got[i]
-		if o.Type != w.typ || o.IsMainResult != w.main {
-			t.Errorf("output %d: type %s main %v, want %s %v", i, o.Type, o.IsMainResult, w.typ, w.main)
-		}
-		for mime, v := range w.data {
-			raw, ok := o.Data[mime]
-			switch {
-			case !ok:
-				t.Errorf("output %d has no %s: %v", i, mime, keys(o.Data))
-			case strings.HasPrefix(v, "~"):
-				if !strings.Contains(o.TextOf(mime), v[1:]) {
-					t.Errorf("output %d %s = %s, want it to contain %q", i, mime, raw, v[1:])
-				}
-			default:
-				if !jsonEqual(t, raw, v) {
-					t.Errorf("output %d %s = %s, want %s", i, mime, raw, v)
-				}
-			}
-		}
-	}
-}
-
-func keys(m map[string]json.RawMessage) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
-}
-
-func jsonEqual(t *testing.T, a json.RawMessage, b string) bool {
-	var x, y any
-	if err := json.Unmarshal(a, &x); err != nil {
-		t.Fatalf("%s: %v", a, err)
-	}
-	if err := json.Unmarshal([]byte(b), &y); err != nil {
-		t.Fatalf("want %s: %v", b, err)
-	}
-	xb, _ := json.Marshal(x)
-	yb, _ := json.Marshal(y)
-	return string(xb) == string(yb)
-}
-
-func plain(v string) map[string]string { return map[string]string{"text/plain": v} }
-
-var pngBytes = []byte("\x89PNG\r\n\x1a\nnot really")
 
 // TestResultsLastExpressionRules are IPython's rules for the main result, in a one-shot run (REPL
 // semantics by default) and with script: true.
 func TestResultsLastExpressionRules(t *testing.T) {
-	cases := []struct {
-		name    string
-		code    string
-		script  bool
-		want    []wantOut
-		errType string
-		stdout  string
-	}{
-		{name: "expression", code: "x = 20\nx + 22", want: []wantOut{{typ: api.OutputExecuteResult, main: true, data: plain(`"42"`)}}},
-		{name: "expression after a comment and blank lines", code: "'a' * 3  # three\n\n# done\n", want: []wantOut{{typ: api.OutputExecuteResult, main: true, data: plain(`"'aaa'"`)}}},
-		{name: "None gives none", code: "None"},
-		{name: "a call returning None gives none", code: "print('p')", stdout: "p\n"},
-		{name: "trailing semicolon suppresses", code: "1 + 1;"},
-		{name: "semicolon then a comment suppresses", code: "x = 'é'; x ;  # quiet"},
-		{name: "semicolon between statements does not", code: "x = 2; x * 3", want: []wantOut{{typ: api.OutputExecuteResult, main: true, data: plain(`"6"`)}}},
-		{name: "assignment gives none", code: "y = 5"},
-		{name: "augmented assignment gives none", code: "y = 5\ny += 1"},
-		{name: "if block gives none", code: "if True:\n    7"},
-		{name: "for block gives none", code: "for i in range(2):\n    i"},
-		{name: "only the last expression", code: "1\n2\n3", want: []wantOut{{typ: api.OutputExecuteResult, main: true, data: plain(`"3"`)}}},
-		{name: "syntax error", code: "x = (1,\n", errType: "SyntaxError"},
-		{name: "an expression that raises", code: "print('before')\n1 / 0", errType: "ZeroDivisionError", stdout: "before\n"},
-		{name: "empty program", code: ""},
-		{name: "script semantics", code: "40 + 2", script: true},
-		{name: "script semantics keep display", code: "display(1)\n2", script: true, want: []wantOut{{typ: api.OutputDisplayData, data: plain(`"1"`)}}},
-		{name: "expression with a trailing newline", code: "10\n", want: []wantOut{{typ: api.OutputExecuteResult, main: true, data: plain(`"10"`)}}},
-		{name: "a failing repr is reported, not fatal", code: "class B:\n    def __repr__(self): raise ValueError('no')\nB()",
-			want: []wantOut{{typ: api.OutputExecuteResult, main: true, data: plain(`~repr failed: ValueError`)}}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			res := run(t, api.RunRequest{Code: tc.code, Script: tc.script})
-			if tc.errType == "" && res.Error != nil {
-				t.Fatalf("error %+v", res.Error)
-			}
-			if tc.errType != "" && (res.Error == nil || res.Error.Type != tc.errType) {
-				t.Fatalf("error %+v, want %s", res.Error, tc.errType)
-			}
-			if res.Stdout != tc.stdout {
-				t.Errorf("stdout %q, want %q", res.Stdout, tc.stdout)
-			}
-			checkOutputs(t, res.Results, tc.want)
-			if m := res.MainResult(); (m != nil) != (len(tc.want) > 0 && tc.want[0].main) {
-				t.Errorf("MainResult %v", m)
-			}
+	for _, tc := range outputstest.LastExpression {
+		t.Run(tc.Name, func(t *testing.T) {
+			outputstest.Check(t, tc, run(t, api.RunRequest{Code: tc.Code, Script: tc.Script}))
 		})
 	}
 }
 
-// TestResultsMIMETypes covers every representation a pure-Python object can give on nano: the
-// _repr_*_ methods, _repr_mimebundle_ (with the plotly and Vega-Lite types), raw bundles and JSON.
+// TestResultsMIMETypes covers every representation a pure-Python object can give on nano.
 func TestResultsMIMETypes(t *testing.T) {
-	png := base64.StdEncoding.EncodeToString(pngBytes)
-	cases := []struct {
-		name string
-		code string
-		want map[string]string
-		meta map[string]string
-	}{
-		{name: "text/html from a dataclass", code: "import dataclasses\n@dataclasses.dataclass\nclass P:\n    x: int\n    def _repr_html_(self): return f'<b>{self.x}</b>'\nP(3)",
-			want: map[string]string{"text/html": `"<b>3</b>"`, "text/plain": `"P(x=3)"`}},
-		{name: "text/markdown", code: "class M:\n    def _repr_markdown_(self): return '# hi'\nM()", want: map[string]string{"text/markdown": `"# hi"`}},
-		{name: "image/svg+xml", code: "class S:\n    def _repr_svg_(self): return '<svg/>'\nS()", want: map[string]string{"image/svg+xml": `"<svg/>"`}},
-		{name: "image/png from bytes", code: fmt.Sprintf("class I:\n    def _repr_png_(self): return %q.encode('latin-1')\nI()", string(pngBytes)), want: map[string]string{"image/png": `"` + png + `"`}},
-		{name: "image/jpeg with metadata", code: "class J:\n    def _repr_jpeg_(self): return b'\\xff\\xd8', {'width': 4}\nJ()",
-			want: map[string]string{"image/jpeg": `"/9g="`}, meta: map[string]string{"image/jpeg": `{"width": 4}`}},
-		{name: "text/latex", code: "class L:\n    def _repr_latex_(self): return r'$x^2$'\nL()", want: map[string]string{"text/latex": `"$x^2$"`}},
-		{name: "application/json", code: "class D:\n    def _repr_json_(self): return {'a': [1, 2]}\nD()", want: map[string]string{"application/json": `{"a": [1, 2]}`}},
-		{name: "application/javascript", code: "class JS:\n    def _repr_javascript_(self): return 'alert(1)'\nJS()", want: map[string]string{"application/javascript": `"alert(1)"`}},
-		{name: "application/pdf", code: "class PDF:\n    def _repr_pdf_(self): return b'%PDF'\nPDF()", want: map[string]string{"application/pdf": `"JVBERg=="`}},
-		{name: "mimebundle with plotly and vega-lite", code: "class V:\n    def _repr_mimebundle_(self, include=None, exclude=None):\n        return {'application/vnd.vegalite.v4+json': {'mark': 'bar'}, 'application/vnd.plotly.v1+json': {'data': []}}, {'source': 't'}\nV()",
-			want: map[string]string{"application/vnd.vegalite.v4+json": `{"mark": "bar"}`, "application/vnd.plotly.v1+json": `{"data": []}`, "text/plain": `~<__main__.V object`},
-			meta: map[string]string{"source": `"t"`}},
-		{name: "mimebundle wins over _repr_html_", code: "class W:\n    def _repr_mimebundle_(self, include=None, exclude=None): return {'text/html': 'bundle'}\n    def _repr_html_(self): return 'method'\nW()",
-			want: map[string]string{"text/html": `"bundle"`}},
-		{name: "a _repr_ returning None is skipped", code: "class N:\n    def _repr_html_(self): return None\nN()", want: map[string]string{"text/plain": `~N object`}},
-		{name: "raw display of a bundle", code: "display({'text/markdown': '**b**', 'text/plain': 'b'}, raw=True)", want: map[string]string{"text/markdown": `"**b**"`, "text/plain": `"b"`}},
-		{name: "display metadata", code: "display('x', metadata={'tag': 1})", want: map[string]string{"text/plain": `"'x'"`}, meta: map[string]string{"tag": `1`}},
-		{name: "NaN in JSON is left out, the rest kept", code: "class F:\n    def _repr_json_(self): return {'v': float('nan')}\nF()", want: map[string]string{"text/plain": `~F object`}},
-		{name: "text/plain of a dict", code: "{'k': [1, 2]}", want: map[string]string{"text/plain": `"{'k': [1, 2]}"`}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			res := run(t, api.RunRequest{Code: tc.code})
-			if res.Error != nil || len(res.Results) != 1 {
-				t.Fatalf("error %+v, %d outputs: %+v", res.Error, len(res.Results), res.Results)
-			}
-			o := res.Results[0]
-			checkOutputs(t, res.Results, []wantOut{{typ: o.Type, main: o.IsMainResult, data: tc.want}})
-			for k, v := range tc.meta {
-				if raw, ok := o.Metadata[k]; !ok || !jsonEqual(t, raw, v) {
-					t.Errorf("metadata %s = %s, want %s", k, raw, v)
-				}
-			}
-			if tc.name == "NaN in JSON is left out, the rest kept" && (o.Has("application/json") || !strings.Contains(res.Stderr, "application/json of an output left out")) {
-				t.Errorf("NaN JSON kept or not reported: %v, stderr %q", keys(o.Data), res.Stderr)
-			}
+	for _, tc := range outputstest.MIME {
+		t.Run(tc.Name, func(t *testing.T) {
+			outputstest.Check(t, tc, run(t, api.RunRequest{Code: tc.Code}))
 		})
 	}
 }
@@ -284,7 +136,7 @@ func TestResultsCaps(t *testing.T) {
 			check: func(t *testing.T, res *api.Result) {
 				o := res.Results[0]
 				if o.Has("image/png") || !strings.Contains(o.Text(), "I object") || string(o.Metadata[api.OutputTruncatedMeta]) != `["image/png"]` {
-					t.Fatalf("data %v metadata %s", keys(o.Data), o.Metadata[api.OutputTruncatedMeta])
+					t.Fatalf("data %v metadata %s", outputstest.Keys(o.Data), o.Metadata[api.OutputTruncatedMeta])
 				}
 			}},
 		{name: "outputs past the run's cap are left out", code: "for i in range(10):\n    display('y' * 3000)", limits: api.Limits{MaxResultsBytes: 10000},
