@@ -157,22 +157,33 @@ def _call(fn, **kwargs):
 # --- REPL semantics -------------------------------------------------------------------------------
 
 def run(code, filename, g, repl=True):
-    """Executes code in the namespace g. With repl, a final expression statement is evaluated and its
-    value becomes the main result (execute_result), unless it is None or the statement ends with ';'.
-    Exceptions, SyntaxError included, propagate to the caller."""
+    """Executes code in the namespace g. With repl, a final expression statement's value becomes the
+    main result (execute_result), unless it is None or the statement ends with ';'. Exceptions,
+    SyntaxError included, propagate to the caller.
+
+    The program is parsed once and compiled once: the final expression is wrapped in a call to
+    _main_result (through builtins, where the program's names cannot shadow it by accident), which
+    costs less than compiling the body and the expression apart."""
     tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
-    last = None
-    if repl and tree.body and isinstance(tree.body[-1], ast.Expr) and not _suppressed(code, tree.body[-1]):
-        last = tree.body.pop()
+    body = tree.body
+    if repl and body and isinstance(body[-1], ast.Expr) and not _suppressed(code, body[-1]):
+        value = body[-1].value
+        func = ast.Name("_agentbox_main_result", ast.Load())
+        call = ast.Call(func, [value], [])
+        ast.copy_location(func, value)
+        body[-1].value = ast.copy_location(call, value)
     exec(compile(tree, filename, "exec", dont_inherit=True), g)
-    if last is None:
-        return
-    value = eval(compile(ast.Expression(last.value), filename, "eval", dont_inherit=True), g)
+
+
+def _main_result(value):
     if value is None:
         return
     builtins._ = value
     data, md = bundle(value)
     _send("execute_result", data, md, main=True)
+
+
+builtins._agentbox_main_result = _main_result
 
 
 def _suppressed(code, stmt):
