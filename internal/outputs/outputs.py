@@ -103,7 +103,19 @@ def _isinstance_of(obj, module, name):
 
 
 def bundle(obj):
-    """The MIME bundle and metadata of obj: what IPython's formatters would give, plus the extras."""
+    """The MIME bundle and metadata of obj: what IPython's formatters would give, plus the extras. A
+    formatter that fails is reported on stderr and the text representation stands (as in IPython)."""
+    try:
+        return _bundle(obj)
+    except Exception as e:  # noqa: BLE001
+        try:
+            sys.stderr.write(f"agentbox: formatting a {type(obj).__name__} failed: {type(e).__name__}: {e}\n")
+        except Exception:  # noqa: BLE001
+            pass
+        return {"text/plain": _text(obj)}, {}
+
+
+def _bundle(obj):
     if _isinstance_of(obj, "matplotlib.figure", "Figure"):
         return _figure(obj, close=True)
     if _isinstance_of(obj, "pandas", "DataFrame") or _isinstance_of(obj, "pandas", "Series"):
