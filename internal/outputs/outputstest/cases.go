@@ -88,6 +88,8 @@ var MIME = func() []Case {
 		{Name: "a _repr_ returning None is skipped", Code: "class N:\n    def _repr_html_(self): return None\nN()", Data: map[string]string{"text/plain": `~N object`}},
 		{Name: "raw display of a bundle", Code: "display({'text/markdown': '**b**', 'text/plain': 'b'}, raw=True)", Data: map[string]string{"text/markdown": `"**b**"`, "text/plain": `"b"`}},
 		{Name: "display metadata", Code: "display('x', metadata={'tag': 1})", Data: map[string]string{"text/plain": `"'x'"`}, Meta: map[string]string{"tag": `1`}},
+		{Name: "a formatter that raises keeps the text", Code: "class R:\n    @property\n    def _repr_mimebundle_(self): raise RuntimeError('x')\n    def __repr__(self): return 'R!'\nR()",
+			Data: map[string]string{"text/plain": `"R!"`}, Stderr: "formatting a R failed: RuntimeError: x"},
 		{Name: "NaN in JSON is left out, the rest kept", Code: "class F:\n    def _repr_json_(self): return {'v': float('nan')}\nF()", Data: map[string]string{"text/plain": `~F object`},
 			Without: []string{"application/json"}, Stderr: "application/json of an output left out"},
 		{Name: "text/plain of a dict", Code: "{'k': [1, 2]}", Data: map[string]string{"text/plain": `"{'k': [1, 2]}"`}},
