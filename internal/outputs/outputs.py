@@ -11,9 +11,13 @@
 import ast
 import base64
 import builtins
+import collections
 import io
 import json
+import keyword
 import math
+import opcode
+import re
 import struct
 import sys
 
@@ -173,12 +177,91 @@ def run(code, filename, g, repl=True):
     main result (execute_result), unless it is None or the statement ends with ';'. Exceptions,
     SyntaxError included, propagate to the caller.
 
-    The program is parsed once and compiled once: the final expression is wrapped in a call to
-    _main_result (through builtins, where the program's names cannot shadow it by accident), which
-    costs less than compiling the body and the expression apart."""
+    The program is compiled as a script would be; the common cases are then read from the bytecode
+    (see _final_expression), which costs a fraction of parsing it into a Python AST. Only the cases
+    the bytecode cannot tell go through the AST (_run_ast)."""
+    compiled = compile(code, filename, "exec", dont_inherit=True)
+    if not repl:
+        exec(compiled, g)
+        return
+    final = _final_expression(code, compiled)
+    if final is None:
+        _run_ast(code, filename, g)
+    elif final is False:
+        exec(compiled, g)
+    else:
+        _main_result(eval(final, g))
+
+
+_POP_TOP = opcode.opmap["POP_TOP"]
+_LOAD_CONST = opcode.opmap["LOAD_CONST"]
+_RETURN_VALUE = opcode.opmap["RETURN_VALUE"]
+_STORE_NAME = opcode.opmap["STORE_NAME"]
+# Words a statement (not an expression) may start with; a final "expression" starting with one is
+# confirmed by compiling it alone (`with` and `from ... import` also end in POP_TOP; `not x` and
+# `match` as a name are expressions).
+_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
+
+
+def _blank(text):
+    text = text.strip()
+    return not text or text.startswith("#")
+
+
+def _final_expression(code, co):
+    """What the module's bytecode says of its final statement: a copy of co that returns the value of
+    a final expression statement instead of dropping it; False when there is no main result; None
+    when only the AST can tell.
+
+    A module ends with LOAD_CONST None, RETURN_VALUE located at its last statement. An expression
+    statement leaves POP_TOP before it, located at the expression; at column 0 it is a top-level
+    statement. Constant expression statements compile to nothing, so a return located elsewhere than
+    the code before it, or anything but comments after it, is left to the AST."""
+    b = co.co_code
+    if len(b) < 6 or b[-6] == opcode.EXTENDED_ARG or b[-4] != _LOAD_CONST or b[-2] != _RETURN_VALUE or co.co_consts[b[-3]] is not None:
+        return None
+    last, _, ret = collections.deque(co.co_positions(), maxlen=3)
+    if last != ret or None in ret:
+        return None
+    line, end_line, col, end_col = ret
+    lines = code.splitlines()
+    if not 1 <= line <= end_line <= len(lines) or not all(_blank(text) for text in lines[end_line:]):
+        return None
+    rest = lines[end_line - 1].encode()[end_col:]
+    if b[-6] != _POP_TOP:
+        # The last statement's code is not an expression's, and no constant expression (which
+        # compiles to nothing) follows it on its line after a ';'. A lone docstring stores __doc__.
+        if b";" in rest or b[-6] == _STORE_NAME and co.co_names[b[-5]] == "__doc__":
+            return None
+        return False
+    rest = rest.decode(errors="replace").lstrip()
+    suppressed = rest.startswith(";")
+    if not _blank(rest[1:] if suppressed else rest):
+        return None
+    start = lines[line - 1].encode()
+    if col > 0:
+        # Indented: the body of a block (if, for, with...), never a main result; else after a ';'.
+        return False if not start[:col].strip() else None
+    if suppressed:
+        return False
+    word = re.match(rb"[A-Za-z_][A-Za-z0-9_]*", start)
+    if word is not None and word.group().decode() in _KEYWORDS:
+        segment = b"\n".join([start[col:]] + [text.encode() for text in lines[line:end_line]])
+        segment = segment[: len(segment) - len(lines[end_line - 1].encode()) + end_col]
+        try:
+            compile(segment, "<check>", "eval", dont_inherit=True)
+        except SyntaxError:
+            return False
+    patched = b[: len(b) - 6] + bytes((_RETURN_VALUE, 0)) + b[len(b) - 4:]
+    return co.replace(co_code=patched)
+
+
+def _run_ast(code, filename, g):
+    """REPL semantics through the AST: the final expression wrapped in a call to _main_result
+    (through builtins, where the program's names cannot shadow it by accident)."""
     tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
     body = tree.body
-    if repl and body and isinstance(body[-1], ast.Expr) and not _suppressed(code, body[-1]):
+    if body and isinstance(body[-1], ast.Expr) and not _suppressed(code, body[-1]):
         value = body[-1].value
         func = ast.Name("_agentbox_main_result", ast.Load())
         call = ast.Call(func, [value], [])
