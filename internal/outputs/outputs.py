@@ -201,6 +201,9 @@ _STORE_NAME = opcode.opmap["STORE_NAME"]
 # confirmed by compiling it alone (`with` and `from ... import` also end in POP_TOP; `not x` and
 # `match` as a name are expressions).
 _KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
+# Compiled here, so that it is in the nano snapshot: compiling it in every fresh sandbox cost more
+# than the rest of the machinery.
+_WORD = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _blank(text):
@@ -220,6 +223,10 @@ def _final_expression(code, co):
     b = co.co_code
     if len(b) < 6 or b[-6] == opcode.EXTENDED_ARG or b[-4] != _LOAD_CONST or b[-2] != _RETURN_VALUE or co.co_consts[b[-3]] is not None:
         return None
+    if b[-6] == _POP_TOP and ";" not in code and ":" not in code and "\n" not in code.rstrip():
+        # One simple statement on one line (no ';', no compound statement, no lambda): the common
+        # notebook cell `df.head()`, read without the positions, which cost most of this function.
+        return _returning(co, b, code, code.encode())
     last, _, ret = collections.deque(co.co_positions(), maxlen=3)
     if last != ret or None in ret:
         return None
@@ -244,16 +251,21 @@ def _final_expression(code, co):
         return False if not start[:col].strip() else None
     if suppressed:
         return False
-    word = re.match(rb"[A-Za-z_][A-Za-z0-9_]*", start)
+    segment = b"\n".join([start[col:]] + [text.encode() for text in lines[line:end_line]])
+    return _returning(co, b, segment[: len(segment) - len(lines[end_line - 1].encode()) + end_col], start)
+
+
+def _returning(co, b, segment, start):
+    """co made to return the value its final POP_TOP drops. The statement there, segment (its first
+    line is start), is an expression unless it starts with a keyword and does not compile alone as
+    one (`with`, `from m import x`)."""
+    word = _WORD.match(start)
     if word is not None and word.group().decode() in _KEYWORDS:
-        segment = b"\n".join([start[col:]] + [text.encode() for text in lines[line:end_line]])
-        segment = segment[: len(segment) - len(lines[end_line - 1].encode()) + end_col]
         try:
             compile(segment, "<check>", "eval", dont_inherit=True)
         except SyntaxError:
             return False
-    patched = b[: len(b) - 6] + bytes((_RETURN_VALUE, 0)) + b[len(b) - 4:]
-    return co.replace(co_code=patched)
+    return co.replace(co_code=b[: len(b) - 6] + bytes((_RETURN_VALUE, 0)) + b[len(b) - 4:])
 
 
 def _run_ast(code, filename, g):

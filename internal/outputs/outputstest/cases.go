@@ -61,6 +61,8 @@ var LastExpression = []Case{
 	{Name: "multi-line expression suppressed", Code: "[1,\n 2];  # quiet"},
 	{Name: "with block gives none", Code: "with open('/tmp/w', 'w') as f:\n    f"},
 	{Name: "from-import gives none", Code: "from os import path"},
+	{Name: "import with an alias gives none", Code: "import os.path as p"},
+	{Name: "a call with a trailing comment", Code: "len('abc')  # three", Want: []Want{{Type: api.OutputExecuteResult, Main: true, Data: Plain(`"3"`)}}},
 	{Name: "import then an attribute", Code: "import os\nos.sep", Want: []Want{{Type: api.OutputExecuteResult, Main: true, Data: Plain(`"'/'"`)}}},
 	{Name: "a soft keyword as a name", Code: "match = 5\nmatch", Want: []Want{{Type: api.OutputExecuteResult, Main: true, Data: Plain(`"5"`)}}},
 	{Name: "a match statement gives none", Code: "match 1:\n    case 1:\n        pass"},
