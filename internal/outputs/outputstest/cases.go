@@ -122,6 +122,11 @@ func Check(t *testing.T, c Case, res *api.Result) {
 	if c.ErrType != "" && (res.Error == nil || res.Error.Type != c.ErrType) {
 		t.Fatalf("error %+v, want %s", res.Error, c.ErrType)
 	}
+	for _, own := range []string{"<agentbox-runner>", "outputs.py", "agent.py"} {
+		if res.Error != nil && strings.Contains(res.Error.Traceback, own) {
+			t.Errorf("the traceback shows the runner's frames (%s):\n%s", own, res.Error.Traceback)
+		}
+	}
 	if c.Stderr != "" && !strings.Contains(res.Stderr, c.Stderr) {
 		t.Errorf("stderr %q, want it to contain %q", res.Stderr, c.Stderr)
 	}
