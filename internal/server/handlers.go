@@ -332,9 +332,9 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.FileList{Dir: dir, Files: files})
 }
 
-// stream is a server-sent-event response: stdout/stderr and output events as the program makes them, then one result
-// event (or error event). Output is queued and written by its own goroutine, so a slow client never
-// blocks the guest; the queue is bounded by the run's output and result caps.
+// stream is a server-sent-event response: stdout/stderr and output events as the program makes them,
+// then one result event (or error event). Output is queued and written by its own goroutine, so a
+// slow client never blocks the guest; the queue is bounded by the run's output and result caps.
 type stream struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
