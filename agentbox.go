@@ -40,4 +40,21 @@ type (
 	AuditVerification = api.AuditVerification
 	AuditCheckpoint   = api.AuditCheckpoint
 	AuditCount        = api.AuditCount
+	// Output is one rich result (Result.Results): its helpers Text, HTML, PNG, JSON, Chart and Table
+	// read its representations; Result.MainResult is the final expression's value.
+	Output      = api.Output
+	Chart       = api.Chart
+	ChartAxis   = api.ChartAxis
+	ChartSeries = api.ChartSeries
+	Table       = api.Table
+	TableSchema = api.TableSchema
+	TableField  = api.TableField
+	Artifact    = api.Artifact
+)
+
+// MIME types of the structured representations (see Output).
+const (
+	MIMEChart  = api.MIMEChart
+	MIMETable  = api.MIMETable
+	MIMEPlotly = api.MIMEPlotly
 )

@@ -91,6 +91,9 @@ type Callbacks struct {
 	// Fallback is called when a nano run failed for want of something the heavy tier has and starts
 	// again there; the output before it was the nano attempt's.
 	Fallback func(from Tier, reason string)
+	// Output is called with each rich output (the final expression's value, display(), a figure) as
+	// the program makes it, in order with Stdout and Stderr.
+	Output func(out Output)
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body io.Reader, contentType string, accept string) (*http.Response, error) {
@@ -234,6 +237,14 @@ func dispatch(event, data string, cb Callbacks, out any, resp *http.Response) (d
 		}
 		if cb.Fallback != nil {
 			cb.Fallback(fb.From, fb.Reason)
+		}
+	case "output":
+		var o Output
+		if err := json.Unmarshal([]byte(data), &o); err != nil {
+			return false, fmt.Errorf("agentbox: bad output event: %w", err)
+		}
+		if cb.Output != nil {
+			cb.Output(o)
 		}
 	case "result":
 		if err := json.Unmarshal([]byte(data), out); err != nil {

@@ -47,6 +47,15 @@ type Limits struct {
 	AllowedModules []string `json:"allowed_modules,omitempty"`
 	// MaxOutputBytes caps stdout and stderr, each.
 	MaxOutputBytes int `json:"max_output_bytes,omitempty"`
+	// MaxResultBytes caps one rich output (Result.Results): text past it is cut with
+	// TruncationMarker, binary and JSON data past it left out (the output's metadata says which).
+	MaxResultBytes int `json:"max_result_bytes,omitempty"`
+	// MaxResultsBytes caps a run's rich outputs together; outputs past it are left out
+	// (Result.ResultsOmitted counts them).
+	MaxResultsBytes int `json:"max_results_bytes,omitempty"`
+	// FigureSVG adds image/svg+xml to every matplotlib figure's output, next to image/png. It shapes
+	// results rather than bounding the run, but travels with the limits to every run and session.
+	FigureSVG bool `json:"figure_svg,omitempty"`
 }
 
 // File is a file placed into or taken out of a sandbox.
@@ -75,6 +84,9 @@ type RunRequest struct {
 	// them (URLs named in Task, Intent's packages, URLs and git remotes), inside its ceiling.
 	Task   string  `json:"task,omitempty"`
 	Intent *Intent `json:"intent,omitempty"`
+	// Script runs the code like `python3 FILE`: a final expression gives no main result. False (the
+	// default) is REPL semantics, like a notebook cell (docs/results.md).
+	Script bool `json:"script,omitempty"`
 }
 
 // Error describes why a program did not finish normally.
@@ -113,6 +125,13 @@ type Result struct {
 	Missing *Missing `json:"-"`
 	// NetworkEvents are the connections and requests the run (or cell) made and the policy's verdicts.
 	NetworkEvents []NetworkEvent `json:"network_events,omitempty"`
+	// Results are the run's rich outputs in the order they happened (Jupyter-style, see Output): the
+	// value of the final expression under REPL semantics, anything passed to display(), every
+	// matplotlib figure shown or left open. Never null in the HTTP API.
+	Results []Output `json:"results"`
+	// ResultsOmitted is how many outputs were left out because the run's results passed
+	// Limits.MaxResultsBytes.
+	ResultsOmitted int `json:"results_omitted,omitempty"`
 }
 
 // Missing is what a nano program failed for want of.
@@ -128,8 +147,12 @@ type Missing struct {
 type Artifact struct {
 	Name string `json:"name"`
 	MIME string `json:"mime"`
-	// Data is the content (base64 in JSON).
+	// Data is the content (base64 in JSON). It is empty for a figure whose image is in Results:
+	// Output is then its index there (a chart is sent once).
 	Data []byte `json:"base64"`
+	// Output is the index in Result.Results of the output holding this artifact's content; nil when
+	// Data holds it.
+	Output *int `json:"output,omitempty"`
 }
 
 // RunBody is the HTTP API's POST /v1/run request: RunRequest with files as a map from sandbox path
@@ -149,6 +172,8 @@ type RunBody struct {
 	// them (URLs named in Task, Intent's packages, URLs and git remotes), inside its ceiling.
 	Task   string  `json:"task,omitempty"`
 	Intent *Intent `json:"intent,omitempty"`
+	// Script is RunRequest.Script: script semantics instead of a notebook cell's.
+	Script bool `json:"script,omitempty"`
 }
 
 // RunResponse is POST /v1/run's answer: the result, and the files the program left under /output

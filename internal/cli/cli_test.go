@@ -52,6 +52,20 @@ func TestRunCommand(t *testing.T) {
 					t.Fatalf("%+v", r)
 				}
 			}},
+		{name: "script semantics by default", args: []string{"run", "--json", "-"}, stdin: "40 + 2", exit: 0,
+			checkJSON: func(t *testing.T, r api.Result) {
+				if r.Stdout != "" || len(r.Results) != 0 {
+					t.Fatalf("a script's final expression gave %q %+v", r.Stdout, r.Results)
+				}
+			}},
+		{name: "--repl makes the final expression the main result", args: []string{"run", "--repl", "--json", "-"}, stdin: "40 + 2", exit: 0,
+			checkJSON: func(t *testing.T, r api.Result) {
+				if m := r.MainResult(); m == nil || m.Text() != "42" {
+					t.Fatalf("%+v", r.Results)
+				}
+			}},
+		{name: "--repl prints the main result as text", args: []string{"run", "--repl", "-"}, stdin: "print('p')\n'v' * 2", exit: 0, stdout: "p\n'vv'\n"},
+		{name: "display() prints as text in order", args: []string{"run", "-"}, stdin: "print('a', flush=True)\ndisplay({'x': 1})\nprint('b')", exit: 0, stdout: "a\n{'x': 1}\nb\n"},
 		{name: "missing --out file", args: []string{"run", "--out", "/output/none:" + filepath.Join(dir, "x"), "-"}, stdin: "pass", exit: 1, stderr: "did not write that file"},
 		{name: "no program", args: []string{"run"}, exit: exitUsage, stderr: "one program"},
 		{name: "missing program file", args: []string{"run", filepath.Join(dir, "nope.py")}, exit: exitUsage, stderr: "no such file"},

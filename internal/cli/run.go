@@ -36,6 +36,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	tier := fset.String("tier", "auto", "sandbox tier: auto (chosen from the imports), nano, or heavy (numpy/pandas/matplotlib under gVisor)")
 	rulesFile := fset.String("rules", "", "routing rules (TOML) for --tier auto, over the shipped ones")
 	artifacts := fset.String("artifacts", "", "heavy tier: write charts and other artifacts into this directory")
+	repl := fset.Bool("repl", false, "REPL semantics, like a notebook cell: the value of a final expression is the main result (printed as text). Without it the program runs like python3 FILE")
 	var allow, files, outs, allowHosts, denyHosts multiFlag
 	fset.Var(&allowHosts, "allow-host", "let the program reach this host: a name, *.name, name:port, or an address or CIDR inside the ceiling's allow_cidrs (repeatable; needs --policy)")
 	fset.Var(&denyHosts, "deny-host", "never let the program reach this host (repeatable; wins over --allow-host)")
@@ -67,7 +68,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		return 0, usagef("--timeout %v: must be at least 1ms", *timeout)
 	}
 
-	req := api.RunRequest{Tier: api.Tier(*tier), Limits: api.Limits{
+	req := api.RunRequest{Tier: api.Tier(*tier), Script: !*repl, Limits: api.Limits{
 		TimeoutMS: int(*timeout / time.Millisecond), MemoryLimitMB: *memory, MaxOutputBytes: *maxOutput,
 		AllowedModules: allow,
 	}, Network: networkFlags(allowHosts, denyHosts, *dlp, *inspectTLS), Task: *task}
@@ -129,6 +130,12 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		out = dispatch.Output{
 			Stdout: func(s string) { io.WriteString(e.stdout, s) },
 			Stderr: func(s string) { io.WriteString(e.stderr, s) },
+			// A rich output shows as its text, like IPython in a terminal (--artifacts saves figures).
+			Output: func(o api.Output) {
+				if t := o.Text(); t != "" {
+					io.WriteString(e.stdout, t+"\n")
+				}
+			},
 			Fallback: func(_ *api.Result, why string) {
 				fmt.Fprintf(e.stderr, "agentbox: %s; running it again on the heavy tier\n", why)
 			},
@@ -158,7 +165,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 		}
 	}
 	if *artifacts != "" {
-		written, refused, err := writeArtifacts(*artifacts, resp.Artifacts)
+		written, refused, err := writeArtifacts(*artifacts, resp.ArtifactContents())
 		if err != nil {
 			return 0, err
 		}

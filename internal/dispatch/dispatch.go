@@ -82,12 +82,16 @@ type Config struct {
 // router's fallbacks; nil fields discard.
 type Output struct {
 	Stdout, Stderr func(text string)
+	// Output receives each rich output as it is made (tier.Stream.Output).
+	Output func(out api.Output)
 	// Fallback is called with the nano result that failed, before the run starts again on heavy.
 	Fallback func(failed *api.Result, reason string)
 }
 
 // stream is what the tiers are given.
-func (o Output) stream() tier.Stream { return tier.Stream{Stdout: o.Stdout, Stderr: o.Stderr} }
+func (o Output) stream() tier.Stream {
+	return tier.Stream{Stdout: o.Stdout, Stderr: o.Stderr, Output: o.Output}
+}
 
 func (o Output) fallback(res *api.Result, reason string) {
 	if o.Fallback != nil {

@@ -8,19 +8,22 @@
 # Preloaded modules stay warm in the worker: it is forked from the supervisor after the imports.
 #
 # Requests come as two lines: a header {"id": n, "op": str, "max_line": n}, then the request itself:
-#            {"id": n, "op": "run", "code": str, "filename": str, "fresh": bool}
+#            {"id": n, "op": "run", "code": str, "filename": str, "fresh": bool, "repl": bool, "svg": bool}
 #            {"id": n, "op": "write", "path": str, "data": base64}
 #            {"id": n, "op": "read", "path": str, "max": n}
 #            {"id": n, "op": "list", "dir": str}
 #            {"id": n, "op": "collect", "dir": str, "max_file": n, "max_total": n}
 #            {"id": n, "op": "install", "dir": str, "packages": [str]}
 # Answers:   {"id": n, "event": "stdout"|"stderr", "text": str}   (while a run is going)
+#            {"id": n, "event": "output", "output": {...}}          (a rich output, in order with those)
 #            {"id": n, "event": "data", "base64": str}             (a chunk of a read)
 #            {"id": n, "event": "procs", "count": n}               (processes running, when many)
 #            {"id": n, "event": "result", ...} or
 #            {"id": n, "event": "failed", "type": str, "message": str}   (exactly one per request)
 # The first line the agent writes is {"event": "ready"}, after its imports.
 import base64
+import builtins
+import importlib.util
 import io
 import json
 import linecache
@@ -36,7 +39,6 @@ import traceback
 PROTO_IN = os.dup(0)
 PROTO_OUT = os.dup(1)
 MAX_TEXT = 64 << 10  # of an error message or traceback
-MAX_ARTIFACTS = 16 << 20  # PNG bytes of one run's figures
 MAX_ENTRIES = 10000  # of a directory listing
 MAX_OMITTED = 1000  # names of /output files left out of a collect
 CHUNK = 1 << 20  # of a read, per data event
@@ -79,6 +81,15 @@ if os.environ.get("AGENTBOX_PRELOAD"):
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401
 import random  # noqa: E402,F401 - imported before the fork, reseeded in every worker
+
+# Rich results (internal/outputs/outputs.py), written next to this file by the host.
+_spec = importlib.util.spec_from_file_location("_agentbox_outputs", os.path.join(os.path.dirname(__file__), "outputs.py"))
+outputs = importlib.util.module_from_spec(_spec)
+sys.modules["_agentbox_outputs"] = outputs
+_spec.loader.exec_module(outputs)
+outputs.install_hooks()
+builtins.display = outputs.display
+_OWN_FILES = frozenset((__file__, outputs.__file__))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,42 +158,6 @@ def _reseed():
         tempfile._name_sequence = None
 
 
-_figures_shown = []
-
-
-def _capture_figures():
-    """PNG artifacts of every matplotlib figure shown or left open; the figures are then closed."""
-    plt = sys.modules.get("matplotlib.pyplot")
-    artifacts = list(_figures_shown)
-    _figures_shown.clear()
-    if plt is None:
-        return artifacts
-    for num in plt.get_fignums():
-        artifacts.append(_png(plt.figure(num), num))
-    plt.close("all")
-    return artifacts
-
-
-def _png(fig, num):
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return {"name": f"figure-{num}.png", "mime": "image/png", "base64": base64.b64encode(buf.getvalue()).decode()}
-
-
-def _patch_show():
-    plt = sys.modules.get("matplotlib.pyplot")
-    if plt is None or getattr(plt.show, "_agentbox", False):
-        return
-
-    def show(*args, **kwargs):
-        for num in plt.get_fignums():
-            _figures_shown.append(_png(plt.figure(num), num))
-        plt.close("all")
-
-    show._agentbox = True
-    plt.show = show
-
-
 _main_globals = {"__name__": "__main__", "__builtins__": __builtins__}
 
 
@@ -201,6 +176,25 @@ def _clip(text):
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT // 2] + "\n[...]\n" + text[-MAX_TEXT // 2:]
 
 
+def _emitter(rid, max_line):
+    """Sends outputs as events after everything printed before them; one too long for the channel
+    is replaced by a note (the host caps the rest)."""
+
+    def emit(output):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _sync()
+        text = outputs.encode(output)
+        if len(text) > max_line:
+            text = json.dumps({"type": output["type"], "is_main_result": output.get("is_main_result", False), "metadata": {},
+                               "data": {"text/plain": f"[output left out: {len(text)} bytes, more than the {max_line} a run may send at once]"}})
+        line = ('{"id": %d, "event": "output", "output": %s}\n' % (rid, text)).encode()
+        with _send_lock:
+            _write_all(_res_fd, line)
+
+    return emit
+
+
 def run(req):
     global _main_globals
     if req.get("fresh"):
@@ -211,32 +205,22 @@ def run(req):
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     _main_globals["__file__"] = filename
     exit_code, error = 0, None
-    _patch_show()
+    outputs.begin(_emitter(req.get("id", 0), int(req.get("max_line") or (1 << 20)) - 4096), svg=req.get("svg"))
     try:
-        compiled = compile(code, filename, "exec", dont_inherit=True)
-        _patch_show()
-        exec(compiled, _main_globals)
+        outputs.run(code, filename, _main_globals, req.get("repl", False))
     except SystemExit as e:
         exit_code = _exit_code(e.code)
     except BaseException as e:  # noqa: B036 - everything the program raises is reported
         exit_code = 1
         tb = e.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES:
             tb = tb.tb_next
         text = "".join(traceback.format_exception(type(e), e, tb))
         sys.stderr.write(text)
         error = {"type": type(e).__name__[:200], "message": _clip(str(e)), "traceback": _clip(text)}
-    _patch_show()
-    artifacts = []
     try:
-        artifacts, size = [], 0
-        for a in _capture_figures():
-            size += len(a["base64"]) * 3 // 4
-            if size > MAX_ARTIFACTS:
-                sys.stderr.write(f"agentbox: {a['name']} left out: the run's figures passed {MAX_ARTIFACTS >> 20} MiB\n")
-                continue
-            artifacts.append(a)
-    except Exception as e:  # a broken figure must not lose the run's result
+        outputs.show_figures()  # those left open, like Jupyter's inline backend
+    except Exception as e:  # noqa: BLE001 - a broken figure must not lose the run's result
         sys.stderr.write(f"agentbox: could not render figures: {e}\n")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -245,7 +229,7 @@ def run(req):
         has_output = bool(os.listdir("/output"))
     except OSError:
         has_output = False
-    return {"exit_code": exit_code, "error": error, "artifacts": artifacts, "has_output": has_output}
+    return {"exit_code": exit_code, "error": error, "has_output": has_output}
 
 
 class FileTooLarge(Exception):
@@ -471,7 +455,7 @@ def _death(w, op):
         code, how = os.WEXITSTATUS(w.status) if os.WIFEXITED(w.status) else 1, f"exited with status {os.waitstatus_to_exitcode(w.status)}"
     msg = f"the program's process {how} before it reported a result"
     if op == "run":
-        return {"event": "result", "exit_code": code, "error": {"type": "GuestCrash", "message": msg}, "artifacts": [],
+        return {"event": "result", "exit_code": code, "error": {"type": "GuestCrash", "message": msg},
                 "has_output": bool(_listdir("/output"))}
     return {"event": "failed", "type": "GuestCrash", "message": msg}
 
@@ -487,7 +471,7 @@ def _violation(w, op, why):
     w.close()
     msg = f"the program broke the agent's result channel ({why}); it was stopped"
     if op == "run":
-        return {"event": "result", "exit_code": 1, "error": {"type": "GuestCrash", "message": msg}, "artifacts": [], "has_output": False}
+        return {"event": "result", "exit_code": 1, "error": {"type": "GuestCrash", "message": msg}, "has_output": False}
     return {"event": "failed", "type": "GuestCrash", "message": msg}
 
 

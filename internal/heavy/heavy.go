@@ -32,6 +32,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/netns"
+	"github.com/entersandbox/agentbox/internal/outputs"
 )
 
 //go:embed agent.py
@@ -282,6 +283,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(e.agentDir, "agent.py"), agentSource, 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(e.agentDir, "outputs.py"), outputs.PySource, 0o644); err != nil {
 		return nil, err
 	}
 	// The root filesystem keeps what debootstrap copied from the build machine; every sandbox sees

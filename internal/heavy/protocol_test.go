@@ -58,7 +58,7 @@ func TestGuestGarbageLineIsCapped(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := fakeEngine(t)
 			s := fakeSandbox(t, e, tc.script)
-			res, err := e.exec(context.Background(), s, "print(1)", "main.py", true, fakeLimits, tier.Stream{})
+			res, err := e.exec(context.Background(), s, "print(1)", "main.py", true, false, fakeLimits, tier.Stream{})
 			if err != nil {
 				t.Fatalf("a guest's garbage became an engine error: %.300v", err)
 			}
@@ -82,7 +82,7 @@ func TestUnendedLineDoesNotWedge(t *testing.T) {
 	e := fakeEngine(t)
 	s := fakeSandbox(t, e, `read h; read b; head -c 314572800 /dev/zero; sleep 600`)
 	start := time.Now()
-	res, err := e.exec(context.Background(), s, "print(1)", "main.py", true, fakeLimits, tier.Stream{})
+	res, err := e.exec(context.Background(), s, "print(1)", "main.py", true, false, fakeLimits, tier.Stream{})
 	if err != nil || res.Error == nil || res.Error.Type != api.ErrGuestCrash {
 		t.Fatalf("%v %+v", err, res)
 	}
@@ -100,7 +100,7 @@ func TestUnendedLineDoesNotWedge(t *testing.T) {
 func TestReplyIDsAreChecked(t *testing.T) {
 	e := fakeEngine(t)
 	s := fakeSandbox(t, e, `read h; read b; echo '{"id":7,"event":"result","exit_code":0}'; sleep 600`)
-	res, err := e.exec(context.Background(), s, "print(1)", "main.py", true, fakeLimits, tier.Stream{})
+	res, err := e.exec(context.Background(), s, "print(1)", "main.py", true, false, fakeLimits, tier.Stream{})
 	if err != nil || res.Error == nil || res.Error.Type != api.ErrGuestCrash || !strings.Contains(res.Error.Message, "request 7 to request 1") {
 		t.Fatalf("%v %+v", err, res)
 	}
@@ -141,7 +141,7 @@ func TestAttachNoRace(t *testing.T) {
 			s := fakeSandbox(t, e, `read h; read b; i=0; while [ $i -lt 200 ]; do printf '%s\n' '{"id":1,"event":"stdout","text":"line\n"}'; i=$((i+1)); done; echo '{"id":1,"event":"result","exit_code":0}'; exit 0`)
 			var mu sync.Mutex
 			var got strings.Builder
-			res, err := e.exec(context.Background(), s, "", "main.py", true, fakeLimits, tier.Stream{Stdout: func(t string) { mu.Lock(); got.WriteString(t); mu.Unlock() }})
+			res, err := e.exec(context.Background(), s, "", "main.py", true, false, fakeLimits, tier.Stream{Stdout: func(t string) { mu.Lock(); got.WriteString(t); mu.Unlock() }})
 			if err != nil || res.Error != nil || res.Stdout != strings.Repeat("line\n", 200) {
 				t.Fatalf("%v %+v: %d bytes of stdout", err, res.Error, len(res.Stdout))
 			}

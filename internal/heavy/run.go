@@ -16,6 +16,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
+	"github.com/entersandbox/agentbox/internal/outputs"
 	"github.com/entersandbox/agentbox/internal/tier"
 )
 
@@ -224,7 +225,7 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream tier
 			return nil, nil, fmt.Errorf("placing %s: %w", f.Path, err)
 		}
 	}
-	res, hasOutput, err := e.execOutput(ctx, s, req.Code, req.Filename, true, lim, stream)
+	res, hasOutput, err := e.execOutput(ctx, s, req.Code, req.Filename, true, !req.Script, lim, stream)
 	if err != nil || maxTotal <= 0 || !hasOutput || s.killed.Load() {
 		return res, nil, err
 	}
@@ -249,17 +250,17 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream tier
 
 // reply is one line from the agent.
 type reply struct {
-	ID        int            `json:"id"`
-	Event     string         `json:"event"`
-	Text      string         `json:"text"`
-	Data      []byte         `json:"base64"` // a chunk of a read
-	Count     int            `json:"count"`  // processes running, for "procs"
-	ExitCode  int            `json:"exit_code"`
-	Error     *api.Error     `json:"error"`
-	Artifacts []api.Artifact `json:"artifacts"`
-	HasOutput bool           `json:"has_output"`
-	Type      string         `json:"type"`
-	Message   string         `json:"message"`
+	ID        int             `json:"id"`
+	Event     string          `json:"event"`
+	Text      string          `json:"text"`
+	Data      []byte          `json:"base64"` // a chunk of a read
+	Count     int             `json:"count"`  // processes running, for "procs"
+	ExitCode  int             `json:"exit_code"`
+	Error     *api.Error      `json:"error"`
+	Output    json.RawMessage `json:"output"` // a rich output, for "output"
+	HasOutput bool            `json:"has_output"`
+	Type      string          `json:"type"`
+	Message   string          `json:"message"`
 	Raw       json.RawMessage
 }
 
@@ -276,8 +277,8 @@ var (
 )
 
 // The longest reply line each kind of request may be answered with (the agent keeps to the same
-// caps): a run's result holds its figures (at most 16 MiB of PNG, agent.py's MAX_ARTIFACTS) and an
-// error message and traceback of at most 64 KiB each; a read comes in 1 MiB chunks; a listing has
+// caps): a run's result holds an error message and traceback of at most 64 KiB each, and each rich
+// output comes in a line of its own (limits.MaxResultBytes is at most 16 MiB, 22 MiB in base64); a read comes in 1 MiB chunks; a listing has
 // at most 10,000 entries; other answers are small. lineSlack covers the id and framing.
 const (
 	runLine    = 24 << 20
@@ -356,7 +357,7 @@ func (e *Engine) call(ctx context.Context, s *sandbox, req map[string]any, timeo
 				return fault(protocolErr("a reply for request %d to request %d: %s", r.ID, id, quote(l.b)))
 			}
 			switch r.Event {
-			case "stdout", "stderr", "data":
+			case "stdout", "stderr", "data", "output":
 				if on != nil {
 					if err := on(&r); err != nil {
 						return fault(err)
@@ -387,8 +388,8 @@ func clip(s string, n int) string {
 }
 
 // exec runs code in a sandbox and turns the agent's answer, or the sandbox's death, into a Result.
-func (e *Engine) exec(ctx context.Context, s *sandbox, code, filename string, fresh bool, lim api.Limits, stream tier.Stream) (*api.Result, error) {
-	res, _, err := e.execOutput(ctx, s, code, filename, fresh, lim, stream)
+func (e *Engine) exec(ctx context.Context, s *sandbox, code, filename string, fresh, repl bool, lim api.Limits, stream tier.Stream) (*api.Result, error) {
+	res, _, err := e.execOutput(ctx, s, code, filename, fresh, repl, lim, stream)
 	return res, err
 }
 
@@ -397,8 +398,8 @@ const procsNotable = 4
 
 // execOutput is exec that also says whether the program left anything under /output. A sandbox's
 // first run is always fresh: its worker reseeds its random generators (the pool's came from one
-// checkpoint).
-func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename string, fresh bool, lim api.Limits, stream tier.Stream) (*api.Result, bool, error) {
+// checkpoint). With repl, a final expression's value is the main result.
+func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename string, fresh, repl bool, lim api.Limits, stream tier.Stream) (*api.Result, bool, error) {
 	start := time.Now()
 	fresh = fresh || s.runs == 0
 	s.runs++
@@ -407,12 +408,17 @@ func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename stri
 	stdout.Reset(lim.MaxOutputBytes)
 	stderr.Reset(lim.MaxOutputBytes)
 	outputFull := errors.New("output limit")
+	results := outputs.NewCollector(lim, stream.Output)
 	forward := func(r *reply) error {
-		if r.Event != "stdout" && r.Event != "stderr" {
+		if r.Event != "stdout" && r.Event != "stderr" && r.Event != "output" {
 			return protocolErr("a %s event during a run", quote([]byte(r.Event)))
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		if r.Event == "output" {
+			results.Add(r.Output)
+			return nil
+		}
 		w, cb := &stdout, stream.Stdout
 		if r.Event == "stderr" {
 			w, cb = &stderr, stream.Stderr
@@ -426,12 +432,12 @@ func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename stri
 		}
 		return nil
 	}
-	r, err := e.call(ctx, s, map[string]any{"op": "run", "code": code, "filename": filename, "fresh": fresh}, timeoutOf(lim), runLine, forward)
+	r, err := e.call(ctx, s, map[string]any{"op": "run", "code": code, "filename": filename, "fresh": fresh, "repl": repl, "svg": lim.FigureSVG}, timeoutOf(lim), runLine, forward)
 	res := &api.Result{Tier: api.TierHeavy, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
 	var ae *agentError
 	switch {
 	case err == nil:
-		res.ExitCode, res.Error, res.Artifacts = r.ExitCode, r.Error, r.Artifacts
+		res.ExitCode, res.Error = r.ExitCode, r.Error
 	case errors.Is(err, errTimeout):
 		res.TimedOut, res.ExitCode = true, api.ExitTimeout
 		res.Error = &api.Error{Type: api.ErrTimeout, Message: fmt.Sprintf("execution exceeded the %d ms time limit", lim.TimeoutMS)}
@@ -458,6 +464,7 @@ func (e *Engine) execOutput(ctx context.Context, s *sandbox, code, filename stri
 	mu.Lock()
 	res.Stdout, res.Stderr = stdout.String(), stderr.String()
 	res.OutputTruncated = stdout.Truncated() || stderr.Truncated()
+	results.Finish(res)
 	mu.Unlock()
 	return res, r != nil && r.HasOutput, nil
 }
@@ -642,7 +649,7 @@ func (ss *session) Run(ctx context.Context, code string, stream tier.Stream) (*a
 	if err := ss.e.refuseUngoverned(ctx, ss.s); err != nil {
 		return nil, err
 	}
-	res, err := ss.e.exec(ctx, ss.s, code, "<cell>", false, ss.limits, stream)
+	res, err := ss.e.exec(ctx, ss.s, code, "<cell>", false, true, ss.limits, stream)
 	if err != nil || res.TimedOut || res.MemoryExceeded || res.Error != nil && res.Error.Type == api.ErrGuestCrash || ss.s.killed.Load() {
 		ss.closeLocked()
 	}

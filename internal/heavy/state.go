@@ -23,7 +23,7 @@ import (
 //	runsc/     runsc's --root: container state, and the null network namespace it bind-mounts
 //	bundles/   one OCI bundle per sandbox, named after its container id
 //	golden*/   golden checkpoint images of the pool
-//	agent/     agent.py, bound read-only into every sandbox
+//	agent/     agent.py and outputs.py, bound read-only into every sandbox
 //	etc/       the sandboxes' /etc/hostname and /etc/resolv.conf (and CA bundle, when networked)
 //	netns/     the networked sandboxes' namespaces, pinned (bind mounts); their veths and the
 //	           nftables table live in the host's network namespace (see network.go)

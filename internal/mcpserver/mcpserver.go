@@ -10,6 +10,7 @@ package mcpserver
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -81,7 +82,9 @@ func newServer(sb Sandboxes, version string) (*mcp.Server, *tools) {
 	mcp.AddTool(s, &mcp.Tool{Name: "run_python", Description: "Run Python code in a sandbox and return stdout, stderr, the exit code and any error. " +
 		"Without session, every call starts a fresh interpreter; with session, state persists across calls. " +
 		"The sandbox is offline unless network (or task/intent) asks for hosts the server's ceiling allows; " +
-		"network_events in the result say what it reached and what was denied.", InputSchema: runInputSchema}, capErrors(t.runPython))
+		"network_events in the result say what it reached and what was denied. " +
+		"Rich results (the final expression's value, display(), figures, DataFrames) come as images and text.",
+		InputSchema: runInputSchema, OutputSchema: resultSchema}, capErrors(t.runPython))
 	mcp.AddTool(s, &mcp.Tool{Name: "write_file", Description: "Write a file into a session's sandbox filesystem (parent directories are created)."}, capErrors(t.writeFile))
 	mcp.AddTool(s, &mcp.Tool{Name: "read_file", Description: "Read a file from a session's sandbox filesystem (text, or base64 for binary content)."}, capErrors(t.readFile))
 	mcp.AddTool(s, &mcp.Tool{Name: "list_files", Description: "List a directory of a session's sandbox filesystem."}, capErrors(t.listFiles))
@@ -339,6 +342,18 @@ func (t *tools) forget(conn *mcp.ServerSession) {
 	}
 }
 
+// resultSchema is run_python's output schema: api.Result's, with an output's data and metadata
+// values (json.RawMessage, which inference would take for bytes) allowed to be any JSON value.
+var resultSchema = func() *jsonschema.Schema {
+	s, err := jsonschema.For[api.Result](&jsonschema.ForOptions{TypeSchemas: map[reflect.Type]*jsonschema.Schema{
+		reflect.TypeFor[json.RawMessage](): {},
+	}})
+	if err != nil {
+		panic(err)
+	}
+	return s
+}()
+
 func (t *tools) runPython(ctx context.Context, req *mcp.CallToolRequest, in RunInput) (*mcp.CallToolResult, *api.Result, error) {
 	var res *api.Result
 	if in.Session == "" {
@@ -375,14 +390,72 @@ func (t *tools) runPython(ctx context.Context, req *mcp.CallToolRequest, in RunI
 	// Images go in the content, where clients show them; the structured result names no bytes (its
 	// schema, inferred from api.Result, cannot say that []byte travels as base64).
 	content := []mcp.Content{&mcp.TextContent{Text: summary(res)}}
+	content = append(content, outputContent(res.Results)...)
 	for _, a := range res.Artifacts {
-		if strings.HasPrefix(a.MIME, "image/") {
+		if a.Output == nil && strings.HasPrefix(a.MIME, "image/") { // a figure's image came with its output
 			content = append(content, &mcp.ImageContent{Data: a.Data, MIMEType: a.MIME})
 		}
 	}
 	structured := *res
 	structured.Artifacts = nil
+	structured.Results = withoutBinary(res.Results)
 	return &mcp.CallToolResult{Content: content, IsError: res.Error != nil}, &structured, nil
+}
+
+// outputContent turns rich outputs into MCP content, in order: an image as image content (with the
+// extracted chart, when there is one, as JSON text an agent can read without vision); a DataFrame's
+// table as Markdown text; anything else as its best text (Markdown, JSON, plain text).
+func outputContent(outs []api.Output) []mcp.Content {
+	var content []mcp.Content
+	for i := range outs {
+		o := &outs[i]
+		label := "[display]"
+		if o.IsMainResult {
+			label = "[result]"
+		}
+		shown := true
+		if b := o.PNG(); b != nil {
+			content = append(content, &mcp.ImageContent{Data: b, MIMEType: "image/png"})
+		} else if b := o.JPEG(); b != nil {
+			content = append(content, &mcp.ImageContent{Data: b, MIMEType: "image/jpeg"})
+		} else {
+			shown = false
+		}
+		var text string
+		switch table, err := o.Table(); {
+		case err == nil:
+			text = table.Markdown()
+		case o.Has(api.MIMEChart):
+			text = "chart: " + string(o.Data[api.MIMEChart])
+		case shown:
+		case o.Markdown() != "":
+			text = o.Markdown()
+		case o.JSON() != nil:
+			text = string(o.JSON())
+		default:
+			text = o.Text()
+		}
+		if text != "" {
+			content = append(content, &mcp.TextContent{Text: label + "\n" + text})
+		}
+	}
+	return content
+}
+
+// withoutBinary is outs without their base64 data (images, PDFs), which the content carries.
+func withoutBinary(outs []api.Output) []api.Output {
+	out := make([]api.Output, len(outs))
+	for i, o := range outs {
+		data := make(map[string]json.RawMessage, len(o.Data))
+		for k, v := range o.Data {
+			if k != "image/png" && k != "image/jpeg" && k != "application/pdf" {
+				data[k] = v
+			}
+		}
+		o.Data = data
+		out[i] = o
+	}
+	return out
 }
 
 // summary is the text content an agent reads first.

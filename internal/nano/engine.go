@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,13 +29,30 @@ import (
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
+	"github.com/entersandbox/agentbox/internal/outputs"
 	"github.com/entersandbox/agentbox/internal/pywasm"
 	"github.com/entersandbox/agentbox/internal/tier"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
 
 //go:embed runner.py
-var runnerSource []byte
+var runnerFile []byte
+
+// runnerSource is what agentbox_init executes: a prelude that loads the shared rich-results module
+// (internal/outputs) as _agentbox_outputs, then runner.py. Both are compiled as "<agentbox-runner>", so
+// tracebacks leave their frames out.
+var runnerSource = func() []byte {
+	quoted, err := json.Marshal(string(outputs.PySource)) // a JSON string is a valid Python literal
+	if err != nil {
+		panic(err)
+	}
+	prelude := "import sys as _s, types as _t\n" +
+		"_m = _t.ModuleType('_agentbox_outputs')\n" +
+		"exec(compile(" + string(quoted) + ", '<agentbox-runner>', 'exec'), _m.__dict__)\n" +
+		"_s.modules['_agentbox_outputs'] = _m\n" +
+		"del _s, _t, _m\n"
+	return append([]byte(prelude), runnerFile...)
+}()
 
 // Built-in defaults and ceilings for Config fields left zero.
 const (
@@ -528,7 +546,7 @@ func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, stream tie
 	}
 	e.stats.Runs.Add(1)
 	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: lim, slot: slot,
-		guard: netpolicy.GuardOf(ctx)}, stream)
+		guard: netpolicy.GuardOf(ctx), repl: !req.Script}, stream)
 	if err != nil {
 		return err
 	}

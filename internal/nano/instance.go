@@ -3,7 +3,9 @@ package nano
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +26,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
+	"github.com/entersandbox/agentbox/internal/outputs"
 	"github.com/entersandbox/agentbox/internal/pywasm"
 	"github.com/entersandbox/agentbox/internal/tier"
 	"github.com/entersandbox/agentbox/internal/vfs"
@@ -240,6 +243,7 @@ type execRequest struct {
 	limits   api.Limits
 	slot     *runSlot         // the run's admission; nil for a warm-up
 	guard    *netpolicy.Guard // nil: offline
+	repl     bool             // a final expression's value is the main result
 }
 
 type runnerRequest struct {
@@ -249,7 +253,10 @@ type runnerRequest struct {
 	Allowed  []string `json:"allowed"`
 	// Network says the program's HTTP requests go to the host bridge; false: offline, as the
 	// sockets are.
-	Network bool `json:"network"`
+	Network bool   `json:"network"`
+	Repl    bool   `json:"repl"`
+	SVG     bool   `json:"svg"`
+	Frame   string `json:"frame"`
 }
 
 type runnerReply struct {
@@ -304,9 +311,16 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	inst.stdout.reset(lim.MaxOutputBytes, stream.Stdout, onFull)
 	inst.stderr.reset(lim.MaxOutputBytes, stream.Stderr, onFull)
 	inst.stdin.reset(req.stdin)
+	frame, err := newFrame()
+	if err != nil {
+		return nil, err
+	}
+	results := outputs.NewCollector(lim, stream.Output)
+	inst.stdout.frames(frame, results.Add)
+	defer inst.stdout.frames(nil, nil)
 
 	payload, err := json.Marshal(runnerRequest{Code: req.code, Filename: req.filename, Fresh: inst.runs == 0, Allowed: lim.AllowedModules,
-		Network: networked(req.guard, inst.eng.cfg.HTTP)})
+		Network: networked(req.guard, inst.eng.cfg.HTTP), Repl: req.repl, SVG: lim.FigureSVG, Frame: string(frame)})
 	if err != nil {
 		return nil, err
 	}
@@ -375,7 +389,18 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	if inst.stdout.Truncated() || inst.stderr.Truncated() {
 		res.OutputTruncated = true
 	}
+	results.Finish(res)
 	return res, nil
+}
+
+// newFrame is a run's output marker (see runner.py): random, so that no printed text starts with it
+// by chance; a program that writes it on purpose only makes outputs of its own, like display().
+func newFrame() ([]byte, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("making an output marker: %w", err)
+	}
+	return []byte("\x00agentbox-output:" + hex.EncodeToString(b[:]) + ":"), nil
 }
 
 func memoryError(lim api.Limits, pyErr *api.Error) *api.Error {
@@ -464,6 +489,15 @@ type capWriter struct {
 	mu      sync.Mutex
 	onWrite func(string) // guarded by mu
 	onFull  func()       // guarded by mu
+	frame   []byte       // a write starting with it is a rich output, given to onFrame; guarded by mu
+	onFrame func([]byte) // guarded by mu
+}
+
+// frames sets the marker of rich outputs written to this stream and what takes them (nil: none).
+func (w *capWriter) frames(frame []byte, onFrame func([]byte)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.frame, w.onFrame = frame, onFrame
 }
 
 func (w *capWriter) reset(max int, onWrite func(string), onFull func()) {
@@ -476,6 +510,10 @@ func (w *capWriter) reset(max int, onWrite func(string), onFull func()) {
 func (w *capWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.onFrame != nil && bytes.HasPrefix(p, w.frame) {
+		w.onFrame(p[len(w.frame):])
+		return len(p), nil
+	}
 	kept, full := w.Output.Write(string(p))
 	if w.onWrite != nil && kept != "" {
 		w.onWrite(kept)

@@ -3,11 +3,16 @@
 #
 # run(request: bytes) -> bytes takes and returns JSON:
 #   request: {"code": str, "filename": str, "fresh": bool, "allowed": [str] | null, "argv": [str],
-#             "network": bool (HTTP goes to the host bridge; false: offline)}
+#             "network": bool (HTTP goes to the host bridge; false: offline),
+#             "repl": bool, "svg": bool, "frame": str}
+# Rich outputs (display(), a final expression's value under "repl") are written to fd 1 as they happen,
+# each in one write of `frame` (a fresh marker per run, from the host) followed by the output's JSON:
+# the host takes them out of stdout there, so they stay in order with what the program printed.
 #   reply:   {"exit_code": int, "error": null | {"type": str, "message": str, "traceback": str},
 #             "missing": null | {"module": str, "feature": str}}
 # "missing" says what the program failed for want of (see _missing): the router's fallback to the
 # heavy tier decides on it, not on the error's text.
+import _agentbox_outputs as outputs  # internal/outputs/outputs.py, loaded ahead of this file
 import builtins
 import errno
 import gc
@@ -426,18 +431,31 @@ def _flush():
 import __main__  # noqa: E402
 
 
-def _execute(code, filename):
+builtins.display = outputs.display
+_frame = b""
+
+
+def _emit(output):
+    _flush()
+    data = _frame + outputs.encode(output).encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+
+
+def _execute(code, filename, repl):
     g = __main__.__dict__
     g["__file__"] = filename
     g["__name__"] = "__main__"
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    compiled = compile(code, filename, "exec", dont_inherit=True)
-    exec(compiled, g)
+    outputs.run(code, filename, g, repl)
 
 
 def run(request):
-    global _allowed
+    global _allowed, _frame
     req = json.loads(request)
+    _frame = req.get("frame", "").encode()
+    outputs.begin(_emit, svg=req.get("svg"))
     if req.get("fresh"):
         # The snapshot's random state is shared by every sandbox started from it.
         random.seed()
@@ -448,7 +466,7 @@ def run(request):
     sys.argv = req.get("argv") or [req["filename"]]
     exit_code, error, missing = 0, None, None
     try:
-        _execute(req["code"], req["filename"])
+        _execute(req["code"], req["filename"], req.get("repl", False))
     except SystemExit as e:
         exit_code = _exit_code(e.code)
     except BaseException as e:  # noqa: B036 - everything the program raises is reported

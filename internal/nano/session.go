@@ -110,7 +110,7 @@ func (s *session) Run(ctx context.Context, code string, stream tier.Stream) (*ap
 	}
 	s.cells++
 	s.eng.stats.Runs.Add(1)
-	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits, slot: slot, guard: s.guard}, stream)
+	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits, slot: slot, guard: s.guard, repl: true}, stream)
 	if s.inst.dead {
 		s.closeLocked(context.Background())
 	}

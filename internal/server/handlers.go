@@ -122,9 +122,17 @@ func startsObject(body *bufio.Reader) error {
 // errNoCode refuses a run without code: a body of {} must not run an empty program.
 var errNoCode = errdefs.With(errdefs.InvalidArgument, errors.New(`"code" is required (an empty program is "code": "")`))
 
+// nonNullResults makes a result's missing outputs an empty list, which the contract asks for.
+func nonNullResults(res *api.Result) {
+	if res.Results == nil {
+		res.Results = []api.Output{}
+	}
+}
+
 // nonNull makes the empty contents in a run's answer empty strings: a nil []byte (how an empty file
 // reads) would encode as null, which the contract does not allow.
 func nonNull(resp *api.RunResponse) {
+	nonNullResults(&resp.Result)
 	for p, data := range resp.Files {
 		if data == nil {
 			resp.Files[p] = []byte{}
@@ -153,7 +161,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	body := in.RunBody
 	body.Code = *in.Code
 	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: body.Tier, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages,
-		Network: body.Network, Task: body.Task, Intent: body.Intent}
+		Network: body.Network, Task: body.Task, Intent: body.Intent, Script: body.Script}
 	paths := make([]string, 0, len(body.Files))
 	for p := range body.Files {
 		paths = append(paths, p)
@@ -198,6 +206,7 @@ func (s *Server) output(st *stream) dispatch.Output {
 	if st != nil {
 		out.Stdout = func(text string) { st.event("stdout", map[string]string{"text": text}) }
 		out.Stderr = func(text string) { st.event("stderr", map[string]string{"text": text}) }
+		out.Output = func(o api.Output) { st.event("output", o) }
 	}
 	return out
 }
@@ -368,6 +377,7 @@ func (s *Server) sessionRun(w http.ResponseWriter, r *http.Request) {
 	if res != nil {
 		out = *res
 	}
+	nonNullResults(&out)
 	s.finish(w, r, st, err, &out, out)
 }
 
@@ -432,9 +442,9 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.FileList{Dir: dir, Files: files})
 }
 
-// stream is a server-sent-event response: stdout/stderr events as the program writes, then one result
-// event (or error event). Output is queued and written by its own goroutine, so a slow client never
-// blocks the guest; the queue is bounded by the run's output caps.
+// stream is a server-sent-event response: stdout/stderr and output events as the program makes them,
+// then one result event (or error event). Output is queued and written by its own goroutine, so a
+// slow client never blocks the guest; the queue is bounded by the run's output and result caps.
 type stream struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController

@@ -16,6 +16,9 @@ import (
 // The callbacks are called from the goroutine running the program, one at a time per run.
 type Stream struct {
 	Stdout, Stderr func(text string)
+	// Output receives each rich output (api.Output) as the program makes it, in order with Stdout
+	// and Stderr, after the caps.
+	Output func(out api.Output)
 }
 
 // Collected are the files a run left under /output, within the caps they were collected with;

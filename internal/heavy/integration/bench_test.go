@@ -46,6 +46,29 @@ func BenchmarkPoolHit(b *testing.B) {
 	}
 }
 
+const chartCode = "import matplotlib.pyplot as plt\nplt.plot(range(100), [i * i for i in range(100)], label='sq')\nplt.title('t')\nplt.show()"
+
+// BenchmarkChartPoolHit: a matplotlib chart (PNG, and its extracted data) from a pooled sandbox: the
+// cost of the results machinery on heavy, next to BenchmarkPoolHit's plain run.
+func BenchmarkChartPoolHit(b *testing.B) {
+	e, err := heavy.New(context.Background(), heavy.Config{PoolSize: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	for b.Loop() {
+		b.StopTimer()
+		for e.PoolReady() == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		b.StartTimer()
+		res, err := e.Run(context.Background(), api.RunRequest{Code: chartCode}, tier.Stream{})
+		if err != nil || res.ExitCode != 0 || len(res.Artifacts) != 1 {
+			b.Fatalf("%v %+v", err, res)
+		}
+	}
+}
+
 // BenchmarkColdStart: start a sandbox, import pandas, run, destroy.
 func BenchmarkColdStart(b *testing.B) {
 	e, err := heavy.New(context.Background(), heavy.Config{PoolSize: -1})

@@ -95,7 +95,7 @@ func TestRun(t *testing.T) {
 				if len(r.Artifacts) != 2 {
 					t.Fatalf("%d artifacts, want 2 (one shown, one left open)", len(r.Artifacts))
 				}
-				for _, a := range r.Artifacts {
+				for _, a := range r.ArtifactContents() {
 					img, err := png.Decode(bytes.NewReader(a.Data))
 					if err != nil || a.MIME != "image/png" || img.Bounds().Dx() < 100 {
 						t.Fatalf("%s: not a usable PNG: %v", a.Name, err)

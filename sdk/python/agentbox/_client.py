@@ -26,6 +26,7 @@ __all__ = [
     "ForbiddenError",
     "InvalidArgumentError",
     "NotFoundError",
+    "Output",
     "OverloadedError",
     "Sandbox",
     "SandboxConfig",
@@ -36,6 +37,8 @@ __all__ = [
 OutputCallback = Callable[[str], None]
 # Called with (from_tier, reason) when a nano run failed for want of the heavy tier and starts again there.
 FallbackCallback = Callable[[str, str], None]
+# Called with each rich output (Output) as the program makes it, in order with stdout and stderr.
+OutputsCallback = Callable[["Output"], None]
 
 
 class AgentboxError(Exception):
@@ -113,11 +116,17 @@ class SandboxConfig:
     # {"packages": [...], "urls": [...], "git": [...]}.
     task: Optional[str] = None
     intent: Optional[Dict[str, List[str]]] = None
+    # Caps of rich outputs: one output, and all of a run's (docs/results.md).
+    max_result_bytes: Optional[int] = None
+    max_results_bytes: Optional[int] = None
+    # Add image/svg+xml to every matplotlib figure, next to image/png.
+    figure_svg: Optional[bool] = None
 
     def _limits(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         for key in ("timeout_ms", "memory_limit_mb", "allowed_modules", "max_output_bytes",
-                    "network", "task", "intent"):
+                    "network", "task", "intent",
+                    "max_result_bytes", "max_results_bytes", "figure_svg"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -139,6 +148,76 @@ class ExecutionError:
     traceback: str = ""
 
 
+_BINARY = ("image/png", "image/jpeg", "application/pdf")
+
+
+class Output:
+    """One rich output of a run, Jupyter-style: the value of the final expression (``is_main_result``)
+    or something displayed (``display()``, a matplotlib figure), as representations by MIME type.
+
+    ``data`` holds them as the server sent them (base64 text for images and PDF); the properties
+    decode. In Jupyter, ``display(output)`` (or an output as a cell's value) shows it as the sandbox
+    made it: a chart inline, a DataFrame as its table."""
+
+    CHART = "application/vnd.agentbox.chart+json"
+    TABLE = "application/vnd.dataresource+json"
+    PLOTLY = "application/vnd.plotly.v1+json"
+
+    def __init__(self, type: str, data: Dict[str, Any], metadata: Optional[Dict[str, Any]] = None,
+                 is_main_result: bool = False) -> None:
+        self.type = type
+        self.data = data
+        self.metadata = metadata or {}
+        self.is_main_result = is_main_result
+
+    @classmethod
+    def _from_json(cls, d: Dict[str, Any]) -> "Output":
+        return cls(d.get("type", ""), d.get("data") or {}, d.get("metadata") or {}, bool(d.get("is_main_result")))
+
+    def formats(self) -> List[str]:
+        """The MIME types this output has."""
+        return list(self.data)
+
+    def _str(self, mime: str) -> Optional[str]:
+        v = self.data.get(mime)
+        return v if isinstance(v, str) else None
+
+    def _bytes(self, mime: str) -> Optional[bytes]:
+        v = self._str(mime)
+        return base64.b64decode(v) if v else None
+
+    text = property(lambda self: self._str("text/plain"), doc="text/plain")
+    html = property(lambda self: self._str("text/html"), doc="text/html")
+    markdown = property(lambda self: self._str("text/markdown"), doc="text/markdown")
+    latex = property(lambda self: self._str("text/latex"), doc="text/latex")
+    svg = property(lambda self: self._str("image/svg+xml"), doc="image/svg+xml")
+    javascript = property(lambda self: self._str("application/javascript"), doc="application/javascript")
+    png = property(lambda self: self._bytes("image/png"), doc="image/png, decoded")
+    jpeg = property(lambda self: self._bytes("image/jpeg"), doc="image/jpeg, decoded")
+    pdf = property(lambda self: self._bytes("application/pdf"), doc="application/pdf, decoded")
+    json = property(lambda self: self.data.get("application/json"), doc="application/json, decoded")
+    chart = property(lambda self: self.data.get(Output.CHART),
+                     doc="the chart extracted from a matplotlib figure: type, title, x_axis, y_axis, series")
+    table = property(lambda self: self.data.get(Output.TABLE),
+                     doc="a DataFrame's table: {schema: {fields}, data: [rows]} (its first rows)")
+    plotly = property(lambda self: self.data.get(Output.PLOTLY), doc="a plotly figure's JSON")
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the server's caps cut this output (``metadata['agentbox_truncated']`` says how)."""
+        return "agentbox_truncated" in self.metadata
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None):
+        """The bundle for Jupyter, which takes images as base64 text, as they came."""
+        data = {k: v for k, v in self.data.items()
+                if (not include or k in include) and (not exclude or k not in exclude)}
+        return data, {k: v for k, v in self.metadata.items() if k in data}
+
+    def __repr__(self) -> str:
+        kind = "main result" if self.is_main_result else self.type
+        return f"<agentbox.Output {kind} {self.formats()}: {(self.text or '')[:60]!r}>"
+
+
 @dataclass
 class SandboxResult:
     stdout: str
@@ -151,7 +230,8 @@ class SandboxResult:
     memory_exceeded: bool = False
     output_truncated: bool = False
     files: Dict[str, bytes] = field(default_factory=dict)
-    # Rich outputs such as charts (heavy tier): dicts with name, mime and data (bytes).
+    # Charts and other artifacts (heavy tier): dicts with name, mime and data (bytes). A figure's
+    # bytes are those of its output in ``results`` (sent once); ``output`` is that output's index.
     artifacts: List[Dict[str, Any]] = field(default_factory=list)
     # Why runtime "auto" chose the tier; fallback_from is "nano" when a nano run was repeated on heavy.
     route_reason: str = ""
@@ -160,14 +240,31 @@ class SandboxResult:
     # bytes_out, bytes_in, verdict (allowed, denied, redacted, blocked_dlp), rule, source, detectors
     # and reason.
     network_events: List[Dict[str, Any]] = field(default_factory=list)
+    # Rich outputs in order (Output): the final expression's value, display(), figures, DataFrames.
+    results: List[Output] = field(default_factory=list)
+    # Outputs left out because the run's results passed max_results_bytes.
+    results_omitted: int = 0
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and self.error is None
 
+    @property
+    def main_result(self) -> Optional[Output]:
+        """The value of the final expression (REPL semantics), or None."""
+        return next((o for o in self.results if o.is_main_result), None)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None):
+        """In Jupyter, a result shows as its main result (or its last output), else its stdout."""
+        out = self.main_result or (self.results[-1] if self.results else None)
+        if out is not None:
+            return out._repr_mimebundle_(include, exclude)
+        return {"text/plain": self.stdout + (self.stderr and "\n[stderr]\n" + self.stderr)}, {}
+
     @classmethod
     def _from_json(cls, d: Dict[str, Any]) -> "SandboxResult":
         err = d.get("error")
+        results = [Output._from_json(o) for o in (d.get("results") or [])]
         return cls(
             stdout=d.get("stdout", ""),
             stderr=d.get("stderr", ""),
@@ -179,12 +276,26 @@ class SandboxResult:
             memory_exceeded=d.get("memory_exceeded", False),
             output_truncated=d.get("output_truncated", False),
             files={p: base64.b64decode(v) for p, v in (d.get("files") or {}).items()},
-            artifacts=[{"name": a["name"], "mime": a["mime"], "data": base64.b64decode(a["base64"])}
-                       for a in (d.get("artifacts") or [])],
+            artifacts=_artifacts(d.get("artifacts") or [], results),
             route_reason=d.get("route_reason", ""),
             fallback_from=d.get("fallback_from", ""),
             network_events=list(d.get("network_events") or []),
+            results=results,
+            results_omitted=d.get("results_omitted", 0),
         )
+
+
+def _artifacts(arts: List[Dict[str, Any]], results: List[Output]) -> List[Dict[str, Any]]:
+    out = []
+    for a in arts:
+        item = {"name": a["name"], "mime": a["mime"], "data": base64.b64decode(a.get("base64") or "")}
+        i = a.get("output")
+        if isinstance(i, int) and 0 <= i < len(results):
+            item["output"] = i
+            if not item["data"]:
+                item["data"] = results[i]._bytes(a["mime"]) or b""
+        out.append(item)
+    return out
 
 
 class _LocalServer:
@@ -328,7 +439,8 @@ class Sandbox:
 
     def _stream(self, path: str, payload: Any, on_stdout: Optional[OutputCallback],
                 on_stderr: Optional[OutputCallback],
-                on_fallback: Optional[FallbackCallback] = None) -> Dict[str, Any]:
+                on_fallback: Optional[FallbackCallback] = None,
+                on_output: Optional[OutputsCallback] = None) -> Dict[str, Any]:
         body = json.dumps(payload).encode()
         with self._request("POST", path, body, "application/json", accept="text/event-stream") as resp:
             event, data = "", []
@@ -343,6 +455,9 @@ class Sandbox:
                         cb = on_stdout if event == "stdout" else on_stderr
                         if cb is not None:
                             cb(json.loads("".join(data))["text"])
+                    elif event == "output":
+                        if on_output is not None:
+                            on_output(Output._from_json(json.loads("".join(data))))
                     elif event == "fallback":
                         if on_fallback is not None:
                             fb = json.loads("".join(data))
@@ -423,28 +538,36 @@ class Sandbox:
 
     def run(self, code: str, *, on_stdout: Optional[OutputCallback] = None,
             on_stderr: Optional[OutputCallback] = None,
-            on_fallback: Optional[FallbackCallback] = None) -> SandboxResult:
-        """Run code in this sandbox's interpreter. With callbacks, output is delivered as it is written,
-        and ``on_fallback(from_tier, reason)`` marks where a failed nano attempt ends and the heavy run
+            on_fallback: Optional[FallbackCallback] = None,
+            on_output: Optional[OutputsCallback] = None) -> SandboxResult:
+        """Run code in this sandbox's interpreter, like a notebook cell: the value of a final
+        expression is the result's ``main_result``. With callbacks, output is delivered as it is
+        written, ``on_output(Output)`` gets each rich output in order with it, and
+        ``on_fallback(from_tier, reason)`` marks where a failed nano attempt ends and the heavy run
         begins. A program's own failure is in the result's ``error``; errors of the request raise."""
         path = self._session_path() + "/run"
-        if on_stdout is None and on_stderr is None and on_fallback is None:
+        if on_stdout is None and on_stderr is None and on_fallback is None and on_output is None:
             return SandboxResult._from_json(self._json("POST", path, {"code": code}))
-        return SandboxResult._from_json(self._stream(path, {"code": code}, on_stdout, on_stderr, on_fallback))
+        return SandboxResult._from_json(self._stream(path, {"code": code}, on_stdout, on_stderr, on_fallback, on_output))
 
     def run_once(self, code: str, *, files: Optional[Dict[str, bytes]] = None,
                  on_stdout: Optional[OutputCallback] = None,
                  on_stderr: Optional[OutputCallback] = None,
-                 on_fallback: Optional[FallbackCallback] = None) -> SandboxResult:
+                 on_fallback: Optional[FallbackCallback] = None,
+                 on_output: Optional[OutputsCallback] = None,
+                 script: bool = False) -> SandboxResult:
         """Run code in a fresh sandbox (not this one's session) with ``files`` placed first; the result
-        carries the files the program left under /output."""
+        carries the files the program left under /output. REPL semantics like ``run``, unless
+        ``script`` (like ``python3 FILE``: no main result)."""
         payload = self.config._limits()
         payload["code"] = code
+        if script:
+            payload["script"] = True
         if files:
             payload["files"] = {p: base64.b64encode(data).decode() for p, data in files.items()}
-        if on_stdout is None and on_stderr is None and on_fallback is None:
+        if on_stdout is None and on_stderr is None and on_fallback is None and on_output is None:
             return SandboxResult._from_json(self._json("POST", "/v1/run", payload))
-        return SandboxResult._from_json(self._stream("/v1/run", payload, on_stdout, on_stderr, on_fallback))
+        return SandboxResult._from_json(self._stream("/v1/run", payload, on_stdout, on_stderr, on_fallback, on_output))
 
     def set_network(self, policy: Dict[str, Any]) -> None:
         """Replace this sandbox's network policy (PATCH /v1/sessions/{id}/network), creating the session

@@ -1,5 +1,6 @@
 """Tests of the Python SDK against a real agentbox server (the binary from $AGENTBOX_BIN or PATH)."""
 
+import base64
 import os
 import shutil
 import threading
@@ -280,6 +281,7 @@ def test_mcp_servers(server):
         sb.delete_mcp_server("pysdk")
         with pytest.raises(NotFoundError):
             sb.get_mcp_server("pysdk")
+
 def test_audit_log(server):
     """The embedded server's key has the audit scope: runs and files are in the log (code as its
     hash only), searchable with filters and pages; reports and verification come back."""
@@ -312,3 +314,54 @@ def test_audit_log(server):
             sb.audit_report("monthly")
         with pytest.raises(InvalidArgumentError):
             sb.audit_events(verdict="maybe")
+
+
+def test_rich_results_and_main_result(server):
+    url, key = server
+    code = ("class Card:\n    def _repr_html_(self): return '<b>card</b>'\n"
+            "print('a', flush=True)\ndisplay(Card())\n"
+            "display({'application/json': {'k': [1, 2]}, 'text/plain': 'j'}, raw=True)\n"
+            "print('b')\n{'total': 3}")
+    seen = []
+    with Sandbox(url=url, api_key=key) as sb:
+        r = sb.run(code, on_stdout=lambda s: seen.append(("stdout", s)),
+                   on_output=lambda o: seen.append((o.type, o.text)))
+        assert [kind for kind, _ in seen] == ["stdout", "display_data", "display_data", "stdout", "execute_result"], seen
+        assert len(r.results) == 3 and r.results[0].html == "<b>card</b>" and r.results[1].json == {"k": [1, 2]}
+        assert r.main_result is r.results[2] and r.main_result.text == "{'total': 3}"
+        assert sb.run("x = 1").main_result is None
+        assert sb.run("x;").results == []
+        assert sb.run_once("40 + 2", script=True).results == []
+        assert sb.run_once("40 + 2").main_result.text == "42"
+
+
+def test_outputs_show_in_jupyter(server):
+    url, key = server
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+    with Sandbox(url=url, api_key=key) as sb:
+        r = sb.run(f"display({{'image/png': {png!r}, 'text/plain': 'img'}}, raw=True, metadata={{'image/png': {{'width': 1}}}})\n'v'")
+    data, meta = r.results[0]._repr_mimebundle_()
+    assert data == {"image/png": png, "text/plain": "img"} and meta == {"image/png": {"width": 1}}
+    assert r.results[0].png == b"\x89PNG\r\n\x1a\n" and r.results[0].formats() == ["image/png", "text/plain"]
+    assert r.results[0]._repr_mimebundle_(include=["text/plain"])[0] == {"text/plain": "img"}
+    assert r._repr_mimebundle_()[0] == {"text/plain": "'v'"}  # a result shows as its main result
+
+
+def test_result_caps_are_config(server):
+    url, key = server
+    with Sandbox(config=SandboxConfig(max_result_bytes=2000), url=url, api_key=key) as sb:
+        r = sb.run("'x' * 10000")
+    assert r.main_result.truncated and len(r.main_result.text) <= 2000
+    with pytest.raises(InvalidArgumentError):
+        Sandbox(config=SandboxConfig(max_results_bytes=-1), url=url, api_key=key).run("1")
+
+
+def test_heavy_chart_comes_once_with_its_data(server):
+    url, key = server
+    with Sandbox(config=SandboxConfig(runtime="heavy"), url=url, api_key=key) as sb:
+        r = sb.run("import matplotlib.pyplot as plt\nplt.bar(['a', 'b'], [3, 5])\nplt.title('sales')\nNone")
+    assert r.ok and len(r.results) == 1, r
+    fig = r.results[0]
+    assert fig.png[:8] == b"\x89PNG\r\n\x1a\n" and fig.chart["type"] == "bar" and fig.chart["title"] == "sales"
+    assert fig.chart["series"][0]["x"] == ["a", "b"] and fig.chart["series"][0]["y"] == [3, 5]
+    assert r.artifacts[0]["output"] == 0 and r.artifacts[0]["data"] == fig.png
