@@ -10,7 +10,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CACHE=${AGENTBOX_HEAVY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentbox/heavy}
 RUNSC_VERSION=v0.0.0-20260905035102-160fafc42237
-PACKAGES="python3,python3-numpy,python3-pandas,python3-matplotlib,python3-scipy,python3-plotly,python3-seaborn,nodejs,python3-pip,python3-wheel,fonts-dejavu-core,ca-certificates"
+PACKAGES="python3,python3-numpy,python3-pandas,python3-matplotlib,python3-scipy,python3-plotly,python3-seaborn,python3-jinja2,nodejs,python3-pip,python3-wheel,fonts-dejavu-core,ca-certificates"
 
 say() { printf '[heavy] %s\n' "$*" >&2; }
 mkdir -p "$CACHE/bin"
@@ -41,7 +41,7 @@ if [ ! -f "$rootfs/.agentbox-complete" ]; then
   chroot "$rootfs.tmp" /usr/sbin/useradd -u 1000 -g 1000 -d /home/user -s /bin/sh sandbox
   mkdir -p "$rootfs.tmp/home/user" "$rootfs.tmp/opt/agentbox" "$rootfs.tmp/data" "$rootfs.tmp/output"
   # Byte-compile and warm matplotlib's font cache once, so sandboxes do not.
-  chroot "$rootfs.tmp" /usr/bin/python3 -c "import numpy, pandas, scipy, matplotlib, plotly, seaborn; matplotlib.use('Agg'); import matplotlib.pyplot as plt; plt.figure(); plt.close('all')"
+  chroot "$rootfs.tmp" /usr/bin/python3 -c "import numpy, pandas, scipy, matplotlib, plotly, seaborn, jinja2; matplotlib.use('Agg'); import matplotlib.pyplot as plt; plt.figure(); plt.close('all')"
   cp -r "$rootfs.tmp/root/.cache/matplotlib" "$rootfs.tmp/etc/matplotlib-cache" 2>/dev/null || true
   rm -rf "$rootfs.tmp/var/cache/apt/archives"/*.deb "$rootfs.tmp/var/lib/apt/lists"/*
   touch "$rootfs.tmp/.agentbox-complete"

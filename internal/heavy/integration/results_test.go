@@ -139,7 +139,7 @@ func TestResultsMatplotlib(t *testing.T) {
 }
 
 // TestResultsPandas: a DataFrame gives pandas' HTML and a structured table, both limited to 50 rows;
-// a Series a one-column table. (DataFrame.style needs jinja2, which the root filesystem lacks.)
+// a Series a one-column table; a Styler (DataFrame.style, with jinja2) its styled HTML.
 func TestResultsPandas(t *testing.T) {
 	const pre = "import pandas as pd\n"
 	cases := []struct {
@@ -168,6 +168,12 @@ func TestResultsPandas(t *testing.T) {
 			check: func(t *testing.T, o api.Output) {
 				if tb, err := o.Table(); err != nil || len(tb.Schema.Fields) != 2 || tb.Schema.Fields[1].Name != "s" {
 					t.Fatalf("%+v %v", tb, err)
+				}
+			}},
+		{name: "styled frame", code: pre + "pd.DataFrame({'a': [1, 2]}).style.highlight_max(color='red')",
+			check: func(t *testing.T, o api.Output) {
+				if !o.IsMainResult || !strings.Contains(o.HTML(), "<style") || !strings.Contains(o.HTML(), "background-color: red") {
+					t.Fatalf("styled html %.300q", o.HTML())
 				}
 			}},
 		{name: "displayed frame", code: pre + "display(pd.DataFrame({'a': [1]}))\nNone",
