@@ -20,6 +20,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/hop"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
@@ -274,7 +275,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 		return p.refuse(g, ev, http.StatusBadRequest, api.VerdictDenied, "http:bad-request", err.Error()), nil
 	}
 	out.Header = r.Header.Clone()
-	removeHopByHop(out.Header)
+	hop.Remove(out.Header)
 	out.ContentLength = int64(len(body))
 	if len(body) == 0 {
 		out.Body = http.NoBody
@@ -300,7 +301,7 @@ func (p *Proxy) send(ctx context.Context, g Guard, r *http.Request, scheme strin
 		p.record(g, ev)
 		return nil, fmt.Errorf("egress: %s: %w", target, err)
 	}
-	removeHopByHop(resp.Header)
+	hop.Remove(resp.Header)
 	if scanResponses && mode != "" {
 		if refused := p.scanResponse(g, &ev, resp, mode); refused != nil {
 			return refused, nil
@@ -544,20 +545,6 @@ func (b *eventBody) finish() {
 		b.mu.Unlock()
 		b.done(n, over)
 	})
-}
-
-var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-func removeHopByHop(h http.Header) {
-	for _, f := range h.Values("Connection") {
-		for _, name := range strings.Split(f, ",") {
-			h.Del(strings.TrimSpace(name))
-		}
-	}
-	for _, k := range hopByHop {
-		h.Del(k)
-	}
 }
 
 // canonName lower-cases and strips one trailing dot: the proxy's own comparisons (Host against SNI,

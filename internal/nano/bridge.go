@@ -20,6 +20,7 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/hop"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/vfs"
 )
@@ -256,22 +257,6 @@ func stopGuest(err error) {
 	panic(sys.NewExitError(sys.ExitCodeContextCanceled))
 }
 
-// hopHeaders are per-connection headers (RFC 9110 §7.6.1) the bridge neither forwards nor returns:
-// the guest has no connection to the destination.
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-func dropHopHeaders(h http.Header) {
-	for _, v := range h.Values("Connection") {
-		for _, name := range strings.Split(v, ",") {
-			h.Del(strings.TrimSpace(name))
-		}
-	}
-	for _, name := range hopHeaders {
-		h.Del(name)
-	}
-}
-
 // parseBridgeRequest reads the meta line and the raw HTTP/1.1 request after it into the request to
 // send. A request whose Host header names another host than its destination is refused (domain
 // fronting): refusal is then the event to record, and the guest gets a 403 naming it.
@@ -333,7 +318,7 @@ func parseBridgeRequest(raw []byte, maxBody int64) (*http.Request, bridgeMeta, *
 		return nil, meta, nil, fmt.Errorf("nano bridge: %w", err)
 	}
 	out.Header = in.Header
-	dropHopHeaders(out.Header)
+	hop.Remove(out.Header)
 	return out, meta, nil, nil
 }
 
@@ -360,7 +345,7 @@ func writeResponse(w *bytes.Buffer, method string, resp *http.Response, body []b
 	if h == nil {
 		h = http.Header{}
 	}
-	dropHopHeaders(h)
+	hop.Remove(h)
 	if method != http.MethodHead {
 		h.Set("Content-Length", strconv.Itoa(len(body)))
 	}
