@@ -180,6 +180,17 @@ def run(code, filename, g, repl=True):
     The program is compiled as a script would be; the common cases are then read from the bytecode
     (see _final_expression), which costs a fraction of parsing it into a Python AST. Only the cases
     the bytecode cannot tell go through the AST (_run_ast)."""
+    if repl and ";" not in code and ":" not in code and "\n" not in code.rstrip() and code[:1].strip() and not _blank(code):
+        # One simple statement on one line, the common notebook cell (`df.head()`, `print(x)`): compiled
+        # in the interactive mode, which hands an expression statement's value to sys.displayhook as
+        # the REPL does. Cheaper than the bytecode reading below, which must copy the code object.
+        single = compile(code, filename, "single", dont_inherit=True)
+        hook, sys.displayhook = sys.displayhook, _main_result
+        try:
+            exec(single, g)
+        finally:
+            sys.displayhook = hook
+        return
     compiled = compile(code, filename, "exec", dont_inherit=True)
     if not repl:
         exec(compiled, g)
