@@ -181,11 +181,18 @@ func TestMCPAuto(t *testing.T) {
 		return res, out
 	}
 	res, out := call(map[string]any{"code": "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nprint('drawn')"})
-	if res.IsError || out.Tier != "heavy" || out.Stdout != "drawn\n" || len(res.Content) != 2 {
+	if res.IsError || out.Tier != "heavy" || out.Stdout != "drawn\n" {
 		t.Fatalf("%+v %+v", res, out)
 	}
-	if img, ok := res.Content[1].(*mcp.ImageContent); !ok || img.MIMEType != "image/png" || !strings.HasPrefix(string(img.Data), "\x89PNG") {
-		t.Fatalf("second content is not a PNG image: %T", res.Content[1])
+	// The text, then the figure once as an image (and its chart data as text).
+	var images []*mcp.ImageContent
+	for _, c := range res.Content {
+		if img, ok := c.(*mcp.ImageContent); ok {
+			images = append(images, img)
+		}
+	}
+	if len(images) != 1 || images[0].MIMEType != "image/png" || !strings.HasPrefix(string(images[0].Data), "\x89PNG") {
+		t.Fatalf("want the figure once as a PNG image, got %d images in %d contents", len(images), len(res.Content))
 	}
 	_, out = call(map[string]any{"code": "print(1 + 1)"})
 	if out.Tier != "nano" || out.Stdout != "2\n" {
