@@ -18,7 +18,7 @@ func BenchmarkHTTPSOverhead(b *testing.B) {
 	r := newRig(b, nil)
 	defer r.p.Attach(sandboxIP, newGuard("api.test"))()
 	roots := x509.NewCertPool()
-	roots.AddCert(r.ca.cert)
+	roots.AddCert(r.ca.Cert)
 	direct := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "api.test"}, ForceAttemptHTTP2: true,
 	}}

@@ -2,21 +2,15 @@ package egress
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,6 +18,7 @@ import (
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/egress/egresstest"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
@@ -130,47 +125,6 @@ func (g *fakeGuard) lastEvent(t *testing.T) api.NetworkEvent {
 	return ev[len(ev)-1]
 }
 
-// testCA is a private CA for the test upstreams, as a real internal service would have.
-type testCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
-	pemFile string
-}
-
-func newTestCA(t testing.TB) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: "upstream test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	f := filepath.Join(t.TempDir(), "upstream-ca.pem")
-	if err := os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pemFile: f}
-}
-
-func (ca *testCA) leaf(t testing.TB, names ...string) tls.Certificate {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
 // seen is what an upstream received.
 type seen struct {
 	mu   sync.Mutex
@@ -196,7 +150,7 @@ func (s *seen) count() int {
 
 // upstream is an HTTPS (h2 and HTTP/1.1) server on addr with a certificate for names from ca; it
 // echoes the protocol and serves a few special paths.
-func upstream(t testing.TB, ca *testCA, addr string, names ...string) (*httptest.Server, *seen) {
+func upstream(t testing.TB, ca *egresstest.CA, addr string, names ...string) (*httptest.Server, *seen) {
 	s := &seen{}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -223,7 +177,7 @@ func upstream(t testing.TB, ca *testCA, addr string, names ...string) (*httptest
 	srv.Listener = ln
 	if ca != nil {
 		srv.EnableHTTP2 = true
-		srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.leaf(t, names...)}}
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Leaf(t, names...)}}
 		srv.StartTLS()
 	} else {
 		srv.Start()
@@ -240,7 +194,7 @@ func portOf(srv *httptest.Server) string {
 // upstream "plain.test" on 127.0.0.3, both pinned, 127.0.0.0/8 allowed.
 type rig struct {
 	p            *Proxy
-	ca           *testCA
+	ca           *egresstest.CA
 	https, plain *httptest.Server
 	seenS, seenP *seen
 	ctx          context.Context
@@ -249,7 +203,7 @@ type rig struct {
 
 func newRigUnstarted(t testing.TB, mut func(*Config)) *rig {
 	t.Helper()
-	ca := newTestCA(t)
+	ca := egresstest.NewCA(t)
 	hs, sh := upstream(t, ca, "127.0.0.2:0", "api.test", "other.test")
 	ps, sp := upstream(t, nil, "127.0.0.3:0")
 	cfg := Config{
@@ -257,7 +211,7 @@ func newRigUnstarted(t testing.TB, mut func(*Config)) *rig {
 		Resolve: []string{"api.test=" + portOf(hs), "other.test=" + portOf(hs), "plain.test=" + portOf(ps), "private.test=10.1.2.3", "metadata.test=169.254.169.254",
 			"down.test=127.0.0.4:1", "wrongname.test=" + portOf(hs)},
 		AllowCIDRs:  []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		UpstreamCAs: []string{ca.pemFile},
+		UpstreamCAs: []string{ca.File},
 	}
 	if mut != nil {
 		mut(&cfg)

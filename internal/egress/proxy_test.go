@@ -151,7 +151,7 @@ func TestPassthroughTLS(t *testing.T) {
 	defer r.p.Attach(sandboxIP, g)()
 	// Not inspected: the sandbox sees the upstream's own certificate, so it trusts the upstream CA.
 	roots := x509.NewCertPool()
-	roots.AddCert(r.ca.cert)
+	roots.AddCert(r.ca.Cert)
 	c := tls.Client(r.pair(t, sandboxIP, r.dst), &tls.Config{ServerName: "api.test", RootCAs: roots})
 	defer c.Close()
 	if err := c.Handshake(); err != nil {

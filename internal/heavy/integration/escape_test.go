@@ -2,16 +2,9 @@ package integration
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -29,6 +22,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/egress"
+	"github.com/entersandbox/agentbox/internal/egress/egresstest"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/tier"
@@ -147,14 +141,15 @@ func newInternet(t *testing.T) *internet {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	ca, leaf := testPKI(t, "api.test", "other.test")
+	ca := egresstest.NewCA(t)
+	leaf := ca.Leaf(t, "api.test", "other.test")
 	dir, err := os.MkdirTemp("", "agentbox-escape-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cleanup(func() { os.RemoveAll(dir) })
 	in.caFile = filepath.Join(dir, "upstream-ca.pem")
-	if err := os.WriteFile(in.caFile, ca, 0o644); err != nil {
+	if err := os.WriteFile(in.caFile, ca.PEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	handler := func(counter *atomic.Int64) http.Handler {
@@ -196,29 +191,6 @@ func newInternet(t *testing.T) *internet {
 	}()
 	cleanup(func() { s443.Close(); s80.Close(); tl9.Close(); ul53.Close() })
 	return in
-}
-
-// testPKI makes a CA (PEM) and a leaf for names signed by it.
-func testPKI(t *testing.T, names ...string) ([]byte, tls.Certificate) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "escape suite upstream CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(der)
-	lkey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	ltmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
-	lder, err := x509.CreateCertificate(rand.Reader, ltmpl, caCert, &lkey.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), tls.Certificate{Certificate: [][]byte{lder}, PrivateKey: lkey}
 }
 
 // allowList is the test's policy for one sandbox: the hosts it may reach (TLS inspected). The real
