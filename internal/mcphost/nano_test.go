@@ -16,24 +16,7 @@ import (
 // come back, and a crash or the memory limit ends only that request (the next gets a new session).
 func TestNanoServerSession(t *testing.T) {
 	ctx := context.Background()
-	eng, err := nano.New(ctx, nano.Config{PoolSize: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close(ctx)
-	src, err := os.ReadFile("testdata/server.py")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := New(Config{Dir: t.TempDir(), Launchers: map[api.Tier]Launcher{api.TierNano: &NanoLauncher{Engine: eng}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	if _, err := h.Register(ctx, api.MCPServer{Name: "py", Tier: api.TierNano, Command: []string{"python3", "server.py"},
-		Files: map[string]string{"server.py": string(src)}, Limits: api.MCPLimits{MemoryLimitMB: 64}}); err != nil {
-		t.Fatal(err)
-	}
+	h := nanoHost(t, api.MCPLimits{MemoryLimitMB: 64})
 	cases := []struct {
 		name, tool, args string
 		isError          bool
@@ -59,24 +42,7 @@ func TestNanoServerSession(t *testing.T) {
 // request is served at once rather than after the cell's own time limit.
 func TestNanoCancelledCallStopsItsCell(t *testing.T) {
 	ctx := context.Background()
-	eng, err := nano.New(ctx, nano.Config{PoolSize: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close(ctx)
-	src, err := os.ReadFile("testdata/server.py")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := New(Config{Dir: t.TempDir(), Launchers: map[api.Tier]Launcher{api.TierNano: &NanoLauncher{Engine: eng}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	if _, err := h.Register(ctx, api.MCPServer{Name: "py", Tier: api.TierNano, Command: []string{"python3", "server.py"},
-		Files: map[string]string{"server.py": string(src)}, Limits: api.MCPLimits{CallTimeoutMS: 60000}}); err != nil {
-		t.Fatal(err)
-	}
+	h := nanoHost(t, api.MCPLimits{CallTimeoutMS: 60000})
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	if res, _ := h.Call(short, "py__hang", nil); !res.IsError || !strings.Contains(resultText(res), "cancelled") {
@@ -90,4 +56,30 @@ func TestNanoCancelledCallStopsItsCell(t *testing.T) {
 	if d := time.Since(start); d > 20*time.Second {
 		t.Fatalf("the next call waited %v for the cancelled cell", d)
 	}
+}
+
+// nanoHost is a host whose one server, "py", is our stdlib test server on a nano engine of its own,
+// registered with limits; both end with the test.
+func nanoHost(t *testing.T, limits api.MCPLimits) *Host {
+	t.Helper()
+	ctx := context.Background()
+	eng, err := nano.New(ctx, nano.Config{PoolSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eng.Close(ctx) })
+	src, err := os.ReadFile("testdata/server.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := New(Config{Dir: t.TempDir(), Launchers: map[api.Tier]Launcher{api.TierNano: &NanoLauncher{Engine: eng}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	if _, err := h.Register(ctx, api.MCPServer{Name: "py", Tier: api.TierNano, Command: []string{"python3", "server.py"},
+		Files: map[string]string{"server.py": string(src)}, Limits: limits}); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
