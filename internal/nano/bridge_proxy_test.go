@@ -22,8 +22,8 @@ import (
 )
 
 // proxyGuard is what the egress proxy needs of a sandbox's policy, over a *netpolicy.Guard whose
-// events it keeps: the offline Policy of this branch allows nothing, so the allow list and the secret
-// are the test's (the lead's adapter reads them from the real Policy).
+// events it keeps: the test decides the allow list and the secret itself, so that it checks the
+// bridge and the proxy alone (compiled policies reach both tiers in internal/cli's TestRunGovernedNetwork).
 type proxyGuard struct {
 	*netpolicy.Guard
 	allow  string

@@ -193,9 +193,10 @@ func newInternet(t *testing.T) *internet {
 	return in
 }
 
-// allowList is the test's policy for one sandbox: the hosts it may reach (TLS inspected). The real
-// compiled netpolicy.Policy is the policy branch's; the data plane only sees Decisions, so a list
-// that a test can change between two cells stands in for it (and for Guard.Swap) here.
+// allowList is the test's policy for one sandbox: the hosts it may reach (TLS inspected). The data
+// plane only sees Decisions, so a list the test can change between two cells stands in for a
+// compiled netpolicy.Policy and its Guard.Swap, keeping the suite about containment alone (compiled
+// policies are end to end in internal/cli's TestRunGovernedNetwork).
 type allowList struct {
 	mu    sync.Mutex
 	hosts map[string]bool // guarded by mu
