@@ -187,12 +187,9 @@ func sessionExpired(l *audit.Log, log *slog.Logger) func(api.Session, string) {
 		if owner == "" {
 			owner = audit.ActorLocal
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := l.Record(ctx, audit.Event{Type: audit.TypeSessionExpire, Actor: owner, Session: info.ID, Tier: string(info.Tier),
-			Details: map[string]any{"reason": reason, "cells": info.Cells, "ttl_s": info.TTLSeconds, "last_used_at": info.LastUsedAt}}); err != nil {
-			log.Error("audit: session expiry not recorded", "session", info.ID, "err", err)
-		}
+		recordDetached(context.Background(), l, log, audit.Event{Type: audit.TypeSessionExpire, Actor: owner, Session: info.ID, Tier: string(info.Tier),
+			Details: map[string]any{"reason": reason, "cells": info.Cells, "ttl_s": info.TTLSeconds, "last_used_at": info.LastUsedAt}},
+			"session expiry", "session", info.ID)
 	}
 }
 
@@ -372,11 +369,7 @@ func networkRecorder(l *audit.Log, log *slog.Logger) func(tenant, sandbox string
 		} else {
 			ev.Sandbox = sandbox
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := l.Record(ctx, ev); err != nil {
-			log.Error("audit: network event not recorded", "sandbox", sandbox, "host", e.Host, "err", err)
-		}
+		recordDetached(context.Background(), l, log, ev, "network event", "sandbox", sandbox, "host", e.Host)
 	}
 }
 
@@ -393,10 +386,16 @@ func (r mcpRecorder) RecordMCPCall(ctx context.Context, ev mcphost.Event) {
 	if ev.Error != "" {
 		details["error"] = ev.Error
 	}
+	recordDetached(ctx, r.l, r.log, audit.Event{Type: audit.TypeMCPCall, Actor: cmp.Or(ev.Tenant, audit.ActorLocal),
+		Verdict: audit.VerdictOf(ev.Verdict), Details: details, Time: ev.Time}, "MCP call", "server", ev.Server, "tool", ev.Tool)
+}
+
+// recordDetached records ev for something that has already happened: past the end of ctx (a
+// request's, whose client may be gone), for at most 30 s. A failure is logged as what, with attrs.
+func recordDetached(ctx context.Context, l *audit.Log, log *slog.Logger, ev audit.Event, what string, attrs ...any) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := r.l.Record(rctx, audit.Event{Type: audit.TypeMCPCall, Actor: cmp.Or(ev.Tenant, audit.ActorLocal),
-		Verdict: audit.VerdictOf(ev.Verdict), Details: details, Time: ev.Time}); err != nil {
-		r.log.Error("audit: MCP call not recorded", "server", ev.Server, "tool", ev.Tool, "err", err)
+	if err := l.Record(rctx, ev); err != nil {
+		log.Error("audit: "+what+" not recorded", append(attrs, "err", err)...)
 	}
 }

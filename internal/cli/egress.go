@@ -120,13 +120,11 @@ func (n *network) nanoHTTP() nano.HTTP {
 	})
 }
 
-// heavyPlane adapts the proxy to heavy.Network, whose Attach takes the concrete Guard.
+// heavyPlane adapts the proxy to heavy.Network, whose Attach takes the concrete Guard (a nil one
+// attaches nothing: the proxy tells a typed nil apart).
 type heavyPlane struct{ *egress.Proxy }
 
 func (h heavyPlane) Attach(guest netip.Addr, g *netpolicy.Guard) func() {
-	if g == nil {
-		return h.Proxy.Attach(guest, nil)
-	}
 	return h.Proxy.Attach(guest, g)
 }
 
