@@ -149,12 +149,20 @@ func egressReport(r dlp.Report) egress.DLPReport {
 	return out
 }
 
-// mcpScanner adapts the DLP engine to the MCP relay's Scanner.
-type mcpScanner struct{ e *dlp.Engine }
+// mcpScanner adapts the DLP engine, compiled when first needed, to the MCP relay's Scanner.
+type mcpScanner struct {
+	engine func() (*dlp.Engine, error)
+}
 
+// Scan fails closed: an engine that cannot be compiled finds the whole text (type
+// dlp_unavailable), so block refuses and redact removes it.
 func (s mcpScanner) Scan(text []byte) []mcphost.Finding {
+	e, err := s.engine()
+	if err != nil {
+		return []mcphost.Finding{{Type: "dlp_unavailable", Rule: "dlp:unavailable", Start: 0, End: len(text)}}
+	}
 	var out []mcphost.Finding
-	for _, f := range s.e.Scan(text) {
+	for _, f := range e.Scan(text) {
 		out = append(out, mcphost.Finding{Type: f.Type, Rule: f.Rule, Start: f.Start, End: f.End})
 	}
 	return out

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
+	"github.com/entersandbox/agentbox/internal/dlp"
 	"github.com/entersandbox/agentbox/internal/egress/egresstest"
 	"github.com/entersandbox/agentbox/internal/heavy"
 )
@@ -141,5 +143,31 @@ func TestNetworkEventsAreAudited(t *testing.T) {
 		if tc.typ == audit.TypeEgressDLP && !strings.Contains(string(b), `"count":2`) {
 			t.Fatalf("detector counts missing: %s", b)
 		}
+	}
+}
+
+// TestMCPScannerFailsClosed: the relay's scanner finds what the DLP engine finds, and when the
+// engine cannot be compiled it reports the whole text, so that block refuses and redact removes it.
+func TestMCPScannerFailsClosed(t *testing.T) {
+	text := []byte(`{"card": "4111 1111 1111 1111"}`)
+	for _, tc := range []struct {
+		name     string
+		engine   func() (*dlp.Engine, error)
+		wantType string
+		redacted string
+	}{
+		{"engine", func() (*dlp.Engine, error) { return dlp.New(dlp.Config{}) }, "card", `{"card": "[REDACTED:card]"}`},
+		{"no engine", func() (*dlp.Engine, error) { return nil, errors.New("bad pack") }, "dlp_unavailable", "[REDACTED:dlp_unavailable]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := mcpScanner{tc.engine}
+			fs := s.Scan(text)
+			if len(fs) != 1 || fs[0].Type != tc.wantType {
+				t.Fatalf("findings %+v, want one %s", fs, tc.wantType)
+			}
+			if got := string(s.Redact(text, fs)); got != tc.redacted {
+				t.Fatalf("redacted %q, want %q", got, tc.redacted)
+			}
+		})
 	}
 }

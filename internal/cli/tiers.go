@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/dlp"
@@ -45,8 +46,8 @@ type tiers struct {
 	*dispatch.Dispatcher
 	nano  *nano.Engine
 	heavy *heavy.Engine
-	net   *network // the governed network's data plane; nil without a ceiling
-	scan  *dlp.Engine
+	net   *network                    // the governed network's data plane; nil without a ceiling
+	scan  func() (*dlp.Engine, error) // the DLP engine, compiled once when first needed
 	// ceiling bounds every network policy, hosted MCP servers' too; nil: everything offline.
 	ceiling *netpolicy.Ceiling
 }
@@ -64,12 +65,16 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 	}
 	nanoCfg.Logger = log
 	t := &tiers{ceiling: cfg.Ceiling}
-	// The DLP engine serves the egress proxy and the hosted MCP servers' relay alike.
-	if t.scan, err = dlp.New(dlp.Config{Packs: cfg.Ceiling.Packs()}); err != nil {
-		return nil, usagef("dlp: %w", err)
-	}
+	// The DLP engine serves the egress proxy and the hosted MCP servers' relay alike. Compiling its
+	// rules takes ~80 ms, so a server without a ceiling does it on the first relayed call.
+	packs := cfg.Ceiling.Packs()
+	t.scan = sync.OnceValues(func() (*dlp.Engine, error) { return dlp.New(dlp.Config{Packs: packs}) })
 	if cfg.Ceiling != nil {
-		if t.net, err = startNetwork(ctx, t.scan, tf.egress, *tf.stateDir, *tf.heavyMode != "off", log); err != nil {
+		engine, err := t.scan()
+		if err != nil {
+			return nil, usagef("dlp: %w", err)
+		}
+		if t.net, err = startNetwork(ctx, engine, tf.egress, *tf.stateDir, *tf.heavyMode != "off", log); err != nil {
 			return nil, err
 		}
 	}
