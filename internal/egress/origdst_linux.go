@@ -9,9 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// originalDst is where the sandbox meant to connect before nftables redirected it here
+// OriginalDst is where a redirected connection was meant to go before nftables sent it here
 // (SO_ORIGINAL_DST; IPv4 only, as sandboxes have IPv6 off).
-func originalDst(c net.Conn) (netip.AddrPort, error) {
+func OriginalDst(c net.Conn) (netip.AddrPort, error) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return netip.AddrPort{}, errors.New("egress: original destination: not a TCP connection")

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 )
 
-func originalDst(net.Conn) (netip.AddrPort, error) {
+// OriginalDst needs Linux's SO_ORIGINAL_DST.
+func OriginalDst(net.Conn) (netip.AddrPort, error) {
 	return netip.AddrPort{}, errors.New("egress: original destination: needs Linux")
 }

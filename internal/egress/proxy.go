@@ -484,7 +484,7 @@ func (p *Proxy) acceptLoop(ctx context.Context, ln net.Listener) {
 			return
 		}
 		src := netAddrPort(c.RemoteAddr()).Addr()
-		dst, err := originalDst(c)
+		dst, err := OriginalDst(c)
 		if err != nil {
 			// Not redirected: someone connected to the proxy's own address. The proxy then
 			// refuses to dial itself.

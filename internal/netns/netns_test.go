@@ -18,8 +18,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
+	"github.com/entersandbox/agentbox/internal/egress"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 )
 
@@ -116,26 +116,6 @@ func dialFrom(t testing.TB, n *NS, src netip.Addr, dst string) (net.Conn, error)
 	return c, err
 }
 
-// originalDst is the destination the client dialled before the redirect.
-func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	var ap netip.AddrPort
-	var gerr error
-	raw.Control(func(fd uintptr) {
-		m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
-		if err != nil {
-			gerr = err
-			return
-		}
-		port := uint16(m.Multiaddr[2])<<8 | uint16(m.Multiaddr[3])
-		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Multiaddr[4:8])), port)
-	})
-	return ap, gerr
-}
-
 func accept(l *net.TCPListener, d time.Duration) (*net.TCPConn, error) {
 	l.SetDeadline(time.Now().Add(d))
 	return l.AcceptTCP()
@@ -171,7 +151,7 @@ func TestTraffic(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: the proxy got nothing: %v", dst, err)
 			}
-			od, err := originalDst(s)
+			od, err := egress.OriginalDst(s)
 			if err != nil || od.String() != dst {
 				t.Errorf("%s: SO_ORIGINAL_DST %v, %v", dst, od, err)
 			}

@@ -21,9 +21,9 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/egress"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
@@ -103,7 +103,7 @@ func (p *echoPlane) serveTCP() {
 				c.SetLinger(0) // a reset, as the real proxy answers an unattached source
 				return
 			}
-			dst, _ := originalDst(c)
+			dst, _ := egress.OriginalDst(c)
 			fmt.Fprintf(c, "src=%v dst=%v guard=%p\n", src, dst, g)
 		}()
 	}
@@ -119,25 +119,6 @@ func (p *echoPlane) serveUDP() {
 		_ = n
 		p.udp.WriteToUDPAddrPort([]byte("dns "+from.Addr().Unmap().String()), from)
 	}
-}
-
-// originalDst is the destination a redirected connection was made to.
-func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	var ap netip.AddrPort
-	var gerr error
-	raw.Control(func(fd uintptr) {
-		m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
-		if err != nil {
-			gerr = err
-			return
-		}
-		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Multiaddr[4:8])), uint16(m.Multiaddr[2])<<8|uint16(m.Multiaddr[3]))
-	})
-	return ap, gerr
 }
 
 var (
