@@ -31,17 +31,9 @@ func benchRun(b *testing.B, e *heavy.Engine) {
 
 // BenchmarkPoolHit: a run in a pooled sandbox that has pandas imported already (refill not timed).
 func BenchmarkPoolHit(b *testing.B) {
-	e, err := heavy.New(context.Background(), heavy.Config{PoolSize: 2})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer e.Close(context.Background())
+	e := pooledEngine(b)
 	for b.Loop() {
-		b.StopTimer()
-		for e.PoolReady() == 0 {
-			time.Sleep(5 * time.Millisecond)
-		}
-		b.StartTimer()
+		waitPool(b, e)
 		benchRun(b, e)
 	}
 }
@@ -51,17 +43,9 @@ const chartCode = "import matplotlib.pyplot as plt\nplt.plot(range(100), [i * i 
 // BenchmarkChartPoolHit: a matplotlib chart (PNG, and its extracted data) from a pooled sandbox: the
 // cost of the results machinery on heavy, next to BenchmarkPoolHit's plain run.
 func BenchmarkChartPoolHit(b *testing.B) {
-	e, err := heavy.New(context.Background(), heavy.Config{PoolSize: 2})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer e.Close(context.Background())
+	e := pooledEngine(b)
 	for b.Loop() {
-		b.StopTimer()
-		for e.PoolReady() == 0 {
-			time.Sleep(5 * time.Millisecond)
-		}
-		b.StartTimer()
+		waitPool(b, e)
 		res, err := e.Run(context.Background(), api.RunRequest{Code: chartCode}, tier.Stream{})
 		if err != nil || res.ExitCode != 0 || len(res.Artifacts) != 1 {
 			b.Fatalf("%v %+v", err, res)
@@ -213,4 +197,23 @@ func BenchmarkSessionMove(b *testing.B) {
 		s.Close()
 		b.StartTimer()
 	}
+}
+
+// pooledEngine is an engine keeping 2 started sandboxes, closed with the benchmark.
+func pooledEngine(b *testing.B) *heavy.Engine {
+	e, err := heavy.New(context.Background(), heavy.Config{PoolSize: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { e.Close(context.Background()) })
+	return e
+}
+
+// waitPool waits, untimed, until a pooled sandbox is ready: refills are not what is measured.
+func waitPool(b *testing.B, e *heavy.Engine) {
+	b.StopTimer()
+	for e.PoolReady() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.StartTimer()
 }
