@@ -70,16 +70,19 @@ AGENTBOX_BIN="$PWD/bin/agentbox" "$venv/bin/python" -m pytest -q -p no:cacheprov
 rm -rf "$(dirname "$venv")"
 
 say "fuzzing (short)"
-go test -run '^$' -fuzz '^FuzzOps$' -fuzztime 15s ./internal/vfs
-go test -run '^$' -fuzz '^FuzzOffsets$' -fuzztime 10s ./internal/vfs
-go test -run '^$' -fuzz '^FuzzStripDataSegments$' -fuzztime 10s ./internal/nano
-go test -run '^$' -fuzz '^FuzzAPI$' -fuzztime 15s ./internal/server
-go test -run '^$' -fuzz '^FuzzImports$' -fuzztime 10s ./internal/router
-go test -run '^$' -fuzz '^FuzzParseBridgeRequest$' -fuzztime 10s ./internal/nano
-go test -run '^$' -fuzz '^FuzzPeekHello$' -fuzztime 10s ./internal/egress
-go test -run '^$' -fuzz '^FuzzAnswerDNS$' -fuzztime 10s ./internal/egress
-go test -run '^$' -fuzz '^FuzzCanonical$' -fuzztime 10s ./internal/netpolicy
-go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime 15s ./internal/netpolicy
-go test -run '^$' -fuzz '^FuzzScanRedact$' -fuzztime 10s ./internal/dlp
-go test -run '^$' -fuzz '^FuzzScanRequestBody$' -fuzztime 10s ./internal/dlp
-go test -run '^$' -fuzz '^FuzzSearchQuery$' -fuzztime 10s ./internal/audit
+# Budgets are counts of executions (about 10 s each on this machine), not durations: a duration races
+# Go's fuzzing coordinator at its deadline and fails with a bare "context deadline exceeded" under
+# load (golang/go#51484), without any failing input.
+go test -run '^$' -fuzz '^FuzzOps$' -fuzztime 150000x ./internal/vfs
+go test -run '^$' -fuzz '^FuzzOffsets$' -fuzztime 150000x ./internal/vfs
+go test -run '^$' -fuzz '^FuzzStripDataSegments$' -fuzztime 25000x ./internal/nano
+go test -run '^$' -fuzz '^FuzzAPI$' -fuzztime 10000x ./internal/server
+go test -run '^$' -fuzz '^FuzzImports$' -fuzztime 400000x ./internal/router
+go test -run '^$' -fuzz '^FuzzParseBridgeRequest$' -fuzztime 100000x ./internal/nano
+go test -run '^$' -fuzz '^FuzzPeekHello$' -fuzztime 100000x ./internal/egress
+go test -run '^$' -fuzz '^FuzzAnswerDNS$' -fuzztime 120000x ./internal/egress
+go test -run '^$' -fuzz '^FuzzCanonical$' -fuzztime 80000x ./internal/netpolicy
+go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime 120000x ./internal/netpolicy
+go test -run '^$' -fuzz '^FuzzScanRedact$' -fuzztime 70000x ./internal/dlp
+go test -run '^$' -fuzz '^FuzzScanRequestBody$' -fuzztime 30000x ./internal/dlp
+go test -run '^$' -fuzz '^FuzzSearchQuery$' -fuzztime 40000x ./internal/audit
