@@ -189,6 +189,7 @@ type snapshot struct {
 	sp      uint32
 	created time.Time
 	uses    atomic.Int64
+	pages   basePages // its pages' hashes and blocks, for session snapshots (steps.go)
 }
 
 // New compiles the interpreter, takes the first snapshot and starts the pool.
