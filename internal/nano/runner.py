@@ -458,8 +458,9 @@ def _execute(code, filename, repl):
 # through a user-defined __repr__, __sizeof__ or __class__.
 _PROBE_NAMES = 200  # globals described per snapshot, the first in name order
 _REPR_MAX = 200
-_SIZE_ITEMS = 1000  # container items sized one by one; the rest are estimated from them
-_FD_GAP = 32  # free descriptors in a row after which the probe stops looking for open ones
+_SIZE_ITEMS = 32  # items of a container sized one by one; the rest are estimated from them
+_SIZE_BUDGET = 2000  # items sized per probe in all, bounding its cost (~4 µs an item)
+_FD_GAP = 16  # free descriptors in a row after which the probe stops looking for open ones
 _STALE = "/dev/agentbox/stale"
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
 _type_name_of = type.__dict__["__qualname__"].__get__
@@ -540,19 +541,20 @@ def _size_of(v):
     return sys.getsizeof(v)
 
 
-def _estimate_size(v):
-    """sys.getsizeof of v plus, for built-in containers, of their items (the first _SIZE_ITEMS, the rest
-    estimated from them): an estimate, not a deep measure."""
+def _estimate_size(v, budget):
+    """sys.getsizeof of v plus, for built-in containers, of their items (the first few, the rest
+    estimated from them): an estimate, not a deep measure. budget[0] is the items left to size."""
     size = _size_of(v)
     t = type(v)
-    if t in _CONTAINERS and v:
+    if t in _CONTAINERS and v and budget[0] > 0:
         items = v.items() if t is dict else v
-        n, part = 0, 0
+        n, part, most = 0, 0, min(_SIZE_ITEMS, budget[0])
         for item in items:
-            if n >= _SIZE_ITEMS:
+            if n >= most:
                 break
             part += _size_of(item[0]) + _size_of(item[1]) if t is dict else _size_of(item)
             n += 1
+        budget[0] -= n
         size += part * len(v) // n
     return size
 
@@ -571,7 +573,7 @@ def _kind(v):
 def _variables():
     g = __main__.__dict__
     names = heapq.nsmallest(_PROBE_NAMES, (k for k in g if type(k) is str and not (k.startswith("__") and k.endswith("__"))))
-    out = []
+    out, budget = [], [_SIZE_BUDGET]
     for name in names:
         v = g[name]
         kind = _kind(v)
@@ -582,7 +584,7 @@ def _variables():
             entry["repr"] = f"<unrepresentable: {type(e).__name__}>"
         if kind in ("value", "class"):
             try:
-                entry["size"] = _estimate_size(v)
+                entry["size"] = _estimate_size(v, budget)
             except Exception:
                 pass
         out.append(entry)
@@ -612,8 +614,7 @@ def _probe(req):
 def _restored(req):
     """Right after a restore: the descriptors that were open at the snapshot are taken by handles on the
     stale device, so that the program's old file objects fail with EBADF instead of reaching whatever
-    file would next get their number; random's state (and numpy's, if imported) is reseeded so that a
-    fork does not repeat its parent's numbers."""
+    file would next get their number. (Entropy is renewed by the first run's "fresh".)"""
     want = set(req.get("fds") or ())
     if want:
         top, held = max(want), []
@@ -625,14 +626,6 @@ def _restored(req):
         for fd in held:
             if fd not in want:
                 os.close(fd)
-    random.seed()
-    tempfile._name_sequence = None
-    np = sys.modules.get("numpy")
-    if np is not None:
-        try:
-            np.random.seed()
-        except Exception:
-            pass
     return {"cwd": os.getcwd()}
 
 
@@ -651,9 +644,16 @@ def run(request):
     _frame = req.get("frame", "").encode()
     outputs.begin(_emit, svg=req.get("svg"))
     if req.get("fresh"):
-        # The snapshot's random state is shared by every sandbox started from it.
+        # The snapshot's random state is shared by every sandbox started from it, and a restored
+        # session's by every rewind and fork of that step.
         random.seed()
         tempfile._name_sequence = None
+        np = sys.modules.get("numpy")
+        if np is not None:
+            try:
+                np.random.seed()
+            except Exception:
+                pass
     allowed = req.get("allowed")
     _allowed = frozenset(allowed) if allowed else None
     _net["on"] = bool(req.get("network"))

@@ -203,10 +203,18 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 	size := int(inst.mod.Memory().Size())
 	mem := inst.mem.bytes(size)
 	n := size / osPage
+	sp := uint32(inst.mod.ExportedGlobal("__stack_pointer").Get())
+	// The C stack grows down from sp (the module is linked --stack-first) and nothing below sp is
+	// live between calls: what the cell's deepest calls left there is cleared rather than stored.
+	deadPages := min(int(sp)/osPage, n)
 	hashes, ids := growTo(st.nextHashes, n), growTo(st.nextIDs, n)
 	for i := range n {
 		page := mem[i*osPage : (i+1)*osPage]
 		h := xxh3.Hash128(page)
+		if i < deadPages && h != zeroPageHash {
+			clear(page)
+			h = zeroPageHash
+		}
 		if i < len(st.hashes) && st.hashes[i] == h {
 			hashes[i], ids[i] = h, st.ids[i]
 			continue
@@ -220,7 +228,7 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 		hashes[i], ids[i] = h, id
 	}
 	state.MemSize = uint32(size)
-	state.SP = uint32(inst.mod.ExportedGlobal("__stack_pointer").Get())
+	state.SP = sp
 	state.Pages = ids
 	snap.State = state.encode()
 	snap.Blocks = state.blockList()
@@ -288,7 +296,7 @@ func (e *Engine) stateKey() string {
 // Restore implements tier.Restorer: a new session in the state snap describes. Its memory is
 // assembled in a recycled region from the engine's start-up image and the pages that differ from
 // it, its files are rebuilt from their blocks, and the runner then takes the descriptors that were
-// open (they fail with EBADF) and reseeds random.
+// open (they fail with EBADF); its first run reseeds random.
 func (e *Engine) Restore(ctx context.Context, snap *tier.Snapshot, blocks tier.Blocks, limits api.Limits) (tier.Session, error) {
 	switch {
 	case snap == nil || blocks == nil:
@@ -357,8 +365,12 @@ func (e *Engine) restoreState(ctx context.Context, state *nanoState, blocks tier
 	if err := restoreFiles(inst.fs, state.Files, blocks); err != nil {
 		return fail(err)
 	}
-	if err := inst.op(ctx, slot, lim, map[string]any{"op": "restored", "fds": state.FDs}, nil); err != nil {
-		return fail(err)
+	// Python's random (and numpy's) is reseeded by the first run, which tells the runner it is the
+	// sandbox's first ("fresh"), as for every sandbox: no program code runs before it.
+	if len(state.FDs) > 0 {
+		if err := inst.op(ctx, slot, lim, map[string]any{"op": "restored", "fds": state.FDs}, nil); err != nil {
+			return fail(err)
+		}
 	}
 	// The rebuilt files are the versions the snapshot stored: the next snapshot need not store them.
 	byPath := make(map[string][]tier.BlockID, len(state.Files))

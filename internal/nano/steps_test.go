@@ -70,13 +70,6 @@ func (m *memBlocks) counts() putCounts {
 	return putCounts{m.puts, m.putSize, m.newSize}
 }
 
-// blockSize returns the length of block id.
-func (m *memBlocks) blockSize(id tier.BlockID) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.data[id-1])
-}
-
 func (m *memBlocks) corrupt(id tier.BlockID) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
