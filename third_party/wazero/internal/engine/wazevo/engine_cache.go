@@ -146,7 +146,9 @@ func (e *engine) getCompiledModuleFromCache(module *wasm.Module) (cm *compiledMo
 	return
 }
 
-var magic = []byte{'W', 'A', 'Z', 'E', 'V', 'O'}
+// agentbox patch: a different magic keeps code compiled by unpatched wazero out of the cache, whose
+// version string is the same.
+var magic = []byte{'W', 'A', 'Z', 'E', 'V', 'O', 'a', 'b', '1'}
 
 func serializeCompiledModule(wazeroVersion string, cm *compiledModule) io.Reader {
 	buf := bytes.NewBuffer(nil)

@@ -1353,15 +1353,21 @@ func (c *Compiler) lowerCurrentOpcode() {
 		c.switchTo(originalLen, loopHeader)
 
 		if c.ensureTermination {
-			checkModuleExitCodePtr := builder.AllocateInstruction().
+			// agentbox patch: test the module's Closed word inline and leave native code only once it
+			// is set, instead of a round trip to Go on every back-edge (wazero#2466). Closed never
+			// goes back to zero, so the exit never resumes: the Go side's FailIfClosed panics.
+			closedPtr := builder.AllocateInstruction().
 				AsLoad(c.execCtxPtrValue,
-					wazevoapi.ExecutionContextOffsetCheckModuleExitCodeTrampolineAddress.U32(),
+					wazevoapi.ExecutionContextOffsetModuleClosedPtr.U32(),
 					ssa.TypeI64,
 				).Insert(builder).Return()
-
-			args := c.allocateVarLengthValues(1, c.execCtxPtrValue)
+			closed := builder.AllocateInstruction().
+				AsLoad(closedPtr, 0, ssa.TypeI64).Insert(builder).Return()
+			zero := builder.AllocateInstruction().AsIconst64(0).Insert(builder).Return()
+			isClosed := builder.AllocateInstruction().
+				AsIcmp(closed, zero, ssa.IntegerCmpCondNotEqual).Insert(builder).Return()
 			builder.AllocateInstruction().
-				AsCallIndirect(checkModuleExitCodePtr, &c.checkModuleExitCodeSig, args).
+				AsExitIfTrueWithCode(c.execCtxPtrValue, isClosed, wazevoapi.ExitCodeCheckModuleExitCode).
 				Insert(builder)
 		}
 	case wasm.OpcodeIf:
