@@ -9,6 +9,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/tier"
+	"github.com/entersandbox/agentbox/internal/tier/tiertest"
 )
 
 // sixteenMiB grows a session to about 16 MiB of linear memory with data that stays live.
@@ -34,17 +35,15 @@ func benchSession(b *testing.B, e *Engine, blocks tier.Blocks) *session {
 }
 
 // storedSize is what zstd (the store's compression, at its fastest level) makes of the blocks the
-// store took for the first time since from.
-func storedSize(b *testing.B, m *memBlocks, from int) int64 {
+// store took for the first time since the last call.
+func storedSize(b *testing.B, m *tiertest.Blocks) int64 {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		b.Fatal(err)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	var n int64
 	var buf []byte
-	for _, d := range m.data[from:] {
+	for _, d := range m.TakeNew() {
 		buf = enc.EncodeAll(d, buf[:0])
 		n += int64(len(buf))
 	}
@@ -56,7 +55,7 @@ func storedSize(b *testing.B, m *memBlocks, from int) int64 {
 // zstd-KiB that compressed block by block (what a compressing store keeps), state-KiB the State.
 func BenchmarkSnapshotSmallCell(b *testing.B) {
 	e := benchEngine(b, Config{PoolSize: -1})
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := benchSession(b, e, blocks)
 	var times []time.Duration
 	var put, fresh, stored, state int64
@@ -65,8 +64,8 @@ func BenchmarkSnapshotSmallCell(b *testing.B) {
 		if res, err := s.Run(context.Background(), "x += 1", tier.Stream{}); err != nil || res.ExitCode != 0 {
 			b.Fatalf("%v %+v", err, res)
 		}
-		before := blocks.counts()
-		first := len(blocks.data)
+		given0, kept0 := blocks.Bytes()
+		blocks.TakeNew()
 		b.StartTimer()
 		start := time.Now()
 		snap, err := s.Snapshot(context.Background(), blocks)
@@ -75,10 +74,10 @@ func BenchmarkSnapshotSmallCell(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StopTimer()
-		after := blocks.counts()
-		put += after.putSize - before.putSize
-		fresh += after.newSize - before.newSize
-		stored += storedSize(b, blocks, first)
+		given1, kept1 := blocks.Bytes()
+		put += given1 - given0
+		fresh += kept1 - kept0
+		stored += storedSize(b, blocks)
 		state += int64(len(snap.State))
 		b.StartTimer()
 	}
@@ -93,7 +92,7 @@ func BenchmarkSnapshotSmallCell(b *testing.B) {
 // BenchmarkSnapshotProbe: the runner's probe of globals, files and descriptors alone.
 func BenchmarkSnapshotProbe(b *testing.B) {
 	e := benchEngine(b, Config{PoolSize: -1})
-	s := benchSession(b, e, newMemBlocks())
+	s := benchSession(b, e, tiertest.NewBlocks())
 	var times []time.Duration
 	for b.Loop() {
 		start := time.Now()
@@ -109,7 +108,7 @@ func BenchmarkSnapshotProbe(b *testing.B) {
 // BenchmarkRestore: a rewind or fork of a ~16 MiB session (restore, then close; the close untimed).
 func BenchmarkRestore(b *testing.B) {
 	e := benchEngine(b, Config{PoolSize: -1})
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := benchSession(b, e, blocks)
 	if res, err := s.Run(context.Background(), "x += 1\nopen('/home/user/f.txt', 'w').write('data' * 1000)", tier.Stream{}); err != nil || res.ExitCode != 0 {
 		b.Fatalf("%v %+v", err, res)

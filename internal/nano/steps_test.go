@@ -2,79 +2,17 @@ package nano
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/tier"
+	"github.com/entersandbox/agentbox/internal/tier/tiertest"
 )
-
-// memBlocks is an in-memory tier.Blocks for tests: content-addressed by sha256, ids in order of
-// first Put, and a way to damage a block.
-type memBlocks struct {
-	mu      sync.Mutex
-	ids     map[[32]byte]tier.BlockID // guarded by mu
-	data    [][]byte                  // by id-1; guarded by mu
-	puts    int                       // guarded by mu
-	putSize int64                     // bytes given to Put; guarded by mu
-	newSize int64                     // bytes of blocks not stored before; guarded by mu
-	bad     map[tier.BlockID]bool     // blocks Get reports corrupt; guarded by mu
-}
-
-func newMemBlocks() *memBlocks {
-	return &memBlocks{ids: map[[32]byte]tier.BlockID{}, bad: map[tier.BlockID]bool{}}
-}
-
-func (m *memBlocks) Put(data []byte) (tier.BlockID, error) {
-	if len(data) > tier.MaxBlock {
-		return 0, fmt.Errorf("block of %d bytes", len(data))
-	}
-	key := sha256.Sum256(data)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.puts++
-	m.putSize += int64(len(data))
-	if id, ok := m.ids[key]; ok {
-		return id, nil
-	}
-	m.data = append(m.data, slices.Clone(data))
-	id := tier.BlockID(len(m.data))
-	m.ids[key] = id
-	m.newSize += int64(len(data))
-	return id, nil
-}
-
-func (m *memBlocks) Get(dst []byte, id tier.BlockID) ([]byte, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if id == 0 || int(id) > len(m.data) || m.bad[id] {
-		return dst, fmt.Errorf("block %d: %w", id, tier.ErrCorrupt)
-	}
-	return append(dst, m.data[id-1]...), nil
-}
-
-type putCounts struct {
-	puts             int
-	putSize, newSize int64
-}
-
-func (m *memBlocks) counts() putCounts {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return putCounts{m.puts, m.putSize, m.newSize}
-}
-
-func (m *memBlocks) corrupt(id tier.BlockID) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.bad[id] = true
-}
 
 // stateProbe prints what must be equal after a restore: the names, types and reprs of the globals,
 // the imported modules, the working directory, and every file and directory under the writable
@@ -196,7 +134,7 @@ func TestRestoreEqualsStep(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			blocks := newMemBlocks()
+			blocks := tiertest.NewBlocks()
 			s := newSession(t)
 			var snaps []*tier.Snapshot
 			var want []string
@@ -221,15 +159,15 @@ func TestRestoreEqualsStep(t *testing.T) {
 // TestRestoreAfterRestore checks a chain: a restored session's own snapshots restore too, and only
 // its changes are stored.
 func TestRestoreAfterRestore(t *testing.T) {
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := newSession(t)
 	runCell(t, s, "x = 1\nopen('/home/user/f.txt', 'w').write('one')")
 	r1 := restoreOf(t, snapshotOf(t, s, blocks), blocks, api.Limits{})
 	runCell(t, r1, "x += 1\nopen('/home/user/g.txt', 'w').write('two')")
-	before := blocks.counts()
+	_, keptBefore := blocks.Bytes()
 	snap2 := snapshotOf(t, r1, blocks)
-	if c := blocks.counts(); c.newSize-before.newSize > 1<<20 {
-		t.Errorf("the first snapshot after a restore stored %d new bytes; want only the changes", c.newSize-before.newSize)
+	if _, kept := blocks.Bytes(); kept-keptBefore > 1<<20 {
+		t.Errorf("the first snapshot after a restore stored %d new bytes; want only the changes", kept-keptBefore)
 	}
 	want := runCell(t, r1, stateProbe)
 	r2 := restoreOf(t, snap2, blocks, api.Limits{})
@@ -244,40 +182,30 @@ func TestRestoreAfterRestore(t *testing.T) {
 // TestSnapshotStoresOnlyChanges checks the page-hash and file-version deltas: after a small cell, a
 // snapshot stores a small share of memory, and files that did not change are not read again.
 func TestSnapshotStoresOnlyChanges(t *testing.T) {
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := newSession(t)
 	runCell(t, s, "data = open('/home/user/big.bin', 'wb').write(b'q' * (600 << 10) + b'tail')\nx = 0")
 	snapshotOf(t, s, blocks)
-	before := blocks.counts()
+	given0, kept0 := blocks.Bytes()
 	runCell(t, s, "x += 1")
 	snap := snapshotOf(t, s, blocks)
-	after := blocks.counts()
-	puts, size := after.puts-before.puts, after.putSize-before.putSize
-	memPages := len(snap.Blocks)
-	if size > 1<<20 {
-		t.Errorf("a small cell put %d bytes in %d blocks; want well under 1 MiB", size, puts)
+	given1, kept1 := blocks.Bytes()
+	if size := given1 - given0; size > 1<<20 || size == 0 || size%osPage != 0 {
+		t.Errorf("a small cell put %d bytes; want some whole pages, well under 1 MiB, and not the unchanged file", size)
 	}
-	if size%osPage != 0 {
-		t.Errorf("a small cell put %d bytes: not whole pages, so an unchanged file was stored again", size)
-	}
-	if puts == 0 {
-		t.Errorf("a cell that changed x put nothing")
-	}
-	t.Logf("small cell: %d pages put (%d KiB, %d KiB new); the snapshot refers to %d blocks", puts, size>>10, (after.newSize-before.newSize)>>10, memPages)
+	t.Logf("small cell: %d KiB put, %d KiB new; the snapshot refers to %d blocks", (given1-given0)>>10, (kept1-kept0)>>10, len(snap.Blocks))
 
 	// Writing the file again stores it again (its version changed).
 	runCell(t, s, "open('/home/user/big.bin', 'r+b').write(b'z')")
-	before = blocks.counts()
 	snapshotOf(t, s, blocks)
-	after = blocks.counts()
-	if after.putSize-before.putSize < 600<<10 {
-		t.Errorf("a changed file was not stored again: %d bytes put", after.putSize-before.putSize)
+	if given2, _ := blocks.Bytes(); given2-given1 < 600<<10 {
+		t.Errorf("a changed file was not stored again: %d bytes put", given2-given1)
 	}
 }
 
 // TestSnapshotDescribesState checks Variables (safe reprs, kinds, sizes), Files and OpenFiles.
 func TestSnapshotDescribesState(t *testing.T) {
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := newSession(t)
 	runCell(t, s, `
 import json, os
@@ -357,7 +285,7 @@ held.write("x"); held.flush()
 func TestSnapshotVariablesBounded(t *testing.T) {
 	s := newSession(t)
 	runCell(t, s, "for i in range(1000): globals()[f'v{i:04d}'] = i\ndel i")
-	snap := snapshotOf(t, s, newMemBlocks())
+	snap := snapshotOf(t, s, tiertest.NewBlocks())
 	if len(snap.Variables) != 200 || snap.Variables[0].Name != "v0000" || snap.Variables[199].Name != "v0199" {
 		t.Errorf("got %d variables, %v...; want the first 200 by name", len(snap.Variables), snap.Variables[:min(3, len(snap.Variables))])
 	}
@@ -367,7 +295,7 @@ func TestSnapshotVariablesBounded(t *testing.T) {
 // objects fail with EBADF (they do not reach a file opened later under the same descriptor), new
 // opens work, closing an old one works, and the original session is untouched.
 func TestRestoreOpenFiles(t *testing.T) {
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := newSession(t)
 	runCell(t, s, `
 w = open("/home/user/log.txt", "w")
@@ -444,7 +372,7 @@ for f in (w, keep):
 // TestForkEntropy checks that restores reseed random: two forks of one step and the parent going on
 // all draw different numbers.
 func TestForkEntropy(t *testing.T) {
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := newSession(t)
 	runCell(t, s, "import random, tempfile\nrandom.seed(1234)")
 	snap := snapshotOf(t, s, blocks)
@@ -463,7 +391,7 @@ func TestForkEntropy(t *testing.T) {
 // TestRestoreCorrupt checks that a damaged block or state is reported as tier.ErrCorrupt, and that
 // nothing else breaks: the engine, the original session and other snapshots go on working.
 func TestRestoreCorrupt(t *testing.T) {
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := newSession(t)
 	runCell(t, s, "marker = 'x' * 5000\nopen('/home/user/c.txt', 'w').write('content')")
 	snap := snapshotOf(t, s, blocks)
@@ -496,34 +424,30 @@ func TestRestoreCorrupt(t *testing.T) {
 	cases := []struct {
 		name   string
 		snap   func() *tier.Snapshot
-		damage tier.BlockID
+		damage func(b *tiertest.Blocks)
 	}{
-		{"memory page block", func() *tier.Snapshot { return snap }, pageBlock},
-		{"file block", func() *tier.Snapshot { return snap }, fileBlockID},
+		{"memory page block damaged", func() *tier.Snapshot { return snap }, func(b *tiertest.Blocks) { b.Corrupt(pageBlock) }},
+		{"memory page block missing", func() *tier.Snapshot { return snap }, func(b *tiertest.Blocks) { b.Drop(pageBlock) }},
+		{"memory page block of the wrong size", func() *tier.Snapshot { return snap }, func(b *tiertest.Blocks) { b.Replace(pageBlock, []byte("short")) }},
+		{"file block damaged", func() *tier.Snapshot { return snap }, func(b *tiertest.Blocks) { b.Corrupt(fileBlockID) }},
+		{"file block of the wrong size", func() *tier.Snapshot { return snap }, func(b *tiertest.Blocks) { b.Replace(fileBlockID, []byte("longer content")) }},
 		{"state bytes", func() *tier.Snapshot {
 			c := *snap
 			c.State = slices.Clone(snap.State)
 			c.State[len(c.State)/2] ^= 0xff
 			return &c
-		}, 0},
+		}, nil},
 		{"truncated state", func() *tier.Snapshot {
 			c := *snap
 			c.State = snap.State[:len(snap.State)-3]
 			return &c
-		}, 0},
+		}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			damaged := newMemBlocks()
-			// A copy of the store with one block damaged, so the other cases keep theirs.
-			blocks.mu.Lock()
-			for k, v := range blocks.ids {
-				damaged.ids[k] = v
-			}
-			damaged.data = slices.Clone(blocks.data)
-			blocks.mu.Unlock()
-			if tc.damage != 0 {
-				damaged.corrupt(tc.damage)
+			damaged := blocks.Clone() // the other cases keep their blocks
+			if tc.damage != nil {
+				tc.damage(damaged)
 			}
 			_, err := shared.Restore(context.Background(), tc.snap(), damaged, api.Limits{})
 			if !errors.Is(err, tier.ErrCorrupt) {
@@ -548,7 +472,7 @@ func sessionCount(e *Engine) int {
 // TestRestoreLimits checks that a restore takes the limits it is given, not the original's, and
 // refuses limits the snapshot's memory does not fit in.
 func TestRestoreLimits(t *testing.T) {
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := newSession(t)
 	runCell(t, s, "keep = bytearray(40 << 20)\nx = 5")
 	snap := snapshotOf(t, s, blocks)
@@ -584,7 +508,7 @@ func TestRestoreLimits(t *testing.T) {
 
 // TestRestoreRefusesForeignState checks what Restore does with snapshots it cannot use.
 func TestRestoreRefusesForeignState(t *testing.T) {
-	blocks := newMemBlocks()
+	blocks := tiertest.NewBlocks()
 	s := newSession(t)
 	snap := snapshotOf(t, s, blocks)
 	state, err := decodeState(snap.State)
