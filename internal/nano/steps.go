@@ -208,6 +208,7 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 	// live between calls: what the cell's deepest calls left there is cleared rather than stored.
 	deadPages := min(int(sp)/osPage, n)
 	hashes, ids := growTo(st.nextHashes, n), growTo(st.nextIDs, n)
+	cache := cacheable(st.blocks)
 	for i := range n {
 		page := mem[i*osPage : (i+1)*osPage]
 		h := xxh3.Hash128(page)
@@ -223,6 +224,9 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 		if h != zeroPageHash || !isZero(page) {
 			if id, err = st.blocks.Put(page); err != nil {
 				return nil, fmt.Errorf("storing memory page %d: %w", i, err)
+			}
+			if cache {
+				e.pages.put(st.blocks, id, page)
 			}
 		}
 		hashes[i], ids[i] = h, id
@@ -391,7 +395,8 @@ func (e *Engine) restoreState(ctx context.Context, state *nanoState, blocks tier
 }
 
 // assemble builds state's memory in a recycled region: the engine's image is copied in as every
-// start-up does, and only the pages whose block differs from the image's are read from blocks. It
+// start-up does, and only the pages whose block differs from the image's are read, from the page
+// cache when it has them and otherwise from blocks. It
 // leaves st's hashes and ids describing the memory as assembled.
 func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, blocks tier.Blocks) (*guestMemory, error) {
 	size := int(state.MemSize)
@@ -407,6 +412,7 @@ func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, block
 		hashes = append(hashes, make([]xxh3.Uint128, n-len(hashes))...)
 	}
 	baseIDs := st.ids
+	cache := cacheable(blocks)
 	var page []byte
 	for i, id := range state.Pages {
 		if i < len(baseIDs) && baseIDs[i] == id {
@@ -420,6 +426,10 @@ func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, block
 			hashes[i] = zeroPageHash
 			continue
 		}
+		if cache && e.pages.get(blocks, id, dst) {
+			hashes[i] = xxh3.Hash128(dst)
+			continue
+		}
 		if page, err = blocks.Get(page[:0], id); err != nil {
 			e.regions.put(r)
 			return nil, fmt.Errorf("memory page %d: %w", i, err)
@@ -430,6 +440,9 @@ func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, block
 		}
 		copy(dst, page)
 		hashes[i] = xxh3.Hash128(page)
+		if cache {
+			e.pages.put(blocks, id, page)
+		}
 	}
 	r.dirty = max(r.dirty, size)
 	st.hashes, st.ids = hashes, slices.Clone(state.Pages)

@@ -105,29 +105,38 @@ func BenchmarkSnapshotProbe(b *testing.B) {
 	reportQuantiles(b, times)
 }
 
-// BenchmarkRestore: a rewind or fork of a ~16 MiB session (restore, then close; the close untimed).
+// BenchmarkRestore: a rewind or fork of a ~16 MiB session (restore, then close; the close untimed),
+// with the engine's page cache holding the step's pages (a recent step) and without it (every page
+// that differs from the start-up image read from the store).
 func BenchmarkRestore(b *testing.B) {
-	e := benchEngine(b, Config{PoolSize: -1})
-	blocks := tiertest.NewBlocks()
-	s := benchSession(b, e, blocks)
-	if res, err := s.Run(context.Background(), "x += 1\nopen('/home/user/f.txt', 'w').write('data' * 1000)", tier.Stream{}); err != nil || res.ExitCode != 0 {
-		b.Fatalf("%v %+v", err, res)
+	for _, bc := range []struct {
+		name    string
+		cacheMB int
+	}{{"cached", 0}, {"store", -1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			e := benchEngine(b, Config{PoolSize: -1, SnapshotCacheMB: bc.cacheMB})
+			blocks := tiertest.NewBlocks()
+			s := benchSession(b, e, blocks)
+			if res, err := s.Run(context.Background(), "x += 1\nopen('/home/user/f.txt', 'w').write('data' * 1000)", tier.Stream{}); err != nil || res.ExitCode != 0 {
+				b.Fatalf("%v %+v", err, res)
+			}
+			snap, err := s.Snapshot(context.Background(), blocks)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var times []time.Duration
+			for b.Loop() {
+				start := time.Now()
+				r, err := e.Restore(context.Background(), snap, blocks, api.Limits{})
+				times = append(times, time.Since(start))
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				r.Close(context.Background())
+				b.StartTimer()
+			}
+			reportQuantiles(b, times)
+		})
 	}
-	snap, err := s.Snapshot(context.Background(), blocks)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var times []time.Duration
-	for b.Loop() {
-		start := time.Now()
-		r, err := e.Restore(context.Background(), snap, blocks, api.Limits{})
-		times = append(times, time.Since(start))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		r.Close(context.Background())
-		b.StartTimer()
-	}
-	reportQuantiles(b, times)
 }

@@ -570,3 +570,50 @@ func TestStateEncoding(t *testing.T) {
 		})
 	}
 }
+
+// TestPageCache checks the cache of snapshot pages: copies by store and id, the oldest replaced
+// when full, nothing kept when off or for a wrong-sized page.
+func TestPageCache(t *testing.T) {
+	page := func(b byte) []byte { return slices.Repeat([]byte{b}, osPage) }
+	a, b := tiertest.NewBlocks(), tiertest.NewBlocks()
+	c := newPageCache(2)
+	c.put(a, 1, page(1))
+	c.put(b, 1, page(2))
+	c.put(a, 2, []byte("short"))
+	dst := make([]byte, osPage)
+	cases := []struct {
+		name   string
+		blocks tier.Blocks
+		id     tier.BlockID
+		want   []byte // nil: a miss
+	}{
+		{"kept", a, 1, page(1)},
+		{"another store's block of the same id", b, 1, page(2)},
+		{"a wrong-sized page is not kept", a, 2, nil},
+		{"never put", a, 3, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ok := c.get(tc.blocks, tc.id, dst)
+			if ok != (tc.want != nil) || ok && !slices.Equal(dst, tc.want) {
+				t.Errorf("get = %v (first byte %d); want %v", ok, dst[0], tc.want != nil)
+			}
+		})
+	}
+	t.Run("the oldest is replaced when full", func(t *testing.T) {
+		c.put(a, 4, page(4))
+		if c.get(a, 1, dst) {
+			t.Error("the oldest page is still there")
+		}
+		if !c.get(b, 1, dst) || dst[0] != 2 || !c.get(a, 4, dst) || dst[0] != 4 {
+			t.Error("the newer pages are not")
+		}
+	})
+	t.Run("off", func(t *testing.T) {
+		off := newPageCache(0)
+		off.put(a, 1, page(1))
+		if off.get(a, 1, dst) {
+			t.Error("a cache of no pages kept one")
+		}
+	})
+}
