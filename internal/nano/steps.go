@@ -367,7 +367,7 @@ func (e *Engine) restoreState(ctx context.Context, state *nanoState, blocks tier
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
 	if err := restoreFiles(inst.fs, state.Files, blocks); err != nil {
-		return fail(err)
+		return fail(fsError(err)) // over this engine's quotas: too large
 	}
 	// Python's random (and numpy's) is reseeded by the first run, which tells the runner it is the
 	// sandbox's first ("fresh"), as for every sandbox: no program code runs before it.
