@@ -98,7 +98,7 @@ func (e *Engine) instantiate(ctx context.Context, mem *guestMemory, snap *snapsh
 	}
 	inst := &instance{eng: e, snap: snap, mem: mem, fs: fs,
 		stdout: &capWriter{}, stderr: &capWriter{}, stdin: &stdinReader{}}
-	if err := fs.AddDevices(bridgeDir, map[string]vfs.Device{bridgeName: bridgeDevice{inst}}); err != nil {
+	if err := fs.AddDevices(bridgeDir, map[string]vfs.Device{bridgeName: bridgeDevice{inst}, staleName: staleDevice{}}); err != nil {
 		mem.Free()
 		return nil, fmt.Errorf("making sandbox filesystem: %w", err)
 	}
@@ -131,6 +131,12 @@ func (e *Engine) restore(ctx context.Context, snap *snapshot) (*instance, error)
 	if err != nil {
 		return nil, err
 	}
+	return e.startAt(ctx, mem, snap, snap.sp)
+}
+
+// startAt makes a sandbox over mem, which holds an interpreter's memory whose stack pointer is sp
+// (snap is the engine snapshot the sandbox counts as made from).
+func (e *Engine) startAt(ctx context.Context, mem *guestMemory, snap *snapshot, stackPointer uint32) (*instance, error) {
 	inst, err := e.instantiate(ctx, mem, snap)
 	if err != nil {
 		return nil, err
@@ -140,7 +146,7 @@ func (e *Engine) restore(ctx context.Context, snap *snapshot) (*instance, error)
 		inst.close(ctx)
 		return nil, errors.New("python.wasm does not export a mutable __stack_pointer")
 	}
-	sp.Set(uint64(snap.sp))
+	sp.Set(uint64(stackPointer))
 	return inst, nil
 }
 

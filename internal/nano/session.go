@@ -32,6 +32,7 @@ type session struct {
 	inst   *instance  // guarded by mu
 	cells  int        // guarded by mu
 	closed bool       // guarded by mu
+	steps  *stepState // what the last Snapshot stored, to store only changes; guarded by mu
 }
 
 var _ tier.Session = (*session)(nil)
@@ -46,6 +47,15 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 	if err != nil {
 		return nil, err
 	}
+	s, err := e.startSession(ctx, lim, e.take)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// startSession registers a session with resolved limits and gives it the interpreter start makes.
+func (e *Engine) startSession(ctx context.Context, lim api.Limits, start func(context.Context) (*instance, error)) (*session, error) {
 	if e.closed.Load() {
 		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
 	}
@@ -59,7 +69,7 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 	s := &session{eng: e, limits: lim, guard: netpolicy.GuardOf(ctx)}
 	e.sessions[s] = struct{}{}
 	e.sessMu.Unlock()
-	inst, err := e.take(ctx)
+	inst, err := start(ctx)
 	if err != nil {
 		e.forget(s)
 		return nil, err
