@@ -298,6 +298,9 @@ func (s *Session) planLocked(n int) plan {
 	if s.snapshotUsableLocked(target) {
 		return plan{n: n, by: api.RestoreBySnapshot, on: target.step.Tier, base: n}
 	}
+	if s.archived.Load() {
+		return plan{n: n, err: errors.New("the session was closed (or the server restarted), which keeps only its pinned steps")}
+	}
 	// Replay: the cells after the nearest usable snapshot of the same tier (or from a fresh sandbox),
 	// on the tier step n ran on.
 	on := target.step.Tier
@@ -720,8 +723,12 @@ func (d *Dispatcher) loadArchived() {
 		s.archived.Store(true)
 		for _, r := range a.Steps {
 			for len(s.steps.steps) < r.Step.N {
-				s.steps.steps = append(s.steps.steps, &stepRec{step: api.Step{N: len(s.steps.steps), Kind: api.StepCell, Parent: len(s.steps.steps) - 1},
-					state: api.SnapshotThinned, reason: "not kept across the server's restart (only pinned steps are)"})
+				kind := api.StepCell
+				if len(s.steps.steps) == 0 {
+					kind = api.StepStart
+				}
+				s.steps.steps = append(s.steps.steps, &stepRec{step: api.Step{N: len(s.steps.steps), Kind: kind, Tier: r.Step.Tier, Parent: len(s.steps.steps) - 1},
+					state: api.SnapshotThinned})
 			}
 			rec := &stepRec{step: r.Step, result: r.Result}
 			s.steps.steps = append(s.steps.steps, rec)
