@@ -59,7 +59,7 @@ func (e *toyEngine) Limits(req api.Limits) (api.Limits, error) {
 	}
 	return req, nil
 }
-func (e *toyEngine) PoolReady() int                { return 1 }
+func (e *toyEngine) PoolReady() int                  { return 1 }
 func (e *toyEngine) Close(ctx context.Context) error { return nil }
 
 func (e *toyEngine) open() int {
