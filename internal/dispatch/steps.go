@@ -727,7 +727,7 @@ func (d *Dispatcher) loadArchived() {
 				if len(s.steps.steps) == 0 {
 					kind = api.StepStart
 				}
-				s.steps.steps = append(s.steps.steps, &stepRec{step: api.Step{N: len(s.steps.steps), Kind: kind, Tier: r.Step.Tier, Parent: len(s.steps.steps) - 1},
+				s.steps.steps = append(s.steps.steps, &stepRec{step: api.Step{N: len(s.steps.steps), Kind: kind, Tier: r.Step.Tier, At: r.Step.At, Parent: len(s.steps.steps) - 1},
 					state: api.SnapshotThinned})
 			}
 			rec := &stepRec{step: r.Step, result: r.Result}
