@@ -219,6 +219,10 @@ type Session struct {
 	// MovedFrom is set when the session started on that tier and moved to Tier, replaying its earlier
 	// cells and copying its files; its id did not change.
 	MovedFrom Tier `json:"moved_from,omitempty"`
+	// Steps is how many steps the session's time-travel log holds, CurrentStep the one its state is
+	// at (GET /v1/sessions/{id}/steps).
+	Steps       int `json:"steps"`
+	CurrentStep int `json:"current_step"`
 }
 
 // SessionRunRequest is POST /v1/sessions/{id}/run.
