@@ -48,6 +48,11 @@ type Session struct {
 	tier      atomic.Int32 // tierNano or tierHeavy: which engine sb is on
 
 	mu sync.Mutex // one request at a time
+	// short counts requests holding mu for a bounded moment (a command follower's read): lock waits
+	// up to shortWait for them instead of refusing as busy.
+	short atomic.Int32
+	// env is the environment the session's cells and commands get (SessionRequest.Env); set at start.
+	env map[string]string
 	// sb is the sandbox, on nano or on heavy as tier says; a move replaces it. guarded by mu
 	sb    tier.Session
 	place *place // guarded by mu
@@ -83,6 +88,9 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	if err := d.checkPlacement(req.Tier, req.Packages); err != nil {
 		return nil, err
 	}
+	if err := limits.CheckEnv(req.Env); err != nil {
+		return nil, err
+	}
 	ttl := time.Duration(req.TTLSeconds) * time.Second
 	switch {
 	case ttl < 0 || ttl > maxSessionTTL:
@@ -96,7 +104,7 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	}
 	now := time.Now()
 	tenant := TenantOf(ctx)
-	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, created: now, lastUsed: now, replayable: true}
+	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, created: now, lastUsed: now, replayable: true, env: req.Env}
 	// A session always carries its Guard, offline or not, so that PATCH .../network can open it later.
 	s.guard = d.newGuard(p, tenant.ID, s.id)
 	ctx = s.withGuard(ctx)
@@ -120,6 +128,11 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	}
 	sb, err := eng.NewSession(ctx, req.Limits, req.Packages)
 	if err != nil {
+		s.place.release()
+		return nil, err
+	}
+	if err := setEnv(ctx, sb, req.Env); err != nil {
+		sb.Close(context.Background())
 		s.place.release()
 		return nil, err
 	}
@@ -197,7 +210,7 @@ func (s *Session) Info() api.Session {
 
 // lock takes the session for one request, refusing instead of queueing behind a running cell.
 func (s *Session) lock() error {
-	if !s.mu.TryLock() {
+	if !s.mu.TryLock() && !s.waitShort() {
 		return errdefs.With(errdefs.Conflict, fmt.Errorf("session %q: %w", s.id, ErrSessionBusy))
 	}
 	if s.closed {
@@ -215,6 +228,19 @@ func (s *Session) unlock() {
 	}
 	s.touch(0)
 	s.mu.Unlock()
+}
+
+// waitShort takes mu once a short request holding it lets go, within shortWait; false when the
+// holder is not short or does not let go in time.
+func (s *Session) waitShort() bool {
+	deadline := time.Now().Add(shortWait)
+	for s.short.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		if s.mu.TryLock() {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Session) touch(cells int) {
@@ -418,6 +444,9 @@ func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
 		hs.Close(context.Background())
 		abort()
 		return "", err
+	}
+	if err := setEnv(ctx, hs, s.env); err != nil {
+		return fail(err)
 	}
 	if err := copyFiles(ctx, hs, files); err != nil {
 		return fail(err)

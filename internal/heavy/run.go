@@ -200,6 +200,9 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream tier
 	if err := checkPackages(req.Packages); err != nil {
 		return nil, nil, err
 	}
+	if err := limits.CheckEnv(req.Env); err != nil {
+		return nil, nil, err
+	}
 	release, err := e.admit(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -215,6 +218,11 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream tier
 	}
 	if err := e.install(ctx, s, req.Packages); err != nil {
 		return nil, nil, err
+	}
+	if len(req.Env) > 0 {
+		if _, err := e.call(ctx, s, map[string]any{"op": "env", "env": req.Env}, timeoutOf(lim), smallLine, nil); err != nil {
+			return nil, nil, fmt.Errorf("setting env: %w", err)
+		}
 	}
 	for _, f := range req.Files {
 		if _, err := e.call(ctx, s, map[string]any{"op": "write", "path": f.Path, "data": base64.StdEncoding.EncodeToString(f.Data)}, timeoutOf(lim), smallLine, nil); err != nil {

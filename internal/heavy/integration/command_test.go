@@ -274,3 +274,28 @@ func TestCommandBackgroundTimeout(t *testing.T) {
 	}
 	t.Fatal("the background command outlived its time limit by 10 s")
 }
+
+// TestEnvOnHeavy: env of a run and of a session reaches os.environ, and a session's reaches its
+// commands too.
+func TestEnvOnHeavy(t *testing.T) {
+	ctx := context.Background()
+	t.Run("run env", func(t *testing.T) {
+		res := run(t, api.RunRequest{Code: "import os; print(os.environ['A'], os.environ['HOME'])", Env: map[string]string{"A": "x y"}})
+		if res.Stdout != "x y /home/user\n" {
+			t.Fatalf("%+v", res)
+		}
+	})
+	t.Run("session env in cells and commands", func(t *testing.T) {
+		s, c := commandSession(t, api.Limits{})
+		if err := s.(tier.Environ).SetEnv(ctx, map[string]string{"TOKEN": "abc"}); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := s.Run(ctx, "import os; print(os.environ['TOKEN'])", tier.Stream{}); err != nil || res.Stdout != "abc\n" {
+			t.Fatalf("%v %+v", err, res)
+		}
+		got, err := c.Command(ctx, api.CommandRequest{Cmd: `echo $TOKEN $MORE`, Shell: true, Env: map[string]string{"MORE": "more"}}, tier.Stream{})
+		if err != nil || got.Stdout != "abc more\n" {
+			t.Fatalf("%v %+v", err, got)
+		}
+	})
+}
