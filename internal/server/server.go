@@ -21,6 +21,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
+	"github.com/entersandbox/agentbox/internal/console"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
@@ -238,6 +239,13 @@ func (s *Server) routes() http.Handler {
 	if s.cfg.MCP != nil {
 		mux.Handle("/mcp", s.keys.scopeMCP(s.cfg.MCP))
 	}
+	// The web console is a client of this API, called in-process with the browser's key.
+	ui, err := console.New(console.Config{API: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }), Logger: s.log})
+	if err != nil {
+		panic(err) // the embedded templates do not parse: a build defect, caught by every test
+	}
+	mux.Handle("/ui", ui)
+	mux.Handle("/ui/", ui)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.With(errdefs.NotFound, fmt.Errorf("no route for %s %s", r.Method, r.URL.Path)))
 	})
@@ -274,7 +282,8 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			s.fail(rec, r, err)
 			return
 		}
-		if r.URL.Path != "/healthz" && !ok {
+		// The console's pages carry no data and its fragments forward the key to this API.
+		if r.URL.Path != "/healthz" && !ok && !console.IsConsolePath(r.URL.Path) {
 			s.recordAuthFailure(r, "missing or wrong API key")
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="agentbox"`)
 			s.fail(rec, r, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: send Authorization: Bearer <key>")))
