@@ -44,10 +44,10 @@ type sandbox struct {
 	sess     Session
 
 	mu       sync.Mutex
-	deadline time.Time              // guarded by mu
-	timer    *time.Timer            // kills the sandbox at deadline; guarded by mu
+	deadline time.Time               // guarded by mu
+	timer    *time.Timer             // kills the sandbox at deadline; guarded by mu
 	contexts map[string]*codeContext // the contexts beyond the default one; guarded by mu
-	killed   bool                   // guarded by mu
+	killed   bool                    // guarded by mu
 }
 
 func (h *Handler) apiRoutes() *http.ServeMux {

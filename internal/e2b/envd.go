@@ -255,4 +255,3 @@ func signature(p, op, user, token, exp string) string {
 	sum := sha256.Sum256([]byte(raw))
 	return "v1_" + base64.RawStdEncoding.EncodeToString(sum[:])
 }
-
