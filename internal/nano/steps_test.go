@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/entersandbox/agentbox/api"
@@ -673,4 +674,53 @@ func TestPageCache(t *testing.T) {
 			t.Error("a cache of no pages kept one")
 		}
 	})
+}
+
+// TestConcurrentSnapshots runs sessions that snapshot and restore at once into one store (the start-up
+// image's blocks, the page cache and the store are shared): each restore shows its own session's state.
+func TestConcurrentSnapshots(t *testing.T) {
+	blocks := tiertest.NewBlocks()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			s, err := shared.NewSession(ctx, api.Limits{}, nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer s.Close(ctx)
+			for step := range 3 {
+				code := fmt.Sprintf("v = %d\nopen('/tmp/g.txt', 'w').write('g%d-%d')", g*100+step, g, step)
+				if res, err := s.Run(ctx, code, tier.Stream{}); err != nil || res.ExitCode != 0 {
+					errs <- fmt.Errorf("run: %v %+v", err, res)
+					return
+				}
+				snap, err := s.(tier.Snapshotter).Snapshot(ctx, blocks)
+				if err != nil {
+					errs <- err
+					return
+				}
+				r, err := shared.Restore(ctx, snap, blocks, api.Limits{})
+				if err != nil {
+					errs <- err
+					return
+				}
+				res, err := r.Run(ctx, "print(v, open('/tmp/g.txt').read())", tier.Stream{})
+				r.Close(ctx)
+				if want := fmt.Sprintf("%d g%d-%d\n", g*100+step, g, step); err != nil || res.Stdout != want {
+					errs <- fmt.Errorf("restored session %d step %d: %v %q, want %q", g, step, err, res.Stdout, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }
