@@ -226,7 +226,7 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 				return nil, fmt.Errorf("storing memory page %d: %w", i, err)
 			}
 			if cache {
-				e.pages.put(st.blocks, id, page)
+				e.pages.put(st.blocks, id, page, h)
 			}
 		}
 		hashes[i], ids[i] = h, id
@@ -289,13 +289,15 @@ func snapshotFiles(sfs *vfs.FS, st *stepState, state *nanoState, snap *tier.Snap
 
 // stateKey names what a snapshot's memory is only meaningful to: the interpreter build and the
 // runner, whose code and protocol are in that memory.
-func (e *Engine) stateKey() string {
+func (e *Engine) stateKey() string { return stateKey() }
+
+var stateKey = sync.OnceValue(func() string {
 	h := sha256.New()
 	h.Write([]byte(pywasm.BuildKey()))
 	h.Write([]byte{0})
 	h.Write(runnerSource)
 	return hex.EncodeToString(h.Sum(nil))[:32]
-}
+})
 
 // Restore implements tier.Restorer: a new session in the state snap describes. Its memory is
 // assembled in a recycled region from the engine's start-up image and the pages that differ from
@@ -426,9 +428,11 @@ func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, block
 			hashes[i] = zeroPageHash
 			continue
 		}
-		if cache && e.pages.get(blocks, id, dst) {
-			hashes[i] = xxh3.Hash128(dst)
-			continue
+		if cache {
+			if sum, ok := e.pages.get(blocks, id, dst); ok {
+				hashes[i] = sum
+				continue
+			}
 		}
 		if page, err = blocks.Get(page[:0], id); err != nil {
 			e.regions.put(r)
@@ -441,7 +445,7 @@ func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, block
 		copy(dst, page)
 		hashes[i] = xxh3.Hash128(page)
 		if cache {
-			e.pages.put(blocks, id, page)
+			e.pages.put(blocks, id, page, hashes[i])
 		}
 	}
 	r.dirty = max(r.dirty, size)

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/zeebo/xxh3"
+
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/tier"
@@ -635,9 +637,9 @@ func TestPageCache(t *testing.T) {
 	page := func(b byte) []byte { return slices.Repeat([]byte{b}, osPage) }
 	a, b := tiertest.NewBlocks(), tiertest.NewBlocks()
 	c := newPageCache(2)
-	c.put(a, 1, page(1))
-	c.put(b, 1, page(2))
-	c.put(a, 2, []byte("short"))
+	c.put(a, 1, page(1), xxh3.Hash128(page(1)))
+	c.put(b, 1, page(2), xxh3.Hash128(page(2)))
+	c.put(a, 2, []byte("short"), xxh3.Uint128{})
 	dst := make([]byte, osPage)
 	cases := []struct {
 		name   string
@@ -652,25 +654,28 @@ func TestPageCache(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ok := c.get(tc.blocks, tc.id, dst)
-			if ok != (tc.want != nil) || ok && !slices.Equal(dst, tc.want) {
+			sum, ok := c.get(tc.blocks, tc.id, dst)
+			if ok != (tc.want != nil) || ok && (!slices.Equal(dst, tc.want) || sum != xxh3.Hash128(tc.want)) {
 				t.Errorf("get = %v (first byte %d); want %v", ok, dst[0], tc.want != nil)
 			}
 		})
 	}
 	t.Run("the oldest is replaced when full", func(t *testing.T) {
-		c.put(a, 4, page(4))
-		if c.get(a, 1, dst) {
+		c.put(a, 4, page(4), xxh3.Hash128(page(4)))
+		if _, ok := c.get(a, 1, dst); ok {
 			t.Error("the oldest page is still there")
 		}
-		if !c.get(b, 1, dst) || dst[0] != 2 || !c.get(a, 4, dst) || dst[0] != 4 {
-			t.Error("the newer pages are not")
+		if _, ok := c.get(b, 1, dst); !ok || dst[0] != 2 {
+			t.Error("the newer page of b is not")
+		}
+		if _, ok := c.get(a, 4, dst); !ok || dst[0] != 4 {
+			t.Error("the newest page is not")
 		}
 	})
 	t.Run("off", func(t *testing.T) {
 		off := newPageCache(0)
-		off.put(a, 1, page(1))
-		if off.get(a, 1, dst) {
+		off.put(a, 1, page(1), xxh3.Hash128(page(1)))
+		if _, ok := off.get(a, 1, dst); ok {
 			t.Error("a cache of no pages kept one")
 		}
 	})
