@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/zeebo/xxh3"
@@ -727,5 +728,48 @@ func TestConcurrentSnapshots(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// failingBlocks is a store that fills up: while room is not negative, Puts past room fail, as
+// on a full disk.
+type failingBlocks struct {
+	*tiertest.Blocks
+	room atomic.Int64
+}
+
+func (f *failingBlocks) Put(data []byte) (tier.BlockID, error) {
+	if f.room.Load() >= 0 && f.room.Add(-1) < 0 {
+		return 0, errors.New("no space left on device")
+	}
+	return f.Blocks.Put(data)
+}
+
+// TestSnapshotFailureLosesNothing checks a snapshot that fails part-way (the store fills up after
+// room blocks): the error is returned, the session goes on as it was, and the next snapshot stores
+// everything that changed since the last good one, so that it restores exactly.
+func TestSnapshotFailureLosesNothing(t *testing.T) {
+	for _, room := range []int64{0, 3, 100, 200, 300} {
+		t.Run(fmt.Sprintf("full after %d blocks", room), func(t *testing.T) {
+			blocks := &failingBlocks{Blocks: tiertest.NewBlocks()}
+			blocks.room.Store(-1)
+			s := newSession(t)
+			runCell(t, s, "x = 1\nopen('/home/user/a.txt', 'w').write('one')")
+			snapshotOf(t, s, blocks)
+			runCell(t, s, "x = 2\nimport hashlib\nbig = hashlib.sha256(b'seed').digest() * 32768\nopen('/home/user/a.txt', 'w').write('two')")
+			blocks.room.Store(room)
+			if _, err := s.(tier.Snapshotter).Snapshot(context.Background(), blocks); err == nil {
+				t.Fatal("a snapshot into a full store succeeded")
+			}
+			blocks.room.Store(-1)
+			runCell(t, s, "x += 1")
+			snap := snapshotOf(t, s, blocks)
+			check := "print(x, len(big), hashlib.sha256(big).hexdigest()[:16], open('/home/user/a.txt').read())"
+			want := runCell(t, s, check)
+			r := restoreOf(t, snap, blocks, api.Limits{})
+			if got := runCell(t, r, check); got != want {
+				t.Errorf("after a failed snapshot, the next one restores %q; want %q", got, want)
+			}
+		})
 	}
 }
