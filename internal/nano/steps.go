@@ -43,6 +43,8 @@ const (
 	staleName = "stale"
 	// maxOpTimeout bounds a probe or restore call into the guest; they run no program code.
 	maxOpTimeout = 30 * time.Second
+	// ctxCheckPages is how often (in pages, ~0.1 ms of work) page loops look at their context.
+	ctxCheckPages = 256
 )
 
 var zeroPageHash = xxh3.Hash128(make([]byte, osPage))
@@ -210,8 +212,13 @@ type probeReply struct {
 // snapshotInstance stores inst's state through blocks (of st's store) and advances st to it when it
 // succeeds.
 func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepState, blocks tier.Blocks, slot *runSlot, lim api.Limits) (*tier.Snapshot, error) {
+	// Stopping the guest mid-probe would end the session's interpreter: the probe (bounded, running no
+	// program code) is not cut short; the context is looked at before it and in the page loop.
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("snapshot stopped: %w", context.Cause(ctx))
+	}
 	var probe probeReply
-	if err := inst.op(ctx, slot, lim, map[string]any{"op": "probe"}, &probe); err != nil {
+	if err := inst.op(context.WithoutCancel(ctx), slot, lim, map[string]any{"op": "probe"}, &probe); err != nil {
 		return nil, err
 	}
 	state := &nanoState{Key: e.stateKey(), Cwd: probe.Cwd, FDs: probe.FDs}
@@ -235,6 +242,9 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 	hashes, ids := growTo(st.nextHashes, n), growTo(st.nextIDs, n)
 	cache := cacheable(st.store)
 	for i := range n {
+		if i%ctxCheckPages == 0 && ctx.Err() != nil {
+			return nil, fmt.Errorf("snapshot stopped: %w", context.Cause(ctx))
+		}
 		page := mem[i*osPage : (i+1)*osPage]
 		h := xxh3.Hash128(page)
 		if i < deadPages && h != zeroPageHash {
@@ -382,7 +392,7 @@ func (e *Engine) restoreState(ctx context.Context, state *nanoState, blocks tier
 	if err != nil {
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
-	mem, err := e.assemble(state, base, st, blocks)
+	mem, err := e.assemble(ctx, state, base, st, blocks)
 	if err != nil {
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
@@ -428,7 +438,7 @@ func (e *Engine) restoreState(ctx context.Context, state *nanoState, blocks tier
 // start-up does, and only the pages whose block differs from the image's are read, from the page
 // cache when it has them and otherwise from blocks. It
 // leaves st's hashes and ids describing the memory as assembled.
-func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, blocks tier.Blocks) (*guestMemory, error) {
+func (e *Engine) assemble(ctx context.Context, state *nanoState, base *snapshot, st *stepState, blocks tier.Blocks) (*guestMemory, error) {
 	size := int(state.MemSize)
 	if size%wasmPage != 0 || size < base.mem.size() || len(state.Pages) != size/osPage {
 		return nil, fmt.Errorf("%w: memory of %d bytes in %d pages", tier.ErrCorrupt, size, len(state.Pages))
@@ -446,6 +456,10 @@ func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, block
 	cache := cacheable(store)
 	var page []byte
 	for i, id := range state.Pages {
+		if i%ctxCheckPages == 0 && ctx.Err() != nil {
+			e.regions.put(r)
+			return nil, fmt.Errorf("restore stopped: %w", context.Cause(ctx))
+		}
 		if i < len(baseIDs) && baseIDs[i] == id {
 			continue // hashes[i] is the image's already
 		}

@@ -840,3 +840,26 @@ func TestSnapshotThroughViews(t *testing.T) {
 	}
 	runCell(t, r, "assert x == 3 and keep == bytes(range(256)) * 4000 and open('/home/user/a.txt').read() == 'one'")
 }
+
+// TestSnapshotAndRestoreStopWithTheirContext checks that a cancelled context stops both, leaving
+// the session and the engine as they were.
+func TestSnapshotAndRestoreStopWithTheirContext(t *testing.T) {
+	blocks := tiertest.NewBlocks()
+	s := newSession(t)
+	runCell(t, s, "x = 7")
+	snap := snapshotOf(t, s, blocks)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.(tier.Snapshotter).Snapshot(ctx, blocks); !errors.Is(err, context.Canceled) {
+		t.Errorf("Snapshot with a cancelled context = %v", err)
+	}
+	before := sessionCount(shared)
+	if _, err := shared.Restore(ctx, snap, blocks, api.Limits{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Restore with a cancelled context = %v", err)
+	}
+	if n := sessionCount(shared); n != before {
+		t.Errorf("%d sessions after a cancelled restore, %d before", n, before)
+	}
+	runCell(t, s, "assert x == 7")
+	runCell(t, restoreOf(t, snapshotOf(t, s, blocks), blocks, api.Limits{}), "assert x == 7")
+}
