@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/zeebo/xxh3"
 
@@ -887,4 +888,31 @@ func TestRestoreAfterRotation(t *testing.T) {
 	runCell(t, s, "x += '!'")
 	r2 := restoreOf(t, snapshotOf(t, s, blocks), blocks, api.Limits{})
 	runCell(t, r2, "assert x == 'before rotation!' and h == hash('abc')")
+}
+
+// TestSnapshotProbeIsBounded checks that what the probe describes cannot make it long: deep and
+// wide nesting, many names, huge values.
+func TestSnapshotProbeIsBounded(t *testing.T) {
+	s := newSession(t)
+	runCell(t, s, `
+wide = [[[[()] * 60] * 60] * 60] * 60
+for i in range(200): globals()[f"w{i:03d}"] = wide
+huge = 10 ** 5000
+blob = b"x" * (5 << 20)
+self_ref = []; self_ref.append(self_ref)
+del i
+`)
+	start := time.Now()
+	snap := snapshotOf(t, s, tiertest.NewBlocks())
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("the probe took %v", d)
+	}
+	for _, v := range snap.Variables {
+		if len(v.Repr) > 200 {
+			t.Errorf("%s: repr of %d characters", v.Name, len(v.Repr))
+		}
+		if v.Name == "huge" && v.Repr != "<int of 16610 bits>" {
+			t.Errorf("huge = %q", v.Repr)
+		}
+	}
 }
