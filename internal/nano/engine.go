@@ -539,6 +539,9 @@ func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, stream tie
 			return err
 		}
 	}
+	if err := limits.CheckEnv(req.Env); err != nil {
+		return err
+	}
 	slot, err := e.admit(ctx)
 	if err != nil {
 		return err
@@ -556,7 +559,7 @@ func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, stream tie
 	}
 	e.stats.Runs.Add(1)
 	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: lim, slot: slot,
-		guard: netpolicy.GuardOf(ctx), repl: !req.Script}, stream)
+		guard: netpolicy.GuardOf(ctx), repl: !req.Script, env: req.Env}, stream)
 	if err != nil {
 		return err
 	}

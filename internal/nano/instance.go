@@ -247,9 +247,10 @@ type execRequest struct {
 	filename string
 	stdin    []byte
 	limits   api.Limits
-	slot     *runSlot         // the run's admission; nil for a warm-up
-	guard    *netpolicy.Guard // nil: offline
-	repl     bool             // a final expression's value is the main result
+	slot     *runSlot          // the run's admission; nil for a warm-up
+	guard    *netpolicy.Guard  // nil: offline
+	repl     bool              // a final expression's value is the main result
+	env      map[string]string // added to os.environ before the code runs
 }
 
 type runnerRequest struct {
@@ -263,6 +264,8 @@ type runnerRequest struct {
 	Repl    bool   `json:"repl"`
 	SVG     bool   `json:"svg"`
 	Frame   string `json:"frame"`
+	// Env is added to os.environ before the code runs.
+	Env map[string]string `json:"env,omitempty"`
 }
 
 type runnerReply struct {
@@ -326,7 +329,7 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	defer inst.stdout.frames(nil, nil)
 
 	payload, err := json.Marshal(runnerRequest{Code: req.code, Filename: req.filename, Fresh: inst.runs == 0, Allowed: lim.AllowedModules,
-		Network: networked(req.guard, inst.eng.cfg.HTTP), Repl: req.repl, SVG: lim.FigureSVG, Frame: string(frame)})
+		Network: networked(req.guard, inst.eng.cfg.HTTP), Repl: req.repl, SVG: lim.FigureSVG, Frame: string(frame), Env: req.env})
 	if err != nil {
 		return nil, err
 	}

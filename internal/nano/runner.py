@@ -662,6 +662,7 @@ def run(request):
     _allowed = frozenset(allowed) if allowed else None
     _net["on"] = bool(req.get("network"))
     sys.argv = req.get("argv") or [req["filename"]]
+    os.environ.update(req.get("env") or {})
     exit_code, error, missing = 0, None, None
     try:
         _execute(req["code"], req["filename"], req.get("repl", False))

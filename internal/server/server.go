@@ -226,6 +226,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/sessions/{id}/files", s.listFiles)
 	mux.HandleFunc("PUT /v1/sessions/{id}/files/{path...}", s.putFile)
 	mux.HandleFunc("GET /v1/sessions/{id}/files/{path...}", s.getFile)
+	s.stepRoutes(mux)
 	mux.HandleFunc("POST /v1/mcp/servers", s.registerMCPServer)
 	mux.HandleFunc("GET /v1/mcp/servers", s.listMCPServers)
 	mux.HandleFunc("GET /v1/mcp/servers/{name}", s.getMCPServer)
