@@ -175,19 +175,24 @@ type inspection struct {
 
 // Snapshot saves the session's state: the agent's summary of the globals and writable files, then a
 // checkpoint of the sandbox, which keeps running, cut into blocks. It holds the session's lock, so
-// the next cell waits for it. A failure leaves the session as it was, unless the sandbox broke the
-// protocol or stopped answering (then the session ends, as after a cell).
+// the next cell waits for it. A failure, or ctx ending, leaves the session as it was, unless the
+// sandbox broke the protocol or stopped answering (then the session ends, as after a cell). The
+// inspection is not cut short by ctx (an agent call that is cut short costs the sandbox): it is
+// bounded by inspectTimeout, and ctx is checked after it, stops runsc checkpoint and the cutting.
 func (ss *session) Snapshot(ctx context.Context, blocks tier.Blocks) (*tier.Snapshot, error) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if err := ss.usable(); err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("heavy snapshot: %w", context.Cause(ctx))
+	}
 	e, s := ss.e, ss.s
 	e.busy.Add(1) // Close lets a snapshot finish, like a call
 	defer e.busy.Add(-1)
 	start := time.Now()
-	r, err := e.call(ctx, s, map[string]any{"op": "inspect", "state": true}, inspectTimeout, listLine, nil)
+	r, err := e.call(context.WithoutCancel(ctx), s, map[string]any{"op": "inspect", "state": true}, inspectTimeout, listLine, nil)
 	if err != nil {
 		var ae *agentError
 		if !errors.As(err, &ae) || ae.Type == api.ErrGuestCrash || s.killed.Load() {
@@ -199,6 +204,9 @@ func (ss *session) Snapshot(ctx context.Context, blocks tier.Blocks) (*tier.Snap
 	var ins inspection
 	if err := json.Unmarshal(r.Raw, &ins); err != nil {
 		return nil, fmt.Errorf("heavy snapshot: unreadable inspection: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("heavy snapshot: %w", context.Cause(ctx))
 	}
 	spec, err := os.ReadFile(filepath.Join(s.bundle, "config.json"))
 	if err != nil {
