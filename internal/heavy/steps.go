@@ -174,70 +174,87 @@ type inspection struct {
 }
 
 // Snapshot saves the session's state: the agent's summary of the globals and writable files, then a
-// checkpoint of the sandbox, which keeps running, cut into blocks. It holds the session's lock, so
-// the next cell waits for it. A failure, or ctx ending, leaves the session as it was, unless the
-// sandbox broke the protocol or stopped answering (then the session ends, as after a cell). The
-// inspection is not cut short by ctx (an agent call that is cut short costs the sandbox): it is
-// bounded by inspectTimeout, and ctx is checked after it, stops runsc checkpoint and the cutting.
+// checkpoint of the sandbox, which keeps running, cut into blocks. It holds the session's lock until
+// the checkpoint is written, so the next cell waits for that (not for the cutting, which reads only
+// the image). A failure, or ctx ending, leaves the session as it was, unless the sandbox broke the
+// protocol or stopped answering (then the session ends, as after a cell). The inspection is not cut
+// short by ctx (an agent call cut short costs the sandbox): it is bounded by inspectTimeout, and ctx
+// is checked after it, stops runsc checkpoint and the cutting.
 func (ss *session) Snapshot(ctx context.Context, blocks tier.Blocks) (*tier.Snapshot, error) {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if err := ss.usable(); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("heavy snapshot: %w", context.Cause(ctx))
-	}
-	e, s := ss.e, ss.s
+	e := ss.e
 	e.busy.Add(1) // Close lets a snapshot finish, like a call
 	defer e.busy.Add(-1)
 	start := time.Now()
+	dir, snap, st, cpTime, err := ss.checkpoint(ctx)
+	if dir != "" {
+		defer os.RemoveAll(dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ids, raw, err := putImage(ctx, dir, blocks, st)
+	if err != nil {
+		return nil, fmt.Errorf("heavy snapshot: %w", err)
+	}
+	if snap.State, err = json.Marshal(st); err != nil {
+		return nil, fmt.Errorf("heavy snapshot: %w", err)
+	}
+	snap.Blocks = ids
+	stats := SnapshotStats{Checkpoint: cpTime, Total: time.Since(start), ImageBytes: raw, Blocks: int((raw + snapBlock - 1) / snapBlock)}
+	ss.mu.Lock()
+	ss.lastSnap = stats
+	ss.mu.Unlock()
+	e.log.Debug("heavy: step snapshot", "id", ss.s.id, "checkpoint", cpTime, "total", stats.Total, "image_bytes", raw, "unique_blocks", len(ids))
+	return snap, nil
+}
+
+// checkpoint is Snapshot's part under the session's lock: the inspection and runsc checkpoint into a
+// new scratch directory (returned whenever it was made: the caller removes it), and the state
+// without its image.
+func (ss *session) checkpoint(ctx context.Context) (string, *tier.Snapshot, *stepState, time.Duration, error) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if err := ss.usable(); err != nil {
+		return "", nil, nil, 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: %w", context.Cause(ctx))
+	}
+	e, s := ss.e, ss.s
 	r, err := e.call(context.WithoutCancel(ctx), s, map[string]any{"op": "inspect", "state": true}, inspectTimeout, listLine, nil)
 	if err != nil {
 		var ae *agentError
 		if !errors.As(err, &ae) || ae.Type == api.ErrGuestCrash || s.killed.Load() {
 			ss.closeLocked()
-			return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("heavy snapshot: %w: %w", tier.ErrGone, err))
+			return "", nil, nil, 0, errdefs.With(errdefs.NotFound, fmt.Errorf("heavy snapshot: %w: %w", tier.ErrGone, err))
 		}
-		return nil, fmt.Errorf("heavy snapshot: inspecting the state: %w", err)
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: inspecting the state: %w", err)
 	}
 	var ins inspection
 	if err := json.Unmarshal(r.Raw, &ins); err != nil {
-		return nil, fmt.Errorf("heavy snapshot: unreadable inspection: %w", err)
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: unreadable inspection: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("heavy snapshot: %w", context.Cause(ctx))
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: %w", context.Cause(ctx))
 	}
 	spec, err := os.ReadFile(filepath.Join(s.bundle, "config.json"))
 	if err != nil {
-		return nil, fmt.Errorf("heavy snapshot: the sandbox's spec: %w", err)
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: the sandbox's spec: %w", err)
 	}
-	dir, err := e.scratchDir("snap-" + s.id)
+	dir, err := e.scratchDir("snap-" + newID())
 	if err != nil {
-		return nil, err
+		return "", nil, nil, 0, err
 	}
-	defer os.RemoveAll(dir)
 	cpStart := time.Now()
 	out := &limitedBuffer{max: 16 << 10}
 	cmd := e.runsc("checkpoint", "--leave-running", "--image-path", dir, s.id)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := runBoundedCtx(ctx, "checkpoint", cmd, checkpointTimeout); err != nil {
-		return nil, fmt.Errorf("heavy snapshot: runsc checkpoint: %w: %s", err, strings.TrimSpace(out.String()))
+		return dir, nil, nil, 0, fmt.Errorf("heavy snapshot: runsc checkpoint: %w: %s", err, strings.TrimSpace(out.String()))
 	}
-	cpTime := time.Since(cpStart)
-	st := stepState{Version: stateVersion, Spec: spec, Limits: ss.limits, Packages: ss.packages, Networked: s.ns != nil, Runs: s.runs}
-	ids, raw, err := putImage(ctx, dir, blocks, &st)
-	if err != nil {
-		return nil, fmt.Errorf("heavy snapshot: %w", err)
-	}
-	state, err := json.Marshal(&st)
-	if err != nil {
-		return nil, fmt.Errorf("heavy snapshot: %w", err)
-	}
-	snap := &tier.Snapshot{Tier: api.TierHeavy, State: state, Blocks: ids, Variables: ins.Variables, Files: fileInfos(ins.Files)}
-	ss.lastSnap = SnapshotStats{Checkpoint: cpTime, Total: time.Since(start), ImageBytes: raw, Blocks: int((raw + snapBlock - 1) / snapBlock)}
-	e.log.Debug("heavy: step snapshot", "id", s.id, "checkpoint", cpTime, "total", ss.lastSnap.Total, "image_bytes", raw, "unique_blocks", len(ids))
-	return snap, nil
+	st := &stepState{Version: stateVersion, Spec: spec, Limits: ss.limits, Packages: ss.packages, Networked: s.ns != nil, Runs: s.runs}
+	snap := &tier.Snapshot{Tier: api.TierHeavy, Variables: ins.Variables, Files: fileInfos(ins.Files)}
+	return dir, snap, st, time.Since(cpStart), nil
 }
 
 // scratchDir makes a new directory for one image under the state root's steps/.
