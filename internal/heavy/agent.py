@@ -292,10 +292,11 @@ def read(req):
 INSPECT_VARS = 1000  # globals summarised, the first by name
 INSPECT_REPR = 200  # characters of a repr
 INSPECT_BUDGET = 2.0  # seconds for all reprs and sizes: they run the objects' own code
+INSPECT_EACH = 0.25  # seconds for one variable's
 INSPECT_DIRS = ("/home/user", "/tmp", "/data", "/output")  # the writable tmpfs dirs, in the image
 
 
-class _OutOfTime(Exception):
+class _OutOfTime(BaseException):  # not an Exception: reprlib and the guest's own code catch those
     pass
 
 
@@ -334,8 +335,8 @@ def _variables():
         raise _OutOfTime()
 
     old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, INSPECT_BUDGET)
-    out, late = [], False
+    deadline = time.monotonic() + INSPECT_BUDGET
+    out = []
     try:
         names = sorted(n for n in _main_globals if not (n.startswith("__") and n.endswith("__")))
         for name in names[:INSPECT_VARS]:
@@ -348,20 +349,25 @@ def _variables():
                 kind = "function"
             else:
                 kind = "value"
-            entry = {"name": name, "type": _type_name(type(v)), "kind": kind}
-            if late:
-                entry["repr"] = "<not inspected: out of time>"
-            else:
-                try:
-                    entry["repr"] = short.repr(v)[:INSPECT_REPR]
-                    if kind == "value":
-                        entry["size"] = _size(v)
-                except _OutOfTime:
-                    late, entry["repr"] = True, "<not inspected: out of time>"
-                except BaseException as e:  # noqa: BLE001 - the object's own code failed
-                    entry["repr"] = f"<repr failed: {type(e).__name__}>"
+            entry = {"name": name, "type": _type_name(type(v)), "kind": kind, "repr": "<not inspected: out of time>"}
             out.append(entry)
-    except _OutOfTime:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                continue
+            try:
+                signal.setitimer(signal.ITIMER_REAL, min(INSPECT_EACH, left))
+                r = short.repr(v)[:INSPECT_REPR]
+                size = _size(v) if kind == "value" else None
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                entry["repr"] = r
+                if size is not None:
+                    entry["size"] = int(size)
+            except _OutOfTime:
+                pass
+            except BaseException as e:  # noqa: BLE001 - the object's own code failed
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                entry["repr"] = f"<repr failed: {type(e).__name__}>"
+    except _OutOfTime:  # between two variables
         pass
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
