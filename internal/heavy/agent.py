@@ -14,6 +14,7 @@
 #            {"id": n, "op": "list", "dir": str}
 #            {"id": n, "op": "collect", "dir": str, "max_file": n, "max_total": n}
 #            {"id": n, "op": "install", "dir": str, "packages": [str]}
+#            {"id": n, "op": "inspect", "reseed": bool, "state": bool}   (time travel: steps.go)
 # Answers:   {"id": n, "event": "stdout"|"stderr", "text": str}   (while a run is going)
 #            {"id": n, "event": "output", "output": {...}}          (a rich output, in order with those)
 #            {"id": n, "event": "data", "base64": str}             (a chunk of a read)
@@ -278,6 +279,114 @@ def read(req):
         os.close(fd)
 
 
+# Time travel (internal/heavy/steps.go): before a step's checkpoint the host asks for a summary of the
+# state, after a restore for fresh entropy (a restored copy must not repeat its parent's numbers).
+INSPECT_VARS = 1000  # globals summarised, the first by name
+INSPECT_REPR = 200  # characters of a repr
+INSPECT_BUDGET = 2.0  # seconds for all reprs and sizes: they run the objects' own code
+INSPECT_DIRS = ("/home/user", "/tmp", "/data", "/output")  # the writable tmpfs dirs, in the image
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _type_name(t):
+    mod = getattr(t, "__module__", "") or ""
+    name = getattr(t, "__qualname__", None) or t.__name__
+    return name if mod == "builtins" else f"{mod.split('.')[0]}.{name}"
+
+
+def _size(v):
+    """An estimate of v's memory: numpy's and pandas' own counts, a container's items one level deep."""
+    nbytes = getattr(v, "nbytes", None)
+    if isinstance(nbytes, int) and type(v).__module__.startswith("numpy"):
+        return nbytes + sys.getsizeof(v)
+    usage = getattr(v, "memory_usage", None)
+    if callable(usage) and type(v).__module__.startswith("pandas"):
+        total = usage(index=True, deep=False)
+        return int(getattr(total, "sum", lambda: total)())
+    size = sys.getsizeof(v)
+    if isinstance(v, (list, tuple, set, frozenset)):
+        size += sum(sys.getsizeof(x) for _, x in zip(range(10000), v))
+    elif isinstance(v, dict):
+        size += sum(sys.getsizeof(k) + sys.getsizeof(x) for _, (k, x) in zip(range(10000), v.items()))
+    return size
+
+
+def _variables():
+    import reprlib
+    import types
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = INSPECT_REPR
+    short.maxlong = 60
+
+    def alarm(signum, frame):
+        raise _OutOfTime()
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, INSPECT_BUDGET)
+    out, late = [], False
+    try:
+        names = sorted(n for n in _main_globals if not (n.startswith("__") and n.endswith("__")))
+        for name in names[:INSPECT_VARS]:
+            v = _main_globals[name]
+            if isinstance(v, types.ModuleType):
+                kind = "module"
+            elif isinstance(v, type):
+                kind = "class"
+            elif isinstance(v, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+                kind = "function"
+            else:
+                kind = "value"
+            entry = {"name": name, "type": _type_name(type(v)), "kind": kind}
+            if late:
+                entry["repr"] = "<not inspected: out of time>"
+            else:
+                try:
+                    entry["repr"] = short.repr(v)[:INSPECT_REPR]
+                    if kind == "value":
+                        entry["size"] = _size(v)
+                except _OutOfTime:
+                    late, entry["repr"] = True, "<not inspected: out of time>"
+                except BaseException as e:  # noqa: BLE001 - the object's own code failed
+                    entry["repr"] = f"<repr failed: {type(e).__name__}>"
+            out.append(entry)
+    except _OutOfTime:
+        pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    return out
+
+
+def _file_tree():
+    """Every entry under the writable dirs (no links followed), at most MAX_ENTRIES."""
+    out = []
+    for root in INSPECT_DIRS:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in dirnames + sorted(filenames):
+                if len(out) >= MAX_ENTRIES:
+                    return out
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                out.append({"name": name, "path": p, "size": st.st_size, "is_dir": name in dirnames and not os.path.islink(p), "mtime": st.st_mtime})
+    return out
+
+
+def inspect(req):
+    if req.get("reseed"):
+        _reseed()
+    if not req.get("state"):
+        return {}
+    return {"variables": _variables(), "files": _file_tree(), "cwd": os.getcwd()}
+
+
 def handle(req):
     op = req.get("op")
     if op == "run":
@@ -348,6 +457,8 @@ def handle(req):
         if more:
             omitted.append(f"... and {more} more")
         return {"files": files, "omitted": omitted}
+    if op == "inspect":
+        return inspect(req)
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -582,6 +582,9 @@ type session struct {
 	release func() // gives the slot back
 	mu      sync.Mutex
 	closed  bool // guarded by mu
+	// packages were installed at NewSession; a snapshot records them (steps.go).
+	packages []string
+	lastSnap SnapshotStats // the last Snapshot's; guarded by mu
 }
 
 var (
@@ -616,7 +619,7 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 		release()
 		return nil, err
 	}
-	return &session{e: e, s: s, limits: lim, release: release}, nil
+	return &session{e: e, s: s, limits: lim, release: release, packages: packages}, nil
 }
 
 func (ss *session) usable() error {
