@@ -41,7 +41,7 @@ func TestStepTools(t *testing.T) {
 	}
 	t.Cleanup(func() { cs.Close() })
 
-	callTool(t, cs, "run_python", map[string]any{"session": "s", "code": "data = [1, 2, 3]"})        // step 1
+	callTool(t, cs, "run_python", map[string]any{"session": "s", "code": "data = [1, 2, 3]"})          // step 1
 	callTool(t, cs, "run_python", map[string]any{"session": "s", "code": "data.clear()  # a mistake"}) // step 2
 	res, out := callTool(t, cs, "list_steps", map[string]any{"session": "s"})
 	if res.IsError || out["current"] != float64(2) || !strings.Contains(text(res), "*2 cell exit=0 restorable: data.clear()") {
