@@ -274,6 +274,7 @@ func (s *Store) EndSession(session string, keepPinned bool) bool {
 	}
 	if !kept {
 		delete(s.sessions, session)
+		delete(s.archived, session)
 		os.RemoveAll(filepath.Join(s.dir, "manifests", session))
 	}
 	s.sweepSegmentsLocked()
