@@ -333,6 +333,33 @@ func (t *Tx) Put(data []byte) (tier.BlockID, error) { return t.s.put(data, t) }
 // Get reads a block.
 func (t *Tx) Get(dst []byte, id tier.BlockID) ([]byte, error) { return t.s.Get(dst, id) }
 
+// Store is the store the transaction's ids belong to (tier.View): a tier that remembers ids from
+// one snapshot to the next keys them by it.
+func (t *Tx) Store() tier.Blocks { return t.s }
+
+// Hold keeps ids for the transaction's snapshot, as a Put of their data would (tier.View), and
+// reports whether every one of them is still stored; those that are not must be put again.
+func (t *Tx) Hold(ids []tier.BlockID) bool {
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	all := true
+	for _, id := range ids {
+		if id == 0 {
+			continue
+		}
+		b := t.s.blocks[id]
+		if b == nil {
+			all = false
+			continue
+		}
+		if _, seen := t.held[id]; !seen {
+			t.held[id] = struct{}{}
+			b.held++
+		}
+	}
+	return all
+}
+
 // Abort lets go of the transaction's blocks; those nothing else holds are freed.
 func (t *Tx) Abort() {
 	t.s.mu.Lock()

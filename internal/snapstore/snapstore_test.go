@@ -256,3 +256,28 @@ func TestGCFreesBlocksAndSegments(t *testing.T) {
 		t.Fatalf("orphans left: %+v", u)
 	}
 }
+
+func TestHoldKeepsNamedBlocksAcrossRetention(t *testing.T) {
+	s := open(t, t.TempDir(), Retention{Dense: 1, Every: -1, SessionBytes: -1, TotalBytes: -1})
+	first := save(t, s, "ses_a", 1, page(1), page(2))
+	// The next snapshot names step 1's blocks without putting them again, holding them first.
+	tx := s.Begin()
+	if !tx.Hold(first.Blocks) {
+		t.Fatal("Hold: step 1's blocks are stored")
+	}
+	s.EndSession("ses_a", false) // step 1 goes: its blocks stay, held by the transaction
+	if err := tx.Commit("ses_a", Record{Step: api.Step{N: 2}}, &tier.Snapshot{Blocks: first.Blocks}); err != nil {
+		t.Fatal(err)
+	}
+	s.Flush()
+	if got, err := s.Get(nil, first.Blocks[1]); err != nil || !bytes.Equal(got, page(2)) {
+		t.Fatalf("a held block was freed: %v", err)
+	}
+	s.EndSession("ses_a", false)
+	s.Sweep()
+	tx = s.Begin()
+	if tx.Hold(first.Blocks) {
+		t.Fatal("Hold reported freed blocks as stored")
+	}
+	tx.Abort()
+}
