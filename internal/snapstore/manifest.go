@@ -349,7 +349,7 @@ func (s *Store) Close() error {
 	defer s.mu.Unlock()
 	var errs []error
 	for _, sg := range s.segs {
-		errs = append(errs, sg.f.Close())
+		errs = append(errs, sg.close())
 	}
 	return errors.Join(errs...)
 }
