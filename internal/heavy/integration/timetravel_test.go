@@ -109,7 +109,9 @@ func TestTimeTravelIntegrityHeavy(t *testing.T) {
 			}
 			for n, want := range states {
 				tierOf := list.Steps[n].Tier
+				start := time.Now()
 				f, err := s.Fork(ctx, api.ForkRequest{Step: n})
+				forkTook := time.Since(start)
 				if err != nil {
 					t.Fatalf("fork %d: %v", n, err)
 				}
@@ -118,9 +120,11 @@ func TestTimeTravelIntegrityHeavy(t *testing.T) {
 					t.Errorf("fork of step %d (%s): %v %q on %s, want %q", n, tierOf, err, res.Stdout, res.Tier, want)
 				}
 				f.Close()
+				start = time.Now()
 				if err := s.Rewind(ctx, n); err != nil {
 					t.Fatalf("rewind %d: %v", n, err)
 				}
+				t.Logf("step %d (%s by %s): fork %v, rewind %v", n, tierOf, list.Steps[n].Snapshot.RestoreBy, forkTook.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 				res, err = s.Run(ctx, ttProbe, dispatch.Output{})
 				if err != nil || res.Stdout != want || s.Info().Tier != tierOf {
 					t.Errorf("rewind to step %d (%s): %v %q on %s, want %q", n, tierOf, err, res.Stdout, s.Info().Tier, want)
