@@ -502,7 +502,10 @@ func (d *Dispatcher) reap() {
 		var ended []*Session
 		var reasons []string
 		for id, s := range d.sessions {
+			// A short hold: a request arriving meanwhile waits for it instead of being refused as busy.
+			s.short.Add(1)
 			if !s.mu.TryLock() {
+				s.short.Add(-1)
 				continue // busy, so not idle
 			}
 			if idle, gone := time.Since(s.lastUsed) > s.ttl, s.gone(); idle || gone {
@@ -514,6 +517,7 @@ func (d *Dispatcher) reap() {
 				delete(d.sessions, id)
 			}
 			s.mu.Unlock()
+			s.short.Add(-1)
 		}
 		d.mu.Unlock()
 		for i, s := range ended {

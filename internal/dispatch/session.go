@@ -49,6 +49,11 @@ type Session struct {
 	tier      atomic.Int32 // tierNano or tierHeavy: which engine sb is on
 
 	mu sync.Mutex // one request at a time
+	// short counts requests holding mu for a bounded moment (a command follower's read): lock waits
+	// up to shortWait for them instead of refusing as busy.
+	short atomic.Int32
+	// env is the environment the session's cells and commands get (SessionRequest.Env); set at start.
+	env map[string]string
 	// sb is the sandbox, on nano or on heavy as tier says; a move replaces it. guarded by mu
 	sb    tier.Session
 	place *place // guarded by mu
@@ -93,6 +98,9 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	if err := d.checkPlacement(req.Tier, req.Packages); err != nil {
 		return nil, err
 	}
+	if err := limits.CheckEnv(req.Env); err != nil {
+		return nil, err
+	}
 	ttl := time.Duration(req.TTLSeconds) * time.Second
 	switch {
 	case ttl < 0 || ttl > maxSessionTTL:
@@ -106,7 +114,7 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	}
 	now := time.Now()
 	tenant := TenantOf(ctx)
-	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, packages: req.Packages, created: now, lastUsed: now, replayable: true}
+	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, packages: req.Packages, created: now, lastUsed: now, replayable: true, env: req.Env}
 	// A session always carries its Guard, offline or not, so that PATCH .../network can open it later.
 	s.guard = d.newGuard(p, tenant.ID, s.id)
 	ctx = s.withGuard(ctx)
@@ -130,6 +138,11 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	}
 	sb, err := eng.NewSession(ctx, req.Limits, req.Packages)
 	if err != nil {
+		s.place.release()
+		return nil, err
+	}
+	if err := setEnv(ctx, sb, req.Env); err != nil {
+		sb.Close(context.Background())
 		s.place.release()
 		return nil, err
 	}
@@ -212,7 +225,8 @@ func (s *Session) Info() api.Session {
 }
 
 // lock takes the session for one request, refusing instead of queueing behind a running cell; it
-// waits (as long as ctx lets it) for the snapshot of the last step.
+// waits (as long as ctx lets it) for the snapshot of the last step, and briefly for a short request
+// (a poll of a background command).
 func (s *Session) lock(ctx context.Context) error {
 	for !s.mu.TryLock() {
 		waited, err := s.waitSnapshot(ctx)
@@ -222,7 +236,7 @@ func (s *Session) lock(ctx context.Context) error {
 		if waited {
 			continue
 		}
-		if s.mu.TryLock() { // the snapshot ended between the two looks
+		if s.mu.TryLock() || s.waitShort() { // the snapshot ended between the two looks, or a poll let go
 			break
 		}
 		return errdefs.With(errdefs.Conflict, fmt.Errorf("session %q: %w", s.id, ErrSessionBusy))
@@ -242,6 +256,19 @@ func (s *Session) unlock() {
 	}
 	s.touch(0)
 	s.mu.Unlock()
+}
+
+// waitShort takes mu once a short request holding it lets go, within shortWait; false when the
+// holder is not short or does not let go in time.
+func (s *Session) waitShort() bool {
+	deadline := time.Now().Add(shortWait)
+	for s.short.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		if s.mu.TryLock() {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Session) touch(cells int) {
@@ -452,6 +479,9 @@ func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
 		hs.Close(context.Background())
 		abort()
 		return "", err
+	}
+	if err := setEnv(ctx, hs, s.env); err != nil {
+		return fail(err)
 	}
 	if err := copyFiles(ctx, hs, files); err != nil {
 		return fail(err)
