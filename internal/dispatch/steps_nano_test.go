@@ -82,6 +82,11 @@ func TestNanoRewindForkIntegrity(t *testing.T) {
 				states[s.Steps().Current] = probeNano(s)
 			}
 			settle(t, s, st)
+			for _, step := range s.Steps().Steps {
+				if step.Snapshot.State != api.SnapshotStored || step.Snapshot.RestoreBy != api.RestoreBySnapshot {
+					t.Fatalf("step %d: %+v, want stored and restored by its snapshot", step.N, step.Snapshot)
+				}
+			}
 			for n, want := range states {
 				f, err := s.Fork(ctx, api.ForkRequest{Step: n})
 				if err != nil {
