@@ -43,6 +43,7 @@ Usage:
   agentbox route [flags] FILE     print which tier a program would run on, and why
   agentbox dlp scan FILE|-        print the DLP findings (secrets, PII) in a file as JSON
   agentbox audit verify|search|report  check, search and report on the audit log
+  agentbox session steps|show|rewind|fork ID [STEP]  time travel in a server's session
   agentbox bench [flags]          measure start-up and throughput on this machine
   agentbox version                print the version and interpreter build
 
@@ -83,6 +84,8 @@ func (e *env) main(ctx context.Context, args []string) int {
 		code, err = e.dlpCmd(args[1:])
 	case "audit":
 		err = e.audit(ctx, args[1:])
+	case "session":
+		err = e.session(ctx, args[1:])
 	case "version", "--version":
 		err = e.version()
 	case "help", "-h", "--help":

@@ -382,6 +382,7 @@ class _LocalServer:
         shutil.rmtree(self._state, ignore_errors=True)
         shutil.rmtree(self._state + "-mcp", ignore_errors=True)  # hosted MCP servers' registrations
         shutil.rmtree(self._state + "-ca", ignore_errors=True)  # the TLS inspection CA, with --policy
+        shutil.rmtree(self._state + "-snapshots", ignore_errors=True)  # time travel's snapshot store
         shutil.rmtree(self._keys, ignore_errors=True)
 
 
@@ -601,6 +602,48 @@ class Sandbox:
         """List a directory: dicts with name, path, size, is_dir, mod_time."""
         query = urllib.parse.urlencode({"dir": directory})
         return self._json("GET", self._session_path() + "/files?" + query)["files"]
+
+    # -- time travel (docs/time-travel.md) ------------------------------------------------------------
+
+    def steps(self) -> Dict[str, Any]:
+        """The session's steps, oldest first: ``{"session", "current", "steps": [...]}``. Each step has
+        ``n``, ``kind`` (start, cell, upload, rewind, fork), ``code``/``path``, a result summary, and
+        ``snapshot`` (``state``, ``bytes``, ``restorable``, ``restore_on``, ``restore_by``, ``reason``)."""
+        return self._json("GET", self._session_path() + "/steps")
+
+    def step(self, n: int) -> Dict[str, Any]:
+        """Step ``n`` with its full ``result`` and the ``variables`` and ``files`` after it."""
+        return self._json("GET", self._session_path() + "/steps/" + str(int(n)))
+
+    def step_file(self, n: int, remote_path: str) -> bytes:
+        """A file as it was after step ``n`` (a step without a snapshot of its own is ConflictError)."""
+        path = self._session_path() + "/steps/" + str(int(n)) + self._file_path(remote_path)
+        with self._request("GET", path, accept="application/octet-stream") as resp:
+            return resp.read()
+
+    def rewind(self, n: int) -> Dict[str, Any]:
+        """Continue from the state after step ``n``; later steps stay listed as abandoned. Returns the
+        session's description."""
+        return self._json("POST", self._session_path() + "/rewind", {"step": int(n)})
+
+    def fork(self, n: int, *, ttl_s: Optional[int] = None) -> "Sandbox":
+        """A new Sandbox (a new session, this one untouched) starting from the state after step ``n``.
+        It talks to the same server; closing it ends only its own session."""
+        payload: Dict[str, Any] = {"step": int(n)}
+        if ttl_s is not None:
+            payload["ttl_s"] = int(ttl_s)
+        info = self._json("POST", self._session_path() + "/fork", payload)
+        child = Sandbox(self.config, url=self.url, api_key=self.api_key, request_timeout=self.request_timeout)
+        child._session_id = info["id"]
+        return child
+
+    def pin(self, n: int) -> None:
+        """Keep step ``n``'s snapshot whatever retention says, also after the session is closed."""
+        self._json("POST", self._session_path() + "/steps/" + str(int(n)) + "/pin")
+
+    def unpin(self, n: int) -> None:
+        """Let retention remove step ``n``'s snapshot again."""
+        self._json("DELETE", self._session_path() + "/steps/" + str(int(n)) + "/pin")
 
     # -- audit log (needs a key with the audit scope; the embedded server's key has it) ----------------
 
