@@ -56,12 +56,15 @@ const (
 	TypeEgressDLP      = "egress.dlp"
 	TypeMCPCall        = "mcp.call"
 	TypeRetention      = "audit.retention"
+	TypeCommand        = "command"
+	TypeCommandInput   = "command.input"
+	TypeCommandKill    = "command.kill"
 )
 
 // Types are the event types, in the schema's order.
 var Types = []string{TypeRun, TypeSessionCreate, TypeSessionMove, TypeSessionClose, TypeSessionExpire,
 	TypeFileUpload, TypeFileDownload, TypePackageInstall, TypeAuthFailure, TypeServerStart, TypeServerStop,
-	TypePolicyChange, TypeEgressRequest, TypeEgressDLP, TypeMCPCall, TypeRetention}
+	TypePolicyChange, TypeEgressRequest, TypeEgressDLP, TypeMCPCall, TypeRetention, TypeCommand, TypeCommandInput, TypeCommandKill}
 
 // Verdicts.
 const (
