@@ -8,7 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/entersandbox/agentbox"
+	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/mcpserver"
+	"github.com/entersandbox/agentbox/internal/nano"
 )
 
 // TestCommandsThroughTheSDK: shell commands through `agentbox serve`'s handler and the Go SDK on the
@@ -102,5 +107,55 @@ func TestCommandOnNanoSessionNamesHeavy(t *testing.T) {
 	defer s.Close(ctx)
 	if _, err := s.Command(ctx, agentbox.CommandRequest{Cmd: "ls"}); !errors.Is(err, agentbox.ErrInvalidArgument) || !strings.Contains(err.Error(), `tier "heavy"`) {
 		t.Fatalf("%v", err)
+	}
+}
+
+// TestMCPRunCommand: run_command in a named session sees what run_python wrote there (the session
+// moves to heavy with its files), and reports a failing command's exit code as a tool error.
+func TestMCPRunCommand(t *testing.T) {
+	ctx := context.Background()
+	nanoEng, err := nano.New(ctx, nano.Config{PoolSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dispatch.New(nanoEng, dispatch.Config{Heavy: eng})
+	t.Cleanup(func() { d.Close(); nanoEng.Close(ctx) })
+	serverT, clientT := mcp.NewInMemoryTransports()
+	if _, err := mcpserver.New(d, "test").Connect(ctx, serverT, nil); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "test"}, nil).Connect(ctx, clientT, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "run_python", Arguments: map[string]any{"session": "w", "code": "open('/home/user/n.txt', 'w').write('42')"}}); err != nil || res.IsError {
+		t.Fatalf("%v %+v", err, res)
+	}
+	cases := []struct {
+		name    string
+		args    map[string]any
+		isError bool
+		text    string
+	}{
+		{"sees the cell's file", map[string]any{"session": "w", "cmd": "cat", "args": []string{"n.txt"}}, false, "42"},
+		{"a failing command", map[string]any{"session": "w", "cmd": "ls /nowhere", "shell": true}, true, "[exit code 2]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "run_command", Arguments: tc.args})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var text string
+			for _, c := range res.Content {
+				if tc, ok := c.(*mcp.TextContent); ok {
+					text += tc.Text
+				}
+			}
+			if res.IsError != tc.isError || !strings.Contains(text, tc.text) {
+				t.Fatalf("error %v (want %v), text %q (want %q)", res.IsError, tc.isError, text, tc.text)
+			}
+		})
 	}
 }
