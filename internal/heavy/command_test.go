@@ -33,10 +33,16 @@ func TestCommandAnswersAreChecked(t *testing.T) {
 		want   string
 	}{
 		{"an unknown state", `read h; read b; echo '{"id":1,"event":"result","pid":5,"state":"sleeping"}'; sleep 600`,
-			func(ss *session) error { _, err := ss.Command(ctx, api.CommandRequest{Cmd: "true"}, tier.Stream{}); return err },
+			func(ss *session) error {
+				_, err := ss.Command(ctx, api.CommandRequest{Cmd: "true"}, tier.Stream{})
+				return err
+			},
 			errdefs.NotFound, true, "state"},
 		{"output past the cap", `read h; read b; echo '{"id":1,"event":"stdout","text":"0123456789abcdefXYZ"}'; sleep 600`,
-			func(ss *session) error { _, err := ss.Command(ctx, api.CommandRequest{Cmd: "yes"}, tier.Stream{}); return err },
+			func(ss *session) error {
+				_, err := ss.Command(ctx, api.CommandRequest{Cmd: "yes"}, tier.Stream{})
+				return err
+			},
 			errdefs.NotFound, true, "cap"},
 		{"output offsets going back", `read h; read b; echo '{"id":1,"event":"result","pid":5,"state":"running","out_end":3}'; sleep 600`,
 			func(ss *session) error {
@@ -47,7 +53,10 @@ func TestCommandAnswersAreChecked(t *testing.T) {
 			func(ss *session) error { return ss.CommandInput(ctx, 5, api.CommandInput{Data: "x"}) },
 			errdefs.NotFound, false, "pid 5"},
 		{"a program that does not exist", `read h; read b; echo '{"id":1,"event":"failed","type":"FileNotFoundError","message":"No such file or directory: nope"}'; sleep 600`,
-			func(ss *session) error { _, err := ss.Command(ctx, api.CommandRequest{Cmd: "nope"}, tier.Stream{}); return err },
+			func(ss *session) error {
+				_, err := ss.Command(ctx, api.CommandRequest{Cmd: "nope"}, tier.Stream{})
+				return err
+			},
 			errdefs.InvalidArgument, false, "nope"},
 	}
 	for _, tc := range cases {
