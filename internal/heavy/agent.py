@@ -368,14 +368,15 @@ def handle(req):
 # Shell commands: children of the worker, each in a process group of its own (a timeout or kill stops
 # what it started too), within the sandbox's limits like everything else. One reactor thread reads
 # their output into per-stream buffers, writes their stdin and enforces their deadlines; requests
-# read those buffers. A foreground command's output is sent as events of the exec request and capped
-# at max_output per stream (past it the command is killed); a background command keeps the last
-# max_output bytes of each stream (a ring: older output is dropped and truncated set).
+# read those buffers. exec answers at once; the host reads a command's output and end with cmd_read,
+# so that no request waits on a command and the host can signal it meanwhile. A foreground command
+# keeps at most max_output bytes per stream (past it the command is killed) and is forgotten once its
+# end was read; a background command keeps the last max_output bytes of each stream (a ring: older
+# output is dropped and truncated set) and stays listed.
 
 MAX_COMMANDS = 64  # kept in the table; the oldest ended ones are forgotten first
 MAX_STDIN = 1 << 20  # stdin not yet taken by a command
 MAX_READ_TEXT = 256 << 10  # bytes of each stream per cmd_read answer: JSON may grow them 6-fold
-MAX_EVENT_TEXT = 64 << 10  # bytes per stdout/stderr event of a foreground command
 
 
 class NoSuchProcess(Exception):
@@ -584,8 +585,8 @@ def _describe(c):
 def _command(req):
     pid = req.get("pid")
     c = _cmds.get(pid)
-    if c is None or not c.ring:
-        raise NoSuchProcess(f"no background command with pid {pid} in this session")
+    if c is None:
+        raise NoSuchProcess(f"no command with pid {pid} in this session")
     return c
 
 
@@ -628,27 +629,7 @@ def _exec(req):
     with _cmd_cv:
         _cmds[c.pid] = c
     _wake()
-    if background:
-        return _describe(c)
-    rid, sent = _current_id[0], {"stdout": 0, "stderr": 0}
-    try:
-        while True:
-            with _cmd_cv:
-                while True:
-                    chunks = {n: _text(c, n, sent[n], MAX_EVENT_TEXT) for n in sent}
-                    done = c.state != "running"
-                    if done or any(ch[0] for ch in chunks.values()):
-                        break
-                    _cmd_cv.wait(1)
-            for name, (text, end, _) in chunks.items():
-                sent[name] = end
-                if text:
-                    send({"id": rid, "event": name, "text": text})
-            if done and all(sent[n] >= c.streams[n].end() for n in sent):
-                return _describe(c)
-    finally:
-        with _cmd_cv:
-            _cmds.pop(c.pid, None)
+    return _describe(c)
 
 
 def _cmd_read(req):
@@ -667,6 +648,8 @@ def _cmd_read(req):
         out.update(stdout=chunks["stdout"][0], stderr=chunks["stderr"][0], out_end=chunks["stdout"][1], err_end=chunks["stderr"][1],
                    dropped=chunks["stdout"][2] or chunks["stderr"][2],
                    more=any(chunks[n][1] < c.streams[n].end() for n in frm))
+        if not c.ring and c.state != "running" and not out["more"]:
+            del _cmds[c.pid]  # a foreground command is forgotten once its end was read
         return out
 
 

@@ -38,7 +38,7 @@ func TestCommandAnswersAreChecked(t *testing.T) {
 				return err
 			},
 			errdefs.NotFound, true, "state"},
-		{"output past the cap", `read h; read b; echo '{"id":1,"event":"stdout","text":"0123456789abcdefXYZ"}'; sleep 600`,
+		{"output past the cap", `read h; read b; echo '{"id":1,"event":"result","pid":5,"state":"running"}'; read h; read b; echo '{"id":2,"event":"result","pid":5,"state":"running","stdout":"0123456789abcdefXYZ","out_end":19}'; sleep 600`,
 			func(ss *session) error {
 				_, err := ss.Command(ctx, api.CommandRequest{Cmd: "yes"}, tier.Stream{})
 				return err
