@@ -436,37 +436,45 @@ def _reactor_start():
 
 
 def _react():
-    wake_r = _wake_fds[0]
     while True:
-        with _cmd_cv:
-            reads, writes, owner, running = [wake_r], [], {}, False
-            for c in _cmds.values():
-                for name, s in c.streams.items():
-                    if s.fd >= 0:
-                        reads.append(s.fd)
-                        owner[s.fd] = (c, name)
-                if c.stdin_fd >= 0 and (c.pending or c.close_stdin):
-                    writes.append(c.stdin_fd)
-                    owner[c.stdin_fd] = (c, "stdin")
-                running = running or c.state == "running"
-        # Only this thread closes the commands' fds, so none of these is closed under select.
-        r, w, _ = select.select(reads, writes, [], 0.02 if running else None)
-        with _cmd_cv:
-            if wake_r in r:
-                try:
-                    os.read(wake_r, 4096)
-                except BlockingIOError:
-                    pass
-            for fd in r:
-                if fd in owner:
-                    _read_stream(*owner[fd])
-            for fd in w:
-                _flush_stdin(owner[fd][0])
-            now = time.monotonic()
-            for c in _cmds.values():
-                if c.state == "running":
-                    _check(c, now)
-            _cmd_cv.notify_all()
+        try:
+            _react_once(_wake_fds[0])
+        except Exception as e:  # noqa: BLE001 - the reactor must outlive a fault, or every command hangs
+            os.write(2, f"agentbox: command reactor: {e!r}\n".encode())
+            time.sleep(0.01)
+
+
+def _react_once(wake_r):
+    """One round of the reactor: waits for the commands' pipes, then reads, writes and reaps."""
+    with _cmd_cv:
+        reads, writes, owner, running = [wake_r], [], {}, False
+        for c in _cmds.values():
+            for name, s in c.streams.items():
+                if s.fd >= 0:
+                    reads.append(s.fd)
+                    owner[s.fd] = (c, name)
+            if c.stdin_fd >= 0 and (c.pending or c.close_stdin):
+                writes.append(c.stdin_fd)
+                owner[c.stdin_fd] = (c, "stdin")
+            running = running or c.state == "running"
+    # Only this thread closes the commands' fds, so none of these is closed under select.
+    r, w, _ = select.select(reads, writes, [], 0.02 if running else None)
+    with _cmd_cv:
+        if wake_r in r:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+        for fd in r:
+            if fd in owner:
+                _read_stream(*owner[fd])
+        for fd in w:
+            _flush_stdin(owner[fd][0])
+        now = time.monotonic()
+        for c in _cmds.values():
+            if c.state == "running":
+                _check(c, now)
+        _cmd_cv.notify_all()
 
 
 def _read_stream(c, name):
