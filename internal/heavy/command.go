@@ -3,6 +3,7 @@ package heavy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 
 	"fmt"
 	"math"
@@ -154,6 +155,10 @@ func (ss *session) Command(ctx context.Context, req api.CommandRequest, stream t
 			return nil, ss.broke(fmt.Errorf("command %d was not reported ended %v after its time limit", c.PID, commandGrace))
 		}
 		st, next, more, err := ss.CommandRead(calls, c.PID, off, foregroundWait)
+		if errors.Is(err, errDied) {
+			// The sandbox went away under the command: say why (most often the memory limit).
+			return nil, fmt.Errorf("command %s: %w: %s", limits.Text(req.Cmd, 100), err, ss.e.death(ss.s, ss.limits).Message)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("command %s: %w", limits.Text(req.Cmd, 100), err)
 		}

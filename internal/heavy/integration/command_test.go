@@ -342,3 +342,25 @@ func BenchmarkCommandTrue(b *testing.B) {
 		}
 	}
 }
+
+// TestCommandIsBoundedByTheMemoryLimit: a command that allocates past the session's memory limit does
+// not get the memory: it fails, or is killed, or the sandbox is (then the session ends).
+func TestCommandIsBoundedByTheMemoryLimit(t *testing.T) {
+	ctx := context.Background()
+	_, c := commandSession(t, api.Limits{TimeoutMS: 30000, MemoryLimitMB: 256})
+	got, err := c.Command(ctx, api.CommandRequest{Cmd: "python3", Args: []string{"-c",
+		"b = bytearray(700 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('allocated')"}}, tier.Stream{})
+	switch {
+	case err != nil && errors.Is(err, tier.ErrGone):
+		// The memory cgroup's OOM kill took the sandbox; the error says so.
+		if !strings.Contains(err.Error(), "memory limit") {
+			t.Fatalf("the error does not name the memory limit: %v", err)
+		}
+	case err != nil:
+		t.Fatal(err)
+	case strings.Contains(got.Stdout, "allocated") || got.State == api.CommandExited && got.ExitCode == 0:
+		t.Fatalf("a command got 700 MiB in a 256 MiB session: %+v", got)
+	default:
+		t.Logf("the command was stopped: %s %s exit %d, stderr %.200q", got.State, got.Signal, got.ExitCode, got.Stderr)
+	}
+}
