@@ -1,0 +1,65 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// The E2B surface is mounted under /e2b with the server's keys: X-API-KEY (what the SDKs send) or
+// bearer, errors in E2B's {code, message} shape, and sandbox requests authorised by the sandbox's
+// access token without an API key.
+func TestE2BIsMountedWithTheServersKeys(t *testing.T) {
+	const outside = checkNone // the E2B surface is E2B's contract, not openapi.yaml's
+	t.Run("no key is E2B's 401", func(t *testing.T) {
+		r := do(t, call{method: "GET", path: "/e2b/api/v2/sandboxes", key: "-"}, outside)
+		var e struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		}
+		if err := json.Unmarshal(r.body, &e); err != nil || r.status != 401 || e.Code != 401 || e.Message == "" {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	})
+	var sb struct {
+		SandboxID       string `json:"sandboxID"`
+		EnvdAccessToken string `json:"envdAccessToken"`
+	}
+	t.Run("X-API-KEY creates a sandbox", func(t *testing.T) {
+		r := do(t, call{method: "POST", path: "/e2b/api/v2/sandboxes", key: "-", header: map[string]string{"X-API-KEY": testKey},
+			body: mustJSON(map[string]any{"templateID": "code-interpreter-v1"})}, outside)
+		if r.status != http.StatusCreated {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		sb = decodeInto[struct {
+			SandboxID       string `json:"sandboxID"`
+			EnvdAccessToken string `json:"envdAccessToken"`
+		}](t, r)
+	})
+	t.Run("the sandbox is a session of the key's tenant", func(t *testing.T) {
+		if r := do(t, call{method: "GET", path: "/v1/sessions/" + sb.SandboxID}, checkBoth); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	})
+	t.Run("X-API-KEY works on agentbox's own API too", func(t *testing.T) {
+		if r := do(t, call{method: "GET", path: "/v1/sessions", key: "-", header: map[string]string{"X-API-KEY": testKey}}, checkBoth); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	})
+	t.Run("a sandbox request needs only the access token", func(t *testing.T) {
+		r := do(t, call{method: "POST", path: "/e2b/sandbox/execute", key: "-", body: mustJSON(map[string]any{"code": "6*7"}),
+			header: map[string]string{"E2b-Sandbox-Id": sb.SandboxID, "E2b-Sandbox-Port": "49999", "X-Access-Token": sb.EnvdAccessToken}}, outside)
+		if r.status != 200 || !strings.Contains(string(r.body), `"text":"42"`) {
+			t.Fatalf("no result 42 in %s", r.body)
+		}
+	})
+	t.Run("kill", func(t *testing.T) {
+		if r := do(t, call{method: "DELETE", path: "/e2b/api/sandboxes/" + sb.SandboxID, key: "-", header: map[string]string{"X-API-KEY": testKey}}, outside); r.status != 204 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		if r := do(t, call{method: "GET", path: "/v1/sessions/" + sb.SandboxID}, checkResponse); r.status != 404 {
+			t.Fatalf("the session outlived the sandbox: %d", r.status)
+		}
+	})
+}
