@@ -1,11 +1,28 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
+
+	"connectrpc.com/connect"
+
+	fspb "github.com/entersandbox/agentbox/internal/e2b/envd/filesystem"
+	"github.com/entersandbox/agentbox/internal/e2b/envd/filesystem/filesystemconnect"
 )
+
+// headerTransport adds headers to every request, as the E2B SDKs' connect transport does.
+type headerTransport map[string]string
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, v := range h {
+		r.Header.Set(k, v)
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
 
 // The E2B surface is mounted under /e2b with the server's keys: X-API-KEY (what the SDKs send) or
 // bearer, errors in E2B's {code, message} shape, and sandbox requests authorised by the sandbox's
@@ -52,6 +69,21 @@ func TestE2BIsMountedWithTheServersKeys(t *testing.T) {
 			header: map[string]string{"E2b-Sandbox-Id": sb.SandboxID, "E2b-Sandbox-Port": "49999", "X-Access-Token": sb.EnvdAccessToken}}, outside)
 		if r.status != 200 || !strings.Contains(string(r.body), `"text":"42"`) {
 			t.Fatalf("no result 42 in %s", r.body)
+		}
+	})
+	t.Run("connect-rpc streams pass the server's middleware", func(t *testing.T) {
+		// A server stream needs an http.Flusher; an unsupported one must answer its own error, not
+		// an internal one about the writer.
+		hc := &http.Client{Transport: headerTransport{"E2b-Sandbox-Id": sb.SandboxID, "E2b-Sandbox-Port": "49983", "X-Access-Token": sb.EnvdAccessToken}}
+		fs := filesystemconnect.NewFilesystemClient(hc, ts.URL+"/e2b/sandbox", connect.WithProtoJSON())
+		stream, err := fs.WatchDir(context.Background(), connect.NewRequest(&fspb.WatchDirRequest{Path: "/home/user"}))
+		if err == nil {
+			for stream.Receive() {
+			}
+			err = stream.Err()
+		}
+		if connect.CodeOf(err) != connect.CodeUnimplemented {
+			t.Fatalf("WatchDir: %v, want Unimplemented", err)
 		}
 	})
 	t.Run("kill", func(t *testing.T) {

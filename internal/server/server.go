@@ -399,6 +399,13 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
+// Flush passes through: connect-rpc's streams (the E2B surface) need the writer to be an
+// http.Flusher itself, not only reachable by Unwrap.
+func (r *statusRecorder) Flush() {
+	r.written = true
+	http.NewResponseController(r.ResponseWriter).Flush()
+}
+
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	st := s.sb.Stats()
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "queue_depth": st.QueueDepth,
