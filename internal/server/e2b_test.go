@@ -9,6 +9,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	fspb "github.com/entersandbox/agentbox/internal/e2b/envd/filesystem"
 	"github.com/entersandbox/agentbox/internal/e2b/envd/filesystem/filesystemconnect"
 )
@@ -94,4 +96,49 @@ func TestE2BIsMountedWithTheServersKeys(t *testing.T) {
 			t.Fatalf("the session outlived the sandbox: %d", r.status)
 		}
 	})
+}
+
+// What the E2B surface does is in the audit log like the HTTP API's own requests, for the key that
+// created the sandbox, also on requests authorised by the sandbox's token alone.
+func TestE2BIsAudited(t *testing.T) {
+	hs, l := auditServer(t)
+	ctx := context.Background()
+	key := map[string]string{"X-API-KEY": testKey}
+	r := doAt(t, hs.URL, call{method: "POST", path: "/e2b/api/v2/sandboxes", key: "-", header: key, body: mustJSON(map[string]any{"templateID": "code-interpreter-v1"})}, checkNone)
+	var sb struct {
+		SandboxID       string `json:"sandboxID"`
+		EnvdAccessToken string `json:"envdAccessToken"`
+	}
+	if err := json.Unmarshal(r.body, &sb); err != nil || r.status != 201 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	envd := map[string]string{"E2b-Sandbox-Id": sb.SandboxID, "E2b-Sandbox-Port": "49983", "X-Access-Token": sb.EnvdAccessToken}
+	jupyter := map[string]string{"E2b-Sandbox-Id": sb.SandboxID, "E2b-Sandbox-Port": "49999", "X-Access-Token": sb.EnvdAccessToken}
+	doAt(t, hs.URL, call{method: "POST", path: "/e2b/sandbox/execute", key: "-", header: jupyter, body: mustJSON(map[string]any{"code": "6*7"})}, checkNone)
+	doAt(t, hs.URL, call{method: "POST", path: "/e2b/sandbox/files?path=/home/user/a.txt", key: "-", header: envd, body: []byte("hi"), contentType: "application/octet-stream"}, checkNone)
+	doAt(t, hs.URL, call{method: "GET", path: "/e2b/sandbox/files?path=/home/user/a.txt", key: "-", header: envd}, checkNone)
+	doAt(t, hs.URL, call{method: "DELETE", path: "/e2b/api/sandboxes/" + sb.SandboxID, key: "-", header: key}, checkNone)
+	for _, tc := range []struct {
+		typ   string
+		check func(e api.AuditEvent) bool
+	}{
+		{audit.TypeSessionCreate, func(e api.AuditEvent) bool { return e.Tier == "nano" }},
+		{audit.TypeRun, func(e api.AuditEvent) bool { return e.Details["code_sha256"] == sha("6*7") }},
+		{audit.TypeFileUpload, func(e api.AuditEvent) bool {
+			return e.Details["path"] == "/home/user/a.txt" && e.Details["sha256"] == sha("hi")
+		}},
+		{audit.TypeFileDownload, func(e api.AuditEvent) bool { return e.Details["path"] == "/home/user/a.txt" }},
+		{audit.TypeSessionClose, func(e api.AuditEvent) bool { return true }},
+	} {
+		t.Run(tc.typ, func(t *testing.T) {
+			page, err := l.Search(ctx, audit.Query{Type: tc.typ, Session: sb.SandboxID})
+			if err != nil || len(page.Events) != 1 {
+				t.Fatalf("%v: %+v", err, page)
+			}
+			e := page.Events[0]
+			if e.Actor != TenantID(testKey) || e.Details["source"] != "e2b" || !tc.check(e) {
+				t.Fatalf("%+v", e)
+			}
+		})
+	}
 }

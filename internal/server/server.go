@@ -130,7 +130,11 @@ func New(sb Sandboxes, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: metrics: %w", err)
 		}
 	}
-	s.e2b = e2b.New(e2b.FromDispatch(sb), e2b.Config{Authenticate: s.e2bTenant, Logger: log})
+	var e2bSandboxes = e2b.FromDispatch(sb)
+	if cfg.Audit != nil {
+		e2bSandboxes = auditedE2B{e2bSandboxes, s}
+	}
+	s.e2b = e2b.New(e2bSandboxes, e2b.Config{Authenticate: s.e2bTenant, Logger: log})
 	s.handler = s.routes()
 	s.base, s.cancelBase = context.WithCancelCause(context.Background())
 	s.http = &http.Server{
