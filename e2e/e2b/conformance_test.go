@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -181,6 +182,50 @@ func BenchmarkCreateRunKill(b *testing.B) {
 			}
 		})
 	}
+	// The same three E2B requests the JS SDK sends, from Go: the E2B layer's own cost, without the
+	// JS SDK's client-side work.
+	b.Run("e2b-http-go", func(b *testing.B) {
+		post := func(path string, hdr map[string]string, body string) (*http.Response, error) {
+			req, _ := http.NewRequest("POST", server+path, strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			for k, v := range hdr {
+				req.Header.Set(k, v)
+			}
+			return http.DefaultClient.Do(req)
+		}
+		for b.Loop() {
+			var ds []time.Duration
+			for range n {
+				start := time.Now()
+				resp, err := post("/e2b/api/v2/sandboxes", map[string]string{"X-API-KEY": key}, `{"templateID":"code-interpreter-v1"}`)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var sb struct{ SandboxID, EnvdAccessToken string }
+				json.NewDecoder(resp.Body).Decode(&sb)
+				resp.Body.Close()
+				resp, err = post("/e2b/sandbox/execute", map[string]string{"E2b-Sandbox-Id": sb.SandboxID, "E2b-Sandbox-Port": "49999", "X-Access-Token": sb.EnvdAccessToken}, `{"code":"1+1"}`)
+				if err != nil {
+					b.Fatal(err)
+				}
+				out, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if !strings.Contains(string(out), `"text":"2"`) {
+					b.Fatalf("execute: %s", out)
+				}
+				req, _ := http.NewRequest("DELETE", server+"/e2b/api/sandboxes/"+sb.SandboxID, nil)
+				req.Header.Set("X-API-KEY", key)
+				resp, err = http.DefaultClient.Do(req)
+				if err != nil || resp.StatusCode != http.StatusNoContent {
+					b.Fatalf("kill: %v %v", err, resp)
+				}
+				resp.Body.Close()
+				ds = append(ds, time.Since(start))
+			}
+			slices.Sort(ds)
+			b.ReportMetric(float64(ds[n/2].Microseconds())/1000, "median-ms")
+		}
+	})
 	b.Run("agentbox-go", func(b *testing.B) {
 		c, err := agentbox.New(server, agentbox.WithAPIKey(key))
 		if err != nil {
