@@ -21,6 +21,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
+	"github.com/entersandbox/agentbox/internal/console"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/e2b"
 	"github.com/entersandbox/agentbox/internal/errdefs"
@@ -236,6 +237,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/sessions/{id}/files", s.listFiles)
 	mux.HandleFunc("PUT /v1/sessions/{id}/files/{path...}", s.putFile)
 	mux.HandleFunc("GET /v1/sessions/{id}/files/{path...}", s.getFile)
+	s.stepRoutes(mux)
 	mux.HandleFunc("POST /v1/mcp/servers", s.registerMCPServer)
 	mux.HandleFunc("GET /v1/mcp/servers", s.listMCPServers)
 	mux.HandleFunc("GET /v1/mcp/servers/{name}", s.getMCPServer)
@@ -247,6 +249,13 @@ func (s *Server) routes() http.Handler {
 	if s.cfg.MCP != nil {
 		mux.Handle("/mcp", s.keys.scopeMCP(s.cfg.MCP))
 	}
+	// The web console is a client of this API, called in-process with the browser's key.
+	ui, err := console.New(console.Config{API: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }), Logger: s.log})
+	if err != nil {
+		panic(err) // the embedded templates do not parse: a build defect, caught by every test
+	}
+	mux.Handle("/ui", ui)
+	mux.Handle("/ui/", ui)
 	mux.Handle("/e2b/", s.e2b)
 	mux.Handle("/files", s.e2b) // the E2B SDK's signed file URLs drop E2B_SANDBOX_URL's path
 
@@ -293,7 +302,8 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			next.ServeHTTP(rec, r)
 			return
 		}
-		if r.URL.Path != "/healthz" && !ok {
+		// The console's pages carry no data and its fragments forward the key to this API.
+		if r.URL.Path != "/healthz" && !ok && !console.IsConsolePath(r.URL.Path) {
 			s.recordAuthFailure(r, "missing or wrong API key")
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="agentbox"`)
 			s.fail(rec, r, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: send Authorization: Bearer <key>")))
