@@ -47,6 +47,7 @@ type sandbox struct {
 	deadline time.Time               // guarded by mu
 	timer    *time.Timer             // kills the sandbox at deadline; guarded by mu
 	contexts map[string]*codeContext // the contexts beyond the default one; guarded by mu
+	tags     map[string]int          // process tags given at Start, to pids; guarded by mu
 	killed   bool                    // guarded by mu
 }
 
@@ -191,18 +192,14 @@ func (h *Handler) newSandbox(ctx context.Context, body createBody) (*sandbox, er
 	if err != nil {
 		return nil, err
 	}
-	sess, err := h.sb.NewSession(ctx, h.sessionRequest(tier))
+	sess, err := h.sb.NewSession(ctx, h.sessionRequest(tier, body.EnvVars))
 	if err != nil {
 		return nil, err
 	}
 	b := &sandbox{id: sess.ID(), template: body.TemplateID, token: newToken("ea_", 16), tenant: dispatch.TenantOf(ctx),
-		started: time.Now(), metadata: body.Metadata, envs: body.EnvVars, sess: sess, contexts: map[string]*codeContext{}}
+		started: time.Now(), metadata: body.Metadata, envs: body.EnvVars, sess: sess, contexts: map[string]*codeContext{}, tags: map[string]int{}}
 	if b.metadata == nil {
 		b.metadata = map[string]string{}
-	}
-	if err := applyEnv(ctx, sess, b.envs, ""); err != nil {
-		sess.Close()
-		return nil, err
 	}
 	b.deadline = b.started.Add(life)
 	b.timer = time.AfterFunc(life, func() { h.expire(b) })
@@ -212,11 +209,14 @@ func (h *Handler) newSandbox(ctx context.Context, body createBody) (*sandbox, er
 	return b, nil
 }
 
-// sessionRequest is the session of a sandbox or context: its idle TTL is the longest lifetime, so
-// that the sandbox's own deadline, which a timeout call moves, is what ends it.
-func (h *Handler) sessionRequest(tier api.Tier) api.SessionRequest {
-	return api.SessionRequest{Tier: tier, TTLSeconds: int(min(h.cfg.MaxTimeout, 24*time.Hour) / time.Second)}
+// sessionRequest is the session of a sandbox or context: the sandbox's envs are its environment
+// (of its cells and its commands), and its idle TTL is the longest lifetime, so that the sandbox's
+// own deadline, which a timeout call moves, is what ends it.
+func (h *Handler) sessionRequest(tier api.Tier, envs map[string]string) api.SessionRequest {
+	return api.SessionRequest{Tier: tier, TTLSeconds: h.ttl(), Env: envs}
 }
+
+func (h *Handler) ttl() int { return int(min(h.cfg.MaxTimeout, 24*time.Hour) / time.Second) }
 
 func validEnvName(k string) bool {
 	if k == "" {

@@ -62,6 +62,18 @@ type Session interface {
 	ReadFile(ctx context.Context, p string, max int64) ([]byte, error)
 	ListFiles(ctx context.Context, dir string) ([]api.FileInfo, error)
 	Close()
+
+	// Shell commands (heavy; a tier-auto session moves there for its first one).
+	Command(ctx context.Context, req api.CommandRequest, out dispatch.Output) (*api.Command, error)
+	Commands(ctx context.Context) ([]api.Command, error)
+	CommandInput(ctx context.Context, pid int, in api.CommandInput) error
+	CommandSignal(ctx context.Context, pid int, sig string) error
+	CommandFollow(ctx context.Context, pid int, fn func(stdout, stderr string)) (*api.Command, error)
+
+	// Time travel: E2B's fork and snapshots.
+	Steps() api.StepList
+	Fork(ctx context.Context, req api.ForkRequest) (Session, error)
+	Pin(n int, pin bool) error
 }
 
 // Sandboxes starts and finds sessions for the tenant the context acts for (dispatch.TenantOf).
@@ -86,7 +98,7 @@ func (a dispatchSandboxes) NewSession(ctx context.Context, req api.SessionReques
 	if err != nil {
 		return nil, err // not a typed nil in the interface
 	}
-	return s, nil
+	return dispatchSession{s}, nil
 }
 
 func (a dispatchSandboxes) Session(ctx context.Context, id string) (Session, error) {
@@ -94,7 +106,18 @@ func (a dispatchSandboxes) Session(ctx context.Context, id string) (Session, err
 	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	return dispatchSession{s}, nil
+}
+
+// dispatchSession is a *dispatch.Session whose forks are Sessions too.
+type dispatchSession struct{ *dispatch.Session }
+
+func (s dispatchSession) Fork(ctx context.Context, req api.ForkRequest) (Session, error) {
+	f, err := s.Session.Fork(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return dispatchSession{f}, nil
 }
 
 // Config configures a Handler. Zero values are the defaults given per field.

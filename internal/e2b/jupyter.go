@@ -98,12 +98,12 @@ func (h *Handler) createContext(w http.ResponseWriter, r *http.Request) {
 	if b.sess.Info().Tier == api.TierHeavy {
 		tier = api.TierHeavy // a child of a sandbox that moved starts where its parent is
 	}
-	sess, err := h.sb.NewSession(r.Context(), h.sessionRequest(tier))
+	sess, err := h.sb.NewSession(r.Context(), h.sessionRequest(tier, b.envs))
 	if err != nil {
 		h.fail(w, err)
 		return
 	}
-	if err := applyEnv(r.Context(), sess, b.envs, cwd); err != nil {
+	if err := chdir(r.Context(), sess, cwd); err != nil {
 		sess.Close()
 		h.fail(w, err)
 		return
@@ -213,24 +213,11 @@ func pyString(s string) string {
 	return string(b)
 }
 
-// applyEnv sets a session's environment variables (and working directory, when cwd is set) inside
-// its interpreter, where os.environ and the programs it starts see them.
-func applyEnv(ctx context.Context, sess Session, envs map[string]string, cwd string) error {
-	if len(envs) == 0 && cwd == "" {
-		return nil
-	}
-	var code strings.Builder
-	code.WriteString("import os as _os\n")
-	if len(envs) > 0 {
-		j, _ := json.Marshal(envs)
-		fmt.Fprintf(&code, "_os.environ.update(__import__('json').loads(%s))\n", pyString(string(j)))
-	}
-	if cwd != "" {
-		fmt.Fprintf(&code, "_os.makedirs(%[1]s, exist_ok=True)\n_os.chdir(%[1]s)\n", pyString(cwd))
-	}
-	code.WriteString("del _os\n")
-	if err := runQuiet(ctx, sess, code.String()); err != nil {
-		return fmt.Errorf("e2b: setting the environment: %w", err)
+// chdir makes cwd (created if missing) the working directory of a context's interpreter.
+func chdir(ctx context.Context, sess Session, cwd string) error {
+	code := fmt.Sprintf("import os as _os\n_os.makedirs(%[1]s, exist_ok=True)\n_os.chdir(%[1]s)\ndel _os\n", pyString(cwd))
+	if err := runQuiet(ctx, sess, code); err != nil {
+		return fmt.Errorf("e2b: entering the context's cwd: %w", err)
 	}
 	return nil
 }
