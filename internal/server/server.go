@@ -131,7 +131,11 @@ func New(sb Sandboxes, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: metrics: %w", err)
 		}
 	}
-	s.e2b = e2b.New(e2b.FromDispatch(sb), e2b.Config{Authenticate: s.e2bTenant, Logger: log})
+	var e2bSandboxes = e2b.FromDispatch(sb)
+	if cfg.Audit != nil {
+		e2bSandboxes = auditedE2B{e2bSandboxes, s}
+	}
+	s.e2b = e2b.New(e2bSandboxes, e2b.Config{Authenticate: s.e2bTenant, Logger: log})
 	s.handler = s.routes()
 	s.base, s.cancelBase = context.WithCancelCause(context.Background())
 	s.http = &http.Server{
@@ -413,6 +417,13 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 }
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Flush passes through: connect-rpc's streams (the E2B surface) need the writer to be an
+// http.Flusher itself, not only reachable by Unwrap.
+func (r *statusRecorder) Flush() {
+	r.written = true
+	http.NewResponseController(r.ResponseWriter).Flush()
+}
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	st := s.sb.Stats()
