@@ -20,7 +20,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -336,18 +335,4 @@ func filePath(prefix, p string) string {
 		parts[i] = url.PathEscape(s)
 	}
 	return prefix + "/" + strings.Join(parts, "/")
-}
-
-// isLoopbackHost reports whether a Host header names loopback.
-func isLoopbackHost(hostport string) bool {
-	host := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		host = h
-	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

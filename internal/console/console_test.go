@@ -323,9 +323,10 @@ func TestUploadWritesTheFileIntoTheSession(t *testing.T) {
 	fw.Write([]byte("a,b\n"))
 	mw.Close()
 	status, hdr, body := h.do(req{method: "POST", path: "/ui/f/sessions/sess_nano1/upload", body: buf.String(), ctype: mw.FormDataContentType()})
-	if status != 200 || hdr.Get("HX-Trigger") != "session-changed" {
+	if status != 200 || hdr.Get("HX-Trigger") != "steps-changed" {
 		t.Fatalf("status %d: %s", status, body)
 	}
+	mustContain(t, body, `id="files"`, `hx-get="/ui/f/sessions/sess_nano1/files?dir=%2Fdata"`)
 	if got := h.api.called("PUT "); len(got) != 1 || got[0] != "PUT /v1/sessions/sess_nano1/files/data/input.csv a,b" {
 		t.Errorf("PUT calls %q", got)
 	}

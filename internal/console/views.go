@@ -306,12 +306,6 @@ func stepQuery(r *http.Request) (int, bool, error) {
 	return n, true, nil
 }
 
-// fileEntry is one row of the file tree.
-type fileEntry struct {
-	api.FileInfo
-	Depth int
-}
-
 func (c *Console) fileTree(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	step, atStep, err := stepQuery(r)
@@ -468,7 +462,8 @@ func (c *Console) upload(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	w.Header().Set("HX-Trigger", "session-changed")
+	// Only the timeline refreshes: the answer is the file tree already (of dir, not of the root).
+	w.Header().Set("HX-Trigger", "steps-changed")
 	r.URL.RawQuery = url.Values{"dir": {dir}}.Encode()
 	c.fileTree(w, r)
 }

@@ -18,16 +18,22 @@ const CELLS = [
   "1 / 0",
 ];
 
-// watch fails the test on any console error or uncaught exception of the page.
+// watch collects the page's console errors and uncaught exceptions (the tests fail on any). One message
+// is Playwright's own: it injects a script into every frame, and Chromium reports that it could not run
+// in a sandboxed guest-HTML frame (a bare <iframe sandbox srcdoc> in an empty page logs the same).
+const playwrightInjection = /^Blocked script execution in 'about:srcdoc' because the document's frame is sandboxed and the 'allow-scripts' permission is not set\.$/;
 function watch(page) {
   const errors = [];
-  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  page.on("console", (m) => { if (m.type() === "error" && !playwrightInjection.test(m.text())) errors.push(m.text()); });
   page.on("pageerror", (e) => errors.push(String(e)));
   return errors;
 }
 
+// useKey stores the key in the tab's sessionStorage, as the key dialog does (an init script would also
+// run in the sandboxed output frames, which may not touch storage or run scripts).
 async function useKey(page, key) {
-  await page.addInitScript((k) => sessionStorage.setItem("agentbox.key", k), key);
+  await page.goto("/healthz");
+  await page.evaluate((k) => sessionStorage.setItem("agentbox.key", k), key);
 }
 
 async function newSession(request) {
@@ -82,8 +88,11 @@ test("timeline, inspector, chart, file, shell at a step, rewind", async ({ page,
   await expect(vars.locator("tr", { hasText: "rows" })).toContainText("list");
   await expect(inspector.locator("pre.stdout")).toContainText("total 30");
 
-  // A file at step 2, in the viewer.
-  await inspector.getByRole("link", { name: "/home/user/squares.csv" }).click();
+  // The file step 2 wrote, opened from the file tree.
+  const files = page.locator("#files");
+  await files.getByRole("link", { name: "home/", exact: true }).click();
+  await files.getByRole("link", { name: "user/", exact: true }).click();
+  await files.getByRole("link", { name: "/home/user/squares.csv", exact: true }).click();
   await expect(page.locator(".file-view table.csv")).toContainText("sq");
   await expect(page.locator(".file-view table.csv tr")).toHaveCount(6);
 
@@ -157,7 +166,7 @@ test("run panel streams output and renders the result; upload", async ({ page, r
   // Upload a file and open it.
   await page.locator('input[type="file"]').setInputFiles({ name: "hello.txt", mimeType: "text/plain", buffer: Buffer.from("hi from the browser") });
   await page.locator("form.upload button").click();
-  await page.locator("#files").getByRole("link", { name: "/home/user/hello.txt" }).click();
+  await page.locator("#files").getByRole("link", { name: "/home/user/hello.txt", exact: true }).click();
   await expect(page.locator(".file-view pre.file-text")).toHaveText("hi from the browser");
   expect(errors).toEqual([]);
 });
