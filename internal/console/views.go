@@ -54,28 +54,7 @@ func (c *Console) failStatus(w http.ResponseWriter, r *http.Request, status int,
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `<div class="error-box" role="alert" data-status="%d"><strong>%d %s</strong> %s</div>`, status, status,
-		http.StatusText(status), htmlEscape(msg))
-}
-
-func htmlEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch r {
-		case '<':
-			b.WriteString("&lt;")
-		case '>':
-			b.WriteString("&gt;")
-		case '&':
-			b.WriteString("&amp;")
-		case '"':
-			b.WriteString("&#34;")
-		case '\'':
-			b.WriteString("&#39;")
-		default:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
+		http.StatusText(status), template.HTMLEscapeString(msg))
 }
 
 // redirect sends htmx to another console page.
@@ -249,7 +228,7 @@ func (c *Console) runCell(w http.ResponseWriter, r *http.Request) {
 		case "result":
 			var res api.Result
 			if jerr := json.Unmarshal([]byte(data), &res); jerr != nil {
-				err = send("error", map[string]string{"html": "<div class=\"error-box\">undecodable result: " + htmlEscape(jerr.Error()) + "</div>"})
+				err = send("error", map[string]string{"html": "<div class=\"error-box\">undecodable result: " + template.HTMLEscapeString(jerr.Error()) + "</div>"})
 				break
 			}
 			var buf bytes.Buffer
@@ -260,7 +239,7 @@ func (c *Console) runCell(w http.ResponseWriter, r *http.Request) {
 		case "error":
 			var eb api.ErrorBody
 			json.Unmarshal([]byte(data), &eb)
-			err = send("error", map[string]string{"html": `<div class="error-box" role="alert"><strong>` + htmlEscape(eb.Error.Code) + `</strong> ` + htmlEscape(eb.Error.Message) + `</div>`})
+			err = send("error", map[string]string{"html": `<div class="error-box" role="alert"><strong>` + template.HTMLEscapeString(eb.Error.Code) + `</strong> ` + template.HTMLEscapeString(eb.Error.Message) + `</div>`})
 		}
 		if err != nil {
 			return // the browser went away: the deferred close stops the run
@@ -268,7 +247,8 @@ func (c *Console) runCell(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// pipeWriter is the ResponseWriter a streamed API answer is read from.
+// pipeWriter is the ResponseWriter a streamed API answer is read from. Only the API's goroutine writes
+// to it; header and status are read by the console after started is closed, which orders them.
 type pipeWriter struct {
 	header  http.Header
 	w       *io.PipeWriter
