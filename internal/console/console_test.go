@@ -518,3 +518,34 @@ func TestShellMessagesAreJSON(t *testing.T) {
 		t.Errorf("%s", b)
 	}
 }
+
+func TestShellSendsOnlyNewOutputOfARingBuffer(t *testing.T) {
+	long := strings.Repeat("x", 300)
+	for _, tc := range []struct{ name, prev, cur, want string }{
+		{"grown", "a\n", "a\nb\n", "b\n"},
+		{"unchanged", "a\n", "a\n", ""},
+		{"first read", "", "hello", "hello"},
+		{"buffer full, start moved", "0123456789", "3456789abc", "abc"},
+		{"long tail found again", "head" + long + "END", long[10:] + "END" + "new", "new"},
+		{"lost sight of the old output", "abc", "zzzz", "[older output dropped]\nzzzz"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := newOutput(tc.prev, tc.cur); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestShellSaysWhatTheServerLacks(t *testing.T) {
+	h := newHarness(t)
+	h.api.noTimeTravel = true
+	c, err := dialShell(t, h, "/ui/ws/sessions/sess_nano1/shell", h.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(websocket.StatusNormalClosure, "")
+	send(t, c, shellMsg{Type: "auth", Key: testKey})
+	msgs := readUntil(t, c, "error")
+	mustContain(t, msgs[len(msgs)-1].Data, "this server has no time travel")
+}
