@@ -14,6 +14,9 @@ const key = "sk-console-e2e-0123456789abcdef";
 const state = process.env.AGENTBOX_UI_STATE;
 const keyFile = path.join(state, "keys");
 fs.writeFileSync(keyFile, key + " admin audit\n", { mode: 0o600 });
+// The heavy tier (gVisor) is on only for AGENTBOX_INTEGRATION=1, as for the Go integration tests; the
+// server then fails to start, loudly, when runsc or the rootfs is missing.
+const heavy = process.env.AGENTBOX_INTEGRATION === "1" ? "on" : "off";
 const bin = process.env.AGENTBOX_BIN || path.join(__dirname, "..", "bin", "agentbox");
 
 process.env.AGENTBOX_UI_KEY = key;
@@ -36,10 +39,10 @@ module.exports = defineConfig({
     trace: "retain-on-failure",
   },
   webServer: {
-    command: `"${bin}" serve --addr 127.0.0.1:${port} --api-key-file "${keyFile}" --state-dir "${path.join(state, "state")}" --heavy off`,
+    command: `"${bin}" serve --addr 127.0.0.1:${port} --api-key-file "${keyFile}" --state-dir "${path.join(state, "state")}" --heavy ${heavy} --heavy-pool 1`,
     url: `http://127.0.0.1:${port}/healthz`,
     reuseExistingServer: false,
-    timeout: 60_000,
+    timeout: 180_000,
     stdout: "ignore",
     stderr: process.env.AGENTBOX_UI_DEBUG ? "pipe" : "ignore",
   },
