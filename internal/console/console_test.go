@@ -212,6 +212,20 @@ func TestTimelineShowsStepsBranchesOutcomesAndHighlightedCode(t *testing.T) {
 	mustNotContain(t, body, "print('<b>')")
 }
 
+func TestTimelineMarksTierMoves(t *testing.T) {
+	rows := lanes(api.StepList{Current: 3, Steps: []api.Step{{N: 0, Parent: -1, Tier: api.TierNano}, {N: 1, Parent: 0, Tier: api.TierNano},
+		{N: 2, Parent: 1, Tier: api.TierHeavy}, {N: 3, Parent: 2, Tier: api.TierHeavy}}})
+	for _, r := range rows {
+		want := api.Tier("")
+		if r.N == 2 {
+			want = api.TierNano
+		}
+		if r.MovedFrom != want {
+			t.Errorf("step %d moved from %q, want %q", r.N, r.MovedFrom, want)
+		}
+	}
+}
+
 func TestTimelineSaysSoWithoutTimeTravel(t *testing.T) {
 	h := newHarness(t)
 	h.api.noTimeTravel = true

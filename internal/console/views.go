@@ -474,6 +474,9 @@ type timelineRow struct {
 	api.Step
 	Lane    int  // 0 is the line the session is on; abandoned branches get lanes of their own
 	Current bool // the step the session's state is at
+	// MovedFrom is the tier of the step's parent when it ran on another (a move nano → heavy, or a
+	// rewind back to a nano step).
+	MovedFrom api.Tier
 }
 
 // errNoTimeTravel is an API without the steps routes (404 with "no route"): the views say so.
@@ -512,7 +515,11 @@ func lanes(list api.StepList) []timelineRow {
 			}
 		}
 		lane[s.N], tip[l] = l, s.N
-		rows = append(rows, timelineRow{Step: s, Lane: l, Current: s.N == list.Current})
+		row := timelineRow{Step: s, Lane: l, Current: s.N == list.Current}
+		if p, ok := byN[s.Parent]; ok && p.Tier != s.Tier && p.Tier != "" && s.Tier != "" {
+			row.MovedFrom = p.Tier
+		}
+		rows = append(rows, row)
 	}
 	return rows
 }
