@@ -20,6 +20,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/limits"
 )
 
@@ -452,7 +453,7 @@ func (c *Console) upload(w http.ResponseWriter, r *http.Request) {
 func (c *Console) network(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	data := map[string]any{"ID": id}
-	for _, k := range []struct{ key, typ string }{{"Requests", "egress.request"}, {"DLP", "egress.dlp"}} {
+	for _, k := range []struct{ key, typ string }{{"Requests", audit.TypeEgressRequest}, {"DLP", audit.TypeEgressDLP}} {
 		var list api.AuditEventList
 		err := c.getJSON(r, "/v1/audit/events", url.Values{"session": {id}, "type": {k.typ}, "limit": {"200"}}, &list)
 		var ae *apiError
@@ -636,7 +637,7 @@ func (c *Console) auditSearch(w http.ResponseWriter, r *http.Request) {
 		var ae *apiError
 		if name == "audit" && errors.As(err, &ae) && ae.status != http.StatusUnauthorized {
 			// The page still renders (its form), with the API's reason in place of results.
-			c.render(w, r, http.StatusOK, name, map[string]any{"Form": form, "Unavailable": ae.message, "Types": auditTypes})
+			c.render(w, r, http.StatusOK, name, map[string]any{"Form": form, "Unavailable": ae.message, "Types": auditTypes, "Verdicts": auditVerdicts})
 			return
 		}
 		c.fail(w, r, err)
@@ -651,11 +652,14 @@ func (c *Console) auditSearch(w http.ResponseWriter, r *http.Request) {
 		nq.Set("cursor", list.NextCursor)
 		next = nq.Encode()
 	}
-	c.render(w, r, http.StatusOK, name, map[string]any{"Form": form, "Events": list.Events, "Next": next, "Types": auditTypes})
+	c.render(w, r, http.StatusOK, name, map[string]any{"Form": form, "Events": list.Events, "Next": next, "Types": auditTypes, "Verdicts": auditVerdicts})
 }
 
-var auditTypes = []string{"run", "session.create", "session.move", "session.close", "session.expire", "file.upload", "file.download",
-	"package.install", "auth.failure", "server.start", "server.stop", "policy.change", "egress.request", "egress.dlp", "mcp.call", "audit.retention"}
+// auditTypes and auditVerdicts fill the search form's menus.
+var (
+	auditTypes    = audit.Types
+	auditVerdicts = audit.Verdicts
+)
 
 func (c *Console) auditReport(w http.ResponseWriter, r *http.Request) {
 	period := r.URL.Query().Get("period")
