@@ -147,7 +147,7 @@ func TestSessionListFiltersAndSearches(t *testing.T) {
 		query      string
 		want, miss []string
 	}{
-		{"", []string{"sess_nano1", "sess_heavy2", `href="/ui/s/sess_nano1"`}, nil},
+		{"", []string{"sess_nano1", "sess_heavy2", `href="/ui/s/sess_nano1"`, "<td>7</td>"}, nil},
 		{"?tier=heavy", []string{"sess_heavy2"}, []string{"sess_nano1"}},
 		{"?q=NANO1", []string{"sess_nano1"}, []string{"sess_heavy2"}},
 		{"?q=nothing-like-it", []string{"No session matches."}, []string{"sess_nano1"}},
