@@ -7,7 +7,12 @@ cd "$(dirname "$0")/.."
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-command -v go >/dev/null || { say "Go 1.26.8 or newer is required (https://go.dev/doc/install)"; exit 1; }
+# The toolchain is pinned (go.mod's toolchain line says the same): the Go module proxy serves it, and a
+# machine whose `go env GOTOOLCHAIN` is local would otherwise build with whatever Go it has, with the
+# standard library's fixed vulnerabilities unfixed (scripts/vulncheck.sh).
+export GOTOOLCHAIN=go1.27.3
+
+command -v go >/dev/null || { say "Go 1.26.8 or newer is required to fetch the pinned go1.27.3 (https://go.dev/doc/install)"; exit 1; }
 if [ "$(id -u)" != 0 ] && ! command -v clang-16 >/dev/null; then
   say "the first run installs Debian packages: run it as root (or with sudo)"
   exit 1

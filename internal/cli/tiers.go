@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
@@ -14,6 +16,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/netns"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
+	"github.com/entersandbox/agentbox/internal/snapstore"
 )
 
 // tierFlags pick and tune the tiers behind `serve` and `mcp`.
@@ -25,6 +28,14 @@ type tierFlags struct {
 	maxHeavy     *int
 	stateDir     *string
 	egress       *egressFlags
+	snapshots    snapshotFlags
+}
+
+// snapshotFlags configure time travel's snapshot store (docs/time-travel.md).
+type snapshotFlags struct {
+	dir                *string
+	dense, every       *int
+	sessionMB, totalMB *int64
 }
 
 // addTierFlags adds the tier flags; defaultState is --state-dir's default (empty: a private
@@ -38,7 +49,46 @@ func addTierFlags(fset *flag.FlagSet, defaultState string) *tierFlags {
 		rules:        fset.String("rules", "", "routing rules (TOML) for tier auto, over the shipped ones"),
 		maxHeavy:     fset.Int("max-heavy-sessions", 0, "sessions open on the heavy tier at once (default 16)"),
 		egress:       addEgressFlags(fset),
+		snapshots: snapshotFlags{
+			dir:       fset.String("snapshot-dir", "", "time travel's snapshot store (default: the state root's path with -snapshots appended, or a private temporary directory; \"off\": no snapshots); only sessions with pinned steps survive a restart"),
+			dense:     fset.Int("snapshot-dense", 0, "latest steps of a session whose snapshots are all kept (default 20)"),
+			every:     fset.Int("snapshot-every", 0, "of the older steps, keep those whose number is a multiple of this (default 10; negative: none)"),
+			sessionMB: fset.Int64("snapshot-session-mb", 0, "MiB (uncompressed) of snapshots one session may hold before its oldest unpinned steps are thinned (default 512; negative: no cap)"),
+			totalMB:   fset.Int64("snapshot-total-mb", 0, "MiB (uncompressed) of snapshots all sessions may hold (default 8192; negative: no cap)"),
+		},
 	}
+}
+
+// openSnapshots opens the snapshot store the flags name; nil when it is off. The returned func
+// removes a private temporary store.
+func (tf *tierFlags) openSnapshots(log *slog.Logger) (*snapstore.Store, func(), error) {
+	dir := *tf.snapshots.dir
+	cleanup := func() {}
+	switch {
+	case dir == "off":
+		return nil, cleanup, nil
+	case dir == "" && *tf.stateDir != "":
+		dir = filepath.Clean(*tf.stateDir) + "-snapshots"
+	case dir == "":
+		tmp, err := os.MkdirTemp("", "agentbox-snapshots-")
+		if err != nil {
+			return nil, nil, fmt.Errorf("snapshot store: %w", err)
+		}
+		dir, cleanup = tmp, func() { os.RemoveAll(tmp) }
+	}
+	mb := func(v int64) int64 {
+		if v > 0 {
+			return v << 20
+		}
+		return v
+	}
+	st, err := snapstore.Open(snapstore.Config{Dir: dir, Logger: log, Retention: snapstore.Retention{Dense: *tf.snapshots.dense,
+		Every: *tf.snapshots.every, SessionBytes: mb(*tf.snapshots.sessionMB), TotalBytes: mb(*tf.snapshots.totalMB)}})
+	if err != nil {
+		cleanup()
+		return nil, nil, usageError{fmt.Errorf("--snapshot-dir: %w", err)}
+	}
+	return st, cleanup, nil
 }
 
 // tiers are the running engines and the dispatcher over them.
@@ -48,6 +98,9 @@ type tiers struct {
 	heavy *heavy.Engine
 	net   *network                    // the governed network's data plane; nil without a ceiling
 	scan  func() (*dlp.Engine, error) // the DLP engine, compiled once when first needed
+	// snaps is the snapshot store (nil: time travel off), closed after the dispatcher.
+	snaps      *snapstore.Store
+	closeSnaps func()
 	// ceiling bounds every network policy, hosted MCP servers' too; nil: everything offline.
 	ceiling *netpolicy.Ceiling
 }
@@ -98,6 +151,15 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 	}
 	// A nil t.heavy is no heavy tier: dispatch treats a nil engine in the interface as none.
 	cfg.Rules, cfg.Logger, cfg.MaxHeavySessions, cfg.Heavy = rules, log, *tf.maxHeavy, t.heavy
+	if t.snaps, t.closeSnaps, err = tf.openSnapshots(log); err != nil {
+		if t.heavy != nil {
+			t.heavy.Close(context.Background())
+		}
+		t.nano.Close(context.Background())
+		t.net.close()
+		return nil, err
+	}
+	cfg.Snapshots = t.snaps
 	t.Dispatcher = dispatch.New(t.nano, cfg)
 	return t, nil
 }
@@ -121,6 +183,12 @@ func (t *tiers) close(ctx context.Context) error {
 		}
 	}
 	<-dispatched
+	if t.snaps != nil {
+		if cerr := t.snaps.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing the snapshot store: %w", cerr))
+		}
+		t.closeSnaps()
+	}
 	t.net.close()
 	return err
 }

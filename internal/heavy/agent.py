@@ -14,6 +14,14 @@
 #            {"id": n, "op": "list", "dir": str}
 #            {"id": n, "op": "collect", "dir": str, "max_file": n, "max_total": n}
 #            {"id": n, "op": "install", "dir": str, "packages": [str]}
+#            {"id": n, "op": "inspect", "reseed": bool, "state": bool}   (time travel: steps.go)
+#            {"id": n, "op": "env", "env": {str: str}}                 (added to os.environ)
+#            {"id": n, "op": "exec", "cmd": str, "args": [str], "shell": bool, "cwd": str, "env": {},
+#             "stdin": str, "timeout_ms": n, "background": bool, "max_output": n}
+#            {"id": n, "op": "cmd_read", "pid": n, "out_from": n, "err_from": n, "wait_ms": n}
+#            {"id": n, "op": "cmd_input", "pid": n, "data": str, "close": bool}
+#            {"id": n, "op": "cmd_signal", "pid": n, "signal": str}
+#            {"id": n, "op": "cmd_list"}
 # Answers:   {"id": n, "event": "stdout"|"stderr", "text": str}   (while a run is going)
 #            {"id": n, "event": "output", "output": {...}}          (a rich output, in order with those)
 #            {"id": n, "event": "data", "base64": str}             (a chunk of a read)
@@ -31,6 +39,7 @@ import os
 import select
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -278,6 +287,114 @@ def read(req):
         os.close(fd)
 
 
+# Time travel (internal/heavy/steps.go): before a step's checkpoint the host asks for a summary of the
+# state, after a restore for fresh entropy (a restored copy must not repeat its parent's numbers).
+INSPECT_VARS = 1000  # globals summarised, the first by name
+INSPECT_REPR = 200  # characters of a repr
+INSPECT_BUDGET = 2.0  # seconds for all reprs and sizes: they run the objects' own code
+INSPECT_DIRS = ("/home/user", "/tmp", "/data", "/output")  # the writable tmpfs dirs, in the image
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _type_name(t):
+    mod = getattr(t, "__module__", "") or ""
+    name = getattr(t, "__qualname__", None) or t.__name__
+    return name if mod == "builtins" else f"{mod.split('.')[0]}.{name}"
+
+
+def _size(v):
+    """An estimate of v's memory: numpy's and pandas' own counts, a container's items one level deep."""
+    nbytes = getattr(v, "nbytes", None)
+    if isinstance(nbytes, int) and type(v).__module__.startswith("numpy"):
+        return nbytes + sys.getsizeof(v)
+    usage = getattr(v, "memory_usage", None)
+    if callable(usage) and type(v).__module__.startswith("pandas"):
+        total = usage(index=True, deep=False)
+        return int(getattr(total, "sum", lambda: total)())
+    size = sys.getsizeof(v)
+    if isinstance(v, (list, tuple, set, frozenset)):
+        size += sum(sys.getsizeof(x) for _, x in zip(range(10000), v))
+    elif isinstance(v, dict):
+        size += sum(sys.getsizeof(k) + sys.getsizeof(x) for _, (k, x) in zip(range(10000), v.items()))
+    return size
+
+
+def _variables():
+    import reprlib
+    import types
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = INSPECT_REPR
+    short.maxlong = 60
+
+    def alarm(signum, frame):
+        raise _OutOfTime()
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, INSPECT_BUDGET)
+    out, late = [], False
+    try:
+        names = sorted(n for n in _main_globals if not (n.startswith("__") and n.endswith("__")))
+        for name in names[:INSPECT_VARS]:
+            v = _main_globals[name]
+            if isinstance(v, types.ModuleType):
+                kind = "module"
+            elif isinstance(v, type):
+                kind = "class"
+            elif isinstance(v, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+                kind = "function"
+            else:
+                kind = "value"
+            entry = {"name": name, "type": _type_name(type(v)), "kind": kind}
+            if late:
+                entry["repr"] = "<not inspected: out of time>"
+            else:
+                try:
+                    entry["repr"] = short.repr(v)[:INSPECT_REPR]
+                    if kind == "value":
+                        entry["size"] = _size(v)
+                except _OutOfTime:
+                    late, entry["repr"] = True, "<not inspected: out of time>"
+                except BaseException as e:  # noqa: BLE001 - the object's own code failed
+                    entry["repr"] = f"<repr failed: {type(e).__name__}>"
+            out.append(entry)
+    except _OutOfTime:
+        pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    return out
+
+
+def _file_tree():
+    """Every entry under the writable dirs (no links followed), at most MAX_ENTRIES."""
+    out = []
+    for root in INSPECT_DIRS:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in dirnames + sorted(filenames):
+                if len(out) >= MAX_ENTRIES:
+                    return out
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                out.append({"name": name, "path": p, "size": st.st_size, "is_dir": name in dirnames and not os.path.islink(p), "mtime": st.st_mtime})
+    return out
+
+
+def inspect(req):
+    if req.get("reseed"):
+        _reseed()
+    if not req.get("state"):
+        return {}
+    return {"variables": _variables(), "files": _file_tree(), "cwd": os.getcwd()}
+
+
 def handle(req):
     op = req.get("op")
     if op == "run":
@@ -348,7 +465,356 @@ def handle(req):
         if more:
             omitted.append(f"... and {more} more")
         return {"files": files, "omitted": omitted}
+    if op == "inspect":
+        return inspect(req)
+    if op == "env":
+        os.environ.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+        return {}
+    if op in _COMMAND_OPS:
+        return _COMMAND_OPS[op](req)
     raise ValueError(f"unknown op {op!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shell commands: children of the worker, each in a process group of its own (a timeout or kill stops
+# what it started too), within the sandbox's limits like everything else. One reactor thread reads
+# their output into per-stream buffers, writes their stdin and enforces their deadlines; requests
+# read those buffers. A foreground command's output is sent as events of the exec request and capped
+# at max_output per stream (past it the command is killed); a background command keeps the last
+# max_output bytes of each stream (a ring: older output is dropped and truncated set).
+
+MAX_COMMANDS = 64  # kept in the table; the oldest ended ones are forgotten first
+MAX_STDIN = 1 << 20  # stdin not yet taken by a command
+MAX_READ_TEXT = 256 << 10  # bytes of each stream per cmd_read answer: JSON may grow them 6-fold
+MAX_EVENT_TEXT = 64 << 10  # bytes per stdout/stderr event of a foreground command
+
+
+class NoSuchProcess(Exception):
+    pass
+
+
+class _Stream:
+    __slots__ = ("fd", "buf", "start")
+
+    def __init__(self, fd):
+        self.fd, self.buf, self.start = fd, bytearray(), 0  # start: offset of buf[0] in the stream
+
+    def end(self):
+        return self.start + len(self.buf)
+
+
+class _Command:
+    def __init__(self, proc, req, argv, fds, cap, ring, timeout):
+        self.proc, self.pid = proc, proc.pid
+        self.cmd, self.args = req.get("cmd"), list(req.get("args") or [])
+        self.started, self.ended = time.time(), None
+        self.deadline = time.monotonic() + timeout if timeout > 0 else None
+        self.cap, self.ring = cap, ring
+        self.stdin_fd = fds[0]
+        self.streams = {"stdout": _Stream(fds[1]), "stderr": _Stream(fds[2])}
+        self.pending, self.close_stdin = bytearray(), False
+        self.state, self.exit_code, self.signal = "running", 0, ""
+        self.truncated = self.timed_out = False
+
+
+_cmds = {}  # pid -> _Command; guarded by _cmd_cv, as every _Command field is
+_cmd_cv = threading.Condition()
+_wake_fds = []  # the reactor's self-pipe, once it runs
+
+
+def _wake():
+    try:
+        os.write(_wake_fds[1], b"x")
+    except (BlockingIOError, IndexError):
+        pass
+
+
+def _reactor_start():
+    if _wake_fds:
+        return
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    _wake_fds.extend((r, w))
+    try:
+        threading.Thread(target=_react, daemon=True).start()
+    except BaseException:  # at the process limit: the next command tries again
+        del _wake_fds[:]
+        os.close(r)
+        os.close(w)
+        raise
+
+
+def _react():
+    wake_r = _wake_fds[0]
+    while True:
+        with _cmd_cv:
+            reads, writes, owner, running = [wake_r], [], {}, False
+            for c in _cmds.values():
+                for name, s in c.streams.items():
+                    if s.fd >= 0:
+                        reads.append(s.fd)
+                        owner[s.fd] = (c, name)
+                if c.stdin_fd >= 0 and (c.pending or c.close_stdin):
+                    writes.append(c.stdin_fd)
+                    owner[c.stdin_fd] = (c, "stdin")
+                running = running or c.state == "running"
+        # Only this thread closes the commands' fds, so none of these is closed under select.
+        r, w, _ = select.select(reads, writes, [], 0.02 if running else None)
+        with _cmd_cv:
+            if wake_r in r:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            for fd in r:
+                if fd in owner:
+                    _read_stream(*owner[fd])
+            for fd in w:
+                _flush_stdin(owner[fd][0])
+            now = time.monotonic()
+            for c in _cmds.values():
+                if c.state == "running":
+                    _check(c, now)
+            _cmd_cv.notify_all()
+
+
+def _read_stream(c, name):
+    s = c.streams[name]
+    try:
+        data = os.read(s.fd, 65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        data = b""
+    if not data:
+        os.close(s.fd)
+        s.fd = -1
+        return False
+    if c.ring:
+        s.buf += data
+        if len(s.buf) > c.cap:
+            drop = len(s.buf) - c.cap
+            del s.buf[:drop]
+            s.start += drop
+            c.truncated = True
+    else:
+        room = c.cap - s.end()
+        if len(data) > room:
+            data = data[: max(room, 0)]
+            c.truncated = True
+            _signal_group(c, signal.SIGKILL)
+        s.buf += data
+    return True
+
+
+def _flush_stdin(c):
+    try:
+        if c.pending:
+            del c.pending[: os.write(c.stdin_fd, c.pending[: 1 << 16])]
+    except BlockingIOError:
+        return
+    except OSError:  # the command closed its stdin or ended: what is left is dropped
+        c.pending.clear()
+        c.close_stdin = True
+    if c.close_stdin and not c.pending:
+        os.close(c.stdin_fd)
+        c.stdin_fd = -1
+
+
+def _signal_group(c, sig):
+    try:
+        os.killpg(c.pid, sig)
+    except OSError:  # the group is gone already
+        pass
+
+
+def _check(c, now):
+    if c.deadline is not None and now > c.deadline and not c.timed_out:
+        c.timed_out = True
+        _signal_group(c, signal.SIGKILL)
+    rc = c.proc.poll()
+    if rc is None:
+        return
+    # What it wrote before it exited; a process it left behind may hold the pipes, so no waiting.
+    for name, s in c.streams.items():
+        while s.fd >= 0 and _read_stream(c, name):
+            pass
+        if s.fd >= 0:
+            os.close(s.fd)
+            s.fd = -1
+    if c.stdin_fd >= 0:
+        os.close(c.stdin_fd)
+        c.stdin_fd = -1
+    c.pending.clear()
+    c.ended = time.time()
+    if rc < 0:
+        c.exit_code = -1
+        try:
+            c.signal = signal.Signals(-rc).name
+        except ValueError:
+            c.signal = f"signal {-rc}"
+        c.state = "timed_out" if c.timed_out else "killed"
+    else:
+        c.exit_code, c.state = rc, "timed_out" if c.timed_out else "exited"
+
+
+def _utf8_end(buf, start, end):
+    """The end (at most end) of the last complete UTF-8 sequence in buf[start:end]."""
+    for i in range(1, min(4, end - start) + 1):
+        b = buf[end - i]
+        if b & 0xC0 == 0x80:
+            continue
+        need = 1 if b < 0x80 else 2 if b >> 5 == 6 else 3 if b >> 4 == 14 else 4 if b >> 3 == 30 else 1
+        return end if i >= need else end - i
+    return end
+
+
+def _text(c, name, frm, limit):
+    """Output of stream name from offset frm (or the oldest kept), at most limit bytes, cut at a
+    character boundary while the command runs. Returns text, its end offset, whether output before
+    it was dropped."""
+    s = c.streams[name]
+    start = max(frm, s.start)
+    dropped = start > frm
+    lo, hi = start - s.start, min(len(s.buf), start - s.start + limit)
+    if dropped:
+        while lo < hi and s.buf[lo] & 0xC0 == 0x80:  # the ring cut a character
+            lo += 1
+    if c.state == "running" or hi < len(s.buf):
+        hi = _utf8_end(s.buf, lo, hi)
+    return bytes(s.buf[lo:hi]).decode("utf-8", "replace"), s.start + hi, dropped
+
+
+def _describe(c):
+    end = c.ended if c.ended is not None else time.time()
+    return {"pid": c.pid, "cmd": c.cmd, "args": c.args, "state": c.state, "exit_code": c.exit_code, "signal": c.signal,
+            "truncated": c.truncated, "started": c.started, "duration_ms": (end - c.started) * 1000}
+
+
+def _command(req):
+    pid = req.get("pid")
+    c = _cmds.get(pid)
+    if c is None or not c.ring:
+        raise NoSuchProcess(f"no background command with pid {pid} in this session")
+    return c
+
+
+def _exec(req):
+    cmd, args = req.get("cmd"), req.get("args") or []
+    if not isinstance(cmd, str) or not cmd:
+        raise ValueError("cmd is empty")
+    argv = ["/bin/bash", "-c", cmd] if req.get("shell") else [cmd, *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTBOX_")}
+    env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+    background = bool(req.get("background"))
+    stdin = (req.get("stdin") or "").encode()
+    if len(stdin) > MAX_STDIN:
+        raise ValueError(f"stdin is {len(stdin)} bytes, more than the {MAX_STDIN} a command takes at once")
+    _reactor_start()
+    with _cmd_cv:
+        if background and sum(1 for c in _cmds.values() if c.ring) >= MAX_COMMANDS:
+            ended = [c for c in _cmds.values() if c.ring and c.state != "running"]
+            if not ended:
+                raise OSError(f"{MAX_COMMANDS} background commands are running already")
+            del _cmds[min(ended, key=lambda c: c.ended).pid]
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        proc = subprocess.Popen(argv, stdin=in_r, stdout=out_w, stderr=err_w, cwd=req.get("cwd") or "/home/user", env=env,
+                                start_new_session=True, close_fds=True)
+    except BaseException:
+        for fd in (in_w, out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+    for fd in (in_w, out_r, err_r):
+        os.set_blocking(fd, False)
+    c = _Command(proc, req, argv, (in_w, out_r, err_r), int(req["max_output"]), background, float(req.get("timeout_ms") or 0) / 1000)
+    c.pending += stdin
+    c.close_stdin = not background
+    with _cmd_cv:
+        _cmds[c.pid] = c
+    _wake()
+    if background:
+        return _describe(c)
+    rid, sent = _current_id[0], {"stdout": 0, "stderr": 0}
+    try:
+        while True:
+            with _cmd_cv:
+                while True:
+                    chunks = {n: _text(c, n, sent[n], MAX_EVENT_TEXT) for n in sent}
+                    done = c.state != "running"
+                    if done or any(ch[0] for ch in chunks.values()):
+                        break
+                    _cmd_cv.wait(1)
+            for name, (text, end, _) in chunks.items():
+                sent[name] = end
+                if text:
+                    send({"id": rid, "event": name, "text": text})
+            if done and all(sent[n] >= c.streams[n].end() for n in sent):
+                return _describe(c)
+    finally:
+        with _cmd_cv:
+            _cmds.pop(c.pid, None)
+
+
+def _cmd_read(req):
+    wait = max(0.0, min(float(req.get("wait_ms") or 0) / 1000, 10.0))
+    deadline = time.monotonic() + wait
+    with _cmd_cv:
+        c = _command(req)
+        frm = {"stdout": int(req.get("out_from") or 0), "stderr": int(req.get("err_from") or 0)}
+        while True:
+            chunks = {n: _text(c, n, frm[n], MAX_READ_TEXT) for n in frm}
+            left = deadline - time.monotonic()
+            if c.state != "running" or left <= 0 or any(ch[0] or ch[2] for ch in chunks.values()):
+                break
+            _cmd_cv.wait(left)
+        out = _describe(c)
+        out.update(stdout=chunks["stdout"][0], stderr=chunks["stderr"][0], out_end=chunks["stdout"][1], err_end=chunks["stderr"][1],
+                   dropped=chunks["stdout"][2] or chunks["stderr"][2],
+                   more=any(chunks[n][1] < c.streams[n].end() for n in frm))
+        return out
+
+
+def _cmd_input(req):
+    data = (req.get("data") or "").encode()
+    with _cmd_cv:
+        c = _command(req)
+        if c.state != "running":
+            raise ValueError(f"command {c.pid} has ended ({c.state})")
+        if c.stdin_fd < 0 or c.close_stdin:
+            raise ValueError(f"the standard input of command {c.pid} is closed")
+        if len(c.pending) + len(data) > MAX_STDIN:
+            raise ValueError(f"command {c.pid} has not read the {len(c.pending)} bytes sent before; more than {MAX_STDIN} would wait")
+        c.pending += data
+        c.close_stdin = bool(req.get("close"))
+    _wake()
+    return {}
+
+
+def _cmd_signal(req):
+    name = req.get("signal") or "SIGKILL"
+    sig = getattr(signal, name, None)
+    if not name.startswith("SIG") or not isinstance(sig, signal.Signals):
+        raise ValueError(f"unknown signal {name!r}")
+    with _cmd_cv:
+        c = _command(req)
+        if c.state == "running":
+            _signal_group(c, sig)
+        return _describe(c)
+
+
+def _cmd_list(req):
+    with _cmd_cv:
+        return {"commands": [_describe(c) for c in sorted(_cmds.values(), key=lambda c: c.started) if c.ring]}
+
+
+_COMMAND_OPS = {"exec": _exec, "cmd_read": _cmd_read, "cmd_input": _cmd_input, "cmd_signal": _cmd_signal, "cmd_list": _cmd_list}
 
 
 def worker_main(ctl_fd, res_fd):
@@ -483,6 +949,7 @@ def relay(w, head, body):
     buf = bytearray()
     scanned = 0  # bytes of buf known to hold no newline
     reported = PROCS_REPORT - 1
+    _reap(w)  # orphans that exited since the last request (a killed command's) hold process slots
     while True:
         try:
             r, wr, _ = select.select([w.res], [w.ctl] if pending else [], [], 0.02)

@@ -410,6 +410,11 @@ var (
 // runBounded runs cmd (runsc what), killing it after d: a runsc that hangs must not hold a request or
 // the engine.
 func runBounded(what string, cmd *exec.Cmd, d time.Duration) error {
+	return runBoundedCtx(context.Background(), what, cmd, d)
+}
+
+// runBoundedCtx is runBounded that also kills cmd when ctx ends.
+func runBoundedCtx(ctx context.Context, what string, cmd *exec.Cmd, d time.Duration) error {
 	cmd.WaitDelay = time.Second
 	if err := cmd.Start(); err != nil {
 		return err
@@ -425,6 +430,10 @@ func runBounded(what string, cmd *exec.Cmd, d time.Duration) error {
 		cmd.Process.Kill()
 		<-done
 		return fmt.Errorf("runsc %s: no answer within %v", what, d)
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("runsc %s: %w", what, context.Cause(ctx))
 	}
 }
 

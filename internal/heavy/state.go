@@ -23,6 +23,8 @@ import (
 //	runsc/     runsc's --root: container state, and the null network namespace it bind-mounts
 //	bundles/   one OCI bundle per sandbox, named after its container id
 //	golden*/   golden checkpoint images of the pool
+//	steps/     scratch images of time travel: a step's checkpoint until it is cut into blocks, a
+//	           restore's image while runsc reads it (steps.go)
 //	agent/     agent.py and outputs.py, bound read-only into every sandbox
 //	etc/       the sandboxes' /etc/hostname and /etc/resolv.conf (and CA bundle, when networked)
 //	netns/     the networked sandboxes' namespaces, pinned (bind mounts); their veths and the

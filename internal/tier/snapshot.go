@@ -23,7 +23,8 @@ var ErrCorrupt = errors.New("snapshot block is missing or corrupt")
 // data, compressed by the store. Safe for concurrent use.
 type Blocks interface {
 	// Put stores data (at most MaxBlock bytes; the store copies it) and returns its id; equal data
-	// returns the same id.
+	// returns the same id. An id names the same bytes for the store's life (ids are not reused for
+	// other data), so a tier may keep copies of blocks by id.
 	Put(data []byte) (BlockID, error)
 	// Get appends the block's bytes to dst and returns the result, verified against its hash;
 	// a missing or corrupt block returns an error wrapping ErrCorrupt.

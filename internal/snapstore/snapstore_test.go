@@ -1,0 +1,258 @@
+package snapstore
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/tier"
+)
+
+func open(t *testing.T, dir string, ret Retention) *Store {
+	t.Helper()
+	s, err := Open(Config{Dir: dir, Retention: ret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func page(seed byte) []byte {
+	b := bytes.Repeat([]byte{seed}, 4096)
+	b[0], b[4095] = seed^0x5a, byte(len(b))
+	return b
+}
+
+// save puts pages as one step's snapshot and commits it.
+func save(t *testing.T, s *Store, session string, n int, pages ...[]byte) *tier.Snapshot {
+	t.Helper()
+	tx := s.Begin()
+	snap := &tier.Snapshot{Tier: api.TierNano, State: []byte(fmt.Sprintf("state %d", n))}
+	for _, p := range pages {
+		id, err := tx.Put(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap.Blocks = append(snap.Blocks, id)
+	}
+	if err := tx.Commit(session, Record{Owner: "t", Step: api.Step{N: n}}, snap); err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+func TestPutGetDedupAndVerify(t *testing.T) {
+	s := open(t, t.TempDir(), Retention{})
+	a, err := s.Put(page(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := s.Put(page(1))
+	c, _ := s.Put(page(2))
+	if a != b || a == c || a == 0 {
+		t.Fatalf("ids %d %d %d: equal data must share an id, other data not", a, b, c)
+	}
+	for _, flushed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("flushed=%v", flushed), func(t *testing.T) {
+			if flushed {
+				s.Flush()
+			}
+			got, err := s.Get([]byte("pre"), c)
+			if err != nil || !bytes.Equal(got, append([]byte("pre"), page(2)...)) {
+				t.Fatalf("Get = %d bytes, %v", len(got), err)
+			}
+		})
+	}
+	if _, err := s.Get(nil, 999); !errors.Is(err, tier.ErrCorrupt) {
+		t.Fatalf("unknown block: %v, want ErrCorrupt", err)
+	}
+	if _, err := s.Put(make([]byte, tier.MaxBlock+1)); errdefs.ClassOf(err) != errdefs.InvalidArgument {
+		t.Fatalf("oversized block: %v", err)
+	}
+}
+
+func TestKeyedHashDiffersPerInstallation(t *testing.T) {
+	s1, s2 := open(t, t.TempDir(), Retention{}), open(t, t.TempDir(), Retention{})
+	if s1.sum(page(3)) == s2.sum(page(3)) {
+		t.Fatal("two installations hash a block alike: the key is not used")
+	}
+	st, err := os.Stat(filepath.Join(s1.dir, "key"))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v, want 0600", st.Mode(), err)
+	}
+}
+
+func TestCorruptSegmentByteIsDetected(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Retention{})
+	save(t, s, "ses_a", 1, page(7))
+	snap2 := save(t, s, "ses_a", 2, page(8))
+	s.Flush()
+	// Flip a byte inside step 1's block (the first record's payload).
+	f, err := os.OpenFile(s.segPath(1), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bb [1]byte
+	f.ReadAt(bb[:], headerSize+3)
+	bb[0] ^= 0xff
+	f.WriteAt(bb[:], headerSize+3)
+	f.Close()
+	snap1, _, err := s.Load("ses_a", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(nil, snap1.Blocks[0]); !errors.Is(err, tier.ErrCorrupt) {
+		t.Fatalf("corrupt block read: %v, want ErrCorrupt", err)
+	}
+	s.MarkCorrupt("ses_a", 1, "block failed its hash check")
+	if st, _ := s.State("ses_a", 1); st.State != api.SnapshotCorrupt {
+		t.Fatalf("step 1 state %q", st.State)
+	}
+	if _, _, err := s.Load("ses_a", 1); errdefs.ClassOf(err) != errdefs.Conflict {
+		t.Fatalf("loading a corrupt step: %v", err)
+	}
+	if got, err := s.Get(nil, snap2.Blocks[0]); err != nil || !bytes.Equal(got, page(8)) {
+		t.Fatalf("the other step broke: %v", err)
+	}
+}
+
+func TestWriteFailureMarksStepMissing(t *testing.T) {
+	s := open(t, t.TempDir(), Retention{})
+	s.writeHook = func([]byte) error { return fmt.Errorf("write: %w", syscall.ENOSPC) }
+	save(t, s, "ses_a", 1, page(9))
+	s.Flush()
+	st, _ := s.State("ses_a", 1)
+	if st.State != api.SnapshotMissing || st.Reason == "" {
+		t.Fatalf("state %+v, want missing with a reason", st)
+	}
+	s.writeHook = nil
+	save(t, s, "ses_a", 2, page(9)) // the same data stores once the disk has room
+	s.Flush()
+	if st, _ := s.State("ses_a", 2); st.State != api.SnapshotStored {
+		t.Fatalf("after the disk has room: %+v", st)
+	}
+}
+
+func TestRestartKeepsPinnedSessionsOnly(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Retention{})
+	save(t, s, "ses_keep", 0, page(1))
+	save(t, s, "ses_keep", 1, page(2), page(3))
+	save(t, s, "ses_drop", 0, page(4))
+	s.Flush()
+	if err := s.Pin("ses_keep", 1, true); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2 := open(t, dir, Retention{})
+	arch := s2.Archived()
+	if len(arch) != 1 || arch[0].Session != "ses_keep" || len(arch[0].Steps) != 1 || arch[0].Steps[0].Step.N != 1 {
+		t.Fatalf("archived %+v, want ses_keep step 1", arch)
+	}
+	snap, _, err := s2.Load("ses_keep", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range [][]byte{page(2), page(3)} {
+		if got, err := s2.Get(nil, snap.Blocks[i]); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("block %d after restart: %v", i, err)
+		}
+	}
+	if _, ok := s2.State("ses_drop", 0); ok {
+		t.Fatal("an unpinned session survived the restart")
+	}
+	if u := s2.Usage(); u.Blocks != 2 {
+		t.Fatalf("%d blocks after the sweep, want 2", u.Blocks)
+	}
+	// A fork of the archived step shares its blocks.
+	if err := s2.Copy("ses_keep", 1, "ses_fork", Record{Step: api.Step{N: 0}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRetentionThinsOldStepsKeepsPinnedAndCurrent(t *testing.T) {
+	s := open(t, t.TempDir(), Retention{Dense: 5, Every: 10, SessionBytes: -1, TotalBytes: -1})
+	for n := 0; n <= 30; n++ {
+		save(t, s, "ses_a", n, page(byte(n)))
+		if n == 3 {
+			s.Pin("ses_a", 3, true)
+		}
+		s.Retain("ses_a", 7)
+	}
+	s.Flush()
+	for n := 0; n <= 30; n++ {
+		st, _ := s.State("ses_a", n)
+		want := api.SnapshotThinned
+		if n >= 26 || n%10 == 0 || n == 3 || n == 7 {
+			want = api.SnapshotStored
+		}
+		if st.State != want {
+			t.Errorf("step %d: %s, want %s", n, st.State, want)
+		}
+	}
+}
+
+func TestBudgetsThinOldestUnpinned(t *testing.T) {
+	tests := []struct {
+		name string
+		ret  Retention
+	}{
+		{"session budget", Retention{Dense: 100, SessionBytes: 3 * 4096, TotalBytes: -1}},
+		{"server budget", Retention{Dense: 100, SessionBytes: -1, TotalBytes: 3 * 4096}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t, t.TempDir(), tc.ret)
+			for n := 0; n < 6; n++ {
+				save(t, s, "ses_a", n, page(byte(n)))
+				s.Retain("ses_a", n)
+			}
+			s.Flush()
+			if got := s.SessionBytes("ses_a"); got > 3*4096 {
+				t.Fatalf("session holds %d bytes, over its budget", got)
+			}
+			for n, want := range []string{api.SnapshotThinned, api.SnapshotThinned, api.SnapshotThinned, api.SnapshotStored, api.SnapshotStored, api.SnapshotStored} {
+				if st, _ := s.State("ses_a", n); st.State != want {
+					t.Errorf("step %d: %s, want %s", n, st.State, want)
+				}
+			}
+		})
+	}
+}
+
+func TestGCFreesBlocksAndSegments(t *testing.T) {
+	s, err := Open(Config{Dir: t.TempDir(), SegmentBytes: 8 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for n := 0; n < 8; n++ {
+		save(t, s, "ses_a", n, page(byte(n)), page(200)) // page(200) is shared by every step
+	}
+	s.Flush()
+	if u := s.Usage(); u.Blocks != 9 {
+		t.Fatalf("%d blocks, want 9 (8 own + 1 shared)", u.Blocks)
+	}
+	s.EndSession("ses_a", false)
+	s.Sweep()
+	if u := s.Usage(); u.Blocks != 0 || u.Segments > 1 {
+		t.Fatalf("after closing: %+v, want no blocks and at most the writer's segment", u)
+	}
+	// Orphans: a transaction that aborts frees what it put; a bare Put is swept.
+	tx := s.Begin()
+	tx.Put(page(50))
+	tx.Abort()
+	s.Put(page(51))
+	s.Sweep()
+	if u := s.Usage(); u.Blocks != 0 {
+		t.Fatalf("orphans left: %+v", u)
+	}
+}
