@@ -28,8 +28,10 @@ files=(
 for f in "${files[@]}"; do
   read -r pkg src name <<<"$f"
   cp "ui/node_modules/$pkg/$src" "$out/$name"
+  # The licence travels with the copy (the binary embeds both).
+  cp "ui/node_modules/$pkg/LICENSE" "$out/LICENSE.${pkg//\//_}"
   meta=$(node -e "const p=require('./ui/node_modules/$pkg/package.json'); console.log(p.name+' '+p.version+' '+p.license)")
-  echo "$name $meta" >> "$out/VERSIONS"
+  grep -q "^$name " "$out/VERSIONS" || echo "$name $meta" >> "$out/VERSIONS"
 done
 if (( check )); then
   diff -r "$out" "$dst" && echo "vendored console libraries match ui/package-lock.json"

@@ -20,7 +20,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -146,16 +145,16 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // custom-header CSRF guard, on top of the Origin and Fetch-Metadata checks.
 const consoleHeader = "X-Agentbox-Console"
 
-// checkRequest is the console's guard against cross-site requests and DNS rebinding, for the console
-// wherever it is mounted (the server adds its own checks in front):
+// checkRequest is the console's own guard against cross-site requests, wherever it is mounted (the
+// server checks cross-origin writes and, when keyless, the Host against DNS rebinding before this):
 //   - a request that changes state (any method but GET and HEAD) must carry consoleHeader and, when
 //     the browser sends them, Sec-Fetch-Site same-origin and an Origin naming the request's Host;
-//   - the shell's websocket (a GET a page of any origin can open) must come with an Origin naming the
-//     request's Host (coder/websocket checks it again) and, being read by a script, a same-origin
-//     Sec-Fetch-Site;
-//   - every request must be addressed to a Host the browser sees as the same name it connected to,
-//     which DNS rebinding cannot forge only together with a key check; that is why a keyless server
-//     (loopback only) also refuses non-loopback Hosts before the console sees the request.
+//   - the shell's websocket, a GET that a page of any origin could open, must come with an Origin
+//     naming the request's Host (coder/websocket checks it again) and, when sent, a same-origin
+//     Sec-Fetch-Site.
+//
+// A rebinding page passes an Origin check (its name is the Host it sends) but holds no key: the
+// browser keeps the key per origin.
 func checkRequest(r *http.Request) error {
 	ws := strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
@@ -336,18 +335,4 @@ func filePath(prefix, p string) string {
 		parts[i] = url.PathEscape(s)
 	}
 	return prefix + "/" + strings.Join(parts, "/")
-}
-
-// isLoopbackHost reports whether a Host header names loopback.
-func isLoopbackHost(hostport string) bool {
-	host := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		host = h
-	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

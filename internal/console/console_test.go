@@ -147,7 +147,7 @@ func TestSessionListFiltersAndSearches(t *testing.T) {
 		query      string
 		want, miss []string
 	}{
-		{"", []string{"sess_nano1", "sess_heavy2", `href="/ui/s/sess_nano1"`}, nil},
+		{"", []string{"sess_nano1", "sess_heavy2", `href="/ui/s/sess_nano1"`, "<td>7</td>"}, nil},
 		{"?tier=heavy", []string{"sess_heavy2"}, []string{"sess_nano1"}},
 		{"?q=NANO1", []string{"sess_nano1"}, []string{"sess_heavy2"}},
 		{"?q=nothing-like-it", []string{"No session matches."}, []string{"sess_nano1"}},
@@ -210,6 +210,20 @@ func TestTimelineShowsStepsBranchesOutcomesAndHighlightedCode(t *testing.T) {
 		"rewound to step 2", `<span class="kw">import</span>`, `<span class="bi">print</span>(<span class="str">&#39;&lt;b&gt;&#39;</span>)`,
 		`hx-get="/ui/f/sessions/sess_nano1/steps/2"`, `data-lane="1"`, "--lanes:2")
 	mustNotContain(t, body, "print('<b>')")
+}
+
+func TestTimelineMarksTierMoves(t *testing.T) {
+	rows := lanes(api.StepList{Current: 3, Steps: []api.Step{{N: 0, Parent: -1, Tier: api.TierNano}, {N: 1, Parent: 0, Tier: api.TierNano},
+		{N: 2, Parent: 1, Tier: api.TierHeavy}, {N: 3, Parent: 2, Tier: api.TierHeavy}}})
+	for _, r := range rows {
+		want := api.Tier("")
+		if r.N == 2 {
+			want = api.TierNano
+		}
+		if r.MovedFrom != want {
+			t.Errorf("step %d moved from %q, want %q", r.N, r.MovedFrom, want)
+		}
+	}
 }
 
 func TestTimelineSaysSoWithoutTimeTravel(t *testing.T) {
@@ -323,9 +337,10 @@ func TestUploadWritesTheFileIntoTheSession(t *testing.T) {
 	fw.Write([]byte("a,b\n"))
 	mw.Close()
 	status, hdr, body := h.do(req{method: "POST", path: "/ui/f/sessions/sess_nano1/upload", body: buf.String(), ctype: mw.FormDataContentType()})
-	if status != 200 || hdr.Get("HX-Trigger") != "session-changed" {
+	if status != 200 || hdr.Get("HX-Trigger") != "steps-changed" {
 		t.Fatalf("status %d: %s", status, body)
 	}
+	mustContain(t, body, `id="files"`, `hx-get="/ui/f/sessions/sess_nano1/files?dir=%2Fdata"`)
 	if got := h.api.called("PUT "); len(got) != 1 || got[0] != "PUT /v1/sessions/sess_nano1/files/data/input.csv a,b" {
 		t.Errorf("PUT calls %q", got)
 	}
@@ -516,4 +531,35 @@ func TestShellMessagesAreJSON(t *testing.T) {
 	if string(b) != `{"type":"line","data":"x"}` {
 		t.Errorf("%s", b)
 	}
+}
+
+func TestShellSendsOnlyNewOutputOfARingBuffer(t *testing.T) {
+	long := strings.Repeat("x", 300)
+	for _, tc := range []struct{ name, prev, cur, want string }{
+		{"grown", "a\n", "a\nb\n", "b\n"},
+		{"unchanged", "a\n", "a\n", ""},
+		{"first read", "", "hello", "hello"},
+		{"buffer full, start moved", "0123456789", "3456789abc", "abc"},
+		{"long tail found again", "head" + long + "END", long[10:] + "END" + "new", "new"},
+		{"lost sight of the old output", "abc", "zzzz", "[older output dropped]\nzzzz"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := newOutput(tc.prev, tc.cur); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestShellSaysWhatTheServerLacks(t *testing.T) {
+	h := newHarness(t)
+	h.api.noTimeTravel = true
+	c, err := dialShell(t, h, "/ui/ws/sessions/sess_nano1/shell", h.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(websocket.StatusNormalClosure, "")
+	send(t, c, shellMsg{Type: "auth", Key: testKey})
+	msgs := readUntil(t, c, "error")
+	mustContain(t, msgs[len(msgs)-1].Data, "this server has no time travel")
 }

@@ -40,7 +40,12 @@ func newFakeAPI() *fakeAPI {
 		return api.Session{ID: id, Tier: tier, Cells: cells, TTLSeconds: 600, CreatedAt: "2026-12-01T10:00:00Z", LastUsedAt: "2026-12-01T10:01:00Z"}
 	}
 	f.mux.HandleFunc("GET /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
-		j(w, 200, api.SessionList{Sessions: []api.Session{sess("sess_nano1", api.TierNano, 4), sess("sess_heavy2", api.TierHeavy, 1)}})
+		// steps and current_step, as a server with time travel adds them.
+		type withSteps struct {
+			api.Session
+			Steps int `json:"steps"`
+		}
+		j(w, 200, map[string]any{"sessions": []withSteps{{sess("sess_nano1", api.TierNano, 4), 7}, {sess("sess_heavy2", api.TierHeavy, 1), 2}}})
 	})
 	f.mux.HandleFunc("POST /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
 		j(w, 201, sess("sess_new", api.TierNano, 0))

@@ -40,7 +40,6 @@ var funcs = template.FuncMap{
 	"json":      jsonTree,
 	"add":       func(a, b int) int { return a + b },
 	"len64":     func(b []byte) int64 { return int64(len(b)) },
-	"words":     strings.Fields,
 	"marshal":   func(v any) json.RawMessage { b, _ := json.Marshal(v); return b },
 	"dict":      dict,
 }

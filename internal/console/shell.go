@@ -127,12 +127,12 @@ func (sh *shellSession) serve(ctx context.Context, id, stepParam string) error {
 	} else {
 		var list api.StepList
 		if err := sh.c.getJSON(req, sessionPath(id, "steps"), nil, &list); err != nil {
-			return shellAPIError("listing the steps", err)
+			return shellAPIError("listing the steps", err, noSteps)
 		}
 		step = list.Current
 	}
 	if err := sh.c.sendJSON(req, http.MethodPost, sessionPath(id, "fork"), api.ForkRequest{Step: step}, &sh.fork); err != nil {
-		return shellAPIError(fmt.Sprintf("forking step %d", step), err)
+		return shellAPIError(fmt.Sprintf("forking step %d", step), err, noSteps)
 	}
 	defer func() {
 		if sh.kept {
@@ -151,16 +151,22 @@ func (sh *shellSession) serve(ctx context.Context, id, stepParam string) error {
 	return sh.repl(ctx, step)
 }
 
-func shellAPIError(what string, err error) error {
+// shellAPIError says what failed; missing, for an API without the route, names what the server lacks.
+func shellAPIError(what string, err error, missing string) error {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		if noTimeTravel(err) {
-			return fmt.Errorf("%s: this server has no time travel (the steps and fork API), so there is no shell at a step", what)
+			return fmt.Errorf("%s: this server has no %s", what, missing)
 		}
 		return fmt.Errorf("%s: %s", what, ae.message)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
+
+const (
+	noSteps    = "time travel (the steps and fork API), so there is no shell at a step"
+	noCommands = "shell commands (POST /v1/sessions/{id}/commands), so a heavy session has no shell"
+)
 
 // handleKeep answers a keep message; it reports whether m was one.
 func (sh *shellSession) handleKeep(ctx context.Context, m shellMsg) (bool, error) {
@@ -235,7 +241,7 @@ func (sh *shellSession) repl(ctx context.Context, step int) error {
 func (sh *shellSession) runCell(ctx context.Context, code string) (string, error) {
 	var res api.Result
 	if err := sh.c.sendJSON(sh.request(ctx), http.MethodPost, sessionPath(sh.fork.ID, "run"), api.SessionRunRequest{Code: code}, &res); err != nil {
-		return "", shellAPIError("running", err)
+		return "", shellAPIError("running", err, noSteps)
 	}
 	var b strings.Builder
 	b.WriteString(res.Stdout)
@@ -266,7 +272,7 @@ func (sh *shellSession) bash(ctx context.Context, step int) error {
 	var cmd api.Command
 	if err := sh.c.sendJSON(sh.request(ctx), http.MethodPost, sessionPath(sh.fork.ID, "commands"),
 		api.CommandRequest{Cmd: "/bin/bash", Background: true, Env: map[string]string{"TERM": "dumb"}}, &cmd); err != nil {
-		return shellAPIError("starting bash", err)
+		return shellAPIError("starting bash", err, noCommands)
 	}
 	cmdPath := sessionPath(sh.fork.ID, "commands", strconv.Itoa(cmd.PID))
 	if err := sh.send(ctx, shellMsg{Type: "ready", Session: sh.fork.ID, Tier: string(sh.fork.Tier), Prompt: "$ ",
@@ -289,8 +295,8 @@ func (sh *shellSession) bash(ctx context.Context, step int) error {
 			}
 		}
 	}()
-	sent := map[string]int{} // bytes of stdout and stderr already sent
-	prompt := false          // a line was sent: prompt again after the next read of its output
+	sent := map[string]string{} // what stdout and stderr held when last sent
+	prompt := false             // a line was sent: prompt again after the next read of its output
 	tick := time.NewTicker(bashPoll)
 	defer tick.Stop()
 	for {
@@ -306,22 +312,22 @@ func (sh *shellSession) bash(ctx context.Context, step int) error {
 			}
 			if m.Type == "line" {
 				if err := sh.c.sendJSON(sh.request(ctx), http.MethodPost, cmdPath+"/stdin", api.CommandInput{Data: m.Data + "\n"}, nil); err != nil {
-					return shellAPIError("writing to bash", err)
+					return shellAPIError("writing to bash", err, noCommands)
 				}
 				prompt = true
 			}
 		case <-tick.C:
 			var st api.Command
 			if err := sh.c.getJSON(sh.request(ctx), cmdPath, nil, &st); err != nil {
-				return shellAPIError("reading bash", err)
+				return shellAPIError("reading bash", err, noCommands)
 			}
 			for _, part := range []struct{ name, text string }{{"stdout", st.Stdout}, {"stderr", st.Stderr}} {
-				if len(part.text) > sent[part.name] {
-					if err := sh.send(ctx, shellMsg{Type: "output", Data: terminalText(part.text[sent[part.name]:])}); err != nil {
+				if fresh := newOutput(sent[part.name], part.text); fresh != "" {
+					if err := sh.send(ctx, shellMsg{Type: "output", Data: terminalText(fresh)}); err != nil {
 						return err
 					}
-					sent[part.name] = len(part.text)
 				}
+				sent[part.name] = part.text
 			}
 			if prompt && st.State == api.CommandRunning {
 				if err := sh.send(ctx, shellMsg{Type: "prompt", Prompt: "$ "}); err != nil {
@@ -337,4 +343,19 @@ func (sh *shellSession) bash(ctx context.Context, step int) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// newOutput is what cur, a command's output buffer now, holds beyond prev, what it held when last
+// read. The buffer keeps only the last output-cap bytes, so once it is full its start moves: cur is
+// then prev without its first bytes, plus the new output. The end of prev is found again as its last
+// bytes, which end in cur no later than len(prev).
+func newOutput(prev, cur string) string {
+	if strings.HasPrefix(cur, prev) {
+		return cur[len(prev):]
+	}
+	tail := prev[len(prev)-min(256, max(1, len(prev)/2)):]
+	if i := strings.LastIndex(cur[:min(len(cur), len(prev))], tail); i >= 0 {
+		return cur[i+len(tail):]
+	}
+	return "[older output dropped]\n" + cur
 }

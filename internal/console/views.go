@@ -20,6 +20,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/limits"
 )
 
@@ -54,28 +55,7 @@ func (c *Console) failStatus(w http.ResponseWriter, r *http.Request, status int,
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `<div class="error-box" role="alert" data-status="%d"><strong>%d %s</strong> %s</div>`, status, status,
-		http.StatusText(status), htmlEscape(msg))
-}
-
-func htmlEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch r {
-		case '<':
-			b.WriteString("&lt;")
-		case '>':
-			b.WriteString("&gt;")
-		case '&':
-			b.WriteString("&amp;")
-		case '"':
-			b.WriteString("&#34;")
-		case '\'':
-			b.WriteString("&#39;")
-		default:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
+		http.StatusText(status), template.HTMLEscapeString(msg))
 }
 
 // redirect sends htmx to another console page.
@@ -249,7 +229,7 @@ func (c *Console) runCell(w http.ResponseWriter, r *http.Request) {
 		case "result":
 			var res api.Result
 			if jerr := json.Unmarshal([]byte(data), &res); jerr != nil {
-				err = send("error", map[string]string{"html": "<div class=\"error-box\">undecodable result: " + htmlEscape(jerr.Error()) + "</div>"})
+				err = send("error", map[string]string{"html": "<div class=\"error-box\">undecodable result: " + template.HTMLEscapeString(jerr.Error()) + "</div>"})
 				break
 			}
 			var buf bytes.Buffer
@@ -260,7 +240,7 @@ func (c *Console) runCell(w http.ResponseWriter, r *http.Request) {
 		case "error":
 			var eb api.ErrorBody
 			json.Unmarshal([]byte(data), &eb)
-			err = send("error", map[string]string{"html": `<div class="error-box" role="alert"><strong>` + htmlEscape(eb.Error.Code) + `</strong> ` + htmlEscape(eb.Error.Message) + `</div>`})
+			err = send("error", map[string]string{"html": `<div class="error-box" role="alert"><strong>` + template.HTMLEscapeString(eb.Error.Code) + `</strong> ` + template.HTMLEscapeString(eb.Error.Message) + `</div>`})
 		}
 		if err != nil {
 			return // the browser went away: the deferred close stops the run
@@ -268,7 +248,8 @@ func (c *Console) runCell(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// pipeWriter is the ResponseWriter a streamed API answer is read from.
+// pipeWriter is the ResponseWriter a streamed API answer is read from. Only the API's goroutine writes
+// to it; header and status are read by the console after started is closed, which orders them.
 type pipeWriter struct {
 	header  http.Header
 	w       *io.PipeWriter
@@ -304,12 +285,6 @@ func stepQuery(r *http.Request) (int, bool, error) {
 		return 0, false, fmt.Errorf("step %q: want a step number (0 or more)", limits.Text(s, 32))
 	}
 	return n, true, nil
-}
-
-// fileEntry is one row of the file tree.
-type fileEntry struct {
-	api.FileInfo
-	Depth int
 }
 
 func (c *Console) fileTree(w http.ResponseWriter, r *http.Request) {
@@ -468,7 +443,8 @@ func (c *Console) upload(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	w.Header().Set("HX-Trigger", "session-changed")
+	// Only the timeline refreshes: the answer is the file tree already (of dir, not of the root).
+	w.Header().Set("HX-Trigger", "steps-changed")
 	r.URL.RawQuery = url.Values{"dir": {dir}}.Encode()
 	c.fileTree(w, r)
 }
@@ -477,7 +453,7 @@ func (c *Console) upload(w http.ResponseWriter, r *http.Request) {
 func (c *Console) network(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	data := map[string]any{"ID": id}
-	for _, k := range []struct{ key, typ string }{{"Requests", "egress.request"}, {"DLP", "egress.dlp"}} {
+	for _, k := range []struct{ key, typ string }{{"Requests", audit.TypeEgressRequest}, {"DLP", audit.TypeEgressDLP}} {
 		var list api.AuditEventList
 		err := c.getJSON(r, "/v1/audit/events", url.Values{"session": {id}, "type": {k.typ}, "limit": {"200"}}, &list)
 		var ae *apiError
@@ -499,6 +475,9 @@ type timelineRow struct {
 	api.Step
 	Lane    int  // 0 is the line the session is on; abandoned branches get lanes of their own
 	Current bool // the step the session's state is at
+	// MovedFrom is the tier of the step's parent when it ran on another (a move nano → heavy, or a
+	// rewind back to a nano step).
+	MovedFrom api.Tier
 }
 
 // errNoTimeTravel is an API without the steps routes (404 with "no route"): the views say so.
@@ -537,7 +516,11 @@ func lanes(list api.StepList) []timelineRow {
 			}
 		}
 		lane[s.N], tip[l] = l, s.N
-		rows = append(rows, timelineRow{Step: s, Lane: l, Current: s.N == list.Current})
+		row := timelineRow{Step: s, Lane: l, Current: s.N == list.Current}
+		if p, ok := byN[s.Parent]; ok && p.Tier != s.Tier && p.Tier != "" && s.Tier != "" {
+			row.MovedFrom = p.Tier
+		}
+		rows = append(rows, row)
 	}
 	return rows
 }
@@ -654,7 +637,7 @@ func (c *Console) auditSearch(w http.ResponseWriter, r *http.Request) {
 		var ae *apiError
 		if name == "audit" && errors.As(err, &ae) && ae.status != http.StatusUnauthorized {
 			// The page still renders (its form), with the API's reason in place of results.
-			c.render(w, r, http.StatusOK, name, map[string]any{"Form": form, "Unavailable": ae.message, "Types": auditTypes})
+			c.render(w, r, http.StatusOK, name, map[string]any{"Form": form, "Unavailable": ae.message, "Types": auditTypes, "Verdicts": auditVerdicts})
 			return
 		}
 		c.fail(w, r, err)
@@ -669,11 +652,14 @@ func (c *Console) auditSearch(w http.ResponseWriter, r *http.Request) {
 		nq.Set("cursor", list.NextCursor)
 		next = nq.Encode()
 	}
-	c.render(w, r, http.StatusOK, name, map[string]any{"Form": form, "Events": list.Events, "Next": next, "Types": auditTypes})
+	c.render(w, r, http.StatusOK, name, map[string]any{"Form": form, "Events": list.Events, "Next": next, "Types": auditTypes, "Verdicts": auditVerdicts})
 }
 
-var auditTypes = []string{"run", "session.create", "session.move", "session.close", "session.expire", "file.upload", "file.download",
-	"package.install", "auth.failure", "server.start", "server.stop", "policy.change", "egress.request", "egress.dlp", "mcp.call", "audit.retention"}
+// auditTypes and auditVerdicts fill the search form's menus.
+var (
+	auditTypes    = audit.Types
+	auditVerdicts = audit.Verdicts
+)
 
 func (c *Console) auditReport(w http.ResponseWriter, r *http.Request) {
 	period := r.URL.Query().Get("period")

@@ -24,6 +24,8 @@ window.addEventListener("message", async (e) => {
   try {
     if (lib === "plotly") {
       await load("vendor/plotly.min.js");
+      // Plotly sizes itself to its container: give it the figure's height (plotly's default 450).
+      el.style.height = ((spec.layout && spec.layout.height) || 450) + "px";
       await Plotly.newPlot(el, spec.data || [], Object.assign({ autosize: true }, spec.layout || {}), { displaylogo: false, responsive: true });
     } else {
       await load("vendor/vega.min.js");
