@@ -114,40 +114,7 @@ func RunMicro(ctx context.Context, python string, rounds int, progress io.Writer
 	if v, err := exec.CommandContext(ctx, python, "-c", "import sys; print(sys.version.split()[0])").Output(); err == nil {
 		rep.Native = python + " " + strings.TrimSpace(string(v))
 	}
-	inNano := func(code string) (float64, error) {
-		before := selfCPU()
-		res, err := e.Run(ctx, api.RunRequest{Code: code, Limits: api.Limits{TimeoutMS: 120000}}, tier.Stream{})
-		if err != nil {
-			return 0, err
-		}
-		if res.Error != nil {
-			return 0, fmt.Errorf("in the sandbox: %s: %s", res.Error.Type, res.Error.Message)
-		}
-		return ms(selfCPU() - before), nil
-	}
-	native := func(code string) (float64, error) {
-		cmd := exec.CommandContext(ctx, python, "-c", code)
-		if err := cmd.Run(); err != nil {
-			return 0, fmt.Errorf("with %s: %w", python, err)
-		}
-		return ms(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()), nil
-	}
-	empty := kernelProgram(Kernel{Body: "\n    pass"})
-	best := func(run func(string) (float64, error), code string, cur float64, first bool) (float64, error) {
-		base, err := run(empty)
-		if err != nil {
-			return 0, err
-		}
-		v, err := run(code)
-		if err != nil {
-			return 0, err
-		}
-		v = max(v-base, 0.001)
-		if first || v < cur {
-			return v, nil
-		}
-		return cur, nil
-	}
+	ct := cpuTimer{e: e, python: python}
 	for _, k := range Kernels {
 		if progress != nil {
 			fmt.Fprintf(progress, "micro: %s\n", k.Name)
@@ -155,17 +122,75 @@ func RunMicro(ctx context.Context, python string, rounds int, progress io.Writer
 		code := kernelProgram(k)
 		row := MicroRow{Name: k.Name}
 		for i := 0; i < rounds; i++ {
-			if row.NanoMS, err = best(inNano, code, row.NanoMS, i == 0); err != nil {
+			nanoMS, nativeMS, err := ct.round(ctx, code)
+			if err != nil {
 				return nil, fmt.Errorf("kernel %q %w", k.Name, err)
 			}
-			if row.NativeMS, err = best(native, code, row.NativeMS, i == 0); err != nil {
-				return nil, fmt.Errorf("kernel %q %w", k.Name, err)
+			if i == 0 || nanoMS < row.NanoMS {
+				row.NanoMS = nanoMS
+			}
+			if i == 0 || nativeMS < row.NativeMS {
+				row.NativeMS = nativeMS
 			}
 		}
 		row.Ratio = row.NanoMS / row.NativeMS
 		rep.Rows = append(rep.Rows, row)
 	}
 	return rep, nil
+}
+
+// cpuTimer measures programs by CPU time in a sandbox of e and in the native interpreter python.
+type cpuTimer struct {
+	e      *nano.Engine
+	python string
+}
+
+// emptyProgram is what each side's start-up is measured with.
+var emptyProgram = kernelProgram(Kernel{Body: "\n    pass"})
+
+// round runs code once on each side, sandbox first, and returns the CPU milliseconds each spent
+// beyond an empty program's.
+func (c cpuTimer) round(ctx context.Context, code string) (nanoMS, nativeMS float64, err error) {
+	if nanoMS, err = c.less(ctx, c.inNano, code); err != nil {
+		return 0, 0, err
+	}
+	if c.python == "" {
+		return nanoMS, 0, nil
+	}
+	nativeMS, err = c.less(ctx, c.native, code)
+	return nanoMS, nativeMS, err
+}
+
+func (c cpuTimer) less(ctx context.Context, run func(context.Context, string) (float64, error), code string) (float64, error) {
+	base, err := run(ctx, emptyProgram)
+	if err != nil {
+		return 0, err
+	}
+	v, err := run(ctx, code)
+	if err != nil {
+		return 0, err
+	}
+	return max(v-base, 0.001), nil
+}
+
+func (c cpuTimer) inNano(ctx context.Context, code string) (float64, error) {
+	before := selfCPU()
+	res, err := c.e.Run(ctx, api.RunRequest{Code: code, Limits: api.Limits{TimeoutMS: 120000}}, tier.Stream{})
+	if err != nil {
+		return 0, err
+	}
+	if res.Error != nil {
+		return 0, fmt.Errorf("in the sandbox: %s: %s", res.Error.Type, res.Error.Message)
+	}
+	return ms(selfCPU() - before), nil
+}
+
+func (c cpuTimer) native(ctx context.Context, code string) (float64, error) {
+	cmd := exec.CommandContext(ctx, c.python, "-c", code)
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("with %s: %w", c.python, err)
+	}
+	return ms(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()), nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
