@@ -16,7 +16,7 @@ import (
 // however many sandboxes hold them: only the pages a run writes become its own.
 //
 // A first write to a page costs a fault (about 3 µs here, some 300 per print(1)), more than copying
-// it. So a recycled region keeps the private pages its guests wrote: when it comes back,
+// it. So a recycled region keeps the private pages its guests wrote: when it is handed out again,
 // /proc/self/pagemap says which pages of the mapping are private copies, and only those are copied
 // back from the image. The next guest writes them without faulting, and pages nobody writes stay
 // shared. Without memfds (old kernels, seccomp) images stay plain bytes and regions are filled by

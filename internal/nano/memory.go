@@ -121,7 +121,16 @@ func (p *regionPool) get(img *image) (*region, error) {
 		}
 	}
 	if img != nil && img.shared != nil {
-		if r.image != img { // otherwise put reset the mapping to the image already
+		if r.image == img {
+			// The same image is mapped: make the pages the last guest wrote read as the image again,
+			// keeping them private so that the next guest writes them without a fault (cow.go).
+			if !p.pm.resetPrivate(r.buf, img, size) {
+				if err := unix.Madvise(r.buf[:size], unix.MADV_DONTNEED); err != nil {
+					p.unmap(r)
+					return nil, fmt.Errorf("resetting guest memory: %w", err)
+				}
+			}
+		} else {
 			if err := img.shared.mapOnto(r.buf, size); err != nil {
 				p.unmap(r)
 				return nil, err
@@ -143,18 +152,9 @@ func (p *regionPool) get(img *image) (*region, error) {
 	return r, nil
 }
 
-// put recycles a region, or unmaps it when enough are kept already. The stretch where a shared
-// image is mapped is made to read as the image again, keeping the pages the guest wrote (cow.go).
+// put recycles a region, or unmaps it when enough are kept already. What the guest wrote over a
+// shared image is reset by the next get, which the pool's refill makes off the request path.
 func (p *regionPool) put(r *region) {
-	if r.image != nil {
-		size := r.image.size()
-		if !p.pm.resetPrivate(r.buf, r.image, size) {
-			if err := unix.Madvise(r.buf[:size], unix.MADV_DONTNEED); err != nil {
-				p.unmap(r)
-				return
-			}
-		}
-	}
 	p.mu.Lock()
 	if len(p.free) < p.max {
 		p.free = append(p.free, r)
