@@ -147,8 +147,16 @@ func (ss *session) Command(ctx context.Context, req api.CommandRequest, stream t
 	var off tier.CommandOffsets
 	for {
 		if ctx.Err() != nil {
-			// The command is killed; the session stays.
-			ss.CommandSignal(calls, c.PID, "SIGKILL")
+			// The command is killed, and read to its end so that the agent forgets it; the session stays.
+			if ss.CommandSignal(calls, c.PID, "SIGKILL") == nil {
+				for range 10 {
+					st, next, more, err := ss.CommandRead(calls, c.PID, off, foregroundWait)
+					if err != nil || st.State != api.CommandRunning && !more {
+						break
+					}
+					off = next
+				}
+			}
 			return nil, fmt.Errorf("command %s cancelled: %w", limits.Text(req.Cmd, 100), context.Cause(ctx))
 		}
 		if time.Now().After(deadline) {

@@ -3,6 +3,8 @@ package heavy
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -86,5 +88,29 @@ func TestCommandRequestsAreCheckedFirst(t *testing.T) {
 	}
 	if ss.s.nextID != 0 {
 		t.Fatalf("%d requests reached the agent", ss.s.nextID)
+	}
+}
+
+// TestCancelledCommandIsKilledNotTheSession: a foreground command whose caller went away is sent
+// SIGKILL and read to its end; the session stays usable.
+func TestCancelledCommandIsKilledNotTheSession(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "requests")
+	ss := fakeSession(t, `read h; read b; echo '{"id":1,"event":"result","pid":5,"state":"running"}'
+read h; echo "$h" >> `+log+`; read b; echo "$b" >> `+log+`; echo '{"id":2,"event":"result","pid":5,"state":"running"}'
+read h; echo "$h" >> `+log+`; read b; echo '{"id":3,"event":"result","pid":5,"state":"killed","signal":"SIGKILL","exit_code":-1}'
+sleep 600`)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := ss.Command(ctx, api.CommandRequest{Cmd: "sleep", Args: []string{"60"}}, tier.Stream{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("%v", err)
+	}
+	b, _ := os.ReadFile(log)
+	got := string(b)
+	if !strings.Contains(got, `"op":"cmd_signal"`) || !strings.Contains(got, `"signal":"SIGKILL"`) || !strings.Contains(got, `"op":"cmd_read"`) ||
+		strings.Index(got, "cmd_signal") > strings.Index(got, "cmd_read") {
+		t.Fatalf("the agent was asked:\n%s", got)
+	}
+	if !ss.Alive() {
+		t.Fatal("a cancelled command ended the session")
 	}
 }
