@@ -404,17 +404,26 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, h.sandboxJSON(b))
 }
 
-// visible lists the sandboxes the tenant ctx acts for may see, oldest first.
+// visible lists the sandboxes the tenant ctx acts for may see, oldest first; those whose session is
+// gone are forgotten, not listed.
 func (h *Handler) visible(ctx context.Context) []*sandbox {
 	t := dispatch.TenantOf(ctx)
 	h.mu.Lock()
-	var out []*sandbox
+	var all []*sandbox
 	for _, b := range h.boxes {
 		if t.Admin || t.ID == b.tenant.ID {
-			out = append(out, b)
+			all = append(all, b)
 		}
 	}
 	h.mu.Unlock()
+	out := all[:0]
+	for _, b := range all {
+		if _, err := h.sb.Session(dispatch.WithTenant(ctx, b.tenant), b.id); err != nil {
+			h.kill(b, "session gone")
+			continue
+		}
+		out = append(out, b)
+	}
 	slices.SortFunc(out, func(a, b *sandbox) int {
 		if c := a.started.Compare(b.started); c != 0 {
 			return c

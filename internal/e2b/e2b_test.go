@@ -471,6 +471,13 @@ func TestHealth(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.Close()
+		var list []detailJSON
+		do(t, "GET", ts.URL+APIPrefix+"/v2/sandboxes", apiKey(keyAlice), nil).json(t, &list)
+		for _, d := range list {
+			if d.SandboxID == sb.SandboxID {
+				t.Fatal("a sandbox whose session is gone is listed")
+			}
+		}
 		if r := do(t, "GET", sb.sandboxURL("/health"), sb.headers(PortEnvd), nil); r.status != 502 {
 			t.Fatalf("%d %s, want 502", r.status, r.body)
 		}
