@@ -145,6 +145,27 @@ async function conformance() {
       assert.equal(await h.kill(), true)
     })
   }
+  if (typeof sbx.fork === 'function') {
+    await check('fork copies the state', async () => {
+      await sbx.runCode('forked = 7')
+      const [child] = await sbx.fork()
+      assert.ok(!(child instanceof Error), String(child))
+      assert.equal((await child.runCode('forked * 6')).text, '42')
+      await child.kill()
+    })
+  }
+  if (typeof sbx.createSnapshot === 'function') {
+    await check('a snapshot starts new sandboxes, also after its sandbox was killed', async () => {
+      const src = await Sandbox.create()
+      await src.runCode("snap = 'kept'")
+      const { snapshotId } = await src.createSnapshot()
+      await src.kill()
+      const again = await Sandbox.create(snapshotId)
+      assert.equal((await again.runCode('snap')).text, 'kept')
+      await again.kill()
+      assert.equal(await Sandbox.deleteSnapshot(snapshotId), true)
+    })
+  }
   await check('setTimeout kills the sandbox at its deadline', async () => {
     const short = await Sandbox.create({ timeoutMs: 60_000 })
     await short.setTimeout(2_000)

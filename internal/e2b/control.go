@@ -63,19 +63,19 @@ func (h *Handler) apiRoutes() *http.ServeMux {
 	mux.HandleFunc("POST /sandboxes/{id}/refreshes", h.refresh)
 	mux.HandleFunc("POST /sandboxes/{id}/connect", h.connect)
 	mux.HandleFunc("POST /v2/sandboxes/{id}/connect", h.connect)
+	mux.HandleFunc("POST /sandboxes/{id}/fork", h.fork)
+	mux.HandleFunc("POST /sandboxes/{id}/snapshots", h.snapshot)
+	mux.HandleFunc("GET /snapshots", h.listSnapshots)
+	mux.HandleFunc("DELETE /templates/{id}", h.deleteSnapshot)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	notSupported := map[string]string{
-		"POST /sandboxes/{id}/pause":     "pausing a sandbox",
-		"POST /sandboxes/{id}/resume":    "resuming a paused sandbox",
-		"POST /sandboxes/{id}/snapshots": "snapshotting a sandbox",
-		"GET /snapshots":                 "listing snapshots",
-		"DELETE /snapshots/{name}":       "deleting a snapshot",
-		"POST /sandboxes/{id}/fork":      "forking a sandbox",
-		"GET /sandboxes/{id}/metrics":    "sandbox metrics",
-		"GET /sandboxes/metrics":         "sandbox metrics",
-		"GET /sandboxes/{id}/logs":       "sandbox logs",
-		"GET /v2/sandboxes/{id}/logs":    "sandbox logs",
-		"PUT /sandboxes/{id}/network":    "changing a sandbox's network",
+		"POST /sandboxes/{id}/pause":  "pausing a sandbox",
+		"POST /sandboxes/{id}/resume": "resuming a paused sandbox",
+		"GET /sandboxes/{id}/metrics": "sandbox metrics",
+		"GET /sandboxes/metrics":      "sandbox metrics",
+		"GET /sandboxes/{id}/logs":    "sandbox logs",
+		"GET /v2/sandboxes/{id}/logs": "sandbox logs",
+		"PUT /sandboxes/{id}/network": "changing a sandbox's network",
 	}
 	for pattern, what := range notSupported {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -168,7 +168,8 @@ func (h *Handler) newSandbox(ctx context.Context, body createBody) (*sandbox, er
 		body.TemplateID = TemplateBase // what the e2b SDK means by no template
 	}
 	tier, ok := templates[body.TemplateID]
-	if !ok {
+	snap := h.findSnapshot(ctx, body.TemplateID)
+	if !ok && snap == nil {
 		return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("template %q is not known to agentbox: use %q (a Python session, tier auto) or %q (the heavy tier, with a shell); custom templates are not built here", limits.Text(body.TemplateID, 128), TemplateCodeInterpreter, TemplateBase))
 	}
 	switch {
@@ -192,12 +193,24 @@ func (h *Handler) newSandbox(ctx context.Context, body createBody) (*sandbox, er
 	if err != nil {
 		return nil, err
 	}
+	if snap != nil {
+		if len(body.EnvVars) > 0 {
+			return nil, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("envVars: a sandbox started from snapshot %q has the snapshot's environment", snap.id))
+		}
+		// A sandbox from a snapshot is a fork of the snapshotted step.
+		return h.forkFrom(ctx, snap.sess, snap.step, snap.tmpl, snap.envs, body.Metadata, life)
+	}
 	sess, err := h.sb.NewSession(ctx, h.sessionRequest(tier, body.EnvVars))
 	if err != nil {
 		return nil, err
 	}
-	b := &sandbox{id: sess.ID(), template: body.TemplateID, token: newToken("ea_", 16), tenant: dispatch.TenantOf(ctx),
-		started: time.Now(), metadata: body.Metadata, envs: body.EnvVars, sess: sess, contexts: map[string]*codeContext{}, tags: map[string]int{}}
+	return h.register(ctx, sess, body.TemplateID, body.EnvVars, body.Metadata, life)
+}
+
+// register makes sess a sandbox of the tenant ctx acts for, killed after life.
+func (h *Handler) register(ctx context.Context, sess Session, tmpl string, envs, meta map[string]string, life time.Duration) (*sandbox, error) {
+	b := &sandbox{id: sess.ID(), template: tmpl, token: newToken("ea_", 16), tenant: dispatch.TenantOf(ctx),
+		started: time.Now(), metadata: meta, envs: envs, sess: sess, contexts: map[string]*codeContext{}, tags: map[string]int{}}
 	if b.metadata == nil {
 		b.metadata = map[string]string{}
 	}
@@ -391,17 +404,26 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, h.sandboxJSON(b))
 }
 
-// visible lists the sandboxes the tenant ctx acts for may see, oldest first.
+// visible lists the sandboxes the tenant ctx acts for may see, oldest first; those whose session is
+// gone are forgotten, not listed.
 func (h *Handler) visible(ctx context.Context) []*sandbox {
 	t := dispatch.TenantOf(ctx)
 	h.mu.Lock()
-	var out []*sandbox
+	var all []*sandbox
 	for _, b := range h.boxes {
 		if t.Admin || t.ID == b.tenant.ID {
-			out = append(out, b)
+			all = append(all, b)
 		}
 	}
 	h.mu.Unlock()
+	out := all[:0]
+	for _, b := range all {
+		if _, err := h.sb.Session(dispatch.WithTenant(ctx, b.tenant), b.id); err != nil {
+			h.kill(b, "session gone")
+			continue
+		}
+		out = append(out, b)
+	}
 	slices.SortFunc(out, func(a, b *sandbox) int {
 		if c := a.started.Compare(b.started); c != 0 {
 			return c

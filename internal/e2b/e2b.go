@@ -152,7 +152,8 @@ type Handler struct {
 	api, jupyter, envd *http.ServeMux
 
 	mu    sync.Mutex
-	boxes map[string]*sandbox // by sandbox id; guarded by mu
+	boxes map[string]*sandbox  // by sandbox id; guarded by mu
+	snaps map[string]*snapshot // by snapshot id; guarded by mu
 }
 
 // New returns a Handler serving sb.
@@ -176,7 +177,7 @@ func New(sb Sandboxes, cfg Config) *Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{cfg: cfg, sb: sb, log: log, boxes: map[string]*sandbox{}}
+	h := &Handler{cfg: cfg, sb: sb, log: log, boxes: map[string]*sandbox{}, snaps: map[string]*snapshot{}}
 	h.api = h.apiRoutes()
 	h.jupyter = h.jupyterRoutes()
 	h.envd = h.envdRoutes()

@@ -28,11 +28,15 @@ import (
 	"github.com/entersandbox/agentbox/internal/nano"
 )
 
-var sessions *dispatch.Dispatcher
+var (
+	eng      *nano.Engine
+	sessions *dispatch.Dispatcher
+)
 
 func TestMain(m *testing.M) {
 	ctx := context.Background()
-	eng, err := nano.New(ctx, nano.Config{MaxConcurrent: 2, MaxQueue: 64})
+	var err error
+	eng, err = nano.New(ctx, nano.Config{MaxConcurrent: 2, MaxQueue: 64})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -335,8 +339,8 @@ func TestGetListDeleteConnect(t *testing.T) {
 			}
 		}
 	})
-	t.Run("pause, snapshots and fork are not supported", func(t *testing.T) {
-		for _, p := range []string{"/sandboxes/" + a2.SandboxID + "/pause", "/sandboxes/" + a2.SandboxID + "/snapshots", "/sandboxes/" + a2.SandboxID + "/fork"} {
+	t.Run("pause, resume and metrics are not supported", func(t *testing.T) {
+		for _, p := range []string{"/sandboxes/" + a2.SandboxID + "/pause", "/sandboxes/" + a2.SandboxID + "/resume"} {
 			do(t, "POST", ts.URL+APIPrefix+p, apiKey(keyAlice), map[string]any{}).e2bError(t, 501, "not supported by agentbox")
 		}
 	})
@@ -467,6 +471,13 @@ func TestHealth(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.Close()
+		var list []detailJSON
+		do(t, "GET", ts.URL+APIPrefix+"/v2/sandboxes", apiKey(keyAlice), nil).json(t, &list)
+		for _, d := range list {
+			if d.SandboxID == sb.SandboxID {
+				t.Fatal("a sandbox whose session is gone is listed")
+			}
+		}
 		if r := do(t, "GET", sb.sandboxURL("/health"), sb.headers(PortEnvd), nil); r.status != 502 {
 			t.Fatalf("%d %s, want 502", r.status, r.body)
 		}

@@ -88,6 +88,29 @@ func (a auditedSession) ReadFile(ctx context.Context, p string, max int64) ([]by
 	return data, nil
 }
 
+// Fork records a session.fork as POST /v1/sessions/{id}/fork does; the fork is audited like its
+// parent.
+func (a auditedSession) Fork(ctx context.Context, req api.ForkRequest) (e2b.Session, error) {
+	f, err := a.Session.Fork(ctx, req)
+	ev := audit.Event{Type: audit.TypeSessionFork, Session: a.ID(), Details: map[string]any{"step": req.Step, "ttl_s": req.TTLSeconds, "source": "e2b"}}
+	if err != nil {
+		ev.Verdict, ev.Details["error_type"], ev.Details["message"] = audit.VerdictError, errdefs.ClassOf(err).Name(), limits.Text(err.Error(), audit.MaxValue)
+	} else {
+		info := f.Info()
+		ev.Tier, ev.Details["fork"] = string(info.Tier), info.ID
+	}
+	if aerr := a.s.record(ctx, ev); aerr != nil {
+		if f != nil {
+			f.Close() // not acknowledged, so not left open
+		}
+		return nil, aerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return auditedSession{f, a.s}, nil
+}
+
 func (a auditedSession) Close() {
 	info := a.Info()
 	a.Session.Close()
