@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/tier"
 	"github.com/entersandbox/agentbox/internal/tier/tiertest"
 )
@@ -401,4 +403,66 @@ func TestSnapshotFaults(t *testing.T) {
 			t.Fatalf("Snapshot of a closed session: %v", err)
 		}
 	})
+}
+
+// TestNetworkedStepRestore: a networked session's step restores into a namespace of its own, under
+// the Guard of the restore's context (a fork gets its own policy, not its parent's; without one it
+// is reset), while the original keeps its own; an offline engine refuses a networked snapshot.
+func TestNetworkedStepRestore(t *testing.T) {
+	e, _ := networked(t)
+	parentGuard := netpolicy.NewGuard(nil, nil)
+	ctx := netpolicy.WithGuard(context.Background(), parentGuard)
+	blocks := tiertest.NewBlocks()
+	orig, err := e.NewSession(ctx, api.Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close(ctx)
+	cell(t, orig, "x = 7")
+	parent := probe(t, cell(t, orig, netProbe))
+	snap := snapshot(t, orig, blocks)
+
+	forkGuard := netpolicy.NewGuard(nil, nil)
+	cases := []struct {
+		name  string
+		guard *netpolicy.Guard
+	}{
+		{"under the restore's guard", forkGuard},
+		{"without a guard", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rctx := context.Background()
+			if c.guard != nil {
+				rctx = netpolicy.WithGuard(rctx, c.guard)
+			}
+			r, err := e.Restore(rctx, snap, blocks, api.Limits{})
+			if err != nil {
+				t.Fatalf("Restore: %v", err)
+			}
+			defer r.Close(rctx)
+			if got := cell(t, r, "print(x)"); got != "7\n" {
+				t.Fatalf("%q", got)
+			}
+			got := probe(t, cell(t, r, netProbe))
+			if got["self"] == parent["self"] {
+				t.Fatalf("the restored sandbox has its parent's address %s", got["self"])
+			}
+			if c.guard == nil {
+				if !strings.HasPrefix(got["tcp"], "error") {
+					t.Fatalf("without a guard: tcp %q, want a reset", got["tcp"])
+				}
+				return
+			}
+			if want := fmt.Sprintf("src=%s dst=1.1.1.1:80 guard=%p", got["self"], c.guard); got["tcp"] != want {
+				t.Fatalf("tcp: %q, want %q", got["tcp"], want)
+			}
+		})
+	}
+	if got, want := probe(t, cell(t, orig, netProbe))["tcp"], fmt.Sprintf("src=%s dst=1.1.1.1:80 guard=%p", parent["self"], parentGuard); got != want {
+		t.Fatalf("the original after the restores: tcp %q, want %q", got, want)
+	}
+	if _, err := eng.Restore(context.Background(), snap, blocks, api.Limits{}); errdefs.ClassOf(err) != errdefs.Unavailable || !strings.Contains(err.Error(), "networked") {
+		t.Fatalf("an offline engine restoring a networked snapshot: %v", err)
+	}
 }
