@@ -466,3 +466,32 @@ func TestNetworkedStepRestore(t *testing.T) {
 		t.Fatalf("an offline engine restoring a networked snapshot: %v", err)
 	}
 }
+
+// TestPackagesSurviveRestore: a package the session installed (pip --user, into /home/user's tmpfs)
+// and not yet imported at the step imports in the restored sandbox, which has no index to fetch from.
+func TestPackagesSurviveRestore(t *testing.T) {
+	data := wheel(t, "agentbox_tt", "1.0", "agentbox_tt", "def hello():\n    return 'hello from a restored wheel'\n")
+	ts := index(t, "agentbox-tt", "agentbox_tt-1.0-py3-none-any.whl", data)
+	ctx := context.Background()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: -1, DiskMB: 64, PackageIndex: ts.URL + "/simple/", PackageCache: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	s, err := e.NewSession(ctx, api.Limits{}, []string{"agentbox-tt==1.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	blocks := tiertest.NewBlocks()
+	snap := snapshot(t, s, blocks)
+	ts.Close()
+	r, err := e.Restore(ctx, snap, blocks, api.Limits{})
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	defer r.Close(ctx)
+	if got := cell(t, r, "import agentbox_tt\nprint(agentbox_tt.hello())"); got != "hello from a restored wheel\n" {
+		t.Fatalf("%q", got)
+	}
+}
