@@ -332,8 +332,8 @@ func TestSnapshotFaults(t *testing.T) {
 	blocks := tiertest.NewBlocks()
 	cell(t, s, "x = 1")
 
-	t.Run("reprs that hang or raise", func(t *testing.T) {
-		cell(t, s, "import time\nclass Bad:\n    def __repr__(self): raise ValueError('no')\nclass Slow:\n    def __repr__(self):\n        time.sleep(60)\n        return 'slow'\nbad, slow = Bad(), Slow()")
+	t.Run("reprs that hang or raise, a big buffer", func(t *testing.T) {
+		cell(t, s, "buf = bytearray(b'\\x07') * (150 << 20)\nimport time\nclass Bad:\n    def __repr__(self): raise ValueError('no')\nclass Slow:\n    def __repr__(self):\n        time.sleep(60)\n        return 'slow'\nbad, slow = Bad(), Slow()")
 		snap := snapshot(t, s, blocks)
 		if v := variable(snap, "bad"); v == nil || !strings.HasPrefix(v.Repr, "<Bad instance at 0x") {
 			t.Fatalf("bad: %+v", v)
@@ -344,10 +344,14 @@ func TestSnapshotFaults(t *testing.T) {
 		if v := variable(snap, "x"); v == nil || v.Repr != "1" {
 			t.Fatalf("x: %+v", v)
 		}
+		// Its whole repr (600 MiB) would not fit the sandbox: the inspection reprs a slice.
+		if v := variable(snap, "buf"); v == nil || !strings.HasPrefix(v.Repr, `bytearray(b'\x07\x07`) || len(v.Repr) > 200 || v.Size < 150<<20 {
+			t.Fatalf("buf: %+v", v)
+		}
 		if got := cell(t, s, "print(x)"); got != "1\n" {
 			t.Fatalf("after the snapshot: %q", got)
 		}
-		cell(t, s, "del bad, slow")
+		cell(t, s, "del bad, slow, buf")
 	})
 
 	t.Run("a cancelled context", func(t *testing.T) {
