@@ -323,13 +323,34 @@ def _size(v):
     return size
 
 
-def _variables():
+def _short_repr():
+    """A reprlib.Repr that never builds the whole repr of a big buffer or container: reprlib slices
+    str, list, dict... but reprs bytes, bytearray and subclasses of its types in full (a 150 MiB
+    bytearray's is 600 MiB, which kills the worker of a sandbox near its memory limit)."""
     import reprlib
-    import types
 
-    short = reprlib.Repr()
+    class Short(reprlib.Repr):
+        def repr_bytes(self, x, level):
+            return builtins.repr(x[: self.maxstring]) + ("..." if len(x) > self.maxstring else "")
+
+        repr_bytearray = repr_bytes
+
+        def repr_instance(self, x, level):
+            for t in (str, bytes, bytearray, list, tuple, dict, set, frozenset):
+                if isinstance(x, t):
+                    return getattr(self, "repr_" + t.__name__)(x, level)
+            return super().repr_instance(x, level)
+
+    short = Short()
     short.maxstring = short.maxother = INSPECT_REPR
     short.maxlong = 60
+    return short
+
+
+def _variables():
+    import types
+
+    short = _short_repr()
 
     def alarm(signum, frame):
         raise _OutOfTime()

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/heavy"
+	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/tier"
 	"github.com/entersandbox/agentbox/internal/tier/tiertest"
 )
@@ -330,8 +332,8 @@ func TestSnapshotFaults(t *testing.T) {
 	blocks := tiertest.NewBlocks()
 	cell(t, s, "x = 1")
 
-	t.Run("reprs that hang or raise", func(t *testing.T) {
-		cell(t, s, "import time\nclass Bad:\n    def __repr__(self): raise ValueError('no')\nclass Slow:\n    def __repr__(self):\n        time.sleep(60)\n        return 'slow'\nbad, slow = Bad(), Slow()")
+	t.Run("reprs that hang or raise, a big buffer", func(t *testing.T) {
+		cell(t, s, "buf = bytearray(b'\\x07') * (150 << 20)\nimport time\nclass Bad:\n    def __repr__(self): raise ValueError('no')\nclass Slow:\n    def __repr__(self):\n        time.sleep(60)\n        return 'slow'\nbad, slow = Bad(), Slow()")
 		snap := snapshot(t, s, blocks)
 		if v := variable(snap, "bad"); v == nil || !strings.HasPrefix(v.Repr, "<Bad instance at 0x") {
 			t.Fatalf("bad: %+v", v)
@@ -342,10 +344,14 @@ func TestSnapshotFaults(t *testing.T) {
 		if v := variable(snap, "x"); v == nil || v.Repr != "1" {
 			t.Fatalf("x: %+v", v)
 		}
+		// Its whole repr (600 MiB) would not fit the sandbox: the inspection reprs a slice.
+		if v := variable(snap, "buf"); v == nil || !strings.HasPrefix(v.Repr, `bytearray(b'\x07\x07`) || len(v.Repr) > 200 || v.Size < 150<<20 {
+			t.Fatalf("buf: %+v", v)
+		}
 		if got := cell(t, s, "print(x)"); got != "1\n" {
 			t.Fatalf("after the snapshot: %q", got)
 		}
-		cell(t, s, "del bad, slow")
+		cell(t, s, "del bad, slow, buf")
 	})
 
 	t.Run("a cancelled context", func(t *testing.T) {
@@ -401,4 +407,95 @@ func TestSnapshotFaults(t *testing.T) {
 			t.Fatalf("Snapshot of a closed session: %v", err)
 		}
 	})
+}
+
+// TestNetworkedStepRestore: a networked session's step restores into a namespace of its own, under
+// the Guard of the restore's context (a fork gets its own policy, not its parent's; without one it
+// is reset), while the original keeps its own; an offline engine refuses a networked snapshot.
+func TestNetworkedStepRestore(t *testing.T) {
+	e, _ := networked(t)
+	parentGuard := netpolicy.NewGuard(nil, nil)
+	ctx := netpolicy.WithGuard(context.Background(), parentGuard)
+	blocks := tiertest.NewBlocks()
+	orig, err := e.NewSession(ctx, api.Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close(ctx)
+	cell(t, orig, "x = 7")
+	parent := probe(t, cell(t, orig, netProbe))
+	snap := snapshot(t, orig, blocks)
+
+	forkGuard := netpolicy.NewGuard(nil, nil)
+	cases := []struct {
+		name  string
+		guard *netpolicy.Guard
+	}{
+		{"under the restore's guard", forkGuard},
+		{"without a guard", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rctx := context.Background()
+			if c.guard != nil {
+				rctx = netpolicy.WithGuard(rctx, c.guard)
+			}
+			r, err := e.Restore(rctx, snap, blocks, api.Limits{})
+			if err != nil {
+				t.Fatalf("Restore: %v", err)
+			}
+			defer r.Close(rctx)
+			if got := cell(t, r, "print(x)"); got != "7\n" {
+				t.Fatalf("%q", got)
+			}
+			got := probe(t, cell(t, r, netProbe))
+			if got["self"] == parent["self"] {
+				t.Fatalf("the restored sandbox has its parent's address %s", got["self"])
+			}
+			if c.guard == nil {
+				if !strings.HasPrefix(got["tcp"], "error") {
+					t.Fatalf("without a guard: tcp %q, want a reset", got["tcp"])
+				}
+				return
+			}
+			if want := fmt.Sprintf("src=%s dst=1.1.1.1:80 guard=%p", got["self"], c.guard); got["tcp"] != want {
+				t.Fatalf("tcp: %q, want %q", got["tcp"], want)
+			}
+		})
+	}
+	if got, want := probe(t, cell(t, orig, netProbe))["tcp"], fmt.Sprintf("src=%s dst=1.1.1.1:80 guard=%p", parent["self"], parentGuard); got != want {
+		t.Fatalf("the original after the restores: tcp %q, want %q", got, want)
+	}
+	if _, err := eng.Restore(context.Background(), snap, blocks, api.Limits{}); errdefs.ClassOf(err) != errdefs.Unavailable || !strings.Contains(err.Error(), "networked") {
+		t.Fatalf("an offline engine restoring a networked snapshot: %v", err)
+	}
+}
+
+// TestPackagesSurviveRestore: a package the session installed (pip --user, into /home/user's tmpfs)
+// and not yet imported at the step imports in the restored sandbox, which has no index to fetch from.
+func TestPackagesSurviveRestore(t *testing.T) {
+	data := wheel(t, "agentbox_tt", "1.0", "agentbox_tt", "def hello():\n    return 'hello from a restored wheel'\n")
+	ts := index(t, "agentbox-tt", "agentbox_tt-1.0-py3-none-any.whl", data)
+	ctx := context.Background()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: -1, DiskMB: 64, PackageIndex: ts.URL + "/simple/", PackageCache: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	s, err := e.NewSession(ctx, api.Limits{}, []string{"agentbox-tt==1.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	blocks := tiertest.NewBlocks()
+	snap := snapshot(t, s, blocks)
+	ts.Close()
+	r, err := e.Restore(ctx, snap, blocks, api.Limits{})
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	defer r.Close(ctx)
+	if got := cell(t, r, "import agentbox_tt\nprint(agentbox_tt.hello())"); got != "hello from a restored wheel\n" {
+		t.Fatalf("%q", got)
+	}
 }
