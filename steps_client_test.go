@@ -66,15 +66,17 @@ func TestSessionTimeTravel(t *testing.T) {
 		t.Fatalf("fork %s: %q", f.ID(), res.Stdout)
 	}
 	list = waitSettled(t, s)
-	if list.Steps[1].Snapshot.State == "stored" {
-		if err := s.Pin(ctx, 1); err != nil {
-			t.Fatal(err)
-		}
-		if data, err := s.StepFile(ctx, 1, "/tmp/f"); err != nil || string(data) != "one" {
-			t.Fatalf("file at step 1: %q %v", data, err)
-		}
-	} else if err := s.Pin(ctx, 1); !errors.Is(err, agentbox.ErrConflict) {
-		t.Fatalf("pinning a step without a snapshot: %v", err)
+	if list.Steps[1].Snapshot.State != "stored" {
+		t.Fatalf("step 1: %+v, want a stored snapshot", list.Steps[1].Snapshot)
+	}
+	if err := s.Pin(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := s.StepFile(ctx, 1, "/tmp/f"); err != nil || string(data) != "one" {
+		t.Fatalf("file at step 1: %q %v", data, err)
+	}
+	if err := s.Pin(ctx, 99); !errors.Is(err, agentbox.ErrNotFound) {
+		t.Fatalf("pinning a step that does not exist: %v", err)
 	}
 	if err := s.Unpin(ctx, 1); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
+	"github.com/entersandbox/agentbox/internal/snapstore"
 	"github.com/entersandbox/agentbox/internal/tier"
 )
 
@@ -73,6 +74,8 @@ type Session struct {
 	steps    stepLog
 	snapping atomic.Pointer[chan struct{}]
 	inspect  inspection
+	// blocks is what the sandbox's snapshots go through (nil: a new one at the next); guarded by mu
+	blocks *snapstore.SessionBlocks
 	// archived marks a closed session kept for its pinned steps.
 	archived atomic.Bool
 

@@ -164,8 +164,9 @@ func (s *Session) snapshotLocked(n int, rec *stepRec, sn tier.Snapshotter) {
 	ctx, cancel := context.WithTimeout(context.Background(), snapshotTimeout)
 	defer cancel()
 	start := time.Now()
-	tx := s.d.store.Begin()
-	snap, err := sn.Snapshot(ctx, tx)
+	blocks := s.sessionBlocks()
+	tx := blocks.Begin()
+	snap, err := sn.Snapshot(ctx, blocks)
 	if err == nil {
 		s.steps.mu.Lock()
 		r := snapstore.Record{Owner: s.owner, Step: rec.step, Result: rec.result}
@@ -174,6 +175,10 @@ func (s *Session) snapshotLocked(n int, rec *stepRec, sn tier.Snapshotter) {
 		err = tx.Commit(s.id, r, snap)
 	} else {
 		tx.Abort()
+	}
+	if err != nil && errors.Is(err, tier.ErrCorrupt) {
+		// The tier named a block that is gone: a new SessionBlocks makes it put everything again.
+		s.blocks = nil
 	}
 	if err != nil {
 		s.d.log.Warn("snapshot failed", "id", s.id, "step", n, "err", err)
@@ -188,6 +193,22 @@ func (s *Session) snapshotLocked(n int, rec *stepRec, sn tier.Snapshotter) {
 	s.steps.mu.Unlock()
 	s.d.store.Retain(s.id, cur)
 	s.d.log.Debug("snapshot", "id", s.id, "step", n, "ms", time.Since(start).Milliseconds(), "blocks", len(snap.Blocks))
+}
+
+// sessionBlocks is the Blocks the session's snapshots and restores go through (holding mu).
+func (s *Session) sessionBlocks() *snapstore.SessionBlocks {
+	if s.blocks == nil {
+		s.blocks = s.d.store.SessionBlocks()
+	}
+	return s.blocks
+}
+
+// sessionBlocksIf is sessionBlocks, or nil without a store (a replay needs none).
+func (s *Session) sessionBlocksIf() tier.Blocks {
+	if s.d.store == nil {
+		return nil
+	}
+	return s.sessionBlocks()
 }
 
 // waitSnapshot is what lock waits for: a snapshot being taken after the last step.
@@ -330,8 +351,9 @@ func (s *Session) planLocked(n int) plan {
 		why: fmt.Sprintf("no snapshot of its own: restored by replaying %d steps on %s from %s (only as deterministic as its code)", len(cells), on, from)}
 }
 
-// restore builds a sandbox in the state after step p.n, following p.
-func (s *Session) restore(ctx context.Context, p plan) (tier.Session, error) {
+// restore builds a sandbox in the state after step p.n, following p, reading blocks through
+// blocks (the SessionBlocks of the session the sandbox is for, or the store).
+func (s *Session) restore(ctx context.Context, p plan, blocks tier.Blocks) (tier.Session, error) {
 	eng := s.d.engine(p.on == api.TierHeavy)
 	var sb tier.Session
 	var err error
@@ -341,7 +363,7 @@ func (s *Session) restore(ctx context.Context, p plan) (tier.Session, error) {
 		if lerr != nil {
 			return nil, lerr
 		}
-		sb, err = eng.(tier.Restorer).Restore(s.withGuard(ctx), snap, s.d.store, s.requested)
+		sb, err = eng.(tier.Restorer).Restore(s.withGuard(ctx), snap, blocks, s.requested)
 		if errors.Is(err, tier.ErrCorrupt) {
 			s.d.store.MarkCorrupt(s.id, p.base, err.Error())
 			return nil, errdefs.With(errdefs.Conflict, fmt.Errorf("step %d cannot be restored: %w", p.base, err))
@@ -424,7 +446,10 @@ func (s *Session) Rewind(ctx context.Context, n int) error {
 			return err
 		}
 	}
-	sb, err := s.restore(ctx, p)
+	// Through the session's SessionBlocks: the tier's caches of its earlier snapshots serve the
+	// restore, and the restored sandbox's block ids (step n's, held by the rewind step) are named
+	// again by its next snapshot without being put again.
+	sb, err := s.restore(ctx, p, s.sessionBlocksIf())
 	if err != nil {
 		abort()
 		s.unlock()
@@ -535,7 +560,9 @@ func (s *Session) Fork(ctx context.Context, req api.ForkRequest) (*Session, erro
 	if f.place, err = s.d.reserve(tenant, onHeavy, lim.MemoryLimitMB); err != nil {
 		return nil, err
 	}
-	sb, err := s.restore(ctx, p)
+	// Through the parent's SessionBlocks, whose snapshots the tier may have cached; the fork's own
+	// first snapshot then stores its state afresh (deduplicated).
+	sb, err := s.restore(ctx, p, s.sessionBlocksIf())
 	if err != nil {
 		f.place.release()
 		return nil, err
@@ -656,7 +683,7 @@ func (s *Session) StepFile(ctx context.Context, n int, p string, max int64) ([]b
 		if pl.err != nil {
 			return nil, errdefs.With(errdefs.Conflict, fmt.Errorf("step %d cannot be inspected: %w", n, pl.err))
 		}
-		sb, err := s.restore(ctx, pl)
+		sb, err := s.restore(ctx, pl, s.d.store)
 		if err != nil {
 			return nil, err
 		}

@@ -130,22 +130,22 @@ func TestStepEndpoints(t *testing.T) {
 		t.Fatalf("fork's step 0 %+v", fl.Steps[0])
 	}
 
-	// Pin and unpin (a tier without snapshots refuses with 409, saying why).
-	pin := doAt(t, base, call{method: "POST", path: "/v1/sessions/" + id + "/steps/1/pin"}, checkBoth)
-	switch list.Steps[1].Snapshot.State {
-	case api.SnapshotStored:
-		if pin.status != http.StatusNoContent {
-			t.Fatalf("pin %d %s", pin.status, pin.body)
-		}
-		if !waitSteps(t, base, id).Steps[1].Pinned {
-			t.Fatal("not pinned")
-		}
-		data := doAt(t, base, call{method: "GET", path: "/v1/sessions/" + id + "/steps/1/files/tmp/a.txt"}, checkNone)
-		if data.status != http.StatusOK || string(data.body) != "one" {
-			t.Fatalf("file at step 1: %d %q", data.status, data.body)
-		}
-	default:
-		wantError(t, pin, http.StatusConflict, "conflict", "cannot be restored")
+	// Pin, and read a file as it was at step 1 (from its snapshot).
+	if st := list.Steps[1].Snapshot; st.State != api.SnapshotStored || st.RestoreBy != api.RestoreBySnapshot {
+		t.Fatalf("step 1 on nano: %+v, want a stored snapshot", st)
+	}
+	if pin := doAt(t, base, call{method: "POST", path: "/v1/sessions/" + id + "/steps/1/pin"}, checkBoth); pin.status != http.StatusNoContent {
+		t.Fatalf("pin %d %s", pin.status, pin.body)
+	}
+	if !waitSteps(t, base, id).Steps[1].Pinned {
+		t.Fatal("not pinned")
+	}
+	data := doAt(t, base, call{method: "GET", path: "/v1/sessions/" + id + "/steps/1/files/tmp/a.txt"}, checkNone)
+	if data.status != http.StatusOK || string(data.body) != "one" {
+		t.Fatalf("file at step 1: %d %q", data.status, data.body)
+	}
+	if r := doAt(t, base, call{method: "GET", path: "/v1/sessions/" + id + "/steps/1/files/data.txt"}, checkBoth); r.status != http.StatusNotFound {
+		t.Fatalf("a file uploaded later, read at step 1: %d %s", r.status, r.body)
 	}
 	if r := doAt(t, base, call{method: "DELETE", path: "/v1/sessions/" + id + "/steps/1/pin"}, checkBoth); r.status != http.StatusNoContent {
 		t.Fatalf("unpin %d %s", r.status, r.body)

@@ -374,6 +374,12 @@ func (t *Tx) Hold(ids []tier.BlockID) bool {
 	return all
 }
 
+func (t *Tx) ended() bool {
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	return t.done
+}
+
 // Abort lets go of the transaction's blocks; those nothing else holds are freed.
 func (t *Tx) Abort() {
 	t.s.mu.Lock()
@@ -518,4 +524,68 @@ func (s *Store) Sweep() int {
 		s.maybeFreeLocked(id, b)
 	}
 	return s.sweepSegmentsLocked()
+}
+
+// SessionBlocks is the Blocks one session's snapshots and restores go through: the same value from
+// one snapshot to the next, so that a tier that remembers block ids between snapshots (nano's page
+// table) may name them again without putting their data, while each snapshot's puts still go to its
+// own transaction (Begin). The ids a tier names again are held by the session's current step, which
+// retention never thins; should one be gone all the same, that snapshot's Commit fails and the
+// session starts a new SessionBlocks, which makes the tier put everything again.
+type SessionBlocks struct {
+	s  *Store
+	mu sync.Mutex
+	tx *Tx // the snapshot being taken; guarded by mu
+}
+
+var _ tier.Blocks = (*SessionBlocks)(nil)
+
+// SessionBlocks returns a new SessionBlocks over the store.
+func (s *Store) SessionBlocks() *SessionBlocks { return &SessionBlocks{s: s} }
+
+// Begin starts the transaction the next Puts go to, until it is committed or aborted.
+func (v *SessionBlocks) Begin() *Tx {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.tx = v.s.Begin()
+	return v.tx
+}
+
+func (v *SessionBlocks) current() *Tx {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.tx != nil && v.tx.ended() {
+		v.tx = nil
+	}
+	return v.tx
+}
+
+// Put stores data through the current transaction (outside one: as Store.Put).
+func (v *SessionBlocks) Put(data []byte) (tier.BlockID, error) {
+	if tx := v.current(); tx != nil {
+		return tx.Put(data)
+	}
+	return v.s.Put(data)
+}
+
+// Get reads a block.
+func (v *SessionBlocks) Get(dst []byte, id tier.BlockID) ([]byte, error) { return v.s.Get(dst, id) }
+
+// Store is the store the ids belong to (tier.View).
+func (v *SessionBlocks) Store() tier.Blocks { return v.s }
+
+// Hold holds ids for the current transaction (tier.View); outside one it only reports whether they
+// are all stored.
+func (v *SessionBlocks) Hold(ids []tier.BlockID) bool {
+	if tx := v.current(); tx != nil {
+		return tx.Hold(ids)
+	}
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	for _, id := range ids {
+		if id != 0 && v.s.blocks[id] == nil {
+			return false
+		}
+	}
+	return true
 }

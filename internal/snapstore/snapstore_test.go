@@ -332,3 +332,35 @@ func randPage(seed int) []byte {
 	}
 	return p
 }
+
+func TestSessionBlocksRoutesPutsToTheCurrentTransaction(t *testing.T) {
+	s := open(t, t.TempDir(), Retention{})
+	v := s.SessionBlocks()
+	if v.Store() != tier.Blocks(s) {
+		t.Fatal("Store is not the store")
+	}
+	tx := v.Begin()
+	id, err := v.Put(page(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Sweep() // held by the transaction: not an orphan
+	if _, err := s.Get(nil, id); err != nil {
+		t.Fatalf("a block put through the current transaction was swept: %v", err)
+	}
+	if err := tx.Commit("ses_a", Record{Step: api.Step{N: 1}}, &tier.Snapshot{Blocks: []tier.BlockID{id}}); err != nil {
+		t.Fatal(err)
+	}
+	if !v.Hold([]tier.BlockID{id}) {
+		t.Fatal("Hold outside a transaction: the block is stored")
+	}
+	s.EndSession("ses_a", false)
+	if v.Hold([]tier.BlockID{id}) {
+		t.Fatal("Hold reported a freed block as stored")
+	}
+	// A snapshot naming the freed id fails its Commit with ErrCorrupt (dispatch then starts anew).
+	tx = v.Begin()
+	if err := tx.Commit("ses_a", Record{Step: api.Step{N: 2}}, &tier.Snapshot{Blocks: []tier.BlockID{id}}); !errors.Is(err, tier.ErrCorrupt) {
+		t.Fatalf("commit naming a freed block: %v", err)
+	}
+}

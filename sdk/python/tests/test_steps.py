@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from agentbox import ConflictError, NotFoundError, Sandbox
+from agentbox import NotFoundError, Sandbox
 
 BIN = os.environ.get("AGENTBOX_BIN") or shutil.which("agentbox")
 if not BIN:
@@ -56,13 +56,12 @@ def test_steps_rewind_fork(server):
             assert child.steps()["steps"][0]["forked_from"] == sb.session_id
         assert sb.run("print(x)").stdout == "1\n"  # the parent goes on untouched
 
-        if steps["steps"][1]["snapshot"]["state"] == "stored":
-            sb.pin(1)
-            assert settled(sb)["steps"][1]["pinned"]
-            assert sb.step_file(1, "/tmp/f") == b"one"
-        else:
-            with pytest.raises(ConflictError):
-                sb.pin(1)
+        assert steps["steps"][1]["snapshot"]["state"] == "stored"
+        sb.pin(1)
+        assert settled(sb)["steps"][1]["pinned"]
+        assert sb.step_file(1, "/tmp/f") == b"one"
+        with pytest.raises(NotFoundError):
+            sb.step_file(1, "/data/up.txt")  # uploaded at step 2
         sb.unpin(1)
         with pytest.raises(NotFoundError):
             sb.step(99)
