@@ -208,7 +208,10 @@ func TestTimelineShowsStepsBranchesOutcomesAndHighlightedCode(t *testing.T) {
 	}
 	mustContain(t, body, `role="listbox"`, `id="step-3" class="step outcome-error abandoned"`, `class="step outcome-ok current"`,
 		"rewound to step 2", `<span class="kw">import</span>`, `<span class="bi">print</span>(<span class="str">&#39;&lt;b&gt;&#39;</span>)`,
-		`hx-get="/ui/f/sessions/sess_nano1/steps/2"`, `data-lane="1"`, "--lanes:2")
+		`hx-get="/ui/f/sessions/sess_nano1/steps/2"`, `data-lane="1"`, "--lanes:2", `forked as <a href="/ui/s/sess_fork9">sess_fork9</a>`)
+	if strings.Count(body, "forked as") != 1 {
+		t.Errorf("one fork expected, under step 2:\n%s", body)
+	}
 	mustNotContain(t, body, "print('<b>')")
 }
 

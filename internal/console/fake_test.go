@@ -39,13 +39,15 @@ func newFakeAPI() *fakeAPI {
 	sess := func(id string, tier api.Tier, cells int) api.Session {
 		return api.Session{ID: id, Tier: tier, Cells: cells, TTLSeconds: 600, CreatedAt: "2026-12-01T10:00:00Z", LastUsedAt: "2026-12-01T10:01:00Z"}
 	}
+	fork9 := sess("sess_fork9", api.TierNano, 0)
+	fork9.CreatedAt = "2026-12-01T10:05:00Z"
 	f.mux.HandleFunc("GET /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
 		// steps and current_step, as a server with time travel adds them.
 		type withSteps struct {
 			api.Session
 			Steps int `json:"steps"`
 		}
-		j(w, 200, map[string]any{"sessions": []withSteps{{sess("sess_nano1", api.TierNano, 4), 7}, {sess("sess_heavy2", api.TierHeavy, 1), 2}}})
+		j(w, 200, map[string]any{"sessions": []withSteps{{sess("sess_nano1", api.TierNano, 4), 7}, {sess("sess_heavy2", api.TierHeavy, 1), 2}, {fork9, 1}}})
 	})
 	f.mux.HandleFunc("POST /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
 		j(w, 201, sess("sess_new", api.TierNano, 0))
@@ -66,6 +68,10 @@ func newFakeAPI() *fakeAPI {
 	f.mux.HandleFunc("GET /v1/sessions/{id}/steps", func(w http.ResponseWriter, r *http.Request) {
 		if f.noTimeTravel {
 			j(w, 404, api.ErrorBody{Error: api.ErrorDetail{Code: "not_found", Message: "no route for GET " + r.URL.Path}})
+			return
+		}
+		if r.PathValue("id") == "sess_fork9" {
+			j(w, 200, api.StepList{Session: "sess_fork9", Steps: []api.Step{{N: 0, Kind: api.StepFork, Parent: -1, ForkedFrom: "sess_nano1", Target: 2}}})
 			return
 		}
 		j(w, 200, testSteps())

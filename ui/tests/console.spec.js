@@ -143,6 +143,17 @@ test("timeline, inspector, chart, file, shell at a step, rewind", async ({ page,
   expect(overflow).toBeLessThanOrEqual(1);
   await page.screenshot({ path: path.join(shots, "session-narrow.png"), fullPage: true });
 
+  // Fork step 1 as a new session: its timeline starts with the fork, the parent's shows the branch.
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.locator("#step-1").click();
+  await expect(inspector).toHaveAttribute("data-step", "1");
+  await inspector.getByRole("button", { name: "Fork as new session" }).click();
+  await expect(page).not.toHaveURL(new RegExp(`/ui/s/${id}$`));
+  await expect(page.locator("#step-0")).toContainText(`forked from ${id} step 1`);
+  const fork = page.url().split("/").pop();
+  await page.goto(`/ui/s/${id}`);
+  await expect(page.locator("#step-1")).toContainText(`forked as ${fork}`);
+
   expect(errors).toEqual([]);
 });
 
