@@ -566,3 +566,19 @@ func TestShellSaysWhatTheServerLacks(t *testing.T) {
 	msgs := readUntil(t, c, "error")
 	mustContain(t, msgs[len(msgs)-1].Data, "this server has no time travel")
 }
+
+func TestShellWaitsForABusySessionToFork(t *testing.T) {
+	h := newHarness(t)
+	h.api.busyForks = 2
+	c, err := dialShell(t, h, "/ui/ws/sessions/sess_nano1/shell?step=1", h.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(websocket.StatusNormalClosure, "")
+	send(t, c, shellMsg{Type: "auth", Key: testKey})
+	msgs := readUntil(t, c, "ready")
+	if n := len(h.api.called("POST /v1/sessions/sess_nano1/fork")); n != 3 {
+		t.Errorf("%d fork requests, want 3 (two busy, then the fork)", n)
+	}
+	mustContain(t, msgs[0].Data, "session busy, waiting to fork")
+}

@@ -25,8 +25,10 @@ type fakeAPI struct {
 	noTimeTravel bool
 	// forks counts forks made; cells what ran in each session (guarded by mu).
 	forks int
-	cells map[string][]string
-	stdin []string
+	// busyForks is how many fork requests answer 409 busy first.
+	busyForks int
+	cells     map[string][]string
+	stdin     []string
 }
 
 func newFakeAPI() *fakeAPI {
@@ -97,6 +99,12 @@ func newFakeAPI() *fakeAPI {
 	})
 	f.mux.HandleFunc("POST /v1/sessions/{id}/fork", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
+		if f.busyForks > 0 {
+			f.busyForks--
+			f.mu.Unlock()
+			j(w, 409, api.ErrorBody{Error: api.ErrorDetail{Code: "conflict", Message: "session is busy with another request"}})
+			return
+		}
 		f.forks++
 		n := f.forks
 		f.mu.Unlock()
