@@ -99,6 +99,29 @@ func TestFragmentsAreRefusedWithoutTheKey(t *testing.T) {
 	}
 }
 
+func TestChangesAreRefusedWithoutTheKey(t *testing.T) {
+	h := newHarness(t)
+	for _, tc := range []struct{ method, path, body string }{
+		{"POST", "/ui/f/sessions", "tier=nano"},
+		{"DELETE", "/ui/f/sessions/sess_nano1", ""},
+		{"POST", "/ui/f/sessions/sess_nano1/run", "code=1"},
+		{"POST", "/ui/f/sessions/sess_nano1/rewind", "step=2"},
+		{"POST", "/ui/f/sessions/sess_nano1/fork", "step=2"},
+		{"POST", "/ui/f/sessions/sess_nano1/steps/2/pin", "pinned=true"},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			status, _, body := h.do(req{method: tc.method, path: tc.path, body: tc.body, key: "-"})
+			if status != 401 {
+				t.Fatalf("status %d, want 401: %s", status, body)
+			}
+			mustContain(t, body, `data-status="401"`)
+		})
+	}
+	if h.api.forks != 0 || len(h.api.cells) != 0 {
+		t.Errorf("the API acted without the key: %v", h.api.called(""))
+	}
+}
+
 func TestStateChangingRequestsNeedTheConsoleHeaderAndSameOrigin(t *testing.T) {
 	h := newHarness(t)
 	host := strings.TrimPrefix(h.srv.URL, "http://")
