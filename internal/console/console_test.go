@@ -205,7 +205,7 @@ func TestLanesPutTheLiveLineFirstAndBranchesBeside(t *testing.T) {
 		lanes map[int]int
 	}{
 		{"linear", api.StepList{Current: 2, Steps: []api.Step{{N: 0, Parent: -1}, {N: 1, Parent: 0}, {N: 2, Parent: 1}}}, map[int]int{0: 0, 1: 0, 2: 0}},
-		{"rewind abandons a branch", testSteps(), map[int]int{0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 0, 6: 0}},
+		{"rewind abandons a branch", testSteps(), map[int]int{0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 0, 6: 0, 7: 0}},
 		{"two rewinds, two branches", api.StepList{Current: 5, Steps: []api.Step{
 			{N: 0, Parent: -1}, {N: 1, Parent: 0, Abandoned: true}, {N: 2, Parent: 0, Kind: api.StepRewind}, {N: 3, Parent: 2, Abandoned: true},
 			{N: 4, Parent: 2, Kind: api.StepRewind}, {N: 5, Parent: 4}}}, map[int]int{0: 0, 1: 1, 2: 0, 3: 2, 4: 0, 5: 0}},
@@ -226,10 +226,10 @@ func TestLanesPutTheLiveLineFirstAndBranchesBeside(t *testing.T) {
 func TestTimelineShowsStepsBranchesOutcomesAndHighlightedCode(t *testing.T) {
 	h := newHarness(t)
 	_, _, body := h.do(req{path: "/ui/f/sessions/sess_nano1/timeline"})
-	if n := strings.Count(body, `role="option"`); n != 7 {
-		t.Errorf("%d rows, want 7", n)
+	if n := strings.Count(body, `role="option"`); n != 8 {
+		t.Errorf("%d rows, want 8", n)
 	}
-	mustContain(t, body, `role="listbox"`, `id="step-3" class="step outcome-error abandoned"`, `class="step outcome-ok current"`,
+	mustContain(t, body, `role="listbox"`, `id="step-3" class="step outcome-error abandoned"`, `id="step-7" class="step outcome-ok current"`, `<code class="sh">$ ls -l /tmp # not python</code>`,
 		"rewound to step 2", `<span class="kw">import</span>`, `<span class="bi">print</span>(<span class="str">&#39;&lt;b&gt;&#39;</span>)`,
 		`hx-get="/ui/f/sessions/sess_nano1/steps/2"`, `data-lane="1"`, "--lanes:2", `forked as <a href="/ui/s/sess_fork9">sess_fork9</a>`)
 	if strings.Count(body, "forked as") != 1 {

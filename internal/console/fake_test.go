@@ -235,7 +235,7 @@ func (f *fakeAPI) called(prefix string) []string {
 // testSteps: 0 start, 1-3 cells, 4 an abandoned cell after 3, 5 a rewind to 2, 6 a cell on the new line.
 func testSteps() api.StepList {
 	st := api.StepSnapshot{State: api.SnapshotStored, Restorable: true, RestoreOn: api.TierNano, RestoreBy: api.RestoreBySnapshot}
-	return api.StepList{Session: "sess_nano1", Current: 6, Steps: []api.Step{
+	return api.StepList{Session: "sess_nano1", Current: 7, Steps: []api.Step{
 		{N: 0, Kind: api.StepStart, Parent: -1, Tier: api.TierNano, Snapshot: st},
 		{N: 1, Kind: api.StepCell, Parent: 0, Tier: api.TierNano, Code: "x = 1", DurationMS: 1.5, Snapshot: st},
 		{N: 2, Kind: api.StepCell, Parent: 1, Tier: api.TierNano, Code: "import json\nrows = [1, 2]", Snapshot: st},
@@ -243,6 +243,7 @@ func testSteps() api.StepList {
 		{N: 4, Kind: api.StepCell, Parent: 3, Tier: api.TierNano, Code: "y = 2", Snapshot: st, Abandoned: true},
 		{N: 5, Kind: api.StepRewind, Parent: 2, Target: 2, Tier: api.TierNano, Snapshot: st},
 		{N: 6, Kind: api.StepCell, Parent: 5, Tier: api.TierNano, Code: "print('<b>')", Snapshot: st, Pinned: true},
+		{N: 7, Kind: api.StepCommand, Parent: 6, Tier: api.TierNano, Code: "ls -l /tmp # not python", Snapshot: st},
 	}}
 }
 
