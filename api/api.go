@@ -283,7 +283,7 @@ type AuditEvent struct {
 	Time string `json:"time"`
 	// Type is one of run, session.create, session.move, session.close, session.expire, file.upload,
 	// file.download, package.install, auth.failure, server.start, server.stop, policy.change,
-	// egress.request, egress.dlp, mcp.call, audit.retention.
+	// egress.request, egress.dlp, mcp.call, audit.retention, command, command.input, command.kill.
 	Type string `json:"type"`
 	// Actor is the API key the request came with, as its id (never the key); "local" on a server
 	// without keys, "system" for the server's own events.

@@ -28,4 +28,16 @@ if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ]; then
 fi
 say "building bin/agentbox"
 go build -trimpath -o bin/agentbox ./cmd/agentbox
+# The first `agentbox run` would otherwise compile python.wasm to machine code (seconds) and initialise
+# an interpreter for its snapshot: one run here fills wazero's compilation cache and saves the snapshot
+# (reused for an hour; remaking it later costs about 0.35 s). Under sudo the caches are the invoking
+# user's, who runs agentbox next.
+say "warming the nano tier's caches"
+warm=(bin/agentbox run -)
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+  warm=(sudo -u "$SUDO_USER" -H bin/agentbox run -)
+fi
+if ! echo 'import json, re, statistics, platform' | "${warm[@]}" >/dev/null; then
+  say "warming the caches failed; the first run will be slower"
+fi
 say "ready: bin/agentbox"

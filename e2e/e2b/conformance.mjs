@@ -121,6 +121,22 @@ async function conformance() {
     await check('commands.run failing command throws CommandExitError', async () => {
       await assert.rejects(sbx.commands.run('echo oops >&2; exit 3'), (e) => e.exitCode === 3 && /oops/.test(e.stderr))
     })
+    await check('commands.run sees the create envs and its own, streams stdout', async () => {
+      const seen = []
+      const r = await sbx.commands.run('echo $GREETING $OWN', { envs: { OWN: 'own' }, onStdout: (d) => seen.push(d) })
+      assert.equal(r.stdout, 'hello own\n')
+      assert.equal(seen.join(''), 'hello own\n')
+    })
+    await check('the base template is a heavy sandbox with a shell', async () => {
+      const { Sandbox: Base } = await import(require.resolve('e2b'))
+      const b = await Base.create()
+      try {
+        const r = await b.commands.run('python3 -c "import numpy; print(numpy.__name__)"')
+        assert.equal(r.stdout, 'numpy\n')
+      } finally {
+        await b.kill()
+      }
+    })
     await check('commands.run background command', async () => {
       const h = await sbx.commands.run('sleep 30', { background: true })
       assert.ok(h.pid > 0)

@@ -60,13 +60,17 @@ const (
 	TypeSessionRewind = "session.rewind"
 	TypeSessionFork   = "session.fork"
 	TypeStepPin       = "step.pin"
+	// Shell commands (docs/commands.md).
+	TypeCommand      = "command"
+	TypeCommandInput = "command.input"
+	TypeCommandKill  = "command.kill"
 )
 
 // Types are the event types, in the schema's order.
 var Types = []string{TypeRun, TypeSessionCreate, TypeSessionMove, TypeSessionClose, TypeSessionExpire,
 	TypeFileUpload, TypeFileDownload, TypePackageInstall, TypeAuthFailure, TypeServerStart, TypeServerStop,
 	TypePolicyChange, TypeEgressRequest, TypeEgressDLP, TypeMCPCall, TypeRetention,
-	TypeSessionRewind, TypeSessionFork, TypeStepPin}
+	TypeSessionRewind, TypeSessionFork, TypeStepPin, TypeCommand, TypeCommandInput, TypeCommandKill}
 
 // Verdicts.
 const (

@@ -144,3 +144,28 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// TestRunMicroSmall: every kernel runs in the sandbox and natively and gets a ratio.
+func TestRunMicroSmall(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("the micro benchmark test needs python3 on PATH")
+	}
+	rep, err := RunMicro(context.Background(), python, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Rows) != len(Kernels) {
+		t.Fatalf("%d rows for %d kernels", len(rep.Rows), len(Kernels))
+	}
+	for _, r := range rep.Rows {
+		if r.NanoMS <= 0 || r.NativeMS <= 0 || r.Ratio <= 0 {
+			t.Errorf("%+v", r)
+		}
+	}
+	var out bytes.Buffer
+	rep.Print(&out)
+	if !strings.Contains(out.String(), "json") || !strings.Contains(out.String(), "ratio") {
+		t.Errorf("table:\n%s", out.String())
+	}
+}

@@ -27,9 +27,25 @@ func (e *env) bench(ctx context.Context, args []string) error {
 	fset.DurationVar(&lo.Duration, "load-duration", 0, "length of the load phase (default 30s with --load, 10s for the load row of the report)")
 	fset.IntVar(&o.FirstRuns, "first-n", 5, "samples of the first `agentbox run` of a new process")
 	noLoad := fset.Bool("no-load", false, "leave the load row out of the report")
+	micro := fset.Bool("micro", false, "instead: time micro workloads (loops, calls, dict/str, json, re, sort) in nano and natively")
+	rounds := fset.Int("rounds", 3, "with --micro: runs of each kernel on each side (the best is kept)")
 	fset.IntVar(&lo.Queue, "server-queue", 0, "with --load: the server's --queue (default: its own default)")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
+	}
+	if *micro {
+		if *rounds < 1 {
+			return usagef("-rounds must be at least 1")
+		}
+		rep, err := bench.RunMicro(ctx, o.Python, *rounds, e.stderr)
+		if err != nil {
+			return fmt.Errorf("micro benchmark: %w", err)
+		}
+		if *asJSON {
+			return json.NewEncoder(e.stdout).Encode(rep)
+		}
+		rep.Print(e.stdout)
+		return nil
 	}
 	if *load {
 		if lo.Duration == 0 {

@@ -123,7 +123,7 @@ func (s *Session) CommandState(ctx context.Context, pid int) (*api.Command, erro
 	for {
 		st, next, more, err := c.CommandRead(ctx, pid, off, 0)
 		if err != nil {
-			return nil, err
+			return nil, s.onCommand(pid, err)
 		}
 		stdout.WriteString(st.Stdout)
 		stderr.WriteString(st.Stderr)
@@ -146,13 +146,14 @@ func (s *Session) CommandInput(ctx context.Context, pid int, in api.CommandInput
 	if err != nil {
 		return err
 	}
-	return c.CommandInput(ctx, pid, in)
+	return s.onCommand(pid, c.CommandInput(ctx, pid, in))
 }
 
 // CommandSignal sends sig (empty: SIGKILL; see limits.Signals) to background command pid and the
 // processes it started.
 func (s *Session) CommandSignal(ctx context.Context, pid int, sig string) error {
-	if _, err := limits.CheckSignal(sig); err != nil {
+	sig, err := limits.CheckSignal(sig)
+	if err != nil {
 		return err
 	}
 	if err := s.lock(ctx); err != nil {
@@ -163,7 +164,7 @@ func (s *Session) CommandSignal(ctx context.Context, pid int, sig string) error 
 	if err != nil {
 		return err
 	}
-	return c.CommandSignal(ctx, pid, sig)
+	return s.onCommand(pid, c.CommandSignal(ctx, pid, sig))
 }
 
 // CommandFollow gives fn background command pid's output as it arrives, from the oldest its buffers
@@ -214,7 +215,16 @@ func (s *Session) readCommand(ctx context.Context, pid int, from tier.CommandOff
 	if err != nil {
 		return nil, from, false, err
 	}
-	return c.CommandRead(ctx, pid, from, followWait)
+	st, next, more, err := c.CommandRead(ctx, pid, from, followWait)
+	return st, next, more, s.onCommand(pid, err)
+}
+
+// onCommand names the session and command in err.
+func (s *Session) onCommand(pid int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("session %q, command %d: %w", s.id, pid, err)
 }
 
 // lockWait takes mu, waiting in line (sync.Mutex hands it to a waiter that waited long, so a stream

@@ -27,7 +27,7 @@ func (f *cmdHeavy) NewSession(ctx context.Context, lim api.Limits, pk []string) 
 	if err != nil {
 		return nil, err
 	}
-	cs := &cmdSession{fakeHeavySession: s.(*fakeHeavySession), env: map[string]string{}}
+	cs := &cmdSession{fakeHeavySession: s.(*fakeHeavySession), env: map[string]string{}, unblock: make(chan struct{})}
 	f.mu.Lock()
 	f.sessions = append(f.sessions, cs)
 	f.mu.Unlock()
@@ -40,6 +40,8 @@ type cmdSession struct {
 	env   map[string]string // guarded by mu
 	out   []string          // lines a background command writes; guarded by mu
 	reads int               // CommandRead calls; guarded by mu
+	// unblock ends a foreground command named "block".
+	unblock chan struct{}
 }
 
 func (s *cmdSession) SetEnv(_ context.Context, env map[string]string) error {
@@ -55,6 +57,9 @@ func (s *cmdSession) Command(_ context.Context, req api.CommandRequest, stream t
 		s.out = strings.SplitAfter(req.Stdin, "\n")
 		s.mu.Unlock()
 		return &api.Command{PID: 7, Cmd: req.Cmd, State: api.CommandRunning}, nil
+	}
+	if req.Cmd == "block" {
+		<-s.unblock
 	}
 	if stream.Stdout != nil {
 		stream.Stdout(req.Cmd + "\n")
@@ -241,5 +246,45 @@ func TestCommandFollowEndsWithContext(t *testing.T) {
 	defer cancel()
 	if _, err := s.CommandFollow(ctx, 7, func(string, string) {}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("%v", err)
+	}
+}
+
+// TestForegroundCommandTakesTheSession: a foreground command holds the session like a cell: a cell
+// or another command meanwhile is refused as busy; a background command does not hold it.
+func TestForegroundCommandTakesTheSession(t *testing.T) {
+	ctx := context.Background()
+	d := newDispatcher(t, Config{Heavy: &cmdHeavy{}})
+	s, err := d.NewSession(ctx, api.SessionRequest{Tier: api.TierHeavy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Command(ctx, api.CommandRequest{Cmd: "server", Background: true}, Output{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Run(ctx, "1", Output{}); err != nil {
+		t.Fatalf("a cell after a background command: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Command(ctx, api.CommandRequest{Cmd: "block"}, Output{})
+		done <- err
+	}()
+	waitFor(t, func() bool { // the command holds the session
+		if s.mu.TryLock() {
+			s.mu.Unlock()
+			return false
+		}
+		return true
+	})
+	if _, err := s.Run(ctx, "1", Output{}); !errors.Is(err, ErrSessionBusy) {
+		t.Fatalf("a cell during a foreground command: %v", err)
+	}
+	if _, err := s.Command(ctx, api.CommandRequest{Cmd: "ls"}, Output{}); !errors.Is(err, ErrSessionBusy) {
+		t.Fatalf("a command during a foreground command: %v", err)
+	}
+	close(s.sb.(*cmdSession).unblock)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

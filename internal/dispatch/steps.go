@@ -56,12 +56,6 @@ type stepLog struct {
 	current int        // the step the sandbox's state is at; guarded by mu
 }
 
-func (l *stepLog) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.steps)
-}
-
 // appendStep adds a step made from the current one and makes it current; it returns its number.
 func (l *stepLog) appendStep(rec *stepRec) int {
 	l.mu.Lock()
@@ -598,6 +592,12 @@ func (s *Session) Pin(n int, pin bool) error {
 	s.steps.mu.Lock()
 	rec.step.Pinned = pin
 	s.steps.mu.Unlock()
+	if !pin && s.archived.Load() && !s.d.store.EndSession(s.id, true) {
+		// A closed session was kept only for its pinned steps: the last one is gone.
+		s.d.mu.Lock()
+		delete(s.d.archived, s.id)
+		s.d.mu.Unlock()
+	}
 	return nil
 }
 

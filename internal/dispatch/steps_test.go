@@ -392,6 +392,16 @@ func TestRestartKeepsPinnedSessionsForForking(t *testing.T) {
 	if got := probe(t, f); got != "x=7;/tmp/a:4:6b657074;cwd=/home/user\n" {
 		t.Fatalf("fork after restart: %q", got)
 	}
+	// Unpinning its last pinned step lets the session go.
+	if err := old.Pin(1, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d2.StepSession(ctx, id); errdefs.ClassOf(err) != errdefs.NotFound {
+		t.Fatalf("after unpinning the last step: %v", err)
+	}
+	if _, ok := st2.State(id, 1); ok {
+		t.Fatal("the store still has the unpinned step")
+	}
 }
 
 func TestForkHasFreshEntropy(t *testing.T) {

@@ -47,6 +47,7 @@ type sandbox struct {
 	deadline time.Time               // guarded by mu
 	timer    *time.Timer             // kills the sandbox at deadline; guarded by mu
 	contexts map[string]*codeContext // the contexts beyond the default one; guarded by mu
+	tags     map[string]int          // process tags given at Start, to pids; guarded by mu
 	killed   bool                    // guarded by mu
 }
 
@@ -78,11 +79,11 @@ func (h *Handler) apiRoutes() *http.ServeMux {
 	}
 	for pattern, what := range notSupported {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			writeError(w, unsupported(what, "agentbox sessions have no E2B pause, snapshot, fork, metrics, logs or network API; agentbox's own API has session network policies (PATCH /v1/sessions/{id}/network)"))
+			h.fail(w, unsupported(what, "agentbox sessions have no E2B pause, snapshot, fork, metrics, logs or network API; agentbox's own API has session network policies (PATCH /v1/sessions/{id}/network)"))
 		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errdefs.With(errdefs.NotFound, fmt.Errorf("no E2B control-plane route for %s %s", r.Method, limits.Text(r.URL.Path, 256))))
+		h.fail(w, errdefs.With(errdefs.NotFound, fmt.Errorf("no E2B control-plane route for %s %s", r.Method, limits.Text(r.URL.Path, 256))))
 	})
 	return mux
 }
@@ -139,12 +140,12 @@ type detailJSON struct {
 func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 	var body createBody
 	if err := decodeJSON(r, &body); err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	b, err := h.newSandbox(r.Context(), body)
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, h.sandboxJSON(b))
@@ -191,18 +192,14 @@ func (h *Handler) newSandbox(ctx context.Context, body createBody) (*sandbox, er
 	if err != nil {
 		return nil, err
 	}
-	sess, err := h.sb.NewSession(ctx, h.sessionRequest(tier))
+	sess, err := h.sb.NewSession(ctx, h.sessionRequest(tier, body.EnvVars))
 	if err != nil {
 		return nil, err
 	}
 	b := &sandbox{id: sess.ID(), template: body.TemplateID, token: newToken("ea_", 16), tenant: dispatch.TenantOf(ctx),
-		started: time.Now(), metadata: body.Metadata, envs: body.EnvVars, sess: sess, contexts: map[string]*codeContext{}}
+		started: time.Now(), metadata: body.Metadata, envs: body.EnvVars, sess: sess, contexts: map[string]*codeContext{}, tags: map[string]int{}}
 	if b.metadata == nil {
 		b.metadata = map[string]string{}
-	}
-	if err := applyEnv(ctx, sess, b.envs, ""); err != nil {
-		sess.Close()
-		return nil, err
 	}
 	b.deadline = b.started.Add(life)
 	b.timer = time.AfterFunc(life, func() { h.expire(b) })
@@ -212,11 +209,14 @@ func (h *Handler) newSandbox(ctx context.Context, body createBody) (*sandbox, er
 	return b, nil
 }
 
-// sessionRequest is the session of a sandbox or context: its idle TTL is the longest lifetime, so
-// that the sandbox's own deadline, which a timeout call moves, is what ends it.
-func (h *Handler) sessionRequest(tier api.Tier) api.SessionRequest {
-	return api.SessionRequest{Tier: tier, TTLSeconds: int(min(h.cfg.MaxTimeout, 24*time.Hour) / time.Second)}
+// sessionRequest is the session of a sandbox or context: the sandbox's envs are its environment
+// (of its cells and its commands), and its idle TTL is the longest lifetime, so that the sandbox's
+// own deadline, which a timeout call moves, is what ends it.
+func (h *Handler) sessionRequest(tier api.Tier, envs map[string]string) api.SessionRequest {
+	return api.SessionRequest{Tier: tier, TTLSeconds: h.ttl(), Env: envs}
 }
+
+func (h *Handler) ttl() int { return int(min(h.cfg.MaxTimeout, 24*time.Hour) / time.Second) }
 
 func validEnvName(k string) bool {
 	if k == "" {
@@ -268,7 +268,7 @@ func (h *Handler) lookup(ctx context.Context, id string) (*sandbox, error) {
 func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 	b, err := h.lookup(r.Context(), r.PathValue("id"))
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, h.detail(b, true))
@@ -277,7 +277,7 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
 	b, err := h.lookup(r.Context(), r.PathValue("id"))
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	h.kill(b, "client")
@@ -346,21 +346,21 @@ func (h *Handler) refresh(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) moveDeadline(w http.ResponseWriter, r *http.Request, field string, extendOnly bool) {
 	b, err := h.lookup(r.Context(), r.PathValue("id"))
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	var body map[string]*int
 	if err := decodeJSON(r, &body); err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	if body[field] == nil && !extendOnly {
-		writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%q (seconds) is required", field)))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%q (seconds) is required", field)))
 		return
 	}
 	d, err := h.lifetime(body[field])
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	b.setDeadline(d, extendOnly)
@@ -370,20 +370,20 @@ func (h *Handler) moveDeadline(w http.ResponseWriter, r *http.Request, field str
 func (h *Handler) connect(w http.ResponseWriter, r *http.Request) {
 	b, err := h.lookup(r.Context(), r.PathValue("id"))
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	var body struct {
 		Timeout *int `json:"timeout"`
 	}
 	if err := decodeJSON(r, &body); err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	if body.Timeout != nil {
 		d, err := h.lifetime(body.Timeout)
 		if err != nil {
-			writeError(w, err)
+			h.fail(w, err)
 			return
 		}
 		b.setDeadline(d, true) // connecting never shortens a sandbox's life
@@ -414,7 +414,7 @@ func (h *Handler) visible(ctx context.Context) []*sandbox {
 func (h *Handler) listV1(w http.ResponseWriter, r *http.Request) {
 	filter, err := metadataFilter(r.URL.Query())
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	out := []detailJSON{}
@@ -432,7 +432,7 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	filter, err := metadataFilter(q)
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	running := true
@@ -444,7 +444,7 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 				running = true
 			case "paused":
 			default:
-				writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("state %q: want running or paused", limits.Text(s, 64))))
+				h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("state %q: want running or paused", limits.Text(s, 64))))
 				return
 			}
 		}
@@ -453,7 +453,7 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 || n > 1000 {
-			writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("limit %q: want 1 to 1000", limits.Text(l, 32))))
+			h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("limit %q: want 1 to 1000", limits.Text(l, 32))))
 			return
 		}
 		limit = n
@@ -464,14 +464,14 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 	case "desc":
 		slices.Reverse(all)
 	default:
-		writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("order %q: want asc or desc", limits.Text(q.Get("order"), 32))))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("order %q: want asc or desc", limits.Text(q.Get("order"), 32))))
 		return
 	}
 	start := 0
 	if tok := q.Get("nextToken"); tok != "" {
 		id, err := base64.RawURLEncoding.DecodeString(tok)
 		if err != nil {
-			writeError(w, errdefs.With(errdefs.InvalidArgument, errors.New("nextToken is not one this server gave")))
+			h.fail(w, errdefs.With(errdefs.InvalidArgument, errors.New("nextToken is not one this server gave")))
 			return
 		}
 		// The page starts after the sandbox the token names; one killed meanwhile ends the listing

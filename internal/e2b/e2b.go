@@ -62,6 +62,18 @@ type Session interface {
 	ReadFile(ctx context.Context, p string, max int64) ([]byte, error)
 	ListFiles(ctx context.Context, dir string) ([]api.FileInfo, error)
 	Close()
+
+	// Shell commands (heavy; a tier-auto session moves there for its first one).
+	Command(ctx context.Context, req api.CommandRequest, out dispatch.Output) (*api.Command, error)
+	Commands(ctx context.Context) ([]api.Command, error)
+	CommandInput(ctx context.Context, pid int, in api.CommandInput) error
+	CommandSignal(ctx context.Context, pid int, sig string) error
+	CommandFollow(ctx context.Context, pid int, fn func(stdout, stderr string)) (*api.Command, error)
+
+	// Time travel: E2B's fork and snapshots.
+	Steps() api.StepList
+	Fork(ctx context.Context, req api.ForkRequest) (Session, error)
+	Pin(n int, pin bool) error
 }
 
 // Sandboxes starts and finds sessions for the tenant the context acts for (dispatch.TenantOf).
@@ -86,7 +98,7 @@ func (a dispatchSandboxes) NewSession(ctx context.Context, req api.SessionReques
 	if err != nil {
 		return nil, err // not a typed nil in the interface
 	}
-	return s, nil
+	return dispatchSession{s}, nil
 }
 
 func (a dispatchSandboxes) Session(ctx context.Context, id string) (Session, error) {
@@ -94,7 +106,18 @@ func (a dispatchSandboxes) Session(ctx context.Context, id string) (Session, err
 	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	return dispatchSession{s}, nil
+}
+
+// dispatchSession is a *dispatch.Session whose forks are Sessions too.
+type dispatchSession struct{ *dispatch.Session }
+
+func (s dispatchSession) Fork(ctx context.Context, req api.ForkRequest) (Session, error) {
+	f, err := s.Session.Fork(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return dispatchSession{f}, nil
 }
 
 // Config configures a Handler. Zero values are the defaults given per field.
@@ -182,7 +205,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case under(p, SandboxPrefix):
 		h.serveSandbox(w, r)
 	default:
-		writeError(w, errdefs.With(errdefs.NotFound, fmt.Errorf("no E2B route for %s %s: set E2B_API_URL to http://HOST:PORT%s and E2B_SANDBOX_URL to http://HOST:PORT%s", r.Method, limits.Text(p, 256), APIPrefix, SandboxPrefix)))
+		h.fail(w, errdefs.With(errdefs.NotFound, fmt.Errorf("no E2B route for %s %s: set E2B_API_URL to http://HOST:PORT%s and E2B_SANDBOX_URL to http://HOST:PORT%s", r.Method, limits.Text(p, 256), APIPrefix, SandboxPrefix)))
 	}
 }
 
@@ -207,7 +230,7 @@ func strip(mux *http.ServeMux, prefix string, w http.ResponseWriter, r *http.Req
 func (h *Handler) serveAPI(w http.ResponseWriter, r *http.Request) {
 	t, err := h.authenticate(r)
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	r = r.WithContext(dispatch.WithTenant(r.Context(), t))
@@ -235,7 +258,7 @@ func sandboxOf(ctx context.Context) *sandbox {
 func (h *Handler) serveSandbox(w http.ResponseWriter, r *http.Request) {
 	id := r.Header.Get("E2b-Sandbox-Id")
 	if id == "" {
-		writeError(w, errdefs.With(errdefs.InvalidArgument, errors.New("no E2b-Sandbox-Id header: sandbox requests are routed by it, which the E2B SDKs send when E2B_SANDBOX_URL is set (e2b >= 2.14.1, @e2b/code-interpreter >= 2.7.0; docs/e2b.md)")))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, errors.New("no E2b-Sandbox-Id header: sandbox requests are routed by it, which the E2B SDKs send when E2B_SANDBOX_URL is set (e2b >= 2.14.1, @e2b/code-interpreter >= 2.7.0; docs/e2b.md)")))
 		return
 	}
 	var mux *http.ServeMux
@@ -245,12 +268,12 @@ func (h *Handler) serveSandbox(w http.ResponseWriter, r *http.Request) {
 	case PortJupyter:
 		mux = h.jupyter
 	default:
-		writeError(w, errdefs.With(errdefs.NotFound, fmt.Errorf("E2b-Sandbox-Port %q: agentbox serves envd (%s) and the code interpreter (%s), no other sandbox port", limits.Text(port, 32), PortEnvd, PortJupyter)))
+		h.fail(w, errdefs.With(errdefs.NotFound, fmt.Errorf("E2b-Sandbox-Port %q: agentbox serves envd (%s) and the code interpreter (%s), no other sandbox port", limits.Text(port, 32), PortEnvd, PortJupyter)))
 		return
 	}
 	b, err := h.authorise(r, id)
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	ctx := dispatch.WithTenant(r.Context(), b.tenant)
@@ -308,8 +331,17 @@ type errorBody struct {
 	Message string `json:"message"`
 }
 
+// fail answers err, logging an internal one's details.
+func (h *Handler) fail(w http.ResponseWriter, err error) {
+	if errdefs.ClassOf(err) == errdefs.Internal && !errors.Is(err, errUnsupported) && !errors.Is(err, errSandboxGone) {
+		h.log.Error("e2b: internal error", "err", limits.Text(err.Error(), 16<<10))
+	}
+	writeError(w, err)
+}
+
 // writeError answers with E2B's {code, message} and the status the SDKs map: 401 AuthenticationError,
-// 404 NotFoundError, 429 RateLimitError (retried after Retry-After), 503 ServiceBusyError.
+// 404 NotFoundError, 429 RateLimitError (retried after Retry-After), 503 ServiceBusyError; an
+// internal error's details are the server log's, not the answer's.
 func writeError(w http.ResponseWriter, err error) {
 	status := errdefs.ClassOf(err).HTTPStatus()
 	msg := err.Error()
@@ -321,7 +353,7 @@ func writeError(w http.ResponseWriter, err error) {
 	case errors.Is(err, context.DeadlineExceeded):
 		status = http.StatusBadGateway // the code interpreter SDK reads 502 as a TimeoutError
 	case errdefs.ClassOf(err) == errdefs.Internal:
-		msg = "internal error: " + limits.Text(msg, 512)
+		msg = "internal error (the details are in the server's log)"
 	}
 	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")

@@ -20,6 +20,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	fspb "github.com/entersandbox/agentbox/internal/e2b/envd/filesystem"
 	"github.com/entersandbox/agentbox/internal/e2b/envd/filesystem/filesystemconnect"
@@ -906,4 +907,41 @@ func TestFilesystemRPC(t *testing.T) {
 			t.Fatalf("%v, want Unauthenticated", err)
 		}
 	})
+}
+
+// refusing answers every session start with err.
+type refusing struct {
+	Sandboxes
+	err error
+}
+
+func (r refusing) NewSession(context.Context, api.SessionRequest) (Session, error) { return nil, r.err }
+
+func TestErrorsMapToTheStatusesTheSDKsRead(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		err        error
+		status     int
+		retryAfter bool
+	}{
+		{"overloaded is 429 with Retry-After (RateLimitError, retried)", errdefs.With(errdefs.Overloaded, errors.New("too many sessions")), 429, true},
+		{"unavailable is 503 (ServiceBusyError)", errdefs.With(errdefs.Unavailable, errors.New("shutting down")), 503, true},
+		{"forbidden is 403", errdefs.With(errdefs.Forbidden, errors.New("audit-only key")), 403, false},
+		{"internal is 500 without its details", errors.New("boom: /secret/path"), 500, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := New(refusing{FromDispatch(sessions), tc.err}, Config{Authenticate: testAuth})
+			t.Cleanup(h.Close)
+			ts := httptest.NewServer(h)
+			t.Cleanup(ts.Close)
+			r := do(t, "POST", ts.URL+APIPrefix+"/v2/sandboxes", apiKey(keyAlice), map[string]any{"templateID": "code-interpreter-v1"})
+			r.e2bError(t, tc.status, "")
+			if strings.Contains(string(r.body), "/secret/path") {
+				t.Fatalf("an internal error's details were answered: %s", r.body)
+			}
+			if got := r.header.Get("Retry-After") != ""; got != tc.retryAfter {
+				t.Fatalf("Retry-After %q", r.header.Get("Retry-After"))
+			}
+		})
+	}
 }

@@ -33,7 +33,7 @@ func (h *Handler) envdRoutes() *http.ServeMux {
 	procPath, procHandler := processconnect.NewProcessHandler(&processService{h: h})
 	mux.Handle(procPath, procHandler)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errdefs.With(errdefs.NotFound, fmt.Errorf("no envd route for %s %s", r.Method, limits.Text(r.URL.Path, 256))))
+		h.fail(w, errdefs.With(errdefs.NotFound, fmt.Errorf("no envd route for %s %s", r.Method, limits.Text(r.URL.Path, 256))))
 	})
 	return mux
 }
@@ -67,12 +67,12 @@ func (h *Handler) readFile(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, b *sandbox) {
 	p, err := sandboxPath(r.URL.Query().Get("path"))
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	data, err := b.sess.ReadFile(r.Context(), p, h.cfg.MaxFileBytes)
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -97,14 +97,14 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, b *sandbox)
 	query := r.URL.Query().Get("path")
 	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil && r.Header.Get("Content-Type") != "" {
-		writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("content type: %w", err)))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("content type: %w", err)))
 		return
 	}
 	body := io.Reader(r.Body)
 	if strings.EqualFold(r.Header.Get("Content-Encoding"), "gzip") {
 		zr, err := gzip.NewReader(r.Body)
 		if err != nil {
-			writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("gzip body: %w", err)))
+			h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("gzip body: %w", err)))
 			return
 		}
 		defer zr.Close()
@@ -115,7 +115,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, b *sandbox)
 		r.Body = io.NopCloser(body)
 		mr, err := r.MultipartReader()
 		if err != nil || params["boundary"] == "" {
-			writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("multipart body: %v", err)))
+			h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("multipart body: %v", err)))
 			return
 		}
 		for {
@@ -124,7 +124,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, b *sandbox)
 				break
 			}
 			if err != nil {
-				writeError(w, readErr("multipart body", err))
+				h.fail(w, readErr("multipart body", err))
 				return
 			}
 			if part.FormName() != "file" {
@@ -137,12 +137,12 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, b *sandbox)
 			}
 			p, err := sandboxPath(name)
 			if err != nil {
-				writeError(w, err)
+				h.fail(w, err)
 				return
 			}
 			data, err := io.ReadAll(part)
 			if err != nil {
-				writeError(w, readErr("multipart part "+p, err))
+				h.fail(w, readErr("multipart part "+p, err))
 				return
 			}
 			files = append(files, file{p, data})
@@ -150,27 +150,27 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, b *sandbox)
 	case "application/octet-stream", "":
 		p, err := sandboxPath(query)
 		if err != nil {
-			writeError(w, err)
+			h.fail(w, err)
 			return
 		}
 		data, err := io.ReadAll(body)
 		if err != nil {
-			writeError(w, readErr("body", err))
+			h.fail(w, readErr("body", err))
 			return
 		}
 		files = append(files, file{p, data})
 	default:
-		writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("content type %q: send multipart/form-data with file parts, or application/octet-stream", limits.Text(mt, 128))))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("content type %q: send multipart/form-data with file parts, or application/octet-stream", limits.Text(mt, 128))))
 		return
 	}
 	if len(files) == 0 {
-		writeError(w, errdefs.With(errdefs.InvalidArgument, errors.New(`the multipart body has no "file" part`)))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, errors.New(`the multipart body has no "file" part`)))
 		return
 	}
 	out := make([]entryJSON, 0, len(files))
 	for _, f := range files {
 		if err := b.sess.WriteFile(r.Context(), f.path, f.data); err != nil {
-			writeError(w, err)
+			h.fail(w, err)
 			return
 		}
 		out = append(out, entryJSON{Path: f.path, Name: path.Base(f.path), Type: "file"})
@@ -205,19 +205,19 @@ func (h *Handler) signedFiles(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost {
 		op = "write"
 	} else if r.Method != http.MethodGet {
-		writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s /files: want GET or POST", limits.Text(r.Method, 16))))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("%s /files: want GET or POST", limits.Text(r.Method, 16))))
 		return
 	}
 	sig := q.Get("signature")
 	if sig == "" {
-		writeError(w, errdefs.With(errdefs.Unauthenticated, fmt.Errorf("/files without E2B_SANDBOX_URL's prefix is served only for signed URLs (downloadUrl, uploadUrl); other requests go to %s/files with the E2b-Sandbox-Id header", SandboxPrefix)))
+		h.fail(w, errdefs.With(errdefs.Unauthenticated, fmt.Errorf("/files without E2B_SANDBOX_URL's prefix is served only for signed URLs (downloadUrl, uploadUrl); other requests go to %s/files with the E2b-Sandbox-Id header", SandboxPrefix)))
 		return
 	}
 	exp := q.Get("signature_expiration")
 	if exp != "" {
 		n, err := strconv.ParseInt(exp, 10, 64)
 		if err != nil || time.Now().Unix() > n {
-			writeError(w, errdefs.With(errdefs.Unauthenticated, errors.New("the signed URL has expired")))
+			h.fail(w, errdefs.With(errdefs.Unauthenticated, errors.New("the signed URL has expired")))
 			return
 		}
 	}
@@ -234,7 +234,7 @@ func (h *Handler) signedFiles(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if found == nil {
-		writeError(w, errdefs.With(errdefs.Unauthenticated, errors.New("the signature matches no sandbox (a wrong path, operation or user, or a killed sandbox)")))
+		h.fail(w, errdefs.With(errdefs.Unauthenticated, errors.New("the signature matches no sandbox (a wrong path, operation or user, or a killed sandbox)")))
 		return
 	}
 	r = r.WithContext(dispatch.WithTenant(r.Context(), found.tenant))

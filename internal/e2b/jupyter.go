@@ -42,7 +42,7 @@ func (h *Handler) jupyterRoutes() *http.ServeMux {
 	mux.HandleFunc("DELETE /contexts/{id}", h.deleteContext)
 	mux.HandleFunc("POST /contexts/{id}/restart", h.restartContext)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errdefs.With(errdefs.NotFound, fmt.Errorf("no code-interpreter route for %s %s", r.Method, limits.Text(r.URL.Path, 256))))
+		h.fail(w, errdefs.With(errdefs.NotFound, fmt.Errorf("no code-interpreter route for %s %s", r.Method, limits.Text(r.URL.Path, 256))))
 	})
 	return mux
 }
@@ -77,11 +77,11 @@ func (h *Handler) createContext(w http.ResponseWriter, r *http.Request) {
 		Cwd      string `json:"cwd"`
 	}
 	if err := decodeJSON(r, &body); err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	if err := checkLanguage(body.Language); err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	cwd := body.Cwd
@@ -91,21 +91,21 @@ func (h *Handler) createContext(w http.ResponseWriter, r *http.Request) {
 		cwd = homeDir + "/" + cwd
 	}
 	if err := limits.CheckPath(cwd); err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	tier := templates[b.template]
 	if b.sess.Info().Tier == api.TierHeavy {
 		tier = api.TierHeavy // a child of a sandbox that moved starts where its parent is
 	}
-	sess, err := h.sb.NewSession(r.Context(), h.sessionRequest(tier))
+	sess, err := h.sb.NewSession(r.Context(), h.sessionRequest(tier, b.envs))
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
-	if err := applyEnv(r.Context(), sess, b.envs, cwd); err != nil {
+	if err := chdir(r.Context(), sess, cwd); err != nil {
 		sess.Close()
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	c := &codeContext{id: sess.ID(), language: "python", cwd: cwd, sess: sess}
@@ -113,7 +113,7 @@ func (h *Handler) createContext(w http.ResponseWriter, r *http.Request) {
 	if b.killed {
 		b.mu.Unlock()
 		sess.Close()
-		writeError(w, errNoSandbox(b.id))
+		h.fail(w, errNoSandbox(b.id))
 		return
 	}
 	b.contexts[c.id] = c
@@ -137,7 +137,7 @@ func (h *Handler) deleteContext(w http.ResponseWriter, r *http.Request) {
 	b := sandboxOf(r.Context())
 	id := r.PathValue("id")
 	if id == b.id {
-		writeError(w, errdefs.With(errdefs.InvalidArgument, errors.New("the default context is the sandbox itself: kill the sandbox instead")))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, errors.New("the default context is the sandbox itself: kill the sandbox instead")))
 		return
 	}
 	b.mu.Lock()
@@ -145,7 +145,7 @@ func (h *Handler) deleteContext(w http.ResponseWriter, r *http.Request) {
 	delete(b.contexts, id)
 	b.mu.Unlock()
 	if c == nil {
-		writeError(w, errdefs.With(errdefs.NotFound, fmt.Errorf("context %q not found in sandbox %q", limits.Text(id, 64), b.id)))
+		h.fail(w, errdefs.With(errdefs.NotFound, fmt.Errorf("context %q not found in sandbox %q", limits.Text(id, 64), b.id)))
 		return
 	}
 	c.sess.Close()
@@ -164,11 +164,11 @@ func (h *Handler) restartContext(w http.ResponseWriter, r *http.Request) {
 	b := sandboxOf(r.Context())
 	sess, err := b.context(r.PathValue("id"))
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	if err := runQuiet(r.Context(), sess, resetCode); err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -213,24 +213,11 @@ func pyString(s string) string {
 	return string(b)
 }
 
-// applyEnv sets a session's environment variables (and working directory, when cwd is set) inside
-// its interpreter, where os.environ and the programs it starts see them.
-func applyEnv(ctx context.Context, sess Session, envs map[string]string, cwd string) error {
-	if len(envs) == 0 && cwd == "" {
-		return nil
-	}
-	var code strings.Builder
-	code.WriteString("import os as _os\n")
-	if len(envs) > 0 {
-		j, _ := json.Marshal(envs)
-		fmt.Fprintf(&code, "_os.environ.update(__import__('json').loads(%s))\n", pyString(string(j)))
-	}
-	if cwd != "" {
-		fmt.Fprintf(&code, "_os.makedirs(%[1]s, exist_ok=True)\n_os.chdir(%[1]s)\n", pyString(cwd))
-	}
-	code.WriteString("del _os\n")
-	if err := runQuiet(ctx, sess, code.String()); err != nil {
-		return fmt.Errorf("e2b: setting the environment: %w", err)
+// chdir makes cwd (created if missing) the working directory of a context's interpreter.
+func chdir(ctx context.Context, sess Session, cwd string) error {
+	code := fmt.Sprintf("import os as _os\n_os.makedirs(%[1]s, exist_ok=True)\n_os.chdir(%[1]s)\ndel _os\n", pyString(cwd))
+	if err := runQuiet(ctx, sess, code); err != nil {
+		return fmt.Errorf("e2b: entering the context's cwd: %w", err)
 	}
 	return nil
 }
@@ -259,37 +246,37 @@ func (h *Handler) execute(w http.ResponseWriter, r *http.Request) {
 	b := sandboxOf(r.Context())
 	var body executeBody
 	if err := decodeJSON(r, &body); err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	if body.Code == nil {
-		writeError(w, errdefs.With(errdefs.InvalidArgument, errors.New(`"code" is required`)))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, errors.New(`"code" is required`)))
 		return
 	}
 	if body.ContextID != "" && body.Language != "" {
-		writeError(w, errdefs.With(errdefs.InvalidArgument, errors.New("give context_id or language, not both")))
+		h.fail(w, errdefs.With(errdefs.InvalidArgument, errors.New("give context_id or language, not both")))
 		return
 	}
 	if err := checkLanguage(body.Language); err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	for k := range body.EnvVars {
 		if !validEnvName(k) {
-			writeError(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("env_vars: %q is not an environment variable name", limits.Text(k, 128))))
+			h.fail(w, errdefs.With(errdefs.InvalidArgument, fmt.Errorf("env_vars: %q is not an environment variable name", limits.Text(k, 128))))
 			return
 		}
 	}
 	sess, err := b.context(body.ContextID)
 	if err != nil {
-		writeError(w, err)
+		h.fail(w, err)
 		return
 	}
 	ctx := r.Context()
 	set, restore := envScope(body.EnvVars)
 	if set != "" {
 		if err := runQuiet(ctx, sess, set); err != nil {
-			writeError(w, err)
+			h.fail(w, err)
 			return
 		}
 		defer runQuiet(context.WithoutCancel(ctx), sess, restore)

@@ -292,10 +292,11 @@ def read(req):
 INSPECT_VARS = 1000  # globals summarised, the first by name
 INSPECT_REPR = 200  # characters of a repr
 INSPECT_BUDGET = 2.0  # seconds for all reprs and sizes: they run the objects' own code
+INSPECT_EACH = 0.25  # seconds for one variable's
 INSPECT_DIRS = ("/home/user", "/tmp", "/data", "/output")  # the writable tmpfs dirs, in the image
 
 
-class _OutOfTime(Exception):
+class _OutOfTime(BaseException):  # not an Exception: reprlib and the guest's own code catch those
     pass
 
 
@@ -334,8 +335,8 @@ def _variables():
         raise _OutOfTime()
 
     old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, INSPECT_BUDGET)
-    out, late = [], False
+    deadline = time.monotonic() + INSPECT_BUDGET
+    out = []
     try:
         names = sorted(n for n in _main_globals if not (n.startswith("__") and n.endswith("__")))
         for name in names[:INSPECT_VARS]:
@@ -348,20 +349,25 @@ def _variables():
                 kind = "function"
             else:
                 kind = "value"
-            entry = {"name": name, "type": _type_name(type(v)), "kind": kind}
-            if late:
-                entry["repr"] = "<not inspected: out of time>"
-            else:
-                try:
-                    entry["repr"] = short.repr(v)[:INSPECT_REPR]
-                    if kind == "value":
-                        entry["size"] = _size(v)
-                except _OutOfTime:
-                    late, entry["repr"] = True, "<not inspected: out of time>"
-                except BaseException as e:  # noqa: BLE001 - the object's own code failed
-                    entry["repr"] = f"<repr failed: {type(e).__name__}>"
+            entry = {"name": name, "type": _type_name(type(v)), "kind": kind, "repr": "<not inspected: out of time>"}
             out.append(entry)
-    except _OutOfTime:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                continue
+            try:
+                signal.setitimer(signal.ITIMER_REAL, min(INSPECT_EACH, left))
+                r = short.repr(v)[:INSPECT_REPR]
+                size = _size(v) if kind == "value" else None
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                entry["repr"] = r
+                if size is not None:
+                    entry["size"] = int(size)
+            except _OutOfTime:
+                pass
+            except BaseException as e:  # noqa: BLE001 - the object's own code failed
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                entry["repr"] = f"<repr failed: {type(e).__name__}>"
+    except _OutOfTime:  # between two variables
         pass
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -479,14 +485,15 @@ def handle(req):
 # Shell commands: children of the worker, each in a process group of its own (a timeout or kill stops
 # what it started too), within the sandbox's limits like everything else. One reactor thread reads
 # their output into per-stream buffers, writes their stdin and enforces their deadlines; requests
-# read those buffers. A foreground command's output is sent as events of the exec request and capped
-# at max_output per stream (past it the command is killed); a background command keeps the last
-# max_output bytes of each stream (a ring: older output is dropped and truncated set).
+# read those buffers. exec answers at once; the host reads a command's output and end with cmd_read,
+# so that no request waits on a command and the host can signal it meanwhile. A foreground command
+# keeps at most max_output bytes per stream (past it the command is killed) and is forgotten once its
+# end was read; a background command keeps the last max_output bytes of each stream (a ring: older
+# output is dropped and truncated set) and stays listed.
 
 MAX_COMMANDS = 64  # kept in the table; the oldest ended ones are forgotten first
 MAX_STDIN = 1 << 20  # stdin not yet taken by a command
 MAX_READ_TEXT = 256 << 10  # bytes of each stream per cmd_read answer: JSON may grow them 6-fold
-MAX_EVENT_TEXT = 64 << 10  # bytes per stdout/stderr event of a foreground command
 
 
 class NoSuchProcess(Exception):
@@ -546,37 +553,45 @@ def _reactor_start():
 
 
 def _react():
-    wake_r = _wake_fds[0]
     while True:
-        with _cmd_cv:
-            reads, writes, owner, running = [wake_r], [], {}, False
-            for c in _cmds.values():
-                for name, s in c.streams.items():
-                    if s.fd >= 0:
-                        reads.append(s.fd)
-                        owner[s.fd] = (c, name)
-                if c.stdin_fd >= 0 and (c.pending or c.close_stdin):
-                    writes.append(c.stdin_fd)
-                    owner[c.stdin_fd] = (c, "stdin")
-                running = running or c.state == "running"
-        # Only this thread closes the commands' fds, so none of these is closed under select.
-        r, w, _ = select.select(reads, writes, [], 0.02 if running else None)
-        with _cmd_cv:
-            if wake_r in r:
-                try:
-                    os.read(wake_r, 4096)
-                except BlockingIOError:
-                    pass
-            for fd in r:
-                if fd in owner:
-                    _read_stream(*owner[fd])
-            for fd in w:
-                _flush_stdin(owner[fd][0])
-            now = time.monotonic()
-            for c in _cmds.values():
-                if c.state == "running":
-                    _check(c, now)
-            _cmd_cv.notify_all()
+        try:
+            _react_once(_wake_fds[0])
+        except Exception as e:  # noqa: BLE001 - the reactor must outlive a fault, or every command hangs
+            os.write(2, f"agentbox: command reactor: {e!r}\n".encode())
+            time.sleep(0.01)
+
+
+def _react_once(wake_r):
+    """One round of the reactor: waits for the commands' pipes, then reads, writes and reaps."""
+    with _cmd_cv:
+        reads, writes, owner, running = [wake_r], [], {}, False
+        for c in _cmds.values():
+            for name, s in c.streams.items():
+                if s.fd >= 0:
+                    reads.append(s.fd)
+                    owner[s.fd] = (c, name)
+            if c.stdin_fd >= 0 and (c.pending or c.close_stdin):
+                writes.append(c.stdin_fd)
+                owner[c.stdin_fd] = (c, "stdin")
+            running = running or c.state == "running"
+    # Only this thread closes the commands' fds, so none of these is closed under select.
+    r, w, _ = select.select(reads, writes, [], 0.02 if running else None)
+    with _cmd_cv:
+        if wake_r in r:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+        for fd in r:
+            if fd in owner:
+                _read_stream(*owner[fd])
+        for fd in w:
+            _flush_stdin(owner[fd][0])
+        now = time.monotonic()
+        for c in _cmds.values():
+            if c.state == "running":
+                _check(c, now)
+        _cmd_cv.notify_all()
 
 
 def _read_stream(c, name):
@@ -695,8 +710,8 @@ def _describe(c):
 def _command(req):
     pid = req.get("pid")
     c = _cmds.get(pid)
-    if c is None or not c.ring:
-        raise NoSuchProcess(f"no background command with pid {pid} in this session")
+    if c is None:
+        raise NoSuchProcess(f"no command with pid {pid} in this session")
     return c
 
 
@@ -739,27 +754,7 @@ def _exec(req):
     with _cmd_cv:
         _cmds[c.pid] = c
     _wake()
-    if background:
-        return _describe(c)
-    rid, sent = _current_id[0], {"stdout": 0, "stderr": 0}
-    try:
-        while True:
-            with _cmd_cv:
-                while True:
-                    chunks = {n: _text(c, n, sent[n], MAX_EVENT_TEXT) for n in sent}
-                    done = c.state != "running"
-                    if done or any(ch[0] for ch in chunks.values()):
-                        break
-                    _cmd_cv.wait(1)
-            for name, (text, end, _) in chunks.items():
-                sent[name] = end
-                if text:
-                    send({"id": rid, "event": name, "text": text})
-            if done and all(sent[n] >= c.streams[n].end() for n in sent):
-                return _describe(c)
-    finally:
-        with _cmd_cv:
-            _cmds.pop(c.pid, None)
+    return _describe(c)
 
 
 def _cmd_read(req):
@@ -778,6 +773,8 @@ def _cmd_read(req):
         out.update(stdout=chunks["stdout"][0], stderr=chunks["stderr"][0], out_end=chunks["stdout"][1], err_end=chunks["stderr"][1],
                    dropped=chunks["stdout"][2] or chunks["stderr"][2],
                    more=any(chunks[n][1] < c.streams[n].end() for n in frm))
+        if not c.ring and c.state != "running" and not out["more"]:
+            del _cmds[c.pid]  # a foreground command is forgotten once its end was read
         return out
 
 

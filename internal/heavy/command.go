@@ -3,6 +3,7 @@ package heavy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 
 	"fmt"
 	"math"
@@ -25,7 +26,7 @@ var (
 )
 
 // commandGrace is how long past a foreground command's time limit the host waits for the agent to
-// report it killed before it kills the sandbox.
+// report it ended before it ends the session.
 const commandGrace = 10 * time.Second
 
 // cmdReadLine bounds a cmd_read answer: 256 KiB of each stream, which JSON may grow six-fold.
@@ -99,6 +100,9 @@ func (ss *session) commandTimeout(req api.CommandRequest) (time.Duration, error)
 // Command runs req in the session's sandbox (see tier.Commander). A foreground command's output past
 // the session's output cap stops it (State killed, Truncated); a background command keeps the last
 // cap bytes of each stream.
+//
+// The agent starts either kind and answers at once; a foreground command is then read until its end
+// in short reads, so that cancelling ctx kills the command (the session lives on), not the sandbox.
 func (ss *session) Command(ctx context.Context, req api.CommandRequest, stream tier.Stream) (*api.Command, error) {
 	if err := limits.CheckCommand(req); err != nil {
 		return nil, err
@@ -110,32 +114,9 @@ func (ss *session) Command(ctx context.Context, req api.CommandRequest, stream t
 	capBytes := ss.limits.MaxOutputBytes
 	body := map[string]any{"op": "exec", "cmd": req.Cmd, "args": req.Args, "shell": req.Shell, "cwd": req.Cwd, "env": req.Env,
 		"stdin": req.Stdin, "timeout_ms": timeout.Milliseconds(), "background": req.Background, "max_output": capBytes}
-	var stdout, stderr limits.Output
-	stdout.Reset(capBytes)
-	stderr.Reset(capBytes)
-	on := func(r *reply) error {
-		w, cb := &stdout, stream.Stdout
-		switch r.Event {
-		case "stdout":
-		case "stderr":
-			w, cb = &stderr, stream.Stderr
-		default:
-			return protocolErr("a %s event during a command", quote([]byte(r.Event)))
-		}
-		kept, _ := w.Write(r.Text)
-		if w.Truncated() {
-			return protocolErr("a command's %s passed the %d byte cap the agent keeps to", r.Event, capBytes)
-		}
-		if cb != nil && kept != "" {
-			cb(kept)
-		}
-		return nil
-	}
-	wait := opTimeout
-	if !req.Background {
-		wait = timeout + commandGrace
-	}
-	r, err := ss.opFor(ctx, body, wait, runLine, on)
+	// The reads below are bounded by their own timeouts; the caller's cancel is looked at between them.
+	calls := context.WithoutCancel(ctx)
+	r, err := ss.op(calls, body, smallLine, nil)
 	if err != nil {
 		return nil, fmt.Errorf("command %s: %w", limits.Text(req.Cmd, 100), err)
 	}
@@ -143,11 +124,70 @@ func (ss *session) Command(ctx context.Context, req api.CommandRequest, stream t
 	if err != nil {
 		return nil, ss.broke(err)
 	}
-	out := c.api()
-	out.Stdout, out.Stderr = stdout.String(), stderr.String()
-	out.Truncated = out.Truncated || stdout.Truncated() || stderr.Truncated()
-	return out, nil
+	if req.Background {
+		return c.api(), nil
+	}
+	var stdout, stderr limits.Output
+	stdout.Reset(capBytes)
+	stderr.Reset(capBytes)
+	keep := func(w *limits.Output, cb func(string), text, name string) error {
+		if text == "" {
+			return nil
+		}
+		kept, _ := w.Write(text)
+		if w.Truncated() {
+			return protocolErr("a command's %s passed the %d byte cap the agent keeps to", name, capBytes)
+		}
+		if cb != nil {
+			cb(kept)
+		}
+		return nil
+	}
+	deadline := time.Now().Add(timeout + commandGrace)
+	var off tier.CommandOffsets
+	for {
+		if ctx.Err() != nil {
+			// The command is killed, and read to its end so that the agent forgets it; the session stays.
+			if ss.CommandSignal(calls, c.PID, "SIGKILL") == nil {
+				for range 10 {
+					st, next, more, err := ss.CommandRead(calls, c.PID, off, foregroundWait)
+					if err != nil || st.State != api.CommandRunning && !more {
+						break
+					}
+					off = next
+				}
+			}
+			return nil, fmt.Errorf("command %s cancelled: %w", limits.Text(req.Cmd, 100), context.Cause(ctx))
+		}
+		if time.Now().After(deadline) {
+			return nil, ss.broke(fmt.Errorf("command %d was not reported ended %v after its time limit", c.PID, commandGrace))
+		}
+		st, next, more, err := ss.CommandRead(calls, c.PID, off, foregroundWait)
+		if errors.Is(err, errDied) {
+			// The sandbox went away under the command: say why (most often the memory limit).
+			return nil, fmt.Errorf("command %s: %w: %s", limits.Text(req.Cmd, 100), err, ss.e.death(ss.s, ss.limits).Message)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("command %s: %w", limits.Text(req.Cmd, 100), err)
+		}
+		off = next
+		if err := keep(&stdout, stream.Stdout, st.Stdout, "stdout"); err != nil {
+			return nil, ss.broke(err)
+		}
+		if err := keep(&stderr, stream.Stderr, st.Stderr, "stderr"); err != nil {
+			return nil, ss.broke(err)
+		}
+		if st.State != api.CommandRunning && !more {
+			st.Stdout, st.Stderr = stdout.String(), stderr.String()
+			st.Truncated = st.Truncated || stdout.Truncated() || stderr.Truncated()
+			return st, nil
+		}
+	}
 }
+
+// foregroundWait is how long one read of a foreground command waits for output or its end: the
+// longest a cancelled caller waits before the command is killed.
+const foregroundWait = 200 * time.Millisecond
 
 // Commands describes the session's background commands.
 func (ss *session) Commands(ctx context.Context) ([]api.Command, error) {

@@ -593,6 +593,7 @@ type session struct {
 	// packages were installed at NewSession; a snapshot records them (steps.go).
 	packages []string
 	lastSnap SnapshotStats // the last Snapshot's; guarded by mu
+	restored RestoreStats  // set by Restore before the session is handed out
 }
 
 var (

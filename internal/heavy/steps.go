@@ -37,6 +37,10 @@ var (
 // between steps are equal blocks.
 const snapBlock = 4 << 10
 
+// maxImageFile bounds an image file's size in a state read back: far above what a sandbox's memory
+// limit and tmpfs caps allow, it only keeps a damaged state from asking for absurd allocations.
+const maxImageFile = 64 << 30
+
 // stateVersion is the version of stepState this code writes and reads.
 const stateVersion = 1
 
@@ -68,21 +72,60 @@ type stepState struct {
 }
 
 // imageFile is one file of a checkpoint image: its name in the image directory, its size, and its
-// blocks in order (snapBlock bytes each, the last one shorter), packed as little-endian uint64s
-// (an 80 MiB image has 20,480 of them).
+// blocks in order (snapBlock bytes each, the last one shorter), as a block table (see packIDs).
 type imageFile struct {
 	Name   string `json:"name"`
 	Size   int64  `json:"size"`
 	Blocks []byte `json:"blocks"`
 }
 
-func (f *imageFile) blockIDs() ([]tier.BlockID, error) {
-	if len(f.Blocks)%8 != 0 || int64(len(f.Blocks)/8) != (f.Size+snapBlock-1)/snapBlock {
-		return nil, fmt.Errorf("%w: image file %q: %d bytes of block ids for %d bytes", tier.ErrCorrupt, f.Name, len(f.Blocks), f.Size)
+// packIDs appends ids to dst as a block table: runs of equal steps from one id to the next, each a
+// pair of varints (the step, zigzag-encoded, from the id before the run, the first one from zero;
+// and the run's length). Images repeat the previous step's blocks in order, which the store numbered
+// in order, and zero pages are one block again and again: a 120 MiB image (30,000 blocks, 240 KB as
+// plain ids) takes a few KB.
+func packIDs(dst []byte, ids []tier.BlockID) []byte {
+	var prev tier.BlockID
+	for i := 0; i < len(ids); {
+		step := int64(ids[i] - prev)
+		n := 1
+		for i+n < len(ids) && int64(ids[i+n]-ids[i+n-1]) == step {
+			n++
+		}
+		dst = binary.AppendVarint(dst, step)
+		dst = binary.AppendUvarint(dst, uint64(n))
+		prev = ids[i+n-1]
+		i += n
 	}
-	ids := make([]tier.BlockID, len(f.Blocks)/8)
-	for i := range ids {
-		ids[i] = tier.BlockID(binary.LittleEndian.Uint64(f.Blocks[8*i:]))
+	return dst
+}
+
+// blockIDs decodes the file's block table; one that does not hold exactly the file's number of
+// blocks is corrupt.
+func (f *imageFile) blockIDs() ([]tier.BlockID, error) {
+	want := (f.Size + snapBlock - 1) / snapBlock
+	if f.Size < 0 || f.Size > maxImageFile {
+		return nil, fmt.Errorf("%w: image file %q of %d bytes", tier.ErrCorrupt, f.Name, f.Size)
+	}
+	ids := make([]tier.BlockID, 0, min(want, 1<<16))
+	var prev tier.BlockID
+	for b := f.Blocks; len(b) > 0; {
+		step, k := binary.Varint(b)
+		if k <= 0 {
+			return nil, fmt.Errorf("%w: image file %q: unreadable block table", tier.ErrCorrupt, f.Name)
+		}
+		n, j := binary.Uvarint(b[k:])
+		if j <= 0 || n == 0 || n > uint64(want)-uint64(len(ids)) {
+			return nil, fmt.Errorf("%w: image file %q: a block table for more than its %d blocks", tier.ErrCorrupt, f.Name, want)
+		}
+		b = b[k+j:]
+		for range n {
+			prev += tier.BlockID(step)
+			ids = append(ids, prev)
+		}
+	}
+	if int64(len(ids)) != want {
+		return nil, fmt.Errorf("%w: image file %q: %d blocks in the table for %d bytes", tier.ErrCorrupt, f.Name, len(ids), f.Size)
 	}
 	return ids, nil
 }
@@ -107,6 +150,22 @@ func LastSnapshot(s tier.Session) (SnapshotStats, bool) {
 	return ss.lastSnap, ss.lastSnap.Blocks > 0
 }
 
+// RestoreStats describe how a heavy session was restored, for logs and benchmarks.
+type RestoreStats struct {
+	Rebuild time.Duration // writing the image back from blocks
+	Total   time.Duration // until the restored sandbox answered (rebuild, runsc restore, reseed)
+}
+
+// Restored reports how a heavy session was restored, and false for any other session or one that
+// was not restored.
+func Restored(s tier.Session) (RestoreStats, bool) {
+	ss, ok := s.(*session)
+	if !ok {
+		return RestoreStats{}, false
+	}
+	return ss.restored, ss.restored.Total > 0
+}
+
 // inspection is the agent's answer to an inspect request with state.
 type inspection struct {
 	Variables []api.Variable `json:"variables"`
@@ -115,62 +174,87 @@ type inspection struct {
 }
 
 // Snapshot saves the session's state: the agent's summary of the globals and writable files, then a
-// checkpoint of the sandbox, which keeps running, cut into blocks. It holds the session's lock, so
-// the next cell waits for it. A failure leaves the session as it was, unless the sandbox broke the
-// protocol or stopped answering (then the session ends, as after a cell).
+// checkpoint of the sandbox, which keeps running, cut into blocks. It holds the session's lock until
+// the checkpoint is written, so the next cell waits for that (not for the cutting, which reads only
+// the image). A failure, or ctx ending, leaves the session as it was, unless the sandbox broke the
+// protocol or stopped answering (then the session ends, as after a cell). The inspection is not cut
+// short by ctx (an agent call cut short costs the sandbox): it is bounded by inspectTimeout, and ctx
+// is checked after it, stops runsc checkpoint and the cutting.
 func (ss *session) Snapshot(ctx context.Context, blocks tier.Blocks) (*tier.Snapshot, error) {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if err := ss.usable(); err != nil {
-		return nil, err
-	}
-	e, s := ss.e, ss.s
+	e := ss.e
 	e.busy.Add(1) // Close lets a snapshot finish, like a call
 	defer e.busy.Add(-1)
 	start := time.Now()
-	r, err := e.call(ctx, s, map[string]any{"op": "inspect", "state": true}, inspectTimeout, listLine, nil)
+	dir, snap, st, cpTime, err := ss.checkpoint(ctx)
+	if dir != "" {
+		defer os.RemoveAll(dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ids, raw, err := putImage(ctx, dir, blocks, st)
+	if err != nil {
+		return nil, fmt.Errorf("heavy snapshot: %w", err)
+	}
+	if snap.State, err = json.Marshal(st); err != nil {
+		return nil, fmt.Errorf("heavy snapshot: %w", err)
+	}
+	snap.Blocks = ids
+	stats := SnapshotStats{Checkpoint: cpTime, Total: time.Since(start), ImageBytes: raw, Blocks: int((raw + snapBlock - 1) / snapBlock)}
+	ss.mu.Lock()
+	ss.lastSnap = stats
+	ss.mu.Unlock()
+	e.log.Debug("heavy: step snapshot", "id", ss.s.id, "checkpoint", cpTime, "total", stats.Total, "image_bytes", raw, "unique_blocks", len(ids))
+	return snap, nil
+}
+
+// checkpoint is Snapshot's part under the session's lock: the inspection and runsc checkpoint into a
+// new scratch directory (returned whenever it was made: the caller removes it), and the state
+// without its image.
+func (ss *session) checkpoint(ctx context.Context) (string, *tier.Snapshot, *stepState, time.Duration, error) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if err := ss.usable(); err != nil {
+		return "", nil, nil, 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: %w", context.Cause(ctx))
+	}
+	e, s := ss.e, ss.s
+	r, err := e.call(context.WithoutCancel(ctx), s, map[string]any{"op": "inspect", "state": true}, inspectTimeout, listLine, nil)
 	if err != nil {
 		var ae *agentError
 		if !errors.As(err, &ae) || ae.Type == api.ErrGuestCrash || s.killed.Load() {
 			ss.closeLocked()
-			return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("heavy snapshot: %w: %w", tier.ErrGone, err))
+			return "", nil, nil, 0, errdefs.With(errdefs.NotFound, fmt.Errorf("heavy snapshot: %w: %w", tier.ErrGone, err))
 		}
-		return nil, fmt.Errorf("heavy snapshot: inspecting the state: %w", err)
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: inspecting the state: %w", err)
 	}
 	var ins inspection
 	if err := json.Unmarshal(r.Raw, &ins); err != nil {
-		return nil, fmt.Errorf("heavy snapshot: unreadable inspection: %w", err)
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: unreadable inspection: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: %w", context.Cause(ctx))
 	}
 	spec, err := os.ReadFile(filepath.Join(s.bundle, "config.json"))
 	if err != nil {
-		return nil, fmt.Errorf("heavy snapshot: the sandbox's spec: %w", err)
+		return "", nil, nil, 0, fmt.Errorf("heavy snapshot: the sandbox's spec: %w", err)
 	}
-	dir, err := e.scratchDir("snap-" + s.id)
+	dir, err := e.scratchDir("snap-" + newID())
 	if err != nil {
-		return nil, err
+		return "", nil, nil, 0, err
 	}
-	defer os.RemoveAll(dir)
 	cpStart := time.Now()
 	out := &limitedBuffer{max: 16 << 10}
 	cmd := e.runsc("checkpoint", "--leave-running", "--image-path", dir, s.id)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := runBoundedCtx(ctx, "checkpoint", cmd, checkpointTimeout); err != nil {
-		return nil, fmt.Errorf("heavy snapshot: runsc checkpoint: %w: %s", err, strings.TrimSpace(out.String()))
+		return dir, nil, nil, 0, fmt.Errorf("heavy snapshot: runsc checkpoint: %w: %s", err, strings.TrimSpace(out.String()))
 	}
-	cpTime := time.Since(cpStart)
-	st := stepState{Version: stateVersion, Spec: spec, Limits: ss.limits, Packages: ss.packages, Networked: s.ns != nil, Runs: s.runs}
-	ids, raw, err := putImage(ctx, dir, blocks, &st)
-	if err != nil {
-		return nil, fmt.Errorf("heavy snapshot: %w", err)
-	}
-	state, err := json.Marshal(&st)
-	if err != nil {
-		return nil, fmt.Errorf("heavy snapshot: %w", err)
-	}
-	snap := &tier.Snapshot{Tier: api.TierHeavy, State: state, Blocks: ids, Variables: ins.Variables, Files: fileInfos(ins.Files)}
-	ss.lastSnap = SnapshotStats{Checkpoint: cpTime, Total: time.Since(start), ImageBytes: raw, Blocks: int((raw + snapBlock - 1) / snapBlock)}
-	e.log.Debug("heavy: step snapshot", "id", s.id, "checkpoint", cpTime, "total", ss.lastSnap.Total, "image_bytes", raw, "unique_blocks", len(ids))
-	return snap, nil
+	st := &stepState{Version: stateVersion, Spec: spec, Limits: ss.limits, Packages: ss.packages, Networked: s.ns != nil, Runs: s.runs}
+	snap := &tier.Snapshot{Tier: api.TierHeavy, Variables: ins.Variables, Files: fileInfos(ins.Files)}
+	return dir, snap, st, time.Since(cpStart), nil
 }
 
 // scratchDir makes a new directory for one image under the state root's steps/.
@@ -203,6 +287,7 @@ func putImage(ctx context.Context, dir string, blocks tier.Blocks, st *stepState
 			return nil, 0, err
 		}
 		file := imageFile{Name: ent.Name()}
+		var fileIDs []tier.BlockID
 		r := bufio.NewReaderSize(f, 1<<20)
 		for {
 			if err := ctx.Err(); err != nil {
@@ -216,7 +301,7 @@ func putImage(ctx context.Context, dir string, blocks tier.Blocks, st *stepState
 					f.Close()
 					return nil, 0, fmt.Errorf("storing a block: %w", err)
 				}
-				file.Blocks = binary.LittleEndian.AppendUint64(file.Blocks, uint64(id))
+				fileIDs = append(fileIDs, id)
 				file.Size += int64(n)
 				if !seen[id] {
 					seen[id] = true
@@ -232,6 +317,7 @@ func putImage(ctx context.Context, dir string, blocks tier.Blocks, st *stepState
 			}
 		}
 		f.Close()
+		file.Blocks = packIDs(nil, fileIDs)
 		raw += file.Size
 		st.Files = append(st.Files, file)
 	}
@@ -415,6 +501,7 @@ func (e *Engine) Restore(ctx context.Context, snap *tier.Snapshot, blocks tier.B
 		return nil, err
 	}
 	defer os.RemoveAll(dir) // runsc holds the files it still reads open
+	start := time.Now()
 	if err := writeImage(ctx, dir, blocks, st); err != nil {
 		return nil, fmt.Errorf("heavy restore: %w", err)
 	}
@@ -430,6 +517,7 @@ func (e *Engine) Restore(ctx context.Context, snap *tier.Snapshot, blocks tier.B
 	if d := specDrift(saved, now); d != "" {
 		return nil, errdefs.With(errdefs.Unavailable, fmt.Errorf("heavy restore: the snapshot was taken under another sandbox configuration (%s)", d))
 	}
+	rebuilt := time.Now()
 	if _, err := e.attach(ctx, s, false); err != nil {
 		return nil, fmt.Errorf("heavy restore: %w", err)
 	}
@@ -448,7 +536,9 @@ func (e *Engine) Restore(ctx context.Context, snap *tier.Snapshot, blocks tier.B
 		return nil, err
 	}
 	cu.release()
-	return &session{e: e, s: s, limits: lim, packages: st.Packages, release: release}, nil
+	stats := RestoreStats{Rebuild: rebuilt.Sub(start), Total: time.Since(start)}
+	e.log.Debug("heavy: step restore", "id", s.id, "rebuild", stats.Rebuild, "total", stats.Total)
+	return &session{e: e, s: s, limits: lim, packages: st.Packages, release: release, restored: stats}, nil
 }
 
 // readSpec reads a bundle's spec.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -142,18 +143,11 @@ func TestImageRebuildRefusesBadBlocks(t *testing.T) {
 		{"corrupt block", func() *tiertest.Blocks { b := blocks.Clone(); b.Corrupt(ids[1]); return b }, nil},
 		{"missing block", func() *tiertest.Blocks { b := blocks.Clone(); b.Drop(ids[0]); return b }, nil},
 		{"block of the wrong length", func() *tiertest.Blocks { b := blocks.Clone(); b.Replace(ids[0], []byte("short")); return b }, nil},
-		{"block table shorter than the file", nil, func(st stepState) stepState {
-			st.Files = append([]imageFile(nil), st.Files...)
-			f := st.Files[0]
-			f.Blocks = f.Blocks[:len(f.Blocks)-8]
-			st.Files[0] = f
-			return st
-		}},
-		{"file name leaving the directory", nil, func(st stepState) stepState {
-			st.Files = append([]imageFile(nil), st.Files...)
-			st.Files[1].Name = "../x"
-			return st
-		}},
+		{"block table shorter than the file", nil, func(st stepState) stepState { return withFile(st, 0, func(f *imageFile) { f.Size += snapBlock }) }},
+		{"block table longer than the file", nil, func(st stepState) stepState { return withFile(st, 0, func(f *imageFile) { f.Size -= snapBlock }) }},
+		{"unreadable block table", nil, func(st stepState) stepState { return withFile(st, 0, func(f *imageFile) { f.Blocks = []byte{0xff} }) }},
+		{"absurd file size", nil, func(st stepState) stepState { return withFile(st, 0, func(f *imageFile) { f.Size = 1 << 62 }) }},
+		{"file name leaving the directory", nil, func(st stepState) stepState { return withFile(st, 1, func(f *imageFile) { f.Name = "../x" }) }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -167,6 +161,49 @@ func TestImageRebuildRefusesBadBlocks(t *testing.T) {
 			err := writeImage(context.Background(), t.TempDir(), b, &s)
 			if !errors.Is(err, tier.ErrCorrupt) {
 				t.Fatalf("writeImage: %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+// withFile is st with file i changed by mod (st's own files untouched).
+func withFile(st stepState, i int, mod func(f *imageFile)) stepState {
+	st.Files = append([]imageFile(nil), st.Files...)
+	mod(&st.Files[i])
+	return st
+}
+
+// TestBlockTableRoundTrip: block tables decode to the ids they were made of, whatever their order,
+// and runs of consecutive or repeated ids take a few bytes.
+func TestBlockTableRoundTrip(t *testing.T) {
+	seq := func(from, n int) []tier.BlockID {
+		var ids []tier.BlockID
+		for i := range n {
+			ids = append(ids, tier.BlockID(from+i))
+		}
+		return ids
+	}
+	cases := []struct {
+		name     string
+		ids      []tier.BlockID
+		maxBytes int
+	}{
+		{"none", nil, 0},
+		{"one", []tier.BlockID{7}, 2},
+		{"consecutive", seq(1, 30000), 4},
+		{"one block repeated", slices.Repeat([]tier.BlockID{5}, 30000), 6},
+		{"descending and jumping", []tier.BlockID{9, 3, 1 << 40, 2, 2, 1<<64 - 1, 0, 4}, 40},
+		{"a previous step's run with new blocks inside", slices.Concat(seq(1, 1000), seq(5000, 10), seq(1011, 1000)), 16},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := imageFile{Name: "pages.img", Size: int64(len(c.ids)) * snapBlock, Blocks: packIDs(nil, c.ids)}
+			if len(f.Blocks) > c.maxBytes {
+				t.Fatalf("%d ids take %d bytes, want at most %d", len(c.ids), len(f.Blocks), c.maxBytes)
+			}
+			got, err := f.blockIDs()
+			if err != nil || !slices.Equal(got, c.ids) && len(c.ids) > 0 {
+				t.Fatalf("blockIDs = %v, %v; want %v", got, err, c.ids)
 			}
 		})
 	}

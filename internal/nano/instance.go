@@ -197,11 +197,18 @@ func (e *Engine) makeSnapshot(ctx context.Context) (*snapshot, error) {
 	}
 	sp := uint32(inst.mod.ExportedGlobal("__stack_pointer").Get())
 	size := inst.mod.Memory().Size()
-	// The initialised memory itself becomes the image (copying it would touch 10 MB of fresh pages); it
-	// is unmapped when the snapshot is garbage, after rotation and the last restore from it.
-	inst.mem.keep = true
-	s := &snapshot{mem: newImage(inst.mem.bytes(int(size))), sp: sp, created: time.Now()}
-	runtime.AddCleanup(s, func(r *region) { e.regions.unmap(r) }, inst.mem.r)
+	// The image's memory is shared by the sandboxes restored from it (cow.go). Where it cannot be, the
+	// initialised memory itself becomes the image (copying it would touch 10 MB of fresh pages); it is
+	// unmapped when the snapshot is garbage, after rotation and the last restore from it.
+	img, err := newSharedImage(inst.mem.bytes(int(size)))
+	if err != nil {
+		return nil, fmt.Errorf("making snapshot: %w", err)
+	}
+	s := &snapshot{mem: img, sp: sp, created: time.Now()}
+	if img.shared == nil {
+		inst.mem.keep = true
+		runtime.AddCleanup(s, func(r *region) { e.regions.unmap(r) }, inst.mem.r)
+	}
 	e.stats.Snapshots.Add(1)
 	e.log.Debug("nano snapshot made", "ms", time.Since(start).Milliseconds(), "bytes", size)
 	return s, nil

@@ -26,26 +26,32 @@ const (
 type region struct {
 	buf   []byte // the whole reservation
 	dirty int    // bytes from the start that may differ from zero
+	// image is the shared image mapped copy-on-write over the start of buf (cow.go), nil if none;
+	// while the region is free that stretch reads as the image again.
+	image *image
 }
 
 // regionPool recycles regions. Its methods are safe for concurrent use.
 type regionPool struct {
 	mu      sync.Mutex
+	pm      *pagemap
 	free    []*region
 	max     int
 	reserve uint64
 	mapped  atomic.Int64 // regions in existence
+	closed  atomic.Bool
 }
 
 func newRegionPool(reserve uint64, max int) *regionPool {
-	return &regionPool{reserve: reserve, max: max}
+	return &regionPool{reserve: reserve, max: max, pm: openPagemap()}
 }
 
 // image is a memory snapshot with its zero and non-zero stretches marked, so that resetting a region
 // clears the zero ones (half the work of copying) instead of copying them.
 type image struct {
-	data []byte
-	runs []span
+	data   []byte // read-only; valid while the image is reachable
+	runs   []span
+	shared *sharedImage // nil: regions are filled by copying data (see cow.go)
 }
 
 type span struct {
@@ -114,7 +120,24 @@ func (p *regionPool) get(img *image) (*region, error) {
 			}
 		}
 	}
-	if img != nil {
+	if img != nil && img.shared != nil {
+		if r.image == img {
+			// The same image is mapped: make the pages the last guest wrote read as the image again,
+			// keeping them private so that the next guest writes them without a fault (cow.go).
+			if !p.pm.resetPrivate(r.buf, img, size) {
+				if err := unix.Madvise(r.buf[:size], unix.MADV_DONTNEED); err != nil {
+					p.unmap(r)
+					return nil, fmt.Errorf("resetting guest memory: %w", err)
+				}
+			}
+		} else {
+			if err := img.shared.mapOnto(r.buf, size); err != nil {
+				p.unmap(r)
+				return nil, err
+			}
+			r.image = img
+		}
+	} else if img != nil {
 		for _, sp := range img.runs {
 			if sp.zero {
 				if sp.off < r.dirty { // pages past dirty are already zero
@@ -129,7 +152,8 @@ func (p *regionPool) get(img *image) (*region, error) {
 	return r, nil
 }
 
-// put recycles a region, or unmaps it when enough are kept already.
+// put recycles a region, or unmaps it when enough are kept already. What the guest wrote over a
+// shared image is reset by the next get, which the pool's refill makes off the request path.
 func (p *regionPool) put(r *region) {
 	p.mu.Lock()
 	if len(p.free) < p.max {
@@ -143,8 +167,10 @@ func (p *regionPool) put(r *region) {
 
 func (p *regionPool) unmap(r *region) {
 	unmapRegion(r.buf)
-	r.buf = nil
-	p.mapped.Add(-1)
+	r.buf, r.image = nil, nil
+	if p.mapped.Add(-1) == 0 && p.closed.Load() {
+		p.pm.close() // no region is left to put back, so nothing reads it any more
+	}
 }
 
 // trim gives back what an idle engine need not keep: free regions past the first maxFree are unmapped,
@@ -164,6 +190,10 @@ func (p *regionPool) trim(keep, maxFree int) {
 		}
 	}()
 	for _, r := range p.free {
+		if r.image != nil {
+			// An idle region need not keep private copies of the image's pages.
+			_ = unix.Madvise(r.buf[:r.image.size()], unix.MADV_DONTNEED)
+		}
 		if r.dirty > from {
 			if err := unix.Madvise(r.buf[from:roundUp(r.dirty, osPage)], unix.MADV_DONTNEED); err == nil {
 				clear(r.buf[keep:min(from, r.dirty)])
@@ -179,8 +209,12 @@ func (p *regionPool) close() {
 	free := p.free
 	p.free, p.max = nil, 0
 	p.mu.Unlock()
+	p.closed.Store(true)
 	for _, r := range free {
 		p.unmap(r)
+	}
+	if p.mapped.Load() == 0 {
+		p.pm.close() // else the last region unmapped closes it
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"sync"
 
+	"github.com/zeebo/xxh3"
+
 	"github.com/entersandbox/agentbox/internal/tier"
 )
 
@@ -17,6 +19,7 @@ type pageCache struct {
 	max   int               // pages kept at most; zero: the cache is off
 	slab  []byte            // guarded by mu; max pages, allocated at the first put
 	keys  []pageKey         // guarded by mu; the key of each slot in use
+	sums  []xxh3.Uint128    // guarded by mu; the page hash of each slot in use
 	index map[pageKey]int32 // guarded by mu; slot of each key
 	next  int               // guarded by mu; the slot a put fills next, once all are in use
 }
@@ -36,8 +39,8 @@ func cacheable(blocks tier.Blocks) bool {
 	return blocks != nil && reflect.TypeOf(blocks).Comparable()
 }
 
-// put keeps a copy of page, the content of block id in blocks.
-func (c *pageCache) put(blocks tier.Blocks, id tier.BlockID, page []byte) {
+// put keeps a copy of page, the content of block id in blocks, and its hash.
+func (c *pageCache) put(blocks tier.Blocks, id tier.BlockID, page []byte, sum xxh3.Uint128) {
 	if c.max == 0 || len(page) != osPage {
 		return
 	}
@@ -53,27 +56,28 @@ func (c *pageCache) put(blocks tier.Blocks, id tier.BlockID, page []byte) {
 	var slot int
 	if len(c.keys) < c.max {
 		slot = len(c.keys)
-		c.keys = append(c.keys, k)
+		c.keys, c.sums = append(c.keys, k), append(c.sums, sum)
 	} else {
 		slot = c.next
 		c.next = (c.next + 1) % c.max
 		delete(c.index, c.keys[slot])
-		c.keys[slot] = k
+		c.keys[slot], c.sums[slot] = k, sum
 	}
 	c.index[k] = int32(slot)
 	copy(c.slab[slot*osPage:], page)
 }
 
-// get copies block id of blocks into dst (osPage bytes) and reports whether it had it.
-func (c *pageCache) get(blocks tier.Blocks, id tier.BlockID, dst []byte) bool {
+// get copies block id of blocks into dst (osPage bytes) and returns its hash, if it has it.
+func (c *pageCache) get(blocks tier.Blocks, id tier.BlockID, dst []byte) (xxh3.Uint128, bool) {
 	if c.max == 0 {
-		return false
+		return xxh3.Uint128{}, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	slot, ok := c.index[pageKey{blocks, id}]
-	if ok {
-		copy(dst, c.slab[int(slot)*osPage:(int(slot)+1)*osPage])
+	if !ok {
+		return xxh3.Uint128{}, false
 	}
-	return ok
+	copy(dst, c.slab[int(slot)*osPage:(int(slot)+1)*osPage])
+	return c.sums[slot], true
 }

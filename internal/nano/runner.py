@@ -458,6 +458,7 @@ def _execute(code, filename, repl):
 # through a user-defined __repr__, __sizeof__ or __class__.
 _PROBE_NAMES = 200  # globals described per snapshot, the first in name order
 _REPR_MAX = 200
+_REPR_NODES = 5000  # values described per probe in all; nested ones past it show as "..."
 _SIZE_ITEMS = 32  # items of a container sized one by one; the rest are estimated from them
 _SIZE_BUDGET = 2000  # items sized per probe in all, bounding its cost (~4 µs an item)
 _FD_GAP = 16  # free descriptors in a row after which the probe stops looking for open ones
@@ -484,7 +485,10 @@ def _clip(text, limit):
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
-def _safe_repr(v, limit, depth=0):
+def _safe_repr(v, limit, nodes, depth=0):
+    """A repr of at most about limit characters; nodes[0] is the values left to describe in this
+    probe, so that nested containers cannot make it long."""
+    nodes[0] -= 1
     t = type(v)
     if t is int:
         return repr(v) if v.bit_length() <= 640 else f"<int of {v.bit_length()} bits>"
@@ -500,7 +504,7 @@ def _safe_repr(v, limit, depth=0):
             items = v
         if not v:
             return {list: "[]", tuple: "()", set: "set()", frozenset: "frozenset()", dict: "{}"}[t]
-        if depth >= 3:
+        if depth >= 3 or nodes[0] <= 0:
             return opening + "..." + closing
         parts, used = [], 2
         for item in items:
@@ -509,9 +513,9 @@ def _safe_repr(v, limit, depth=0):
                 break
             if t is dict:
                 k, val = item
-                text = _safe_repr(k, limit - used, depth + 1) + ": " + _safe_repr(val, limit - used, depth + 1)
+                text = _safe_repr(k, limit - used, nodes, depth + 1) + ": " + _safe_repr(val, limit - used, nodes, depth + 1)
             else:
-                text = _safe_repr(item, limit - used, depth + 1)
+                text = _safe_repr(item, limit - used, nodes, depth + 1)
             parts.append(text)
             used += len(text) + 2
         if t is tuple and len(v) == 1:
@@ -573,13 +577,13 @@ def _kind(v):
 def _variables():
     g = __main__.__dict__
     names = heapq.nsmallest(_PROBE_NAMES, (k for k in g if type(k) is str and not (k.startswith("__") and k.endswith("__"))))
-    out, budget = [], [_SIZE_BUDGET]
+    out, budget, nodes = [], [_SIZE_BUDGET], [_REPR_NODES]
     for name in names:
         v = g[name]
         kind = _kind(v)
         entry = {"name": name, "type": _type_name(type(v)), "kind": kind}
         try:
-            entry["repr"] = _clip(_safe_repr(v, _REPR_MAX), _REPR_MAX)
+            entry["repr"] = _clip(_safe_repr(v, _REPR_MAX, nodes), _REPR_MAX)
         except Exception as e:  # e.g. MemoryError; a probe never fails for one value
             entry["repr"] = f"<unrepresentable: {type(e).__name__}>"
         if kind in ("value", "class"):

@@ -43,13 +43,16 @@ const (
 	staleName = "stale"
 	// maxOpTimeout bounds a probe or restore call into the guest; they run no program code.
 	maxOpTimeout = 30 * time.Second
+	// ctxCheckPages is how often (in pages, ~0.1 ms of work) page loops look at their context.
+	ctxCheckPages = 256
 )
 
 var zeroPageHash = xxh3.Hash128(make([]byte, osPage))
 
 // basePages is what time travel knows of an engine snapshot's image: each page's hash, computed
-// once, and the block of each page in every store sessions snapshot into, stored once per store.
-// A session starts from these, so its pages that still equal the image cost nothing.
+// once, and the block of each page in every store sessions snapshot into, stored once per store
+// (and again if the store has dropped them: see Snapshot). A session starts from these, so its
+// pages that still equal the image cost nothing.
 type basePages struct {
 	hashOnce sync.Once
 	hashes   []xxh3.Uint128
@@ -59,8 +62,8 @@ type basePages struct {
 }
 
 type storePages struct {
-	blocks tier.Blocks
-	ids    []tier.BlockID
+	store tier.Blocks // tier.StoreOf the Blocks they were put through
+	ids   []tier.BlockID
 }
 
 // maxStores bounds the stores whose block ids basePages keeps (a server has one).
@@ -76,14 +79,15 @@ func (b *basePages) pageHashes(img *image) []xxh3.Uint128 {
 	return b.hashes
 }
 
-// blockIDs returns the block of each page of img in blocks (zero for a zero page), storing the
-// pages the first time.
+// blockIDs returns the block of each page of img in blocks' store (zero for a zero page), putting
+// the pages through blocks the first time.
 func (b *basePages) blockIDs(img *image, blocks tier.Blocks) ([]tier.BlockID, error) {
 	hashes := b.pageHashes(img)
+	store := tier.StoreOf(blocks)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, s := range b.stores {
-		if sameBlocks(s.blocks, blocks) {
+		if sameStore(s.store, store) {
 			return s.ids, nil
 		}
 	}
@@ -102,13 +106,21 @@ func (b *basePages) blockIDs(img *image, blocks tier.Blocks) ([]tier.BlockID, er
 	if len(b.stores) == maxStores {
 		b.stores = slices.Delete(b.stores, 0, 1)
 	}
-	b.stores = append(b.stores, storePages{blocks: blocks, ids: ids})
+	b.stores = append(b.stores, storePages{store: store, ids: ids})
 	return ids, nil
 }
 
-// sameBlocks reports whether a and b are the same store. Stores of a type that cannot be compared
-// never count as the same: the session then stores its pages again (deduplicated by the store).
-func sameBlocks(a, b tier.Blocks) bool {
+// forget drops the block ids kept for store: some of them are no longer stored.
+func (b *basePages) forget(store tier.Blocks) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.stores = slices.DeleteFunc(b.stores, func(s storePages) bool { return sameStore(s.store, store) })
+}
+
+// sameStore reports whether a and b are the same store (tier.StoreOf values). Stores of a type that
+// cannot be compared never count as the same: a session then puts its pages again (deduplicated by
+// the store).
+func sameStore(a, b tier.Blocks) bool {
 	if a == nil || b == nil || reflect.TypeOf(a) != reflect.TypeOf(b) || !reflect.TypeOf(a).Comparable() {
 		return false
 	}
@@ -118,7 +130,7 @@ func sameBlocks(a, b tier.Blocks) bool {
 // stepState is what a session's last snapshot stored: the hash and block of every page, and the
 // blocks of every file version, so that the next snapshot stores only what changed.
 type stepState struct {
-	blocks tier.Blocks
+	store  tier.Blocks // tier.StoreOf the Blocks the ids are in
 	hashes []xxh3.Uint128
 	ids    []tier.BlockID
 	files  map[vfs.Version][]tier.BlockID
@@ -129,7 +141,7 @@ type stepState struct {
 
 // newStepState starts from an engine snapshot's image: the session's memory began as it.
 func newStepState(base *snapshot, blocks tier.Blocks) (*stepState, error) {
-	st := &stepState{blocks: blocks, files: map[vfs.Version][]tier.BlockID{}}
+	st := &stepState{store: tier.StoreOf(blocks), files: map[vfs.Version][]tier.BlockID{}}
 	if base == nil {
 		return st, nil
 	}
@@ -144,7 +156,10 @@ func newStepState(base *snapshot, blocks tier.Blocks) (*stepState, error) {
 
 // Snapshot implements tier.Snapshotter: it captures the session's state between cells into blocks.
 // A failure leaves the session as it was (its next snapshot stores everything that changed since the
-// last one that succeeded).
+// last one that succeeded). Blocks it names without putting them again (pages and files unchanged
+// since the last snapshot, pages equal to the start-up image) are held through tier.View when blocks
+// is one; if the store has dropped some (retention, a commit that failed), the snapshot puts all its
+// data again.
 func (s *session) Snapshot(ctx context.Context, blocks tier.Blocks) (*tier.Snapshot, error) {
 	if blocks == nil {
 		return nil, errdefs.With(errdefs.InvalidArgument, errors.New("snapshot: no block store"))
@@ -160,21 +175,32 @@ func (s *session) Snapshot(ctx context.Context, blocks tier.Blocks) (*tier.Snaps
 		return nil, err
 	}
 	st := s.steps
-	if st == nil || !sameBlocks(st.blocks, blocks) {
-		if st, err = newStepState(s.inst.snap, blocks); err != nil {
+	for attempt := 0; ; attempt++ {
+		if st == nil || !sameStore(st.store, tier.StoreOf(blocks)) {
+			if st, err = newStepState(s.inst.snap, blocks); err != nil {
+				return nil, fmt.Errorf("nano snapshot: %w", err)
+			}
+		}
+		var snap *tier.Snapshot
+		snap, err = s.eng.snapshotInstance(ctx, s.inst, st, blocks, slot, s.limits)
+		if errors.Is(err, errDropped) && attempt == 0 && !s.inst.dead {
+			s.inst.snap.pages.forget(tier.StoreOf(blocks))
+			st = nil
+			continue
+		}
+		if s.inst.dead {
+			s.closeLocked(context.Background())
+		}
+		if err != nil {
 			return nil, fmt.Errorf("nano snapshot: %w", err)
 		}
+		s.steps = st
+		return snap, nil
 	}
-	snap, err := s.eng.snapshotInstance(ctx, s.inst, st, slot, s.limits)
-	if s.inst.dead {
-		s.closeLocked(context.Background())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("nano snapshot: %w", err)
-	}
-	s.steps = st
-	return snap, nil
 }
+
+// errDropped says that the store no longer has blocks a snapshot would name.
+var errDropped = errors.New("the store no longer has blocks stored by earlier snapshots")
 
 // probeReply is runner.py's _probe.
 type probeReply struct {
@@ -183,10 +209,16 @@ type probeReply struct {
 	Cwd       string         `json:"cwd"`
 }
 
-// snapshotInstance stores inst's state into st.blocks and advances st to it when it succeeds.
-func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepState, slot *runSlot, lim api.Limits) (*tier.Snapshot, error) {
+// snapshotInstance stores inst's state through blocks (of st's store) and advances st to it when it
+// succeeds.
+func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepState, blocks tier.Blocks, slot *runSlot, lim api.Limits) (*tier.Snapshot, error) {
+	// Stopping the guest mid-probe would end the session's interpreter: the probe (bounded, running no
+	// program code) is not cut short; the context is looked at before it and in the page loop.
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("snapshot stopped: %w", context.Cause(ctx))
+	}
 	var probe probeReply
-	if err := inst.op(ctx, slot, lim, map[string]any{"op": "probe"}, &probe); err != nil {
+	if err := inst.op(context.WithoutCancel(ctx), slot, lim, map[string]any{"op": "probe"}, &probe); err != nil {
 		return nil, err
 	}
 	state := &nanoState{Key: e.stateKey(), Cwd: probe.Cwd, FDs: probe.FDs}
@@ -195,7 +227,7 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 		snap.Variables = []api.Variable{}
 	}
 
-	files, err := snapshotFiles(inst.fs, st, state, snap)
+	files, err := snapshotFiles(inst.fs, st, blocks, state, snap)
 	if err != nil {
 		return nil, err
 	}
@@ -208,8 +240,11 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 	// live between calls: what the cell's deepest calls left there is cleared rather than stored.
 	deadPages := min(int(sp)/osPage, n)
 	hashes, ids := growTo(st.nextHashes, n), growTo(st.nextIDs, n)
-	cache := cacheable(st.blocks)
+	cache := cacheable(st.store)
 	for i := range n {
+		if i%ctxCheckPages == 0 && ctx.Err() != nil {
+			return nil, fmt.Errorf("snapshot stopped: %w", context.Cause(ctx))
+		}
 		page := mem[i*osPage : (i+1)*osPage]
 		h := xxh3.Hash128(page)
 		if i < deadPages && h != zeroPageHash {
@@ -222,11 +257,11 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 		}
 		var id tier.BlockID
 		if h != zeroPageHash || !isZero(page) {
-			if id, err = st.blocks.Put(page); err != nil {
+			if id, err = blocks.Put(page); err != nil {
 				return nil, fmt.Errorf("storing memory page %d: %w", i, err)
 			}
 			if cache {
-				e.pages.put(st.blocks, id, page)
+				e.pages.put(st.store, id, page, h)
 			}
 		}
 		hashes[i], ids[i] = h, id
@@ -234,8 +269,11 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 	state.MemSize = uint32(size)
 	state.SP = sp
 	state.Pages = ids
-	snap.State = state.encode()
 	snap.Blocks = state.blockList()
+	if v, ok := blocks.(tier.View); ok && !v.Hold(snap.Blocks) {
+		return nil, errDropped
+	}
+	snap.State = state.encode()
 
 	st.hashes, st.nextHashes = hashes, st.hashes
 	st.ids, st.nextIDs = ids, st.ids
@@ -252,7 +290,7 @@ func growTo[T any](s []T, n int) []T {
 
 // snapshotFiles records the writable tree in state and snap, storing the content of the files whose
 // version the last snapshot did not store. It returns the blocks of every file version now present.
-func snapshotFiles(sfs *vfs.FS, st *stepState, state *nanoState, snap *tier.Snapshot) (map[vfs.Version][]tier.BlockID, error) {
+func snapshotFiles(sfs *vfs.FS, st *stepState, blocks tier.Blocks, state *nanoState, snap *tier.Snapshot) (map[vfs.Version][]tier.BlockID, error) {
 	files := make(map[vfs.Version][]tier.BlockID, len(st.files))
 	snap.Files = []api.FileInfo{}
 	err := sfs.Tree(func(e vfs.TreeEntry, data []byte) error {
@@ -262,7 +300,7 @@ func snapshotFiles(sfs *vfs.FS, st *stepState, state *nanoState, snap *tier.Snap
 			if !ok {
 				ids = make([]tier.BlockID, 0, (len(data)+fileBlock-1)/fileBlock)
 				for off := 0; off < len(data); off += fileBlock {
-					id, err := st.blocks.Put(data[off:min(off+fileBlock, len(data))])
+					id, err := blocks.Put(data[off:min(off+fileBlock, len(data))])
 					if err != nil {
 						return fmt.Errorf("storing %s: %w", e.Path, err)
 					}
@@ -289,13 +327,15 @@ func snapshotFiles(sfs *vfs.FS, st *stepState, state *nanoState, snap *tier.Snap
 
 // stateKey names what a snapshot's memory is only meaningful to: the interpreter build and the
 // runner, whose code and protocol are in that memory.
-func (e *Engine) stateKey() string {
+func (e *Engine) stateKey() string { return stateKey() }
+
+var stateKey = sync.OnceValue(func() string {
 	h := sha256.New()
 	h.Write([]byte(pywasm.BuildKey()))
 	h.Write([]byte{0})
 	h.Write(runnerSource)
 	return hex.EncodeToString(h.Sum(nil))[:32]
-}
+})
 
 // Restore implements tier.Restorer: a new session in the state snap describes. Its memory is
 // assembled in a recycled region from the engine's start-up image and the pages that differ from
@@ -352,7 +392,7 @@ func (e *Engine) restoreState(ctx context.Context, state *nanoState, blocks tier
 	if err != nil {
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
-	mem, err := e.assemble(state, base, st, blocks)
+	mem, err := e.assemble(ctx, state, base, st, blocks)
 	if err != nil {
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
@@ -398,7 +438,7 @@ func (e *Engine) restoreState(ctx context.Context, state *nanoState, blocks tier
 // start-up does, and only the pages whose block differs from the image's are read, from the page
 // cache when it has them and otherwise from blocks. It
 // leaves st's hashes and ids describing the memory as assembled.
-func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, blocks tier.Blocks) (*guestMemory, error) {
+func (e *Engine) assemble(ctx context.Context, state *nanoState, base *snapshot, st *stepState, blocks tier.Blocks) (*guestMemory, error) {
 	size := int(state.MemSize)
 	if size%wasmPage != 0 || size < base.mem.size() || len(state.Pages) != size/osPage {
 		return nil, fmt.Errorf("%w: memory of %d bytes in %d pages", tier.ErrCorrupt, size, len(state.Pages))
@@ -412,9 +452,14 @@ func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, block
 		hashes = append(hashes, make([]xxh3.Uint128, n-len(hashes))...)
 	}
 	baseIDs := st.ids
-	cache := cacheable(blocks)
+	store := tier.StoreOf(blocks)
+	cache := cacheable(store)
 	var page []byte
 	for i, id := range state.Pages {
+		if i%ctxCheckPages == 0 && ctx.Err() != nil {
+			e.regions.put(r)
+			return nil, fmt.Errorf("restore stopped: %w", context.Cause(ctx))
+		}
 		if i < len(baseIDs) && baseIDs[i] == id {
 			continue // hashes[i] is the image's already
 		}
@@ -426,9 +471,11 @@ func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, block
 			hashes[i] = zeroPageHash
 			continue
 		}
-		if cache && e.pages.get(blocks, id, dst) {
-			hashes[i] = xxh3.Hash128(dst)
-			continue
+		if cache {
+			if sum, ok := e.pages.get(store, id, dst); ok {
+				hashes[i] = sum
+				continue
+			}
 		}
 		if page, err = blocks.Get(page[:0], id); err != nil {
 			e.regions.put(r)
@@ -441,7 +488,7 @@ func (e *Engine) assemble(state *nanoState, base *snapshot, st *stepState, block
 		copy(dst, page)
 		hashes[i] = xxh3.Hash128(page)
 		if cache {
-			e.pages.put(blocks, id, page)
+			e.pages.put(store, id, page, hashes[i])
 		}
 	}
 	r.dirty = max(r.dirty, size)

@@ -2,6 +2,7 @@ package nano
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -12,11 +13,17 @@ import (
 	"github.com/entersandbox/agentbox/internal/tier/tiertest"
 )
 
-// sixteenMiB grows a session to about 16 MiB of linear memory with data that stays live.
-const sixteenMiB = "keep = [bytes([i % 251]) * 1000 for i in range(6000)]\nx = 0"
+// grow makes a session hold n KB of live data: 6000 takes it to about 16 MiB of linear memory.
+func grow(n int) string {
+	return fmt.Sprintf("keep = [bytes([i %% 251]) * 1000 for i in range(%d)]\nx = 0", n)
+}
 
 // benchSession is a session of e grown to ~16 MiB, with a first snapshot taken.
 func benchSession(b *testing.B, e *Engine, blocks tier.Blocks) *session {
+	return benchSessionOf(b, e, blocks, 6000)
+}
+
+func benchSessionOf(b *testing.B, e *Engine, blocks tier.Blocks, kb int) *session {
 	b.Helper()
 	ts, err := e.NewSession(context.Background(), api.Limits{}, nil)
 	if err != nil {
@@ -24,7 +31,7 @@ func benchSession(b *testing.B, e *Engine, blocks tier.Blocks) *session {
 	}
 	b.Cleanup(func() { ts.Close(context.Background()) })
 	s := ts.(*session)
-	if res, err := s.Run(context.Background(), sixteenMiB, tier.Stream{}); err != nil || res.ExitCode != 0 {
+	if res, err := s.Run(context.Background(), grow(kb), tier.Stream{}); err != nil || res.ExitCode != 0 {
 		b.Fatalf("%v %+v", err, res)
 	}
 	if _, err := s.Snapshot(context.Background(), blocks); err != nil {
@@ -55,8 +62,17 @@ func storedSize(b *testing.B, m *tiertest.Blocks) int64 {
 // zstd-KiB that compressed block by block (what a compressing store keeps), state-KiB the State.
 func BenchmarkSnapshotSmallCell(b *testing.B) {
 	e := benchEngine(b, Config{PoolSize: -1})
-	blocks := tiertest.NewBlocks()
-	s := benchSession(b, e, blocks)
+	benchSmallCells(b, e, benchSession(b, e, tiertest.NewBlocks()))
+}
+
+// BenchmarkSnapshotSmallCell64: the same at ~64 MiB, for how the cost grows with memory.
+func BenchmarkSnapshotSmallCell64(b *testing.B) {
+	e := benchEngine(b, Config{PoolSize: -1})
+	benchSmallCells(b, e, benchSessionOf(b, e, tiertest.NewBlocks(), 50000))
+}
+
+func benchSmallCells(b *testing.B, e *Engine, s *session) {
+	blocks := s.steps.store.(*tiertest.Blocks)
 	var times []time.Duration
 	var put, fresh, stored, state int64
 	for b.Loop() {

@@ -6,7 +6,12 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/zeebo/xxh3"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/errdefs"
@@ -634,9 +639,9 @@ func TestPageCache(t *testing.T) {
 	page := func(b byte) []byte { return slices.Repeat([]byte{b}, osPage) }
 	a, b := tiertest.NewBlocks(), tiertest.NewBlocks()
 	c := newPageCache(2)
-	c.put(a, 1, page(1))
-	c.put(b, 1, page(2))
-	c.put(a, 2, []byte("short"))
+	c.put(a, 1, page(1), xxh3.Hash128(page(1)))
+	c.put(b, 1, page(2), xxh3.Hash128(page(2)))
+	c.put(a, 2, []byte("short"), xxh3.Uint128{})
 	dst := make([]byte, osPage)
 	cases := []struct {
 		name   string
@@ -651,26 +656,263 @@ func TestPageCache(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ok := c.get(tc.blocks, tc.id, dst)
-			if ok != (tc.want != nil) || ok && !slices.Equal(dst, tc.want) {
+			sum, ok := c.get(tc.blocks, tc.id, dst)
+			if ok != (tc.want != nil) || ok && (!slices.Equal(dst, tc.want) || sum != xxh3.Hash128(tc.want)) {
 				t.Errorf("get = %v (first byte %d); want %v", ok, dst[0], tc.want != nil)
 			}
 		})
 	}
 	t.Run("the oldest is replaced when full", func(t *testing.T) {
-		c.put(a, 4, page(4))
-		if c.get(a, 1, dst) {
+		c.put(a, 4, page(4), xxh3.Hash128(page(4)))
+		if _, ok := c.get(a, 1, dst); ok {
 			t.Error("the oldest page is still there")
 		}
-		if !c.get(b, 1, dst) || dst[0] != 2 || !c.get(a, 4, dst) || dst[0] != 4 {
-			t.Error("the newer pages are not")
+		if _, ok := c.get(b, 1, dst); !ok || dst[0] != 2 {
+			t.Error("the newer page of b is not")
+		}
+		if _, ok := c.get(a, 4, dst); !ok || dst[0] != 4 {
+			t.Error("the newest page is not")
 		}
 	})
 	t.Run("off", func(t *testing.T) {
 		off := newPageCache(0)
-		off.put(a, 1, page(1))
-		if off.get(a, 1, dst) {
+		off.put(a, 1, page(1), xxh3.Hash128(page(1)))
+		if _, ok := off.get(a, 1, dst); ok {
 			t.Error("a cache of no pages kept one")
 		}
 	})
+}
+
+// TestConcurrentSnapshots runs sessions that snapshot and restore at once into one store (the start-up
+// image's blocks, the page cache and the store are shared): each restore shows its own session's state.
+func TestConcurrentSnapshots(t *testing.T) {
+	blocks := tiertest.NewBlocks()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			s, err := shared.NewSession(ctx, api.Limits{}, nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer s.Close(ctx)
+			for step := range 3 {
+				code := fmt.Sprintf("v = %d\nopen('/tmp/g.txt', 'w').write('g%d-%d')", g*100+step, g, step)
+				if res, err := s.Run(ctx, code, tier.Stream{}); err != nil || res.ExitCode != 0 {
+					errs <- fmt.Errorf("run: %v %+v", err, res)
+					return
+				}
+				snap, err := s.(tier.Snapshotter).Snapshot(ctx, blocks)
+				if err != nil {
+					errs <- err
+					return
+				}
+				r, err := shared.Restore(ctx, snap, blocks, api.Limits{})
+				if err != nil {
+					errs <- err
+					return
+				}
+				res, err := r.Run(ctx, "print(v, open('/tmp/g.txt').read())", tier.Stream{})
+				r.Close(ctx)
+				if want := fmt.Sprintf("%d g%d-%d\n", g*100+step, g, step); err != nil || res.Stdout != want {
+					errs <- fmt.Errorf("restored session %d step %d: %v %q, want %q", g, step, err, res.Stdout, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// failingBlocks is a store that fills up: while room is not negative, Puts past room fail, as
+// on a full disk.
+type failingBlocks struct {
+	*tiertest.Blocks
+	room atomic.Int64
+}
+
+func (f *failingBlocks) Put(data []byte) (tier.BlockID, error) {
+	if f.room.Load() >= 0 && f.room.Add(-1) < 0 {
+		return 0, errors.New("no space left on device")
+	}
+	return f.Blocks.Put(data)
+}
+
+// TestSnapshotFailureLosesNothing checks a snapshot that fails part-way (the store fills up after
+// room blocks): the error is returned, the session goes on as it was, and the next snapshot stores
+// everything that changed since the last good one, so that it restores exactly.
+func TestSnapshotFailureLosesNothing(t *testing.T) {
+	for _, room := range []int64{0, 3, 100, 200, 300} {
+		t.Run(fmt.Sprintf("full after %d blocks", room), func(t *testing.T) {
+			blocks := &failingBlocks{Blocks: tiertest.NewBlocks()}
+			blocks.room.Store(-1)
+			s := newSession(t)
+			runCell(t, s, "x = 1\nopen('/home/user/a.txt', 'w').write('one')")
+			snapshotOf(t, s, blocks)
+			runCell(t, s, "x = 2\nimport hashlib\nbig = hashlib.sha256(b'seed').digest() * 32768\nopen('/home/user/a.txt', 'w').write('two')")
+			blocks.room.Store(room)
+			if _, err := s.(tier.Snapshotter).Snapshot(context.Background(), blocks); err == nil {
+				t.Fatal("a snapshot into a full store succeeded")
+			}
+			blocks.room.Store(-1)
+			runCell(t, s, "x += 1")
+			snap := snapshotOf(t, s, blocks)
+			check := "print(x, len(big), hashlib.sha256(big).hexdigest()[:16], open('/home/user/a.txt').read())"
+			want := runCell(t, s, check)
+			r := restoreOf(t, snap, blocks, api.Limits{})
+			if got := runCell(t, r, check); got != want {
+				t.Errorf("after a failed snapshot, the next one restores %q; want %q", got, want)
+			}
+		})
+	}
+}
+
+// txView is a tier.View over a tiertest.Blocks, one per snapshot as a store's transaction is.
+type txView struct {
+	*tiertest.Blocks
+	refused *atomic.Int32 // Holds that found a block gone
+}
+
+func (v *txView) Store() tier.Blocks { return v.Blocks }
+
+func (v *txView) Hold(ids []tier.BlockID) bool {
+	for _, id := range ids {
+		if _, err := v.Get(nil, id); err != nil {
+			v.refused.Add(1)
+			return false
+		}
+	}
+	return true
+}
+
+// TestSnapshotThroughViews checks snapshots taken through a new view of one store each time (as
+// dispatch does with transactions): deltas carry over from view to view, and when the store has
+// dropped blocks the session's deltas name (retention), the next snapshot stores them again and
+// restores exactly.
+func TestSnapshotThroughViews(t *testing.T) {
+	store := tiertest.NewBlocks()
+	var refused atomic.Int32
+	view := func() tier.Blocks { return &txView{Blocks: store, refused: &refused} }
+	s := newSession(t)
+	runCell(t, s, "x = 1\nkeep = bytes(range(256)) * 4000\nopen('/home/user/a.txt', 'w').write('one')")
+	first := snapshotOf(t, s, view())
+	given0, _ := store.Bytes()
+	runCell(t, s, "x += 1")
+	snapshotOf(t, s, view())
+	if given1, _ := store.Bytes(); given1-given0 > 1<<20 {
+		t.Errorf("the second view's snapshot put %d bytes; want only the changes", given1-given0)
+	}
+	if refused.Load() != 0 {
+		t.Fatalf("Hold refused %d times with nothing dropped", refused.Load())
+	}
+
+	// Retention drops blocks of the first snapshot: some pages of keep and the file.
+	state, err := decodeState(first.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range state.Files {
+		if f.Path == "/home/user/a.txt" {
+			store.Free(f.Blocks[0])
+		}
+	}
+	for i := len(state.Pages) - 1; i >= 0 && i > len(state.Pages)-50; i-- {
+		if id := state.Pages[i]; id != 0 {
+			store.Free(id)
+		}
+	}
+	runCell(t, s, "x += 1")
+	snap := snapshotOf(t, s, view())
+	if refused.Load() == 0 {
+		t.Error("no Hold found the dropped blocks")
+	}
+	want := runCell(t, s, stateProbe)
+	r := restoreOf(t, snap, view(), api.Limits{})
+	if got := runCell(t, r, stateProbe); got != want {
+		t.Errorf("after dropped blocks the snapshot restores differently\n got: %s\nwant: %s", got, want)
+	}
+	runCell(t, r, "assert x == 3 and keep == bytes(range(256)) * 4000 and open('/home/user/a.txt').read() == 'one'")
+}
+
+// TestSnapshotAndRestoreStopWithTheirContext checks that a cancelled context stops both, leaving
+// the session and the engine as they were.
+func TestSnapshotAndRestoreStopWithTheirContext(t *testing.T) {
+	blocks := tiertest.NewBlocks()
+	s := newSession(t)
+	runCell(t, s, "x = 7")
+	snap := snapshotOf(t, s, blocks)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.(tier.Snapshotter).Snapshot(ctx, blocks); !errors.Is(err, context.Canceled) {
+		t.Errorf("Snapshot with a cancelled context = %v", err)
+	}
+	before := sessionCount(shared)
+	if _, err := shared.Restore(ctx, snap, blocks, api.Limits{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Restore with a cancelled context = %v", err)
+	}
+	if n := sessionCount(shared); n != before {
+		t.Errorf("%d sessions after a cancelled restore, %d before", n, before)
+	}
+	runCell(t, s, "assert x == 7")
+	runCell(t, restoreOf(t, snapshotOf(t, s, blocks), blocks, api.Limits{}), "assert x == 7")
+}
+
+// TestRestoreAfterRotation checks a snapshot taken over one start-up image restored after the engine
+// moved to another (rotation): pages that differ from the new image come from the store, and the
+// session made over the old image goes on snapshotting.
+func TestRestoreAfterRotation(t *testing.T) {
+	blocks := tiertest.NewBlocks()
+	s := newSession(t)
+	runCell(t, s, "x = 'before rotation'\nopen('/tmp/r.txt', 'w').write('r')\nh = hash('abc')")
+	snap := snapshotOf(t, s, blocks)
+	want := runCell(t, s, stateProbe)
+	next, err := shared.makeSnapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared.snap.Store(next)
+	r := restoreOf(t, snap, blocks, api.Limits{})
+	if got := runCell(t, r, stateProbe); got != want {
+		t.Errorf("restored over a new image\n got: %s\nwant: %s", got, want)
+	}
+	// The str-hash secret is the snapshot's (it lives in memory), so hashes still agree.
+	runCell(t, r, "assert h == hash('abc')")
+	runCell(t, s, "x += '!'")
+	r2 := restoreOf(t, snapshotOf(t, s, blocks), blocks, api.Limits{})
+	runCell(t, r2, "assert x == 'before rotation!' and h == hash('abc')")
+}
+
+// TestSnapshotProbeIsBounded checks that what the probe describes cannot make it long: deep and
+// wide nesting, many names, huge values.
+func TestSnapshotProbeIsBounded(t *testing.T) {
+	s := newSession(t)
+	runCell(t, s, `
+wide = [[[[()] * 60] * 60] * 60] * 60
+for i in range(200): globals()[f"w{i:03d}"] = wide
+huge = 10 ** 5000
+blob = b"x" * (5 << 20)
+self_ref = []; self_ref.append(self_ref)
+del i
+`)
+	start := time.Now()
+	snap := snapshotOf(t, s, tiertest.NewBlocks())
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("the probe took %v", d)
+	}
+	for _, v := range snap.Variables {
+		if len(v.Repr) > 200 {
+			t.Errorf("%s: repr of %d characters", v.Name, len(v.Repr))
+		}
+		if v.Name == "huge" && v.Repr != "<int of 16610 bits>" {
+			t.Errorf("huge = %q", v.Repr)
+		}
+	}
 }

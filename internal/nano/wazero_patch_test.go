@@ -45,29 +45,34 @@ func TestVendoredWazeroMatchesGoMod(t *testing.T) {
 		t.Errorf("go.mod should replace %s with ./third_party/wazero, replaces it with %q", wazeroModule, replacedBy)
 	}
 
-	// Every line the patch adds must be in the copy: a fresh copy without the patch fails here.
-	patch, err := os.Open(filepath.Join(root, "third_party", "patches", "wazero-inline-termination.patch"))
-	if err != nil {
-		t.Fatal(err)
+	// Every line the patches add must be in the copy: a fresh copy without them fails here.
+	patches, err := filepath.Glob(filepath.Join(root, "third_party", "patches", "*-wazero-*.patch"))
+	if err != nil || len(patches) == 0 {
+		t.Fatalf("no wazero patches in third_party/patches (%v)", err)
 	}
-	defer patch.Close()
 	added := map[string][]string{}
-	var file string
-	sc := bufio.NewScanner(patch)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "+++ "):
-			file = strings.TrimPrefix(strings.TrimPrefix(line, "+++ "), "b/")
-		case strings.HasPrefix(line, "+") && strings.TrimSpace(line[1:]) != "":
-			added[file] = append(added[file], line[1:])
+	for _, name := range patches {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var file string
+		sc := bufio.NewScanner(strings.NewReader(string(b)))
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "+++ "):
+				file = strings.TrimPrefix(strings.TrimPrefix(line, "+++ "), "b/")
+			case strings.HasPrefix(line, "+") && strings.TrimSpace(line[1:]) != "":
+				added[file] = append(added[file], line[1:])
+			}
+		}
+		if err := sc.Err(); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
 	if len(added) == 0 {
-		t.Fatal("the patch adds no lines")
+		t.Fatal("the patches add no lines")
 	}
 	for name, lines := range added {
 		src, err := os.ReadFile(filepath.Join(root, "third_party", "wazero", name))

@@ -299,7 +299,7 @@ func (s *Server) auditVerify(w http.ResponseWriter, r *http.Request) {
 }
 
 // fileEvent describes an upload or download: path, size and the content's sha256, never the content.
-func fileEvent(typ string, sess *dispatch.Session, path string, data []byte) audit.Event {
+func fileEvent(typ string, sess interface{ Info() api.Session }, path string, data []byte) audit.Event {
 	info := sess.Info()
 	return audit.Event{Type: typ, Session: info.ID, Tier: string(info.Tier),
 		Details: map[string]any{"path": limits.Text(path, audit.MaxValue), "size": len(data), "sha256": digest(data)}}

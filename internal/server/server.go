@@ -131,7 +131,11 @@ func New(sb Sandboxes, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: metrics: %w", err)
 		}
 	}
-	s.e2b = e2b.New(e2b.FromDispatch(sb), e2b.Config{Authenticate: s.e2bTenant, Logger: log})
+	var e2bSandboxes = e2b.FromDispatch(sb)
+	if cfg.Audit != nil {
+		e2bSandboxes = auditedE2B{e2bSandboxes, s}
+	}
+	s.e2b = e2b.New(e2bSandboxes, e2b.Config{Authenticate: s.e2bTenant, Logger: log})
 	s.handler = s.routes()
 	s.base, s.cancelBase = context.WithCancelCause(context.Background())
 	s.http = &http.Server{
@@ -230,6 +234,11 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/sessions/{id}", s.deleteSession)
 	mux.HandleFunc("POST /v1/sessions/{id}/run", s.sessionRun)
 	mux.HandleFunc("PATCH /v1/sessions/{id}/network", s.setNetwork)
+	mux.HandleFunc("POST /v1/sessions/{id}/commands", s.sessionCommand)
+	mux.HandleFunc("GET /v1/sessions/{id}/commands", s.listCommands)
+	mux.HandleFunc("GET /v1/sessions/{id}/commands/{pid}", s.getCommand)
+	mux.HandleFunc("POST /v1/sessions/{id}/commands/{pid}/stdin", s.commandStdin)
+	mux.HandleFunc("POST /v1/sessions/{id}/commands/{pid}/kill", s.killCommand)
 	mux.HandleFunc("GET /v1/sessions/{id}/files", s.listFiles)
 	mux.HandleFunc("PUT /v1/sessions/{id}/files/{path...}", s.putFile)
 	mux.HandleFunc("GET /v1/sessions/{id}/files/{path...}", s.getFile)
@@ -408,6 +417,13 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 }
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Flush passes through: connect-rpc's streams (the E2B surface) need the writer to be an
+// http.Flusher itself, not only reachable by Unwrap.
+func (r *statusRecorder) Flush() {
+	r.written = true
+	http.NewResponseController(r.ResponseWriter).Flush()
+}
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	st := s.sb.Stats()

@@ -16,7 +16,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/tier"
 )
 
-// manifestFile is a manifest on disk.
+// manifestFile is a manifest on disk: JSON, zstd-compressed.
 type manifestFile struct {
 	Record
 	Pinned bool           `json:"pinned,omitempty"`
@@ -50,6 +50,8 @@ func (s *Store) writeManifest(m *manifest) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Compressed: a heavy step's block list is 20,000 ids, which zstd shrinks tenfold.
+	data = s.enc.EncodeAll(data, nil)
 	p := s.manifestPath(m.session, m.n)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return 0, err
@@ -272,6 +274,7 @@ func (s *Store) EndSession(session string, keepPinned bool) bool {
 	}
 	if !kept {
 		delete(s.sessions, session)
+		delete(s.archived, session)
 		os.RemoveAll(filepath.Join(s.dir, "manifests", session))
 	}
 	s.sweepSegmentsLocked()
@@ -346,7 +349,7 @@ func (s *Store) Close() error {
 	defer s.mu.Unlock()
 	var errs []error
 	for _, sg := range s.segs {
-		errs = append(errs, sg.f.Close())
+		errs = append(errs, sg.close())
 	}
 	return errors.Join(errs...)
 }
@@ -398,8 +401,12 @@ func (s *Store) recover() error {
 			}
 			data, err := os.ReadFile(filepath.Join(dir, f.Name()))
 			var mf manifestFile
+			var plain []byte
 			if err == nil {
-				err = json.Unmarshal(data, &mf)
+				plain, err = s.dec.DecodeAll(data, nil)
+			}
+			if err == nil {
+				err = json.Unmarshal(plain, &mf)
 			}
 			if err != nil || mf.Snap == nil {
 				s.log.Warn("snapshot manifest unreadable, dropped", "path", filepath.Join(dir, f.Name()), "err", err)

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/entersandbox/agentbox/internal/tier"
 )
@@ -30,14 +31,36 @@ type segment struct {
 	size int64 // guarded by Store.mu (written by the writer under it)
 	live int   // blocks in it still alive; guarded by Store.mu
 	dead int64 // bytes of freed records; guarded by Store.mu
+	// rw keeps f open while it is read: closing takes it exclusively and sets gone.
+	rw   sync.RWMutex
+	gone bool // guarded by rw
 }
 
+// errSegmentGone is a read of a segment removed meanwhile (compacted): its blocks moved.
+var errSegmentGone = errors.New("segment was removed")
+
 func (sg *segment) read(off int64, n int) ([]byte, error) {
+	sg.rw.RLock()
+	defer sg.rw.RUnlock()
+	if sg.gone {
+		return nil, errSegmentGone
+	}
 	buf := make([]byte, n)
 	if _, err := sg.f.ReadAt(buf, off); err != nil {
 		return nil, fmt.Errorf("reading segment %d: %w", sg.no, err)
 	}
 	return buf, nil
+}
+
+// close closes the file once no read uses it.
+func (sg *segment) close() error {
+	sg.rw.Lock()
+	defer sg.rw.Unlock()
+	if sg.gone {
+		return nil
+	}
+	sg.gone = true
+	return sg.f.Close()
 }
 
 func (s *Store) segPath(no uint32) string {
@@ -66,6 +89,7 @@ func (s *Store) writer() {
 			}
 			cur = s.writeBatch(cur, batch)
 		}
+		cur = s.compact(cur)
 	}
 }
 
@@ -184,7 +208,7 @@ func (s *Store) sweepSegmentsLocked() int {
 	removed := 0
 	for n, sg := range s.segs {
 		if sg.live == 0 && n != newest {
-			sg.f.Close()
+			sg.close()
 			os.Remove(s.segPath(n))
 			delete(s.segs, n)
 			removed++
@@ -249,4 +273,65 @@ func (s *Store) scanSegments() error {
 		s.segs[no] = sg
 	}
 	return nil
+}
+
+// compact rewrites the live records of segments that are mostly dead (freed blocks) into the
+// current one, so that their files can go: disk use follows what retention keeps. It runs in the
+// writer, the only appender, when the queue is empty; a Get racing a move reads the block again.
+func (s *Store) compact(cur *segment) *segment {
+	s.mu.Lock()
+	var victims []*segment
+	for n, sg := range s.segs {
+		if (cur == nil || n != cur.no) && sg.live > 0 && sg.dead*2 > sg.size {
+			victims = append(victims, sg)
+		}
+	}
+	s.mu.Unlock()
+	for _, sg := range victims {
+		s.mu.Lock()
+		var ids []tier.BlockID
+		for id, b := range s.blocks {
+			if b.written && b.seg == sg.no {
+				ids = append(ids, id)
+			}
+		}
+		s.mu.Unlock()
+		for _, id := range ids {
+			s.mu.Lock()
+			b := s.blocks[id]
+			if b == nil || b.seg != sg.no {
+				s.mu.Unlock()
+				continue
+			}
+			off, n := b.off, headerSize+int64(b.clen)
+			s.mu.Unlock()
+			rec, err := sg.read(off, int(n))
+			if err == nil && (cur == nil || cur.size+n > s.seg) {
+				cur, err = s.newSegment()
+			}
+			if err == nil {
+				_, err = cur.f.WriteAt(rec, cur.size)
+			}
+			if err != nil {
+				s.log.Warn("snapshot segment compaction stopped", "segment", sg.no, "err", err)
+				return cur
+			}
+			s.mu.Lock()
+			at := cur.size
+			cur.size += n
+			if s.blocks[id] == b && b.seg == sg.no {
+				b.seg, b.off = cur.no, at
+				cur.live++
+				sg.live--
+				sg.dead += n
+			} else {
+				cur.dead += n
+			}
+			s.mu.Unlock()
+		}
+		s.mu.Lock()
+		s.sweepSegmentsLocked()
+		s.mu.Unlock()
+	}
+	return cur
 }

@@ -278,27 +278,41 @@ func (s *Store) put(data []byte, tx *Tx) (tier.BlockID, error) {
 
 // Get appends the block's bytes to dst, verified against its hash.
 func (s *Store) Get(dst []byte, id tier.BlockID) ([]byte, error) {
-	s.mu.Lock()
-	b := s.blocks[id]
-	if b == nil {
+	var data []byte
+	var clen, rlen uint32
+	var flag byte
+	var sum [32]byte
+	for try := 0; ; try++ {
+		s.mu.Lock()
+		b := s.blocks[id]
+		if b == nil {
+			s.mu.Unlock()
+			return dst, fmt.Errorf("snapstore: block %d: %w", id, tier.ErrCorrupt)
+		}
+		if b.raw != nil {
+			dst = append(dst, b.raw...)
+			s.mu.Unlock()
+			return dst, nil
+		}
+		var sg *segment
+		var off int64
+		sg, off, clen, rlen, flag, sum = s.segs[b.seg], b.off, b.clen, b.rlen, b.flag, b.sum
 		s.mu.Unlock()
-		return dst, fmt.Errorf("snapstore: block %d: %w", id, tier.ErrCorrupt)
-	}
-	if b.raw != nil {
-		dst = append(dst, b.raw...)
-		s.mu.Unlock()
-		return dst, nil
-	}
-	sg, off, clen, rlen, flag, sum := s.segs[b.seg], b.off, b.clen, b.rlen, b.flag, b.sum
-	s.mu.Unlock()
-	if sg == nil {
-		return dst, fmt.Errorf("snapstore: block %d: its segment is gone: %w", id, tier.ErrCorrupt)
-	}
-	data, err := sg.read(off+headerSize, int(clen))
-	if err != nil {
-		return dst, fmt.Errorf("snapstore: block %d: %w: %w", id, err, tier.ErrCorrupt)
+		if sg == nil {
+			return dst, fmt.Errorf("snapstore: block %d: its segment is gone: %w", id, tier.ErrCorrupt)
+		}
+		var err error
+		data, err = sg.read(off+headerSize, int(clen))
+		if errors.Is(err, errSegmentGone) && try == 0 {
+			continue // compacted meanwhile: the block is elsewhere now
+		}
+		if err != nil {
+			return dst, fmt.Errorf("snapstore: block %d: %w: %w", id, err, tier.ErrCorrupt)
+		}
+		break
 	}
 	start := len(dst)
+	var err error
 	if flag&flagZstd != 0 {
 		dst, err = s.dec.DecodeAll(data, dst)
 		if err != nil {
@@ -332,6 +346,33 @@ func (t *Tx) Put(data []byte) (tier.BlockID, error) { return t.s.put(data, t) }
 
 // Get reads a block.
 func (t *Tx) Get(dst []byte, id tier.BlockID) ([]byte, error) { return t.s.Get(dst, id) }
+
+// Store is the store the transaction's ids belong to (tier.View): a tier that remembers ids from
+// one snapshot to the next keys them by it.
+func (t *Tx) Store() tier.Blocks { return t.s }
+
+// Hold keeps ids for the transaction's snapshot, as a Put of their data would (tier.View), and
+// reports whether every one of them is still stored; those that are not must be put again.
+func (t *Tx) Hold(ids []tier.BlockID) bool {
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	all := true
+	for _, id := range ids {
+		if id == 0 {
+			continue
+		}
+		b := t.s.blocks[id]
+		if b == nil {
+			all = false
+			continue
+		}
+		if _, seen := t.held[id]; !seen {
+			t.held[id] = struct{}{}
+			b.held++
+		}
+	}
+	return all
+}
 
 // Abort lets go of the transaction's blocks; those nothing else holds are freed.
 func (t *Tx) Abort() {

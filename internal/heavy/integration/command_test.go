@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -298,4 +299,68 @@ func TestEnvOnHeavy(t *testing.T) {
 			t.Fatalf("%v %+v", err, got)
 		}
 	})
+}
+
+// TestCommandCancelKillsOnlyTheCommand: cancelling a foreground command's context (a client that went
+// away) kills the command and answers promptly; the session and its state live on.
+func TestCommandCancelKillsOnlyTheCommand(t *testing.T) {
+	s, c := commandSession(t, api.Limits{TimeoutMS: 60000})
+	if res, err := s.Run(context.Background(), "kept = 7", tier.Stream{}); err != nil || res.Error != nil {
+		t.Fatalf("%v %+v", err, res)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := c.Command(ctx, api.CommandRequest{Cmd: "sleep", Args: []string{"30"}}, tier.Stream{})
+	if !errors.Is(err, context.Canceled) || time.Since(start) > 20*time.Second {
+		t.Fatalf("%v after %v", err, time.Since(start))
+	}
+	if !s.Alive() {
+		t.Fatal("cancelling a command ended the session")
+	}
+	if res, err := s.Run(context.Background(), "print(kept)", tier.Stream{}); err != nil || res.Stdout != "7\n" {
+		t.Fatalf("%v %+v", err, res)
+	}
+	got, err := c.Command(context.Background(), api.CommandRequest{Cmd: "sh -c 'ls /proc | grep -c ^[0-9]'", Shell: true}, tier.Stream{})
+	if n, _ := strconv.Atoi(strings.TrimSpace(got.Stdout)); err != nil || n > 6 {
+		t.Fatalf("the cancelled sleep still runs? %v %+v", err, got)
+	}
+}
+
+// BenchmarkCommandTrue: a foreground `true` in a heavy session (spawn, read to its end).
+func BenchmarkCommandTrue(b *testing.B) {
+	ctx := context.Background()
+	s, err := eng.NewSession(ctx, api.Limits{}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(ctx)
+	c := s.(tier.Commander)
+	for b.Loop() {
+		if got, err := c.Command(ctx, api.CommandRequest{Cmd: "true"}, tier.Stream{}); err != nil || got.State != api.CommandExited {
+			b.Fatalf("%v %+v", err, got)
+		}
+	}
+}
+
+// TestCommandIsBoundedByTheMemoryLimit: a command that allocates past the session's memory limit does
+// not get the memory: it fails, or is killed, or the sandbox is (then the session ends).
+func TestCommandIsBoundedByTheMemoryLimit(t *testing.T) {
+	ctx := context.Background()
+	_, c := commandSession(t, api.Limits{TimeoutMS: 30000, MemoryLimitMB: 256})
+	got, err := c.Command(ctx, api.CommandRequest{Cmd: "python3", Args: []string{"-c",
+		"b = bytearray(700 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('allocated')"}}, tier.Stream{})
+	switch {
+	case err != nil && errors.Is(err, tier.ErrGone):
+		// The memory cgroup's OOM kill took the sandbox; the error says so.
+		if !strings.Contains(err.Error(), "memory limit") {
+			t.Fatalf("the error does not name the memory limit: %v", err)
+		}
+	case err != nil:
+		t.Fatal(err)
+	case strings.Contains(got.Stdout, "allocated") || got.State == api.CommandExited && got.ExitCode == 0:
+		t.Fatalf("a command got 700 MiB in a 256 MiB session: %+v", got)
+	default:
+		t.Logf("the command was stopped: %s %s exit %d, stderr %.200q", got.State, got.Signal, got.ExitCode, got.Stderr)
+	}
 }

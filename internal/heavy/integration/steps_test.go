@@ -3,6 +3,9 @@ package integration
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -37,7 +40,7 @@ func snapshot(t testing.TB, s tier.Session, blocks tier.Blocks) *tier.Snapshot {
 
 // The steps of the scripted session: each changes variables, imports, files and the cwd.
 var ttSteps = []string{
-	"import os, random\nx = 1\nos.makedirs('/home/user/work', exist_ok=True)\nos.chdir('/home/user/work')\nopen('/tmp/a.txt', 'w').write('step1')",
+	"import os, random\nx = 1\nos.makedirs('/home/user/work', exist_ok=True)\nos.chdir('/home/user/work')\nopen('/tmp/a.txt', 'w').write('step1')\nlog = open('/tmp/log.txt', 'w')\nlog.write('one\\n')",
 	"import numpy as np\nx = 2\narr = np.arange(5)\nopen('/tmp/a.txt', 'w').write('step2')\nopen('/home/user/b.txt', 'w').write('b2')\nos.chdir('/tmp')\ndef f():\n    return 42",
 	"import json\nx = 3\ndel arr\nos.remove('/home/user/b.txt')\nopen('/tmp/a.txt', 'w').write('step3')\nos.chdir('/home/user')",
 }
@@ -134,6 +137,13 @@ func TestStepSnapshotAndRestore(t *testing.T) {
 		}
 	})
 
+	t.Run("files left open stay open", func(t *testing.T) {
+		got := cell(t, restored, "log.write('two\\n')\nlog.close()\nprint(open('/tmp/log.txt').read(), end='')")
+		if got != "one\ntwo\n" {
+			t.Fatalf("a file open since step 1, written after the restore: %q", got)
+		}
+	})
+
 	t.Run("random numbers differ from the parent's", func(t *testing.T) {
 		got := cell(t, restored, randomProbe)
 		if got == step3Random {
@@ -154,6 +164,18 @@ func TestStepSnapshotAndRestore(t *testing.T) {
 		got := cell(t, orig, stepProbe)
 		if want := "3 False ['f', 'json', 'np', 'random'] step3 None /home/user 42\n"; got != want {
 			t.Fatalf("original after the restore: %q, want %q", got, want)
+		}
+	})
+
+	t.Run("a restored session snapshots and restores again", func(t *testing.T) {
+		cell(t, restored, "y = x + 1")
+		again, err := eng.Restore(ctx, snapshot(t, restored, blocks), blocks, api.Limits{})
+		if err != nil {
+			t.Fatalf("Restore of a restored session's step: %v", err)
+		}
+		defer again.Close(ctx)
+		if got := cell(t, again, "print(x, y, open('/tmp/a.txt').read())"); got != "99 100 restored\n" {
+			t.Fatalf("%q", got)
 		}
 	})
 
@@ -287,4 +309,96 @@ func TestRestoreInAnotherEngine(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSnapshotFaults: a snapshot that fails, or is refused, leaves the session running as it was:
+// guest reprs that hang or raise, a cancelled context, a full disk under the scratch image; a closed
+// session's snapshot is ErrGone.
+func TestSnapshotFaults(t *testing.T) {
+	ctx := context.Background()
+	stateDir := t.TempDir()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: -1, DiskMB: 64, StateDir: stateDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	s, err := e.NewSession(ctx, api.Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	blocks := tiertest.NewBlocks()
+	cell(t, s, "x = 1")
+
+	t.Run("reprs that hang or raise", func(t *testing.T) {
+		cell(t, s, "import time\nclass Bad:\n    def __repr__(self): raise ValueError('no')\nclass Slow:\n    def __repr__(self):\n        time.sleep(60)\n        return 'slow'\nbad, slow = Bad(), Slow()")
+		snap := snapshot(t, s, blocks)
+		if v := variable(snap, "bad"); v == nil || !strings.HasPrefix(v.Repr, "<Bad instance at 0x") {
+			t.Fatalf("bad: %+v", v)
+		}
+		if v := variable(snap, "slow"); v == nil || v.Repr != "<not inspected: out of time>" {
+			t.Fatalf("slow: %+v", v)
+		}
+		if v := variable(snap, "x"); v == nil || v.Repr != "1" {
+			t.Fatalf("x: %+v", v)
+		}
+		if got := cell(t, s, "print(x)"); got != "1\n" {
+			t.Fatalf("after the snapshot: %q", got)
+		}
+		cell(t, s, "del bad, slow")
+	})
+
+	t.Run("a cancelled context", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := s.(tier.Snapshotter).Snapshot(cctx, blocks); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Snapshot with a cancelled context: %v", err)
+		}
+		if got := cell(t, s, "print(x)"); got != "1\n" {
+			t.Fatalf("after the cancelled snapshot: %q", got)
+		}
+	})
+
+	t.Run("a full disk under the scratch image", func(t *testing.T) {
+		steps := filepath.Join(stateDir, "steps")
+		if err := os.MkdirAll(steps, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", steps).CombinedOutput(); err != nil {
+			t.Fatalf("mount: %v: %s", err, out)
+		}
+		_, err := s.(tier.Snapshotter).Snapshot(ctx, blocks)
+		left, _ := os.ReadDir(steps)
+		// Lazily: gVisor keeps the file its failed save was writing open (deleted) for a while.
+		if out, err := exec.Command("umount", "-l", steps).CombinedOutput(); err != nil {
+			t.Fatalf("umount: %v: %s", err, out)
+		}
+		t.Logf("snapshot on a full disk: %v", err)
+		if err == nil || !strings.Contains(err.Error(), "runsc checkpoint") {
+			t.Fatalf("Snapshot on a full disk: %v", err)
+		}
+		if len(left) != 0 {
+			t.Fatalf("the failed snapshot left %v", left)
+		}
+		if got := cell(t, s, "x += 1\nprint(x)"); got != "2\n" {
+			t.Fatalf("after the failed snapshot: %q", got)
+		}
+		snap := snapshot(t, s, blocks)
+		r, err := e.Restore(ctx, snap, blocks, api.Limits{})
+		if err != nil {
+			t.Fatalf("Restore after the disk was freed: %v", err)
+		}
+		defer r.Close(ctx)
+		if got := cell(t, r, "print(x)"); got != "2\n" {
+			t.Fatalf("restored: %q", got)
+		}
+	})
+
+	t.Run("a closed session", func(t *testing.T) {
+		s.Close(ctx)
+		_, err := s.(tier.Snapshotter).Snapshot(ctx, blocks)
+		if !errors.Is(err, tier.ErrGone) || errdefs.ClassOf(err) != errdefs.NotFound {
+			t.Fatalf("Snapshot of a closed session: %v", err)
+		}
+	})
 }

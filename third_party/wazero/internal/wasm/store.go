@@ -11,6 +11,7 @@ import (
 	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/internal/expctxkeys"
 	"github.com/tetratelabs/wazero/internal/internalapi"
+	"github.com/tetratelabs/wazero/internal/leb128"
 	internalsys "github.com/tetratelabs/wazero/internal/sys"
 	"github.com/tetratelabs/wazero/sys"
 )
@@ -223,8 +224,18 @@ func (m *ModuleInstance) applyElements(elems []ElementSegment) {
 				references[offset+uint32(i)] = Reference(0)
 			}
 		} else {
-			for i, init := range elem.Init {
-				initExprResults := evaluateConstExprInModuleInstance(&init, m)
+			for i := range elem.Init {
+				init := &elem.Init[i]
+				// agentbox patch: the common "ref.func N; end" is resolved directly. The general
+				// evaluator allocates its stacks and result per element, which dominated instantiating
+				// a module with thousands of table entries (CPython: 5,340).
+				if d := init.Data; len(d) >= 3 && d[0] == OpcodeRefFunc && d[len(d)-1] == OpcodeEnd {
+					if idx, n, err := leb128.LoadUint32(d[1:]); err == nil && int(n) == len(d)-2 {
+						references[offset+uint32(i)] = m.Engine.FunctionInstanceReference(idx)
+						continue
+					}
+				}
+				initExprResults := evaluateConstExprInModuleInstance(init, m)
 				references[offset+uint32(i)] = Reference(initExprResults[0])
 			}
 		}

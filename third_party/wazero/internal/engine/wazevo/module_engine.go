@@ -19,11 +19,16 @@ type (
 	// moduleEngine implements wasm.ModuleEngine.
 	moduleEngine struct {
 		// opaquePtr equals &opaque[0].
-		opaquePtr              *byte
-		parent                 *compiledModule
-		module                 *wasm.ModuleInstance
-		opaque                 moduleContextOpaque
-		localFunctionInstances []*functionInstance
+		opaquePtr *byte
+		parent    *compiledModule
+		module    *wasm.ModuleInstance
+		opaque    moduleContextOpaque
+		// functionInstances is where FunctionInstanceReference allocates, a chunk at a time rather
+		// than one object per reference (agentbox patch). A chunk is never appended to past its
+		// capacity, so the pointers into it that tables hold as uintptrs stay valid; keeping the chunks
+		// here keeps them alive.
+		functionInstances      []functionInstance
+		functionInstanceChunks [][]functionInstance
 		importedFunctions      []importedFunction
 		listeners              []experimental.FunctionListener
 	}
@@ -330,13 +335,21 @@ func (m *moduleEngine) FunctionInstanceReference(funcIndex wasm.Index) wasm.Refe
 	executable := &p.executable[p.functionOffsets[localIndex]]
 	typeID := m.module.TypeIDs[m.module.Source.FunctionSection[localIndex]]
 
-	lf := &functionInstance{
+	if len(m.functionInstances) == cap(m.functionInstances) {
+		size := 64
+		if n := len(m.functionInstanceChunks); n > 0 {
+			size = min(2*cap(m.functionInstanceChunks[n-1]), 4096)
+		}
+		m.functionInstances = make([]functionInstance, 0, size)
+		m.functionInstanceChunks = append(m.functionInstanceChunks, m.functionInstances)
+	}
+	m.functionInstances = append(m.functionInstances, functionInstance{
 		executable:             executable,
 		moduleContextOpaquePtr: m.opaquePtr,
 		typeID:                 typeID,
 		indexInModule:          funcIndex,
-	}
-	m.localFunctionInstances = append(m.localFunctionInstances, lf)
+	})
+	lf := &m.functionInstances[len(m.functionInstances)-1]
 	return uintptr(unsafe.Pointer(lf))
 }
 
