@@ -140,7 +140,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("agentbox serving", "addr", *addr, "auth", len(keys)+len(keyed) > 0, "keys", len(keys)+len(keyed), "heavy", t.heavy != nil,
+	log.Info("agentbox serving", "addr", *addr, "console", "http://"+*addr+"/ui/", "auth", len(keys)+len(keyed) > 0, "keys", len(keys)+len(keyed), "heavy", t.heavy != nil,
 		"memory_budget_mb", t.Stats().MemoryBudgetMB, "network_ceiling", *policyFile, "audit_db", auditPath(alog))
 	stopReason := "signal"
 	select {

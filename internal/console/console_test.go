@@ -99,6 +99,29 @@ func TestFragmentsAreRefusedWithoutTheKey(t *testing.T) {
 	}
 }
 
+func TestChangesAreRefusedWithoutTheKey(t *testing.T) {
+	h := newHarness(t)
+	for _, tc := range []struct{ method, path, body string }{
+		{"POST", "/ui/f/sessions", "tier=nano"},
+		{"DELETE", "/ui/f/sessions/sess_nano1", ""},
+		{"POST", "/ui/f/sessions/sess_nano1/run", "code=1"},
+		{"POST", "/ui/f/sessions/sess_nano1/rewind", "step=2"},
+		{"POST", "/ui/f/sessions/sess_nano1/fork", "step=2"},
+		{"POST", "/ui/f/sessions/sess_nano1/steps/2/pin", "pinned=true"},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			status, _, body := h.do(req{method: tc.method, path: tc.path, body: tc.body, key: "-"})
+			if status != 401 {
+				t.Fatalf("status %d, want 401: %s", status, body)
+			}
+			mustContain(t, body, `data-status="401"`)
+		})
+	}
+	if h.api.forks != 0 || len(h.api.cells) != 0 {
+		t.Errorf("the API acted without the key: %v", h.api.called(""))
+	}
+}
+
 func TestStateChangingRequestsNeedTheConsoleHeaderAndSameOrigin(t *testing.T) {
 	h := newHarness(t)
 	host := strings.TrimPrefix(h.srv.URL, "http://")
@@ -182,7 +205,7 @@ func TestLanesPutTheLiveLineFirstAndBranchesBeside(t *testing.T) {
 		lanes map[int]int
 	}{
 		{"linear", api.StepList{Current: 2, Steps: []api.Step{{N: 0, Parent: -1}, {N: 1, Parent: 0}, {N: 2, Parent: 1}}}, map[int]int{0: 0, 1: 0, 2: 0}},
-		{"rewind abandons a branch", testSteps(), map[int]int{0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 0, 6: 0}},
+		{"rewind abandons a branch", testSteps(), map[int]int{0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 0, 6: 0, 7: 0}},
 		{"two rewinds, two branches", api.StepList{Current: 5, Steps: []api.Step{
 			{N: 0, Parent: -1}, {N: 1, Parent: 0, Abandoned: true}, {N: 2, Parent: 0, Kind: api.StepRewind}, {N: 3, Parent: 2, Abandoned: true},
 			{N: 4, Parent: 2, Kind: api.StepRewind}, {N: 5, Parent: 4}}}, map[int]int{0: 0, 1: 1, 2: 0, 3: 2, 4: 0, 5: 0}},
@@ -203,12 +226,15 @@ func TestLanesPutTheLiveLineFirstAndBranchesBeside(t *testing.T) {
 func TestTimelineShowsStepsBranchesOutcomesAndHighlightedCode(t *testing.T) {
 	h := newHarness(t)
 	_, _, body := h.do(req{path: "/ui/f/sessions/sess_nano1/timeline"})
-	if n := strings.Count(body, `role="option"`); n != 7 {
-		t.Errorf("%d rows, want 7", n)
+	if n := strings.Count(body, `role="option"`); n != 8 {
+		t.Errorf("%d rows, want 8", n)
 	}
-	mustContain(t, body, `role="listbox"`, `id="step-3" class="step outcome-error abandoned"`, `class="step outcome-ok current"`,
+	mustContain(t, body, `role="listbox"`, `id="step-3" class="step outcome-error abandoned"`, `id="step-7" class="step outcome-ok current"`, `<code class="sh">$ ls -l /tmp # not python</code>`,
 		"rewound to step 2", `<span class="kw">import</span>`, `<span class="bi">print</span>(<span class="str">&#39;&lt;b&gt;&#39;</span>)`,
-		`hx-get="/ui/f/sessions/sess_nano1/steps/2"`, `data-lane="1"`, "--lanes:2")
+		`hx-get="/ui/f/sessions/sess_nano1/steps/2"`, `data-lane="1"`, "--lanes:2", `forked as <a href="/ui/s/sess_fork9">sess_fork9</a>`)
+	if strings.Count(body, "forked as") != 1 {
+		t.Errorf("one fork expected, under step 2:\n%s", body)
+	}
 	mustNotContain(t, body, "print('<b>')")
 }
 
@@ -562,4 +588,20 @@ func TestShellSaysWhatTheServerLacks(t *testing.T) {
 	send(t, c, shellMsg{Type: "auth", Key: testKey})
 	msgs := readUntil(t, c, "error")
 	mustContain(t, msgs[len(msgs)-1].Data, "this server has no time travel")
+}
+
+func TestShellWaitsForABusySessionToFork(t *testing.T) {
+	h := newHarness(t)
+	h.api.busyForks = 2
+	c, err := dialShell(t, h, "/ui/ws/sessions/sess_nano1/shell?step=1", h.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(websocket.StatusNormalClosure, "")
+	send(t, c, shellMsg{Type: "auth", Key: testKey})
+	msgs := readUntil(t, c, "ready")
+	if n := len(h.api.called("POST /v1/sessions/sess_nano1/fork")); n != 3 {
+		t.Errorf("%d fork requests, want 3 (two busy, then the fork)", n)
+	}
+	mustContain(t, msgs[0].Data, "session busy, waiting to fork")
 }

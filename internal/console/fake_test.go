@@ -25,8 +25,10 @@ type fakeAPI struct {
 	noTimeTravel bool
 	// forks counts forks made; cells what ran in each session (guarded by mu).
 	forks int
-	cells map[string][]string
-	stdin []string
+	// busyForks is how many fork requests answer 409 busy first.
+	busyForks int
+	cells     map[string][]string
+	stdin     []string
 }
 
 func newFakeAPI() *fakeAPI {
@@ -39,13 +41,15 @@ func newFakeAPI() *fakeAPI {
 	sess := func(id string, tier api.Tier, cells int) api.Session {
 		return api.Session{ID: id, Tier: tier, Cells: cells, TTLSeconds: 600, CreatedAt: "2026-12-01T10:00:00Z", LastUsedAt: "2026-12-01T10:01:00Z"}
 	}
+	fork9 := sess("sess_fork9", api.TierNano, 0)
+	fork9.CreatedAt = "2026-12-01T10:05:00Z"
 	f.mux.HandleFunc("GET /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
 		// steps and current_step, as a server with time travel adds them.
 		type withSteps struct {
 			api.Session
 			Steps int `json:"steps"`
 		}
-		j(w, 200, map[string]any{"sessions": []withSteps{{sess("sess_nano1", api.TierNano, 4), 7}, {sess("sess_heavy2", api.TierHeavy, 1), 2}}})
+		j(w, 200, map[string]any{"sessions": []withSteps{{sess("sess_nano1", api.TierNano, 4), 7}, {sess("sess_heavy2", api.TierHeavy, 1), 2}, {fork9, 1}}})
 	})
 	f.mux.HandleFunc("POST /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
 		j(w, 201, sess("sess_new", api.TierNano, 0))
@@ -66,6 +70,10 @@ func newFakeAPI() *fakeAPI {
 	f.mux.HandleFunc("GET /v1/sessions/{id}/steps", func(w http.ResponseWriter, r *http.Request) {
 		if f.noTimeTravel {
 			j(w, 404, api.ErrorBody{Error: api.ErrorDetail{Code: "not_found", Message: "no route for GET " + r.URL.Path}})
+			return
+		}
+		if r.PathValue("id") == "sess_fork9" {
+			j(w, 200, api.StepList{Session: "sess_fork9", Steps: []api.Step{{N: 0, Kind: api.StepFork, Parent: -1, ForkedFrom: "sess_nano1", Target: 2}}})
 			return
 		}
 		j(w, 200, testSteps())
@@ -91,6 +99,12 @@ func newFakeAPI() *fakeAPI {
 	})
 	f.mux.HandleFunc("POST /v1/sessions/{id}/fork", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
+		if f.busyForks > 0 {
+			f.busyForks--
+			f.mu.Unlock()
+			j(w, 409, api.ErrorBody{Error: api.ErrorDetail{Code: "conflict", Message: "session is busy with another request"}})
+			return
+		}
 		f.forks++
 		n := f.forks
 		f.mu.Unlock()
@@ -221,7 +235,7 @@ func (f *fakeAPI) called(prefix string) []string {
 // testSteps: 0 start, 1-3 cells, 4 an abandoned cell after 3, 5 a rewind to 2, 6 a cell on the new line.
 func testSteps() api.StepList {
 	st := api.StepSnapshot{State: api.SnapshotStored, Restorable: true, RestoreOn: api.TierNano, RestoreBy: api.RestoreBySnapshot}
-	return api.StepList{Session: "sess_nano1", Current: 6, Steps: []api.Step{
+	return api.StepList{Session: "sess_nano1", Current: 7, Steps: []api.Step{
 		{N: 0, Kind: api.StepStart, Parent: -1, Tier: api.TierNano, Snapshot: st},
 		{N: 1, Kind: api.StepCell, Parent: 0, Tier: api.TierNano, Code: "x = 1", DurationMS: 1.5, Snapshot: st},
 		{N: 2, Kind: api.StepCell, Parent: 1, Tier: api.TierNano, Code: "import json\nrows = [1, 2]", Snapshot: st},
@@ -229,6 +243,7 @@ func testSteps() api.StepList {
 		{N: 4, Kind: api.StepCell, Parent: 3, Tier: api.TierNano, Code: "y = 2", Snapshot: st, Abandoned: true},
 		{N: 5, Kind: api.StepRewind, Parent: 2, Target: 2, Tier: api.TierNano, Snapshot: st},
 		{N: 6, Kind: api.StepCell, Parent: 5, Tier: api.TierNano, Code: "print('<b>')", Snapshot: st, Pinned: true},
+		{N: 7, Kind: api.StepCommand, Parent: 6, Tier: api.TierNano, Code: "ls -l /tmp # not python", Snapshot: st},
 	}}
 }
 

@@ -131,7 +131,7 @@ func (sh *shellSession) serve(ctx context.Context, id, stepParam string) error {
 		}
 		step = list.Current
 	}
-	if err := sh.c.sendJSON(req, http.MethodPost, sessionPath(id, "fork"), api.ForkRequest{Step: step}, &sh.fork); err != nil {
+	if err := sh.forkStep(ctx, id, step); err != nil {
 		return shellAPIError(fmt.Sprintf("forking step %d", step), err, noSteps)
 	}
 	defer func() {
@@ -152,6 +152,30 @@ func (sh *shellSession) serve(ctx context.Context, id, stepParam string) error {
 }
 
 // shellAPIError says what failed; missing, for an API without the route, names what the server lacks.
+// forkBusyWait bounds how long the shell waits for a busy session to fork it: a session answers 409
+// while a cell or another request holds it (a heavy checkpoint after a cell can take a second).
+const forkBusyWait = 20 * time.Second
+
+// forkStep forks step of session id into sh.fork, trying again while the session is busy.
+func (sh *shellSession) forkStep(ctx context.Context, id string, step int) error {
+	deadline := time.Now().Add(forkBusyWait)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		err := sh.c.sendJSON(sh.request(ctx), http.MethodPost, sessionPath(id, "fork"), api.ForkRequest{Step: step}, &sh.fork)
+		var ae *apiError
+		if err == nil || !errors.As(err, &ae) || ae.status != http.StatusConflict || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		if err := sh.send(ctx, shellMsg{Type: "output", Data: "session busy, waiting to fork…\r\n"}); err != nil {
+			return err
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 func shellAPIError(what string, err error, missing string) error {
 	var ae *apiError
 	if errors.As(err, &ae) {

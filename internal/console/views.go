@@ -478,6 +478,38 @@ type timelineRow struct {
 	// MovedFrom is the tier of the step's parent when it ran on another (a move nano → heavy, or a
 	// rewind back to a nano step).
 	MovedFrom api.Tier
+	// Forks are the open sessions forked from this step.
+	Forks []string
+}
+
+// maxForkScan bounds how many younger sessions the timeline looks at for forks of a session.
+const maxForkScan = 50
+
+// forksOf finds the open sessions (of the caller's) forked from session id: those whose first step
+// is a fork of it, by the step forked from. Only sessions started after id can be its forks.
+func (c *Console) forksOf(r *http.Request, id string) map[int][]string {
+	var self api.Session
+	var list api.SessionList
+	if c.getJSON(r, sessionPath(id), nil, &self) != nil || c.getJSON(r, "/v1/sessions", nil, &list) != nil {
+		return nil
+	}
+	forks := map[int][]string{}
+	scanned := 0
+	for i := len(list.Sessions) - 1; i >= 0 && scanned < maxForkScan; i-- { // newest first
+		s := list.Sessions[i]
+		if s.ID == id || s.CreatedAt < self.CreatedAt {
+			continue
+		}
+		scanned++
+		var steps api.StepList
+		if c.getJSON(r, sessionPath(s.ID, "steps"), nil, &steps) != nil || len(steps.Steps) == 0 {
+			continue
+		}
+		if first := steps.Steps[0]; first.Kind == api.StepFork && first.ForkedFrom == id {
+			forks[first.Target] = append(forks[first.Target], s.ID)
+		}
+	}
+	return forks
 }
 
 // errNoTimeTravel is an API without the steps routes (404 with "no route"): the views say so.
@@ -538,9 +570,11 @@ func (c *Console) timeline(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rows := lanes(list)
+	forks := c.forksOf(r, id)
 	maxLane := 0
-	for _, row := range rows {
+	for i, row := range rows {
 		maxLane = max(maxLane, row.Lane)
+		rows[i].Forks = forks[row.N]
 	}
 	c.render(w, r, http.StatusOK, "timeline", map[string]any{"ID": id, "Rows": rows, "Current": list.Current, "Lanes": maxLane + 1})
 }

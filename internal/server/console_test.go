@@ -105,3 +105,23 @@ func TestKeylessConsoleRefusesRebindingHosts(t *testing.T) {
 		})
 	}
 }
+
+func TestConsoleAppliesTheKeysScopes(t *testing.T) {
+	hs, _ := auditServer(t)
+	for _, tc := range []struct {
+		name, key, path string
+		want            int
+	}{
+		{"an audit-only key reads the audit page", auditorKey, "/ui/f/audit", 200},
+		{"an audit-only key has no sessions", auditorKey, "/ui/f/sessions", 403},
+		{"a key without the audit scope gets no audit log", testKey, "/ui/f/audit/report?period=daily", 403},
+		{"a key with the audit scope gets the report", opsKey, "/ui/f/audit/report?period=daily", 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := doAt(t, hs.URL, call{method: "GET", path: tc.path, key: tc.key}, checkNone)
+			if r.status != tc.want {
+				t.Fatalf("status %d, want %d: %s", r.status, tc.want, r.body)
+			}
+		})
+	}
+}

@@ -143,6 +143,17 @@ test("timeline, inspector, chart, file, shell at a step, rewind", async ({ page,
   expect(overflow).toBeLessThanOrEqual(1);
   await page.screenshot({ path: path.join(shots, "session-narrow.png"), fullPage: true });
 
+  // Fork step 1 as a new session: its timeline starts with the fork, the parent's shows the branch.
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.locator("#step-1").click();
+  await expect(inspector).toHaveAttribute("data-step", "1");
+  await inspector.getByRole("button", { name: "Fork as new session" }).click();
+  await expect(page).not.toHaveURL(new RegExp(`/ui/s/${id}$`));
+  await expect(page.locator("#step-0")).toContainText(`forked from ${id} step 1`);
+  const fork = page.url().split("/").pop();
+  await page.goto(`/ui/s/${id}`);
+  await expect(page.locator("#step-1")).toContainText(`forked as ${fork}`);
+
   expect(errors).toEqual([]);
 });
 
@@ -153,13 +164,17 @@ test("run panel streams output and renders the result; upload", async ({ page, r
   const { id } = await s.json();
   await useKey(page, KEY);
   await page.goto(`/ui/s/${id}`);
-  await page.locator("#run-code").fill("import json\nfor i in range(3):\n    print('line', i)\ndisplay({'text/html': '<table><tr><td>cell</td></tr></table>'}, raw=True)\ndisplay({'application/json': {'a': [1, 2]}}, raw=True)");
+  await page.locator("#run-code").fill("import json\nfor i in range(3):\n    print('line', i)\ndisplay({'text/html': '<table><tr><td>cell</td></tr></table>'}, raw=True)\ndisplay({'application/json': {'a': [1, 2]}}, raw=True)\n" +
+    "display({'application/vnd.vegalite.v5+json': {'mark': 'bar', 'data': {'values': [{'k': 'a', 'v': 3}, {'k': 'b', 'v': 5}]}, 'encoding': {'x': {'field': 'k', 'type': 'nominal'}, 'y': {'field': 'v', 'type': 'quantitative'}}}}, raw=True)");
   await page.getByRole("button", { name: "Run" }).click();
   const out = page.locator("#run-output");
   await expect(out.locator("pre.stdout")).toContainText("line 2");
   await expect(out.locator("iframe.html-output")).toHaveAttribute("sandbox", "");
   await expect(out.locator(".json-tree .json-key").first()).toHaveText("a");
   await expect(page.locator("#run-status")).toHaveText("done");
+  // The vega-lite chart, rendered by vega-embed in the sandboxed chart frame.
+  await expect(out.locator('iframe.chart-frame[data-lib="vega-lite"]')).toHaveAttribute("data-rendered", "1");
+  await expect(out.frameLocator("iframe.chart-frame").locator("svg.marks, canvas.marks").first()).toBeVisible();
   // The new step shows on the timeline.
   await expect(page.locator(".timeline .step .kind", { hasText: "cell" })).toHaveCount(1);
 
@@ -168,6 +183,10 @@ test("run panel streams output and renders the result; upload", async ({ page, r
   await page.locator("form.upload button").click();
   await page.locator("#files").getByRole("link", { name: "/home/user/hello.txt", exact: true }).click();
   await expect(page.locator(".file-view pre.file-text")).toHaveText("hi from the browser");
+  // Download: fetched with the key, saved under the file's name.
+  const [download] = await Promise.all([page.waitForEvent("download"), page.locator(".file-view").getByRole("link", { name: "Download" }).click()]);
+  expect(download.suggestedFilename()).toBe("hello.txt");
+  expect(fs.readFileSync(await download.path(), "utf8")).toBe("hi from the browser");
   expect(errors).toEqual([]);
 });
 

@@ -39,6 +39,7 @@ test("heavy: chart, table and a bash shell at a step", async ({ page, request })
   await page.keyboard.press("Enter");
   await expect(page.locator(".xterm-rows")).toContainText("shell-42", { timeout: 60_000 });
   await expect(page.locator(".xterm-rows")).toContainText("step 1");
+  await pane.screenshot({ path: path.join(__dirname, "..", "test-results", "heavy-shell.png") });
   await page.locator("#shell-keep").click();
   await expect(pane).toHaveAttribute("data-kept", /.+/);
   const kept = await pane.getAttribute("data-kept");
