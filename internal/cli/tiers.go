@@ -10,9 +10,7 @@ import (
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/dlp"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
-	"github.com/entersandbox/agentbox/internal/netns"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 )
 
@@ -45,7 +43,7 @@ func addTierFlags(fset *flag.FlagSet, defaultState string) *tierFlags {
 type tiers struct {
 	*dispatch.Dispatcher
 	nano  *nano.Engine
-	heavy *heavy.Engine
+	heavy *heavyEngine
 	net   *network                    // the governed network's data plane; nil without a ceiling
 	scan  func() (*dlp.Engine, error) // the DLP engine, compiled once when first needed
 	// ceiling bounds every network policy, hosted MCP servers' too; nil: everything offline.
@@ -84,11 +82,11 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 		return nil, err
 	}
 	if *tf.heavyMode != "off" {
-		hcfg := heavy.Config{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Network: t.net.heavyNetwork(), Logger: log}
-		t.heavy, err = openHeavy(ctx, hcfg, log)
+		hopts := heavyOptions{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Net: t.net}
+		t.heavy, err = openHeavy(ctx, hopts, log)
 		switch {
 		case err == nil:
-		case *tf.heavyMode == "auto" && errors.Is(err, heavy.ErrNotInstalled):
+		case *tf.heavyMode == "auto" && errors.Is(err, errHeavyMissing):
 			log.Info("heavy tier off", "reason", err)
 		default:
 			t.nano.Close(context.Background())
@@ -123,17 +121,4 @@ func (t *tiers) close(ctx context.Context) error {
 	<-dispatched
 	t.net.close()
 	return err
-}
-
-// openHeavy starts a heavy engine. When the host cannot give its sandboxes a governed network it
-// fails closed: the sandboxes stay offline, and a request whose policy allows traffic is refused
-// naming the missing piece instead of running without the network it asked for.
-func openHeavy(ctx context.Context, cfg heavy.Config, log *slog.Logger) (*heavy.Engine, error) {
-	eng, err := heavy.New(ctx, cfg)
-	if cfg.Network == nil || !errors.Is(err, netns.ErrUnsupported) {
-		return eng, err
-	}
-	log.Error("heavy tier offline: no governed network on this host", "reason", err)
-	cfg.Network, cfg.OfflineReason = nil, err.Error()
-	return heavy.New(ctx, cfg)
 }
