@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/tier"
@@ -194,15 +192,6 @@ func (c cpuTimer) native(ctx context.Context, code string) (float64, error) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// selfCPU is the CPU time this process has used.
-func selfCPU() time.Duration {
-	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // Print writes the micro report as a table, ratios last.
 func (r *MicroReport) Print(w io.Writer) {

@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/entersandbox/agentbox/internal/errdefs"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 )
 
@@ -30,7 +29,7 @@ type env struct {
 	// openNano and openHeavy start the engines of `agentbox run` when the run goes there; nil means
 	// nano.New and heavy.New as openRun configures them (tests count or refuse the starts).
 	openNano  func(ctx context.Context) (*nano.Engine, error)
-	openHeavy func(ctx context.Context) (*heavy.Engine, error)
+	openHeavy func(ctx context.Context) (*heavyEngine, error)
 }
 
 const usage = `agentbox runs untrusted Python in isolated sandboxes.

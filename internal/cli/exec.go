@@ -9,8 +9,6 @@ import (
 	"slices"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
 )
@@ -111,10 +109,19 @@ func commandExit(cmd *agentbox.Command) int {
 	case api.CommandTimedOut:
 		return api.ExitTimeout
 	case api.CommandKilled:
-		if n := unix.SignalNum(cmd.Signal); n != 0 {
-			return 128 + int(n)
+		if n, ok := linuxSignals[cmd.Signal]; ok {
+			return 128 + n
 		}
-		return 128 + int(unix.SIGKILL)
+		return 128 + linuxSignals["SIGKILL"]
 	}
 	return cmd.ExitCode
+}
+
+// linuxSignals are the numbers of the signals a sandbox reports: the guest is Linux whatever the
+// host, so the host's own numbering (macOS differs) does not apply.
+var linuxSignals = map[string]int{
+	"SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGILL": 4, "SIGTRAP": 5, "SIGABRT": 6, "SIGBUS": 7,
+	"SIGFPE": 8, "SIGKILL": 9, "SIGUSR1": 10, "SIGSEGV": 11, "SIGUSR2": 12, "SIGPIPE": 13,
+	"SIGALRM": 14, "SIGTERM": 15, "SIGCHLD": 17, "SIGCONT": 18, "SIGSTOP": 19, "SIGTSTP": 20,
+	"SIGXCPU": 24, "SIGXFSZ": 25,
 }

@@ -12,9 +12,7 @@ import (
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/dlp"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
-	"github.com/entersandbox/agentbox/internal/netns"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/snapstore"
 )
@@ -95,7 +93,7 @@ func (tf *tierFlags) openSnapshots(log *slog.Logger) (*snapstore.Store, func(), 
 type tiers struct {
 	*dispatch.Dispatcher
 	nano  *nano.Engine
-	heavy *heavy.Engine
+	heavy *heavyEngine
 	net   *network                    // the governed network's data plane; nil without a ceiling
 	scan  func() (*dlp.Engine, error) // the DLP engine, compiled once when first needed
 	// snaps is the snapshot store (nil: time travel off), closed after the dispatcher.
@@ -137,11 +135,11 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 		return nil, err
 	}
 	if *tf.heavyMode != "off" {
-		hcfg := heavy.Config{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Network: t.net.heavyNetwork(), Logger: log}
-		t.heavy, err = openHeavy(ctx, hcfg, log)
+		hopts := heavyOptions{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Net: t.net}
+		t.heavy, err = openHeavy(ctx, hopts, log)
 		switch {
 		case err == nil:
-		case *tf.heavyMode == "auto" && errors.Is(err, heavy.ErrNotInstalled):
+		case *tf.heavyMode == "auto" && errors.Is(err, errHeavyMissing):
 			log.Info("heavy tier off", "reason", err)
 		default:
 			t.nano.Close(context.Background())
@@ -191,17 +189,4 @@ func (t *tiers) close(ctx context.Context) error {
 	}
 	t.net.close()
 	return err
-}
-
-// openHeavy starts a heavy engine. When the host cannot give its sandboxes a governed network it
-// fails closed: the sandboxes stay offline, and a request whose policy allows traffic is refused
-// naming the missing piece instead of running without the network it asked for.
-func openHeavy(ctx context.Context, cfg heavy.Config, log *slog.Logger) (*heavy.Engine, error) {
-	eng, err := heavy.New(ctx, cfg)
-	if cfg.Network == nil || !errors.Is(err, netns.ErrUnsupported) {
-		return eng, err
-	}
-	log.Error("heavy tier offline: no governed network on this host", "reason", err)
-	cfg.Network, cfg.OfflineReason = nil, err.Error()
-	return heavy.New(ctx, cfg)
 }

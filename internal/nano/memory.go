@@ -4,10 +4,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/tetratelabs/wazero/experimental"
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -114,7 +112,7 @@ func (p *regionPool) get(img *image) (*region, error) {
 		warm := roundUp(size+warmHeadroom, hugePage)
 		clear(r.buf[size:min(r.dirty, warm)])
 		if r.dirty > warm {
-			if err := unix.Madvise(r.buf[warm:roundUp(r.dirty, osPage)], unix.MADV_DONTNEED); err != nil {
+			if err := releasePages(r.buf[warm:roundUp(r.dirty, osPage)]); err != nil {
 				p.unmap(r)
 				return nil, fmt.Errorf("resetting guest memory: %w", err)
 			}
@@ -125,7 +123,7 @@ func (p *regionPool) get(img *image) (*region, error) {
 			// The same image is mapped: make the pages the last guest wrote read as the image again,
 			// keeping them private so that the next guest writes them without a fault (cow.go).
 			if !p.pm.resetPrivate(r.buf, img, size) {
-				if err := unix.Madvise(r.buf[:size], unix.MADV_DONTNEED); err != nil {
+				if err := dropPrivate(r.buf[:size]); err != nil {
 					p.unmap(r)
 					return nil, fmt.Errorf("resetting guest memory: %w", err)
 				}
@@ -192,10 +190,10 @@ func (p *regionPool) trim(keep, maxFree int) {
 	for _, r := range p.free {
 		if r.image != nil {
 			// An idle region need not keep private copies of the image's pages.
-			_ = unix.Madvise(r.buf[:r.image.size()], unix.MADV_DONTNEED)
+			_ = dropPrivate(r.buf[:r.image.size()])
 		}
 		if r.dirty > from {
-			if err := unix.Madvise(r.buf[from:roundUp(r.dirty, osPage)], unix.MADV_DONTNEED); err == nil {
+			if err := releasePages(r.buf[from:roundUp(r.dirty, osPage)]); err == nil {
 				clear(r.buf[keep:min(from, r.dirty)])
 				r.dirty = keep
 			}
@@ -219,34 +217,6 @@ func (p *regionPool) close() {
 }
 
 func roundUp(n, to int) int { return (n + to - 1) / to * to }
-
-// mapRegion reserves size bytes aligned to a huge page, asking for transparent huge pages: on the
-// virtual machines we run on a first touch costs one fault per 2 MiB instead of one per 4 KiB.
-func mapRegion(size int) ([]byte, error) {
-	size = roundUp(size, hugePage)
-	raw, err := unix.Mmap(-1, 0, size+hugePage, unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-	if err != nil {
-		return nil, fmt.Errorf("reserving %d bytes of guest memory: %w", size, err)
-	}
-	// unix.Munmap only unmaps whole mappings it made, so trim the misaligned ends with the raw call.
-	base := unsafe.Pointer(&raw[0])
-	addr := int(uintptr(base))
-	head := roundUp(addr, hugePage) - addr
-	if head > 0 {
-		unix.MunmapPtr(base, uintptr(head))
-	}
-	if tail := hugePage - head; tail > 0 {
-		unix.MunmapPtr(unsafe.Add(base, head+size), uintptr(tail))
-	}
-	buf := unsafe.Slice((*byte)(unsafe.Add(base, head)), size)
-	_ = unix.Madvise(buf, unix.MADV_HUGEPAGE) // an optimisation only: kernels without THP ignore it
-	return buf, nil
-}
-
-func unmapRegion(buf []byte) {
-	unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(buf)), uintptr(len(buf)))
-}
 
 // guestMemory is a sandbox's linear memory in a region. Growing only reslices the reservation, so the
 // buffer never moves. The limit is checked at every growth: refusing one makes memory.grow fail in the

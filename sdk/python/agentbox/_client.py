@@ -19,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Union
 
+from ._binary import bundled_binary
+
 __all__ = [
     "AgentboxError",
     "ConflictError",
@@ -341,10 +343,12 @@ class _LocalServer:
     _MAX_LINE = 64 << 10  # bytes read as one line at most
 
     def __init__(self, binary: Optional[str], policy: Optional[str] = None) -> None:
-        path = binary or os.environ.get("AGENTBOX_BIN") or shutil.which("agentbox")
+        # A platform wheel's own binary comes before PATH: it is the version this SDK was built with.
+        path = binary or os.environ.get("AGENTBOX_BIN") or bundled_binary() or shutil.which("agentbox")
         if not path:
             raise AgentboxError("url=None starts a local server, but no agentbox binary was found: "
-                                "pass binary=, set AGENTBOX_BIN, or put agentbox on PATH")
+                                "pass binary=, set AGENTBOX_BIN, put agentbox on PATH, "
+                                "or install a platform wheel of agentbox, which carries it")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -423,8 +427,12 @@ class Sandbox:
     session, created on first use). Use as a context manager, or call ``close()``.
 
     With ``url=None`` a local ``agentbox serve`` is started on a free loopback port (the binary is
-    found through ``binary``, ``$AGENTBOX_BIN`` or ``PATH``) and stopped on close; ``policy`` is then
-    its network ceiling file (``agentbox serve --policy``), without which sandboxes are offline.
+    found through ``binary``, ``$AGENTBOX_BIN``, the one a platform wheel carries, or ``PATH``) and
+    stopped on close; ``policy`` is then its network ceiling file (``agentbox serve --policy``),
+    without which sandboxes are offline. Such a server always has the nano tier; the heavy tier
+    (``runtime="heavy"``, numpy/pandas) needs the host set up for it: Linux with gVisor's runsc and
+    the heavy root filesystem (scripts/setup.sh), or a Linux VM on macOS and Windows
+    (docs/platforms.md).
     """
 
     def __init__(self, config: Optional[SandboxConfig] = None, url: Optional[str] = None,

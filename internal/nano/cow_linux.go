@@ -145,3 +145,7 @@ func (pm *pagemap) close() {
 		unix.Close(int(fd))
 	}
 }
+
+// dropPrivate drops the private copies among b's pages, a private mapping of an image's memfd: they
+// read as the image again, and fault on the next write.
+func dropPrivate(b []byte) error { return unix.Madvise(b, unix.MADV_DONTNEED) }
