@@ -499,6 +499,13 @@ func TestNanoShellRunsInputsAsCellsOfAForkAndDiscardsIt(t *testing.T) {
 			send(t, c, shellMsg{Type: "line", Data: ""})
 			readUntil(t, c, "output")
 			readUntil(t, c, "prompt")
+			// Ctrl+C drops an unfinished block: nothing of it runs.
+			send(t, c, shellMsg{Type: "line", Data: "if True:"})
+			readUntil(t, c, "prompt")
+			send(t, c, shellMsg{Type: "interrupt"})
+			if p := readUntil(t, c, "prompt"); p[len(p)-1].Prompt != ">>> " {
+				t.Fatalf("prompt after interrupt %+v", p)
+			}
 			send(t, c, shellMsg{Type: "line", Data: "1/0"})
 			out = readUntil(t, c, "prompt")
 			mustContain(t, out[0].Data, "ZeroDivisionError: division by zero")

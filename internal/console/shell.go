@@ -29,7 +29,8 @@ import (
 
 // shellMsg is one websocket message, both ways.
 type shellMsg struct {
-	// Type: from the browser auth (Key), line (Data), keep; to it ready (Session, Tier, Prompt),
+	// Type: from the browser auth (Key), line (Data), interrupt (Ctrl+C: drop the input being typed),
+	// keep; to it ready (Session, Tier, Prompt),
 	// output (Data), prompt (Prompt), kept (Session), error (Data).
 	Type    string `json:"type"`
 	Key     string `json:"key,omitempty"`
@@ -225,6 +226,13 @@ func (sh *shellSession) repl(ctx context.Context, step int) error {
 			}
 			continue
 		}
+		if m.Type == "interrupt" {
+			block = nil // like Python's REPL: the unfinished input is dropped
+			if err := sh.send(ctx, shellMsg{Type: "prompt", Prompt: promptPS1}); err != nil {
+				return err
+			}
+			continue
+		}
 		if m.Type != "line" {
 			continue
 		}
@@ -379,6 +387,12 @@ func (sh *shellSession) bash(ctx context.Context, step int) error {
 		case m := <-lines:
 			if kept, err := sh.handleKeep(ctx, m); kept || err != nil {
 				if err != nil {
+					return err
+				}
+				continue
+			}
+			if m.Type == "interrupt" { // the line typed is dropped in the browser; bash is not signalled
+				if err := sh.send(ctx, shellMsg{Type: "prompt", Prompt: "$ "}); err != nil {
 					return err
 				}
 				continue
