@@ -29,10 +29,11 @@ type fakeAPI struct {
 	busyForks int
 	cells     map[string][]string
 	stdin     []string
+	stdinCh   chan string // what stdin gets, for the follow
 }
 
 func newFakeAPI() *fakeAPI {
-	f := &fakeAPI{mux: http.NewServeMux(), cells: map[string][]string{}}
+	f := &fakeAPI{mux: http.NewServeMux(), cells: map[string][]string{}, stdinCh: make(chan string, 16)}
 	j := func(w http.ResponseWriter, status int, v any) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
@@ -191,16 +192,33 @@ func newFakeAPI() *fakeAPI {
 		f.mu.Lock()
 		f.stdin = append(f.stdin, in.Data)
 		f.mu.Unlock()
+		f.stdinCh <- in.Data
 		w.WriteHeader(204)
 	})
+	// A follow: each line written to stdin comes back as stdout; "exit" ends the command.
 	f.mux.HandleFunc("GET /v1/sessions/{id}/commands/{pid}", func(w http.ResponseWriter, r *http.Request) {
-		f.mu.Lock()
-		out := ""
-		for _, l := range f.stdin {
-			out += "bash got " + l
+		if !strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
+			j(w, 200, api.Command{PID: 42, State: api.CommandRunning})
+			return
 		}
-		f.mu.Unlock()
-		j(w, 200, api.Command{PID: 42, State: api.CommandRunning, Stdout: out})
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		for {
+			select {
+			case l := <-f.stdinCh:
+				if l == "exit\n" {
+					b, _ := json.Marshal(api.Command{PID: 42, State: api.CommandExited})
+					fmt.Fprintf(w, "event: result\ndata: %s\n\n", b)
+					return
+				}
+				b, _ := json.Marshal(map[string]string{"text": "bash got " + l})
+				if _, err := fmt.Fprintf(w, "event: stdout\ndata: %s\n\n", b); err != nil {
+					return
+				}
+			case <-r.Context().Done():
+				return
+			}
+		}
 	})
 	return f
 }

@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -28,7 +29,8 @@ import (
 
 // shellMsg is one websocket message, both ways.
 type shellMsg struct {
-	// Type: from the browser auth (Key), line (Data), keep; to it ready (Session, Tier, Prompt),
+	// Type: from the browser auth (Key), line (Data), interrupt (Ctrl+C: drop the input being typed),
+	// keep; to it ready (Session, Tier, Prompt),
 	// output (Data), prompt (Prompt), kept (Session), error (Data).
 	Type    string `json:"type"`
 	Key     string `json:"key,omitempty"`
@@ -224,6 +226,13 @@ func (sh *shellSession) repl(ctx context.Context, step int) error {
 			}
 			continue
 		}
+		if m.Type == "interrupt" {
+			block = nil // like Python's REPL: the unfinished input is dropped
+			if err := sh.send(ctx, shellMsg{Type: "prompt", Prompt: promptPS1}); err != nil {
+				return err
+			}
+			continue
+		}
 		if m.Type != "line" {
 			continue
 		}
@@ -288,10 +297,20 @@ func terminalText(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n")
 }
 
-// bashPoll is how often the heavy shell reads the background bash's output.
-const bashPoll = 150 * time.Millisecond
+// bashQuiet is how long the heavy shell waits, after a line, for bash to stop printing before it
+// shows the prompt again (a bash without a terminal prints none of its own).
+const bashQuiet = 150 * time.Millisecond
 
-// bash is the heavy shell: bash in the fork as a background command, lines to its stdin.
+// bashEvent is one event of the followed bash: output, or its end (done, with its final state).
+type bashEvent struct {
+	text string
+	done bool
+	cmd  api.Command
+	err  error
+}
+
+// bash is the heavy shell: bash in the fork as a background command, lines to its stdin, its output
+// followed as it comes (GET .../commands/{pid} as an event stream).
 func (sh *shellSession) bash(ctx context.Context, step int) error {
 	var cmd api.Command
 	if err := sh.c.sendJSON(sh.request(ctx), http.MethodPost, sessionPath(sh.fork.ID, "commands"),
@@ -299,6 +318,15 @@ func (sh *shellSession) bash(ctx context.Context, step int) error {
 		return shellAPIError("starting bash", err, noCommands)
 	}
 	cmdPath := sessionPath(sh.fork.ID, "commands", strconv.Itoa(cmd.PID))
+	follow, err := newAPIRequest(ctx, sh.from, apiCall{method: http.MethodGet, path: cmdPath, accept: "text/event-stream"})
+	if err != nil {
+		return err
+	}
+	st, err := sh.c.openStream(follow)
+	if err != nil {
+		return shellAPIError("following bash", err, noCommands)
+	}
+	defer st.Close()
 	if err := sh.send(ctx, shellMsg{Type: "ready", Session: sh.fork.ID, Tier: string(sh.fork.Tier), Prompt: "$ ",
 		Data: fmt.Sprintf("bash in %s, a fork of step %d.\r\n", sh.fork.ID, step)}); err != nil {
 		return err
@@ -319,10 +347,39 @@ func (sh *shellSession) bash(ctx context.Context, step int) error {
 			}
 		}
 	}()
-	sent := map[string]string{} // what stdout and stderr held when last sent
-	prompt := false             // a line was sent: prompt again after the next read of its output
-	tick := time.NewTicker(bashPoll)
-	defer tick.Stop()
+	events := make(chan bashEvent)
+	go func() {
+		for {
+			event, data, ok := st.Next()
+			var ev bashEvent
+			switch {
+			case !ok:
+				ev = bashEvent{done: true, err: errors.New("the API ended bash's output stream")}
+			case event == "stdout" || event == "stderr":
+				var t struct{ Text string }
+				json.Unmarshal([]byte(data), &t)
+				ev = bashEvent{text: t.Text}
+			case event == "result":
+				ev.done = true
+				json.Unmarshal([]byte(data), &ev.cmd)
+			case event == "error":
+				ev = bashEvent{done: true, err: answerError(http.StatusInternalServerError, []byte(data))}
+			default:
+				continue
+			}
+			select {
+			case events <- ev:
+			case <-ctx.Done():
+				return
+			}
+			if ev.done {
+				return
+			}
+		}
+	}()
+	quiet := time.NewTimer(time.Hour)
+	quiet.Stop()
+	prompt := false // a line was sent: prompt again once bash has been quiet for bashQuiet
 	for {
 		select {
 		case err := <-readErr:
@@ -334,52 +391,42 @@ func (sh *shellSession) bash(ctx context.Context, step int) error {
 				}
 				continue
 			}
+			if m.Type == "interrupt" { // the line typed is dropped in the browser; bash is not signalled
+				if err := sh.send(ctx, shellMsg{Type: "prompt", Prompt: "$ "}); err != nil {
+					return err
+				}
+				continue
+			}
 			if m.Type == "line" {
 				if err := sh.c.sendJSON(sh.request(ctx), http.MethodPost, cmdPath+"/stdin", api.CommandInput{Data: m.Data + "\n"}, nil); err != nil {
 					return shellAPIError("writing to bash", err, noCommands)
 				}
 				prompt = true
+				quiet.Reset(2 * bashQuiet)
 			}
-		case <-tick.C:
-			var st api.Command
-			if err := sh.c.getJSON(sh.request(ctx), cmdPath, nil, &st); err != nil {
-				return shellAPIError("reading bash", err, noCommands)
-			}
-			for _, part := range []struct{ name, text string }{{"stdout", st.Stdout}, {"stderr", st.Stderr}} {
-				if fresh := newOutput(sent[part.name], part.text); fresh != "" {
-					if err := sh.send(ctx, shellMsg{Type: "output", Data: terminalText(fresh)}); err != nil {
-						return err
-					}
+		case ev := <-events:
+			if ev.done {
+				if ev.err != nil {
+					return shellAPIError("following bash", ev.err, noCommands)
 				}
-				sent[part.name] = part.text
+				sh.send(ctx, shellMsg{Type: "output", Data: terminalText(fmt.Sprintf("\n[bash %s, exit code %d]\n", ev.cmd.State, ev.cmd.ExitCode))})
+				return nil
 			}
-			if prompt && st.State == api.CommandRunning {
+			if err := sh.send(ctx, shellMsg{Type: "output", Data: terminalText(ev.text)}); err != nil {
+				return err
+			}
+			if prompt {
+				quiet.Reset(bashQuiet)
+			}
+		case <-quiet.C:
+			if prompt {
 				if err := sh.send(ctx, shellMsg{Type: "prompt", Prompt: "$ "}); err != nil {
 					return err
 				}
 				prompt = false
 			}
-			if st.State != api.CommandRunning {
-				sh.send(ctx, shellMsg{Type: "output", Data: terminalText(fmt.Sprintf("\n[bash %s, exit code %d]\n", st.State, st.ExitCode))})
-				return nil
-			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-}
-
-// newOutput is what cur, a command's output buffer now, holds beyond prev, what it held when last
-// read. The buffer keeps only the last output-cap bytes, so once it is full its start moves: cur is
-// then prev without its first bytes, plus the new output. The end of prev is found again as its last
-// bytes, which end in cur no later than len(prev).
-func newOutput(prev, cur string) string {
-	if strings.HasPrefix(cur, prev) {
-		return cur[len(prev):]
-	}
-	tail := prev[len(prev)-min(256, max(1, len(prev)/2)):]
-	if i := strings.LastIndex(cur[:min(len(cur), len(prev))], tail); i >= 0 {
-		return cur[i+len(tail):]
-	}
-	return "[older output dropped]\n" + cur
 }

@@ -165,29 +165,12 @@ func (c *Console) runCell(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	pr, pw := io.Pipe()
-	sw := &pipeWriter{header: http.Header{}, w: pw, started: make(chan struct{})}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.api.ServeHTTP(sw, req)
-		sw.start(http.StatusOK)
-		pw.Close()
-	}()
-	defer func() {
-		pr.CloseWithError(errors.New("console: the browser went away"))
-		<-done
-	}()
-	<-sw.started
-	if sw.status != http.StatusOK || !strings.HasPrefix(sw.header.Get("Content-Type"), "text/event-stream") {
-		data, _ := io.ReadAll(io.LimitReader(pr, 1<<20))
-		if sw.status >= 200 && sw.status < 300 {
-			c.failStatus(w, r, http.StatusBadGateway, "the API answered the run without a stream")
-			return
-		}
-		c.fail(w, r, answerError(sw.status, data))
+	st, err := c.openStream(req)
+	if err != nil {
+		c.fail(w, r, err)
 		return
 	}
+	defer st.Close()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
@@ -200,18 +183,10 @@ func (c *Console) runCell(w http.ResponseWriter, r *http.Request) {
 		}
 		return rc.Flush()
 	}
-	sc := bufio.NewScanner(pr)
-	sc.Buffer(make([]byte, 64<<10), 256<<20) // one event holds a whole result
-	var event string
-	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "event: "); ok {
-			event = v
-			continue
-		}
-		data, ok := strings.CutPrefix(line, "data: ")
+	for {
+		event, data, ok := st.Next()
 		if !ok {
-			continue
+			return
 		}
 		var err error
 		switch event {
@@ -273,6 +248,60 @@ func (p *pipeWriter) Write(b []byte) (int, error) {
 
 // Flush is a no-op: the pipe hands every write over at once.
 func (p *pipeWriter) Flush() {}
+
+// apiStream is a server-sent-event answer of the API, read as it is written.
+type apiStream struct {
+	pr   *io.PipeReader
+	sc   *bufio.Scanner
+	done chan struct{} // closed when the API's handler returned
+}
+
+// openStream sends req (with Accept: text/event-stream) to the API and returns its event stream, or
+// the API's error when it answered without one. The request's context bounds the call; Close ends it.
+func (c *Console) openStream(req *http.Request) (*apiStream, error) {
+	pr, pw := io.Pipe()
+	sw := &pipeWriter{header: http.Header{}, w: pw, started: make(chan struct{})}
+	st := &apiStream{pr: pr, done: make(chan struct{})}
+	go func() {
+		defer close(st.done)
+		c.api.ServeHTTP(sw, req)
+		sw.start(http.StatusOK)
+		pw.Close()
+	}()
+	<-sw.started
+	if sw.status != http.StatusOK || !strings.HasPrefix(sw.header.Get("Content-Type"), "text/event-stream") {
+		data, _ := io.ReadAll(io.LimitReader(pr, 1<<20))
+		st.Close()
+		if sw.status >= 200 && sw.status < 300 {
+			return nil, &apiError{status: http.StatusBadGateway, code: "bad_gateway", message: "the API answered without a stream"}
+		}
+		return nil, answerError(sw.status, data)
+	}
+	st.sc = bufio.NewScanner(pr)
+	st.sc.Buffer(make([]byte, 64<<10), 256<<20) // one event holds a whole result
+	return st, nil
+}
+
+// Next returns the next event; ok is false at the end of the stream.
+func (st *apiStream) Next() (event, data string, ok bool) {
+	for st.sc.Scan() {
+		line := st.sc.Text()
+		if v, found := strings.CutPrefix(line, "event: "); found {
+			event = v
+			continue
+		}
+		if d, found := strings.CutPrefix(line, "data: "); found {
+			return event, d, true
+		}
+	}
+	return "", "", false
+}
+
+// Close stops reading (the API's next write fails, which ends its handler) and waits for the handler.
+func (st *apiStream) Close() {
+	st.pr.CloseWithError(errors.New("console: the stream's reader went away"))
+	<-st.done
+}
 
 // stepQuery is the optional ?step=N of the file views: files at that step instead of now.
 func stepQuery(r *http.Request) (int, bool, error) {

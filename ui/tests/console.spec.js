@@ -201,6 +201,11 @@ test("sessions list filters; audit page searches and reports", async ({ page, re
   await page.getByRole("searchbox", { name: "Search sessions" }).fill("no-such-session");
   await expect(page.locator("#session-rows")).toContainText("No session matches.");
 
+  // Narrow: the list scrolls in its box, the page does not.
+  await page.setViewportSize({ width: 420, height: 800 });
+  expect(await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)).toBeLessThanOrEqual(1);
+  await page.setViewportSize({ width: 1280, height: 800 });
+
   await page.getByRole("link", { name: "Audit" }).click();
   await expect(page.locator("table.audit-events")).toBeVisible();
   await page.getByLabel("Type").selectOption("session.create");

@@ -318,7 +318,7 @@ async function openShell(step) {
         if (me.line.length > 0) { me.line = me.line.slice(0, -1); term.write("\b \b"); }
       } else if (ch === "\x03") {
         me.line = ""; term.write("^C\r\n");
-        ws.send(JSON.stringify({ type: "line", data: "" }));
+        ws.send(JSON.stringify({ type: "interrupt" }));
       } else if (ch >= " " || ch === "\t") {
         me.line += ch; term.write(ch);
       }
