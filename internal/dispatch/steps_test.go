@@ -570,3 +570,47 @@ func TestStepFileReadsTheFileAsItWas(t *testing.T) {
 		t.Fatalf("bad path: %v", err)
 	}
 }
+
+func TestClosedSessionKeepsOnlyPinnedSteps(t *testing.T) {
+	d, st := toyDispatcher(t, &toyEngine{name: api.TierNano}, nil, snapstore.Retention{})
+	ctx := context.Background()
+	s, _ := d.NewSession(ctx, api.SessionRequest{Tier: api.TierNano})
+	run(t, s, "x = 1") // 1
+	run(t, s, "x = 2") // 2
+	settle(t, s, st)
+	if err := s.Pin(1, true); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := d.NewSession(ctx, api.SessionRequest{Tier: api.TierNano})
+	run(t, other, "y = 1")
+	settle(t, other, st)
+	s.Close()
+	other.Close()
+	if _, err := d.Session(ctx, s.ID()); errdefs.ClassOf(err) != errdefs.NotFound {
+		t.Fatalf("a closed session is still open: %v", err)
+	}
+	if _, err := d.StepSession(ctx, other.ID()); errdefs.ClassOf(err) != errdefs.NotFound {
+		t.Fatalf("a closed session without pinned steps is still listed: %v", err)
+	}
+	kept, err := d.StepSession(ctx, s.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := kept.Steps()
+	if !list.Steps[1].Snapshot.Restorable || list.Steps[2].Snapshot.Restorable || list.Steps[2].Snapshot.State != api.SnapshotThinned {
+		t.Fatalf("after close: %+v", list.Steps)
+	}
+	if err := kept.Rewind(ctx, 1); errdefs.ClassOf(err) != errdefs.Conflict {
+		t.Fatalf("rewinding a closed session: %v", err)
+	}
+	f, err := kept.Fork(ctx, api.ForkRequest{Step: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, f, "print x").Stdout; got != "1\n" {
+		t.Fatalf("fork of a closed session's pinned step: %q", got)
+	}
+	if _, err := d.StepSession(WithTenant(ctx, Tenant{ID: "someone-else"}), s.ID()); errdefs.ClassOf(err) != errdefs.NotFound {
+		t.Fatalf("another tenant finds the closed session: %v", err)
+	}
+}
