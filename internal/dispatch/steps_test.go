@@ -614,3 +614,34 @@ func TestClosedSessionKeepsOnlyPinnedSteps(t *testing.T) {
 		t.Fatalf("another tenant finds the closed session: %v", err)
 	}
 }
+
+// A tier that names blocks again without putting them (as nano does) recovers when one is gone: the
+// snapshot that named it is missing, and the next one, through a new SessionBlocks, puts everything.
+func TestSnapshotNamingAGoneBlockStartsAfresh(t *testing.T) {
+	d, st := toyDispatcher(t, &toyEngine{name: api.TierNano, reuse: true}, nil, snapstore.Retention{})
+	ctx := context.Background()
+	s, _ := d.NewSession(ctx, api.SessionRequest{Tier: api.TierNano})
+	run(t, s, "write /tmp/a kept") // 1
+	run(t, s, "x = 1")             // 2: names /tmp/a's block again
+	settle(t, s, st)
+	for _, n := range []int{1, 2} { // the block goes: nothing holds it any more
+		st.MarkCorrupt(s.ID(), n, "test")
+	}
+	run(t, s, "x = 2") // 3: names the gone block
+	settle(t, s, st)
+	run(t, s, "x = 3") // 4: puts it again
+	settle(t, s, st)
+	steps := s.Steps().Steps
+	if steps[3].Snapshot.State != api.SnapshotMissing || !strings.Contains(steps[3].Snapshot.Reason, "not stored") {
+		t.Fatalf("step 3: %+v, want missing (it named a gone block)", steps[3].Snapshot)
+	}
+	if steps[4].Snapshot.State != api.SnapshotStored {
+		t.Fatalf("step 4: %+v, want stored", steps[4].Snapshot)
+	}
+	if err := s.Rewind(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	if got := probe(t, s); got != "x=3;/tmp/a:4:6b657074;cwd=/home/user\n" {
+		t.Fatalf("after rewinding to step 4: %q", got)
+	}
+}
