@@ -26,6 +26,9 @@ type toyEngine struct {
 	name api.Tier
 	// noSnap makes its sessions plain tier.Sessions (no Snapshotter).
 	noSnap bool
+	// reuse makes snapshots name the blocks of unchanged files again without putting them, while
+	// they are given the same Blocks (as nano's page table does).
+	reuse bool
 	// snapDelay is how long each Snapshot takes; snapped is told when one ends.
 	snapDelay time.Duration
 	snapped   chan int
@@ -82,6 +85,10 @@ type toySession struct {
 	cwd   string
 	rng   *mrand.Rand
 	alive bool
+	// last are the blocks of each file's content at the last snapshot, through lastBlocks (reuse).
+	last       map[string][]tier.BlockID
+	lastData   map[string]string
+	lastBlocks tier.Blocks
 }
 
 // Run runs one line per statement: "x = 1", "x += 2", "del x", "print x", "write P TEXT", "noise P N"
@@ -209,7 +216,17 @@ func (s *toySession) Snapshot(ctx context.Context, blocks tier.Blocks) (*tier.Sn
 	}
 	st := toyState{Vars: maps.Clone(s.vars), Files: map[string][]tier.BlockID{}, Cwd: s.cwd}
 	snap := &tier.Snapshot{Tier: s.e.name}
+	reuse := s.e.reuse && s.lastBlocks == blocks
+	if !reuse {
+		s.last, s.lastData = map[string][]tier.BlockID{}, map[string]string{}
+	}
 	for p, d := range s.files {
+		if ids, ok := s.last[p]; reuse && ok && s.lastData[p] == string(d) {
+			st.Files[p] = ids
+			snap.Blocks = append(snap.Blocks, ids...)
+			snap.Files = append(snap.Files, api.FileInfo{Name: p[strings.LastIndex(p, "/")+1:], Path: p, Size: int64(len(d))})
+			continue
+		}
 		ids := []tier.BlockID{}
 		for off := 0; off < len(d) || off == 0; off += 4096 {
 			s.e.mu.Lock()
@@ -230,12 +247,14 @@ func (s *toySession) Snapshot(ctx context.Context, blocks tier.Blocks) (*tier.Sn
 			}
 		}
 		st.Files[p] = ids
+		s.last[p], s.lastData[p] = ids, string(d)
 		snap.Blocks = append(snap.Blocks, ids...)
 		snap.Files = append(snap.Files, api.FileInfo{Name: p[strings.LastIndex(p, "/")+1:], Path: p, Size: int64(len(d))})
 	}
 	for k, v := range s.vars {
 		snap.Variables = append(snap.Variables, api.Variable{Name: k, Type: "str", Kind: "value", Repr: v})
 	}
+	s.lastBlocks = blocks
 	snap.State, _ = json.Marshal(st)
 	if s.e.snapped != nil {
 		defer func() { s.e.snapped <- len(snap.Blocks) }()

@@ -570,3 +570,78 @@ func TestStepFileReadsTheFileAsItWas(t *testing.T) {
 		t.Fatalf("bad path: %v", err)
 	}
 }
+
+func TestClosedSessionKeepsOnlyPinnedSteps(t *testing.T) {
+	d, st := toyDispatcher(t, &toyEngine{name: api.TierNano}, nil, snapstore.Retention{})
+	ctx := context.Background()
+	s, _ := d.NewSession(ctx, api.SessionRequest{Tier: api.TierNano})
+	run(t, s, "x = 1") // 1
+	run(t, s, "x = 2") // 2
+	settle(t, s, st)
+	if err := s.Pin(1, true); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := d.NewSession(ctx, api.SessionRequest{Tier: api.TierNano})
+	run(t, other, "y = 1")
+	settle(t, other, st)
+	s.Close()
+	other.Close()
+	if _, err := d.Session(ctx, s.ID()); errdefs.ClassOf(err) != errdefs.NotFound {
+		t.Fatalf("a closed session is still open: %v", err)
+	}
+	if _, err := d.StepSession(ctx, other.ID()); errdefs.ClassOf(err) != errdefs.NotFound {
+		t.Fatalf("a closed session without pinned steps is still listed: %v", err)
+	}
+	kept, err := d.StepSession(ctx, s.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := kept.Steps()
+	if !list.Steps[1].Snapshot.Restorable || list.Steps[2].Snapshot.Restorable || list.Steps[2].Snapshot.State != api.SnapshotThinned {
+		t.Fatalf("after close: %+v", list.Steps)
+	}
+	if err := kept.Rewind(ctx, 1); errdefs.ClassOf(err) != errdefs.Conflict {
+		t.Fatalf("rewinding a closed session: %v", err)
+	}
+	f, err := kept.Fork(ctx, api.ForkRequest{Step: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, f, "print x").Stdout; got != "1\n" {
+		t.Fatalf("fork of a closed session's pinned step: %q", got)
+	}
+	if _, err := d.StepSession(WithTenant(ctx, Tenant{ID: "someone-else"}), s.ID()); errdefs.ClassOf(err) != errdefs.NotFound {
+		t.Fatalf("another tenant finds the closed session: %v", err)
+	}
+}
+
+// A tier that names blocks again without putting them (as nano does) recovers when one is gone: the
+// snapshot that named it is missing, and the next one, through a new SessionBlocks, puts everything.
+func TestSnapshotNamingAGoneBlockStartsAfresh(t *testing.T) {
+	d, st := toyDispatcher(t, &toyEngine{name: api.TierNano, reuse: true}, nil, snapstore.Retention{})
+	ctx := context.Background()
+	s, _ := d.NewSession(ctx, api.SessionRequest{Tier: api.TierNano})
+	run(t, s, "write /tmp/a kept") // 1
+	run(t, s, "x = 1")             // 2: names /tmp/a's block again
+	settle(t, s, st)
+	for _, n := range []int{1, 2} { // the block goes: nothing holds it any more
+		st.MarkCorrupt(s.ID(), n, "test")
+	}
+	run(t, s, "x = 2") // 3: names the gone block
+	settle(t, s, st)
+	run(t, s, "x = 3") // 4: puts it again
+	settle(t, s, st)
+	steps := s.Steps().Steps
+	if steps[3].Snapshot.State != api.SnapshotMissing || !strings.Contains(steps[3].Snapshot.Reason, "not stored") {
+		t.Fatalf("step 3: %+v, want missing (it named a gone block)", steps[3].Snapshot)
+	}
+	if steps[4].Snapshot.State != api.SnapshotStored {
+		t.Fatalf("step 4: %+v, want stored", steps[4].Snapshot)
+	}
+	if err := s.Rewind(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	if got := probe(t, s); got != "x=3;/tmp/a:4:6b657074;cwd=/home/user\n" {
+		t.Fatalf("after rewinding to step 4: %q", got)
+	}
+}

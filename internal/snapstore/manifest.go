@@ -351,6 +351,7 @@ func (s *Store) Close() error {
 	for _, sg := range s.segs {
 		errs = append(errs, sg.close())
 	}
+	errs = append(errs, s.lock.Close()) // releases the flock
 	return errors.Join(errs...)
 }
 

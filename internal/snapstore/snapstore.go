@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -155,6 +156,8 @@ type Store struct {
 
 	wake chan struct{}
 	done chan struct{}
+	// lock is the directory's lock file, held (flock) while the store is open: one server per store.
+	lock *os.File
 	// writeHook, when set (tests), is called before each record is written and may fail it.
 	writeHook func(rec []byte) error
 }
@@ -178,8 +181,13 @@ func Open(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("snapstore: %w", err)
 		}
 	}
+	lock, err := lockDir(filepath.Join(cfg.Dir, "lock"))
+	if err != nil {
+		return nil, err
+	}
 	key, err := loadKey(filepath.Join(cfg.Dir, "key"))
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
@@ -190,16 +198,30 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapstore: %w", err)
 	}
-	s := &Store{dir: cfg.Dir, key: key, ret: cfg.Retention.withDefaults(), log: log, seg: cfg.SegmentBytes, enc: enc, dec: dec,
+	s := &Store{dir: cfg.Dir, key: key, lock: lock, ret: cfg.Retention.withDefaults(), log: log, seg: cfg.SegmentBytes, enc: enc, dec: dec,
 		index: map[[32]byte]tier.BlockID{}, blocks: map[tier.BlockID]*block{}, sessions: map[string]*sessionState{},
 		segs: map[uint32]*segment{}, archived: map[string]map[int]*manifest{},
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	s.hmacs.New = func() any { return hmac.New(sha256.New, s.key) }
 	if err := s.recover(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	go s.writer()
 	return s, nil
+}
+
+// lockDir takes the store's lock file, refusing a store another process has open.
+func lockDir(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("snapstore: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("snapstore: %s is in use by another agentbox (one server per snapshot store): %w", filepath.Dir(path), err)
+	}
+	return f, nil
 }
 
 // loadKey reads the installation's HMAC key, creating it (32 random bytes, 0600) on first use.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -363,4 +364,18 @@ func TestSessionBlocksRoutesPutsToTheCurrentTransaction(t *testing.T) {
 	if err := tx.Commit("ses_a", Record{Step: api.Step{N: 2}}, &tier.Snapshot{Blocks: []tier.BlockID{id}}); !errors.Is(err, tier.ErrCorrupt) {
 		t.Fatalf("commit naming a freed block: %v", err)
 	}
+}
+
+func TestOneStorePerDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Retention{})
+	if _, err := Open(Config{Dir: dir}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("a second Open of an open store: %v", err)
+	}
+	s.Close()
+	s2, err := Open(Config{Dir: dir})
+	if err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+	s2.Close()
 }
