@@ -33,6 +33,11 @@ for f in "${files[@]}"; do
   meta=$(node -e "const p=require('./ui/node_modules/$pkg/package.json'); console.log(p.name+' '+p.version+' '+p.license)")
   grep -q "^$name " "$out/VERSIONS" || echo "$name $meta" >> "$out/VERSIONS"
 done
+# Libraries over 1 MiB are kept gzipped (-n: no name or time, so the copy is reproducible); the console
+# serves them with Content-Encoding: gzip (internal/console/gzip.go), and git holds no file over 4 MiB.
+for big in plotly.min.js; do
+  gzip -9n "$out/$big"
+done
 if (( check )); then
   diff -r "$out" "$dst" && echo "vendored console libraries match ui/package-lock.json"
   exit

@@ -92,6 +92,9 @@ func (c *Console) routes() {
 			w.Header().Set("X-Frame-Options", "SAMEORIGIN")
 		}
 		w.Header().Set("Cache-Control", "no-cache")
+		if serveGzipped(w, r, static, strings.TrimPrefix(r.URL.Path, Prefix+"static/")) {
+			return
+		}
 		files.ServeHTTP(w, r)
 	}))
 	// Pages: shells that load their fragments with the key.

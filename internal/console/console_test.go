@@ -2,10 +2,13 @@ package console
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
@@ -599,4 +602,51 @@ func TestShellWaitsForABusySessionToFork(t *testing.T) {
 		t.Errorf("%d fork requests, want 3 (two busy, then the fork)", n)
 	}
 	mustContain(t, msgs[0].Data, "session busy, waiting to fork")
+}
+
+// TestGzippedLibrariesAreServedByEncoding: a library kept only as .gz (plotly) goes out compressed
+// to a browser that accepts gzip and decompressed to one that does not, as JavaScript either way.
+func TestGzippedLibrariesAreServedByEncoding(t *testing.T) {
+	c, err := New(Config{API: http.NotFoundHandler()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, accept, wantEncoding string
+	}{
+		{"accepts gzip", "gzip, deflate, br", "gzip"},
+		{"refuses gzip", "gzip;q=0, identity", ""},
+		{"names no encoding", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/ui/static/vendor/plotly.min.js", nil)
+			if tc.accept != "" {
+				r.Header.Set("Accept-Encoding", tc.accept)
+			}
+			w := httptest.NewRecorder()
+			c.ServeHTTP(w, r)
+			if w.Code != 200 {
+				t.Fatalf("status %d", w.Code)
+			}
+			if got := w.Header().Get("Content-Encoding"); got != tc.wantEncoding {
+				t.Fatalf("Content-Encoding %q, want %q", got, tc.wantEncoding)
+			}
+			if ct := w.Header().Get("Content-Type"); !strings.Contains(ct, "javascript") {
+				t.Fatalf("Content-Type %q", ct)
+			}
+			body := w.Body.Bytes()
+			if tc.wantEncoding == "gzip" {
+				zr, err := gzip.NewReader(bytes.NewReader(body))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if body, err = io.ReadAll(zr); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !bytes.Contains(body[:min(len(body), 4096)], []byte("plotly")) || len(body) < 1<<20 {
+				t.Fatalf("not plotly's script: %d bytes starting %q", len(body), body[:min(len(body), 80)])
+			}
+		})
+	}
 }
