@@ -24,7 +24,7 @@ ZLIB_VER=1.2.13
 BZIP2_VER=1.0.8
 XZ_VER=5.4.1
 SQLITE_VER=3.40.1
-PACKAGES="clang-16 lld-16 llvm-16 wasi-libc libclang-rt-16-dev-wasm32 python3.11 dpkg-dev tcl gcc make zip"
+PACKAGES="clang-16 lld-16 llvm-16 wasi-libc libclang-rt-16-dev-wasm32 python3.11 dpkg-dev tcl gcc make zip binaryen"
 
 key=$(cat "$0" "$here/embed.c" "$here/prune.txt" "$here/sqlite-wasi.h" | sha256sum | cut -c1-16)-py$PY_VER
 dest=$CACHE/$key
@@ -151,7 +151,7 @@ cp "$here/embed.c" Programs/agentbox_embed.c
 mkdir -p builddir/wasi && cd builddir/wasi
 CONFIG_SITE=../../Tools/wasm/config.site-wasm32-wasi \
 ac_cv_func_clock_nanosleep=no ac_cv_lib_rt_clock_nanosleep=no \
-CFLAGS="-Wno-error=int-conversion -O2" \
+CFLAGS="-Wno-error=int-conversion" \
 ZLIB_CFLAGS="-I$P/include" ZLIB_LIBS="-L$P/lib -lz" \
 BZIP2_CFLAGS="-I$P/include" BZIP2_LIBS="-L$P/lib -lbz2" \
 LIBLZMA_CFLAGS="-I$P/include" LIBLZMA_LIBS="-L$P/lib -llzma" \
@@ -161,8 +161,12 @@ PKG_CONFIG=false \
   --with-build-python=/usr/bin/python3.11 --disable-shared --disable-ipv6 --without-ensurepip \
   --prefix=/usr/local >"$work/cpython-configure.log" 2>&1 || { tail -30 "$work/cpython-configure.log"; exit 1; }
 
+# Speed (docs/nano-performance.md): CPython's own -O3 (OPT) applies, as no -O2 follows it in CFLAGS,
+# and the interpreter is built with ThinLTO. CFLAGS_NODIST reaches only CPython's own objects, not
+# configure's probes, some of which read constants out of object files and cannot read bitcode.
+LTO="-flto=thin"
 say "cpython $PY_VER (make, about 2 minutes)"
-quiet cpython-make make -j"$JOBS" python.wasm
+quiet cpython-make make -j"$JOBS" python.wasm CFLAGS_NODIST="$LTO"
 # The compression and database modules must have been built, not silently dropped.
 for m in ZLIB _BZ2 _LZMA _SQLITE3; do
   grep -qE "^MODULE_${m}_STATE=yes" Makefile || { say "module $m was not built"; grep -E "^MODULE_${m}_STATE" Makefile; exit 1; }
@@ -172,7 +176,7 @@ done
 say "linking the reactor"
 link=$(make -n python.wasm -W Programs/python.o 2>/dev/null | grep -E -- '-o python\.wasm ' | tail -1)
 [ -n "$link" ] || { say "could not read the python.wasm link line"; exit 1; }
-quiet embed-compile $CC -c -O2 -I. -I../../Include -I../../Include/internal -DPy_BUILD_CORE_BUILTIN \
+quiet embed-compile $CC -c -O3 $LTO -I. -I../../Include -I../../Include/internal -DPy_BUILD_CORE_BUILTIN \
   ../../Programs/agentbox_embed.c -o agentbox_embed.o
 # wazero's filesystem interface cannot say ENOSPC; embed.c's wrappers ask the host for the real errno.
 wraps=""
@@ -185,6 +189,9 @@ link=${link/ Programs\/python.o / agentbox_embed.o }
 case "$link" in *--initial-memory=10485760*) link=${link/-Wl,--initial-memory=10485760/} ;; *) say "note: the link line sets no 10 MiB initial memory" ;; esac
 link=${link/-o python.wasm /-o agentbox.wasm -mexec-model=reactor -Wl,--export=malloc -Wl,--export=free -Wl,--export=__stack_pointer -Wl,--strip-debug $wraps }
 quiet link eval "$link"
+# Binaryen's optimiser over the whole module (Debian's binaryen); its passes keep the exports.
+quiet wasm-opt wasm-opt -O3 agentbox.wasm -o agentbox.opt.wasm
+mv agentbox.opt.wasm agentbox.wasm
 
 # --- stdlib --------------------------------------------------------------------------------------------------
 say "standard library"
