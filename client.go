@@ -180,11 +180,21 @@ func (c *Client) RunStream(ctx context.Context, req RunBody, cb Callbacks) (*Run
 }
 
 func (c *Client) stream(ctx context.Context, path string, in any, cb Callbacks, out any) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return fmt.Errorf("agentbox: encoding request: %w", err)
+	return c.streamAs(ctx, http.MethodPost, path, in, cb, out)
+}
+
+// streamAs is stream with the method given; in nil sends no body.
+func (c *Client) streamAs(ctx context.Context, method, path string, in any, cb Callbacks, out any) error {
+	var body io.Reader
+	ct := ""
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("agentbox: encoding request: %w", err)
+		}
+		body, ct = bytes.NewReader(b), "application/json"
 	}
-	resp, err := c.do(ctx, http.MethodPost, path, bytes.NewReader(b), "application/json", "text/event-stream")
+	resp, err := c.do(ctx, method, path, body, ct, "text/event-stream")
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
+	"github.com/entersandbox/agentbox/internal/snapstore"
 )
 
 const apiKey = "example-key-0123456789"
@@ -33,7 +34,17 @@ func testServer() string {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		srv, err := server.New(dispatch.New(eng, dispatch.Config{}), server.Config{APIKeys: []string{apiKey}})
+		dir, err := os.MkdirTemp("", "agentbox-sdk-test-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		st, err := snapstore.Open(snapstore.Config{Dir: dir}) // time travel on; the directory is the OS's to clean
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		srv, err := server.New(dispatch.New(eng, dispatch.Config{Snapshots: st}), server.Config{APIKeys: []string{apiKey}})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -138,6 +139,17 @@ func trackedFiles() ([]string, error) {
 		}
 		files = append(files, filepath.ToSlash(f))
 	}
+	// A directory with its own go.mod (third_party/wazero) is another module: the go command leaves it
+	// out of this module's zip, and so does this copy.
+	var nested []string
+	for _, f := range files {
+		if path.Base(f) == "go.mod" && f != "go.mod" {
+			nested = append(nested, path.Dir(f)+"/")
+		}
+	}
+	files = slices.DeleteFunc(files, func(f string) bool {
+		return slices.ContainsFunc(nested, func(dir string) bool { return strings.HasPrefix(f, dir) })
+	})
 	if len(files) == 0 {
 		return nil, errors.New("git lists no files")
 	}

@@ -87,6 +87,8 @@ type RunRequest struct {
 	// Script runs the code like `python3 FILE`: a final expression gives no main result. False (the
 	// default) is REPL semantics, like a notebook cell (docs/results.md).
 	Script bool `json:"script,omitempty"`
+	// Env is added to the program's environment (os.environ); the sandbox never sees the host's.
+	Env map[string]string `json:"env,omitempty"`
 }
 
 // Error describes why a program did not finish normally.
@@ -174,6 +176,8 @@ type RunBody struct {
 	Intent *Intent `json:"intent,omitempty"`
 	// Script is RunRequest.Script: script semantics instead of a notebook cell's.
 	Script bool `json:"script,omitempty"`
+	// Env is RunRequest.Env.
+	Env map[string]string `json:"env,omitempty"`
 }
 
 // RunResponse is POST /v1/run's answer: the result, and the files the program left under /output
@@ -200,6 +204,9 @@ type SessionRequest struct {
 	// them (URLs named in Task, Intent's packages, URLs and git remotes), inside its ceiling.
 	Task   string  `json:"task,omitempty"`
 	Intent *Intent `json:"intent,omitempty"`
+	// Env is added to the environment of the session's cells (os.environ) and shell commands; the
+	// sandbox never sees the host's.
+	Env map[string]string `json:"env,omitempty"`
 }
 
 // Session describes a session.
@@ -219,6 +226,10 @@ type Session struct {
 	// MovedFrom is set when the session started on that tier and moved to Tier, replaying its earlier
 	// cells and copying its files; its id did not change.
 	MovedFrom Tier `json:"moved_from,omitempty"`
+	// Steps is how many steps the session's time-travel log holds, CurrentStep the one its state is
+	// at (GET /v1/sessions/{id}/steps).
+	Steps       int `json:"steps"`
+	CurrentStep int `json:"current_step"`
 }
 
 // SessionRunRequest is POST /v1/sessions/{id}/run.
@@ -272,7 +283,7 @@ type AuditEvent struct {
 	Time string `json:"time"`
 	// Type is one of run, session.create, session.move, session.close, session.expire, file.upload,
 	// file.download, package.install, auth.failure, server.start, server.stop, policy.change,
-	// egress.request, egress.dlp, mcp.call, audit.retention.
+	// egress.request, egress.dlp, mcp.call, audit.retention, command, command.input, command.kill.
 	Type string `json:"type"`
 	// Actor is the API key the request came with, as its id (never the key); "local" on a server
 	// without keys, "system" for the server's own events.

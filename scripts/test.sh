@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+export GOTOOLCHAIN=go1.27.3 # as setup.sh: the pinned toolchain
 # The heavy-tier integration tests (root, runsc, the root filesystem) run here; setup installed them.
 export AGENTBOX_INTEGRATION=1
 
@@ -36,6 +37,9 @@ if ! cmp -s go.mod /tmp/agentbox-go.mod.bak || ! cmp -s go.sum /tmp/agentbox-go.
   cp /tmp/agentbox-go.mod.bak go.mod && cp /tmp/agentbox-go.sum.bak go.sum
   echo "go mod tidy changes go.mod/go.sum"; exit 1
 fi
+
+say "govulncheck (offline database; fails on a reachable vulnerability)"
+bash scripts/vulncheck.sh
 
 say "go test"
 go test -count=1 ./...

@@ -56,12 +56,21 @@ const (
 	TypeEgressDLP      = "egress.dlp"
 	TypeMCPCall        = "mcp.call"
 	TypeRetention      = "audit.retention"
+	// Time travel (docs/time-travel.md).
+	TypeSessionRewind = "session.rewind"
+	TypeSessionFork   = "session.fork"
+	TypeStepPin       = "step.pin"
+	// Shell commands (docs/commands.md).
+	TypeCommand      = "command"
+	TypeCommandInput = "command.input"
+	TypeCommandKill  = "command.kill"
 )
 
 // Types are the event types, in the schema's order.
 var Types = []string{TypeRun, TypeSessionCreate, TypeSessionMove, TypeSessionClose, TypeSessionExpire,
 	TypeFileUpload, TypeFileDownload, TypePackageInstall, TypeAuthFailure, TypeServerStart, TypeServerStop,
-	TypePolicyChange, TypeEgressRequest, TypeEgressDLP, TypeMCPCall, TypeRetention}
+	TypePolicyChange, TypeEgressRequest, TypeEgressDLP, TypeMCPCall, TypeRetention,
+	TypeSessionRewind, TypeSessionFork, TypeStepPin, TypeCommand, TypeCommandInput, TypeCommandKill}
 
 // Verdicts.
 const (

@@ -161,11 +161,11 @@ func ocsf(ev api.AuditEvent) ([]byte, error) {
 		// API Activity: create 1, read 2, update 3, delete 4, other 99.
 		act := 99
 		switch ev.Type {
-		case TypeSessionCreate, TypeFileUpload, TypePackageInstall:
+		case TypeSessionCreate, TypeFileUpload, TypePackageInstall, TypeSessionFork:
 			act = 1
 		case TypeFileDownload:
 			act = 2
-		case TypeSessionMove, TypePolicyChange:
+		case TypeSessionMove, TypePolicyChange, TypeSessionRewind, TypeStepPin:
 			act = 3
 		case TypeSessionClose, TypeSessionExpire, TypeRetention:
 			act = 4

@@ -21,7 +21,6 @@ import (
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/mcphost"
 	"github.com/entersandbox/agentbox/internal/server"
@@ -40,12 +39,12 @@ type auditFlags struct {
 }
 
 // defaultAuditDB is under the server's state root, in the one directory the heavy tier's sweep of a
-// crashed server's leftovers keeps (heavy.KeepDir): the audit log must outlive a crash.
+// crashed server's leftovers keeps (keepDir): the audit log must outlive a crash.
 func defaultAuditDB(stateDir string) string {
 	if stateDir == "" {
-		stateDir = heavy.DefaultStateDir()
+		stateDir = defaultStateDir()
 	}
-	return filepath.Join(stateDir, heavy.KeepDir, "audit.db")
+	return filepath.Join(stateDir, keepDir, "audit.db")
 }
 
 func addAuditFlags(fset *flag.FlagSet) *auditFlags {

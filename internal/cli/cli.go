@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/entersandbox/agentbox/internal/errdefs"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 )
 
@@ -30,7 +29,7 @@ type env struct {
 	// openNano and openHeavy start the engines of `agentbox run` when the run goes there; nil means
 	// nano.New and heavy.New as openRun configures them (tests count or refuse the starts).
 	openNano  func(ctx context.Context) (*nano.Engine, error)
-	openHeavy func(ctx context.Context) (*heavy.Engine, error)
+	openHeavy func(ctx context.Context) (*heavyEngine, error)
 }
 
 const usage = `agentbox runs untrusted Python in isolated sandboxes.
@@ -40,9 +39,11 @@ Usage:
   agentbox serve [flags]          serve the HTTP API (and MCP at /mcp), default 127.0.0.1:8080
   agentbox mcp                    serve the Model Context Protocol on stdin/stdout
   agentbox mcp add|list|rm        manage the hosted MCP servers of an agentbox server
+  agentbox exec SESSION -- CMD    run a shell command in a session of an agentbox server (heavy tier)
   agentbox route [flags] FILE     print which tier a program would run on, and why
   agentbox dlp scan FILE|-        print the DLP findings (secrets, PII) in a file as JSON
   agentbox audit verify|search|report  check, search and report on the audit log
+  agentbox session steps|show|rewind|fork ID [STEP]  time travel in a server's session
   agentbox bench [flags]          measure start-up and throughput on this machine
   agentbox version                print the version and interpreter build
 
@@ -77,12 +78,16 @@ func (e *env) main(ctx context.Context, args []string) int {
 		err = e.serve(ctx, args[1:])
 	case "mcp":
 		err = e.mcp(ctx, args[1:])
+	case "exec":
+		code, err = e.exec(ctx, args[1:])
 	case "route":
 		err = e.route(args[1:])
 	case "dlp":
 		code, err = e.dlpCmd(args[1:])
 	case "audit":
 		err = e.audit(ctx, args[1:])
+	case "session":
+		err = e.session(ctx, args[1:])
 	case "version", "--version":
 		err = e.version()
 	case "help", "-h", "--help":

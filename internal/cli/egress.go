@@ -12,7 +12,6 @@ import (
 
 	"github.com/entersandbox/agentbox/internal/dlp"
 	"github.com/entersandbox/agentbox/internal/egress"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcphost"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
@@ -37,7 +36,7 @@ func addEgressFlags(fset *flag.FlagSet) *egressFlags {
 // (which the heavy engine empties), never inside the sandboxes' root filesystem.
 func caDirFor(stateDir string) string {
 	if stateDir == "" {
-		stateDir = heavy.DefaultStateDir()
+		stateDir = defaultStateDir()
 	}
 	return filepath.Clean(stateDir) + "-ca"
 }
@@ -90,7 +89,7 @@ func startRunNetwork(ctx context.Context, ceiling *netpolicy.Ceiling, f *egressF
 	if err != nil {
 		return nil, usagef("dlp: %w", err)
 	}
-	return startNetwork(ctx, engine, f, "", heavy.Installed(heavy.Config{}) == nil, log)
+	return startNetwork(ctx, engine, f, "", heavyInstalled() == nil, log)
 }
 
 // close stops the proxy; nil-safe.
@@ -102,14 +101,6 @@ func (n *network) close() {
 	n.proxy.Close()
 }
 
-// heavyNetwork is what the heavy engine needs of the proxy; nil without a network.
-func (n *network) heavyNetwork() heavy.Network {
-	if n == nil {
-		return nil
-	}
-	return heavyPlane{n.proxy}
-}
-
 // nanoHTTP is the nano tier's bridge to the proxy; nil (offline) without a network.
 func (n *network) nanoHTTP() nano.HTTP {
 	if n == nil {
@@ -118,14 +109,6 @@ func (n *network) nanoHTTP() nano.HTTP {
 	return nano.HTTPFunc(func(ctx context.Context, g *netpolicy.Guard, r *http.Request) (*http.Response, error) {
 		return n.proxy.RoundTrip(ctx, g, r)
 	})
-}
-
-// heavyPlane adapts the proxy to heavy.Network, whose Attach takes the concrete Guard (a nil one
-// attaches nothing: the proxy tells a typed nil apart).
-type heavyPlane struct{ *egress.Proxy }
-
-func (h heavyPlane) Attach(guest netip.Addr, g *netpolicy.Guard) func() {
-	return h.Proxy.Attach(guest, g)
 }
 
 // dlpInspector adapts the DLP engine to the proxy's Inspector.

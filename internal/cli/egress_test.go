@@ -20,7 +20,6 @@ import (
 	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dlp"
 	"github.com/entersandbox/agentbox/internal/egress/egresstest"
-	"github.com/entersandbox/agentbox/internal/heavy"
 )
 
 // upstream is an HTTPS server on a loopback address with a certificate for name from a CA of its
@@ -70,7 +69,7 @@ except urllib.error.URLError as e:
 `
 	tiers := []string{"nano"}
 	if os.Getenv("AGENTBOX_INTEGRATION") == "1" {
-		if err := heavy.Installed(heavy.Config{}); err != nil {
+		if err := heavyInstalled(); err != nil {
 			t.Fatalf("AGENTBOX_INTEGRATION=1 but the heavy tier is not installed: %v", err)
 		}
 		tiers = append(tiers, "heavy")

@@ -16,7 +16,6 @@ import (
 	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcphost"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
@@ -27,7 +26,7 @@ import (
 // on one machine share them.
 func mcpDir(stateDir string) string {
 	if stateDir == "" {
-		stateDir = heavy.DefaultStateDir()
+		stateDir = defaultStateDir()
 	}
 	return filepath.Clean(stateDir) + "-mcp"
 }
@@ -37,7 +36,7 @@ func mcpDir(stateDir string) string {
 func openHost(t *tiers, dir string, alog *audit.Log, log *slog.Logger) (*mcphost.Host, error) {
 	launchers := map[api.Tier]mcphost.Launcher{api.TierNano: &mcphost.NanoLauncher{Engine: t.nano}}
 	if t.heavy != nil {
-		launchers[api.TierHeavy] = &mcphost.HeavyLauncher{Engine: t.heavy, Logger: log}
+		launchers[api.TierHeavy] = heavyLauncher(t.heavy, log)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mcp servers directory: %w", err)

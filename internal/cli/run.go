@@ -155,7 +155,7 @@ func (e *env) run(ctx context.Context, args []string) (int, error) {
 	if t.noHeavy != nil && req.Tier == api.TierAuto {
 		// The dispatcher stayed on nano (route_reason says so); say what would have helped.
 		if why, ok := rules.Fallback(&resp.Result); ok {
-			fmt.Fprintf(e.stderr, "agentbox: %s, but the heavy tier is not installed (build/heavy/build.sh)\n", why)
+			fmt.Fprintf(e.stderr, "agentbox: %s, but %s\n", why, heavyHint)
 		}
 	}
 	var copyErrs []error

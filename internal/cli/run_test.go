@@ -15,7 +15,6 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
 )
@@ -124,7 +123,7 @@ func TestRunStartsHeavyOnlyWhenUsed(t *testing.T) {
 			var out, errOut bytes.Buffer
 			opened, nanoStarts := 0, 0
 			e := &env{stdin: strings.NewReader(tc.code), stdout: &out, stderr: &errOut, log: slog.New(slog.DiscardHandler),
-				openHeavy: func(context.Context) (*heavy.Engine, error) { opened++; return nil, refused },
+				openHeavy: func(context.Context) (*heavyEngine, error) { opened++; return nil, refused },
 				openNano: func(ctx context.Context) (*nano.Engine, error) {
 					nanoStarts++
 					return nano.New(ctx, nano.Config{PoolSize: -1, MaxConcurrent: 1})

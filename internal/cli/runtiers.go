@@ -9,7 +9,6 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/router"
@@ -23,7 +22,7 @@ type runTiers struct {
 	*dispatch.Dispatcher
 	nano  *lazy
 	heavy *lazy // nil when the heavy tier is not installed
-	// noHeavy says why there is no heavy tier (heavy.ErrNotInstalled, wrapped); nil when there is one.
+	// noHeavy says why there is no heavy tier (errHeavyMissing, wrapped); nil when there is one.
 	noHeavy error
 }
 
@@ -51,12 +50,12 @@ func (e *env) openRun(ctx context.Context, rules *router.Rules, collectMax int64
 		MaxFileBytes: collectMax, MaxFilesBytes: collectMax,
 		MemoryBudgetMB: -1} // one run: its limits are checked by the engine, there is nothing to share
 	// Only a stat here: whether the run needs heavy is the dispatcher's to decide.
-	if t.noHeavy = heavy.Installed(heavy.Config{}); t.noHeavy == nil {
+	if t.noHeavy = heavyInstalled(); t.noHeavy == nil {
 		open := e.openHeavy
 		if open == nil {
-			open = func(ctx context.Context) (*heavy.Engine, error) {
+			open = func(ctx context.Context) (*heavyEngine, error) {
 				// Its own range: a server on this host holds the default one.
-				return openHeavy(ctx, heavy.Config{PoolSize: -1, Network: net.heavyNetwork(), NetworkRange: runNetworkRange, Logger: e.log}, e.log)
+				return openHeavy(ctx, heavyOptions{PoolSize: -1, Net: net, NetworkRange: runNetworkRange}, e.log)
 			}
 		}
 		t.heavy = &lazy{ctx: ctx, what: "heavy", open: func(ctx context.Context) (tier.Engine, error) {

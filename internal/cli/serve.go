@@ -13,7 +13,6 @@ import (
 
 	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcphost"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
@@ -40,7 +39,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	grace := fset.Duration("shutdown-grace", 30*time.Second, "how long in-flight requests may finish on shutdown")
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
 	policyFile := fset.String("policy", "", "network ceiling (TOML, docs/egress.md): the hosts sandboxes may ever reach, hosts always denied, DLP defaults, rule packs, secrets; without it every sandbox is offline")
-	tf := addTierFlags(fset, heavy.DefaultStateDir())
+	tf := addTierFlags(fset, defaultStateDir())
 	mcpDirFlag := fset.String("mcp-dir", "", "hosted MCP servers' registrations (default: the state root's path with -mcp appended; \"off\": no MCP hosting)")
 	af := addAuditFlags(fset)
 	if _, err := parseInterspersed(fset, args); err != nil {
@@ -140,7 +139,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("agentbox serving", "addr", *addr, "auth", len(keys)+len(keyed) > 0, "keys", len(keys)+len(keyed), "heavy", t.heavy != nil,
+	log.Info("agentbox serving", "addr", *addr, "console", "http://"+*addr+"/ui/", "auth", len(keys)+len(keyed) > 0, "keys", len(keys)+len(keyed), "heavy", t.heavy != nil,
 		"memory_budget_mb", t.Stats().MemoryBudgetMB, "network_ceiling", *policyFile, "audit_db", auditPath(alog))
 	stopReason := "signal"
 	select {

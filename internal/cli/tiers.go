@@ -6,14 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/dlp"
-	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/nano"
-	"github.com/entersandbox/agentbox/internal/netns"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
+	"github.com/entersandbox/agentbox/internal/snapstore"
 )
 
 // tierFlags pick and tune the tiers behind `serve` and `mcp`.
@@ -25,6 +26,14 @@ type tierFlags struct {
 	maxHeavy     *int
 	stateDir     *string
 	egress       *egressFlags
+	snapshots    snapshotFlags
+}
+
+// snapshotFlags configure time travel's snapshot store (docs/time-travel.md).
+type snapshotFlags struct {
+	dir                *string
+	dense, every       *int
+	sessionMB, totalMB *int64
 }
 
 // addTierFlags adds the tier flags; defaultState is --state-dir's default (empty: a private
@@ -38,16 +47,58 @@ func addTierFlags(fset *flag.FlagSet, defaultState string) *tierFlags {
 		rules:        fset.String("rules", "", "routing rules (TOML) for tier auto, over the shipped ones"),
 		maxHeavy:     fset.Int("max-heavy-sessions", 0, "sessions open on the heavy tier at once (default 16)"),
 		egress:       addEgressFlags(fset),
+		snapshots: snapshotFlags{
+			dir:       fset.String("snapshot-dir", "", "time travel's snapshot store (default: the state root's path with -snapshots appended, or a private temporary directory; \"off\": no snapshots); only sessions with pinned steps survive a restart"),
+			dense:     fset.Int("snapshot-dense", 0, "latest steps of a session whose snapshots are all kept (default 20)"),
+			every:     fset.Int("snapshot-every", 0, "of the older steps, keep those whose number is a multiple of this (default 10; negative: none)"),
+			sessionMB: fset.Int64("snapshot-session-mb", 0, "MiB (uncompressed) of snapshots one session may hold before its oldest unpinned steps are thinned (default 512; negative: no cap)"),
+			totalMB:   fset.Int64("snapshot-total-mb", 0, "MiB (uncompressed) of snapshots all sessions may hold (default 8192; negative: no cap)"),
+		},
 	}
+}
+
+// openSnapshots opens the snapshot store the flags name; nil when it is off. The returned func
+// removes a private temporary store.
+func (tf *tierFlags) openSnapshots(log *slog.Logger) (*snapstore.Store, func(), error) {
+	dir := *tf.snapshots.dir
+	cleanup := func() {}
+	switch {
+	case dir == "off":
+		return nil, cleanup, nil
+	case dir == "" && *tf.stateDir != "":
+		dir = filepath.Clean(*tf.stateDir) + "-snapshots"
+	case dir == "":
+		tmp, err := os.MkdirTemp("", "agentbox-snapshots-")
+		if err != nil {
+			return nil, nil, fmt.Errorf("snapshot store: %w", err)
+		}
+		dir, cleanup = tmp, func() { os.RemoveAll(tmp) }
+	}
+	mb := func(v int64) int64 {
+		if v > 0 {
+			return v << 20
+		}
+		return v
+	}
+	st, err := snapstore.Open(snapstore.Config{Dir: dir, Logger: log, Retention: snapstore.Retention{Dense: *tf.snapshots.dense,
+		Every: *tf.snapshots.every, SessionBytes: mb(*tf.snapshots.sessionMB), TotalBytes: mb(*tf.snapshots.totalMB)}})
+	if err != nil {
+		cleanup()
+		return nil, nil, usageError{fmt.Errorf("--snapshot-dir: %w", err)}
+	}
+	return st, cleanup, nil
 }
 
 // tiers are the running engines and the dispatcher over them.
 type tiers struct {
 	*dispatch.Dispatcher
 	nano  *nano.Engine
-	heavy *heavy.Engine
+	heavy *heavyEngine
 	net   *network                    // the governed network's data plane; nil without a ceiling
 	scan  func() (*dlp.Engine, error) // the DLP engine, compiled once when first needed
+	// snaps is the snapshot store (nil: time travel off), closed after the dispatcher.
+	snaps      *snapstore.Store
+	closeSnaps func()
 	// ceiling bounds every network policy, hosted MCP servers' too; nil: everything offline.
 	ceiling *netpolicy.Ceiling
 }
@@ -84,11 +135,11 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 		return nil, err
 	}
 	if *tf.heavyMode != "off" {
-		hcfg := heavy.Config{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Network: t.net.heavyNetwork(), Logger: log}
-		t.heavy, err = openHeavy(ctx, hcfg, log)
+		hopts := heavyOptions{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Net: t.net}
+		t.heavy, err = openHeavy(ctx, hopts, log)
 		switch {
 		case err == nil:
-		case *tf.heavyMode == "auto" && errors.Is(err, heavy.ErrNotInstalled):
+		case *tf.heavyMode == "auto" && errors.Is(err, errHeavyMissing):
 			log.Info("heavy tier off", "reason", err)
 		default:
 			t.nano.Close(context.Background())
@@ -98,6 +149,15 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 	}
 	// A nil t.heavy is no heavy tier: dispatch treats a nil engine in the interface as none.
 	cfg.Rules, cfg.Logger, cfg.MaxHeavySessions, cfg.Heavy = rules, log, *tf.maxHeavy, t.heavy
+	if t.snaps, t.closeSnaps, err = tf.openSnapshots(log); err != nil {
+		if t.heavy != nil {
+			t.heavy.Close(context.Background())
+		}
+		t.nano.Close(context.Background())
+		t.net.close()
+		return nil, err
+	}
+	cfg.Snapshots = t.snaps
 	t.Dispatcher = dispatch.New(t.nano, cfg)
 	return t, nil
 }
@@ -121,19 +181,12 @@ func (t *tiers) close(ctx context.Context) error {
 		}
 	}
 	<-dispatched
+	if t.snaps != nil {
+		if cerr := t.snaps.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing the snapshot store: %w", cerr))
+		}
+		t.closeSnaps()
+	}
 	t.net.close()
 	return err
-}
-
-// openHeavy starts a heavy engine. When the host cannot give its sandboxes a governed network it
-// fails closed: the sandboxes stay offline, and a request whose policy allows traffic is refused
-// naming the missing piece instead of running without the network it asked for.
-func openHeavy(ctx context.Context, cfg heavy.Config, log *slog.Logger) (*heavy.Engine, error) {
-	eng, err := heavy.New(ctx, cfg)
-	if cfg.Network == nil || !errors.Is(err, netns.ErrUnsupported) {
-		return eng, err
-	}
-	log.Error("heavy tier offline: no governed network on this host", "reason", err)
-	cfg.Network, cfg.OfflineReason = nil, err.Error()
-	return heavy.New(ctx, cfg)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
 	"github.com/entersandbox/agentbox/internal/router"
+	"github.com/entersandbox/agentbox/internal/snapstore"
 	"github.com/entersandbox/agentbox/internal/tier"
 )
 
@@ -72,6 +73,10 @@ type Config struct {
 	// with the tenant (TenantOf's ID) that started the run or session and its id ("ses_..." or
 	// "run_..."); nil logs them to Logger.
 	NetworkSink func(tenant, sandbox string, e api.NetworkEvent)
+	// Snapshots is the time-travel store: each session step is snapshotted into it by tiers that can
+	// (tier.Snapshotter) and restored from it (tier.Restorer); nil means no time travel (steps are
+	// listed, with snapshot state "none"). Sessions it kept from before a restart are loaded by New.
+	Snapshots *snapstore.Store
 	// OnSessionEnd is called after the reaper has closed a session by itself: idle past its TTL
 	// (reason "ttl") or whose sandbox had gone ("sandbox gone"), with the session as it was; nil
 	// means nothing is told (the audit log records it as session.expire).
@@ -107,12 +112,16 @@ type Dispatcher struct {
 	cfg   Config
 	log   *slog.Logger
 
+	store *snapstore.Store // nil: no time travel
+
 	nanoRuns  *runGate
 	heavyRuns *runGate
 	budget    *memoryBudget
 
 	mu       sync.Mutex
 	sessions map[string]*Session // guarded by mu
+	// archived are closed sessions (or from before a restart) kept for their pinned steps; guarded by mu
+	archived map[string]*Session
 	// Session places reserved (open or starting sessions), per tier and per tenant; guarded by mu.
 	nanoPlaces, heavyPlaces int
 	tenantPlaces            map[string]int // guarded by mu
@@ -162,7 +171,11 @@ func New(n tier.Engine, cfg Config) *Dispatcher {
 	d := &Dispatcher{nano: n, heavy: cfg.Heavy, rules: cfg.Rules, cfg: cfg, log: log,
 		nanoRuns: newRunGate(api.TierNano, cfg.NanoSlots), heavyRuns: newRunGate(api.TierHeavy, cfg.HeavySlots),
 		budget:   &memoryBudget{totalMB: int64(cfg.MemoryBudgetMB)},
-		sessions: map[string]*Session{}, tenantPlaces: map[string]int{}, stop: make(chan struct{})}
+		sessions: map[string]*Session{}, tenantPlaces: map[string]int{}, stop: make(chan struct{}),
+		store: cfg.Snapshots, archived: map[string]*Session{}}
+	if d.store != nil {
+		d.loadArchived()
+	}
 	go d.reap()
 	return d
 }
@@ -489,7 +502,10 @@ func (d *Dispatcher) reap() {
 		var ended []*Session
 		var reasons []string
 		for id, s := range d.sessions {
+			// A short hold: a request arriving meanwhile waits for it instead of being refused as busy.
+			s.short.Add(1)
 			if !s.mu.TryLock() {
+				s.short.Add(-1)
 				continue // busy, so not idle
 			}
 			if idle, gone := time.Since(s.lastUsed) > s.ttl, s.gone(); idle || gone {
@@ -501,6 +517,7 @@ func (d *Dispatcher) reap() {
 				delete(d.sessions, id)
 			}
 			s.mu.Unlock()
+			s.short.Add(-1)
 		}
 		d.mu.Unlock()
 		for i, s := range ended {

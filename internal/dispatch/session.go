@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/netpolicy"
+	"github.com/entersandbox/agentbox/internal/snapstore"
 	"github.com/entersandbox/agentbox/internal/tier"
 )
 
@@ -48,6 +50,11 @@ type Session struct {
 	tier      atomic.Int32 // tierNano or tierHeavy: which engine sb is on
 
 	mu sync.Mutex // one request at a time
+	// short counts requests holding mu for a bounded moment (a command follower's read): lock waits
+	// up to shortWait for them instead of refusing as busy.
+	short atomic.Int32
+	// env is the environment the session's cells and commands get (SessionRequest.Env); set at start.
+	env map[string]string
 	// sb is the sandbox, on nano or on heavy as tier says; a move replaces it. guarded by mu
 	sb    tier.Session
 	place *place // guarded by mu
@@ -60,6 +67,17 @@ type Session struct {
 	// guard is the session's network policy in force, on whichever tier it is; SetNetwork swaps its
 	// policy without waiting for mu.
 	guard *netpolicy.Guard
+	// packages were installed at the start; a replay on a fresh sandbox installs them again.
+	packages []string
+	// steps is the time-travel log (steps.go), with its own lock; snapping is set while the snapshot
+	// after the last step is being taken, holding mu, so that lock waits for it instead of refusing.
+	steps    stepLog
+	snapping atomic.Pointer[chan struct{}]
+	inspect  inspection
+	// blocks is what the sandbox's snapshots go through (nil: a new one at the next); guarded by mu
+	blocks *snapstore.SessionBlocks
+	// archived marks a closed session kept for its pinned steps.
+	archived atomic.Bool
 
 	// meta lets Info read these without waiting for a running cell. They are written holding mu and
 	// meta, so the reaper, which holds mu, may read lastUsed without meta.
@@ -83,6 +101,9 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	if err := d.checkPlacement(req.Tier, req.Packages); err != nil {
 		return nil, err
 	}
+	if err := limits.CheckEnv(req.Env); err != nil {
+		return nil, err
+	}
 	ttl := time.Duration(req.TTLSeconds) * time.Second
 	switch {
 	case ttl < 0 || ttl > maxSessionTTL:
@@ -96,7 +117,7 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	}
 	now := time.Now()
 	tenant := TenantOf(ctx)
-	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, created: now, lastUsed: now, replayable: true}
+	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, packages: req.Packages, created: now, lastUsed: now, replayable: true, env: req.Env}
 	// A session always carries its Guard, offline or not, so that PATCH .../network can open it later.
 	s.guard = d.newGuard(p, tenant.ID, s.id)
 	ctx = s.withGuard(ctx)
@@ -123,14 +144,22 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 		s.place.release()
 		return nil, err
 	}
+	if err := setEnv(ctx, sb, req.Env); err != nil {
+		sb.Close(context.Background())
+		s.place.release()
+		return nil, err
+	}
 	s.guard.Drain() // what installing packages did is not a cell's; the sink has it
 	s.sb, s.limits = sb, lim
 	if onHeavy {
 		s.tier.Store(tierHeavy)
 	}
+	s.mu.Lock() // held until step 0's snapshot is taken
+	s.steps.appendStep(newStep(api.StepStart, tier, now, nil))
 	d.mu.Lock()
 	d.sessions[s.id] = s
 	d.mu.Unlock()
+	s.stepDone(0)
 	return s, nil
 }
 
@@ -190,14 +219,29 @@ func (s *Session) Info() api.Session {
 	if s.tier.Load() == tierHeavy {
 		tier = api.TierHeavy
 	}
+	s.steps.mu.Lock()
+	steps, current := len(s.steps.steps), s.steps.current
+	s.steps.mu.Unlock()
 	return api.Session{ID: s.id, Owner: s.owner, Tier: tier, Limits: s.limits, TTLSeconds: int(s.ttl / time.Second), Cells: s.cells,
 		CreatedAt: s.created.UTC().Format(time.RFC3339Nano), LastUsedAt: s.lastUsed.UTC().Format(time.RFC3339Nano),
-		RouteReason: s.reason, MovedFrom: s.movedFrom}
+		RouteReason: s.reason, MovedFrom: s.movedFrom, Steps: steps, CurrentStep: current}
 }
 
-// lock takes the session for one request, refusing instead of queueing behind a running cell.
-func (s *Session) lock() error {
-	if !s.mu.TryLock() {
+// lock takes the session for one request, refusing instead of queueing behind a running cell; it
+// waits (as long as ctx lets it) for the snapshot of the last step, and briefly for a short request
+// (a poll of a background command).
+func (s *Session) lock(ctx context.Context) error {
+	for !s.mu.TryLock() {
+		waited, err := s.waitSnapshot(ctx)
+		if err != nil {
+			return err
+		}
+		if waited {
+			continue
+		}
+		if s.mu.TryLock() || s.waitShort() { // the snapshot ended between the two looks, or a poll let go
+			break
+		}
 		return errdefs.With(errdefs.Conflict, fmt.Errorf("session %q: %w", s.id, ErrSessionBusy))
 	}
 	if s.closed {
@@ -215,6 +259,19 @@ func (s *Session) unlock() {
 	}
 	s.touch(0)
 	s.mu.Unlock()
+}
+
+// waitShort takes mu once a short request holding it lets go, within shortWait; false when the
+// holder is not short or does not let go in time.
+func (s *Session) waitShort() bool {
+	deadline := time.Now().Add(shortWait)
+	for s.short.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		if s.mu.TryLock() {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Session) touch(cells int) {
@@ -240,6 +297,7 @@ func (s *Session) closeLocked() {
 	s.history = nil
 	s.place.release()
 	s.d.forget(s.id)
+	s.endSteps()
 }
 
 // Close ends the session. Closing twice is not an error.
@@ -259,13 +317,19 @@ func (s *Session) movable() bool {
 // moves it and runs again there; the result's route_reason and fallback_from say so. The cell's
 // network events (the move's replay included) are the result's NetworkEvents.
 func (s *Session) Run(ctx context.Context, code string, out Output) (*api.Result, error) {
-	if err := s.lock(); err != nil {
+	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
-	defer s.unlock()
+	start, n := time.Now(), -1
+	defer func() { s.stepDone(n) }()
 	onNano := !s.onHeavy()
 	res, err := s.run(s.withGuard(ctx), code, out)
 	events := s.guard.Drain()
+	if err == nil && res != nil {
+		rec := newStep(api.StepCell, s.tierName(), start, res)
+		rec.step.Code, rec.sentWrites = code, sentWrites(events)
+		n = s.steps.appendStep(rec)
+	}
 	if onNano && !s.onHeavy() && sentWrites(events) {
 		// A move replays the nano cells on heavy: it would send this cell's writes again.
 		s.replayable, s.history = false, nil
@@ -419,6 +483,9 @@ func (s *Session) moveLocked(ctx context.Context, why string) (string, error) {
 		abort()
 		return "", err
 	}
+	if err := setEnv(ctx, hs, s.env); err != nil {
+		return fail(err)
+	}
 	if err := copyFiles(ctx, hs, files); err != nil {
 		return fail(err)
 	}
@@ -514,11 +581,24 @@ func (s *Session) WriteFile(ctx context.Context, p string, data []byte) error {
 	if err := limits.CheckPath(p); err != nil {
 		return err
 	}
-	if err := s.lock(); err != nil {
+	if err := s.lock(ctx); err != nil {
 		return err
 	}
-	defer s.unlock()
-	return s.sb.WriteFile(ctx, p, data)
+	start, n := time.Now(), -1
+	defer func() { s.stepDone(n) }()
+	if err := s.sb.WriteFile(ctx, p, data); err != nil {
+		return err
+	}
+	rec := newStep(api.StepUpload, s.tierName(), start, nil)
+	rec.step.Path = p
+	if len(data) <= s.d.cfg.MaxReplayBytes {
+		rec.replayData = bytes.Clone(data)
+		if rec.replayData == nil {
+			rec.replayData = []byte{}
+		}
+	}
+	n = s.steps.appendStep(rec)
+	return nil
 }
 
 // ReadFile returns the file at p; a file larger than max (when positive) is refused.
@@ -526,7 +606,7 @@ func (s *Session) ReadFile(ctx context.Context, p string, max int64) ([]byte, er
 	if err := limits.CheckPath(p); err != nil {
 		return nil, err
 	}
-	if err := s.lock(); err != nil {
+	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
 	defer s.unlock()
@@ -538,7 +618,7 @@ func (s *Session) ListFiles(ctx context.Context, dir string) ([]api.FileInfo, er
 	if err := limits.CheckPath(dir); err != nil {
 		return nil, err
 	}
-	if err := s.lock(); err != nil {
+	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
 	defer s.unlock()

@@ -15,6 +15,13 @@
 #            {"id": n, "op": "collect", "dir": str, "max_file": n, "max_total": n}
 #            {"id": n, "op": "install", "dir": str, "packages": [str]}
 #            {"id": n, "op": "inspect", "reseed": bool, "state": bool}   (time travel: steps.go)
+#            {"id": n, "op": "env", "env": {str: str}}                 (added to os.environ)
+#            {"id": n, "op": "exec", "cmd": str, "args": [str], "shell": bool, "cwd": str, "env": {},
+#             "stdin": str, "timeout_ms": n, "background": bool, "max_output": n}
+#            {"id": n, "op": "cmd_read", "pid": n, "out_from": n, "err_from": n, "wait_ms": n}
+#            {"id": n, "op": "cmd_input", "pid": n, "data": str, "close": bool}
+#            {"id": n, "op": "cmd_signal", "pid": n, "signal": str}
+#            {"id": n, "op": "cmd_list"}
 # Answers:   {"id": n, "event": "stdout"|"stderr", "text": str}   (while a run is going)
 #            {"id": n, "event": "output", "output": {...}}          (a rich output, in order with those)
 #            {"id": n, "event": "data", "base64": str}             (a chunk of a read)
@@ -32,6 +39,7 @@ import os
 import select
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -486,7 +494,345 @@ def handle(req):
         return {"files": files, "omitted": omitted}
     if op == "inspect":
         return inspect(req)
+    if op == "env":
+        os.environ.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+        return {}
+    if op in _COMMAND_OPS:
+        return _COMMAND_OPS[op](req)
     raise ValueError(f"unknown op {op!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shell commands: children of the worker, each in a process group of its own (a timeout or kill stops
+# what it started too), within the sandbox's limits like everything else. One reactor thread reads
+# their output into per-stream buffers, writes their stdin and enforces their deadlines; requests
+# read those buffers. exec answers at once; the host reads a command's output and end with cmd_read,
+# so that no request waits on a command and the host can signal it meanwhile. A foreground command
+# keeps at most max_output bytes per stream (past it the command is killed) and is forgotten once its
+# end was read; a background command keeps the last max_output bytes of each stream (a ring: older
+# output is dropped and truncated set) and stays listed.
+
+MAX_COMMANDS = 64  # kept in the table; the oldest ended ones are forgotten first
+MAX_STDIN = 1 << 20  # stdin not yet taken by a command
+MAX_READ_TEXT = 256 << 10  # bytes of each stream per cmd_read answer: JSON may grow them 6-fold
+
+
+class NoSuchProcess(Exception):
+    pass
+
+
+class _Stream:
+    __slots__ = ("fd", "buf", "start")
+
+    def __init__(self, fd):
+        self.fd, self.buf, self.start = fd, bytearray(), 0  # start: offset of buf[0] in the stream
+
+    def end(self):
+        return self.start + len(self.buf)
+
+
+class _Command:
+    def __init__(self, proc, req, argv, fds, cap, ring, timeout):
+        self.proc, self.pid = proc, proc.pid
+        self.cmd, self.args = req.get("cmd"), list(req.get("args") or [])
+        self.started, self.ended = time.time(), None
+        self.deadline = time.monotonic() + timeout if timeout > 0 else None
+        self.cap, self.ring = cap, ring
+        self.stdin_fd = fds[0]
+        self.streams = {"stdout": _Stream(fds[1]), "stderr": _Stream(fds[2])}
+        self.pending, self.close_stdin = bytearray(), False
+        self.state, self.exit_code, self.signal = "running", 0, ""
+        self.truncated = self.timed_out = False
+
+
+_cmds = {}  # pid -> _Command; guarded by _cmd_cv, as every _Command field is
+_cmd_cv = threading.Condition()
+_wake_fds = []  # the reactor's self-pipe, once it runs
+
+
+def _wake():
+    try:
+        os.write(_wake_fds[1], b"x")
+    except (BlockingIOError, IndexError):
+        pass
+
+
+def _reactor_start():
+    if _wake_fds:
+        return
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    _wake_fds.extend((r, w))
+    try:
+        threading.Thread(target=_react, daemon=True).start()
+    except BaseException:  # at the process limit: the next command tries again
+        del _wake_fds[:]
+        os.close(r)
+        os.close(w)
+        raise
+
+
+def _react():
+    while True:
+        try:
+            _react_once(_wake_fds[0])
+        except Exception as e:  # noqa: BLE001 - the reactor must outlive a fault, or every command hangs
+            os.write(2, f"agentbox: command reactor: {e!r}\n".encode())
+            time.sleep(0.01)
+
+
+def _react_once(wake_r):
+    """One round of the reactor: waits for the commands' pipes, then reads, writes and reaps."""
+    with _cmd_cv:
+        reads, writes, owner, running = [wake_r], [], {}, False
+        for c in _cmds.values():
+            for name, s in c.streams.items():
+                if s.fd >= 0:
+                    reads.append(s.fd)
+                    owner[s.fd] = (c, name)
+            if c.stdin_fd >= 0 and (c.pending or c.close_stdin):
+                writes.append(c.stdin_fd)
+                owner[c.stdin_fd] = (c, "stdin")
+            running = running or c.state == "running"
+    # Only this thread closes the commands' fds, so none of these is closed under select.
+    r, w, _ = select.select(reads, writes, [], 0.02 if running else None)
+    with _cmd_cv:
+        if wake_r in r:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+        for fd in r:
+            if fd in owner:
+                _read_stream(*owner[fd])
+        for fd in w:
+            _flush_stdin(owner[fd][0])
+        now = time.monotonic()
+        for c in _cmds.values():
+            if c.state == "running":
+                _check(c, now)
+        _cmd_cv.notify_all()
+
+
+def _read_stream(c, name):
+    s = c.streams[name]
+    try:
+        data = os.read(s.fd, 65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        data = b""
+    if not data:
+        os.close(s.fd)
+        s.fd = -1
+        return False
+    if c.ring:
+        s.buf += data
+        if len(s.buf) > c.cap:
+            drop = len(s.buf) - c.cap
+            del s.buf[:drop]
+            s.start += drop
+            c.truncated = True
+    else:
+        room = c.cap - s.end()
+        if len(data) > room:
+            data = data[: max(room, 0)]
+            c.truncated = True
+            _signal_group(c, signal.SIGKILL)
+        s.buf += data
+    return True
+
+
+def _flush_stdin(c):
+    try:
+        if c.pending:
+            del c.pending[: os.write(c.stdin_fd, c.pending[: 1 << 16])]
+    except BlockingIOError:
+        return
+    except OSError:  # the command closed its stdin or ended: what is left is dropped
+        c.pending.clear()
+        c.close_stdin = True
+    if c.close_stdin and not c.pending:
+        os.close(c.stdin_fd)
+        c.stdin_fd = -1
+
+
+def _signal_group(c, sig):
+    try:
+        os.killpg(c.pid, sig)
+    except OSError:  # the group is gone already
+        pass
+
+
+def _check(c, now):
+    if c.deadline is not None and now > c.deadline and not c.timed_out:
+        c.timed_out = True
+        _signal_group(c, signal.SIGKILL)
+    rc = c.proc.poll()
+    if rc is None:
+        return
+    # What it wrote before it exited; a process it left behind may hold the pipes, so no waiting.
+    for name, s in c.streams.items():
+        while s.fd >= 0 and _read_stream(c, name):
+            pass
+        if s.fd >= 0:
+            os.close(s.fd)
+            s.fd = -1
+    if c.stdin_fd >= 0:
+        os.close(c.stdin_fd)
+        c.stdin_fd = -1
+    c.pending.clear()
+    c.ended = time.time()
+    if rc < 0:
+        c.exit_code = -1
+        try:
+            c.signal = signal.Signals(-rc).name
+        except ValueError:
+            c.signal = f"signal {-rc}"
+        c.state = "timed_out" if c.timed_out else "killed"
+    else:
+        c.exit_code, c.state = rc, "timed_out" if c.timed_out else "exited"
+
+
+def _utf8_end(buf, start, end):
+    """The end (at most end) of the last complete UTF-8 sequence in buf[start:end]."""
+    for i in range(1, min(4, end - start) + 1):
+        b = buf[end - i]
+        if b & 0xC0 == 0x80:
+            continue
+        need = 1 if b < 0x80 else 2 if b >> 5 == 6 else 3 if b >> 4 == 14 else 4 if b >> 3 == 30 else 1
+        return end if i >= need else end - i
+    return end
+
+
+def _text(c, name, frm, limit):
+    """Output of stream name from offset frm (or the oldest kept), at most limit bytes, cut at a
+    character boundary while the command runs. Returns text, its end offset, whether output before
+    it was dropped."""
+    s = c.streams[name]
+    start = max(frm, s.start)
+    dropped = start > frm
+    lo, hi = start - s.start, min(len(s.buf), start - s.start + limit)
+    if dropped:
+        while lo < hi and s.buf[lo] & 0xC0 == 0x80:  # the ring cut a character
+            lo += 1
+    if c.state == "running" or hi < len(s.buf):
+        hi = _utf8_end(s.buf, lo, hi)
+    return bytes(s.buf[lo:hi]).decode("utf-8", "replace"), s.start + hi, dropped
+
+
+def _describe(c):
+    end = c.ended if c.ended is not None else time.time()
+    return {"pid": c.pid, "cmd": c.cmd, "args": c.args, "state": c.state, "exit_code": c.exit_code, "signal": c.signal,
+            "truncated": c.truncated, "started": c.started, "duration_ms": (end - c.started) * 1000}
+
+
+def _command(req):
+    pid = req.get("pid")
+    c = _cmds.get(pid)
+    if c is None:
+        raise NoSuchProcess(f"no command with pid {pid} in this session")
+    return c
+
+
+def _exec(req):
+    cmd, args = req.get("cmd"), req.get("args") or []
+    if not isinstance(cmd, str) or not cmd:
+        raise ValueError("cmd is empty")
+    argv = ["/bin/bash", "-c", cmd] if req.get("shell") else [cmd, *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTBOX_")}
+    env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+    background = bool(req.get("background"))
+    stdin = (req.get("stdin") or "").encode()
+    if len(stdin) > MAX_STDIN:
+        raise ValueError(f"stdin is {len(stdin)} bytes, more than the {MAX_STDIN} a command takes at once")
+    _reactor_start()
+    with _cmd_cv:
+        if background and sum(1 for c in _cmds.values() if c.ring) >= MAX_COMMANDS:
+            ended = [c for c in _cmds.values() if c.ring and c.state != "running"]
+            if not ended:
+                raise OSError(f"{MAX_COMMANDS} background commands are running already")
+            del _cmds[min(ended, key=lambda c: c.ended).pid]
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        proc = subprocess.Popen(argv, stdin=in_r, stdout=out_w, stderr=err_w, cwd=req.get("cwd") or "/home/user", env=env,
+                                start_new_session=True, close_fds=True)
+    except BaseException:
+        for fd in (in_w, out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+    for fd in (in_w, out_r, err_r):
+        os.set_blocking(fd, False)
+    c = _Command(proc, req, argv, (in_w, out_r, err_r), int(req["max_output"]), background, float(req.get("timeout_ms") or 0) / 1000)
+    c.pending += stdin
+    c.close_stdin = not background
+    with _cmd_cv:
+        _cmds[c.pid] = c
+    _wake()
+    return _describe(c)
+
+
+def _cmd_read(req):
+    wait = max(0.0, min(float(req.get("wait_ms") or 0) / 1000, 10.0))
+    deadline = time.monotonic() + wait
+    with _cmd_cv:
+        c = _command(req)
+        frm = {"stdout": int(req.get("out_from") or 0), "stderr": int(req.get("err_from") or 0)}
+        while True:
+            chunks = {n: _text(c, n, frm[n], MAX_READ_TEXT) for n in frm}
+            left = deadline - time.monotonic()
+            if c.state != "running" or left <= 0 or any(ch[0] or ch[2] for ch in chunks.values()):
+                break
+            _cmd_cv.wait(left)
+        out = _describe(c)
+        out.update(stdout=chunks["stdout"][0], stderr=chunks["stderr"][0], out_end=chunks["stdout"][1], err_end=chunks["stderr"][1],
+                   dropped=chunks["stdout"][2] or chunks["stderr"][2],
+                   more=any(chunks[n][1] < c.streams[n].end() for n in frm))
+        if not c.ring and c.state != "running" and not out["more"]:
+            del _cmds[c.pid]  # a foreground command is forgotten once its end was read
+        return out
+
+
+def _cmd_input(req):
+    data = (req.get("data") or "").encode()
+    with _cmd_cv:
+        c = _command(req)
+        if c.state != "running":
+            raise ValueError(f"command {c.pid} has ended ({c.state})")
+        if c.stdin_fd < 0 or c.close_stdin:
+            raise ValueError(f"the standard input of command {c.pid} is closed")
+        if len(c.pending) + len(data) > MAX_STDIN:
+            raise ValueError(f"command {c.pid} has not read the {len(c.pending)} bytes sent before; more than {MAX_STDIN} would wait")
+        c.pending += data
+        c.close_stdin = bool(req.get("close"))
+    _wake()
+    return {}
+
+
+def _cmd_signal(req):
+    name = req.get("signal") or "SIGKILL"
+    sig = getattr(signal, name, None)
+    if not name.startswith("SIG") or not isinstance(sig, signal.Signals):
+        raise ValueError(f"unknown signal {name!r}")
+    with _cmd_cv:
+        c = _command(req)
+        if c.state == "running":
+            _signal_group(c, sig)
+        return _describe(c)
+
+
+def _cmd_list(req):
+    with _cmd_cv:
+        return {"commands": [_describe(c) for c in sorted(_cmds.values(), key=lambda c: c.started) if c.ring]}
+
+
+_COMMAND_OPS = {"exec": _exec, "cmd_read": _cmd_read, "cmd_input": _cmd_input, "cmd_signal": _cmd_signal, "cmd_list": _cmd_list}
 
 
 def worker_main(ctl_fd, res_fd):
@@ -621,6 +967,7 @@ def relay(w, head, body):
     buf = bytearray()
     scanned = 0  # bytes of buf known to hold no newline
     reported = PROCS_REPORT - 1
+    _reap(w)  # orphans that exited since the last request (a killed command's) hold process slots
     while True:
         try:
             r, wr, _ = select.select([w.res], [w.ctl] if pending else [], [], 0.02)

@@ -200,6 +200,9 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream tier
 	if err := checkPackages(req.Packages); err != nil {
 		return nil, nil, err
 	}
+	if err := limits.CheckEnv(req.Env); err != nil {
+		return nil, nil, err
+	}
 	release, err := e.admit(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -215,6 +218,11 @@ func (e *Engine) RunCollect(ctx context.Context, req api.RunRequest, stream tier
 	}
 	if err := e.install(ctx, s, req.Packages); err != nil {
 		return nil, nil, err
+	}
+	if len(req.Env) > 0 {
+		if _, err := e.call(ctx, s, map[string]any{"op": "env", "env": req.Env}, timeoutOf(lim), smallLine, nil); err != nil {
+			return nil, nil, fmt.Errorf("setting env: %w", err)
+		}
 	}
 	for _, f := range req.Files {
 		if _, err := e.call(ctx, s, map[string]any{"op": "write", "path": f.Path, "data": base64.StdEncoding.EncodeToString(f.Data)}, timeoutOf(lim), smallLine, nil); err != nil {
@@ -738,18 +746,23 @@ const opTimeout = 60 * time.Second
 // nothing the guest planted (links, "..") can reach the host. The agent's refusals are classified by
 // their type; a sandbox that broke the protocol, timed out or died ends the session.
 func (ss *session) op(ctx context.Context, req map[string]any, maxLine int, on func(r *reply) error) (*reply, error) {
+	return ss.opFor(ctx, req, opTimeout, maxLine, on)
+}
+
+// opFor is op with its own time bound.
+func (ss *session) opFor(ctx context.Context, req map[string]any, timeout time.Duration, maxLine int, on func(r *reply) error) (*reply, error) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if err := ss.usable(); err != nil {
 		return nil, err
 	}
-	r, err := ss.e.call(ctx, ss.s, req, opTimeout, maxLine, on)
+	r, err := ss.e.call(ctx, ss.s, req, timeout, maxLine, on)
 	if err == nil {
 		return r, nil
 	}
 	var ae *agentError
 	switch {
-	case errors.As(err, &ae) && ae.Type == "FileNotFoundError":
+	case errors.As(err, &ae) && (ae.Type == "FileNotFoundError" && req["op"] != "exec" || ae.Type == "NoSuchProcess"):
 		return nil, errdefs.With(errdefs.NotFound, err)
 	case errors.As(err, &ae) && ae.Type == "FileTooLarge":
 		return nil, errdefs.With(errdefs.TooLarge, err)

@@ -13,7 +13,7 @@ import (
 )
 
 // BuiltinTools are the names of agentbox's own tools, which no hosted server's tool may take.
-var BuiltinTools = []string{"run_python", "write_file", "read_file", "list_files"}
+var BuiltinTools = []string{"run_python", "write_file", "read_file", "list_files", "list_steps", "rewind", "fork"}
 
 // Hosted is the registry of hosted MCP servers whose tools the gateway lists beside its own, as
 // "<server>__<tool>" (*mcphost.Host).

@@ -88,6 +88,8 @@ func newServer(sb Sandboxes, version string) (*mcp.Server, *tools) {
 	mcp.AddTool(s, &mcp.Tool{Name: "write_file", Description: "Write a file into a session's sandbox filesystem (parent directories are created)."}, capErrors(t.writeFile))
 	mcp.AddTool(s, &mcp.Tool{Name: "read_file", Description: "Read a file from a session's sandbox filesystem (text, or base64 for binary content)."}, capErrors(t.readFile))
 	mcp.AddTool(s, &mcp.Tool{Name: "list_files", Description: "List a directory of a session's sandbox filesystem."}, capErrors(t.listFiles))
+	t.addStepTools(s)
+	mcp.AddTool(s, &mcp.Tool{Name: "run_command", Description: runCommandDescription}, capErrors(t.runCommand))
 	return s, t
 }
 

@@ -119,7 +119,7 @@ func TestTools(t *testing.T) {
 					t.Errorf("%s has no input schema", tool.Name)
 				}
 			}
-			for _, want := range []string{"run_python", "write_file", "read_file", "list_files"} {
+			for _, want := range []string{"run_python", "write_file", "read_file", "list_files", "run_command"} {
 				if !names[want] {
 					t.Errorf("tool %s missing (have %v)", want, names)
 				}

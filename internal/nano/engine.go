@@ -68,6 +68,8 @@ const (
 	defaultSessions  = 64
 	minMemoryMB      = 32
 	defaultQueuePerW = 32
+	// defaultSnapshotCache is Config.SnapshotCacheMB's default.
+	defaultSnapshotCache = 64
 )
 
 // Directories every sandbox has. Work is the working directory and is on sys.path.
@@ -128,6 +130,10 @@ type Config struct {
 	HTTPMaxRequestBytes int64
 	// HTTPMaxResponseBytes caps one response's body; zero means 32 MiB.
 	HTTPMaxResponseBytes int64
+	// SnapshotCacheMB is the memory kept for copies of the pages session snapshots stored or
+	// restores read, so that rewinding or forking a recent step copies them instead of reading
+	// them from the store (docs/time-travel-nano.md); zero means 64 MiB, negative none.
+	SnapshotCacheMB int
 }
 
 // Engine runs Python programs in nano sandboxes. It is safe for concurrent use.
@@ -172,6 +178,7 @@ type Engine struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	stats     Stats
+	pages     *pageCache // of session snapshots (steps.go)
 }
 
 // Stats are counters for metrics and benchmarks.
@@ -189,6 +196,7 @@ type snapshot struct {
 	sp      uint32
 	created time.Time
 	uses    atomic.Int64
+	pages   basePages // its pages' hashes and blocks, for session snapshots (steps.go)
 }
 
 // New compiles the interpreter, takes the first snapshot and starts the pool.
@@ -198,7 +206,8 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{cfg: cfg, log: log, sessions: map[*session]struct{}{}, halt: make(chan struct{})}
+	e := &Engine{cfg: cfg, log: log, sessions: map[*session]struct{}{}, halt: make(chan struct{}),
+		pages: newPageCache(cfg.SnapshotCacheMB << 20 / osPage)}
 	e.haltCtx, e.haltRuns = context.WithCancel(context.Background())
 	e.reserve = uint64(cfg.Max.MemoryLimitMB) << 20
 	e.regions = newRegionPool(e.reserve, cfg.MaxConcurrent+max(cfg.PoolSize, 0)+2)
@@ -316,6 +325,7 @@ func withDefaults(cfg Config) Config {
 	}
 	def(&cfg.RotateRuns, defaultRotateN)
 	def(&cfg.MaxSessions, defaultSessions)
+	def(&cfg.SnapshotCacheMB, defaultSnapshotCache)
 	return cfg
 }
 
@@ -529,6 +539,9 @@ func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, stream tie
 			return err
 		}
 	}
+	if err := limits.CheckEnv(req.Env); err != nil {
+		return err
+	}
 	slot, err := e.admit(ctx)
 	if err != nil {
 		return err
@@ -546,7 +559,7 @@ func (e *Engine) RunInstance(ctx context.Context, req api.RunRequest, stream tie
 	}
 	e.stats.Runs.Add(1)
 	res, err := inst.exec(ctx, execRequest{code: req.Code, filename: req.Filename, stdin: req.Stdin, limits: lim, slot: slot,
-		guard: netpolicy.GuardOf(ctx), repl: !req.Script}, stream)
+		guard: netpolicy.GuardOf(ctx), repl: !req.Script, env: req.Env}, stream)
 	if err != nil {
 		return err
 	}

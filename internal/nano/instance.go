@@ -98,7 +98,7 @@ func (e *Engine) instantiate(ctx context.Context, mem *guestMemory, snap *snapsh
 	}
 	inst := &instance{eng: e, snap: snap, mem: mem, fs: fs,
 		stdout: &capWriter{}, stderr: &capWriter{}, stdin: &stdinReader{}}
-	if err := fs.AddDevices(bridgeDir, map[string]vfs.Device{bridgeName: bridgeDevice{inst}}); err != nil {
+	if err := fs.AddDevices(bridgeDir, map[string]vfs.Device{bridgeName: bridgeDevice{inst}, staleName: staleDevice{}}); err != nil {
 		mem.Free()
 		return nil, fmt.Errorf("making sandbox filesystem: %w", err)
 	}
@@ -131,6 +131,12 @@ func (e *Engine) restore(ctx context.Context, snap *snapshot) (*instance, error)
 	if err != nil {
 		return nil, err
 	}
+	return e.startAt(ctx, mem, snap, snap.sp)
+}
+
+// startAt makes a sandbox over mem, which holds an interpreter's memory whose stack pointer is sp
+// (snap is the engine snapshot the sandbox counts as made from).
+func (e *Engine) startAt(ctx context.Context, mem *guestMemory, snap *snapshot, stackPointer uint32) (*instance, error) {
 	inst, err := e.instantiate(ctx, mem, snap)
 	if err != nil {
 		return nil, err
@@ -140,7 +146,7 @@ func (e *Engine) restore(ctx context.Context, snap *snapshot) (*instance, error)
 		inst.close(ctx)
 		return nil, errors.New("python.wasm does not export a mutable __stack_pointer")
 	}
-	sp.Set(uint64(snap.sp))
+	sp.Set(uint64(stackPointer))
 	return inst, nil
 }
 
@@ -191,11 +197,18 @@ func (e *Engine) makeSnapshot(ctx context.Context) (*snapshot, error) {
 	}
 	sp := uint32(inst.mod.ExportedGlobal("__stack_pointer").Get())
 	size := inst.mod.Memory().Size()
-	// The initialised memory itself becomes the image (copying it would touch 10 MB of fresh pages); it
-	// is unmapped when the snapshot is garbage, after rotation and the last restore from it.
-	inst.mem.keep = true
-	s := &snapshot{mem: newImage(inst.mem.bytes(int(size))), sp: sp, created: time.Now()}
-	runtime.AddCleanup(s, func(r *region) { e.regions.unmap(r) }, inst.mem.r)
+	// The image's memory is shared by the sandboxes restored from it (cow.go). Where it cannot be, the
+	// initialised memory itself becomes the image (copying it would touch 10 MB of fresh pages); it is
+	// unmapped when the snapshot is garbage, after rotation and the last restore from it.
+	img, err := newSharedImage(inst.mem.bytes(int(size)))
+	if err != nil {
+		return nil, fmt.Errorf("making snapshot: %w", err)
+	}
+	s := &snapshot{mem: img, sp: sp, created: time.Now()}
+	if img.shared == nil {
+		inst.mem.keep = true
+		runtime.AddCleanup(s, func(r *region) { e.regions.unmap(r) }, inst.mem.r)
+	}
 	e.stats.Snapshots.Add(1)
 	e.log.Debug("nano snapshot made", "ms", time.Since(start).Milliseconds(), "bytes", size)
 	return s, nil
@@ -241,9 +254,10 @@ type execRequest struct {
 	filename string
 	stdin    []byte
 	limits   api.Limits
-	slot     *runSlot         // the run's admission; nil for a warm-up
-	guard    *netpolicy.Guard // nil: offline
-	repl     bool             // a final expression's value is the main result
+	slot     *runSlot          // the run's admission; nil for a warm-up
+	guard    *netpolicy.Guard  // nil: offline
+	repl     bool              // a final expression's value is the main result
+	env      map[string]string // added to os.environ before the code runs
 }
 
 type runnerRequest struct {
@@ -257,6 +271,8 @@ type runnerRequest struct {
 	Repl    bool   `json:"repl"`
 	SVG     bool   `json:"svg"`
 	Frame   string `json:"frame"`
+	// Env is added to os.environ before the code runs.
+	Env map[string]string `json:"env,omitempty"`
 }
 
 type runnerReply struct {
@@ -320,7 +336,7 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	defer inst.stdout.frames(nil, nil)
 
 	payload, err := json.Marshal(runnerRequest{Code: req.code, Filename: req.filename, Fresh: inst.runs == 0, Allowed: lim.AllowedModules,
-		Network: networked(req.guard, inst.eng.cfg.HTTP), Repl: req.repl, SVG: lim.FigureSVG, Frame: string(frame)})
+		Network: networked(req.guard, inst.eng.cfg.HTTP), Repl: req.repl, SVG: lim.FigureSVG, Frame: string(frame), Env: req.env})
 	if err != nil {
 		return nil, err
 	}

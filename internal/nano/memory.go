@@ -4,10 +4,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/tetratelabs/wazero/experimental"
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -26,26 +24,32 @@ const (
 type region struct {
 	buf   []byte // the whole reservation
 	dirty int    // bytes from the start that may differ from zero
+	// image is the shared image mapped copy-on-write over the start of buf (cow.go), nil if none;
+	// while the region is free that stretch reads as the image again.
+	image *image
 }
 
 // regionPool recycles regions. Its methods are safe for concurrent use.
 type regionPool struct {
 	mu      sync.Mutex
+	pm      *pagemap
 	free    []*region
 	max     int
 	reserve uint64
 	mapped  atomic.Int64 // regions in existence
+	closed  atomic.Bool
 }
 
 func newRegionPool(reserve uint64, max int) *regionPool {
-	return &regionPool{reserve: reserve, max: max}
+	return &regionPool{reserve: reserve, max: max, pm: openPagemap()}
 }
 
 // image is a memory snapshot with its zero and non-zero stretches marked, so that resetting a region
 // clears the zero ones (half the work of copying) instead of copying them.
 type image struct {
-	data []byte
-	runs []span
+	data   []byte // read-only; valid while the image is reachable
+	runs   []span
+	shared *sharedImage // nil: regions are filled by copying data (see cow.go)
 }
 
 type span struct {
@@ -108,13 +112,30 @@ func (p *regionPool) get(img *image) (*region, error) {
 		warm := roundUp(size+warmHeadroom, hugePage)
 		clear(r.buf[size:min(r.dirty, warm)])
 		if r.dirty > warm {
-			if err := unix.Madvise(r.buf[warm:roundUp(r.dirty, osPage)], unix.MADV_DONTNEED); err != nil {
+			if err := releasePages(r.buf[warm:roundUp(r.dirty, osPage)]); err != nil {
 				p.unmap(r)
 				return nil, fmt.Errorf("resetting guest memory: %w", err)
 			}
 		}
 	}
-	if img != nil {
+	if img != nil && img.shared != nil {
+		if r.image == img {
+			// The same image is mapped: make the pages the last guest wrote read as the image again,
+			// keeping them private so that the next guest writes them without a fault (cow.go).
+			if !p.pm.resetPrivate(r.buf, img, size) {
+				if err := dropPrivate(r.buf[:size]); err != nil {
+					p.unmap(r)
+					return nil, fmt.Errorf("resetting guest memory: %w", err)
+				}
+			}
+		} else {
+			if err := img.shared.mapOnto(r.buf, size); err != nil {
+				p.unmap(r)
+				return nil, err
+			}
+			r.image = img
+		}
+	} else if img != nil {
 		for _, sp := range img.runs {
 			if sp.zero {
 				if sp.off < r.dirty { // pages past dirty are already zero
@@ -129,7 +150,8 @@ func (p *regionPool) get(img *image) (*region, error) {
 	return r, nil
 }
 
-// put recycles a region, or unmaps it when enough are kept already.
+// put recycles a region, or unmaps it when enough are kept already. What the guest wrote over a
+// shared image is reset by the next get, which the pool's refill makes off the request path.
 func (p *regionPool) put(r *region) {
 	p.mu.Lock()
 	if len(p.free) < p.max {
@@ -143,8 +165,10 @@ func (p *regionPool) put(r *region) {
 
 func (p *regionPool) unmap(r *region) {
 	unmapRegion(r.buf)
-	r.buf = nil
-	p.mapped.Add(-1)
+	r.buf, r.image = nil, nil
+	if p.mapped.Add(-1) == 0 && p.closed.Load() {
+		p.pm.close() // no region is left to put back, so nothing reads it any more
+	}
 }
 
 // trim gives back what an idle engine need not keep: free regions past the first maxFree are unmapped,
@@ -164,8 +188,12 @@ func (p *regionPool) trim(keep, maxFree int) {
 		}
 	}()
 	for _, r := range p.free {
+		if r.image != nil {
+			// An idle region need not keep private copies of the image's pages.
+			_ = dropPrivate(r.buf[:r.image.size()])
+		}
 		if r.dirty > from {
-			if err := unix.Madvise(r.buf[from:roundUp(r.dirty, osPage)], unix.MADV_DONTNEED); err == nil {
+			if err := releasePages(r.buf[from:roundUp(r.dirty, osPage)]); err == nil {
 				clear(r.buf[keep:min(from, r.dirty)])
 				r.dirty = keep
 			}
@@ -179,40 +207,16 @@ func (p *regionPool) close() {
 	free := p.free
 	p.free, p.max = nil, 0
 	p.mu.Unlock()
+	p.closed.Store(true)
 	for _, r := range free {
 		p.unmap(r)
+	}
+	if p.mapped.Load() == 0 {
+		p.pm.close() // else the last region unmapped closes it
 	}
 }
 
 func roundUp(n, to int) int { return (n + to - 1) / to * to }
-
-// mapRegion reserves size bytes aligned to a huge page, asking for transparent huge pages: on the
-// virtual machines we run on a first touch costs one fault per 2 MiB instead of one per 4 KiB.
-func mapRegion(size int) ([]byte, error) {
-	size = roundUp(size, hugePage)
-	raw, err := unix.Mmap(-1, 0, size+hugePage, unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-	if err != nil {
-		return nil, fmt.Errorf("reserving %d bytes of guest memory: %w", size, err)
-	}
-	// unix.Munmap only unmaps whole mappings it made, so trim the misaligned ends with the raw call.
-	base := unsafe.Pointer(&raw[0])
-	addr := int(uintptr(base))
-	head := roundUp(addr, hugePage) - addr
-	if head > 0 {
-		unix.MunmapPtr(base, uintptr(head))
-	}
-	if tail := hugePage - head; tail > 0 {
-		unix.MunmapPtr(unsafe.Add(base, head+size), uintptr(tail))
-	}
-	buf := unsafe.Slice((*byte)(unsafe.Add(base, head)), size)
-	_ = unix.Madvise(buf, unix.MADV_HUGEPAGE) // an optimisation only: kernels without THP ignore it
-	return buf, nil
-}
-
-func unmapRegion(buf []byte) {
-	unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(buf)), uintptr(len(buf)))
-}
 
 // guestMemory is a sandbox's linear memory in a region. Growing only reslices the reservation, so the
 // buffer never moves. The limit is checked at every growth: refusing one makes memory.grow fail in the

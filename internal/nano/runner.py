@@ -451,19 +451,218 @@ def _execute(code, filename, repl):
     outputs.run(code, filename, g, repl)
 
 
+# --- Time travel (docs/time-travel-nano.md) -------------------------------------------------------------
+# The host calls run() with {"op": ...} between cells: "probe" before it snapshots the session, "restored"
+# right after it restored one. Neither runs the program's own code: reprs and sizes are taken only of
+# built-in types, everything else is described by its type, so a probe cannot loop, raise or change state
+# through a user-defined __repr__, __sizeof__ or __class__.
+_PROBE_NAMES = 200  # globals described per snapshot, the first in name order
+_REPR_MAX = 200
+_REPR_NODES = 5000  # values described per probe in all; nested ones past it show as "..."
+_SIZE_ITEMS = 32  # items of a container sized one by one; the rest are estimated from them
+_SIZE_BUDGET = 2000  # items sized per probe in all, bounding its cost (~4 µs an item)
+_FD_GAP = 16  # free descriptors in a row after which the probe stops looking for open ones
+_STALE = "/dev/agentbox/stale"
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
+_type_name_of = type.__dict__["__qualname__"].__get__
+_type_module_of = type.__dict__["__module__"].__get__
+_module_dict = types.ModuleType.__dict__["__dict__"].__get__
+_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.BuiltinMethodType,
+              types.MethodWrapperType, types.WrapperDescriptorType, types.MethodDescriptorType, functools.partial)
+_NAMED_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType)
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+
+
+def _type_name(t):
+    try:
+        name, module = _type_name_of(t), _type_module_of(t)
+    except Exception:
+        return "?"
+    return name if module == "builtins" or not isinstance(module, str) else module + "." + name
+
+
+def _clip(text, limit):
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def _safe_repr(v, limit, nodes, depth=0):
+    """A repr of at most about limit characters; nodes[0] is the values left to describe in this
+    probe, so that nested containers cannot make it long."""
+    nodes[0] -= 1
+    t = type(v)
+    if t is int:
+        return repr(v) if v.bit_length() <= 640 else f"<int of {v.bit_length()} bits>"
+    if t in (float, complex, bool, type(None)):
+        return repr(v)
+    if t in (str, bytes, bytearray):
+        return _clip(repr(v[: limit + 1]), limit)
+    if t in _CONTAINERS:
+        if t is dict:
+            opening, closing, items = "{", "}", v.items()
+        else:
+            opening, closing = {list: "[]", tuple: "()", set: "{}", frozenset: "{}"}[t]
+            items = v
+        if not v:
+            return {list: "[]", tuple: "()", set: "set()", frozenset: "frozenset()", dict: "{}"}[t]
+        if depth >= 3 or nodes[0] <= 0:
+            return opening + "..." + closing
+        parts, used = [], 2
+        for item in items:
+            if used >= limit:
+                parts.append("...")
+                break
+            if t is dict:
+                k, val = item
+                text = _safe_repr(k, limit - used, nodes, depth + 1) + ": " + _safe_repr(val, limit - used, nodes, depth + 1)
+            else:
+                text = _safe_repr(item, limit - used, nodes, depth + 1)
+            parts.append(text)
+            used += len(text) + 2
+        if t is tuple and len(v) == 1:
+            parts.append("")
+        return _clip(opening + ", ".join(parts) + closing, limit)
+    if issubclass(t, types.ModuleType):
+        try:
+            return f"<module {_module_dict(v).get('__name__')!r}>"
+        except Exception:
+            return "<module>"
+    if issubclass(t, type):
+        return f"<class {_type_name(v)!r}>"
+    if t is types.MethodType:
+        v, t = types.MethodType.__dict__["__func__"].__get__(v), type(types.MethodType.__dict__["__func__"].__get__(v))
+    if t in _NAMED_FUNCTIONS:
+        try:
+            return f"<function {t.__dict__['__qualname__'].__get__(v)}>"
+        except Exception:
+            pass
+    return f"<{_type_name(t)} object>"
+
+
+def _size_of(v):
+    t = type(v)
+    if t.__flags__ & _HEAPTYPE:
+        return object.__sizeof__(v) + (16 if gc.is_tracked(v) else 0)
+    return sys.getsizeof(v)
+
+
+def _estimate_size(v, budget):
+    """sys.getsizeof of v plus, for built-in containers, of their items (the first few, the rest
+    estimated from them): an estimate, not a deep measure. budget[0] is the items left to size."""
+    size = _size_of(v)
+    t = type(v)
+    if t in _CONTAINERS and v and budget[0] > 0:
+        items = v.items() if t is dict else v
+        n, part, most = 0, 0, min(_SIZE_ITEMS, budget[0])
+        for item in items:
+            if n >= most:
+                break
+            part += _size_of(item[0]) + _size_of(item[1]) if t is dict else _size_of(item)
+            n += 1
+        budget[0] -= n
+        size += part * len(v) // n
+    return size
+
+
+def _kind(v):
+    t = type(v)
+    if issubclass(t, types.ModuleType):
+        return "module"
+    if issubclass(t, type):
+        return "class"
+    if issubclass(t, _FUNCTIONS):
+        return "function"
+    return "value"
+
+
+def _variables():
+    g = __main__.__dict__
+    names = heapq.nsmallest(_PROBE_NAMES, (k for k in g if type(k) is str and not (k.startswith("__") and k.endswith("__"))))
+    out, budget, nodes = [], [_SIZE_BUDGET], [_REPR_NODES]
+    for name in names:
+        v = g[name]
+        kind = _kind(v)
+        entry = {"name": name, "type": _type_name(type(v)), "kind": kind}
+        try:
+            entry["repr"] = _clip(_safe_repr(v, _REPR_MAX, nodes), _REPR_MAX)
+        except Exception as e:  # e.g. MemoryError; a probe never fails for one value
+            entry["repr"] = f"<unrepresentable: {type(e).__name__}>"
+        if kind in ("value", "class"):
+            try:
+                entry["size"] = _estimate_size(v, budget)
+            except Exception:
+                pass
+        out.append(entry)
+    return out
+
+
+def _open_fds():
+    """The descriptors above the standard streams and the preopened root (fd 3) that are open: each is
+    host state a restored interpreter would not have."""
+    fds, gap, fd = [], 0, 4
+    while gap < _FD_GAP:
+        try:
+            os.fstat(fd)
+        except OSError:
+            gap += 1
+        else:
+            fds.append(fd)
+            gap = 0
+        fd += 1
+    return fds
+
+
+def _probe(req):
+    return {"variables": _variables(), "fds": _open_fds(), "cwd": os.getcwd()}
+
+
+def _restored(req):
+    """Right after a restore: the descriptors that were open at the snapshot are taken by handles on the
+    stale device, so that the program's old file objects fail with EBADF instead of reaching whatever
+    file would next get their number. (Entropy is renewed by the first run's "fresh".)"""
+    want = set(req.get("fds") or ())
+    if want:
+        top, held = max(want), []
+        for _ in range(top):
+            fd = os.open(_STALE, os.O_RDONLY)
+            held.append(fd)
+            if fd >= top:
+                break
+        for fd in held:
+            if fd not in want:
+                os.close(fd)
+    return {"cwd": os.getcwd()}
+
+
+_OPS = {"probe": _probe, "restored": _restored}
+
+
 def run(request):
     global _allowed, _frame
     req = json.loads(request)
+    op = req.get("op")
+    if op:
+        try:
+            return json.dumps({"ok": _OPS[op](req)}).encode()
+        except BaseException as e:  # noqa: B036 - the host reports it
+            return json.dumps({"error": f"{type(e).__name__}: {e}"}).encode()
     _frame = req.get("frame", "").encode()
     outputs.begin(_emit, svg=req.get("svg"))
     if req.get("fresh"):
-        # The snapshot's random state is shared by every sandbox started from it.
+        # The snapshot's random state is shared by every sandbox started from it, and a restored
+        # session's by every rewind and fork of that step.
         random.seed()
         tempfile._name_sequence = None
+        np = sys.modules.get("numpy")
+        if np is not None:
+            try:
+                np.random.seed()
+            except Exception:
+                pass
     allowed = req.get("allowed")
     _allowed = frozenset(allowed) if allowed else None
     _net["on"] = bool(req.get("network"))
     sys.argv = req.get("argv") or [req["filename"]]
+    os.environ.update(req.get("env") or {})
     exit_code, error, missing = 0, None, None
     try:
         _execute(req["code"], req["filename"], req.get("repl", False))

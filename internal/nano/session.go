@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -32,9 +33,33 @@ type session struct {
 	inst   *instance  // guarded by mu
 	cells  int        // guarded by mu
 	closed bool       // guarded by mu
+	steps  *stepState // what the last Snapshot stored, to store only changes; guarded by mu
+	// env is given to the next cell's interpreter (SetEnv), then cleared: os.environ keeps it, and a
+	// cell's own changes to it must not be undone. guarded by mu
+	env map[string]string
 }
 
-var _ tier.Session = (*session)(nil)
+var (
+	_ tier.Session = (*session)(nil)
+	_ tier.Environ = (*session)(nil)
+)
+
+// SetEnv adds env to os.environ of the session's interpreter, from its next cell on.
+func (s *session) SetEnv(_ context.Context, env map[string]string) error {
+	if err := limits.CheckEnv(env); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.usable(); err != nil {
+		return err
+	}
+	if s.env == nil {
+		s.env = map[string]string{}
+	}
+	maps.Copy(s.env, env)
+	return nil
+}
 
 // NewSession starts a session with the given limits (zero fields take the engine's defaults). The
 // nano tier has the standard library only, so packages are refused.
@@ -46,6 +71,15 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 	if err != nil {
 		return nil, err
 	}
+	s, err := e.startSession(ctx, lim, e.take)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// startSession registers a session with resolved limits and gives it the interpreter start makes.
+func (e *Engine) startSession(ctx context.Context, lim api.Limits, start func(context.Context) (*instance, error)) (*session, error) {
 	if e.closed.Load() {
 		return nil, errdefs.With(errdefs.Unavailable, ErrClosed)
 	}
@@ -59,7 +93,7 @@ func (e *Engine) NewSession(ctx context.Context, limits api.Limits, packages []s
 	s := &session{eng: e, limits: lim, guard: netpolicy.GuardOf(ctx)}
 	e.sessions[s] = struct{}{}
 	e.sessMu.Unlock()
-	inst, err := e.take(ctx)
+	inst, err := start(ctx)
 	if err != nil {
 		e.forget(s)
 		return nil, err
@@ -110,7 +144,8 @@ func (s *session) Run(ctx context.Context, code string, stream tier.Stream) (*ap
 	}
 	s.cells++
 	s.eng.stats.Runs.Add(1)
-	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits, slot: slot, guard: s.guard, repl: true}, stream)
+	res, err := s.inst.exec(ctx, execRequest{code: code, filename: fmt.Sprintf("<cell-%d>", s.cells), limits: s.limits, slot: slot, guard: s.guard, repl: true, env: s.env}, stream)
+	s.env = nil
 	if s.inst.dead {
 		s.closeLocked(context.Background())
 	}

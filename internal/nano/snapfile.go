@@ -66,7 +66,11 @@ func readSnapshot(path string) (*snapshot, error) {
 	if uint32(len(data)) != size || size%wasmPage != 0 || sp > size {
 		return nil, fmt.Errorf("snapshot file is damaged (%d bytes of memory, %d expected)", len(data), size)
 	}
-	return &snapshot{mem: newImage(data), sp: sp}, nil
+	img, err := newSharedImage(data)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshot{mem: img, sp: sp}, nil
 }
 
 // writeSnapshot writes s atomically: a reader sees the old file or the whole new one.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
+	"github.com/entersandbox/agentbox/internal/console"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
@@ -199,7 +200,7 @@ func (s *Server) recordAuthFailure(r *http.Request, reason string) {
 // checkScope refuses audit routes to keys without the audit scope, and every other route (but
 // /healthz) to read-only audit keys.
 func (s *Server) checkScope(r *http.Request, sc scope) error {
-	if s.keys.empty() {
+	if s.keys.empty() || console.IsConsolePath(r.URL.Path) { // the console's API calls are checked themselves
 		return nil
 	}
 	isAudit := strings.HasPrefix(r.URL.Path, "/v1/audit/")
@@ -298,7 +299,7 @@ func (s *Server) auditVerify(w http.ResponseWriter, r *http.Request) {
 }
 
 // fileEvent describes an upload or download: path, size and the content's sha256, never the content.
-func fileEvent(typ string, sess *dispatch.Session, path string, data []byte) audit.Event {
+func fileEvent(typ string, sess interface{ Info() api.Session }, path string, data []byte) audit.Event {
 	info := sess.Info()
 	return audit.Event{Type: typ, Session: info.ID, Tier: string(info.Tier),
 		Details: map[string]any{"path": limits.Text(path, audit.MaxValue), "size": len(data), "sha256": digest(data)}}

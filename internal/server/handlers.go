@@ -161,7 +161,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	body := in.RunBody
 	body.Code = *in.Code
 	req := api.RunRequest{Code: body.Code, Filename: body.Filename, Tier: body.Tier, Limits: body.Limits, Stdin: body.Stdin, Packages: body.Packages,
-		Network: body.Network, Task: body.Task, Intent: body.Intent, Script: body.Script}
+		Network: body.Network, Task: body.Task, Intent: body.Intent, Script: body.Script, Env: body.Env}
 	paths := make([]string, 0, len(body.Files))
 	for p := range body.Files {
 		paths = append(paths, p)

@@ -122,13 +122,18 @@ func newKeyring(plain []string, keys []APIKey) (*keyring, error) {
 
 func (kr *keyring) empty() bool { return len(kr.keys) == 0 }
 
-// tenant returns the tenant r's bearer key stands for and its scope. Without keys every request is
-// the local tenant, with every scope. Every key is compared, in constant time, whichever matches.
+// tenant returns the tenant r's key stands for and its scope: the key is sent as a bearer token,
+// or in X-API-KEY (as the E2B SDKs send it). Without keys every request is the local tenant, with
+// every scope. Every key is compared, in constant time, whichever matches.
 func (kr *keyring) tenant(r *http.Request) (dispatch.Tenant, scope, bool) {
 	if kr.empty() {
 		return dispatch.Tenant{}, scope{audit: true}, true
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		got = r.Header.Get("X-API-KEY")
+		ok = got != ""
+	}
 	if !ok {
 		return dispatch.Tenant{}, scope{}, false
 	}

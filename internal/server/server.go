@@ -21,7 +21,9 @@ import (
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
+	"github.com/entersandbox/agentbox/internal/console"
 	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/e2b"
 	"github.com/entersandbox/agentbox/internal/errdefs"
 	"github.com/entersandbox/agentbox/internal/limits"
 )
@@ -91,6 +93,9 @@ type Server struct {
 	base       context.Context
 	cancelBase context.CancelCauseFunc
 	handlers   atomic.Int64 // requests being handled, waited for (bounded) after base is cancelled
+	// e2b serves the E2B-compatible surface under /e2b/ (and the SDK's signed /files URLs); it
+	// authenticates its requests itself (docs/e2b.md).
+	e2b *e2b.Handler
 }
 
 // New makes a server for sb. It refuses a non-loopback address without API keys.
@@ -126,6 +131,11 @@ func New(sb Sandboxes, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: metrics: %w", err)
 		}
 	}
+	var e2bSandboxes = e2b.FromDispatch(sb)
+	if cfg.Audit != nil {
+		e2bSandboxes = auditedE2B{e2bSandboxes, s}
+	}
+	s.e2b = e2b.New(e2bSandboxes, e2b.Config{Authenticate: s.e2bTenant, Logger: log})
 	s.handler = s.routes()
 	s.base, s.cancelBase = context.WithCancelCause(context.Background())
 	s.http = &http.Server{
@@ -187,6 +197,7 @@ const handlerDrain = 30 * time.Second
 // period ran out.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
+	s.e2b.Close()
 	if err == nil {
 		s.cancelBase(ErrShuttingDown)
 		return nil
@@ -223,9 +234,15 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/sessions/{id}", s.deleteSession)
 	mux.HandleFunc("POST /v1/sessions/{id}/run", s.sessionRun)
 	mux.HandleFunc("PATCH /v1/sessions/{id}/network", s.setNetwork)
+	mux.HandleFunc("POST /v1/sessions/{id}/commands", s.sessionCommand)
+	mux.HandleFunc("GET /v1/sessions/{id}/commands", s.listCommands)
+	mux.HandleFunc("GET /v1/sessions/{id}/commands/{pid}", s.getCommand)
+	mux.HandleFunc("POST /v1/sessions/{id}/commands/{pid}/stdin", s.commandStdin)
+	mux.HandleFunc("POST /v1/sessions/{id}/commands/{pid}/kill", s.killCommand)
 	mux.HandleFunc("GET /v1/sessions/{id}/files", s.listFiles)
 	mux.HandleFunc("PUT /v1/sessions/{id}/files/{path...}", s.putFile)
 	mux.HandleFunc("GET /v1/sessions/{id}/files/{path...}", s.getFile)
+	s.stepRoutes(mux)
 	mux.HandleFunc("POST /v1/mcp/servers", s.registerMCPServer)
 	mux.HandleFunc("GET /v1/mcp/servers", s.listMCPServers)
 	mux.HandleFunc("GET /v1/mcp/servers/{name}", s.getMCPServer)
@@ -237,6 +254,16 @@ func (s *Server) routes() http.Handler {
 	if s.cfg.MCP != nil {
 		mux.Handle("/mcp", s.keys.scopeMCP(s.cfg.MCP))
 	}
+	// The web console is a client of this API, called in-process with the browser's key.
+	ui, err := console.New(console.Config{API: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }), Logger: s.log})
+	if err != nil {
+		panic(err) // the embedded templates do not parse: a build defect, caught by every test
+	}
+	mux.Handle("/ui", ui)
+	mux.Handle("/ui/", ui)
+	mux.Handle("/e2b/", s.e2b)
+	mux.Handle("/files", s.e2b) // the E2B SDK's signed file URLs drop E2B_SANDBOX_URL's path
+
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.With(errdefs.NotFound, fmt.Errorf("no route for %s %s", r.Method, r.URL.Path)))
 	})
@@ -273,7 +300,15 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			s.fail(rec, r, err)
 			return
 		}
-		if r.URL.Path != "/healthz" && !ok {
+		if e2bPath(r.URL.Path) {
+			// The E2B surface authenticates by API key or by a sandbox's access token, and answers
+			// errors in E2B's shape.
+			r.Body = http.MaxBytesReader(rec, r.Body, s.cfg.MaxBodyBytes)
+			next.ServeHTTP(rec, r)
+			return
+		}
+		// The console's pages carry no data and its fragments forward the key to this API.
+		if r.URL.Path != "/healthz" && !ok && !console.IsConsolePath(r.URL.Path) {
 			s.recordAuthFailure(r, "missing or wrong API key")
 			rec.Header().Set("WWW-Authenticate", `Bearer realm="agentbox"`)
 			s.fail(rec, r, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: send Authorization: Bearer <key>")))
@@ -288,6 +323,22 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		r.Body = http.MaxBytesReader(rec, r.Body, s.cfg.MaxBodyBytes)
 		next.ServeHTTP(rec, r)
 	})
+}
+
+func e2bPath(p string) bool { return strings.HasPrefix(p, "/e2b/") || p == "/files" }
+
+// e2bTenant authenticates an E2B request: the key as the SDKs send it (X-API-KEY) or as bearer.
+func (s *Server) e2bTenant(r *http.Request) (dispatch.Tenant, error) {
+	t, sc, ok := s.keys.tenant(r)
+	if !ok {
+		s.recordAuthFailure(r, "e2b: missing or wrong API key")
+		return dispatch.Tenant{}, errdefs.With(errdefs.Unauthenticated, errors.New("missing or wrong API key: set E2B_API_KEY to an agentbox API key (sent as X-API-KEY), or send Authorization: Bearer <key>"))
+	}
+	if sc.auditOnly {
+		s.recordAuthFailure(r, "e2b: audit-only key")
+		return dispatch.Tenant{}, errdefs.With(errdefs.Forbidden, errors.New("this API key is read-only audit: it may only use /v1/audit/"))
+	}
+	return t, nil
 }
 
 // checkOrigin refuses what a web page the user visits could send: a browser's cross-origin request
@@ -366,6 +417,13 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 }
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Flush passes through: connect-rpc's streams (the E2B surface) need the writer to be an
+// http.Flusher itself, not only reachable by Unwrap.
+func (r *statusRecorder) Flush() {
+	r.written = true
+	http.NewResponseController(r.ResponseWriter).Flush()
+}
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	st := s.sb.Stats()

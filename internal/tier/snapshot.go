@@ -23,11 +23,33 @@ var ErrCorrupt = errors.New("snapshot block is missing or corrupt")
 // data, compressed by the store. Safe for concurrent use.
 type Blocks interface {
 	// Put stores data (at most MaxBlock bytes; the store copies it) and returns its id; equal data
-	// returns the same id.
+	// returns the same id. An id names the same bytes for the store's life (ids are not reused for
+	// other data), so a tier may keep copies of blocks by id.
 	Put(data []byte) (BlockID, error)
 	// Get appends the block's bytes to dst and returns the result, verified against its hash;
 	// a missing or corrupt block returns an error wrapping ErrCorrupt.
 	Get(dst []byte, id BlockID) ([]byte, error)
+}
+
+// View is a Blocks that stands for a longer-lived store for one snapshot, such as a transaction
+// that holds what is put through it until the snapshot is committed. A tier that remembers block
+// ids from one snapshot to the next (nano's page table) keys them by Store, and names them again
+// only after Hold said they are all still stored; otherwise it puts their data again.
+type View interface {
+	Blocks
+	// Store is the store whose ids the view's are: the same value for every view of one store.
+	Store() Blocks
+	// Hold keeps the blocks for this view's snapshot, as a Put of their data would, and reports
+	// whether every one of them is still stored.
+	Hold(ids []BlockID) bool
+}
+
+// StoreOf is the store b's ids belong to: b's Store when b is a View, else b itself.
+func StoreOf(b Blocks) Blocks {
+	if v, ok := b.(View); ok {
+		return v.Store()
+	}
+	return b
 }
 
 // Snapshot is a session's state after a step, as its tier saved it.

@@ -191,6 +191,7 @@ func (h *file) pwrite(buf []byte, off int64) (int, experimentalsys.Errno) {
 		}
 	}
 	copy(h.n.data[off:], buf)
+	h.n.gen++
 	touch(h.n)
 	return len(buf), 0
 }

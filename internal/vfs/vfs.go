@@ -75,6 +75,9 @@ type node struct {
 	// (each under its own lock) share, so nothing about it may change after the layer is built.
 	nlink int // names pointing at this node
 	opens int // open handles
+	// gen counts changes to a writable file's content, so that a snapshot re-reads only files
+	// changed since the last one (see Version).
+	gen uint64
 }
 
 func (n *node) isDir() bool     { return n.mode.IsDir() }
@@ -258,6 +261,7 @@ func (f *FS) resize(n *node, size int64) experimentalsys.Errno {
 	if size > old && size-old > f.maxBytes-f.usedBytes {
 		return f.noSpace()
 	}
+	n.gen++
 	f.usedBytes += size - old
 	if size < old {
 		clear(n.data[size:old])

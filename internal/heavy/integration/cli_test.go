@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/cli"
 )
@@ -103,6 +106,52 @@ func TestCLIRouteReasonIsTheAPIsOnHeavy(t *testing.T) {
 			}
 			if fromCLI.Stdout != fromAPI.Stdout {
 				t.Fatalf("stdout: CLI %q, API %q", fromCLI.Stdout, fromAPI.Stdout)
+			}
+		})
+	}
+}
+
+// TestCLIExec: `agentbox exec SESSION -- CMD` against a server on the heavy tier: output streamed,
+// the command's exit code is agentbox's, stdin, env and cwd passed, a timeout exits 124.
+func TestCLIExec(t *testing.T) {
+	ctx := context.Background()
+	c, ts := apiServer(t)
+	s, err := c.NewSession(ctx, agentbox.SessionRequest{Tier: "heavy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	conn := []string{"exec", "--url", ts.URL, s.ID()}
+	cases := []struct {
+		name           string
+		args           []string
+		stdin          string
+		exit           int
+		stdout, stderr string
+		pid            bool // stdout is a pid
+	}{
+		{"echo", []string{"--", "echo", "hello"}, "", 0, "hello\n", "", false},
+		{"the exit code is agentbox's", []string{"--shell", "--", "echo", "out;", "echo", "err", ">&2;", "exit", "3"}, "", 3, "out\n", "err\n", false},
+		{"stdin, env and cwd", []string{"--stdin", "--env", "X=1", "--cwd", "/tmp", "--shell", "--", `pwd; echo $X; cat`}, "piped", 0, "/tmp\n1\npiped", "", false},
+		{"a timeout exits 124", []string{"--timeout-ms", "300", "--", "sleep", "30"}, "", 124, "", "", false},
+		{"killed by a signal exits 128+n", []string{"--shell", "--", "kill -TERM $$"}, "", 143, "", "", false},
+		{"background prints the pid", []string{"--background", "--", "sleep", "30"}, "", 0, "", "", true},
+		{"no command", []string{"--"}, "", 2, "", "no COMMAND", false},
+		{"unknown session", nil, "", 125, "", "not_found", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(slices.Clone(conn), tc.args...)
+			if tc.name == "unknown session" {
+				args = []string{"exec", "--url", ts.URL, "ses_nope", "--", "true"}
+			}
+			var out, errOut bytes.Buffer
+			code := cli.Main(ctx, args, strings.NewReader(tc.stdin), &out, &errOut)
+			if code != tc.exit || !strings.HasPrefix(out.String(), tc.stdout) || !strings.Contains(errOut.String(), tc.stderr) {
+				t.Fatalf("exit %d (want %d)\nstdout %q (want %q)\nstderr %q (want %q)", code, tc.exit, out.String(), tc.stdout, errOut.String(), tc.stderr)
+			}
+			if n, err := strconv.Atoi(strings.TrimSpace(out.String())); tc.pid && (err != nil || n <= 1) {
+				t.Fatalf("stdout %q is not a pid", out.String())
 			}
 		})
 	}

@@ -20,6 +20,7 @@ type Blocks struct {
 	given int64                     // bytes passed to Put; guarded by mu
 	kept  int64                     // bytes of distinct blocks; guarded by mu
 	fresh []tier.BlockID            // blocks first stored since the last TakeNew; guarded by mu
+	next  tier.BlockID              // the last id given; guarded by mu
 }
 
 var _ tier.Blocks = (*Blocks)(nil)
@@ -41,7 +42,8 @@ func (m *Blocks) Put(data []byte) (tier.BlockID, error) {
 	if id, ok := m.ids[sum]; ok {
 		return id, nil
 	}
-	id := tier.BlockID(len(m.ids) + 1)
+	m.next++
+	id := m.next
 	m.ids[sum], m.data[id], m.sums[id] = id, append([]byte(nil), data...), sum
 	m.kept += int64(len(data))
 	m.fresh = append(m.fresh, id)
@@ -67,7 +69,7 @@ func (m *Blocks) Clone() *Blocks {
 	for sum, id := range m.ids {
 		c.ids[sum], c.data[id], c.sums[id] = id, append([]byte(nil), m.data[id]...), sum
 	}
-	c.given, c.kept = m.given, m.kept
+	c.given, c.kept, c.next = m.given, m.kept, m.next
 	return c
 }
 
@@ -85,6 +87,18 @@ func (m *Blocks) Drop(id tier.BlockID) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.data, id)
+}
+
+// Free forgets block id as a store's garbage collection does: Get reports it missing, and a later
+// Put of the same data stores it again under a new id (ids are not reused).
+func (m *Blocks) Free(id tier.BlockID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if sum, ok := m.sums[id]; ok && m.ids[sum] == id {
+		delete(m.ids, sum)
+	}
+	delete(m.data, id)
+	delete(m.sums, id)
 }
 
 // Replace sets block id's content and hash to data: a block the store vouches for but that is not

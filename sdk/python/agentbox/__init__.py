@@ -5,6 +5,7 @@ Standard library only. See ``Sandbox``.
 
 from ._client import (
     AgentboxError,
+    CommandResult,
     ConflictError,
     ExecutionError,
     ForbiddenError,
@@ -20,6 +21,7 @@ from ._client import (
 
 __all__ = [
     "AgentboxError",
+    "CommandResult",
     "ConflictError",
     "ExecutionError",
     "ForbiddenError",

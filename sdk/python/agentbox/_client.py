@@ -19,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Union
 
+from ._binary import bundled_binary
+
 __all__ = [
     "AgentboxError",
     "ConflictError",
@@ -121,12 +123,15 @@ class SandboxConfig:
     max_results_bytes: Optional[int] = None
     # Add image/svg+xml to every matplotlib figure, next to image/png.
     figure_svg: Optional[bool] = None
+    # Added to the environment (os.environ) of the sandbox's code and shell commands; the sandbox
+    # never sees the host's.
+    env: Optional[Dict[str, str]] = None
 
     def _limits(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         for key in ("timeout_ms", "memory_limit_mb", "allowed_modules", "max_output_bytes",
                     "network", "task", "intent",
-                    "max_result_bytes", "max_results_bytes", "figure_svg"):
+                    "max_result_bytes", "max_results_bytes", "figure_svg", "env"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -285,6 +290,35 @@ class SandboxResult:
         )
 
 
+@dataclass
+class CommandResult:
+    """A shell command's state and output (``run_command``, ``command``...). ``state`` is running,
+    exited, killed (by ``signal``) or timed_out; ``exit_code`` is -1 when a signal ended it."""
+
+    pid: int
+    cmd: str
+    state: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    args: List[str] = field(default_factory=list)
+    signal: str = ""
+    truncated: bool = False
+    started_at: str = ""
+    duration_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "exited" and self.exit_code == 0
+
+    @classmethod
+    def _from_json(cls, d: Dict[str, Any]) -> "CommandResult":
+        return cls(pid=d.get("pid", 0), cmd=d.get("cmd", ""), state=d.get("state", ""), exit_code=d.get("exit_code", 0),
+                   stdout=d.get("stdout", ""), stderr=d.get("stderr", ""), args=list(d.get("args") or []),
+                   signal=d.get("signal", ""), truncated=bool(d.get("truncated")), started_at=d.get("started_at", ""),
+                   duration_ms=float(d.get("duration_ms") or 0))
+
+
 def _artifacts(arts: List[Dict[str, Any]], results: List[Output]) -> List[Dict[str, Any]]:
     out = []
     for a in arts:
@@ -309,10 +343,12 @@ class _LocalServer:
     _MAX_LINE = 64 << 10  # bytes read as one line at most
 
     def __init__(self, binary: Optional[str], policy: Optional[str] = None) -> None:
-        path = binary or os.environ.get("AGENTBOX_BIN") or shutil.which("agentbox")
+        # A platform wheel's own binary comes before PATH: it is the version this SDK was built with.
+        path = binary or os.environ.get("AGENTBOX_BIN") or bundled_binary() or shutil.which("agentbox")
         if not path:
             raise AgentboxError("url=None starts a local server, but no agentbox binary was found: "
-                                "pass binary=, set AGENTBOX_BIN, or put agentbox on PATH")
+                                "pass binary=, set AGENTBOX_BIN, put agentbox on PATH, "
+                                "or install a platform wheel of agentbox, which carries it")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -382,6 +418,7 @@ class _LocalServer:
         shutil.rmtree(self._state, ignore_errors=True)
         shutil.rmtree(self._state + "-mcp", ignore_errors=True)  # hosted MCP servers' registrations
         shutil.rmtree(self._state + "-ca", ignore_errors=True)  # the TLS inspection CA, with --policy
+        shutil.rmtree(self._state + "-snapshots", ignore_errors=True)  # time travel's snapshot store
         shutil.rmtree(self._keys, ignore_errors=True)
 
 
@@ -390,8 +427,12 @@ class Sandbox:
     session, created on first use). Use as a context manager, or call ``close()``.
 
     With ``url=None`` a local ``agentbox serve`` is started on a free loopback port (the binary is
-    found through ``binary``, ``$AGENTBOX_BIN`` or ``PATH``) and stopped on close; ``policy`` is then
-    its network ceiling file (``agentbox serve --policy``), without which sandboxes are offline.
+    found through ``binary``, ``$AGENTBOX_BIN``, the one a platform wheel carries, or ``PATH``) and
+    stopped on close; ``policy`` is then its network ceiling file (``agentbox serve --policy``),
+    without which sandboxes are offline. Such a server always has the nano tier; the heavy tier
+    (``runtime="heavy"``, numpy/pandas) needs the host set up for it: Linux with gVisor's runsc and
+    the heavy root filesystem (scripts/setup.sh), or a Linux VM on macOS and Windows
+    (docs/platforms.md).
     """
 
     def __init__(self, config: Optional[SandboxConfig] = None, url: Optional[str] = None,
@@ -440,9 +481,9 @@ class Sandbox:
     def _stream(self, path: str, payload: Any, on_stdout: Optional[OutputCallback],
                 on_stderr: Optional[OutputCallback],
                 on_fallback: Optional[FallbackCallback] = None,
-                on_output: Optional[OutputsCallback] = None) -> Dict[str, Any]:
-        body = json.dumps(payload).encode()
-        with self._request("POST", path, body, "application/json", accept="text/event-stream") as resp:
+                on_output: Optional[OutputsCallback] = None, method: str = "POST") -> Dict[str, Any]:
+        body = json.dumps(payload).encode() if payload is not None else None
+        with self._request(method, path, body, "application/json" if body is not None else None, accept="text/event-stream") as resp:
             event, data = "", []
             for raw in resp:
                 line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
@@ -569,6 +610,77 @@ class Sandbox:
             return SandboxResult._from_json(self._json("POST", "/v1/run", payload))
         return SandboxResult._from_json(self._stream("/v1/run", payload, on_stdout, on_stderr, on_fallback, on_output))
 
+    # -- shell commands (heavy tier; docs/commands.md) --------------------------------------------------
+
+    def run_command(self, cmd: str, args: Optional[List[str]] = None, *, shell: bool = False,
+                    cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+                    stdin: Optional[str] = None, timeout_ms: Optional[int] = None,
+                    on_stdout: Optional[OutputCallback] = None,
+                    on_stderr: Optional[OutputCallback] = None) -> CommandResult:
+        """Run a shell command in this sandbox, next to its Python state and files, and wait for its
+        end: ``cmd`` with ``args``, or with ``shell=True`` ``cmd`` as a bash command line. Commands
+        need the heavy tier: a sandbox on nano moves there first when its runtime is "auto", and
+        raises ``InvalidArgumentError`` naming the heavy tier when it is "nano". With callbacks,
+        output is delivered as it is written. A failing command is a result (``ok`` False), not an
+        exception; output past the output cap stops it (``truncated``)."""
+        payload = self._command_request(cmd, args, shell, cwd, env, stdin, timeout_ms, False)
+        path = self._session_path() + "/commands"
+        if on_stdout is None and on_stderr is None:
+            return CommandResult._from_json(self._json("POST", path, payload))
+        return CommandResult._from_json(self._stream(path, payload, on_stdout, on_stderr))
+
+    def start_command(self, cmd: str, args: Optional[List[str]] = None, *, shell: bool = False,
+                      cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+                      stdin: Optional[str] = None, timeout_ms: Optional[int] = None) -> CommandResult:
+        """Start a command in the background and return at once (``state`` running, ``pid``). Read it
+        with ``command(pid)`` or ``follow_command``, feed it with ``send_stdin``, stop it with
+        ``kill_command``; it keeps running between cells, within its time limit."""
+        payload = self._command_request(cmd, args, shell, cwd, env, stdin, timeout_ms, True)
+        return CommandResult._from_json(self._json("POST", self._session_path() + "/commands", payload))
+
+    @staticmethod
+    def _command_request(cmd: str, args: Optional[List[str]], shell: bool, cwd: Optional[str],
+                         env: Optional[Dict[str, str]], stdin: Optional[str], timeout_ms: Optional[int],
+                         background: bool) -> Dict[str, Any]:
+        payload: Dict[str, Any] = {"cmd": cmd}
+        for key, value in (("args", args), ("cwd", cwd), ("env", env), ("stdin", stdin), ("timeout_ms", timeout_ms)):
+            if value is not None:
+                payload[key] = value
+        if shell:
+            payload["shell"] = True
+        if background:
+            payload["background"] = True
+        return payload
+
+    def commands(self) -> List[CommandResult]:
+        """The background commands of this sandbox, running or ended, oldest first (without output)."""
+        return [CommandResult._from_json(c) for c in self._json("GET", self._session_path() + "/commands")["commands"]]
+
+    def command(self, pid: int) -> CommandResult:
+        """A background command's state and the output kept of it (the last max_output_bytes of each
+        stream; ``truncated`` says older output was dropped). ``NotFoundError`` for an unknown pid."""
+        return CommandResult._from_json(self._json("GET", self._command_path(pid)))
+
+    def follow_command(self, pid: int, on_stdout: Optional[OutputCallback] = None,
+                       on_stderr: Optional[OutputCallback] = None) -> CommandResult:
+        """Deliver a background command's output to the callbacks as it is written (from the oldest
+        kept) until it ends; returns its final state (without output)."""
+        return CommandResult._from_json(self._stream(self._command_path(pid), None, on_stdout, on_stderr, method="GET"))
+
+    def send_stdin(self, pid: int, data: str, *, close: bool = False) -> None:
+        """Write to a background command's standard input; ``close=True`` closes it afterwards."""
+        self._json("POST", self._command_path(pid) + "/stdin", {"data": data, "close": close})
+
+    def kill_command(self, pid: int, signal: str = "SIGKILL") -> None:
+        """Send a signal (SIGKILL, SIGTERM, SIGINT, SIGHUP...) to a background command and what it
+        started."""
+        self._json("POST", self._command_path(pid) + "/kill", {"signal": signal})
+
+    def _command_path(self, pid: int) -> str:
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            raise ValueError(f"pid must be a positive int, not {pid!r}")
+        return self._session_path() + f"/commands/{pid}"
+
     def set_network(self, policy: Dict[str, Any]) -> None:
         """Replace this sandbox's network policy (PATCH /v1/sessions/{id}/network), creating the session
         first if need be. It is in force for new connections at once, also while a cell runs, and
@@ -601,6 +713,48 @@ class Sandbox:
         """List a directory: dicts with name, path, size, is_dir, mod_time."""
         query = urllib.parse.urlencode({"dir": directory})
         return self._json("GET", self._session_path() + "/files?" + query)["files"]
+
+    # -- time travel (docs/time-travel.md) ------------------------------------------------------------
+
+    def steps(self) -> Dict[str, Any]:
+        """The session's steps, oldest first: ``{"session", "current", "steps": [...]}``. Each step has
+        ``n``, ``kind`` (start, cell, upload, rewind, fork), ``code``/``path``, a result summary, and
+        ``snapshot`` (``state``, ``bytes``, ``restorable``, ``restore_on``, ``restore_by``, ``reason``)."""
+        return self._json("GET", self._session_path() + "/steps")
+
+    def step(self, n: int) -> Dict[str, Any]:
+        """Step ``n`` with its full ``result`` and the ``variables`` and ``files`` after it."""
+        return self._json("GET", self._session_path() + "/steps/" + str(int(n)))
+
+    def step_file(self, n: int, remote_path: str) -> bytes:
+        """A file as it was after step ``n`` (a step without a snapshot of its own is ConflictError)."""
+        path = self._session_path() + "/steps/" + str(int(n)) + self._file_path(remote_path)
+        with self._request("GET", path, accept="application/octet-stream") as resp:
+            return resp.read()
+
+    def rewind(self, n: int) -> Dict[str, Any]:
+        """Continue from the state after step ``n``; later steps stay listed as abandoned. Returns the
+        session's description."""
+        return self._json("POST", self._session_path() + "/rewind", {"step": int(n)})
+
+    def fork(self, n: int, *, ttl_s: Optional[int] = None) -> "Sandbox":
+        """A new Sandbox (a new session, this one untouched) starting from the state after step ``n``.
+        It talks to the same server; closing it ends only its own session."""
+        payload: Dict[str, Any] = {"step": int(n)}
+        if ttl_s is not None:
+            payload["ttl_s"] = int(ttl_s)
+        info = self._json("POST", self._session_path() + "/fork", payload)
+        child = Sandbox(self.config, url=self.url, api_key=self.api_key, request_timeout=self.request_timeout)
+        child._session_id = info["id"]
+        return child
+
+    def pin(self, n: int) -> None:
+        """Keep step ``n``'s snapshot whatever retention says, also after the session is closed."""
+        self._json("POST", self._session_path() + "/steps/" + str(int(n)) + "/pin")
+
+    def unpin(self, n: int) -> None:
+        """Let retention remove step ``n``'s snapshot again."""
+        self._json("DELETE", self._session_path() + "/steps/" + str(int(n)) + "/pin")
 
     # -- audit log (needs a key with the audit scope; the embedded server's key has it) ----------------
 

@@ -1,0 +1,30 @@
+//go:build !linux
+
+package nano
+
+import "errors"
+
+// Copy-on-write restores need memfds and /proc/self/pagemap (cow_linux.go); elsewhere an image is
+// plain bytes and every restore copies it into the region.
+
+// sharedImage is never made on this platform.
+type sharedImage struct{}
+
+func newSharedImage(data []byte) (*image, error) { return newImage(data), nil }
+
+func (sh *sharedImage) release() {}
+
+func (sh *sharedImage) mapOnto([]byte, int) error {
+	return errors.New("copy-on-write images need Linux")
+}
+
+// pagemap is never open on this platform: resetPrivate always answers that it cannot tell.
+type pagemap struct{}
+
+func openPagemap() *pagemap { return &pagemap{} }
+
+func (pm *pagemap) resetPrivate([]byte, *image, int) bool { return false }
+
+func (pm *pagemap) close() {}
+
+func dropPrivate([]byte) error { return errors.New("copy-on-write images need Linux") }

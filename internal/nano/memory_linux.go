@@ -1,0 +1,13 @@
+package nano
+
+import "golang.org/x/sys/unix"
+
+// On Linux MADV_DONTNEED drops private anonymous pages at once and the next touch maps a zero page.
+const (
+	releaseAdvice = unix.MADV_DONTNEED
+	releaseZeroes = true
+)
+
+func adviseHugePages(buf []byte) {
+	_ = unix.Madvise(buf, unix.MADV_HUGEPAGE) // an optimisation only: kernels without THP ignore it
+}
