@@ -113,7 +113,7 @@ type Node struct {
 	// pending are placements answered and not yet arrived, by token; guarded by mu.
 	runs, starting int
 	pending        map[string]*reservation
-	draining       bool               // guarded by mu
+	draining       bool                            // guarded by mu
 	subs           map[string][]*nats.Subscription // by kind.tier, nil while full; guarded by mu
 	// owners caches session id → host (a session never moves); guarded by mu.
 	owners map[string]string
@@ -255,8 +255,9 @@ func (n *Node) join(ctx context.Context) error {
 		Replicas: n.cfg.Replicas, Storage: jetstream.FileStorage, Description: "agentbox sessions (id → host)"}); err != nil {
 		return fmt.Errorf("cluster: sessions bucket: %w", err)
 	}
-	// The watcher delivers the current records first: the fleet as it is, to check against.
-	w, err := n.hosts.WatchAll(ctx)
+	// The watcher delivers the current records first: the fleet as it is, to check against. It lives
+	// until Close, not ctx.
+	w, err := n.hosts.WatchAll(context.WithoutCancel(ctx))
 	if err != nil {
 		return fmt.Errorf("cluster: watching hosts: %w", err)
 	}

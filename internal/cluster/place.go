@@ -203,7 +203,7 @@ func (n *Node) noRoom(kind string, t api.Tier, labels map[string]string) error {
 	}
 	serving := 0
 	for _, h := range n.liveHosts() {
-		if slices.Contains(h.Tiers, t) && hasLabels(h.Labels, labels) {
+		if h.State == api.HostActive && slices.Contains(h.Tiers, t) && hasLabels(h.Labels, labels) {
 			serving++
 		}
 	}
