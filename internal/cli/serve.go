@@ -7,6 +7,7 @@ import (
 	"flag"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +44,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	tf := addTierFlags(fset, heavy.DefaultStateDir())
 	mcpDirFlag := fset.String("mcp-dir", "", "hosted MCP servers' registrations (default: the state root's path with -mcp appended; \"off\": no MCP hosting)")
 	af := addAuditFlags(fset)
+	cf := addClusterFlags(fset)
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
@@ -113,6 +115,35 @@ func (e *env) serve(ctx context.Context, args []string) error {
 		}
 		scfg.MCP, scfg.MCPServers = mcpserver.HTTPGateway(sandboxes, version(), host), host
 	}
+	fdigest, err := fleetDigest(digest, *policyFile)
+	if err != nil {
+		t.close(context.Background())
+		return err
+	}
+	node, nats, err := cf.join(ctx, *addr, *tf.stateDir, fdigest, t.Stats, t.heavy != nil, log)
+	if err != nil {
+		if host != nil {
+			host.Close()
+		}
+		t.close(context.Background())
+		return err
+	}
+	leave := func() {}
+	if node != nil {
+		scfg.Fleet = node
+		leave = sync.OnceFunc(func() {
+			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := node.Close(lctx); err != nil {
+				log.Warn("leaving the fleet", "err", err)
+			}
+			if nats != nil {
+				nats.Shutdown()
+			}
+		})
+		defer leave()
+		log.Info("joined the fleet", "host", node.ID(), "nats", *cf.nats)
+	}
 	srv, err := server.New(t, scfg)
 	if err != nil {
 		if host != nil {
@@ -149,6 +180,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	case <-ctx.Done():
 		log.Info("shutting down", "grace", *grace)
 	}
+	leave() // no more placements here; the others see this host go at once
 	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
 	if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, context.DeadlineExceeded) {
