@@ -290,20 +290,33 @@ func (n *Node) join(ctx context.Context) error {
 	return nil
 }
 
-// loop heartbeats and applies the watcher's updates until Close.
+// loop heartbeats and applies the watcher's updates until Close. This host's own heartbeats come
+// back through the watcher, so a watcher silent for three heartbeats has lost its consumer (a NATS
+// node went down under it) and is made again.
 func (n *Node) loop(w jetstream.KeyWatcher) {
 	defer close(n.done)
-	defer w.Stop()
+	defer func() {
+		if w != nil {
+			w.Stop()
+		}
+	}()
 	t := time.NewTicker(n.cfg.Heartbeat)
 	defer t.Stop()
+	heard := time.Now()
+	var updates <-chan jetstream.KeyValueEntry
+	if w != nil {
+		updates = w.Updates()
+	}
 	for {
 		select {
 		case <-n.stop:
 			return
-		case e, ok := <-w.Updates():
+		case e, ok := <-updates:
 			if !ok {
-				return
+				updates = nil // remade at the next tick
+				continue
 			}
+			heard = time.Now()
 			if e != nil {
 				n.observe(e)
 			}
@@ -314,6 +327,18 @@ func (n *Node) loop(w jetstream.KeyWatcher) {
 			}
 			cancel()
 			n.sync()
+			if updates == nil || time.Since(heard) > 3*n.cfg.Heartbeat {
+				if w != nil {
+					w.Stop()
+				}
+				nw, err := n.hosts.WatchAll(context.Background())
+				if err != nil {
+					n.log.Warn("cluster: watching hosts again", "err", err)
+					w, updates = nil, nil
+					continue
+				}
+				w, updates, heard = nw, nw.Updates(), time.Now()
+			}
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/pb33f/libopenapi"
+	validator "github.com/pb33f/libopenapi-validator"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/cluster"
@@ -30,10 +33,26 @@ const (
 	adminKey = "admin-key-0123456789"
 )
 
-var eng *nano.Engine
+var (
+	eng     *nano.Engine
+	openapi validator.Validator // every answer of the fleet conforms to openapi.yaml
+)
 
 func TestMain(m *testing.M) {
-	var err error
+	flag.Parse()
+	if testing.Verbose() {
+		testLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	doc, err := libopenapi.NewDocument(server.OpenAPI())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	var errs []error
+	if openapi, errs = validator.NewValidator(doc); len(errs) > 0 {
+		fmt.Fprintln(os.Stderr, errs)
+		os.Exit(1)
+	}
 	eng, err = nano.New(context.Background(), nano.Config{MaxConcurrent: 6, MaxQueue: 64})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -123,7 +142,7 @@ func (f *fleet) startNode(id string, urls []string, o hostOpts, d *dispatch.Disp
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		node, err := cluster.Start(ctx, cluster.Config{NATS: urls, HostID: id, URL: url, Labels: map[string]string{"name": id},
 			RunSlots: o.runSlots, Stats: d.Stats, ConfigDigest: o.digest, Replicas: 3,
-			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, PlaceTimeout: 500 * time.Millisecond, Logger: testLogger})
+			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, PlaceTimeout: 2 * time.Second, Logger: testLogger})
 		cancel()
 		if err == nil || strings.Contains(err.Error(), "refusing") || time.Now().After(deadline) {
 			return node, err
@@ -214,6 +233,18 @@ func call(t testing.TB, h *host, method, path, key string, body any, hdr ...stri
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") && !strings.Contains(path, "/files/") {
+		vreq, _ := http.NewRequest(method, req.URL.String(), nil)
+		vreq.Header = req.Header.Clone()
+		vresp := &http.Response{StatusCode: resp.StatusCode, Header: resp.Header.Clone(), Body: io.NopCloser(bytes.NewReader(b)), Request: vreq}
+		if ok, errs := openapi.ValidateHttpResponse(vreq, vresp); !ok {
+			var msgs []string
+			for _, e := range errs {
+				msgs = append(msgs, e.Error())
+			}
+			t.Errorf("answer %d to %s %s does not conform to openapi.yaml: %s\nbody: %s", resp.StatusCode, method, path, strings.Join(msgs, "; "), b)
+		}
+	}
 	served := resp.Header.Get("X-Agentbox-Host")
 	if served == "" {
 		served = h.id
@@ -483,5 +514,5 @@ func waitFor(t testing.TB, d time.Duration, what string, ok func() bool) {
 	}
 }
 
-// testLogger shows the hosts' warnings with -v.
-var testLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+// testLogger shows the hosts' warnings with -v (TestMain).
+var testLogger = slog.New(slog.DiscardHandler)
