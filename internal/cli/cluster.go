@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,6 +25,9 @@ import (
 type clusterFlags struct {
 	nats, listen, routeListen, routes, advertise, hostID, tiers, labels *string
 	replicas, runSlots, sessionSlots                                    *int
+
+	parsedLabels map[string]string // set by check
+	parsedTiers  []api.Tier        // set by check; empty means the tiers the host has
 }
 
 func addClusterFlags(fset *flag.FlagSet) *clusterFlags {
@@ -42,31 +46,50 @@ func addClusterFlags(fset *flag.FlagSet) *clusterFlags {
 	}
 }
 
+// check validates the fleet flags before anything starts.
+func (f *clusterFlags) check() error {
+	if *f.nats == "" {
+		return nil
+	}
+	labels, err := cluster.ParseLabels(*f.labels)
+	if err != nil {
+		return usagef("--labels: %w", err)
+	}
+	f.parsedLabels = labels
+	for t := range strings.SplitSeq(*f.tiers, ",") {
+		switch t = strings.TrimSpace(t); t {
+		case "":
+		case string(api.TierNano), string(api.TierHeavy):
+			f.parsedTiers = append(f.parsedTiers, api.Tier(t))
+		default:
+			return usagef("--tiers: %q is not nano or heavy", t)
+		}
+	}
+	if *f.replicas < 1 || *f.runSlots < 0 || *f.sessionSlots < 0 {
+		return usagef("--cluster-replicas must be 1 or more, --cluster-runs and --cluster-sessions 0 (the default) or more")
+	}
+	if *f.nats != "embedded" {
+		for u := range strings.SplitSeq(*f.nats, ",") {
+			if !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
+				return usagef("--cluster %q: want nats://host:4222 URLs, comma-separated, or embedded", u)
+			}
+		}
+	}
+	return nil
+}
+
 // join starts the embedded NATS server (with --cluster embedded) and joins the fleet; both nil
 // without --cluster. configDigest covers the keys and the ceiling policy, which every host must share.
 func (f *clusterFlags) join(ctx context.Context, addr, stateDir, configDigest string, stats func() dispatch.Stats, hasHeavy bool, log *slog.Logger) (*cluster.Node, *natsserver.Server, error) {
 	if *f.nats == "" {
 		return nil, nil, nil
 	}
-	labels, err := cluster.ParseLabels(*f.labels)
-	if err != nil {
-		return nil, nil, usagef("--labels: %w", err)
+	tiers := f.parsedTiers
+	if slices.Contains(tiers, api.TierHeavy) && !hasHeavy {
+		return nil, nil, usagef("--tiers heavy: this host has no heavy tier")
 	}
-	var tiers []api.Tier
-	for t := range strings.SplitSeq(*f.tiers, ",") {
-		switch t = strings.TrimSpace(t); t {
-		case "":
-		case string(api.TierNano):
-			tiers = append(tiers, api.TierNano)
-		case string(api.TierHeavy):
-			if !hasHeavy {
-				return nil, nil, usagef("--tiers heavy: this host has no heavy tier")
-			}
-			tiers = append(tiers, api.TierHeavy)
-		default:
-			return nil, nil, usagef("--tiers: %q is not nano or heavy", t)
-		}
-	}
+	labels := f.parsedLabels
+	var err error
 	urls := strings.Split(*f.nats, ",")
 	var ns *natsserver.Server
 	if *f.nats == "embedded" {

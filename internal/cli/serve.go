@@ -48,6 +48,9 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}
+	if err := cf.check(); err != nil {
+		return err
+	}
 	if *keySessions < 0 || *keyRuns < 0 {
 		return usagef("--key-sessions and --key-runs must be 0 (no cap of its own) or more")
 	}
