@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/entersandbox/agentbox/internal/audit"
+	"github.com/entersandbox/agentbox/internal/cluster"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/heavy"
 	"github.com/entersandbox/agentbox/internal/mcphost"
@@ -89,6 +90,12 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// In a fleet the audit events are also published into one JetStream stream, once joined.
+	var fleetAudit *cluster.AuditSink
+	if *cf.nats != "" {
+		fleetAudit = cluster.NewAuditSink()
+		af.extraSinks = append(af.extraSinks, fleetAudit)
+	}
 	// The audit log opens first: the dispatcher's reaper records expiries into it.
 	alog, closeSinks, err := af.open(ctx, *tf.stateDir, e.stdout, log)
 	if err != nil {
@@ -137,14 +144,22 @@ func (e *env) serve(ctx context.Context, args []string) error {
 		leave = sync.OnceFunc(func() {
 			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if err := node.Close(lctx); err != nil {
+			if err := node.Leave(lctx); err != nil {
 				log.Warn("leaving the fleet", "err", err)
 			}
+		})
+		defer func() {
+			node.Close(context.Background()) // after the last audit event (server.stop) is published
 			if nats != nil {
 				nats.Shutdown()
 			}
-		})
+		}()
 		defer leave()
+		if alog != nil {
+			if err := fleetAudit.Attach(ctx, node); err != nil {
+				log.Warn("the fleet's audit stream; events stay in this host's log only", "err", err)
+			}
+		}
 		log.Info("joined the fleet", "host", node.ID(), "nats", *cf.nats)
 	}
 	srv, err := server.New(t, scfg)

@@ -478,20 +478,30 @@ func (n *Node) onDrain(m *nats.Msg) {
 	m.Respond(b)
 }
 
-// Close leaves the fleet: it stops taking placements and deletes its host record, so the others see
-// it leave at once (its sessions then answer 404 with the reason).
-func (n *Node) Close(ctx context.Context) error {
+// Leave leaves the fleet: it stops taking placements and deletes its host record, so the others see
+// it leave at once (its sessions then answer 404 with the reason). The NATS connection stays for the
+// audit stream until Close.
+func (n *Node) Leave(ctx context.Context) error {
 	n.stopLoop()
 	n.mu.Lock()
 	n.draining = true
 	n.mu.Unlock()
 	n.sync()
-	err := n.hosts.Delete(ctx, n.cfg.HostID)
-	n.nc.Close()
-	if err != nil {
+	if err := n.hosts.Delete(ctx, n.cfg.HostID); err != nil && !n.nc.IsClosed() {
 		return fmt.Errorf("cluster: leaving: %w", err)
 	}
 	return nil
+}
+
+// Close leaves the fleet (if Leave was not called) and closes the NATS connection, flushing what
+// was published.
+func (n *Node) Close(ctx context.Context) error {
+	var err error
+	if !n.nc.IsClosed() {
+		err = n.Leave(ctx)
+		n.nc.Drain()
+	}
+	return err
 }
 
 // Abandon drops the NATS connection without leaving, as a host that dies does (tests).

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
 
@@ -516,3 +518,47 @@ func waitFor(t testing.TB, d time.Duration, what string, ok func() bool) {
 
 // testLogger shows the hosts' warnings with -v (TestMain).
 var testLogger = slog.New(slog.DiscardHandler)
+
+func TestFleetAuditStream(t *testing.T) {
+	f := newFleet(t, 1, hostOpts{})
+	sink := cluster.NewAuditSink()
+	for _, typ := range []string{"server.start", "policy.change"} {
+		if err := sink.Write(api.AuditEvent{Type: typ}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := sink.Attach(ctx, f.hosts[0].node); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Write(api.AuditEvent{Type: "run"}); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(f.urls[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	c, err := js.OrderedConsumer(ctx, cluster.AuditStream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) < 3 {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("after %v: %v", got, err)
+		}
+		var ev api.AuditEvent
+		json.Unmarshal(m.Data(), &ev)
+		if m.Subject() != "agentbox.audit.h0" {
+			t.Fatalf("subject %s", m.Subject())
+		}
+		got = append(got, ev.Type)
+	}
+	if strings.Join(got, ",") != "server.start,policy.change,run" {
+		t.Fatalf("stream has %v: the events before and after joining, in order", got)
+	}
+}
