@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -515,16 +516,10 @@ func (n *Node) stopLoop() {
 	<-n.done
 }
 
-// tiers' and labels' subject tokens: every subset of this host's labels, so that a request asking
+// labelSubsets are the subject suffixes of every subset of this host's labels, so that a request asking
 // for any of them reaches it on one exact subject.
 func labelSubsets(labels map[string]string) []string {
-	keys := slices.Sorted(func(yield func(string) bool) {
-		for k := range labels {
-			if !yield(k) {
-				return
-			}
-		}
-	})
+	keys := slices.Sorted(maps.Keys(labels))
 	out := []string{""}
 	for mask := 1; mask < 1<<len(keys); mask++ {
 		var parts []string
