@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 	"github.com/pb33f/libopenapi"
 	validator "github.com/pb33f/libopenapi-validator"
 
+	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/cluster"
 	"github.com/entersandbox/agentbox/internal/dispatch"
@@ -560,5 +562,29 @@ func TestFleetAuditStream(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "server.start,policy.change,run" {
 		t.Fatalf("stream has %v: the events before and after joining, in order", got)
+	}
+}
+
+func TestFleetGoSDK(t *testing.T) {
+	f := newFleet(t, 2, hostOpts{})
+	ctx := context.Background()
+	user, err := agentbox.New(f.hosts[1].ts.URL, agentbox.WithAPIKey(userKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := user.Hosts(ctx)
+	if err != nil || list.Self != "h1" || len(list.Hosts) != 2 || list.Hosts[0].ID != "h1" {
+		t.Fatalf("Hosts: %+v %v", list, err)
+	}
+	if _, err := user.DrainHost(ctx, "self"); !errors.Is(err, agentbox.ErrForbidden) {
+		t.Fatalf("DrainHost with a user key: %v", err)
+	}
+	admin, _ := agentbox.New(f.hosts[1].ts.URL, agentbox.WithAPIKey(adminKey))
+	h, err := admin.DrainHost(ctx, "self")
+	if err != nil || h.ID != "h1" || h.State == api.HostActive {
+		t.Fatalf("DrainHost: %+v %v", h, err)
+	}
+	if _, err := admin.DrainHost(ctx, "h7"); !errors.Is(err, agentbox.ErrNotFound) {
+		t.Fatalf("DrainHost of an unknown host: %v", err)
 	}
 }
