@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -28,6 +29,8 @@ import (
 
 // auditFlags are serve's audit log flags.
 type auditFlags struct {
+	// extraSinks are sinks serve adds (the fleet's audit stream); not a flag.
+	extraSinks         []audit.Sink
 	db, key, reportDir *string
 	exports            multiFlag
 	reportHour         *int
@@ -102,7 +105,7 @@ func (af *auditFlags) open(ctx context.Context, stateDir string, stdout io.Write
 	if *af.reportHour < 0 || *af.reportHour > 23 {
 		return nil, nil, usagef("--audit-report-hour %d: want 0 to 23", *af.reportHour)
 	}
-	var sinks []audit.Sink
+	sinks := slices.Clone(af.extraSinks)
 	closeSinks := func() {
 		for _, s := range sinks {
 			if c, ok := s.(io.Closer); ok {

@@ -44,6 +44,7 @@ Usage:
   agentbox dlp scan FILE|-        print the DLP findings (secrets, PII) in a file as JSON
   agentbox audit verify|search|report  check, search and report on the audit log
   agentbox session steps|show|rewind|fork ID [STEP]  time travel in a server's session
+  agentbox drain [HOST_ID]        stop a fleet's host taking new work and wait for its sessions
   agentbox bench [flags]          measure start-up and throughput on this machine
   agentbox version                print the version and interpreter build
 
@@ -88,6 +89,8 @@ func (e *env) main(ctx context.Context, args []string) int {
 		err = e.audit(ctx, args[1:])
 	case "session":
 		err = e.session(ctx, args[1:])
+	case "drain":
+		err = e.drain(ctx, args[1:])
 	case "version", "--version":
 		err = e.version()
 	case "help", "-h", "--help":

@@ -7,11 +7,13 @@ import (
 	"flag"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/entersandbox/agentbox/internal/audit"
+	"github.com/entersandbox/agentbox/internal/cluster"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/mcphost"
 	"github.com/entersandbox/agentbox/internal/mcpserver"
@@ -42,7 +44,11 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	tf := addTierFlags(fset, defaultStateDir())
 	mcpDirFlag := fset.String("mcp-dir", "", "hosted MCP servers' registrations (default: the state root's path with -mcp appended; \"off\": no MCP hosting)")
 	af := addAuditFlags(fset)
+	cf := addClusterFlags(fset)
 	if _, err := parseInterspersed(fset, args); err != nil {
+		return err
+	}
+	if err := cf.check(); err != nil {
 		return err
 	}
 	if *keySessions < 0 || *keyRuns < 0 {
@@ -83,6 +89,12 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	// In a fleet the audit events are also published into one JetStream stream, once joined.
+	var fleetAudit *cluster.AuditSink
+	if *cf.nats != "" {
+		fleetAudit = cluster.NewAuditSink()
+		af.extraSinks = append(af.extraSinks, fleetAudit)
+	}
 	// The audit log opens first: the dispatcher's reaper records expiries into it.
 	alog, closeSinks, err := af.open(ctx, *tf.stateDir, e.stdout, log)
 	if err != nil {
@@ -111,6 +123,43 @@ func (e *env) serve(ctx context.Context, args []string) error {
 			return err
 		}
 		scfg.MCP, scfg.MCPServers = mcpserver.HTTPGateway(sandboxes, version(), host), host
+	}
+	fdigest, err := fleetDigest(digest, *policyFile)
+	if err != nil {
+		t.close(context.Background())
+		return err
+	}
+	node, nats, err := cf.join(ctx, *addr, *tf.stateDir, fdigest, t.Stats, t.heavy != nil, log)
+	if err != nil {
+		if host != nil {
+			host.Close()
+		}
+		t.close(context.Background())
+		return err
+	}
+	leave := func() {}
+	if node != nil {
+		scfg.Fleet = node
+		leave = sync.OnceFunc(func() {
+			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := node.Leave(lctx); err != nil {
+				log.Warn("leaving the fleet", "err", err)
+			}
+		})
+		defer func() {
+			node.Close(context.Background()) // after the last audit event (server.stop) is published
+			if nats != nil {
+				nats.Shutdown()
+			}
+		}()
+		defer leave()
+		if alog != nil {
+			if err := fleetAudit.Attach(ctx, node); err != nil {
+				log.Warn("the fleet's audit stream; events stay in this host's log only", "err", err)
+			}
+		}
+		log.Info("joined the fleet", "host", node.ID(), "nats", *cf.nats)
 	}
 	srv, err := server.New(t, scfg)
 	if err != nil {
@@ -148,6 +197,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	case <-ctx.Done():
 		log.Info("shutting down", "grace", *grace)
 	}
+	leave() // no more placements here; the others see this host go at once
 	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
 	if serr := srv.Shutdown(sctx); serr != nil && !errors.Is(serr, context.DeadlineExceeded) {

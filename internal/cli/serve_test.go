@@ -28,6 +28,10 @@ func TestServeKeyFlags(t *testing.T) {
 		{"unknown word", []string{"serve", "--api-key-file", keyFile("sk-secret-0123456789abcdef superuser\n")}, `line 1: "superuser"`},
 		{"missing file", []string{"serve", "--api-key-file", filepath.Join(dir, "none")}, "--api-key-file"},
 		{"negative runs", []string{"serve", "--key-runs", "-1"}, "--key-runs"},
+		{"cluster: a malformed label", []string{"serve", "--cluster", "embedded", "--labels", "zone"}, "--labels"},
+		{"cluster: an unknown tier", []string{"serve", "--cluster", "embedded", "--tiers", "nano,gpu"}, "--tiers"},
+		{"cluster: not a NATS URL", []string{"serve", "--cluster", "http://a:4222"}, "--cluster"},
+		{"cluster: zero replicas", []string{"serve", "--cluster", "embedded", "--cluster-replicas", "0"}, "--cluster-replicas"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

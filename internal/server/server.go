@@ -72,6 +72,18 @@ type Config struct {
 	// whole request (slow clients); zero means 10 s and 2 min.
 	ReadHeaderTimeout time.Duration
 	ReadTimeout       time.Duration
+	// Fleet, when set, makes this server one host of a fleet (docs/cluster.md): requests are placed
+	// on and forwarded to the fleet's hosts, and /v1/hosts lists them; nil is a single host
+	// (/v1/hosts answers 404).
+	Fleet Fleet
+}
+
+// Fleet is this host's membership of a fleet (*cluster.Node).
+type Fleet interface {
+	// Wrap routes authenticated requests over the fleet in front of next, answering errors with fail.
+	Wrap(next http.Handler, fail func(http.ResponseWriter, *http.Request, error)) http.Handler
+	Hosts(ctx context.Context) api.HostList
+	Drain(ctx context.Context, id string) (api.Host, error)
 }
 
 // Server serves the HTTP API.
@@ -251,6 +263,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/audit/events", s.auditEvents)
 	mux.HandleFunc("GET /v1/audit/reports/{period}", s.auditReport)
 	mux.HandleFunc("GET /v1/audit/verify", s.auditVerify)
+	mux.HandleFunc("GET /v1/hosts", s.listHosts)
+	mux.HandleFunc("POST /v1/hosts/{id}/drain", s.drainHost)
 	if s.cfg.MCP != nil {
 		mux.Handle("/mcp", s.keys.scopeMCP(s.cfg.MCP))
 	}
@@ -267,6 +281,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.With(errdefs.NotFound, fmt.Errorf("no route for %s %s", r.Method, r.URL.Path)))
 	})
+	if s.cfg.Fleet != nil {
+		return s.middleware(s.cfg.Fleet.Wrap(mux, s.fail))
+	}
 	return s.middleware(mux)
 }
 

@@ -542,6 +542,20 @@ class Sandbox:
         started it. Another key's sessions are not listed, and asking for one is ``NotFoundError``."""
         return self._json("GET", "/v1/sessions")["sessions"]
 
+    # -- fleet ---------------------------------------------------------------------------------------
+
+    def hosts(self) -> Dict[str, Any]:
+        """The fleet's live hosts (GET /v1/hosts, a server started with ``--cluster``):
+        ``{"self": id, "hosts": [{"id", "url", "tiers", "labels", "state", "capacity", "load",
+        ...}]}``. A single server, not in a fleet, raises ``NotFoundError``."""
+        return self._json("GET", "/v1/hosts")
+
+    def drain_host(self, host_id: str = "self") -> Dict[str, Any]:
+        """Stop a host (``"self"``: the one this client talks to) taking new runs and sessions
+        (POST /v1/hosts/{id}/drain, admin keys); its sessions answer until they end, when its
+        ``state`` turns ``"drained"``. Returns the host's record."""
+        return self._json("POST", "/v1/hosts/" + urllib.parse.quote(host_id, safe="") + "/drain")
+
     # -- hosted MCP servers ---------------------------------------------------------------------------
 
     def register_mcp_server(self, spec: Dict[str, Any]) -> Dict[str, Any]:
