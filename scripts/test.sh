@@ -18,6 +18,7 @@ big=$(git ls-files -z | xargs -0 -r stat -c '%s %n' 2>/dev/null | awk '$1 > 4194
 [ -z "$bad$big" ] || { echo "tracked build outputs or files over 4 MiB: $bad $big"; exit 1; }
 
 say "gofmt"
+# shellcheck disable=SC2046 # one argument per file is meant
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 [ -z "$unformatted" ] || { echo "not gofmt-clean: $unformatted"; exit 1; }
 
@@ -41,8 +42,19 @@ fi
 say "govulncheck (offline database; fails on a reachable vulnerability)"
 bash scripts/vulncheck.sh
 
-say "go test"
-go test -count=1 ./...
+say "Debian packages for the Python SDK's tests, coverage and lint, and shellcheck"
+# Debian's interpreter, pytest, coverage, flake8 and mypy; the SDK is installed offline into
+# throw-away venvs.
+py_pkgs="python3-pytest python3-setuptools python3-venv python3-pip python3-coverage python3-flake8 mypy shellcheck"
+missing=""
+for p in $py_pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  # shellcheck disable=SC2086 # a list of package names
+  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
+fi
+
+say "go test with coverage (integration included), and the Python SDK's pytest against a real server with coverage"
+bash scripts/coverage.sh
 
 say "go test -race (the packages that share sessions between goroutines)"
 go test -race -count=1 ./internal/dispatch ./internal/server ./internal/mcpserver ./internal/vfs ./local ./internal/limits
@@ -59,19 +71,17 @@ go test -race -count=1 ./internal/egress ./internal/netns ./internal/mcphost ./i
 go test -race -count=1 -run 'Guard|Network|Session' ./internal/netpolicy
 go test -race -count=1 -run 'TestScanIsSafeForConcurrentUse|TestScanRequest|TestScanResponse' ./internal/dlp
 
-say "Python SDK (pytest against a real server)"
-# Debian's interpreter and pytest; the SDK is installed offline into a throw-away venv.
-py_pkgs="python3-pytest python3-setuptools python3-venv python3-pip"
-missing=""
-for p in $py_pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-if [ -n "$missing" ]; then
-  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
-fi
-venv=$(mktemp -d)/venv
-/usr/bin/python3 -m venv --system-site-packages "$venv"
-"$venv/bin/pip" install -q --no-build-isolation --no-index ./sdk/python
-AGENTBOX_BIN="$PWD/bin/agentbox" "$venv/bin/python" -m pytest -q -p no:cacheprovider sdk/python/tests
-rm -rf "$(dirname "$venv")"
+say "lint: shellcheck, flake8 and mypy for the Python SDK"
+shellcheck -S warning scripts/*.sh
+shellcheck -S error build/*/*.sh # the interpreter's and rootfs's build scripts key their caches on their bytes
+/usr/bin/python3 -m flake8 --max-line-length 140 sdk/python
+(cd sdk/python && /usr/bin/python3 -m mypy --check-untyped-defs --warn-unused-ignores --no-incremental --cache-dir /dev/null agentbox)
+
+say "release bundle: every platform, wheels, SBOM, checksums and signature, arm64 under qemu, the wheel in a clean venv"
+bash scripts/release-check.sh
+
+say "benchmarks against the committed baseline (fails only on > 1.5x)"
+go run ./build/release/benchgate -bin bin/agentbox -baseline build/release/bench-baseline.json
 
 say "fuzzing (short)"
 # Budgets are counts of executions (about 10 s each on this machine), not durations: a duration races

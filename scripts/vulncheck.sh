@@ -26,7 +26,7 @@ fi
 say "govulncheck $GOVULNCHECK_VERSION, $(go version | cut -d' ' -f3), database $VULNDB_VERSION"
 # Every platform we ship: the darwin and windows builds leave the Linux-only packages out, and
 # govulncheck only follows what a platform's build imports.
-for target in linux/amd64; do
+for target in linux/amd64 linux/arm64 darwin/arm64 darwin/amd64 windows/amd64; do
   say "$target"
   GOOS=${target%/*} GOARCH=${target#*/} CGO_ENABLED=0 \
     go run "golang.org/x/vuln/cmd/govulncheck@$GOVULNCHECK_VERSION" -db "file://$db" ./...

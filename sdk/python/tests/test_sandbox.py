@@ -282,6 +282,7 @@ def test_mcp_servers(server):
         with pytest.raises(NotFoundError):
             sb.get_mcp_server("pysdk")
 
+
 def test_audit_log(server):
     """The embedded server's key has the audit scope: runs and files are in the log (code as its
     hash only), searchable with filters and pages; reports and verification come back."""
