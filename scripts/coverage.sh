@@ -17,7 +17,7 @@ say "Go: go test -coverprofile, statements of every package counted by the tests
 # -coverpkg over our own packages: the integration packages test internal/heavy and the server, and
 # their coverage belongs to those packages. The fuzz seed corpora run too (they are tests).
 pkgs=$(go list ./... | grep -v '/build/release/' | paste -sd, -)
-go test -count=1 -covermode=atomic -coverpkg="$pkgs" -coverprofile="$out/go.cov" ./... >"$out/go.log" 2>&1 ||
+go test -count=1 -timeout 45m -covermode=atomic -coverpkg="$pkgs" -coverprofile="$out/go.cov" ./... >"$out/go.log" 2>&1 ||
   { cat "$out/go.log"; exit 1; }
 # Per package: statements covered / statements, from the profile (a statement block counted once even
 # when several test binaries ran it).

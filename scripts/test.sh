@@ -64,12 +64,22 @@ go test -race -count=1 ./internal/cli
 # The 1,000-run leak test runs in the plain job above.
 go test -race -count=1 -skip 'TestSleepTimeoutsLeakNothing' ./internal/nano ./internal/vfs ./internal/router
 go test -race -count=1 ./internal/heavy
-go test -race -count=1 -run 'TestSession|TestMCPAuto|TestGuestCannotReachProtocol|TestReadFileIsCapped|TestShutdownStopsHeavyCellAtGrace|TestCloseKillsLiveSandboxes|TestKill9RestartSweeps|TestNetworkedSandbox|TestEscapePolicyChange|TestNetworkSweptAfterKill9' ./internal/heavy/integration
+go test -race -count=1 -timeout 30m -run 'TestSession|TestMCPAuto|TestGuestCannotReachProtocol|TestReadFileIsCapped|TestShutdownStopsHeavyCellAtGrace|TestCloseKillsLiveSandboxes|TestKill9RestartSweeps|TestNetworkedSandbox|TestEscapePolicyChange|TestNetworkSweptAfterKill9|TestCommand|TestStepSnapshotAndRestore|TestSnapshotFaults|TestRestoreInAnotherEngine|TestNetworkedStepRestore' ./internal/heavy/integration
+# Time travel's store and step log, the E2B surface, the web console's shell and stream relays, and
+# the fleet's placement, pinning, drain and failure handling against a real 3-node NATS cluster.
+go test -race -count=1 ./internal/snapstore ./internal/e2b ./internal/console
+go test -race -count=1 -run 'TestFleetFull|TestFleetDrain|TestFleetSessionPinned|TestFleetKilled' ./internal/cluster
 # The governed network: the data plane, the namespaces, the policy's Guard, the DLP engine's shared
 # state, and the hosted MCP servers' relay.
 go test -race -count=1 ./internal/egress ./internal/netns ./internal/mcphost ./internal/audit
 go test -race -count=1 -run 'Guard|Network|Session' ./internal/netpolicy
 go test -race -count=1 -run 'TestScanIsSafeForConcurrentUse|TestScanRequest|TestScanResponse' ./internal/dlp
+
+say "web console end to end (Playwright driving Debian's chromium-headless-shell against a real server)"
+# Installs chromium-headless-shell (apt) and the pinned @playwright/test (npm ci) if missing; with
+# AGENTBOX_INTEGRATION=1 it includes the heavy session's chart and bash shell. Screenshots, timings and
+# traces of failures stay in ui/test-results/ (CI's artifact).
+bash scripts/ui-test.sh
 
 say "lint: shellcheck, flake8 and mypy for the Python SDK"
 shellcheck -S warning scripts/*.sh
