@@ -218,13 +218,16 @@ func httpPrint(ctx context.Context, bin string, n int) (float64, error) {
 	}
 	defer os.RemoveAll(state)
 	sctx, stop := context.WithCancel(ctx)
-	defer stop()
 	srv := exec.CommandContext(sctx, bin, "serve", "--addr", addr, "--heavy", "off", "--state-dir", state)
 	srv.Stderr = io.Discard
 	if err := srv.Start(); err != nil {
+		stop()
 		return 0, fmt.Errorf("starting agentbox serve: %w", err)
 	}
-	defer srv.Wait() //nolint:errcheck // killed by stop
+	defer func() {
+		stop()     // kills the server
+		srv.Wait() //nolint:errcheck // it was killed: its exit status says nothing
+	}()
 	body := []byte(`{"code":"print(1)","tier":"nano"}`)
 	post := func() error {
 		resp, err := http.Post("http://"+addr+"/v1/run", "application/json", bytes.NewReader(body))
