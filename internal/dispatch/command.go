@@ -74,22 +74,52 @@ func (s *Session) Command(ctx context.Context, req api.CommandRequest, out Outpu
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
-	defer s.unlock()
+	// A foreground command that ran is a step, snapshotted like a cell once it answered; a background
+	// one is not (what it does lands in whichever step comes next).
+	start, n := time.Now(), -1
+	defer func() { s.stepDone(n) }()
 	ctx = s.withGuard(ctx)
 	defer s.guard.Drain() // a command's network events are in the sink, not the next cell's result
 	c, err := s.commander(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if !req.Background {
-		// A foreground command is a run of the tenant's on heavy, like a cell.
-		release, err := s.d.admitRun(ctx, api.TierHeavy, s.requested, false)
-		if err != nil {
-			return nil, err
-		}
-		defer release()
+	if req.Background {
+		return c.Command(ctx, req, out.stream())
 	}
-	return c.Command(ctx, req, out.stream())
+	// A foreground command is a run of the tenant's on heavy, like a cell.
+	release, err := s.d.admitRun(ctx, api.TierHeavy, s.requested, false)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	cmd, err := c.Command(ctx, req, out.stream())
+	if err == nil && cmd != nil {
+		rec := newStep(api.StepCommand, s.tierName(), start, nil)
+		rec.step.Code = commandLine(req)
+		rec.step.ExitCode, rec.step.StdoutHead = cmd.ExitCode, head(cmd.Stdout, maxStdoutHead)
+		if cmd.State != api.CommandExited {
+			rec.step.ErrorType = cmd.State
+		}
+		rec.step.DurationMS = cmd.DurationMS
+		n = s.steps.appendStep(rec)
+	}
+	return cmd, err
+}
+
+// commandLine is how a command step shows its command: the shell line, or the argv joined with
+// Python-style quoting where an argument needs it.
+func commandLine(req api.CommandRequest) string {
+	if req.Shell {
+		return req.Cmd
+	}
+	parts := append([]string{req.Cmd}, req.Args...)
+	for i, p := range parts {
+		if p == "" || strings.ContainsAny(p, " \t\n'\"\\$`*?[]{}()<>|&;#~") {
+			parts[i] = "'" + strings.ReplaceAll(p, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 // Commands describes the session's background commands, oldest first, without their output (a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -286,5 +287,42 @@ func TestForegroundCommandTakesTheSession(t *testing.T) {
 	close(s.sb.(*cmdSession).unblock)
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestForegroundCommandIsAStep: a foreground command is listed as a step with its command line and
+// outcome, a background one is not, and a step the tier kept no snapshot of is not rebuilt by
+// replaying across a command (which would run it again).
+func TestForegroundCommandIsAStep(t *testing.T) {
+	ctx := context.Background()
+	d := newDispatcher(t, Config{Heavy: &cmdHeavy{}})
+	s, err := d.NewSession(ctx, api.SessionRequest{Tier: api.TierHeavy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Command(ctx, api.CommandRequest{Cmd: "server", Background: true}, Output{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Command(ctx, api.CommandRequest{Cmd: "ls", Args: []string{"-l", "my dir"}}, Output{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Run(ctx, "1", Output{}); err != nil {
+		t.Fatal(err)
+	}
+	list := s.Steps()
+	var kinds []api.StepKind
+	for _, st := range list.Steps {
+		kinds = append(kinds, st.Kind)
+	}
+	if want := []api.StepKind{api.StepStart, api.StepCommand, api.StepCell}; !slices.Equal(kinds, want) {
+		t.Fatalf("steps %v, want %v", kinds, want)
+	}
+	if got := list.Steps[1].Code; got != "ls -l 'my dir'" {
+		t.Errorf("command step's code %q", got)
+	}
+	err = s.Rewind(ctx, 2)
+	if err == nil || !strings.Contains(err.Error(), "shell command") {
+		t.Fatalf("rewind across a command without snapshots: %v", err)
 	}
 }

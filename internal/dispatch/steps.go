@@ -335,6 +335,8 @@ func (s *Session) planLocked(n int) plan {
 				return plan{n: n, err: fmt.Errorf("no snapshot, and the upload at step %d was too large to keep for a replay", r.step.N)}
 			}
 			cells = append(cells, r)
+		case api.StepCommand:
+			return plan{n: n, err: fmt.Errorf("no snapshot, and step %d is a shell command, which is not replayed", r.step.N)}
 		case api.StepFork:
 			return plan{n: n, err: errors.New("no snapshot of the fork it started from, so it cannot be replayed")}
 		}
