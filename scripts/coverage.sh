@@ -34,7 +34,7 @@ awk -F'[: ,]' 'NR > 1 {
     printf "%6.1f%%  TOTAL\n", 100 * done / all
   }' "$out/go.cov" | sort -k2 | tee "$out/go.txt"
 if [ "$tests" != 0 ]; then
-  grep -E -- '^(--- FAIL|FAIL|panic:)|^ +[a-z_]+_test\.go:[0-9]+:' "$out/go.log" | cut -c1-300
+  grep -E -- '^(--- FAIL|FAIL|panic:)|^ +[a-z_]+_test\.go:[0-9]+:|^ {8}' "$out/go.log" | cut -c1-300
   echo "go test failed"; exit 1
 fi
 total=$(awk '$2 == "TOTAL" {sub(/%/, "", $1); print $1}' "$out/go.txt")
