@@ -2,12 +2,13 @@
 # Coverage of the Go packages (unit and integration tests, so root, runsc and AGENTBOX_INTEGRATION=1
 # as test.sh sets them) and of the Python SDK (Debian's python3-coverage over its pytest suite),
 # printed per package, failing below the floors. The floors were set from the figures measured on
-# 2026-12-01 (Go 85.2% of statements in all, the Python SDK 94%), a couple of points lower for
-# run-to-run noise (timing-dependent branches); raise them as coverage rises.
+# main on 2026-12-01 with every package of that day (Go 82.7% of statements in all, the Python SDK
+# 95%), a few points lower for run-to-run noise (timing-dependent branches); raise them as coverage
+# rises.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GOTOOLCHAIN=go1.27.3
-GO_FLOOR=${GO_FLOOR:-83}
+GO_FLOOR=${GO_FLOOR:-80}
 PY_FLOOR=${PY_FLOOR:-90}
 
 say() { printf '[coverage] %s\n' "$*" >&2; }
