@@ -61,8 +61,8 @@ go test -race -count=1 ./internal/dispatch ./internal/server ./internal/mcpserve
 go test -race -count=1 -run 'TestSessionInfoSafeUnderRefresh|TestClientKeysAreTenants' .
 go test -race -count=1 ./internal/cli
 # Nano concurrency: sandboxes sharing the standard-library layer, sleepers giving up slots, session caps.
-# The 1,000-run leak test runs in the plain job above.
-go test -race -count=1 -skip 'TestSleepTimeoutsLeakNothing' ./internal/nano ./internal/vfs ./internal/router
+# The 1,000-run leak tests run in the plain job above: the race detector's shadow memory grows RSS.
+go test -race -count=1 -skip 'TestSleepTimeoutsLeakNothing|TestRunawayTimeoutsLeakNothing' ./internal/nano ./internal/vfs ./internal/router
 go test -race -count=1 ./internal/heavy
 go test -race -count=1 -timeout 30m -run 'TestSession|TestMCPAuto|TestGuestCannotReachProtocol|TestReadFileIsCapped|TestShutdownStopsHeavyCellAtGrace|TestCloseKillsLiveSandboxes|TestKill9RestartSweeps|TestNetworkedSandbox|TestEscapePolicyChange|TestNetworkSweptAfterKill9|TestCommand|TestStepSnapshotAndRestore|TestSnapshotFaults|TestRestoreInAnotherEngine|TestNetworkedStepRestore' ./internal/heavy/integration
 # Time travel's store and step log, the E2B surface, the web console's shell and stream relays, and
