@@ -35,9 +35,7 @@ for f in "${files[@]}"; do
 done
 # Libraries over 1 MiB are kept gzipped (-n: no name or time, so the copy is reproducible); the console
 # serves them with Content-Encoding: gzip (internal/console/gzip.go), and git holds no file over 4 MiB.
-for big in plotly.min.js; do
-  gzip -9n "$out/$big"
-done
+gzip -9n "$out/plotly.min.js"
 if (( check )); then
   diff -r "$out" "$dst" && echo "vendored console libraries match ui/package-lock.json"
   exit
