@@ -190,12 +190,7 @@ func TestCommandRefusals(t *testing.T) {
 // cells of the same session run (not refused as busy).
 func TestCommandFollowLetsCellsRun(t *testing.T) {
 	ctx := context.Background()
-	d := newDispatcher(t, Config{Heavy: &cmdHeavy{}})
-	s, err := d.NewSession(ctx, api.SessionRequest{Tier: api.TierHeavy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newHeavySession(t)
 	script := strings.Repeat("line\n", 40)
 	bg, err := s.Command(ctx, api.CommandRequest{Cmd: "ticker", Background: true, Stdin: script}, Output{})
 	if err != nil || bg.State != api.CommandRunning {
@@ -254,12 +249,7 @@ func TestCommandFollowEndsWithContext(t *testing.T) {
 // or another command meanwhile is refused as busy; a background command does not hold it.
 func TestForegroundCommandTakesTheSession(t *testing.T) {
 	ctx := context.Background()
-	d := newDispatcher(t, Config{Heavy: &cmdHeavy{}})
-	s, err := d.NewSession(ctx, api.SessionRequest{Tier: api.TierHeavy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newHeavySession(t)
 	if _, err := s.Command(ctx, api.CommandRequest{Cmd: "server", Background: true}, Output{}); err != nil {
 		t.Fatal(err)
 	}
@@ -295,12 +285,7 @@ func TestForegroundCommandTakesTheSession(t *testing.T) {
 // replaying across a command (which would run it again).
 func TestForegroundCommandIsAStep(t *testing.T) {
 	ctx := context.Background()
-	d := newDispatcher(t, Config{Heavy: &cmdHeavy{}})
-	s, err := d.NewSession(ctx, api.SessionRequest{Tier: api.TierHeavy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newHeavySession(t)
 	if _, err := s.Command(ctx, api.CommandRequest{Cmd: "server", Background: true}, Output{}); err != nil {
 		t.Fatal(err)
 	}
@@ -321,8 +306,20 @@ func TestForegroundCommandIsAStep(t *testing.T) {
 	if got := list.Steps[1].Code; got != "ls -l 'my dir'" {
 		t.Errorf("command step's code %q", got)
 	}
-	err = s.Rewind(ctx, 2)
+	err := s.Rewind(ctx, 2)
 	if err == nil || !strings.Contains(err.Error(), "shell command") {
 		t.Fatalf("rewind across a command without snapshots: %v", err)
 	}
+}
+
+// newHeavySession is a session on a fake heavy tier whose commands the tests script, closed at the end.
+func newHeavySession(t *testing.T) *Session {
+	t.Helper()
+	d := newDispatcher(t, Config{Heavy: &cmdHeavy{}})
+	s, err := d.NewSession(context.Background(), api.SessionRequest{Tier: api.TierHeavy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
 }
