@@ -114,6 +114,7 @@ type Node struct {
 	// pending are placements answered and not yet arrived, by token; guarded by mu.
 	runs, starting int
 	pending        map[string]*reservation
+	byRequest      map[string]string               // placement attempt id → its pending token; guarded by mu
 	draining       bool                            // guarded by mu
 	subs           map[string][]*nats.Subscription // by kind.tier, nil while full; guarded by mu
 	// owners caches session id → host (a session never moves); guarded by mu.
@@ -127,8 +128,9 @@ type seenHost struct {
 }
 
 type reservation struct {
-	kind  string
-	timer *time.Timer
+	kind    string
+	request string // the placement attempt's id
+	timer   *time.Timer
 }
 
 var labelRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,63}$`)
@@ -225,7 +227,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster: connecting to NATS %s: %w", strings.Join(cfg.NATS, ","), err)
 	}
 	n := &Node{cfg: cfg, log: log.With("host", cfg.HostID), nc: nc, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{}),
-		seen: map[string]seenHost{}, pending: map[string]*reservation{}, subs: map[string][]*nats.Subscription{}, owners: map[string]string{}}
+		seen: map[string]seenHost{}, pending: map[string]*reservation{}, byRequest: map[string]string{}, subs: map[string][]*nats.Subscription{}, owners: map[string]string{}}
 	if err := n.join(ctx); err != nil {
 		nc.Close()
 		return nil, err
@@ -281,6 +283,10 @@ func (n *Node) join(ctx context.Context) error {
 	if _, err := n.nc.Subscribe(controlSubject+"."+n.cfg.HostID+".drain", n.onDrain); err != nil {
 		w.Stop()
 		return fmt.Errorf("cluster: control subject: %w", err)
+	}
+	if _, err := n.nc.Subscribe(cancelSubject, n.onCancel); err != nil {
+		w.Stop()
+		return fmt.Errorf("cluster: cancel subject: %w", err)
 	}
 	if err := n.heartbeat(ctx); err != nil {
 		w.Stop()

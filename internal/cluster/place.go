@@ -27,7 +27,13 @@ const (
 // reservationTTL is how long a placement answered here holds its place for the request to arrive.
 const reservationTTL = 10 * time.Second
 
+// cancelSubject carries the id of a placement request whose answer never came: a host that
+// reserved a place for it gives the place back (its answer was lost or late).
+const cancelSubject = "agentbox.placecancel"
+
 type placeRequest struct {
+	// ID names this one attempt, so that a cancel gives back only its reservation.
+	ID     string            `json:"id"`
 	Kind   string            `json:"kind"`
 	Tier   api.Tier          `json:"tier"`
 	Labels map[string]string `json:"labels,omitempty"`
@@ -123,9 +129,12 @@ func (n *Node) onPlace(m *nats.Msg) {
 		return
 	}
 	token := newToken()
-	r := &reservation{kind: req.Kind}
+	r := &reservation{kind: req.Kind, request: req.ID}
 	r.timer = time.AfterFunc(reservationTTL, func() { n.claim(token) })
 	n.pending[token] = r
+	if req.ID != "" {
+		n.byRequest[req.ID] = token
+	}
 	n.mu.Unlock()
 	go n.sync()
 	b, _ := json.Marshal(placeReply{Host: n.cfg.HostID, URL: n.cfg.URL, Token: token})
@@ -140,11 +149,22 @@ func (n *Node) claim(token string) {
 	n.mu.Lock()
 	r, ok := n.pending[token]
 	delete(n.pending, token)
+	if ok {
+		delete(n.byRequest, r.request)
+	}
 	n.mu.Unlock()
 	if ok {
 		r.timer.Stop()
 		n.sync()
 	}
+}
+
+// onCancel gives back the place reserved for a placement attempt whose asker stopped waiting.
+func (n *Node) onCancel(m *nats.Msg) {
+	n.mu.Lock()
+	token := n.byRequest[string(m.Data)]
+	n.mu.Unlock()
+	n.claim(token)
 }
 
 func newToken() string {
@@ -155,43 +175,60 @@ func newToken() string {
 
 // place asks the fleet for a host with room for kind on tier with labels. A host that was full
 // when the request reached it is asked again while time remains.
+//
+// Each attempt waits at most a quarter of the placement timeout: a host that unsubscribes as it
+// fills up drops the requests NATS had already routed to it, and waiting the whole timeout for
+// that answer would turn one full host into a 429 for the fleet. An attempt given up on is
+// cancelled, so a late answer's reservation does not hold a place for reservationTTL.
 func (n *Node) place(ctx context.Context, kind string, t api.Tier, labels map[string]string) (placeReply, error) {
-	b, _ := json.Marshal(placeRequest{Kind: kind, Tier: t, Labels: labels})
 	subject := subjectFor(kind, t) + labelSuffix(labels)
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.PlaceTimeout)
 	defer cancel()
 	for {
-		msg, err := n.nc.RequestWithContext(ctx, subject, b)
-		if err == nil {
-			var rep placeReply
-			if err := json.Unmarshal(msg.Data, &rep); err != nil {
-				return placeReply{}, fmt.Errorf("cluster: placement answer: %w", err)
-			}
-			if !rep.Full {
-				return rep, nil
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(20 * time.Millisecond):
-				continue
-			}
+		rep, err := n.askOnce(ctx, subject, placeRequest{ID: newToken(), Kind: kind, Tier: t, Labels: labels})
+		if err == nil && !rep.Full {
+			return rep, nil
 		}
 		if cerr := context.Cause(ctx); cerr != nil && !errors.Is(cerr, context.DeadlineExceeded) {
 			return placeReply{}, cerr
 		}
 		if err != nil && !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
-			return placeReply{}, errdefs.With(errdefs.Unavailable, fmt.Errorf("placing a %s: NATS: %w", kind, err))
+			return placeReply{}, err
 		}
-		if errors.Is(err, nats.ErrNoResponders) && ctx.Err() == nil {
-			// Every host is full right now; one may free a place within the timeout.
-			select {
-			case <-ctx.Done():
-			case <-time.After(20 * time.Millisecond):
-				continue
-			}
+		// Full, no responders (every host is full right now) or a lost answer: one may free a
+		// place within the timeout.
+		select {
+		case <-ctx.Done():
+			return placeReply{}, n.noRoom(kind, t, labels)
+		case <-time.After(20 * time.Millisecond):
 		}
-		return placeReply{}, n.noRoom(kind, t, labels)
 	}
+}
+
+// askOnce makes one placement attempt, cancelling it when its answer does not come in time.
+func (n *Node) askOnce(ctx context.Context, subject string, req placeRequest) (placeReply, error) {
+	b, _ := json.Marshal(req)
+	attempt, cancel := context.WithTimeout(ctx, n.cfg.PlaceTimeout/4)
+	defer cancel()
+	msg, err := n.nc.RequestWithContext(attempt, subject, b)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return placeReply{}, err
+		}
+		if attempt.Err() != nil || errors.Is(err, nats.ErrTimeout) {
+			n.nc.Publish(cancelSubject, []byte(req.ID))
+			if ctx.Err() != nil {
+				return placeReply{}, ctx.Err()
+			}
+			return placeReply{}, context.DeadlineExceeded
+		}
+		return placeReply{}, errdefs.With(errdefs.Unavailable, fmt.Errorf("placing a %s: NATS: %w", req.Kind, err))
+	}
+	var rep placeReply
+	if err := json.Unmarshal(msg.Data, &rep); err != nil {
+		return placeReply{}, fmt.Errorf("cluster: placement answer: %w", err)
+	}
+	return rep, nil
 }
 
 // noRoom is the answer when no host took a placement: 429 when some host serves the tier and
