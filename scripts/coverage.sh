@@ -24,6 +24,8 @@ pkgs=$(go list ./... | grep -v '/build/release/' | paste -sd, -)
 tests=0
 go test -count=1 -timeout 45m -covermode=atomic -coverpkg="$pkgs" -coverprofile="$out/go.cov" ./... >"$out/go.log" 2>&1 || tests=$?
 [ -z "${COVERAGE_OUT:-}" ] || cp "$out/go.cov" "$COVERAGE_OUT"
+# The slowest test binaries first: where CI's time goes.
+grep -E '^(ok|FAIL)[[:space:]]' "$out/go.log" | sort -t$'\t' -k3 -g -r | head -12 >&2 || true
 # Per package: statements covered / statements, from the profile (a statement block counted once even
 # when several test binaries ran it).
 awk -F'[: ,]' 'NR > 1 {

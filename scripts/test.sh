@@ -9,7 +9,7 @@ export GOTOOLCHAIN=go1.27.3 # as setup.sh: the pinned toolchain
 # The heavy-tier integration tests (root, runsc, the root filesystem) run here; setup installed them.
 export AGENTBOX_INTEGRATION=1
 
-say() { printf '[test] %s\n' "$*" >&2; }
+say() { printf '[test %4ds] %s\n' "$SECONDS" "$*" >&2; }
 
 say "no build outputs or large files tracked"
 # Test binaries, bin/ and the embedded interpreter are built, never committed; nothing tracked may pass 4 MiB.

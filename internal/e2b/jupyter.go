@@ -1,7 +1,6 @@
 package e2b
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,12 +8,12 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/feed"
 	"github.com/entersandbox/agentbox/internal/limits"
 )
 
@@ -306,84 +305,23 @@ func (h *Handler) execute(w http.ResponseWriter, r *http.Request) {
 // lines is an NDJSON response: lines are queued and written by their own goroutine, so that a slow
 // client never blocks the guest (the queue is bounded by the run's output and result caps), and a
 // keepalive line goes out whenever the stream has been silent for the keepalive interval.
-type lines struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	mu      sync.Mutex
-	queue   bytes.Buffer // guarded by mu
-	closing bool         // guarded by mu
-	wake    chan struct{}
-	done    chan struct{}
-}
+// lines is one NDJSON answer.
+type lines struct{ f *feed.Writer }
 
 func startLines(w http.ResponseWriter, keepalive time.Duration) *lines {
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	st := &lines{w: w, rc: http.NewResponseController(w), wake: make(chan struct{}, 1), done: make(chan struct{})}
-	st.rc.Flush()
-	go st.pump(keepalive)
-	return st
+	return &lines{f: feed.Start(w, keepalive, []byte(`{"type":"keepalive"}`+"\n"))}
 }
 
-func (st *lines) line(v any) {
+func ndjson(v any) []byte {
 	data, _ := json.Marshal(v)
-	st.mu.Lock()
-	st.queue.Write(data)
-	st.queue.WriteByte('\n')
-	st.mu.Unlock()
-	select {
-	case st.wake <- struct{}{}:
-	default:
-	}
+	return append(data, '\n')
 }
 
-func (st *lines) pump(keepalive time.Duration) {
-	defer close(st.done)
-	tick := time.NewTimer(keepalive)
-	defer tick.Stop()
-	for {
-		select {
-		case <-st.wake:
-		case <-tick.C:
-			st.mu.Lock()
-			if st.queue.Len() == 0 {
-				st.queue.WriteString(`{"type":"keepalive"}` + "\n")
-			}
-			st.mu.Unlock()
-		}
-		st.mu.Lock()
-		chunk := bytes.Clone(st.queue.Bytes())
-		st.queue.Reset()
-		closing := st.closing
-		st.mu.Unlock()
-		if len(chunk) > 0 {
-			st.rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-			if _, err := st.w.Write(chunk); err != nil {
-				return
-			}
-			st.rc.Flush()
-			tick.Reset(keepalive)
-		}
-		if closing {
-			return
-		}
-	}
-}
+func (st *lines) line(v any) { st.f.Write(ndjson(v)) }
 
 // close sends the last line and waits for the queue to drain.
-func (st *lines) close(v any) {
-	st.line(v)
-	st.mu.Lock()
-	st.closing = true
-	st.mu.Unlock()
-	select {
-	case st.wake <- struct{}{}:
-	default:
-	}
-	<-st.done
-}
+func (st *lines) close(v any) { st.f.Close(ndjson(v)) }
 
 // health is GET /health: 204 from envd, 200 from the code interpreter, while the sandbox's session
 // lives; 502 once it is gone, which the SDKs read as a sandbox past its timeout.

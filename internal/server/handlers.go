@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,13 +10,13 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/errdefs"
+	"github.com/entersandbox/agentbox/internal/feed"
 	"github.com/entersandbox/agentbox/internal/limits"
 )
 
@@ -445,71 +444,23 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) {
 // stream is a server-sent-event response: stdout/stderr and output events as the program makes them,
 // then one result event (or error event). Output is queued and written by its own goroutine, so a
 // slow client never blocks the guest; the queue is bounded by the run's output and result caps.
-type stream struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	mu      sync.Mutex
-	queue   bytes.Buffer
-	wake    chan struct{}
-	done    chan struct{}
-	closing bool
-}
+// stream is one Server-Sent Events answer.
+type stream struct{ f *feed.Writer }
 
 func (s *Server) startStream(w http.ResponseWriter, r *http.Request) *stream {
 	if !strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
 		return nil
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	st := &stream{w: w, rc: http.NewResponseController(w), wake: make(chan struct{}, 1), done: make(chan struct{})}
-	st.rc.Flush()
-	go st.pump()
-	return st
+	return &stream{f: feed.Start(w, 0, nil)}
 }
 
-func (st *stream) event(name string, v any) {
+func sseEvent(name string, v any) []byte {
 	data, _ := json.Marshal(v)
-	st.mu.Lock()
-	fmt.Fprintf(&st.queue, "event: %s\ndata: %s\n\n", name, data)
-	st.mu.Unlock()
-	select {
-	case st.wake <- struct{}{}:
-	default:
-	}
+	return fmt.Appendf(nil, "event: %s\ndata: %s\n\n", name, data)
 }
 
-func (st *stream) pump() {
-	defer close(st.done)
-	for range st.wake {
-		st.mu.Lock()
-		chunk := bytes.Clone(st.queue.Bytes())
-		st.queue.Reset()
-		closing := st.closing
-		st.mu.Unlock()
-		if len(chunk) > 0 {
-			st.rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-			if _, err := st.w.Write(chunk); err != nil {
-				return
-			}
-			st.rc.Flush()
-		}
-		if closing {
-			return
-		}
-	}
-}
+func (st *stream) event(name string, v any) { st.f.Write(sseEvent(name, v)) }
 
 // close sends the final event and waits for the queue to drain.
-func (st *stream) close(event string, v any) {
-	st.event(event, v)
-	st.mu.Lock()
-	st.closing = true
-	st.mu.Unlock()
-	select {
-	case st.wake <- struct{}{}:
-	default:
-	}
-	<-st.done
-}
+func (st *stream) close(event string, v any) { st.f.Close(sseEvent(event, v)) }
