@@ -198,6 +198,7 @@ paths:
             application/json:
               schema: {$ref: "#/components/schemas/Pet"}
         "404": {description: Unknown}
+        "401": {description: Unknown}
         default: {description: Anything else}
   /pets:
     post:
@@ -411,6 +412,7 @@ func TestSchemaConstructsAreRendered(t *testing.T) {
 		{"unknown keywords are shown as written", "schema-Odd", []string{"Not rendered by this page, shown as written: not, x-internal, patternProperties", "not: {type: string}", "x-internal: true", "^x-"}},
 		{"path and query parameters, operation id anchor", "op-getPet", []string{"<code>id</code> <span class=\"req\">required</span></td><td>path", "<code>verbose</code></td><td>query", "Default <code>false</code>"}},
 		{"responses in order with headers, default last", "op-getPet", []string{"200</span>", "X-Rate", "calls left"}},
+		{"identical responses share one entry", "op-getPet", []string{`<span class="code code-4">401</span> <span class="code code-4">404</span>`}},
 		{"authentication inherited", "op-getPet", []string{`Authentication: <a href="#auth-key">key</a>`}},
 		{"authentication turned off", "op-get-ping", []string{"Authentication: none"}},
 		{"request body with an example made from the schema", "op-post-pets", []string{"Request body <span class=\"req\">required</span>", "&#34;kind&#34;: &#34;cat&#34;", "&#34;friend&#34;: {"}},

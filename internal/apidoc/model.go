@@ -6,6 +6,7 @@ import (
 	"html/template"
 	"io"
 	"log/slog"
+	"reflect"
 	"sort"
 	"strings"
 
@@ -90,7 +91,8 @@ type mediaView struct {
 }
 
 type responseView struct {
-	Code        string
+	// Codes share one entry when their responses are the same (the many codes of one error object).
+	Codes       []string
 	Description template.HTML
 	Headers     []paramView
 	Media       []mediaView
@@ -356,15 +358,33 @@ func (b *builder) responses(rs *v3.Responses) []responseView {
 			out = append(out, b.response(code, r))
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return strings.ToUpper(out[i].Code) < strings.ToUpper(out[j].Code) })
+	sort.SliceStable(out, func(i, j int) bool { return strings.ToUpper(out[i].Codes[0]) < strings.ToUpper(out[j].Codes[0]) })
 	if rs.Default != nil {
 		out = append(out, b.response("default", rs.Default))
+	}
+	return mergeSame(out)
+}
+
+// mergeSame folds each response into the first one that shows the same thing, keeping its code.
+func mergeSame(rs []responseView) []responseView {
+	var out []responseView
+next:
+	for _, r := range rs {
+		for i := range out {
+			a, b := out[i], r
+			a.Codes, b.Codes = nil, nil
+			if reflect.DeepEqual(a, b) {
+				out[i].Codes = append(out[i].Codes, r.Codes...)
+				continue next
+			}
+		}
+		out = append(out, r)
 	}
 	return out
 }
 
 func (b *builder) response(code string, r *v3.Response) responseView {
-	v := responseView{Code: code, Description: text(r.Description)}
+	v := responseView{Codes: []string{code}, Description: text(r.Description)}
 	if r.Headers != nil {
 		for name, h := range r.Headers.FromOldest() {
 			hv := paramView{Name: name, In: "header", Required: h.Required, Deprecated: h.Deprecated, Description: text(h.Description)}
