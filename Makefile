@@ -1,7 +1,7 @@
 # Thin entry points; the logic is in scripts/ so that CI, the GitHub workflows and people run the same.
 export GOTOOLCHAIN := go1.27.3
 
-.PHONY: build test release vulncheck clean
+.PHONY: build test release docs vulncheck clean
 
 build:
 	go build -trimpath -o bin/agentbox ./cmd/agentbox
@@ -11,6 +11,9 @@ test:
 
 release:
 	bash scripts/release.sh
+
+docs:
+	bash scripts/docs.sh
 
 vulncheck:
 	bash scripts/vulncheck.sh

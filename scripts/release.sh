@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The release bundle, in dist/: agentbox for every platform we ship (CGO off; python.wasm is the
 # same on all of them), the Python SDK's platform wheels (each carrying its platform's agentbox) and
-# its sdist (the pure client), the OpenAPI contract, an SBOM, SHA256SUMS and, when
-# AGENTBOX_SIGNING_KEY names an ssh ed25519 private key, SHA256SUMS.sig (ssh-keygen -Y sign).
+# its sdist (the pure client), the OpenAPI contract, the docs (dist/docs, scripts/docs.sh, and an
+# archive of them), an SBOM, SHA256SUMS and, when AGENTBOX_SIGNING_KEY names an ssh ed25519 private
+# key, SHA256SUMS.sig (ssh-keygen -Y sign).
 # Offline: Go modules from the module proxy's cache, Debian's python3-build and python3-wheel.
 # Needs the interpreter built (scripts/setup.sh, or build/pywasm/build.sh).
 set -euo pipefail
@@ -77,12 +78,20 @@ done
 
 cp internal/server/openapi.yaml "dist/agentbox-$version-openapi.yaml"
 
+say "docs: the API reference and the Go SDK's (dist/docs, and one archive of it)"
+bash scripts/docs.sh dist/docs
+# A release page takes files, not directories; the archive's bytes depend only on the commit.
+tar --sort=name --mtime="$date" --owner=0 --group=0 --numeric-owner -C dist -cf - docs |
+  gzip -n >"dist/agentbox-$version-docs.tar.gz"
+
 say "SBOM (CycloneDX)"
 go run ./build/release/sbom -version "$version" -date "$date" -pyproject sdk/python/pyproject.toml \
   "${bins[@]}" >"dist/agentbox-$version.cdx.json"
 
 say "SHA256SUMS"
-(cd dist && sha256sum -- * >SHA256SUMS)
+# The files of dist/ itself (dist/docs is in the docs archive).
+(cd dist && find . -maxdepth 1 -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum --) >"$work/SHA256SUMS"
+mv "$work/SHA256SUMS" dist/SHA256SUMS
 if [ -n "${AGENTBOX_SIGNING_KEY:-}" ]; then
   say "signing SHA256SUMS with $AGENTBOX_SIGNING_KEY"
   ssh-keygen -q -Y sign -f "$AGENTBOX_SIGNING_KEY" -n agentbox-release dist/SHA256SUMS
