@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -106,6 +107,14 @@ func (e *env) serve(ctx context.Context, args []string) error {
 		dcfg.OnSessionEnd = sessionExpired(alog, log)
 		dcfg.NetworkSink = networkRecorder(alog, log)
 	}
+	// In a fleet a session that ends here has its record removed (the node joins after the
+	// dispatcher starts, hence the late binding).
+	var fleetNode atomic.Pointer[cluster.Node]
+	dcfg.SessionClosed = func(id string) {
+		if n := fleetNode.Load(); n != nil {
+			n.SessionEnded(id)
+		}
+	}
 	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue}, dcfg, log)
 	if err != nil {
 		return err
@@ -129,7 +138,11 @@ func (e *env) serve(ctx context.Context, args []string) error {
 		t.close(context.Background())
 		return err
 	}
-	node, nats, err := cf.join(ctx, *addr, *tf.stateDir, fdigest, t.Stats, t.heavy != nil, log)
+	hasSession := func(id string) bool {
+		_, err := t.Session(dispatch.WithTenant(ctx, dispatch.Tenant{Admin: true}), id)
+		return err == nil
+	}
+	node, nats, err := cf.join(ctx, *addr, *tf.stateDir, fdigest, t.Stats, hasSession, t.heavy != nil, log)
 	if err != nil {
 		if host != nil {
 			host.Close()
@@ -139,6 +152,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	}
 	leave := func() {}
 	if node != nil {
+		fleetNode.Store(node)
 		scfg.Fleet = node
 		leave = sync.OnceFunc(func() {
 			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/cluster"
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
@@ -35,6 +37,7 @@ import (
 const (
 	userKey  = "user-key-0123456789"
 	adminKey = "admin-key-0123456789"
+	auditKey = "audit-key-0123456789" // may read the audit log (hosts with hostOpts.audit)
 )
 
 var (
@@ -124,6 +127,8 @@ type fleet struct {
 type hostOpts struct {
 	runSlots int
 	digest   string
+	audit    bool          // each host has its own audit log
+	ttl      time.Duration // the hosts' session TTL; zero means the dispatcher's default
 }
 
 // newFleet starts a 3-node NATS cluster (JetStream replicas 3) and n agentbox hosts h0..h(n-1),
@@ -160,12 +165,32 @@ func (f *fleet) addHost(id string, urls []string, o hostOpts) *host {
 	t.Helper()
 	var h http.Handler
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
-	d := dispatch.New(eng, dispatch.Config{})
-	node, err := f.startNode(id, urls, o, d, "http://"+ts.Listener.Addr().String())
+	var node *cluster.Node
+	var nodeMu sync.Mutex // node is set after the dispatcher, whose hook reads it
+	d := dispatch.New(eng, dispatch.Config{SessionTTL: o.ttl, SessionClosed: func(id string) {
+		nodeMu.Lock()
+		defer nodeMu.Unlock()
+		if node != nil {
+			node.SessionEnded(id)
+		}
+	}})
+	started, err := f.startNode(id, urls, o, d, "http://"+ts.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(d, server.Config{Keys: []server.APIKey{{Key: userKey}, {Key: adminKey, Admin: true}}, Fleet: node})
+	nodeMu.Lock()
+	node = started
+	nodeMu.Unlock()
+	scfg := server.Config{Keys: []server.APIKey{{Key: userKey}, {Key: adminKey, Admin: true}, {Key: auditKey, Audit: true}}, Fleet: node}
+	if o.audit {
+		l, err := audit.Open(context.Background(), audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		scfg.Audit = l
+	}
+	srv, err := server.New(d, scfg)
 	if err != nil {
 		t.Fatal(err)
 	}

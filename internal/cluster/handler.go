@@ -51,6 +51,12 @@ func (n *Node) Wrap(next http.Handler, fail FailFunc) http.Handler {
 			n.listSessions(next, w, r)
 		case strings.HasPrefix(r.URL.Path, "/v1/sessions/"):
 			n.routeSession(next, w, r, fail)
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/audit/events":
+			n.auditEvents(next, w, r, fail)
+		case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/audit/reports/"):
+			n.auditReport(next, w, r, fail)
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/audit/verify":
+			n.auditVerify(next, w, r, fail)
 		default:
 			next.ServeHTTP(w, r)
 		}

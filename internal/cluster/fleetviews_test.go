@@ -1,0 +1,228 @@
+package cluster_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/cluster"
+	"github.com/entersandbox/agentbox/internal/dispatch"
+)
+
+// runOn runs code on the host labelled name=id, entering at h; the run is audited there.
+func runOn(t *testing.T, h *host, id, code string) {
+	t.Helper()
+	if a := call(t, h, "POST", "/v1/run", userKey, api.RunRequest{Code: code}, cluster.HeaderLabels, "name="+id); a.status != 200 || a.host != id {
+		t.Fatalf("run on %s: %d from %s %s", id, a.status, a.host, a.body)
+	}
+}
+
+func TestFleetAuditSearchAndReports(t *testing.T) {
+	f := newFleet(t, 3, hostOpts{audit: true})
+	runOn(t, f.hosts[0], "h1", "print('on h1')")
+	runOn(t, f.hosts[0], "h2", "print('on h2')")
+	runOn(t, f.hosts[1], "h2", "print('on h2 again')")
+
+	t.Run("events made on h1 and h2 are found from h0", func(t *testing.T) {
+		a := call(t, f.hosts[0], "GET", "/v1/audit/events?type=run", auditKey, nil)
+		if a.status != 200 || a.header.Get(cluster.HeaderHostsMissing) != "" {
+			t.Fatalf("search: %d missing=%q %s", a.status, a.header.Get(cluster.HeaderHostsMissing), a.body)
+		}
+		list := decode[api.AuditEventList](t, a)
+		by := map[string]int{}
+		for i, ev := range list.Events {
+			by[ev.LogHost]++
+			if i > 0 {
+				prev, _ := time.Parse(time.RFC3339Nano, list.Events[i-1].Time)
+				if at, _ := time.Parse(time.RFC3339Nano, ev.Time); at.After(prev) {
+					t.Errorf("events not newest first: %s before %s", list.Events[i-1].Time, ev.Time)
+				}
+			}
+		}
+		if by["h1"] != 1 || by["h2"] != 2 || by["h0"] != 0 || list.NextCursor != "" {
+			t.Fatalf("runs by host %v (next %q), want h1:1 h2:2", by, list.NextCursor)
+		}
+	})
+
+	t.Run("pages go on across hosts without repeats or gaps", func(t *testing.T) {
+		seen := map[string]bool{}
+		cursor := ""
+		for page := 0; ; page++ {
+			if page > 5 {
+				t.Fatal("more than 5 pages of one event for 3 runs")
+			}
+			q := url.Values{"type": {"run"}, "limit": {"1"}}
+			if cursor != "" {
+				q.Set("cursor", cursor)
+			}
+			list := decode[api.AuditEventList](t, call(t, f.hosts[2], "GET", "/v1/audit/events?"+q.Encode(), auditKey, nil))
+			for _, ev := range list.Events {
+				k := ev.LogHost + "/" + ev.ID
+				if seen[k] {
+					t.Fatalf("event %s shown twice", k)
+				}
+				seen[k] = true
+			}
+			if cursor = list.NextCursor; cursor == "" {
+				break
+			}
+		}
+		if len(seen) != 3 {
+			t.Fatalf("paged through %d runs, want 3: %v", len(seen), seen)
+		}
+	})
+
+	t.Run("a cursor the fleet did not give is refused", func(t *testing.T) {
+		if a := call(t, f.hosts[0], "GET", "/v1/audit/events?cursor=djE6NQ", auditKey, nil); a.status != 400 || !strings.Contains(string(a.body), "not one this fleet gave") {
+			t.Fatalf("a host's own cursor: %d %s", a.status, a.body)
+		}
+	})
+
+	t.Run("a key without the audit scope is refused", func(t *testing.T) {
+		if a := call(t, f.hosts[0], "GET", "/v1/audit/events", userKey, nil); a.status != 403 {
+			t.Fatalf("user key: %d %s", a.status, a.body)
+		}
+	})
+
+	t.Run("a report from h0 counts every host and verifies each chain", func(t *testing.T) {
+		a := call(t, f.hosts[0], "GET", "/v1/audit/reports/daily", auditKey, nil)
+		if a.status != 200 {
+			t.Fatalf("report: %d %s", a.status, a.body)
+		}
+		rep := decode[api.AuditReport](t, a)
+		runs := int64(0)
+		for _, c := range rep.ByType {
+			if c.Key == "run" {
+				runs = c.Count
+			}
+		}
+		if runs != 3 || len(rep.Hosts) != 3 || !rep.Verification.OK || len(rep.HostsMissing) != 0 {
+			t.Fatalf("report: %d runs, hosts %+v, verification %+v, missing %v", runs, rep.Hosts, rep.Verification, rep.HostsMissing)
+		}
+		var sum int64
+		for _, h := range rep.Hosts {
+			if !h.Verification.OK || h.Verification.Events == 0 {
+				t.Errorf("host %s's chain: %+v", h.Host, h.Verification)
+			}
+			sum += h.Events
+		}
+		if sum != rep.Events {
+			t.Fatalf("hosts' events sum to %d, the report says %d", sum, rep.Events)
+		}
+		md := call(t, f.hosts[0], "GET", "/v1/audit/reports/daily?format=md", auditKey, nil)
+		for _, h := range []string{"h0", "h1", "h2"} {
+			if !regexp.MustCompile(`- \*\*` + h + `\*\*: \d+ events, chain verified`).Match(md.body) {
+				t.Fatalf("markdown report does not give %s's chain:\n%s", h, md.body)
+			}
+		}
+	})
+
+	t.Run("verify names the host whose chain it checked", func(t *testing.T) {
+		for _, c := range []struct{ query, host string }{{"", "h0"}, {"?host=h2", "h2"}, {"?host=h0", "h0"}} {
+			a := call(t, f.hosts[0], "GET", "/v1/audit/verify"+c.query, auditKey, nil)
+			if a.status != 200 || a.header.Get(cluster.HeaderHost) != c.host || !decode[api.AuditVerification](t, a).OK {
+				t.Fatalf("verify%s: %d host %q %s", c.query, a.status, a.header.Get(cluster.HeaderHost), a.body)
+			}
+		}
+		if a := call(t, f.hosts[0], "GET", "/v1/audit/verify?host=h7", auditKey, nil); a.status != 404 {
+			t.Fatalf("verify of an unknown host: %d %s", a.status, a.body)
+		}
+	})
+
+	t.Run("a dead host is reported as missing", func(t *testing.T) {
+		f.hosts[2].kill()
+		check := func(when string) {
+			a := call(t, f.hosts[0], "GET", "/v1/audit/events?type=run", auditKey, nil)
+			list := decode[api.AuditEventList](t, a)
+			if a.status != 200 || a.header.Get(cluster.HeaderHostsMissing) != "h2" || strings.Join(list.HostsMissing, ",") != "h2" || len(list.Events) != 1 {
+				t.Fatalf("search %s: %d missing %q/%v, %d events", when, a.status, a.header.Get(cluster.HeaderHostsMissing), list.HostsMissing, len(list.Events))
+			}
+			r := call(t, f.hosts[0], "GET", "/v1/audit/reports/daily", auditKey, nil)
+			rep := decode[api.AuditReport](t, r)
+			if r.header.Get(cluster.HeaderHostsMissing) != "h2" || strings.Join(rep.HostsMissing, ",") != "h2" || rep.Verification.OK || !strings.Contains(rep.Verification.Problem, "h2 did not answer") {
+				t.Fatalf("report %s: missing %v, verification %+v", when, rep.HostsMissing, rep.Verification)
+			}
+		}
+		check("right after the kill")
+		waitFor(t, 5*time.Second, "h0 to see h2 gone", func() bool { return len(f.hosts[0].node.Hosts(context.Background()).Hosts) == 2 })
+		check("once its record expired")
+	})
+}
+
+func TestFleetSessionRecords(t *testing.T) {
+	f := newFleet(t, 2, hostOpts{ttl: time.Second})
+	nc, err := nats.Connect(f.urls[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, cluster.SessionsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func(id string) bool {
+		_, err := kv.Get(ctx, id)
+		return err == nil
+	}
+
+	t.Run("a session that idles past its TTL loses its record", func(t *testing.T) {
+		a := call(t, f.hosts[0], "POST", "/v1/sessions", userKey, api.SessionRequest{}, cluster.HeaderLabels, "name=h1")
+		id := decode[api.Session](t, a).ID
+		if !has(id) {
+			t.Fatalf("session %s has no record", id)
+		}
+		waitFor(t, 10*time.Second, "the expired session's record to go", func() bool { return !has(id) })
+		if g := call(t, f.hosts[0], "GET", "/v1/sessions/"+id, userKey, nil); g.status != 404 {
+			t.Fatalf("the expired session: %d %s", g.status, g.body)
+		}
+	})
+
+	t.Run("a session whose sandbox died loses its record", func(t *testing.T) {
+		a := call(t, f.hosts[1], "POST", "/v1/sessions", userKey, api.SessionRequest{TTLSeconds: 600, Limits: api.Limits{TimeoutMS: 300}}, cluster.HeaderLabels, "name=h0")
+		id := decode[api.Session](t, a).ID
+		// A run past the session's time limit kills its interpreter: the session ends with it.
+		call(t, f.hosts[1], "POST", "/v1/sessions/"+id+"/run", userKey, api.SessionRunRequest{Code: "while True: pass"})
+		waitFor(t, 10*time.Second, "the dead session's record to go", func() bool { return !has(id) })
+	})
+
+	t.Run("a start-up sweep removes this host's stale records only", func(t *testing.T) {
+		put := func(id, host string) {
+			b, _ := json.Marshal(map[string]string{"host": host, "created_at": time.Now().UTC().Format(time.RFC3339Nano)})
+			if _, err := kv.Put(ctx, id, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		put("ses_stale1", "h9")
+		put("ses_stale2", "h9")
+		put("ses_kept", "h9")
+		put("ses_other", "h0")
+		d := dispatch.New(eng, dispatch.Config{})
+		defer d.Close()
+		node, err := cluster.Start(ctx, cluster.Config{NATS: f.urls[1:2], HostID: "h9", URL: "http://127.0.0.1:1", Replicas: 3, Stats: d.Stats,
+			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, Logger: testLogger, HasSession: func(id string) bool { return id == "ses_kept" }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer node.Close(context.Background())
+		// A KV get may be answered by a replica a moment behind: the deletions are waited for.
+		for _, id := range []string{"ses_stale1", "ses_stale2"} {
+			waitFor(t, 2*time.Second, "the sweep to remove "+id, func() bool { return !has(id) })
+		}
+		for _, id := range []string{"ses_kept", "ses_other"} {
+			if !has(id) {
+				t.Errorf("the sweep removed %s", id)
+			}
+		}
+	})
+}
