@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/url"
 	"regexp"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
 	"github.com/entersandbox/agentbox/internal/cluster"
 	"github.com/entersandbox/agentbox/internal/dispatch"
@@ -134,6 +136,26 @@ func TestFleetAuditSearchAndReports(t *testing.T) {
 		}
 		if a := call(t, f.hosts[0], "GET", "/v1/audit/verify?host=h7", auditKey, nil); a.status != 404 {
 			t.Fatalf("verify of an unknown host: %d %s", a.status, a.body)
+		}
+	})
+
+	t.Run("the Go SDK pages the fleet's events and verifies one host's chain", func(t *testing.T) {
+		c, err := agentbox.New(f.hosts[1].ts.URL, agentbox.WithAPIKey(auditKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts := map[string]int{}
+		if err := c.AllAuditEvents(context.Background(), agentbox.AuditQuery{Type: "run", Limit: 1}, func(ev agentbox.AuditEvent) bool {
+			hosts[ev.LogHost]++
+			return true
+		}); err != nil || hosts["h1"] != 1 || hosts["h2"] != 2 {
+			t.Fatalf("AllAuditEvents: %v %v", hosts, err)
+		}
+		if v, err := c.AuditVerifyHost(context.Background(), "h2"); err != nil || !v.OK {
+			t.Fatalf("AuditVerifyHost(h2): %+v %v", v, err)
+		}
+		if _, err := c.AuditVerifyHost(context.Background(), "h7"); !errors.Is(err, agentbox.ErrNotFound) {
+			t.Fatalf("AuditVerifyHost(h7): %v", err)
 		}
 	})
 
