@@ -30,6 +30,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/cluster"
 	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
 )
@@ -181,7 +182,8 @@ func (f *fleet) addHost(id string, urls []string, o hostOpts) *host {
 	nodeMu.Lock()
 	node = started
 	nodeMu.Unlock()
-	scfg := server.Config{Keys: []server.APIKey{{Key: userKey}, {Key: adminKey, Admin: true}, {Key: auditKey, Audit: true}}, Fleet: node}
+	scfg := server.Config{Keys: []server.APIKey{{Key: userKey}, {Key: adminKey, Admin: true}, {Key: auditKey, Audit: true}}, Fleet: node,
+		MCP: mcpserver.HTTPHandler(d, "fleet-test")}
 	if o.audit {
 		l, err := audit.Open(context.Background(), audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
 		if err != nil {

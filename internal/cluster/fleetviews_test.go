@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -245,6 +249,136 @@ func TestFleetSessionRecords(t *testing.T) {
 			if !has(id) {
 				t.Errorf("the sweep removed %s", id)
 			}
+		}
+	})
+}
+
+// steer sends each request to the host target names (as a load balancer would), with the key and
+// labels, and keeps the host that served each answer.
+type steer struct {
+	mu     sync.Mutex
+	target *host    // guarded by mu
+	served []string // X-Agentbox-Host of each answer, or the target's id; guarded by mu
+	labels string
+}
+
+func (s *steer) to(h *host) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.target = h
+}
+
+func (s *steer) RoundTrip(r *http.Request) (*http.Response, error) {
+	s.mu.Lock()
+	h := s.target
+	s.mu.Unlock()
+	u, _ := url.Parse(h.ts.URL)
+	r = r.Clone(r.Context())
+	r.URL.Scheme, r.URL.Host, r.Host = u.Scheme, u.Host, u.Host
+	r.Header.Set("Authorization", "Bearer "+userKey)
+	r.Header.Set(cluster.HeaderLabels, s.labels)
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err == nil {
+		served := resp.Header.Get(cluster.HeaderHost)
+		if served == "" {
+			served = h.id
+		}
+		s.mu.Lock()
+		s.served = append(s.served, served)
+		s.mu.Unlock()
+	}
+	return resp, err
+}
+
+func (s *steer) lastServed() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.served[len(s.served)-1]
+}
+
+func mcpText(res *mcp.CallToolResult) string {
+	var parts []string
+	for _, c := range res.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			parts = append(parts, tc.Text)
+		}
+	}
+	return strings.Join(parts, "\n")
+}
+
+func TestFleetMCPAnswersFromAnyHost(t *testing.T) {
+	f := newFleet(t, 3, hostOpts{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lb := &steer{target: f.hosts[0], labels: "name=h1"}
+	client := mcp.NewClient(&mcp.Implementation{Name: "fleet-test", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: f.hosts[0].ts.URL + "/mcp", HTTPClient: &http.Client{Transport: lb}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	run := func(code string) string {
+		t.Helper()
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "run_python", Arguments: map[string]any{"session": "s", "code": code}})
+		if err != nil {
+			t.Fatalf("run_python %q: %v", code, err)
+		}
+		return mcpText(res)
+	}
+
+	t.Run("a session made via MCP on h0 is placed on h1", func(t *testing.T) {
+		run("x = 41")
+		if got := lb.lastServed(); got != "h1" {
+			t.Fatalf("the cell entering at h0 was served by %s", got)
+		}
+		if n := len(f.hosts[1].d.Sessions(dispatch.WithTenant(ctx, dispatch.Tenant{Admin: true}))); n != 1 {
+			t.Fatalf("h1 has %d sessions", n)
+		}
+	})
+
+	t.Run("its next cell via MCP on h2 runs in it", func(t *testing.T) {
+		lb.to(f.hosts[2])
+		if out := run("print(x + 1)"); !strings.Contains(out, "42") || lb.lastServed() != "h1" {
+			t.Fatalf("cell via h2: %q, served by %s", out, lb.lastServed())
+		}
+		if n := len(f.hosts[2].d.Sessions(dispatch.WithTenant(ctx, dispatch.Tenant{Admin: true}))); n != 0 {
+			t.Fatalf("h2 started %d sessions of its own", n)
+		}
+	})
+
+	t.Run("another key does not reach the MCP connection", func(t *testing.T) {
+		// As on one host, the MCP connection is its key's: another key's request with its id is
+		// refused (403 by the connection's host, or 404 where the fleet's record is not its own).
+		req, _ := http.NewRequest("POST", f.hosts[2].ts.URL+"/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":9,"method":"tools/list"}`))
+		req.Header.Set("Authorization", "Bearer "+auditKey)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Mcp-Session-Id", cs.ID())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 403 && resp.StatusCode != 404 {
+			t.Fatalf("another key's request on the connection: %d via %q", resp.StatusCode, resp.Header.Get(cluster.HeaderHost))
+		}
+	})
+
+	t.Run("the connection's host killed answers 404 with the reason", func(t *testing.T) {
+		f.hosts[1].kill()
+		waitFor(t, 5*time.Second, "h2 to see h1 gone", func() bool { return len(f.hosts[2].node.Hosts(context.Background()).Hosts) == 2 })
+		req, _ := http.NewRequest("POST", f.hosts[2].ts.URL+"/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":9,"method":"tools/list"}`))
+		req.Header.Set("Authorization", "Bearer "+userKey)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Mcp-Session-Id", cs.ID())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 404 || !strings.Contains(string(b), "its host h1 left the fleet") {
+			t.Fatalf("a request of the dead host's MCP connection: %d %s", resp.StatusCode, b)
 		}
 	})
 }
