@@ -80,7 +80,7 @@ func (f *clusterFlags) check() error {
 
 // join starts the embedded NATS server (with --cluster embedded) and joins the fleet; both nil
 // without --cluster. configDigest covers the keys and the ceiling policy, which every host must share.
-func (f *clusterFlags) join(ctx context.Context, addr, stateDir, configDigest string, stats func() dispatch.Stats, hasSession func(string) bool, hasHeavy bool, log *slog.Logger) (*cluster.Node, *natsserver.Server, error) {
+func (f *clusterFlags) join(ctx context.Context, addr, stateDir, configDigest string, stats func() dispatch.Stats, hasHeavy bool, log *slog.Logger) (*cluster.Node, *natsserver.Server, error) {
 	if *f.nats == "" {
 		return nil, nil, nil
 	}
@@ -111,7 +111,7 @@ func (f *clusterFlags) join(ctx context.Context, addr, stateDir, configDigest st
 		adv = "http://" + addr
 	}
 	node, err := cluster.Start(ctx, cluster.Config{NATS: urls, HostID: *f.hostID, URL: adv, Tiers: tiers, Labels: labels,
-		RunSlots: *f.runSlots, SessionSlots: *f.sessionSlots, Stats: stats, ConfigDigest: configDigest, Replicas: *f.replicas, Logger: log, HasSession: hasSession})
+		RunSlots: *f.runSlots, SessionSlots: *f.sessionSlots, Stats: stats, ConfigDigest: configDigest, Replicas: *f.replicas, Logger: log})
 	if err != nil {
 		if ns != nil {
 			ns.Shutdown()

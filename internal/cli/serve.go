@@ -138,11 +138,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 		t.close(context.Background())
 		return err
 	}
-	hasSession := func(id string) bool {
-		_, err := t.Session(dispatch.WithTenant(ctx, dispatch.Tenant{Admin: true}), id)
-		return err == nil
-	}
-	node, nats, err := cf.join(ctx, *addr, *tf.stateDir, fdigest, t.Stats, hasSession, t.heavy != nil, log)
+	node, nats, err := cf.join(ctx, *addr, *tf.stateDir, fdigest, t.Stats, t.heavy != nil, log)
 	if err != nil {
 		if host != nil {
 			host.Close()
@@ -152,7 +148,6 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	}
 	leave := func() {}
 	if node != nil {
-		fleetNode.Store(node)
 		scfg.Fleet = node
 		leave = sync.OnceFunc(func() {
 			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -172,6 +167,17 @@ func (e *env) serve(ctx context.Context, args []string) error {
 			if err := fleetAudit.Attach(ctx, node); err != nil {
 				log.Warn("the fleet's audit stream; events stay in this host's log only", "err", err)
 			}
+		}
+		// Records of this host id's sessions from its last run (they ended with it) go now; from here
+		// on each session's record goes when it ends.
+		fleetNode.Store(node)
+		if n, err := node.SweepSessionRecords(ctx, func(id string) bool {
+			_, err := t.Session(dispatch.WithTenant(ctx, dispatch.Tenant{Admin: true}), id)
+			return err == nil
+		}); err != nil {
+			log.Warn("stale session records of this host stay (they answer 404)", "err", err)
+		} else if n > 0 {
+			log.Info("removed the records of this host's sessions that ended with its last run", "records", n)
 		}
 		log.Info("joined the fleet", "host", node.ID(), "nats", *cf.nats)
 	}

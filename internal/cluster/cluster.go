@@ -91,10 +91,6 @@ type Config struct {
 	Transport http.RoundTripper
 	// Logger; nil discards.
 	Logger *slog.Logger
-	// HasSession reports whether this host has session id open; Start removes the records naming
-	// this host of sessions it does not have (left by an earlier run of this host id). Nil means
-	// the host has none yet (every record naming it is stale).
-	HasSession func(id string) bool
 }
 
 // Node is this host's membership of the fleet.
@@ -221,9 +217,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.PlaceTimeout <= 0 {
 		cfg.PlaceTimeout = time.Second
 	}
-	if cfg.HasSession == nil {
-		cfg.HasSession = func(string) bool { return false }
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -298,11 +291,6 @@ func (n *Node) join(ctx context.Context) error {
 	if err := n.heartbeat(ctx); err != nil {
 		w.Stop()
 		return err
-	}
-	if swept, err := n.sweepRecords(ctx); err != nil {
-		n.log.Warn("cluster: stale session records stay", "err", err) // they answer 404 all the same
-	} else if swept > 0 {
-		n.log.Info("cluster: removed the records of this host's sessions that ended with its last run", "records", swept)
 	}
 	n.sync()
 	go n.loop(w)

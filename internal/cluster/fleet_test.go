@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,10 +127,10 @@ type fleet struct {
 }
 
 type hostOpts struct {
-	runSlots int
-	digest   string
 	audit    bool          // each host has its own audit log
 	ttl      time.Duration // the hosts' session TTL; zero means the dispatcher's default
+	runSlots int
+	digest   string
 }
 
 // newFleet starts a 3-node NATS cluster (JetStream replicas 3) and n agentbox hosts h0..h(n-1),
@@ -166,22 +167,17 @@ func (f *fleet) addHost(id string, urls []string, o hostOpts) *host {
 	t.Helper()
 	var h http.Handler
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
-	var node *cluster.Node
-	var nodeMu sync.Mutex // node is set after the dispatcher, whose hook reads it
+	var joined atomic.Pointer[cluster.Node] // the dispatcher's hook tells the node once it has joined
 	d := dispatch.New(eng, dispatch.Config{SessionTTL: o.ttl, SessionClosed: func(id string) {
-		nodeMu.Lock()
-		defer nodeMu.Unlock()
-		if node != nil {
-			node.SessionEnded(id)
+		if n := joined.Load(); n != nil {
+			n.SessionEnded(id)
 		}
 	}})
-	started, err := f.startNode(id, urls, o, d, "http://"+ts.Listener.Addr().String())
+	node, err := f.startNode(id, urls, o, d, "http://"+ts.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	nodeMu.Lock()
-	node = started
-	nodeMu.Unlock()
+	joined.Store(node)
 	scfg := server.Config{Keys: []server.APIKey{{Key: userKey}, {Key: adminKey, Admin: true}, {Key: auditKey, Audit: true}}, Fleet: node,
 		MCP: mcpserver.HTTPHandler(d, "fleet-test")}
 	if o.audit {

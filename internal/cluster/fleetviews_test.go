@@ -236,11 +236,14 @@ func TestFleetSessionRecords(t *testing.T) {
 		d := dispatch.New(eng, dispatch.Config{})
 		defer d.Close()
 		node, err := cluster.Start(ctx, cluster.Config{NATS: f.urls[1:2], HostID: "h9", URL: "http://127.0.0.1:1", Replicas: 3, Stats: d.Stats,
-			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, Logger: testLogger, HasSession: func(id string) bool { return id == "ses_kept" }})
+			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, Logger: testLogger})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer node.Close(context.Background())
+		if n, err := node.SweepSessionRecords(ctx, func(id string) bool { return id == "ses_kept" }); err != nil || n != 2 {
+			t.Fatalf("the sweep removed %d records: %v", n, err)
+		}
 		// A KV get may be answered by a replica a moment behind: the deletions are waited for.
 		for _, id := range []string{"ses_stale1", "ses_stale2"} {
 			waitFor(t, 2*time.Second, "the sweep to remove "+id, func() bool { return !has(id) })

@@ -53,10 +53,12 @@ func (n *Node) forgetRecord(ctx context.Context, id string) error {
 	return nil
 }
 
-// sweepRecords deletes the records that name this host for sessions it does not have (Config.
-// HasSession): those of a previous run of this host id (a crash, a restart) whose sessions ended
-// with it. It reads the bucket once, from a watcher that delivers its current values.
-func (n *Node) sweepRecords(ctx context.Context) (int, error) {
+// SweepSessionRecords deletes the records that name this host for sessions (and MCP connections)
+// has says it does not have: those of a previous run of this host id (a crash, a restart), which
+// ended with it. Call it once the host has joined, before it serves; it reads the bucket once
+// (a watcher delivers its current values) and deletes each stale record at the revision it read,
+// so a record written meanwhile is kept. It returns how many it deleted.
+func (n *Node) SweepSessionRecords(ctx context.Context, has func(id string) bool) (int, error) {
 	w, err := n.sess.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return 0, fmt.Errorf("cluster: sweeping session records: %w", err)
@@ -74,7 +76,7 @@ func (n *Node) sweepRecords(ctx context.Context) (int, error) {
 			break // the current values are all delivered
 		}
 		var rec sessionRecord
-		if json.Unmarshal(e.Value(), &rec) != nil || rec.Host != n.cfg.HostID || n.cfg.HasSession(e.Key()) {
+		if json.Unmarshal(e.Value(), &rec) != nil || rec.Host != n.cfg.HostID || has(e.Key()) {
 			continue
 		}
 		stale = append(stale, e)

@@ -549,8 +549,12 @@ func (d *Dispatcher) stopping() bool {
 	}
 }
 
+// forget drops a session that has ended (closeLocked, its lock held) and tells SessionClosed.
 func (d *Dispatcher) forget(id string) {
 	d.mu.Lock()
 	delete(d.sessions, id)
 	d.mu.Unlock()
+	if d.cfg.SessionClosed != nil && !d.stopping() {
+		d.cfg.SessionClosed(id)
+	}
 }

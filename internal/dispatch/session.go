@@ -298,9 +298,6 @@ func (s *Session) closeLocked() {
 	s.place.release()
 	s.d.forget(s.id)
 	s.endSteps()
-	if s.d.cfg.SessionClosed != nil && !s.d.stopping() {
-		s.d.cfg.SessionClosed(s.id)
-	}
 }
 
 // Close ends the session. Closing twice is not an error.
