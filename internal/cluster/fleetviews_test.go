@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -384,4 +385,37 @@ func TestFleetMCPAnswersFromAnyHost(t *testing.T) {
 			t.Fatalf("a request of the dead host's MCP connection: %d %s", resp.StatusCode, b)
 		}
 	})
+}
+
+// BenchmarkAuditSearch is one page (100 events) of audit search from h0 of a fleet of 3 (every
+// host asked, pages merged) against the same search answered by h0's own log alone (the forwarded
+// form another host's fleet search sends).
+func BenchmarkAuditSearch(b *testing.B) {
+	f := newFleet(b, 3, hostOpts{audit: true})
+	for i := range 150 {
+		h := fmt.Sprintf("h%d", i%3)
+		if a := call(b, f.hosts[0], "POST", "/v1/run", userKey, api.RunRequest{Code: "print(1)"}, cluster.HeaderLabels, "name="+h); a.status != 200 {
+			b.Fatalf("run: %d %s", a.status, a.body)
+		}
+	}
+	search := func(b *testing.B, hdr ...string) {
+		for b.Loop() {
+			req, _ := http.NewRequest("GET", f.hosts[0].ts.URL+"/v1/audit/events?type=run&limit=100", nil)
+			req.Header.Set("Authorization", "Bearer "+auditKey)
+			for i := 0; i+1 < len(hdr); i += 2 {
+				req.Header.Set(hdr[i], hdr[i+1])
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Fatalf("search: %s", resp.Status)
+			}
+		}
+	}
+	b.Run("fleet of 3", func(b *testing.B) { search(b) })
+	b.Run("one host's log", func(b *testing.B) { search(b, cluster.HeaderForwarded, "bench") })
 }
