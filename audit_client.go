@@ -139,3 +139,14 @@ func (c *Client) AuditVerify(ctx context.Context) (*AuditVerification, error) {
 	}
 	return &out, nil
 }
+
+// AuditVerifyHost is AuditVerify of one host of a fleet (docs/cluster.md): each host's audit log
+// has its own chain, and the host answering (any of the fleet's) checks host's. A single server, or
+// a host not in the fleet, is ErrNotFound.
+func (c *Client) AuditVerifyHost(ctx context.Context, host string) (*AuditVerification, error) {
+	var out AuditVerification
+	if err := c.doJSON(ctx, http.MethodGet, "/v1/audit/verify?"+url.Values{"host": {host}}.Encode(), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

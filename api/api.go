@@ -299,6 +299,9 @@ type AuditEvent struct {
 	// are not part of the stored bytes.
 	PrevHash string `json:"prev_hash,omitempty"`
 	Hash     string `json:"hash,omitempty"`
+	// LogHost is, in a fleet's answer, the host whose audit log (and hash chain) holds the event;
+	// empty on a single host. It is not part of the stored bytes.
+	LogHost string `json:"log_host,omitempty"`
 }
 
 // AuditEventList is GET /v1/audit/events: events newest first, and the cursor of the next page
@@ -306,6 +309,9 @@ type AuditEvent struct {
 type AuditEventList struct {
 	Events     []AuditEvent `json:"events"`
 	NextCursor string       `json:"next_cursor,omitempty"`
+	// HostsMissing, in a fleet's answer, names the hosts that did not answer: their events are not
+	// in this page (the next page asks them again). Also in the X-Agentbox-Hosts-Missing header.
+	HostsMissing []string `json:"hosts_missing,omitempty"`
 }
 
 // AuditCheckpoint is a signed statement of the log's head: after Seq events the chain's hash was
@@ -369,6 +375,21 @@ type AuditReport struct {
 	// BlockedPerHour and EventsPerHour have one entry per hour of the period.
 	BlockedPerHour []int64 `json:"blocked_per_hour"`
 	EventsPerHour  []int64 `json:"events_per_hour"`
-	// Verification checks the chain over the period, from the last signed checkpoint before it.
+	// Verification checks the chain over the period, from the last signed checkpoint before it. In a
+	// fleet's report it sums the hosts' (each host has its own chain, in Hosts): OK only when every
+	// host answered and verified, FirstSeq and LastSeq zero, Problem naming the first host that did
+	// not.
+	Verification AuditVerification `json:"verification"`
+	// Hosts are, in a fleet's report, the hosts whose logs it counts, each with its own chain's
+	// verification; HostsMissing those that did not answer (not counted, not verified).
+	Hosts        []AuditHostReport `json:"hosts,omitempty"`
+	HostsMissing []string          `json:"hosts_missing,omitempty"`
+}
+
+// AuditHostReport is one host's part of a fleet's report: its events in the period and its own
+// hash chain's verification.
+type AuditHostReport struct {
+	Host         string            `json:"host"`
+	Events       int64             `json:"events"`
 	Verification AuditVerification `json:"verification"`
 }

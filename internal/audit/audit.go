@@ -412,7 +412,7 @@ func capField(s string) string { return limits.Text(s, maxField) }
 
 // stored is the exact bytes an event is stored (and hashed) as: its JSON without the chain fields.
 func stored(ev api.AuditEvent) ([]byte, error) {
-	ev.PrevHash, ev.Hash = "", ""
+	ev.PrevHash, ev.Hash, ev.LogHost = "", "", ""
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("audit: encoding event: %w", err)

@@ -42,17 +42,33 @@ func markdown(r api.AuditReport) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# agentbox audit report: %s, %s to %s\n\n", r.Period, r.Start, r.End)
 	fmt.Fprintf(&b, "Generated %s. %d events, %d authentication failures.\n\n", r.GeneratedAt, r.Events, r.AuthFailures)
-	v := r.Verification
-	if v.OK {
-		fmt.Fprintf(&b, "**Chain verified** over events %d to %d (%d events, %d signed checkpoints).", v.FirstSeq, v.LastSeq, v.Events, v.Checkpoints)
-	} else {
-		fmt.Fprintf(&b, "**Chain NOT verified**: %s", mdCell.Replace(v.Problem))
-		if v.BadSeq > 0 {
-			fmt.Fprintf(&b, " (first bad event: seq %d %s)", v.BadSeq, v.BadEventID)
+	chain := func(v api.AuditVerification, verified, notVerified string) {
+		if v.OK {
+			fmt.Fprintf(&b, "%s over events %d to %d (%d events, %d signed checkpoints).", verified, v.FirstSeq, v.LastSeq, v.Events, v.Checkpoints)
+		} else {
+			fmt.Fprintf(&b, "%s: %s", notVerified, mdCell.Replace(v.Problem))
+			if v.BadSeq > 0 {
+				fmt.Fprintf(&b, " (first bad event: seq %d %s)", v.BadSeq, v.BadEventID)
+			}
+		}
+		if cp := v.LastCheckpoint; cp != nil {
+			fmt.Fprintf(&b, " Last checkpoint: seq %d, head `%s`, %s, key %s, signature `%s`.", cp.Seq, cp.Head, cp.Time, cp.KeyID, cp.Signature)
 		}
 	}
-	if cp := v.LastCheckpoint; cp != nil {
-		fmt.Fprintf(&b, " Last checkpoint: seq %d, head `%s`, %s, key %s, signature `%s`.", cp.Seq, cp.Head, cp.Time, cp.KeyID, cp.Signature)
+	if len(r.Hosts) == 0 {
+		chain(r.Verification, "**Chain verified**", "**Chain NOT verified**")
+	} else {
+		// A fleet's report: each host's log has its own chain.
+		fmt.Fprintf(&b, "Fleet of %d hosts answering", len(r.Hosts))
+		if len(r.HostsMissing) > 0 {
+			fmt.Fprintf(&b, "; **not counted, not verified** (did not answer): %s", mdCell.Replace(strings.Join(r.HostsMissing, ", ")))
+		}
+		b.WriteString(".\n\n")
+		for _, h := range r.Hosts {
+			fmt.Fprintf(&b, "- **%s**: %d events, ", mdCell.Replace(h.Host), h.Events)
+			chain(h.Verification, "chain verified", "chain NOT verified")
+			b.WriteString("\n")
+		}
 	}
 	b.WriteString("\n\n")
 	table := func(title, col string, rows []api.AuditCount) {
@@ -203,6 +219,8 @@ code{font-size:12px;word-break:break-all}svg text{font-size:11px;fill:#444}
 {{with .R.Verification}}{{if .OK}}<p class="ok">Chain verified over events {{.FirstSeq}} to {{.LastSeq}} ({{.Events}} events, {{.Checkpoints}} signed checkpoints).</p>
 {{else}}<p class="bad">Chain NOT verified: {{.Problem}}{{if .BadSeq}} (first bad event: seq {{.BadSeq}} {{.BadEventID}}){{end}}</p>{{end}}
 {{with .LastCheckpoint}}<p>Last checkpoint: seq {{.Seq}}, {{.Time}}, key {{.KeyID}}<br>head <code>{{.Head}}</code><br>signature <code>{{.Signature}}</code></p>{{end}}{{end}}
+{{if .R.Hosts}}<h2>Hosts (each has its own chain)</h2><ul>{{range .R.Hosts}}<li>{{.Host}}: {{.Events}} events, {{with .Verification}}{{if .OK}}<span class="ok">chain verified</span> over events {{.FirstSeq}} to {{.LastSeq}}{{else}}<span class="bad">chain NOT verified</span>: {{.Problem}}{{end}}{{end}}</li>{{end}}</ul>
+{{if .R.HostsMissing}}<p class="bad">Not counted, not verified (did not answer): {{range $i, $h := .R.HostsMissing}}{{if $i}}, {{end}}{{$h}}{{end}}</p>{{end}}{{end}}
 {{range .Charts}}<h2>{{.Title}}</h2>
 <svg xmlns="http://www.w3.org/2000/svg" width="{{.Width}}" height="{{.Height}}" viewBox="0 0 {{.Width}} {{.Height}}" role="img" aria-label="{{.Title}}">
 {{$c := .}}{{range .Bars}}<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="{{$c.Color}}"><title>{{.Title}}</title></rect>{{if .Label}}<text x="{{.X}}" y="{{.Y}}" dx="-6" dy="12" text-anchor="end">{{.Label}}</text>{{end}}

@@ -194,6 +194,10 @@ func ParseText(s string) (string, error) {
 
 func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
 
+// CursorBelow is the cursor of the page that starts below event seq: what a fleet gives one host
+// to go on after the last of its events it showed.
+func CursorBelow(seq int64) string { return encodeCursor(seq) }
+
 // Cursors are opaque to clients: the seq the next page starts below.
 func encodeCursor(seq int64) string {
 	return base64.RawURLEncoding.EncodeToString([]byte("v1:" + strconv.FormatInt(seq, 10)))

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -106,6 +107,14 @@ func (e *env) serve(ctx context.Context, args []string) error {
 		dcfg.OnSessionEnd = sessionExpired(alog, log)
 		dcfg.NetworkSink = networkRecorder(alog, log)
 	}
+	// In a fleet a session that ends here has its record removed (the node joins after the
+	// dispatcher starts, hence the late binding).
+	var fleetNode atomic.Pointer[cluster.Node]
+	dcfg.SessionClosed = func(id string) {
+		if n := fleetNode.Load(); n != nil {
+			n.SessionEnded(id)
+		}
+	}
 	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue}, dcfg, log)
 	if err != nil {
 		return err
@@ -158,6 +167,17 @@ func (e *env) serve(ctx context.Context, args []string) error {
 			if err := fleetAudit.Attach(ctx, node); err != nil {
 				log.Warn("the fleet's audit stream; events stay in this host's log only", "err", err)
 			}
+		}
+		// Records of this host id's sessions from its last run (they ended with it) go now; from here
+		// on each session's record goes when it ends.
+		fleetNode.Store(node)
+		if n, err := node.SweepSessionRecords(ctx, func(id string) bool {
+			_, err := t.Session(dispatch.WithTenant(ctx, dispatch.Tenant{Admin: true}), id)
+			return err == nil
+		}); err != nil {
+			log.Warn("stale session records of this host stay (they answer 404)", "err", err)
+		} else if n > 0 {
+			log.Info("removed the records of this host's sessions that ended with its last run", "records", n)
 		}
 		log.Info("joined the fleet", "host", node.ID(), "nats", *cf.nats)
 	}

@@ -13,8 +13,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,8 +28,10 @@ import (
 
 	"github.com/entersandbox/agentbox"
 	"github.com/entersandbox/agentbox/api"
+	"github.com/entersandbox/agentbox/internal/audit"
 	"github.com/entersandbox/agentbox/internal/cluster"
 	"github.com/entersandbox/agentbox/internal/dispatch"
+	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
 )
@@ -35,6 +39,7 @@ import (
 const (
 	userKey  = "user-key-0123456789"
 	adminKey = "admin-key-0123456789"
+	auditKey = "audit-key-0123456789" // may read the audit log (hosts with hostOpts.audit)
 )
 
 var (
@@ -122,6 +127,8 @@ type fleet struct {
 }
 
 type hostOpts struct {
+	audit    bool          // each host has its own audit log
+	ttl      time.Duration // the hosts' session TTL; zero means the dispatcher's default
 	runSlots int
 	digest   string
 }
@@ -160,12 +167,28 @@ func (f *fleet) addHost(id string, urls []string, o hostOpts) *host {
 	t.Helper()
 	var h http.Handler
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
-	d := dispatch.New(eng, dispatch.Config{})
+	var joined atomic.Pointer[cluster.Node] // the dispatcher's hook tells the node once it has joined
+	d := dispatch.New(eng, dispatch.Config{SessionTTL: o.ttl, SessionClosed: func(id string) {
+		if n := joined.Load(); n != nil {
+			n.SessionEnded(id)
+		}
+	}})
 	node, err := f.startNode(id, urls, o, d, "http://"+ts.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(d, server.Config{Keys: []server.APIKey{{Key: userKey}, {Key: adminKey, Admin: true}}, Fleet: node})
+	joined.Store(node)
+	scfg := server.Config{Keys: []server.APIKey{{Key: userKey}, {Key: adminKey, Admin: true}, {Key: auditKey, Audit: true}}, Fleet: node,
+		MCP: mcpserver.HTTPHandler(d, "fleet-test")}
+	if o.audit {
+		l, err := audit.Open(context.Background(), audit.Config{Path: filepath.Join(t.TempDir(), "audit.db")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		scfg.Audit = l
+	}
+	srv, err := server.New(d, scfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -39,6 +40,10 @@ type sessionRecord struct {
 func (n *Node) Wrap(next http.Handler, fail FailFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get(HeaderForwarded) != "" {
+			if r.URL.Path == mcpPath {
+				n.serveMCPLocal(next, w, r, r.Header.Get(HeaderPlacement))
+				return
+			}
 			n.serveLocal(next, w, r, r.Header.Get(HeaderPlacement))
 			return
 		}
@@ -51,6 +56,14 @@ func (n *Node) Wrap(next http.Handler, fail FailFunc) http.Handler {
 			n.listSessions(next, w, r)
 		case strings.HasPrefix(r.URL.Path, "/v1/sessions/"):
 			n.routeSession(next, w, r, fail)
+		case r.URL.Path == mcpPath:
+			n.routeMCP(next, w, r, fail)
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/audit/events":
+			n.auditEvents(next, w, r, fail)
+		case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/audit/reports/"):
+			n.auditReport(next, w, r, fail)
+		case r.Method == http.MethodGet && r.URL.Path == "/v1/audit/verify":
+			n.auditVerify(next, w, r, fail)
 		default:
 			next.ServeHTTP(w, r)
 		}
@@ -279,6 +292,8 @@ func newProxy(n *Node, rt http.RoundTripper) *proxy {
 	return &proxy{rp: &httputil.ReverseProxy{
 		Transport:     rt,
 		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(n.log.Handler(), slog.LevelWarn), // a stream cut by a host's death
+
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			to := pr.In.Context().Value(forwardKey{}).(*forwardTo)
 			pr.SetURL(to.url)

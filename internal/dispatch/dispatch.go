@@ -81,6 +81,12 @@ type Config struct {
 	// (reason "ttl") or whose sandbox had gone ("sandbox gone"), with the session as it was; nil
 	// means nothing is told (the audit log records it as session.expire).
 	OnSessionEnd func(info api.Session, reason string)
+	// SessionClosed is called with the id of every session that ends while the dispatcher runs, for
+	// any reason (closed by its client, idle past its TTL, its sandbox gone), but not for those Close
+	// ends with the dispatcher. It is called with the session's lock held: it must not block or call
+	// back into the session (a fleet forgets the session's record in the background). Nil means
+	// nothing is told.
+	SessionClosed func(id string)
 }
 
 // Output receives a run's output as it is written (what a tier streams, tier.Stream) and the
@@ -533,8 +539,22 @@ func (d *Dispatcher) reap() {
 	}
 }
 
+// stopping reports whether Close has begun.
+func (d *Dispatcher) stopping() bool {
+	select {
+	case <-d.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// forget drops a session that has ended (closeLocked, its lock held) and tells SessionClosed.
 func (d *Dispatcher) forget(id string) {
 	d.mu.Lock()
 	delete(d.sessions, id)
 	d.mu.Unlock()
+	if d.cfg.SessionClosed != nil && !d.stopping() {
+		d.cfg.SessionClosed(id)
+	}
 }

@@ -286,6 +286,10 @@ func (s *Server) auditReport(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) auditVerify(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("host") != "" && s.cfg.Fleet == nil {
+		s.fail(w, r, errNoFleet) // in a fleet the fleet answers for another host
+		return
+	}
 	l := s.auditLog(w, r)
 	if l == nil {
 		return

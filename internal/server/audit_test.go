@@ -246,6 +246,7 @@ func TestAuditEndpoints(t *testing.T) {
 		{"bad format", "/v1/audit/reports/daily?format=pdf", auditorKey, 400, "application/json", "json, md or html"},
 		{"verify", "/v1/audit/verify", auditorKey, 200, "application/json", `"ok":true`},
 		{"no audit scope", "/v1/audit/verify", testKey, 403, "application/json", "no audit scope"},
+		{"verify of another host on a single host", "/v1/audit/verify?host=h1", auditorKey, 404, "application/json", "single host"},
 		{"audit-only key may not list sessions", "/v1/sessions", auditorKey, 403, "application/json", "read-only audit"},
 		{"audit key may also list sessions", "/v1/sessions", opsKey, 200, "application/json", "sessions"},
 	}

@@ -812,10 +812,14 @@ class Sandbox:
         with self._request("GET", path, accept="*/*") as resp:
             return resp.read().decode()
 
-    def audit_verify(self) -> Dict[str, Any]:
+    def audit_verify(self, host: Optional[str] = None) -> Dict[str, Any]:
         """Check the audit log's hash chain and signed checkpoints on the server: ``ok``, the range
-        checked and, when broken, ``bad_seq``/``bad_event_id`` of the first bad event and ``problem``."""
-        return self._json("GET", "/v1/audit/verify")
+        checked and, when broken, ``bad_seq``/``bad_event_id`` of the first bad event and ``problem``.
+        In a fleet each host has its own chain: ``host`` names the one to check (default the host that
+        answers); a single server raises NotFoundError for it."""
+        if host is None:
+            return self._json("GET", "/v1/audit/verify")
+        return self._json("GET", "/v1/audit/verify?" + urllib.parse.urlencode({"host": host}))
 
     def close(self) -> None:
         """End the session and, if this Sandbox started one, the local server. Idempotent."""
