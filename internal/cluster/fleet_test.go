@@ -30,6 +30,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/dispatch"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
+	"github.com/entersandbox/agentbox/internal/snapstore"
 )
 
 const (
@@ -124,6 +125,8 @@ type fleet struct {
 type hostOpts struct {
 	runSlots int
 	digest   string
+	// replicate gives each host a snapshot store and replicates its sessions (restore_test.go).
+	replicate bool
 }
 
 // newFleet starts a 3-node NATS cluster (JetStream replicas 3) and n agentbox hosts h0..h(n-1),
@@ -144,9 +147,13 @@ func (f *fleet) startNode(id string, urls []string, o hostOpts, d *dispatch.Disp
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		node, err := cluster.Start(ctx, cluster.Config{NATS: urls, HostID: id, URL: url, Labels: map[string]string{"name": id},
+		cfg := cluster.Config{NATS: urls, HostID: id, URL: url, Labels: map[string]string{"name": id},
 			RunSlots: o.runSlots, Stats: d.Stats, ConfigDigest: o.digest, Replicas: 3,
-			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, PlaceTimeout: 2 * time.Second, Logger: testLogger})
+			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, PlaceTimeout: 2 * time.Second, Logger: testLogger}
+		if o.replicate {
+			cfg.Replicate = d
+		}
+		node, err := cluster.Start(ctx, cfg)
 		cancel()
 		if err == nil || strings.Contains(err.Error(), "refusing") || time.Now().After(deadline) {
 			return node, err
@@ -160,7 +167,16 @@ func (f *fleet) addHost(id string, urls []string, o hostOpts) *host {
 	t.Helper()
 	var h http.Handler
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
-	d := dispatch.New(eng, dispatch.Config{})
+	var dcfg dispatch.Config
+	if o.replicate {
+		store, err := snapstore.Open(snapstore.Config{Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() }) // after the dispatcher's (cleanups run last first)
+		dcfg.Snapshots = store
+	}
+	d := dispatch.New(eng, dcfg)
 	node, err := f.startNode(id, urls, o, d, "http://"+ts.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)

@@ -278,16 +278,47 @@ func (n *Node) readHead(ctx context.Context, id string) (*head, error) {
 	return &h, nil
 }
 
-// importedBlocks are a replica's blocks, by the id the writing host gave them. A map, so that the
-// nano tier's page cache (keyed by comparable stores) does not keep them.
-type importedBlocks map[tier.BlockID][]byte
+// importedBlocks are a replica's blocks, by the id the writing host gave them, and found by their
+// SHA-256 when put: the nano tier puts its start-up image to learn which ids it has in a store, and
+// the replica's ids of those pages must come back. Not comparable (it holds maps), so that the nano
+// tier's page cache, keyed by comparable stores, does not keep it after the restore.
+type importedBlocks struct {
+	mu    *sync.Mutex
+	data  map[tier.BlockID][]byte   // guarded by mu
+	bySum map[[32]byte]tier.BlockID // guarded by mu
+	next  *tier.BlockID             // the next id for a block the replica does not have; guarded by mu
+}
 
-func (b importedBlocks) Put([]byte) (tier.BlockID, error) {
-	return 0, errors.New("cluster: a replica's blocks are read-only")
+func newImportedBlocks(n int) importedBlocks {
+	var next tier.BlockID
+	return importedBlocks{mu: &sync.Mutex{}, data: make(map[tier.BlockID][]byte, n), bySum: make(map[[32]byte]tier.BlockID, n), next: &next}
+}
+
+func (b importedBlocks) add(id tier.BlockID, sum [32]byte, data []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.data[id], b.bySum[sum] = data, id
+	*b.next = max(*b.next, id+1)
+}
+
+// Put returns the replica's id of data, or a new one.
+func (b importedBlocks) Put(data []byte) (tier.BlockID, error) {
+	sum := sha256.Sum256(data)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if id, ok := b.bySum[sum]; ok {
+		return id, nil
+	}
+	id := *b.next
+	*b.next++
+	b.data[id], b.bySum[sum] = append([]byte(nil), data...), id
+	return id, nil
 }
 
 func (b importedBlocks) Get(dst []byte, id tier.BlockID) ([]byte, error) {
-	data, ok := b[id]
+	b.mu.Lock()
+	data, ok := b.data[id]
+	b.mu.Unlock()
 	if !ok {
 		return dst, fmt.Errorf("block %d is not in the replica: %w", id, tier.ErrCorrupt)
 	}
@@ -299,8 +330,7 @@ func (b importedBlocks) Get(dst []byte, id tier.BlockID) ([]byte, error) {
 func (n *Node) fetchBlocks(ctx context.Context, h *head) (importedBlocks, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	out := make(importedBlocks, len(h.IDs))
-	var mu sync.Mutex
+	out := newImportedBlocks(len(h.IDs))
 	work := make(chan int)
 	var wg sync.WaitGroup
 	for range min(fetchers, len(h.IDs)) {
@@ -317,10 +347,7 @@ func (n *Node) fetchBlocks(ctx context.Context, h *head) (importedBlocks, error)
 					cancel(fmt.Errorf("block %s of session %s fails its check (%v): %w", hex.EncodeToString(sum[:8]), h.Session, err, tier.ErrCorrupt))
 					return
 				}
-				data := append([]byte(nil), buf...)
-				mu.Lock()
-				out[h.IDs[i]] = data
-				mu.Unlock()
+				out.add(h.IDs[i], sum, append([]byte(nil), buf...))
 			}
 		})
 	}
@@ -336,9 +363,9 @@ feed:
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil {
 		if errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, tier.ErrCorrupt) {
-			return nil, errdefs.With(errdefs.NotFound, fmt.Errorf("session %s's replica is incomplete: %w", h.Session, err))
+			return importedBlocks{}, errdefs.With(errdefs.NotFound, fmt.Errorf("session %s's replica is incomplete: %w", h.Session, err))
 		}
-		return nil, errdefs.With(errdefs.Unavailable, fmt.Errorf("reading session %s's replica: %w", h.Session, err))
+		return importedBlocks{}, errdefs.With(errdefs.Unavailable, fmt.Errorf("reading session %s's replica: %w", h.Session, err))
 	}
 	return out, nil
 }
