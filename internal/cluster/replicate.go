@@ -84,9 +84,9 @@ type mark struct {
 type ReplicationStats struct {
 	// Steps were replicated (their head written); Coalesced were replaced in the queue by a later
 	// step of the same session before they were sent; Dropped found the queue full; Failed could
-	// not be written (NATS unavailable, a block too large). In all three the head stays at the
-	// session's last replicated step.
-	Steps, Coalesced, Dropped, Failed int64
+	// not be written (NATS unavailable, a block too large); Skipped were of a tier not replicated
+	// (heavy). In all four the head stays at the session's last replicated step.
+	Steps, Coalesced, Dropped, Failed, Skipped int64
 	// Blocks and Bytes are the blocks sent and their compressed bytes (heads not included);
 	// HeadBytes the heads' compressed bytes.
 	Blocks, Bytes, HeadBytes int64
@@ -120,7 +120,7 @@ type replicator struct {
 	stop chan struct{}
 	done chan struct{}
 
-	steps, coalesced, dropped, failed, nblocks, nbytes, headBytes atomic.Int64
+	steps, coalesced, dropped, failed, skipped, nblocks, nbytes, headBytes atomic.Int64
 }
 
 // startReplication creates the stream and buckets and starts the sending goroutine.
@@ -168,6 +168,14 @@ func (r *replicator) Committed(c *dispatch.Committed) {
 	b, _ := json.Marshal(mark{Step: c.Step, Host: r.n.cfg.HostID})
 	if err := r.n.nc.Publish("$KV."+MarksBucket+"."+c.Session, b); err != nil {
 		r.log.Debug("cluster: replication marker", "session", c.Session, "err", err)
+	}
+	if c.Snap == nil || c.Snap.Tier != api.TierNano {
+		// Heavy snapshots (a gVisor checkpoint: tens of MiB and ~20,000 blocks a step) are not
+		// replicated yet: a session that moved to heavy keeps its replica at its last nano step,
+		// and the restore reports the heavy steps lost.
+		c.Release()
+		r.skipped.Add(1)
+		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -238,7 +246,7 @@ func (r *replicator) stats() ReplicationStats {
 	r.mu.Lock()
 	pending := len(r.pending)
 	r.mu.Unlock()
-	return ReplicationStats{Steps: r.steps.Load(), Coalesced: r.coalesced.Load(), Dropped: r.dropped.Load(), Failed: r.failed.Load(),
+	return ReplicationStats{Steps: r.steps.Load(), Coalesced: r.coalesced.Load(), Dropped: r.dropped.Load(), Failed: r.failed.Load(), Skipped: r.skipped.Load(),
 		Blocks: r.nblocks.Load(), Bytes: r.nbytes.Load(), HeadBytes: r.headBytes.Load(), Pending: pending}
 }
 
@@ -428,7 +436,7 @@ func (n *Node) ReplicationCollector() prometheus.Collector { return replicationC
 type replicationCollector struct{ n *Node }
 
 var (
-	replStepsDesc   = prometheus.NewDesc("agentbox_replication_steps_total", "Session steps replicated to the fleet's store, by outcome (sent, coalesced, dropped, failed).", []string{"outcome"}, nil)
+	replStepsDesc   = prometheus.NewDesc("agentbox_replication_steps_total", "Session steps replicated to the fleet's store, by outcome (sent, coalesced, dropped, failed, skipped).", []string{"outcome"}, nil)
 	replBytesDesc   = prometheus.NewDesc("agentbox_replication_bytes_total", "Compressed bytes sent to the fleet's store, by kind (block, head).", []string{"kind"}, nil)
 	replBlocksDesc  = prometheus.NewDesc("agentbox_replication_blocks_total", "Snapshot blocks sent to the fleet's store.", nil, nil)
 	replPendingDesc = prometheus.NewDesc("agentbox_replication_pending", "Sessions with a committed step not yet sent (the replication lag).", nil, nil)
@@ -443,7 +451,7 @@ func (c replicationCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c replicationCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.n.ReplicationStats()
-	for outcome, v := range map[string]int64{"sent": st.Steps, "coalesced": st.Coalesced, "dropped": st.Dropped, "failed": st.Failed} {
+	for outcome, v := range map[string]int64{"sent": st.Steps, "coalesced": st.Coalesced, "dropped": st.Dropped, "failed": st.Failed, "skipped": st.Skipped} {
 		ch <- prometheus.MustNewConstMetric(replStepsDesc, prometheus.CounterValue, float64(v), outcome)
 	}
 	ch <- prometheus.MustNewConstMetric(replBytesDesc, prometheus.CounterValue, float64(st.Bytes), "block")
