@@ -386,16 +386,31 @@ func (r *replicator) send(ctx context.Context, c *dispatch.Committed) error {
 		return fmt.Errorf("writing the head: %w", err)
 	}
 	r.headBytes.Add(int64(len(data)))
-	// The blocks no step of the session needs any longer (pages overwritten since) go.
+	// The blocks no step of the session needs any longer (pages overwritten since) go, a purge
+	// each, fetchers at a time: one after the other they would hold the next step up.
+	var stale []string
 	for id, sum := range sent {
-		if uses[id] {
-			continue
-		}
-		delete(sent, id)
-		if err := r.blocks.Purge(ctx, jetstream.WithPurgeSubject(blockSubject(c.Session, sum))); err != nil {
-			r.log.Debug("cluster: purging a block no head names", "session", c.Session, "err", err)
+		if !uses[id] {
+			delete(sent, id)
+			stale = append(stale, blockSubject(c.Session, sum))
 		}
 	}
+	var wg sync.WaitGroup
+	work := make(chan string)
+	for range min(fetchers, len(stale)) {
+		wg.Go(func() {
+			for subj := range work {
+				if err := r.blocks.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+					r.log.Debug("cluster: purging a block no head names", "session", c.Session, "err", err)
+				}
+			}
+		})
+	}
+	for _, subj := range stale {
+		work <- subj
+	}
+	close(work)
+	wg.Wait()
 	return nil
 }
 
