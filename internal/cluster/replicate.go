@@ -334,6 +334,7 @@ func (r *replicator) send(ctx context.Context, c *dispatch.Committed) error {
 		Meta: c.Meta, Steps: c.Steps, Current: c.Current}
 	uses := map[tier.BlockID]bool{}
 	var futures []jetstream.PubAckFuture
+	acked := 0 // futures[:acked] are acknowledged
 	limit := r.n.nc.MaxPayload() - 1024
 	var buf []byte
 	var err error
@@ -352,6 +353,13 @@ func (r *replicator) send(ctx context.Context, c *dispatch.Committed) error {
 			if int64(len(data)) > limit {
 				return fmt.Errorf("block %d is %d bytes compressed, more than NATS's max_payload allows", id, len(data))
 			}
+			// At most inFlight blocks unacknowledged: past its own limit the client refuses to
+			// publish rather than wait, which a slow NATS would turn into failed steps.
+			for ; len(futures)-acked >= inFlight; acked++ {
+				if err := awaitAck(ctx, futures[acked]); err != nil {
+					return err
+				}
+			}
 			f, err := r.js.PublishAsync(blockSubject(c.Session, sum), data)
 			if err != nil {
 				return fmt.Errorf("sending block %d: %w", id, err)
@@ -363,13 +371,9 @@ func (r *replicator) send(ctx context.Context, c *dispatch.Committed) error {
 		h.IDs = append(h.IDs, id)
 		h.Sums = append(h.Sums, sum[:]...)
 	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return fmt.Errorf("sending a block: %w", err)
-		case <-ctx.Done():
-			return fmt.Errorf("sending blocks: %w", ctx.Err())
+	for _, f := range futures[acked:] {
+		if err := awaitAck(ctx, f); err != nil {
+			return err
 		}
 	}
 	for i, id := range h.IDs {
@@ -412,6 +416,22 @@ func (r *replicator) send(ctx context.Context, c *dispatch.Committed) error {
 	close(work)
 	wg.Wait()
 	return nil
+}
+
+// inFlight is how many blocks are sent before the first of them must be acknowledged; below the
+// client's own limit (WithPublishAsyncMaxPending).
+const inFlight = 128
+
+// awaitAck waits for f's acknowledgement (once: its channels deliver it once).
+func awaitAck(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return fmt.Errorf("sending a block: %w", err)
+	case <-ctx.Done():
+		return fmt.Errorf("sending blocks: %w", ctx.Err())
+	}
 }
 
 // remove deletes a closed session's replica: its blocks (one purge of its subjects), head and marker.
