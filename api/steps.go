@@ -19,6 +19,9 @@ const (
 	StepFork StepKind = "fork"
 	// StepCommand is a shell command run in the session (heavy).
 	StepCommand StepKind = "command"
+	// StepRestore is a session brought back on another host of a fleet from the replica of step
+	// Target, after its host (RestoredFrom) died; Lost steps ran there after Target and are gone.
+	StepRestore StepKind = "restore"
 )
 
 // Snapshot states of a step.
@@ -63,6 +66,10 @@ type Step struct {
 	StdoutHead string       `json:"stdout_head,omitempty"`
 	Pinned     bool         `json:"pinned,omitempty"`
 	Snapshot   StepSnapshot `json:"snapshot"`
+	// RestoredFrom is, on a restore step, the host the session was on; Lost how many of its steps
+	// after Target were not replicated and are gone.
+	RestoredFrom string `json:"restored_from,omitempty"`
+	Lost         int    `json:"lost,omitempty"`
 }
 
 // StepSnapshot is what is kept of the state after a step and whether it can be restored.

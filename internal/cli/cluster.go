@@ -25,6 +25,7 @@ import (
 type clusterFlags struct {
 	nats, listen, routeListen, routes, advertise, hostID, tiers, labels *string
 	replicas, runSlots, sessionSlots                                    *int
+	replicate                                                           *bool
 
 	parsedLabels map[string]string // set by check
 	parsedTiers  []api.Tier        // set by check; empty means the tiers the host has
@@ -43,12 +44,16 @@ func addClusterFlags(fset *flag.FlagSet) *clusterFlags {
 		replicas:     fset.Int("cluster-replicas", 1, "with --cluster: JetStream replicas of the fleet's buckets (3 on a 3- or 5-node NATS cluster)"),
 		runSlots:     fset.Int("cluster-runs", 0, "with --cluster: one-shot runs this host takes at once before it stops taking placements (default 4 per CPU)"),
 		sessionSlots: fset.Int("cluster-sessions", 0, "with --cluster: open sessions this host takes (default 64)"),
+		replicate:    fset.Bool("replicate-sessions", false, "with --cluster: copy each session step's snapshot into the fleet's JetStream store, so that another host restores the session when this one dies (docs/cluster.md)"),
 	}
 }
 
 // check validates the fleet flags before anything starts.
 func (f *clusterFlags) check() error {
 	if *f.nats == "" {
+		if *f.replicate {
+			return usagef("--replicate-sessions needs --cluster")
+		}
 		return nil
 	}
 	labels, err := cluster.ParseLabels(*f.labels)
@@ -80,7 +85,7 @@ func (f *clusterFlags) check() error {
 
 // join starts the embedded NATS server (with --cluster embedded) and joins the fleet; both nil
 // without --cluster. configDigest covers the keys and the ceiling policy, which every host must share.
-func (f *clusterFlags) join(ctx context.Context, addr, stateDir, configDigest string, stats func() dispatch.Stats, hasHeavy bool, log *slog.Logger) (*cluster.Node, *natsserver.Server, error) {
+func (f *clusterFlags) join(ctx context.Context, addr, stateDir, configDigest string, d *dispatch.Dispatcher, hasHeavy bool, log *slog.Logger) (*cluster.Node, *natsserver.Server, error) {
 	if *f.nats == "" {
 		return nil, nil, nil
 	}
@@ -110,8 +115,12 @@ func (f *clusterFlags) join(ctx context.Context, addr, stateDir, configDigest st
 	if adv == "" {
 		adv = "http://" + addr
 	}
-	node, err := cluster.Start(ctx, cluster.Config{NATS: urls, HostID: *f.hostID, URL: adv, Tiers: tiers, Labels: labels,
-		RunSlots: *f.runSlots, SessionSlots: *f.sessionSlots, Stats: stats, ConfigDigest: configDigest, Replicas: *f.replicas, Logger: log})
+	cfg := cluster.Config{NATS: urls, HostID: *f.hostID, URL: adv, Tiers: tiers, Labels: labels,
+		RunSlots: *f.runSlots, SessionSlots: *f.sessionSlots, Stats: d.Stats, ConfigDigest: configDigest, Replicas: *f.replicas, Logger: log}
+	if *f.replicate {
+		cfg.Replicate = d
+	}
+	node, err := cluster.Start(ctx, cfg)
 	if err != nil {
 		if ns != nil {
 			ns.Shutdown()

@@ -138,7 +138,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 		t.close(context.Background())
 		return err
 	}
-	node, nats, err := cf.join(ctx, *addr, *tf.stateDir, fdigest, t.Stats, t.heavy != nil, log)
+	node, nats, err := cf.join(ctx, *addr, *tf.stateDir, fdigest, t.Dispatcher, t.heavy != nil, log)
 	if err != nil {
 		if host != nil {
 			host.Close()
@@ -149,6 +149,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	leave := func() {}
 	if node != nil {
 		scfg.Fleet = node
+		scfg.Collectors = append(scfg.Collectors, node.ReplicationCollector())
 		leave = sync.OnceFunc(func() {
 			lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()

@@ -91,6 +91,14 @@ type Config struct {
 	Transport http.RoundTripper
 	// Logger; nil discards.
 	Logger *slog.Logger
+	// Replicate, when set (serve --replicate-sessions), is the dispatcher whose sessions' steps are
+	// copied into the fleet's JetStream store as they are committed, and into which this host
+	// restores the sessions of hosts that died (restore.go); it must keep snapshots. Nil means no
+	// replication: a dead host's sessions answer 404 with the reason.
+	Replicate *dispatch.Dispatcher
+	// ReplicationQueue is how many sessions may have a step waiting to be sent; a step beyond it is
+	// not replicated (the session's replica stays at its last sent step). Zero means 256.
+	ReplicationQueue int
 }
 
 // Node is this host's membership of the fleet.
@@ -117,8 +125,13 @@ type Node struct {
 	byRequest      map[string]string               // placement attempt id → its pending token; guarded by mu
 	draining       bool                            // guarded by mu
 	subs           map[string][]*nats.Subscription // by kind.tier, nil while full; guarded by mu
-	// owners caches session id → host (a session never moves); guarded by mu.
+	// owners caches session id → host (a session moves only when restored elsewhere after its host
+	// died, which looks the record up again); guarded by mu.
 	owners map[string]string
+	// repl sends this host's session steps to the fleet's store; nil without Config.Replicate.
+	repl *replicator
+	// flights are the restores this host is placing, by session id; guarded by mu.
+	flights map[string]*restoreFlight
 }
 
 type seenHost struct {
@@ -217,6 +230,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.PlaceTimeout <= 0 {
 		cfg.PlaceTimeout = time.Second
 	}
+	if cfg.ReplicationQueue <= 0 {
+		cfg.ReplicationQueue = 256
+	}
+	if cfg.Replicate != nil && !cfg.Replicate.HasSnapshots() {
+		return nil, errors.New("cluster: replicating sessions needs time travel's snapshot store (serve without --snapshot-dir off)")
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -227,10 +246,17 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster: connecting to NATS %s: %w", strings.Join(cfg.NATS, ","), err)
 	}
 	n := &Node{cfg: cfg, log: log.With("host", cfg.HostID), nc: nc, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{}),
-		seen: map[string]seenHost{}, pending: map[string]*reservation{}, byRequest: map[string]string{}, subs: map[string][]*nats.Subscription{}, owners: map[string]string{}}
+		seen: map[string]seenHost{}, pending: map[string]*reservation{}, byRequest: map[string]string{}, subs: map[string][]*nats.Subscription{}, owners: map[string]string{},
+		flights: map[string]*restoreFlight{}}
 	if err := n.join(ctx); err != nil {
 		nc.Close()
 		return nil, err
+	}
+	if cfg.Replicate != nil {
+		if err := n.startReplication(ctx); err != nil {
+			n.Abandon()
+			return nil, err
+		}
 	}
 	n.proxy = newProxy(n, cfg.Transport)
 	return n, nil
@@ -520,6 +546,9 @@ func (n *Node) Abandon() {
 func (n *Node) stopLoop() {
 	n.stopOnce.Do(func() { close(n.stop) })
 	<-n.done
+	if n.repl != nil {
+		n.repl.halt() // what is queued is not sent: the host is leaving
+	}
 }
 
 // labelSubsets are the subject suffixes of every subset of this host's labels, so that a request asking

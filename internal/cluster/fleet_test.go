@@ -34,6 +34,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/mcpserver"
 	"github.com/entersandbox/agentbox/internal/nano"
 	"github.com/entersandbox/agentbox/internal/server"
+	"github.com/entersandbox/agentbox/internal/snapstore"
 )
 
 const (
@@ -131,6 +132,8 @@ type hostOpts struct {
 	ttl      time.Duration // the hosts' session TTL; zero means the dispatcher's default
 	runSlots int
 	digest   string
+	// replicate gives each host a snapshot store and replicates its sessions (restore_test.go).
+	replicate bool
 }
 
 // newFleet starts a 3-node NATS cluster (JetStream replicas 3) and n agentbox hosts h0..h(n-1),
@@ -151,9 +154,13 @@ func (f *fleet) startNode(id string, urls []string, o hostOpts, d *dispatch.Disp
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		node, err := cluster.Start(ctx, cluster.Config{NATS: urls, HostID: id, URL: url, Labels: map[string]string{"name": id},
+		cfg := cluster.Config{NATS: urls, HostID: id, URL: url, Labels: map[string]string{"name": id},
 			RunSlots: o.runSlots, Stats: d.Stats, ConfigDigest: o.digest, Replicas: 3,
-			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, PlaceTimeout: 2 * time.Second, Logger: testLogger})
+			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, PlaceTimeout: 2 * time.Second, Logger: testLogger}
+		if o.replicate {
+			cfg.Replicate = d
+		}
+		node, err := cluster.Start(ctx, cfg)
 		cancel()
 		if err == nil || strings.Contains(err.Error(), "refusing") || time.Now().After(deadline) {
 			return node, err
@@ -168,11 +175,20 @@ func (f *fleet) addHost(id string, urls []string, o hostOpts) *host {
 	var h http.Handler
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
 	var joined atomic.Pointer[cluster.Node] // the dispatcher's hook tells the node once it has joined
-	d := dispatch.New(eng, dispatch.Config{SessionTTL: o.ttl, SessionClosed: func(id string) {
+	dcfg := dispatch.Config{SessionTTL: o.ttl, SessionClosed: func(id string) {
 		if n := joined.Load(); n != nil {
 			n.SessionEnded(id)
 		}
-	}})
+	}}
+	if o.replicate {
+		store, err := snapstore.Open(snapstore.Config{Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() }) // after the dispatcher's (cleanups run last first)
+		dcfg.Snapshots = store
+	}
+	d := dispatch.New(eng, dcfg)
 	node, err := f.startNode(id, urls, o, d, "http://"+ts.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)

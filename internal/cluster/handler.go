@@ -265,6 +265,10 @@ func (n *Node) routeSession(next http.Handler, w http.ResponseWriter, r *http.Re
 		return
 	}
 	h, ok := n.liveHosts()[host]
+	if !ok && n.repl != nil {
+		n.restoreAndServe(next, w, r, fail, id, host)
+		return
+	}
 	if !ok {
 		fail(w, r, errdefs.With(errdefs.NotFound, fmt.Errorf("session %s is gone: %s", id, n.goneReason(host))))
 		return

@@ -16,6 +16,7 @@ import (
 	"reflect"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/entersandbox/agentbox/api"
@@ -119,6 +120,8 @@ type Dispatcher struct {
 	log   *slog.Logger
 
 	store *snapstore.Store // nil: no time travel
+	// replicator receives committed steps and ended sessions (SetReplicator); nil: none.
+	replicator atomic.Pointer[Replicator]
 
 	nanoRuns  *runGate
 	heavyRuns *runGate

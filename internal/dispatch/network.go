@@ -43,6 +43,9 @@ func (s *Session) SetNetwork(np api.NetworkPolicy) error {
 		return err
 	}
 	s.guard.Swap(p)
+	s.meta.Lock()
+	s.netSpec = netSource{network: &np}
+	s.meta.Unlock()
 	s.d.log.Info("session network changed", "id", s.id, "offline", p.Offline(), "rules", len(p.Grants()))
 	return nil
 }

@@ -87,6 +87,7 @@ type Session struct {
 	lastUsed  time.Time  // guarded by meta
 	reason    string     // guarded by meta
 	movedFrom api.Tier   // guarded by meta
+	netSpec   netSource  // what guard's policy was compiled from, for a replica; guarded by meta
 }
 
 type cell struct {
@@ -117,7 +118,8 @@ func (d *Dispatcher) NewSession(ctx context.Context, req api.SessionRequest) (*S
 	}
 	now := time.Now()
 	tenant := TenantOf(ctx)
-	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, packages: req.Packages, created: now, lastUsed: now, replayable: true, env: req.Env}
+	s := &Session{id: newID(), d: d, owner: tenant.ID, ttl: ttl, requested: req.Limits, packages: req.Packages, created: now, lastUsed: now, replayable: true, env: req.Env,
+		netSpec: netSource{network: req.Network, task: req.Task, intent: req.Intent}}
 	// A session always carries its Guard, offline or not, so that PATCH .../network can open it later.
 	s.guard = d.newGuard(p, tenant.ID, s.id)
 	ctx = s.withGuard(ctx)
@@ -298,6 +300,7 @@ func (s *Session) closeLocked() {
 	s.place.release()
 	s.d.forget(s.id)
 	s.endSteps()
+	s.replicateEnd()
 }
 
 // Close ends the session. Closing twice is not an error.

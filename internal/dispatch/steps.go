@@ -47,6 +47,8 @@ type stepRec struct {
 	sentWrites bool
 	// replayData is an upload's content, kept (within MaxReplayBytes) so that a replay can redo it.
 	replayData []byte
+	// foreign says why a step that came from another host's replica (Import) cannot be restored here.
+	foreign string
 }
 
 // stepLog is a session's steps, guarded by its own mutex so that listing them never waits for a cell.
@@ -172,7 +174,9 @@ func (s *Session) snapshotLocked(n int, rec *stepRec, sn tier.Snapshotter) {
 		r := snapstore.Record{Owner: s.owner, Step: rec.step, Result: rec.result}
 		rec.vars, rec.files = snap.Variables, snap.Files
 		s.steps.mu.Unlock()
-		err = tx.Commit(s.id, r, snap)
+		if err = tx.Commit(s.id, r, snap); err == nil {
+			s.replicate(n, snap)
+		}
 	} else {
 		tx.Abort()
 	}
@@ -325,6 +329,9 @@ func (s *Session) planLocked(n int) plan {
 		if r != target && r.step.Tier == on && s.snapshotUsableLocked(r) {
 			base = r.step.N
 			break
+		}
+		if r.foreign != "" {
+			return plan{n: n, err: errors.New(r.foreign)}
 		}
 		switch r.step.Kind {
 		case api.StepCell, api.StepUpload:
@@ -481,6 +488,7 @@ func (s *Session) Rewind(ctx context.Context, n int) error {
 	s.d.log.Info("session rewound", "id", s.id, "to", n, "by", p.by, "tier", p.on, "ms", time.Since(start).Milliseconds())
 	if p.by == api.RestoreBySnapshot && s.d.store.Copy(s.id, n, s.id, s.storeRecord(rec)) == nil {
 		s.d.store.Retain(s.id, m)
+		s.replicateCopy(m)
 		s.unlock()
 		return nil
 	}
@@ -552,6 +560,9 @@ func (s *Session) Fork(ctx context.Context, req api.ForkRequest) (*Session, erro
 	f := &Session{id: newID(), d: s.d, owner: tenant.ID, auto: s.auto, ttl: ttl, requested: s.requested, packages: s.packages,
 		created: now, lastUsed: now, replayable: s.replayable && !s.archived.Load(), stay: s.stay, limits: lim,
 		reason: fmt.Sprintf("forked from step %d of %s", req.Step, s.id)}
+	s.meta.Lock()
+	f.netSpec = s.netSpec
+	s.meta.Unlock()
 	var pol *netpolicy.Policy
 	if s.guard != nil {
 		pol = s.guard.Policy()
@@ -595,6 +606,7 @@ func (s *Session) Fork(ctx context.Context, req api.ForkRequest) (*Session, erro
 	s.d.log.Info("session forked", "id", f.id, "from", s.id, "step", req.Step, "by", p.by, "tier", p.on, "ms", time.Since(start).Milliseconds())
 	if p.by == api.RestoreBySnapshot && s.d.store.Copy(s.id, p.base, f.id, f.storeRecord(rec)) == nil {
 		s.d.store.Retain(f.id, 0)
+		f.replicateCopy(0)
 		f.unlock()
 		return f, nil
 	}

@@ -732,8 +732,11 @@ class Sandbox:
 
     def steps(self) -> Dict[str, Any]:
         """The session's steps, oldest first: ``{"session", "current", "steps": [...]}``. Each step has
-        ``n``, ``kind`` (start, cell, upload, rewind, fork), ``code``/``path``, a result summary, and
-        ``snapshot`` (``state``, ``bytes``, ``restorable``, ``restore_on``, ``restore_by``, ``reason``)."""
+        ``n``, ``kind`` (start, cell, upload, rewind, fork, command, restore), ``code``/``path``, a result
+        summary, and ``snapshot`` (``state``, ``bytes``, ``restorable``, ``restore_on``, ``restore_by``,
+        ``reason``). A ``restore`` step (a fleet brought the session back on another host after its host
+        died, docs/cluster.md) has ``target`` (the step restored), ``restored_from`` (the dead host) and
+        ``lost`` (steps that ran there after ``target``)."""
         return self._json("GET", self._session_path() + "/steps")
 
     def step(self, n: int) -> Dict[str, Any]:
