@@ -176,7 +176,8 @@ func TestEveryOperationAndSchemaOfTheContractHasAnAnchor(t *testing.T) {
 
 // constructs is a small contract with what the real one does not (yet) use.
 const constructs = `openapi: 3.1.0
-info: {title: demo, version: "2", description: "Top <b>bold</b>"}
+info: {title: demo, version: "2", description: "Top <b>bold</b>", license: {name: MIT}}
+x-logo: pets.png
 tags:
   - {name: Pets, description: "All about pets"}
 security: [{key: []}]
@@ -187,11 +188,14 @@ paths:
     get:
       tags: [Pets]
       operationId: getPet
+      x-codegen: skip
       parameters:
-        - {name: verbose, in: query, schema: {type: boolean, default: false}}
+        - {name: verbose, in: query, style: form, schema: {type: boolean, default: false}}
       responses:
         "200":
           description: The pet
+          links:
+            owner: {operationId: getPet}
           headers:
             X-Rate: {description: calls left, schema: {type: integer}}
           content:
@@ -225,9 +229,15 @@ paths:
             application/json:
               example: {pets: [rex]}
               schema: {type: object}
+            application/x-www-form-urlencoded:
+              schema: {type: object, properties: {a: {type: string}}}
+              encoding: {a: {contentType: text/plain}}
+              examples:
+                first: {value: {a: one}}
+                second: {value: {a: two}}
 components:
   securitySchemes:
-    key: {type: apiKey, in: header, name: X-Key}
+    key: {type: apiKey, in: header, name: X-Key, x-rotates: daily}
   schemas:
     Pet:
       allOf:
@@ -413,6 +423,12 @@ func TestSchemaConstructsAreRendered(t *testing.T) {
 		{"path and query parameters, operation id anchor", "op-getPet", []string{"<code>id</code> <span class=\"req\">required</span></td><td>path", "<code>verbose</code></td><td>query", "Default <code>false</code>"}},
 		{"responses in order with headers, default last", "op-getPet", []string{"200</span>", "X-Rate", "calls left"}},
 		{"identical responses share one entry", "op-getPet", []string{`<span class="code code-4">401</span> <span class="code code-4">404</span>`}},
+		{"unrendered document keys", "overview", []string{"x-logo, info.license", "x-logo: pets.png"}},
+		{"unrendered operation keys", "op-getPet", []string{"shown as written: x-codegen", "x-codegen: skip"}},
+		{"unrendered parameter keys", "op-getPet", []string{"shown as written: style", "style: form"}},
+		{"unrendered response keys", "op-getPet", []string{"shown as written: links", "operationId: getPet"}},
+		{"unrendered media keys and every named example", "op-get-pets-list", []string{"shown as written: encoding", "contentType: text/plain", "Example: first", "Example: second", "two"}},
+		{"unrendered security scheme keys", "auth-key", []string{"shown as written: x-rotates"}},
 		{"authentication inherited", "op-getPet", []string{`Authentication: <a href="#auth-key">key</a>`}},
 		{"authentication turned off", "op-get-ping", []string{"Authentication: none"}},
 		{"request body with an example made from the schema", "op-post-pets", []string{"Request body <span class=\"req\">required</span>", "&#34;kind&#34;: &#34;cat&#34;", "&#34;friend&#34;: {"}},
