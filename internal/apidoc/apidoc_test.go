@@ -222,6 +222,7 @@ paths:
   /pets-list:
     get:
       tags: [Zoo]
+      security: [{key: []}, {}]
       responses:
         "200":
           description: ok
@@ -430,6 +431,7 @@ func TestSchemaConstructsAreRendered(t *testing.T) {
 		{"unrendered media keys and every named example", "op-get-pets-list", []string{"shown as written: encoding", "contentType: text/plain", "Example: first", "Example: second", "two"}},
 		{"unrendered security scheme keys", "auth-key", []string{"shown as written: x-rotates"}},
 		{"authentication inherited", "op-getPet", []string{`Authentication: <a href="#auth-key">key</a>`}},
+		{"authentication optional", "op-get-pets-list", []string{`Authentication: <a href="#auth-key">key</a> or none`}},
 		{"authentication turned off", "op-get-ping", []string{"Authentication: none"}},
 		{"request body with an example made from the schema", "op-post-pets", []string{"Request body <span class=\"req\">required</span>", "&#34;kind&#34;: &#34;cat&#34;", "&#34;friend&#34;: {"}},
 		{"the document's own example", "op-get-pets-list", []string{"&#34;rex&#34;"}},

@@ -205,11 +205,7 @@ func build(spec []byte, opts Options) (*page, error) {
 	b.authIDs = authIDs
 	global := b.security(d.Security)
 
-	groups, err := b.operations(d, global)
-	if err != nil {
-		return nil, err
-	}
-	p.Groups = groups
+	p.Groups = b.operations(d, global)
 	if d.Components != nil && d.Components.Schemas != nil {
 		for name, sp := range d.Components.Schemas.FromOldest() {
 			// A component that is itself a $ref renders as the link (an alias), like any other.
@@ -246,16 +242,17 @@ func titleCase(s string) string {
 // needed. An alternative naming several schemes (all needed together) is shown as one joined by +.
 func (b *builder) security(reqs []*base.SecurityRequirement) []authRef {
 	var out []authRef
+	anonymous := false
 	for _, r := range reqs {
-		if r == nil || r.Requirements == nil {
-			continue
-		}
 		var names []string
-		for name := range r.Requirements.KeysFromOldest() {
-			names = append(names, name)
+		if r != nil && r.Requirements != nil {
+			for name := range r.Requirements.KeysFromOldest() {
+				names = append(names, name)
+			}
 		}
 		if len(names) == 0 {
-			continue // {}: anonymous access is one alternative; shown by NoAuth when alone
+			anonymous = true // {}: no credentials is one of the alternatives
+			continue
 		}
 		ref := authRef{Name: strings.Join(names, " + ")}
 		if len(names) == 1 {
@@ -263,10 +260,13 @@ func (b *builder) security(reqs []*base.SecurityRequirement) []authRef {
 		}
 		out = append(out, ref)
 	}
+	if anonymous && len(out) > 0 {
+		out = append(out, authRef{Name: "none"})
+	}
 	return out
 }
 
-func (b *builder) operations(d *v3.Document, global []authRef) ([]groupView, error) {
+func (b *builder) operations(d *v3.Document, global []authRef) []groupView {
 	var order []string
 	groups := map[string]*groupView{}
 	group := func(name string) *groupView {
@@ -282,7 +282,7 @@ func (b *builder) operations(d *v3.Document, global []authRef) ([]groupView, err
 		group(t.Name).Description = text(t.Description)
 	}
 	if d.Paths == nil || d.Paths.PathItems == nil {
-		return nil, nil
+		return nil
 	}
 	for path, item := range d.Paths.PathItems.FromOldest() {
 		for method, op := range item.GetOperations().FromOldest() {
@@ -337,7 +337,7 @@ func (b *builder) operations(d *v3.Document, global []authRef) ([]groupView, err
 	if rest != nil {
 		out = append(out, *rest)
 	}
-	return out, nil
+	return out
 }
 
 // params merges the path's parameters with the operation's (which override by name and location),
