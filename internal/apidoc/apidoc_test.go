@@ -517,3 +517,22 @@ func TestExamplesAreValidJSON(t *testing.T) {
 		t.Errorf("only %d examples on the page", n)
 	}
 }
+
+func TestBadDocumentsAreClearErrors(t *testing.T) {
+	for _, tc := range []struct{ name, spec, want string }{
+		{"empty", "", "apidoc: read openapi"},
+		{"not YAML", "{{{", "apidoc: read openapi"},
+		{"Swagger 2.0", "swagger: \"2.0\"\ninfo: {title: t, version: \"1\"}\npaths: {}\n", "apidoc: build openapi model"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			err := Render(&buf, []byte(tc.spec), Options{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+			if buf.Len() != 0 {
+				t.Errorf("wrote %d bytes despite the error", buf.Len())
+			}
+		})
+	}
+}
