@@ -176,7 +176,8 @@ func TestEveryOperationAndSchemaOfTheContractHasAnAnchor(t *testing.T) {
 
 // constructs is a small contract with what the real one does not (yet) use.
 const constructs = `openapi: 3.1.0
-info: {title: demo, version: "2", description: "Top <b>bold</b>"}
+info: {title: demo, version: "2", description: "Top <b>bold</b>", license: {name: MIT}}
+x-logo: pets.png
 tags:
   - {name: Pets, description: "All about pets"}
 security: [{key: []}]
@@ -187,11 +188,14 @@ paths:
     get:
       tags: [Pets]
       operationId: getPet
+      x-codegen: skip
       parameters:
-        - {name: verbose, in: query, schema: {type: boolean, default: false}}
+        - {name: verbose, in: query, style: form, schema: {type: boolean, default: false}}
       responses:
         "200":
           description: The pet
+          links:
+            owner: {operationId: getPet}
           headers:
             X-Rate: {description: calls left, schema: {type: integer}}
           content:
@@ -218,6 +222,7 @@ paths:
   /pets-list:
     get:
       tags: [Zoo]
+      security: [{key: []}, {}]
       responses:
         "200":
           description: ok
@@ -225,9 +230,15 @@ paths:
             application/json:
               example: {pets: [rex]}
               schema: {type: object}
+            application/x-www-form-urlencoded:
+              schema: {type: object, properties: {a: {type: string}}}
+              encoding: {a: {contentType: text/plain}}
+              examples:
+                first: {value: {a: one}}
+                second: {value: {a: two}}
 components:
   securitySchemes:
-    key: {type: apiKey, in: header, name: X-Key}
+    key: {type: apiKey, in: header, name: X-Key, x-rotates: daily}
   schemas:
     Pet:
       allOf:
@@ -413,7 +424,14 @@ func TestSchemaConstructsAreRendered(t *testing.T) {
 		{"path and query parameters, operation id anchor", "op-getPet", []string{"<code>id</code> <span class=\"req\">required</span></td><td>path", "<code>verbose</code></td><td>query", "Default <code>false</code>"}},
 		{"responses in order with headers, default last", "op-getPet", []string{"200</span>", "X-Rate", "calls left"}},
 		{"identical responses share one entry", "op-getPet", []string{`<span class="code code-4">401</span> <span class="code code-4">404</span>`}},
+		{"unrendered document keys", "overview", []string{"x-logo, info.license", "x-logo: pets.png"}},
+		{"unrendered operation keys", "op-getPet", []string{"shown as written: x-codegen", "x-codegen: skip"}},
+		{"unrendered parameter keys", "op-getPet", []string{"shown as written: style", "style: form"}},
+		{"unrendered response keys", "op-getPet", []string{"shown as written: links", "operationId: getPet"}},
+		{"unrendered media keys and every named example", "op-get-pets-list", []string{"shown as written: encoding", "contentType: text/plain", "Example: first", "Example: second", "two"}},
+		{"unrendered security scheme keys", "auth-key", []string{"shown as written: x-rotates"}},
 		{"authentication inherited", "op-getPet", []string{`Authentication: <a href="#auth-key">key</a>`}},
+		{"authentication optional", "op-get-pets-list", []string{`Authentication: <a href="#auth-key">key</a> or none`}},
 		{"authentication turned off", "op-get-ping", []string{"Authentication: none"}},
 		{"request body with an example made from the schema", "op-post-pets", []string{"Request body <span class=\"req\">required</span>", "&#34;kind&#34;: &#34;cat&#34;", "&#34;friend&#34;: {"}},
 		{"the document's own example", "op-get-pets-list", []string{"&#34;rex&#34;"}},
@@ -497,5 +515,24 @@ func TestExamplesAreValidJSON(t *testing.T) {
 	}
 	if n < 20 {
 		t.Errorf("only %d examples on the page", n)
+	}
+}
+
+func TestBadDocumentsAreClearErrors(t *testing.T) {
+	for _, tc := range []struct{ name, spec, want string }{
+		{"empty", "", "apidoc: read openapi"},
+		{"not YAML", "{{{", "apidoc: read openapi"},
+		{"Swagger 2.0", "swagger: \"2.0\"\ninfo: {title: t, version: \"1\"}\npaths: {}\n", "apidoc: build openapi model"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			err := Render(&buf, []byte(tc.spec), Options{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+			if buf.Len() != 0 {
+				t.Errorf("wrote %d bytes despite the error", buf.Len())
+			}
+		})
 	}
 }

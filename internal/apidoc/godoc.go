@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"unicode"
 )
 
 // GoPackage is one Go package for the SDK page: its directory (for its Example tests) and what
@@ -30,8 +31,15 @@ type goPage struct {
 
 type goPkgView struct {
 	Name, ImportPath, Anchor string
-	Text                     string
+	Blocks                   []goBlock // the go doc text, cut where a type or function starts
 	Examples                 []exampleView
+}
+
+// goBlock is a run of go doc text; from the second on each starts with the declaration of Name.
+type goBlock struct {
+	Name, Anchor string
+	IsType       bool // listed in the contents (methods and functions are reached from their type)
+	Text         string
 }
 
 type exampleView struct {
@@ -65,7 +73,7 @@ func RenderGo(w io.Writer, version string, pkgs []GoPackage) error {
 }
 
 func goPackage(pkg GoPackage, ids anchors) (goPkgView, error) {
-	v := goPkgView{Text: pkg.DocText}
+	v := goPkgView{}
 	// `go doc` starts with: package agentbox // import "github.com/entersandbox/agentbox"
 	first, _, _ := strings.Cut(pkg.DocText, "\n")
 	decl, imp, _ := strings.Cut(first, "//")
@@ -76,6 +84,7 @@ func goPackage(pkg GoPackage, ids anchors) (goPkgView, error) {
 	v.Name = name
 	v.ImportPath = strings.Trim(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(imp), "import")), `"`)
 	v.Anchor = ids.unique("pkg-" + escapeID(name))
+	v.Blocks = goBlocks(pkg.DocText, "go-"+escapeID(name)+"-", ids)
 	files, err := filepath.Glob(filepath.Join(pkg.Dir, "*_test.go"))
 	if err != nil {
 		return v, fmt.Errorf("apidoc: list tests of %s: %w", pkg.Dir, err)
@@ -103,6 +112,55 @@ func goPackage(pkg GoPackage, ids anchors) (goPkgView, error) {
 		})
 	}
 	return v, nil
+}
+
+// goBlocks cuts go doc text before each top-level "type T", "func F(" and "func (r *T) M(" line,
+// so that each can have an anchor (T, F, T.M).
+func goBlocks(text, prefix string, ids anchors) []goBlock {
+	blocks := []goBlock{{}}
+	for _, line := range strings.SplitAfter(text, "\n") {
+		if name, isType := declName(line); name != "" {
+			parts := strings.Split(name, ".") // T.M: identifiers have no dot, so it separates
+			for i, p := range parts {
+				parts[i] = escapeID(p)
+			}
+			blocks = append(blocks, goBlock{Name: name, IsType: isType, Anchor: ids.unique(prefix + strings.Join(parts, "."))})
+		}
+		blocks[len(blocks)-1].Text += line
+	}
+	return blocks
+}
+
+// declName is the name a go doc line declares at its start ("Client", "New", "Client.Run"), or "".
+func declName(line string) (name string, isType bool) {
+	ident := func(s string) string {
+		end := strings.IndexFunc(s, func(r rune) bool { return !(r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r)) })
+		if end < 0 {
+			end = len(s)
+		}
+		return s[:end]
+	}
+	if rest, ok := strings.CutPrefix(line, "type "); ok {
+		return ident(rest), true
+	}
+	rest, ok := strings.CutPrefix(line, "func ")
+	if !ok {
+		return "", false
+	}
+	if recv, ok := strings.CutPrefix(rest, "("); ok {
+		r, after, found := strings.Cut(recv, ")")
+		fields := strings.Fields(r)
+		if !found || len(fields) == 0 {
+			return "", false
+		}
+		typ := ident(strings.TrimLeft(fields[len(fields)-1], "*"))
+		method := ident(strings.TrimSpace(after))
+		if typ == "" || method == "" {
+			return "", false
+		}
+		return typ + "." + method, false
+	}
+	return ident(rest), false
 }
 
 // exampleTitle is how go doc names an example: ExampleClient_Run documents Client.Run.
@@ -152,6 +210,9 @@ const goHTML = `<!DOCTYPE html>
 <ul>
 {{- range .Packages}}
 <li><a href="#{{.Anchor}}">{{.ImportPath}}</a><ul>
+{{- range .Blocks}}{{if .IsType}}
+<li><a href="#{{.Anchor}}">type {{.Name}}</a></li>
+{{- end}}{{end}}
 {{- range .Examples}}
 <li><a href="#{{.Anchor}}">Example: {{.Name}}</a></li>
 {{- end}}
@@ -165,7 +226,7 @@ const goHTML = `<!DOCTYPE html>
 {{- range .Packages}}
 <section id="{{.Anchor}}">
 <h2><a class="permalink" href="#{{.Anchor}}">#</a> {{.ImportPath}}</h2>
-<pre>{{.Text}}</pre>
+<pre>{{range .Blocks}}{{if .Anchor}}<span id="{{.Anchor}}"></span>{{end}}{{.Text}}{{end}}</pre>
 {{- if .Examples}}
 <h3>Examples</h3>
 {{- range .Examples}}

@@ -42,7 +42,9 @@ func ExampleGreet_second() {
 
 func TestNotAnExample(t *testing.T) {}
 `)
-	text := "package demo // import \"example.com/demo\"\n\nPackage demo greets <people>.\n\nfunc Greet()\n"
+	text := "package demo // import \"example.com/demo\"\n\nPackage demo greets <people>.\n\nfunc Greet()\n" +
+		"type Client struct{}\n    A client.\n\nfunc New() *Client\nfunc (c *Client) Run(x int) error\nfunc (Client) Close()\n" +
+		"type List[T any] []T\n"
 	var buf bytes.Buffer
 	if err := RenderGo(&buf, "1.2.3", []GoPackage{{Dir: dir, DocText: text}}); err != nil {
 		t.Fatal(err)
@@ -59,6 +61,12 @@ func TestNotAnExample(t *testing.T) {}
 		{"example code without its braces", "for _, s := range []string{&#34;b&#34;, &#34;a&#34;} {\n\tfmt.Println(s)\n}"},
 		{"expected output", "<pre>hi\n</pre>"},
 		{"unordered output said", "Output (in any order):"},
+		{"a type has an anchor, listed in the contents", `<span id="go-demo-Client"></span>type Client struct{}`},
+		{"a function has an anchor", `<span id="go-demo-New"></span>func New()`},
+		{"a method has an anchor", `<span id="go-demo-Client.Run"></span>func (c *Client) Run`},
+		{"a method without receiver name", `<span id="go-demo-Client.Close"></span>`},
+		{"a generic type", `<span id="go-demo-List"></span>type List[T any]`},
+		{"types in the contents", `<a href="#go-demo-Client">type Client</a>`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if !strings.Contains(page, tc.want) {

@@ -27,6 +27,21 @@ type Options struct {
 	SpecHref string
 }
 
+// The keys the page renders of each kind of object; any other is shown as written (Extras).
+var (
+	docKeys       = keys("openapi", "info", "servers", "security", "tags", "paths", "components")
+	infoKeys      = keys("title", "version", "description")
+	componentKeys = keys("schemas", "securitySchemes", "parameters", "responses", "requestBodies", "headers", "examples")
+	pathKeys      = keys("$ref", "parameters", "get", "put", "post", "delete", "options", "head", "patch", "trace")
+	opKeys        = keys("tags", "summary", "description", "operationId", "parameters", "requestBody", "responses", "security", "deprecated")
+	paramKeys     = keys("$ref", "name", "in", "required", "description", "schema", "deprecated")
+	bodyKeys      = keys("$ref", "description", "content", "required")
+	responseKeys  = keys("$ref", "description", "headers", "content")
+	headerKeys    = keys("$ref", "description", "schema", "required", "deprecated")
+	mediaKeys     = keys("schema", "example", "examples")
+	authKeys      = keys("$ref", "type", "scheme", "name", "in", "description")
+)
+
 // untagged is the group of operations that carry no tag.
 const untagged = "Other operations"
 
@@ -43,11 +58,13 @@ type page struct {
 	Groups      []groupView
 	Schemas     []namedSchema
 	CSS         template.CSS
+	Extras      // of the document's top level and info
 }
 
 type authView struct {
 	Name, Anchor, Kind string
 	Description        template.HTML
+	Extras
 }
 
 type groupView struct {
@@ -66,6 +83,7 @@ type opView struct {
 	// Auth lists the alternatives (any one suffices); NoAuth is set when the operation needs none.
 	Auth   []authRef
 	NoAuth bool
+	Extras
 }
 
 type authRef struct{ Name, Anchor string }
@@ -76,18 +94,21 @@ type paramView struct {
 	Deprecated  bool
 	Description template.HTML
 	Schema      *schemaView
+	Extras
 }
 
 type bodyView struct {
 	Required    bool
 	Description template.HTML
 	Media       []mediaView
+	Extras
 }
 
 type mediaView struct {
-	Type    string
-	Schema  *schemaView
-	Example string
+	Type     string
+	Schema   *schemaView
+	Examples []namedExample
+	Extras
 }
 
 type responseView struct {
@@ -96,6 +117,7 @@ type responseView struct {
 	Description template.HTML
 	Headers     []paramView
 	Media       []mediaView
+	Extras
 }
 
 type namedSchema struct {
@@ -147,6 +169,14 @@ func build(spec []byte, opts Options) (*page, error) {
 		}
 	}
 	p := &page{OpenAPI: d.Version, SpecHref: opts.SpecHref, Version: opts.Version, CSS: template.CSS(styleCSS)}
+	top := root
+	if top != nil && top.Kind == yaml.DocumentNode && len(top.Content) == 1 {
+		top = top.Content[0]
+	}
+	info, _ := child(top, "info")
+	components, _ := child(top, "components")
+	p.Extras = extrasOfParts(extraPart{"", top, docKeys}, extraPart{"info.", info, infoKeys},
+		extraPart{"components.", components, componentKeys})
 	p.Title = "API reference"
 	if d.Info != nil {
 		if d.Info.Title != "" {
@@ -165,6 +195,9 @@ func build(spec []byte, opts Options) (*page, error) {
 	if d.Components != nil && d.Components.SecuritySchemes != nil {
 		for name, s := range d.Components.SecuritySchemes.FromOldest() {
 			a := authView{Name: name, Anchor: b.ids.unique("auth-" + escapeID(name)), Kind: authKind(s), Description: text(s.Description)}
+			if low := s.GoLow(); low != nil {
+				a.Extras = extrasOf(low.RootNode, authKeys)
+			}
 			authIDs[name] = a.Anchor
 			p.Auth = append(p.Auth, a)
 		}
@@ -172,11 +205,7 @@ func build(spec []byte, opts Options) (*page, error) {
 	b.authIDs = authIDs
 	global := b.security(d.Security)
 
-	groups, err := b.operations(d, global)
-	if err != nil {
-		return nil, err
-	}
-	p.Groups = groups
+	p.Groups = b.operations(d, global)
 	if d.Components != nil && d.Components.Schemas != nil {
 		for name, sp := range d.Components.Schemas.FromOldest() {
 			// A component that is itself a $ref renders as the link (an alias), like any other.
@@ -213,16 +242,17 @@ func titleCase(s string) string {
 // needed. An alternative naming several schemes (all needed together) is shown as one joined by +.
 func (b *builder) security(reqs []*base.SecurityRequirement) []authRef {
 	var out []authRef
+	anonymous := false
 	for _, r := range reqs {
-		if r == nil || r.Requirements == nil {
-			continue
-		}
 		var names []string
-		for name := range r.Requirements.KeysFromOldest() {
-			names = append(names, name)
+		if r != nil && r.Requirements != nil {
+			for name := range r.Requirements.KeysFromOldest() {
+				names = append(names, name)
+			}
 		}
 		if len(names) == 0 {
-			continue // {}: anonymous access is one alternative; shown by NoAuth when alone
+			anonymous = true // {}: no credentials is one of the alternatives
+			continue
 		}
 		ref := authRef{Name: strings.Join(names, " + ")}
 		if len(names) == 1 {
@@ -230,10 +260,13 @@ func (b *builder) security(reqs []*base.SecurityRequirement) []authRef {
 		}
 		out = append(out, ref)
 	}
+	if anonymous && len(out) > 0 {
+		out = append(out, authRef{Name: "none"})
+	}
 	return out
 }
 
-func (b *builder) operations(d *v3.Document, global []authRef) ([]groupView, error) {
+func (b *builder) operations(d *v3.Document, global []authRef) []groupView {
 	var order []string
 	groups := map[string]*groupView{}
 	group := func(name string) *groupView {
@@ -249,7 +282,7 @@ func (b *builder) operations(d *v3.Document, global []authRef) ([]groupView, err
 		group(t.Name).Description = text(t.Description)
 	}
 	if d.Paths == nil || d.Paths.PathItems == nil {
-		return nil, nil
+		return nil
 	}
 	for path, item := range d.Paths.PathItems.FromOldest() {
 		for method, op := range item.GetOperations().FromOldest() {
@@ -264,6 +297,16 @@ func (b *builder) operations(d *v3.Document, global []authRef) ([]groupView, err
 			if op.RequestBody != nil {
 				v.Body = &bodyView{Required: op.RequestBody.Required != nil && *op.RequestBody.Required,
 					Description: text(op.RequestBody.Description), Media: b.media(op.RequestBody.Content)}
+				if low := op.RequestBody.GoLow(); low != nil {
+					v.Body.Extras = extrasOf(low.RootNode, bodyKeys)
+				}
+			}
+			if low := op.GoLow(); low != nil {
+				var itemNode *yaml.Node
+				if il := item.GoLow(); il != nil {
+					itemNode = il.RootNode
+				}
+				v.Extras = extrasOfParts(extraPart{"", low.RootNode, opKeys}, extraPart{"path item: ", itemNode, pathKeys})
 			}
 			v.Responses = b.responses(op.Responses)
 			v.Auth = global
@@ -294,7 +337,7 @@ func (b *builder) operations(d *v3.Document, global []authRef) ([]groupView, err
 	if rest != nil {
 		out = append(out, *rest)
 	}
-	return out, nil
+	return out
 }
 
 // params merges the path's parameters with the operation's (which override by name and location),
@@ -326,6 +369,9 @@ func (b *builder) params(pathLevel, opLevel []*v3.Parameter) []paramView {
 		if p.Schema != nil {
 			v.Schema = b.schema(p.Schema, nil)
 		}
+		if low := p.GoLow(); low != nil {
+			v.Extras = extrasOf(low.RootNode, paramKeys)
+		}
 		out = append(out, v)
 	}
 	return out
@@ -341,7 +387,10 @@ func (b *builder) media(content *orderedmap.Map[string, *v3.MediaType]) []mediaV
 		if m.Schema != nil {
 			v.Schema = b.schema(m.Schema, nil)
 		}
-		v.Example = mediaExample(typ, m)
+		v.Examples = mediaExamples(typ, m)
+		if low := m.GoLow(); low != nil {
+			v.Extras = extrasOf(low.RootNode, mediaKeys)
+		}
 		out = append(out, v)
 	}
 	return out
@@ -385,11 +434,17 @@ next:
 
 func (b *builder) response(code string, r *v3.Response) responseView {
 	v := responseView{Codes: []string{code}, Description: text(r.Description)}
+	if low := r.GoLow(); low != nil {
+		v.Extras = extrasOf(low.RootNode, responseKeys)
+	}
 	if r.Headers != nil {
 		for name, h := range r.Headers.FromOldest() {
 			hv := paramView{Name: name, In: "header", Required: h.Required, Deprecated: h.Deprecated, Description: text(h.Description)}
 			if h.Schema != nil {
 				hv.Schema = b.schema(h.Schema, nil)
+			}
+			if low := h.GoLow(); low != nil {
+				hv.Extras = extrasOf(low.RootNode, headerKeys)
 			}
 			v.Headers = append(v.Headers, hv)
 		}

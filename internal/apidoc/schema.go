@@ -34,8 +34,62 @@ type schemaView struct {
 	ExtraAny         bool        // additionalProperties: true
 	Closed           bool        // additionalProperties: false
 	Parts            []partsView
-	RawKeys          []string // keywords the page does not render, shown as written in Raw
-	Raw              string
+	Extras
+}
+
+// Extras are the keys of an object that the page has no rendering for, shown as written (YAML)
+// with a note rather than dropped.
+type Extras struct {
+	RawKeys []string
+	Raw     string
+}
+
+// keys is a set of the keys a kind of object renders.
+func keys(names ...string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
+}
+
+// extrasOf collects the keys of mapping n that known does not list.
+func extrasOf(n *yaml.Node, known map[string]bool) Extras {
+	return extrasOfParts(extraPart{n: n, known: known})
+}
+
+// extraPart is one object whose unrendered keys go into an Extras, named with prefix.
+type extraPart struct {
+	prefix string
+	n      *yaml.Node
+	known  map[string]bool
+}
+
+func extrasOfParts(parts ...extraPart) Extras {
+	var e Extras
+	rest := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	for _, p := range parts {
+		n := p.n
+		if n == nil || n.Kind != yaml.MappingNode {
+			continue
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			if p.known[k.Value] {
+				continue
+			}
+			e.RawKeys = append(e.RawKeys, p.prefix+k.Value)
+			key := k
+			if p.prefix != "" {
+				key = &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: p.prefix + k.Value}
+			}
+			rest.Content = append(rest.Content, key, n.Content[i+1])
+		}
+	}
+	if len(rest.Content) > 0 {
+		e.Raw = yamlText(rest)
+	}
+	return e
 }
 
 type fieldView struct {
@@ -172,27 +226,10 @@ func (b *builder) siblings(v *schemaView, n *yaml.Node) {
 			v.Description = text(n.Content[i+1].Value)
 		}
 	}
-	b.unrenderedExcept(v, n, map[string]bool{"$ref": true, "description": true})
+	v.Extras = extrasOf(n, keys("$ref", "description"))
 }
 
-func (b *builder) unrendered(v *schemaView, n *yaml.Node) { b.unrenderedExcept(v, n, rendered) }
-
-// unrenderedExcept puts the keywords of n that known does not list into v.Raw, as written.
-func (b *builder) unrenderedExcept(v *schemaView, n *yaml.Node, known map[string]bool) {
-	if n == nil || n.Kind != yaml.MappingNode {
-		return
-	}
-	rest := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if k := n.Content[i]; !known[k.Value] {
-			v.RawKeys = append(v.RawKeys, k.Value)
-			rest.Content = append(rest.Content, k, n.Content[i+1])
-		}
-	}
-	if len(rest.Content) > 0 {
-		v.Raw = yamlText(rest)
-	}
-}
+func (b *builder) unrendered(v *schemaView, n *yaml.Node) { v.Extras = extrasOf(n, rendered) }
 
 func constraints(s *base.Schema) []string {
 	var out []string
@@ -344,34 +381,40 @@ func nodeValue(n *yaml.Node) any {
 	return n.Value
 }
 
-// mediaExample is the example the page shows for a body: the document's own (example, or the first
-// of examples) when it has one, otherwise, for JSON, one made from the schema.
-func mediaExample(typ string, m *v3.MediaType) string {
-	var v any
-	switch {
-	case m.Example != nil:
-		v = nodeValue(m.Example)
-	case m.Examples != nil && m.Examples.Len() > 0:
-		ex := m.Examples.First().Value()
-		if ex == nil || ex.Value == nil {
-			return ""
+// namedExample is one example of a body, as the page shows it.
+type namedExample struct{ Name, Text string }
+
+// mediaExamples are the examples the page shows for a body: the document's own (example, and every
+// one of examples) when it has them, otherwise, for JSON, one made from the schema.
+func mediaExamples(typ string, m *v3.MediaType) []namedExample {
+	var out []namedExample
+	add := func(name string, v any) {
+		if s, ok := v.(string); ok && !isJSON(typ) {
+			out = append(out, namedExample{name, s})
+			return
 		}
-		v = nodeValue(ex.Value)
-	case isJSON(typ) && m.Schema != nil:
-		v = exampleOf(m.Schema, nil)
-	default:
-		return ""
-	}
-	if !isJSON(typ) {
-		if s, ok := v.(string); ok {
-			return s
+		if b, err := json.MarshalIndent(v, "", "  "); err == nil {
+			out = append(out, namedExample{name, string(b)})
 		}
 	}
-	out, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return ""
+	if m.Example != nil {
+		add("", nodeValue(m.Example))
 	}
-	return string(out)
+	if m.Examples != nil {
+		for name, ex := range m.Examples.FromOldest() {
+			switch {
+			case ex == nil:
+			case ex.Value != nil:
+				add(name, nodeValue(ex.Value))
+			case ex.ExternalValue != "":
+				out = append(out, namedExample{name, "(at " + ex.ExternalValue + ")"})
+			}
+		}
+	}
+	if len(out) == 0 && isJSON(typ) && m.Schema != nil {
+		add("", exampleOf(m.Schema, nil))
+	}
+	return out
 }
 
 func isJSON(typ string) bool {
