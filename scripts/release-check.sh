@@ -50,6 +50,10 @@ done
 [ -s "dist/agentbox-$version.tar.gz" ] || fail "no sdist"
 tar -tzf "dist/agentbox-$version.tar.gz" | grep -q '/bin/agentbox' && fail "the sdist carries a binary"
 
+say "the API reference and the Go SDK's page in dist/docs and the docs archive"
+[ -s dist/docs/api/index.html ] && [ -s dist/docs/go/index.html ] || fail "no docs in dist/docs"
+tar -tzf "dist/agentbox-$version-docs.tar.gz" | grep -qx 'docs/api/index.html' || fail "the docs archive lacks the API reference"
+
 say "linux/arm64 under qemu-user-static: print(1), an import, a timeout"
 arm="qemu-aarch64-static dist/agentbox-$version-linux-arm64"
 [ "$(echo 'print(1)' | $arm run --tier nano -)" = 1 ] || fail "arm64: print(1)"

@@ -110,3 +110,5 @@ go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime 120000x ./internal/netpolicy
 go test -run '^$' -fuzz '^FuzzScanRedact$' -fuzztime 70000x ./internal/dlp
 go test -run '^$' -fuzz '^FuzzScanRequestBody$' -fuzztime 30000x ./internal/dlp
 go test -run '^$' -fuzz '^FuzzSearchQuery$' -fuzztime 40000x ./internal/audit
+go test -run '^$' -fuzz '^FuzzResolveRef$' -fuzztime 40000x ./internal/apidoc
+go test -run '^$' -fuzz '^FuzzEscapeID$' -fuzztime 20000x ./internal/apidoc
