@@ -28,6 +28,10 @@ type LoadOptions struct {
 	Duration time.Duration // of the load phase [30s]
 	Idle     time.Duration // settling time before the after-idle reading [10s]
 	Queue    int           // the server's --queue [its default]
+	// Concurrency is the server's --concurrency, the nano runs executing at once [its default]
+	Concurrency int
+	// ShortRunCPU is the server's --short-run-cpu [its default]
+	ShortRunCPU time.Duration
 }
 
 // LoadReport is what RunLoad measured.
@@ -140,7 +144,7 @@ func RunLoad(ctx context.Context, o LoadOptions, progress io.Writer) (*LoadRepor
 			fmt.Fprintf(progress, format+"\n", a...)
 		}
 	}
-	srv, err := startServer(ctx, o.Binary, o.Queue)
+	srv, err := startServer(ctx, o.Binary, o)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +247,7 @@ type childServer struct {
 	done chan struct{}
 }
 
-func startServer(ctx context.Context, binary string, queue int) (*childServer, error) {
+func startServer(ctx context.Context, binary string, o LoadOptions) (*childServer, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -254,7 +258,8 @@ func startServer(ctx context.Context, binary string, queue int) (*childServer, e
 	rand.Read(kb[:])
 	s := &childServer{url: "http://" + addr, key: hex.EncodeToString(kb[:]), done: make(chan struct{})}
 	// The operation mix is nano-only; a heavy pool filling in the background would blur the readings.
-	s.cmd = exec.Command(binary, "serve", "--addr", addr, "--queue", strconv.Itoa(queue), "--heavy", "off")
+	s.cmd = exec.Command(binary, "serve", "--addr", addr, "--queue", strconv.Itoa(o.Queue),
+		"--concurrency", strconv.Itoa(o.Concurrency), "--short-run-cpu", o.ShortRunCPU.String(), "--heavy", "off")
 	s.cmd.Env = append(os.Environ(), "AGENTBOX_API_KEY="+s.key)
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s serve: %w", binary, err)
