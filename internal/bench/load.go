@@ -44,8 +44,10 @@ type LoadReport struct {
 	Overloaded int                `json:"overloaded_429"`
 	FirstError string             `json:"first_error,omitempty"`
 	Latency    map[string]Latency `json:"latency_by_operation"`
-	Before     ServerState        `json:"server_before"`
-	After      ServerState        `json:"server_after_idle"`
+	// CPUPerOp is the server's CPU time during the load phase per operation done, in ms.
+	CPUPerOp float64     `json:"server_cpu_ms_per_operation"`
+	Before   ServerState `json:"server_before"`
+	After    ServerState `json:"server_after_idle"`
 }
 
 // ServerState is a reading of the server process.
@@ -55,6 +57,9 @@ type ServerState struct {
 	Goroutines int   `json:"goroutines"`
 	OpenFDs    int   `json:"open_fds"`
 	Sessions   int   `json:"sessions_open"`
+	// CPUSeconds is the CPU time the server process has used (user and system), so that the load
+	// phase's CPU per operation can be read on a machine whose wall clock is shared.
+	CPUSeconds float64 `json:"cpu_seconds"`
 }
 
 // The operation mix: each client picks one at random per iteration.
@@ -219,6 +224,9 @@ func RunLoad(ctx context.Context, o LoadOptions, progress io.Writer) (*LoadRepor
 	}
 	wg.Wait()
 	rep.Seconds = time.Since(start).Seconds()
+	if loaded, err := srv.state(ctx); err == nil && rep.Operations > 0 {
+		rep.CPUPerOp = (loaded.CPUSeconds - rep.Before.CPUSeconds) * 1000 / float64(rep.Operations)
+	}
 	rep.PerSecond = float64(rep.Operations) / rep.Seconds
 	for name, s := range samples {
 		rep.Latency[name] = summarise(s)
@@ -307,6 +315,9 @@ func (s *childServer) state(ctx context.Context) (ServerState, error) {
 			st.RSSBytes = kb << 10
 		}
 	}
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		st.CPUSeconds = statCPUSeconds(string(stat))
+	}
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
 		return st, err
@@ -339,10 +350,24 @@ func (s *childServer) state(ctx context.Context) (ServerState, error) {
 	return st, sc.Err()
 }
 
+// statCPUSeconds reads utime and stime from a /proc/PID/stat line: the 14th and 15th fields, counted
+// after the command name (which is in parentheses and may hold spaces), in clock ticks of 1/100 s
+// (USER_HZ, the same on every Linux architecture).
+func statCPUSeconds(stat string) float64 {
+	f := strings.Fields(stat[strings.LastIndexByte(stat, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100
+}
+
 // Print writes the load report as a table.
 func (r *LoadReport) Print(w io.Writer) {
 	fmt.Fprintf(w, "load: %d clients, %.0f s, %d operations, %.0f ops/s, %d errors, %d answered 429\n",
 		r.Clients, r.Seconds, r.Operations, r.PerSecond, r.Errors, r.Overloaded)
+	fmt.Fprintf(w, "server CPU per operation: %.1f ms\n", r.CPUPerOp)
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "first error: %s\n", r.FirstError)
 	}
