@@ -177,3 +177,44 @@ func reportQuantiles(b *testing.B, d []time.Duration) {
 	b.ReportMetric(q(0.5), "p50-ms")
 	b.ReportMetric(q(0.99), "p99-ms")
 }
+
+// BenchmarkShortBesideLong: print(1) while 4 CPU-bound runs per core execute (the pool on), with long
+// runs demoted after ShortRunCPU (the default) and with every guest at one priority. Reports the
+// p50 and p99 of the short run.
+func BenchmarkShortBesideLong(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		cpu  time.Duration
+	}{{"demotion=on", 0}, {"demotion=off", -1}} {
+		b.Run(c.name, func(b *testing.B) {
+			e := benchEngine(b, Config{ShortRunCPU: c.cpu})
+			ctx, cancel := context.WithCancel(context.Background())
+			long := 4 * runtime.GOMAXPROCS(0)
+			started := make(chan struct{}, long)
+			ended := make(chan struct{}, long)
+			for range long {
+				go func() {
+					defer func() { ended <- struct{}{} }()
+					e.Run(ctx, api.RunRequest{Code: "print('go', flush=True)\nwhile True: pass", Limits: api.Limits{TimeoutMS: 600_000}},
+						tier.Stream{Stdout: func(string) { started <- struct{}{} }})
+				}()
+			}
+			for range long {
+				<-started
+			}
+			var lat []time.Duration
+			for b.Loop() {
+				t0 := time.Now()
+				benchPrint(b, e)
+				lat = append(lat, time.Since(t0))
+			}
+			cancel()
+			for range long {
+				<-ended
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
+}
