@@ -266,8 +266,15 @@ func startServer(ctx context.Context, binary string, o LoadOptions) (*childServe
 	rand.Read(kb[:])
 	s := &childServer{url: "http://" + addr, key: hex.EncodeToString(kb[:]), done: make(chan struct{})}
 	// The operation mix is nano-only; a heavy pool filling in the background would blur the readings.
-	s.cmd = exec.Command(binary, "serve", "--addr", addr, "--queue", strconv.Itoa(o.Queue),
-		"--concurrency", strconv.Itoa(o.Concurrency), "--short-run-cpu", o.ShortRunCPU.String(), "--heavy", "off")
+	args := []string{"serve", "--addr", addr, "--queue", strconv.Itoa(o.Queue), "--heavy", "off"}
+	// Only when asked for, so that a server binary older than these flags still starts.
+	if o.Concurrency != 0 {
+		args = append(args, "--concurrency", strconv.Itoa(o.Concurrency))
+	}
+	if o.ShortRunCPU != 0 {
+		args = append(args, "--short-run-cpu", o.ShortRunCPU.String())
+	}
+	s.cmd = exec.Command(binary, args...)
 	s.cmd.Env = append(os.Environ(), "AGENTBOX_API_KEY="+s.key)
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s serve: %w", binary, err)
