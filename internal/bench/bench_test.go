@@ -115,6 +115,24 @@ func TestSummarise(t *testing.T) {
 	}
 }
 
+func TestStatCPUSeconds(t *testing.T) {
+	cases := []struct {
+		name, stat string
+		want       float64
+	}{
+		{"plain command", "42 (agentbox) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 100 0 0", 3},
+		{"command with spaces and parentheses", "42 (a (b) c) R 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 9 0 100 0 0", 0.1},
+		{"truncated line", "42 (agentbox) S 1", 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := statCPUSeconds(c.stat); got != c.want {
+				t.Fatalf("%v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
 // TestLoadSmall drives a real `agentbox serve` (built from this tree) with a few clients: every
 // operation must succeed and the server must hold no more goroutines, files or sessions once idle.
 func TestLoadSmall(t *testing.T) {
@@ -130,6 +148,9 @@ func TestLoadSmall(t *testing.T) {
 		if rep.Latency[op.name].N == 0 {
 			t.Errorf("operation %s never ran", op.name)
 		}
+	}
+	if rep.CPUPerOp <= 0 || rep.After.CPUSeconds <= rep.Before.CPUSeconds {
+		t.Errorf("server CPU not read: %.2f ms per operation, %.2f s before, %.2f s after", rep.CPUPerOp, rep.Before.CPUSeconds, rep.After.CPUSeconds)
 	}
 	b, a := rep.Before, rep.After
 	if a.Goroutines > b.Goroutines || a.OpenFDs > b.OpenFDs || a.Sessions != 0 {

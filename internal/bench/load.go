@@ -28,6 +28,10 @@ type LoadOptions struct {
 	Duration time.Duration // of the load phase [30s]
 	Idle     time.Duration // settling time before the after-idle reading [10s]
 	Queue    int           // the server's --queue [its default]
+	// Concurrency is the server's --concurrency, the nano runs executing at once [its default]
+	Concurrency int
+	// ShortRunCPU is the server's --short-run-cpu [its default]
+	ShortRunCPU time.Duration
 }
 
 // LoadReport is what RunLoad measured.
@@ -40,8 +44,10 @@ type LoadReport struct {
 	Overloaded int                `json:"overloaded_429"`
 	FirstError string             `json:"first_error,omitempty"`
 	Latency    map[string]Latency `json:"latency_by_operation"`
-	Before     ServerState        `json:"server_before"`
-	After      ServerState        `json:"server_after_idle"`
+	// CPUPerOp is the server's CPU time during the load phase per operation done, in ms.
+	CPUPerOp float64     `json:"server_cpu_ms_per_operation"`
+	Before   ServerState `json:"server_before"`
+	After    ServerState `json:"server_after_idle"`
 }
 
 // ServerState is a reading of the server process.
@@ -51,6 +57,9 @@ type ServerState struct {
 	Goroutines int   `json:"goroutines"`
 	OpenFDs    int   `json:"open_fds"`
 	Sessions   int   `json:"sessions_open"`
+	// CPUSeconds is the CPU time the server process has used (user and system), so that the load
+	// phase's CPU per operation can be read on a machine whose wall clock is shared.
+	CPUSeconds float64 `json:"cpu_seconds"`
 }
 
 // The operation mix: each client picks one at random per iteration.
@@ -140,7 +149,7 @@ func RunLoad(ctx context.Context, o LoadOptions, progress io.Writer) (*LoadRepor
 			fmt.Fprintf(progress, format+"\n", a...)
 		}
 	}
-	srv, err := startServer(ctx, o.Binary, o.Queue)
+	srv, err := startServer(ctx, o.Binary, o)
 	if err != nil {
 		return nil, err
 	}
@@ -215,6 +224,9 @@ func RunLoad(ctx context.Context, o LoadOptions, progress io.Writer) (*LoadRepor
 	}
 	wg.Wait()
 	rep.Seconds = time.Since(start).Seconds()
+	if loaded, err := srv.state(ctx); err == nil && rep.Operations > 0 {
+		rep.CPUPerOp = (loaded.CPUSeconds - rep.Before.CPUSeconds) * 1000 / float64(rep.Operations)
+	}
 	rep.PerSecond = float64(rep.Operations) / rep.Seconds
 	for name, s := range samples {
 		rep.Latency[name] = summarise(s)
@@ -243,7 +255,7 @@ type childServer struct {
 	done chan struct{}
 }
 
-func startServer(ctx context.Context, binary string, queue int) (*childServer, error) {
+func startServer(ctx context.Context, binary string, o LoadOptions) (*childServer, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -254,7 +266,15 @@ func startServer(ctx context.Context, binary string, queue int) (*childServer, e
 	rand.Read(kb[:])
 	s := &childServer{url: "http://" + addr, key: hex.EncodeToString(kb[:]), done: make(chan struct{})}
 	// The operation mix is nano-only; a heavy pool filling in the background would blur the readings.
-	s.cmd = exec.Command(binary, "serve", "--addr", addr, "--queue", strconv.Itoa(queue), "--heavy", "off")
+	args := []string{"serve", "--addr", addr, "--queue", strconv.Itoa(o.Queue), "--heavy", "off"}
+	// Only when asked for, so that a server binary older than these flags still starts.
+	if o.Concurrency != 0 {
+		args = append(args, "--concurrency", strconv.Itoa(o.Concurrency))
+	}
+	if o.ShortRunCPU != 0 {
+		args = append(args, "--short-run-cpu", o.ShortRunCPU.String())
+	}
+	s.cmd = exec.Command(binary, args...)
 	s.cmd.Env = append(os.Environ(), "AGENTBOX_API_KEY="+s.key)
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s serve: %w", binary, err)
@@ -302,6 +322,9 @@ func (s *childServer) state(ctx context.Context) (ServerState, error) {
 			st.RSSBytes = kb << 10
 		}
 	}
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		st.CPUSeconds = statCPUSeconds(string(stat))
+	}
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
 		return st, err
@@ -334,10 +357,24 @@ func (s *childServer) state(ctx context.Context) (ServerState, error) {
 	return st, sc.Err()
 }
 
+// statCPUSeconds reads utime and stime from a /proc/PID/stat line: the 14th and 15th fields, counted
+// after the command name (which is in parentheses and may hold spaces), in clock ticks of 1/100 s
+// (USER_HZ, the same on every Linux architecture).
+func statCPUSeconds(stat string) float64 {
+	f := strings.Fields(stat[strings.LastIndexByte(stat, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100
+}
+
 // Print writes the load report as a table.
 func (r *LoadReport) Print(w io.Writer) {
 	fmt.Fprintf(w, "load: %d clients, %.0f s, %d operations, %.0f ops/s, %d errors, %d answered 429\n",
 		r.Clients, r.Seconds, r.Operations, r.PerSecond, r.Errors, r.Overloaded)
+	fmt.Fprintf(w, "server CPU per operation: %.1f ms\n", r.CPUPerOp)
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "first error: %s\n", r.FirstError)
 	}

@@ -30,6 +30,8 @@ func (e *env) bench(ctx context.Context, args []string) error {
 	micro := fset.Bool("micro", false, "instead: time micro workloads (loops, calls, dict/str, json, re, sort) in nano and natively")
 	rounds := fset.Int("rounds", 3, "with --micro: runs of each kernel on each side (the best is kept)")
 	fset.IntVar(&lo.Queue, "server-queue", 0, "with --load: the server's --queue (default: its own default)")
+	fset.IntVar(&lo.Concurrency, "server-concurrency", 0, "with --load: the server's --concurrency (default: its own default)")
+	fset.DurationVar(&lo.ShortRunCPU, "server-short-run-cpu", 0, "with --load: the server's --short-run-cpu (default: its own default)")
 	if _, err := parseInterspersed(fset, args); err != nil {
 		return err
 	}

@@ -37,7 +37,8 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	keyQueue := fset.Int("key-queue", 0, "runs one API key may have waiting for its share before 429 (default 32 per slot of the tier, at most 64; negative: none)")
 	budget := fset.Int("memory-budget", 0, "MiB of memory limits that open sessions and running programs may hold together before 429 (default 3/4 of the host's memory; negative: no budget)")
 	pool := fset.Int("pool", 0, "restored sandboxes kept ready (default 4; negative disables)")
-	concurrent := fset.Int("concurrency", 0, "runs executing at once (default GOMAXPROCS)")
+	concurrent := fset.Int("concurrency", 0, "nano runs executing at once, sharing the cores (default 32 per GOMAXPROCS)")
+	shortCPU := fset.Duration("short-run-cpu", 0, "CPU time a nano run has at full priority before long runs make way for new ones (default 10ms; negative: all runs share the CPU equally)")
 	queue := fset.Int("queue", 0, "runs waiting for a slot before 429 (default 32 per slot)")
 	grace := fset.Duration("shutdown-grace", 30*time.Second, "how long in-flight requests may finish on shutdown")
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
@@ -115,7 +116,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 			n.SessionEnded(id)
 		}
 	}
-	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue}, dcfg, log)
+	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue, ShortRunCPU: *shortCPU}, dcfg, log)
 	if err != nil {
 		return err
 	}

@@ -55,8 +55,8 @@ type Config struct {
 	// negative means no budget.
 	MemoryBudgetMB int
 	// NanoSlots and HeavySlots are how many runs each tier executes at once (the engines'
-	// MaxConcurrent), which the tenants' fair shares divide; zero means GOMAXPROCS and 8, the engines'
-	// defaults.
+	// MaxConcurrent), which the tenants' fair shares divide; zero means what the engine reports
+	// (a Slots() int method, as the nano engine's), else GOMAXPROCS for nano and 8 for heavy.
 	NanoSlots  int
 	HeavySlots int
 	// TenantLimits apply to every tenant whose own Tenant.Limits leave a field zero; zero fields mean
@@ -165,7 +165,7 @@ func New(n tier.Engine, cfg Config) *Dispatcher {
 		cfg.MemoryBudgetMB = DefaultMemoryBudgetMB()
 	}
 	if cfg.NanoSlots <= 0 {
-		cfg.NanoSlots = runtime.GOMAXPROCS(0)
+		cfg.NanoSlots = engineSlots(n, runtime.GOMAXPROCS(0))
 	}
 	if cfg.HeavySlots <= 0 {
 		cfg.HeavySlots = 8
@@ -187,6 +187,14 @@ func New(n tier.Engine, cfg Config) *Dispatcher {
 	}
 	go d.reap()
 	return d
+}
+
+// engineSlots is how many runs e says it executes at once, or def when it does not say.
+func engineSlots(e tier.Engine, def int) int {
+	if s, ok := e.(interface{ Slots() int }); ok && !isNil(e) && s.Slots() > 0 {
+		return s.Slots()
+	}
+	return def
 }
 
 // isNil reports whether e is nil or a nil pointer in the interface.

@@ -68,6 +68,10 @@ const (
 	defaultSessions  = 64
 	minMemoryMB      = 32
 	defaultQueuePerW = 32
+	// defaultGuestsPerCore is MaxConcurrent's default per GOMAXPROCS: measured with `agentbox bench
+	// --load --server-concurrency N` (docs/nano-performance.md, "Scheduling").
+	defaultGuestsPerCore = 32
+	defaultShortRunCPU   = 10 * time.Millisecond
 	// defaultSnapshotCache is Config.SnapshotCacheMB's default.
 	defaultSnapshotCache = 64
 )
@@ -90,15 +94,23 @@ type Config struct {
 	Max api.Limits
 	// FS are the quotas of each sandbox's filesystem; zero fields mean vfs's defaults.
 	FS vfs.Limits
-	// MaxConcurrent is how many runs execute at once; zero means GOMAXPROCS. A run whose program
-	// sleeps (time.sleep, select with a timeout) gives its slot up until it wakes, up to MaxSleeping.
+	// MaxConcurrent is how many runs execute at once, their guests sharing the cores (a running
+	// guest holds no Go P, so the kernel schedules their threads); zero means 32 per GOMAXPROCS, so
+	// that a short run starts at once beside long ones instead of queueing behind them (see
+	// ShortRunCPU and docs/nano-performance.md). A run whose program sleeps (time.sleep, select with
+	// a timeout) gives its slot up until it wakes, up to MaxSleeping.
 	MaxConcurrent int
+	// ShortRunCPU is the CPU time a run's guest thread uses at the process's priority; past it the
+	// thread is lowered to nice 10 (Linux only), so that new runs get the CPU before long ones,
+	// which keep about a tenth of a short one's share and all of what is idle. Zero means 10 ms,
+	// negative disables the lowering: every guest shares the CPU equally.
+	ShortRunCPU time.Duration
 	// MaxSleeping bounds the runs asleep without a slot, each still holding its sandbox's memory; past
-	// it a sleeping program keeps its slot. Zero means 32 per concurrent slot, negative means sleeping
+	// it a sleeping program keeps its slot. Zero means 32 per GOMAXPROCS, negative means sleeping
 	// programs always keep their slot.
 	MaxSleeping int
 	// MaxQueue is how many runs may wait for a slot before new ones are refused as overloaded; zero
-	// means 32 per concurrent slot, negative means none wait.
+	// means 32 per GOMAXPROCS, negative means none wait.
 	MaxQueue int
 	// PoolSize is how many restored, unused sandboxes are kept ready; zero means 4, negative disables
 	// the pool.
@@ -188,6 +200,8 @@ type Stats struct {
 	PoolMisses atomic.Int64
 	Snapshots  atomic.Int64
 	Refused    atomic.Int64
+	// Demoted counts the runs whose guest thread used its ShortRunCPU and was lowered.
+	Demoted atomic.Int64
 }
 
 // snapshot is an initialised interpreter's linear memory and stack pointer.
@@ -310,12 +324,16 @@ func withDefaults(cfg Config) Config {
 	def(&cfg.Defaults.TimeoutMS, min(int(defaultTimeout/time.Millisecond), cfg.Max.TimeoutMS))
 	def(&cfg.Defaults.MemoryLimitMB, min(defaultMemoryMB, cfg.Max.MemoryLimitMB))
 	def(&cfg.Defaults.MaxOutputBytes, min(defaultOutput, cfg.Max.MaxOutputBytes))
-	def(&cfg.MaxConcurrent, runtime.GOMAXPROCS(0))
-	def(&cfg.MaxQueue, defaultQueuePerW*cfg.MaxConcurrent)
+	cores := runtime.GOMAXPROCS(0)
+	def(&cfg.MaxConcurrent, defaultGuestsPerCore*cores)
+	if cfg.ShortRunCPU == 0 {
+		cfg.ShortRunCPU = defaultShortRunCPU
+	}
+	def(&cfg.MaxQueue, defaultQueuePerW*cores)
 	if cfg.MaxQueue < 0 {
 		cfg.MaxQueue = 0
 	}
-	def(&cfg.MaxSleeping, defaultQueuePerW*cfg.MaxConcurrent)
+	def(&cfg.MaxSleeping, defaultQueuePerW*cores)
 	if cfg.MaxSleeping < 0 {
 		cfg.MaxSleeping = 0
 	}
@@ -463,6 +481,10 @@ func (e *Engine) admit(ctx context.Context) (*runSlot, error) {
 	}
 	return s, nil
 }
+
+// Slots reports how many runs execute at once (Config.MaxConcurrent after defaults), which the
+// dispatcher's fair shares divide.
+func (e *Engine) Slots() int { return e.cfg.MaxConcurrent }
 
 // QueueDepth reports runs waiting for a slot.
 func (e *Engine) QueueDepth() int { return int(e.waiting.Load()) }

@@ -445,8 +445,20 @@ func firstLine(s string) string {
 	return s
 }
 
-// call hands a request to the runner and returns its reply.
+// call hands a request to the runner and returns its reply. The call of an admitted run runs on a
+// guest thread that long runs are demoted on (sched_linux.go); warm-ups and snapshots, which hold no
+// slot, run where they are.
 func (inst *instance) call(ctx context.Context, payload []byte) ([]byte, error) {
+	if inst.cur.slot == nil || !threadDemotion || inst.eng.cfg.ShortRunCPU < 0 {
+		return inst.callHere(ctx, payload)
+	}
+	var reply []byte
+	var err error
+	inst.eng.onGuestThread(func() { reply, err = inst.callHere(ctx, payload) })
+	return reply, err
+}
+
+func (inst *instance) callHere(ctx context.Context, payload []byte) ([]byte, error) {
 	ptr, err := inst.put(ctx, payload)
 	if err != nil {
 		return nil, err

@@ -419,7 +419,8 @@ func TestOverloadIs429(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close(context.Background())
-	d := dispatch.New(e, dispatch.Config{})
+	// More places than the engine's one slot, so that the second run reaches the engine's refusal.
+	d := dispatch.New(e, dispatch.Config{NanoSlots: 2})
 	defer d.Close()
 	srv, _ := New(d, Config{})
 	h := httptest.NewServer(srv.Handler())

@@ -229,7 +229,9 @@ func TestDisconnectCancelsRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close(context.Background())
-	d := dispatch.New(e, dispatch.Config{})
+	// More places than the engine's one slot, so that a second run reaches the engine, which has
+	// no queue and answers 429 while the slot is held.
+	d := dispatch.New(e, dispatch.Config{NanoSlots: 2})
 	defer d.Close()
 	h := serveWith(t, d, Config{})
 	run := func(ctx context.Context, code, accept string) (*http.Response, error) {
