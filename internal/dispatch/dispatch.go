@@ -199,7 +199,9 @@ var ErrNoHeavy = errdefs.With(errdefs.InvalidArgument, errors.New("tier \"heavy\
 // noHeavyError is ErrNoHeavy with Config.NoHeavyReason's words instead of the install hint.
 type noHeavyError struct{ reason error }
 
-func (e noHeavyError) Error() string        { return "tier \"heavy\" is not available on this server: " + e.reason.Error() }
+func (e noHeavyError) Error() string {
+	return "tier \"heavy\" is not available on this server: " + e.reason.Error()
+}
 func (e noHeavyError) Is(target error) bool { return target == ErrNoHeavy }
 func (e noHeavyError) Unwrap() error        { return e.reason }
 

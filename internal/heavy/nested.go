@@ -15,7 +15,7 @@ import (
 // not support MS_UNBINDABLE mounts for the gofer, and neither systrap (its stub cannot be mapped)
 // nor ptrace starts (docs/container-image.md has what was measured). Installed and New fail with it
 // at once, instead of a server that says it has a heavy tier and fails every heavy request.
-var ErrNested = errdefs.With(errdefs.Unavailable, errors.New("the heavy tier cannot run here: this agentbox runs inside a gVisor sandbox, " +
+var ErrNested = errdefs.With(errdefs.Unavailable, errors.New("the heavy tier cannot run here: this agentbox runs inside a gVisor sandbox, "+
 	"and gVisor's runsc does not start sandboxes inside gVisor; run the container with runc and --privileged for the heavy tier (docs/container-image.md)"))
 
 // gvisorLog is how gVisor's made-up kernel log begins.
