@@ -10,9 +10,10 @@ func TestGVisorIsToldByItsKernelLog(t *testing.T) {
 		log  string
 		want bool
 	}{
-		{"gVisor", "[    0.000000] Starting gVisor...\n[    0.113936] Adversarially training Redcode AI...\n", true},
+		{"gVisor, as syslog(2) gives it", "<6>[   0.000000] Starting gVisor...\n<6>[   0.185373] Consulting tar man page...\n", true},
+		{"gVisor, as dmesg prints it", "[    0.000000] Starting gVisor...\n[    0.113936] Adversarially training Redcode AI...\n", true},
 		{"gVisor, longer uptime field", "[      0.000000] Starting gVisor...\n", true},
-		{"Linux host's last messages", "[123456.789012] veth1: entered promiscuous mode\n[123457.000001] Starting gVisor...\n", false},
+		{"Linux host's last messages", "<6>[30447.319373] veth1: entered promiscuous mode\n<6>[30447.5] Starting gVisor...\n", false},
 		{"Linux boot", "[    0.000000] Linux version 6.1.0 (debian-kernel@lists.debian.org)\n", false},
 		{"empty", "", false},
 	} {
