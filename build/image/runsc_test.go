@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -65,39 +66,88 @@ func needIntegration(t *testing.T) (runsc, rootfs string) {
 	return runsc, rootfs
 }
 
-// TestImageServesUnderRunsc unpacks the image into an OCI bundle with this package's own unpacker,
-// runs it with `runsc run` (the image's Entrypoint and Cmd, its Env, its volume bound to a
-// directory, a network namespace the test makes) and talks to the server from the host as a client
-// of the published port would: it answers /healthz, refuses a request without the key, runs
-// print(1) on nano, and refuses the heavy tier with the exact error that says runsc does not nest.
-func TestImageServesUnderRunsc(t *testing.T) {
-	runsc, rootfs := needIntegration(t)
-	dir := t.TempDir()
-	archivePath := os.Getenv(imageEnv)
-	if archivePath == "" {
-		archivePath = buildTestImage(t, dir, runsc, rootfs)
-	}
-	a := openArchive(t, archivePath)
-	if a.config.Architecture != runtime.GOARCH {
-		t.Fatalf("the image is for %s, this machine is %s", a.config.Architecture, runtime.GOARCH)
-	}
-	bundle := filepath.Join(dir, "bundle")
-	if err := os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if err := a.unpack(filepath.Join(bundle, "rootfs")); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("unpacked in %s", time.Since(start).Round(time.Millisecond))
+// shared is the image unpacked once for the tests that run it (TestMain removes it).
+var shared struct {
+	once        sync.Once
+	dir, rootfs string
+	config      ImageConfig
+	err         error
+}
 
-	ns := newTestNetns(t)
-	key := randomHex(t, 16)
-	volume := filepath.Join(dir, "volume") // what `docker run -v` would give /var/lib/agentbox
-	if err := os.MkdirAll(volume, 0o755); err != nil {
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
+	os.Exit(code)
+}
+
+// unpackedImage is the image (AGENTBOX_IMAGE's, or one built from this checkout) unpacked into a
+// bundle's rootfs by this package's own unpacker, once for all the tests.
+func unpackedImage(t *testing.T, runsc, rootfs string) (string, ImageConfig) {
+	t.Helper()
+	shared.once.Do(func() {
+		if shared.dir, shared.err = os.MkdirTemp("", "agentbox-image-test-"); shared.err != nil {
+			return
+		}
+		archivePath := os.Getenv(imageEnv)
+		if archivePath == "" {
+			if archivePath, shared.err = buildTestImage(shared.dir, runsc, rootfs); shared.err != nil {
+				return
+			}
+		}
+		a, err := readArchive(archivePath)
+		if err != nil {
+			shared.err = err
+			return
+		}
+		defer a.f.Close()
+		shared.config = a.config
+		if a.config.Architecture != runtime.GOARCH {
+			shared.err = fmt.Errorf("the image is for %s, this machine is %s", a.config.Architecture, runtime.GOARCH)
+			return
+		}
+		shared.rootfs = filepath.Join(shared.dir, "rootfs")
+		start := time.Now()
+		if shared.err = os.Mkdir(shared.rootfs, 0o755); shared.err == nil {
+			shared.err = a.unpack(shared.rootfs)
+		}
+		t.Logf("unpacked %s in %s", archivePath, time.Since(start).Round(time.Millisecond))
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.rootfs, shared.config
+}
+
+// served is the image's server running in a container.
+type served struct {
+	base, key string
+	logs      *syncBuffer
+	volume    string
+	client    *http.Client
+}
+
+// serveImage runs the unpacked image as `docker run --privileged -v VOLUME:/var/lib/agentbox -e
+// AGENTBOX_API_KEY=...` would with the OCI runtime run (runsc or runc, its arguments before "run"),
+// in a network namespace the test makes, and waits for /healthz.
+func serveImage(t *testing.T, rootfs string, c ImageConfig, tweak func(spec map[string]any), runtimeArgs ...string) *served {
+	t.Helper()
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.Mkdir(bundle, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	spec := runtimeSpec(a.config, ns.path, volume, "AGENTBOX_API_KEY="+key)
+	ns := newTestNetns(t)
+	s := &served{base: "http://" + ns.guest + ":8080", key: randomHex(t, 16), logs: &syncBuffer{}, volume: filepath.Join(dir, "volume"),
+		client: &http.Client{Timeout: 2 * time.Minute}}
+	if err := os.Mkdir(s.volume, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spec := runtimeSpec(c, rootfs, ns.path, s.volume, "AGENTBOX_API_KEY="+s.key)
+	if tweak != nil {
+		tweak(spec)
+	}
 	b, err := json.MarshalIndent(spec, "", " ")
 	if err != nil {
 		t.Fatal(err)
@@ -105,115 +155,123 @@ func TestImageServesUnderRunsc(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-
-	state := filepath.Join(dir, "runsc-root")
+	state := filepath.Join(dir, "runtime-root")
 	id := "agentbox-image-test-" + randomHex(t, 4)
-	logs := &syncBuffer{}
-	cmd := exec.Command(runsc, "--root", state, "--network=sandbox", "--platform=systrap", "run", "--bundle", bundle, id)
-	cmd.Stdout, cmd.Stderr = logs, logs
+	rt := append([]string{"--root", state}, runtimeArgs[1:]...)
+	cmd := exec.Command(runtimeArgs[0], append(rt, "run", "--bundle", bundle, id)...)
+	cmd.Stdout, cmd.Stderr = s.logs, s.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
-		exec.Command(runsc, "--root", state, "kill", id, "KILL").Run()
+		exec.Command(runtimeArgs[0], "--root", state, "kill", id, "KILL").Run()
 		select {
 		case <-exited:
 		case <-time.After(20 * time.Second):
-			t.Errorf("runsc did not exit after kill")
+			t.Errorf("%s did not exit after kill", runtimeArgs[0])
 		}
-		exec.Command(runsc, "--root", state, "delete", "-force", id).Run()
+		exec.Command(runtimeArgs[0], "--root", state, "delete", "-force", id).Run()
 		// runsc pins a network namespace in its root, which would keep the directory from going.
 		syscall.Unmount(filepath.Join(state, "null-netns"), syscall.MNT_DETACH)
 		if t.Failed() {
-			t.Logf("server log:\n%s", logs.String())
+			t.Logf("server log:\n%s", s.logs.String())
 		}
 	})
+	waitHealthy(t, s.client, s.base, exited, s.logs)
+	return s
+}
 
-	base := "http://" + ns.guest + ":8080"
-	client := &http.Client{Timeout: 60 * time.Second}
-	waitHealthy(t, client, base, exited, logs)
+type response struct {
+	status int
+	body   map[string]any
+}
 
-	type response struct {
-		status int
-		body   map[string]any
+func (s *served) call(t *testing.T, method, path, auth string, body any) response {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
 	}
-	call := func(t *testing.T, method, path, auth string, body any) response {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		}
-		req, err := http.NewRequest(method, base+path, rd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		if auth != "" {
-			req.Header.Set("Authorization", "Bearer "+auth)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var m map[string]any
-		raw, _ := io.ReadAll(resp.Body)
-		if err := json.Unmarshal(raw, &m); err != nil {
-			t.Fatalf("%s %s: %d %q", method, path, resp.StatusCode, raw)
-		}
-		return response{resp.StatusCode, m}
+	req, err := http.NewRequest(method, s.base+path, rd)
+	if err != nil {
+		t.Fatal(err)
 	}
-	errMessage := func(r response) string {
-		e, _ := r.body["error"].(map[string]any)
-		msg, _ := e["message"].(string)
-		return msg
+	req.Header.Set("Content-Type", "application/json")
+	if auth != "" {
+		req.Header.Set("Authorization", "Bearer "+auth)
 	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	raw, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("%s %s: %d %q", method, path, resp.StatusCode, raw)
+	}
+	return response{resp.StatusCode, m}
+}
 
+func (r response) errMessage() string {
+	e, _ := r.body["error"].(map[string]any)
+	msg, _ := e["message"].(string)
+	return msg
+}
+
+// TestImageServesUnderRunsc runs the image with runsc as the container runtime and talks to the
+// server from the host as a client of the published port would: it answers /healthz, refuses a
+// request without the key, runs print(1) and an import on nano, and refuses the heavy tier with the
+// exact error that says runsc does not nest in gVisor.
+func TestImageServesUnderRunsc(t *testing.T) {
+	runsc, heavyRootfs := needIntegration(t)
+	rootfs, c := unpackedImage(t, runsc, heavyRootfs)
+	s := serveImage(t, rootfs, c, nil, runsc, "--network=sandbox", "--platform=systrap")
 	tests := []struct {
 		name  string
 		check func(t *testing.T)
 	}{
 		{"healthz answers, heavy off", func(t *testing.T) {
-			r := call(t, "GET", "/healthz", "", nil)
+			r := s.call(t, "GET", "/healthz", "", nil)
 			if r.status != 200 || r.body["status"] != "ok" || r.body["heavy"] != false {
 				t.Fatalf("healthz: %d %v", r.status, r.body)
 			}
 		}},
 		{"a run without the key is refused", func(t *testing.T) {
-			r := call(t, "POST", "/v1/run", "", map[string]any{"code": "print(1)"})
+			r := s.call(t, "POST", "/v1/run", "", map[string]any{"code": "print(1)"})
 			if r.status != 401 {
 				t.Fatalf("without a key: %d %v", r.status, r.body)
 			}
 		}},
 		{"print(1) runs on nano", func(t *testing.T) {
-			r := call(t, "POST", "/v1/run", key, map[string]any{"code": "print(1)", "tier": "nano"})
+			r := s.call(t, "POST", "/v1/run", s.key, map[string]any{"code": "print(1)", "tier": "nano"})
 			if r.status != 200 || r.body["stdout"] != "1\n" || r.body["tier"] != "nano" {
 				t.Fatalf("print(1): %d %v", r.status, r.body)
 			}
 		}},
 		{"an import runs on nano", func(t *testing.T) {
-			r := call(t, "POST", "/v1/run", key, map[string]any{"code": "import json; print(json.dumps([1, 2]))", "tier": "nano"})
+			r := s.call(t, "POST", "/v1/run", s.key, map[string]any{"code": "import json; print(json.dumps([1, 2]))", "tier": "nano"})
 			if r.status != 200 || r.body["stdout"] != "[1, 2]\n" {
 				t.Fatalf("import json: %d %v", r.status, r.body)
 			}
 		}},
 		{"heavy is refused with the reason: runsc does not nest", func(t *testing.T) {
-			r := call(t, "POST", "/v1/run", key, map[string]any{"code": "import numpy", "tier": "heavy"})
+			r := s.call(t, "POST", "/v1/run", s.key, map[string]any{"code": "import numpy", "tier": "heavy"})
 			want := `tier "heavy" is not available on this server: ` + heavy.ErrNested.Error()
-			if r.status != 400 || errMessage(r) != want {
-				t.Fatalf("heavy: %d %q\nwant 400 %q", r.status, errMessage(r), want)
+			if r.status != 400 || r.errMessage() != want {
+				t.Fatalf("heavy: %d %q\nwant 400 %q", r.status, r.errMessage(), want)
 			}
 		}},
 		{"the server's log says why heavy is off", func(t *testing.T) {
-			if !strings.Contains(logs.String(), `msg="heavy tier off"`) || !strings.Contains(logs.String(), "runs inside a gVisor sandbox") {
-				t.Fatalf("log:\n%s", logs.String())
+			if !strings.Contains(s.logs.String(), `msg="heavy tier off"`) || !strings.Contains(s.logs.String(), "runs inside a gVisor sandbox") {
+				t.Fatalf("log:\n%s", s.logs.String())
 			}
 		}},
 		{"state lands in the volume", func(t *testing.T) {
-			if _, err := os.Stat(filepath.Join(volume, "state", "audit")); err != nil {
+			if _, err := os.Stat(filepath.Join(s.volume, "state", "audit")); err != nil {
 				t.Fatalf("no audit directory in the volume: %v", err)
 			}
 		}},
@@ -223,33 +281,128 @@ func TestImageServesUnderRunsc(t *testing.T) {
 	}
 }
 
+// TestImageRunsHeavyUnderRunc runs the image with runc as `docker run --privileged` does (every
+// capability the host has, no seccomp or AppArmor, /sys and the cgroup hierarchy writable, the
+// engine's open-files limit): there runsc starts inside the container, and the heavy tier runs
+// numpy and pandas.
+func TestImageRunsHeavyUnderRunc(t *testing.T) {
+	runsc, heavyRootfs := needIntegration(t)
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		t.Fatalf("%s=1: the heavy tier in the image is tested under runc (Debian's runc package): %v", integrationEnv, err)
+	}
+	rootfs, c := unpackedImage(t, runsc, heavyRootfs)
+	s := serveImage(t, rootfs, c, privileged(t), runc)
+	tests := []struct {
+		name  string
+		check func(t *testing.T)
+	}{
+		{"healthz says heavy", func(t *testing.T) {
+			r := s.call(t, "GET", "/healthz", "", nil)
+			if r.status != 200 || r.body["heavy"] != true {
+				t.Fatalf("healthz: %d %v", r.status, r.body)
+			}
+		}},
+		{"numpy and pandas run on heavy", func(t *testing.T) {
+			r := s.call(t, "POST", "/v1/run", s.key, map[string]any{"code": "import numpy, pandas\nprint(int(numpy.arange(4).sum()), len(pandas.DataFrame({'a': [1, 2]})))", "tier": "heavy"})
+			if r.status != 200 || r.body["stdout"] != "6 2\n" || r.body["tier"] != "heavy" {
+				t.Fatalf("heavy: %d %v", r.status, r.body)
+			}
+		}},
+		{"print(1) runs on nano beside it", func(t *testing.T) {
+			r := s.call(t, "POST", "/v1/run", s.key, map[string]any{"code": "print(1)", "tier": "nano"})
+			if r.status != 200 || r.body["stdout"] != "1\n" {
+				t.Fatalf("print(1): %d %v", r.status, r.body)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, tt.check)
+	}
+}
+
+// privileged turns the spec into what `docker run --privileged` gives a container under runc.
+func privileged(t *testing.T) func(spec map[string]any) {
+	t.Helper()
+	caps := boundingCaps(t)
+	var nofile syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile); err != nil {
+		t.Fatal(err)
+	}
+	return func(spec map[string]any) {
+		proc := spec["process"].(map[string]any)
+		proc["capabilities"] = map[string]any{"bounding": caps, "effective": caps, "inheritable": caps, "permitted": caps}
+		// runc's own default is 1024 open files, too few for runsc's gofer serving numpy and
+		// pandas (their imports then fail); Docker gives containers its daemon's limit.
+		proc["rlimits"] = []map[string]any{{"type": "RLIMIT_NOFILE", "hard": nofile.Max, "soft": nofile.Max}}
+		var mounts []map[string]any
+		for _, m := range spec["mounts"].([]map[string]any) {
+			if m["destination"] != "/sys" {
+				mounts = append(mounts, m)
+			}
+		}
+		spec["mounts"] = append(mounts,
+			map[string]any{"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": []string{"nosuid", "noexec", "nodev", "rw"}},
+			map[string]any{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": []string{"nosuid", "noexec", "nodev", "relatime", "rw"}})
+	}
+}
+
+// capNames are the capabilities by bit number (linux/capability.h).
+var capNames = []string{"CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+	"LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE",
+	"SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME",
+	"SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+	"WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE"}
+
+// boundingCaps are the capabilities this process may give a child: all of them is what
+// --privileged means, and runc refuses one outside the bounding set.
+func boundingCaps(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapBnd:\t"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var caps []string
+			for i, n := range capNames {
+				if mask&(1<<i) != 0 {
+					caps = append(caps, "CAP_"+n)
+				}
+			}
+			return caps
+		}
+	}
+	t.Fatal("no CapBnd in /proc/self/status")
+	return nil
+}
+
 // buildTestImage builds the agentbox binary of this checkout (static, as release.sh does) and the
 // image from it and build/heavy's cache.
-func buildTestImage(t *testing.T, dir, runsc, rootfs string) string {
-	t.Helper()
+func buildTestImage(dir, runsc, rootfs string) (string, error) {
 	bin := filepath.Join(dir, "agentbox")
 	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/entersandbox/agentbox/cmd/agentbox")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building agentbox: %v\n%s", err, out)
+		return "", fmt.Errorf("building agentbox: %w\n%s", err, out)
 	}
 	out := filepath.Join(dir, "image.tar")
-	start := time.Now()
-	res, err := build(options{agentbox: bin, runsc: runsc, rootfs: rootfs, version: "0.0.0-test", revision: "test",
+	_, err := build(options{agentbox: bin, runsc: runsc, rootfs: rootfs, version: "0.0.0-test", revision: "test",
 		created: "2026-12-01T00:00:00Z", arch: runtime.GOARCH, out: out})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("built %s (%.1f MB) in %s", res.digest, float64(res.size)/1e6, time.Since(start).Round(time.Millisecond))
-	return out
+	return out, err
 }
 
 // runtimeSpec is the OCI runtime spec a container engine would make from the image's config for
-// `docker run --privileged -v VOLUME:/var/lib/agentbox -e env...` in the network namespace netns.
-func runtimeSpec(c ImageConfig, netns, volume string, env ...string) map[string]any {
+// `docker run -v VOLUME:/var/lib/agentbox -e env...` in the network namespace netns, with root
+// (the unpacked image) as the container's root; privileged adds what --privileged does.
+func runtimeSpec(c ImageConfig, rootfs, netns, volume string, env ...string) map[string]any {
 	caps := []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
 		"CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_SYS_CHROOT",
-		"CAP_SYS_PTRACE", "CAP_SYS_ADMIN", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYSLOG"}
+		"CAP_SYS_PTRACE", "CAP_SYS_ADMIN", "CAP_SYS_NICE", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYSLOG"}
 	args := append(append([]string{}, c.Config.Entrypoint...), c.Config.Cmd...)
 	var volumes []map[string]any
 	for v := range c.Config.Volumes {
@@ -271,7 +424,7 @@ func runtimeSpec(c ImageConfig, netns, volume string, env ...string) map[string]
 			"capabilities": map[string]any{"bounding": caps, "effective": caps, "inheritable": caps, "permitted": caps},
 			"rlimits":      []map[string]any{{"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}},
 		},
-		"root":     map[string]any{"path": "rootfs", "readonly": false},
+		"root":     map[string]any{"path": rootfs, "readonly": false},
 		"hostname": "agentbox",
 		"mounts":   append(mounts, volumes...),
 		"linux": map[string]any{"namespaces": []map[string]any{
