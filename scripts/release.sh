@@ -94,7 +94,7 @@ if [ -n "$image" ]; then
     { echo "--image needs the heavy tier's runsc and root filesystem: run build/heavy/build.sh (scripts/setup.sh does)"; exit 1; }
   [ -f "dist/agentbox-$version-linux-amd64" ] || { echo "--image needs the linux/amd64 binary (RELEASE_TARGETS without it)"; exit 1; }
   say "container image agentbox:$version (linux/amd64, heavy tier inside)"
-  go run ./build/image -agentbox "dist/agentbox-$version-linux-amd64" -runsc "$heavy/bin/runsc" -rootfs "$heavy/rootfs" \
+  go run ./build/image -agentbox "dist/agentbox-$version-linux-amd64" -runsc "$heavy/bin/runsc" -rootfs "$heavy/rootfs" -layer-cache "$heavy/image-layers" \
     -version "$version" -revision "$commit" -created "$date" -out "dist/agentbox-image-$version.tar" >"$work/image.digest"
   say "image manifest digest $(cat "$work/image.digest")"
   sbom_image=(-image "dist/agentbox-image-$version.tar" -image-digest "$(cat "$work/image.digest")" -image-runsc "$heavy/bin/runsc" -image-rootfs "$heavy/rootfs")

@@ -349,3 +349,33 @@ func TestDockerName(t *testing.T) {
 		}
 	}
 }
+
+func TestLayerCacheReusesTheRootfsLayerAndGivesTheSameImage(t *testing.T) {
+	fx := newFixture(t)
+	os.WriteFile(filepath.Join(fx.rootfs, ".agentbox-complete"), nil, 0o644)
+	cache := filepath.Join(fx.dir, "cache")
+	plain, _ := fx.build(t, nil)
+	first, _ := fx.build(t, func(o *options) { o.out, o.layerCache = filepath.Join(fx.dir, "c1.tar"), cache })
+	second, _ := fx.build(t, func(o *options) { o.out, o.layerCache = filepath.Join(fx.dir, "c2.tar"), cache })
+	if first.layers[1].cached || !second.layers[1].cached {
+		t.Fatalf("rootfs layer cached: first build %v, second %v; want false, true", first.layers[1].cached, second.layers[1].cached)
+	}
+	for _, l := range []int{0, 2, 3} {
+		if second.layers[l].cached {
+			t.Errorf("layer %d (%s) came from the cache: only tree layers may", l, second.layers[l].comment)
+		}
+	}
+	a, _ := os.ReadFile(fx.opts.out)
+	b, _ := os.ReadFile(filepath.Join(fx.dir, "c2.tar"))
+	if plain.digest != second.digest || !bytes.Equal(a, b) {
+		t.Fatalf("a cached build differs from a plain one: %s vs %s", plain.digest, second.digest)
+	}
+	// A rebuilt root filesystem (build.sh writes its marker anew) is not taken from the cache.
+	time.Sleep(10 * time.Millisecond)
+	os.WriteFile(filepath.Join(fx.rootfs, "usr/bin/new"), []byte("new\n"), 0o755)
+	os.WriteFile(filepath.Join(fx.rootfs, ".agentbox-complete"), nil, 0o644)
+	third, _ := fx.build(t, func(o *options) { o.out, o.layerCache = filepath.Join(fx.dir, "c3.tar"), cache })
+	if third.layers[1].cached || third.layers[1].digest == second.layers[1].digest {
+		t.Fatalf("a rebuilt root filesystem reused the old layer (cached %v)", third.layers[1].cached)
+	}
+}

@@ -36,6 +36,7 @@ func main() {
 	flag.StringVar(&o.tag, "tag", "", "the name docker load gives the image (default agentbox:<version>)")
 	flag.StringVar(&o.arch, "arch", "amd64", "the image's architecture (the binaries' must match)")
 	flag.StringVar(&o.out, "out", "", "the image archive to write (.tar)")
+	flag.StringVar(&o.layerCache, "layer-cache", "", "directory keeping the root filesystem's compressed layer between builds (cache.go); empty: none")
 	var docs string
 	flag.StringVar(&docs, "docs", "LICENSE,THIRD_PARTY.md", "comma-separated files put in /usr/share/doc/agentbox")
 	flag.Parse()
@@ -50,7 +51,11 @@ func main() {
 		fail(err)
 	}
 	for _, l := range res.layers {
-		fmt.Fprintf(os.Stderr, "image: layer %-28s %s %6.1f MB\n", l.comment, l.digest[:19], float64(l.size)/1e6)
+		from := ""
+		if l.cached {
+			from = " (from the layer cache)"
+		}
+		fmt.Fprintf(os.Stderr, "image: layer %-28s %s %6.1f MB%s\n", l.comment, l.digest[:19], float64(l.size)/1e6, from)
 		if len(l.skipped) > 0 {
 			fmt.Fprintf(os.Stderr, "image:   left out %d device nodes or sockets (runsc gives sandboxes their own /dev): %s\n", len(l.skipped), strings.Join(l.skipped, " "))
 		}
@@ -71,6 +76,7 @@ type options struct {
 	source, created, tag    string
 	arch, out               string
 	docs                    []string // files for /usr/share/doc/agentbox; none is fine
+	layerCache              string   // see cache.go; empty means every layer is written anew
 }
 
 // result is what build wrote.
@@ -87,6 +93,7 @@ type layerInfo struct {
 	digest  string
 	size    int64
 	skipped []string
+	cached  bool // taken from the layer cache
 }
 
 // Paths inside the image. The heavy tier finds runsc and the root filesystem through
@@ -198,14 +205,14 @@ func build(o options) (*result, error) {
 	var history []History
 	var diffIDs []string
 	for _, spec := range specs {
-		l, err := writeLayer(work, spec, created)
+		l, cached, err := writeLayerCached(work, o.layerCache, spec, created)
 		if err != nil {
 			return nil, err
 		}
 		blobs = append(blobs, l)
 		diffIDs = append(diffIDs, l.diffID)
 		history = append(history, History{Created: created.Format(time.RFC3339), CreatedBy: "build/image: " + spec.comment})
-		res.layers = append(res.layers, layerInfo{comment: spec.comment, digest: l.digest, size: l.size, skipped: l.skipped})
+		res.layers = append(res.layers, layerInfo{comment: spec.comment, digest: l.digest, size: l.size, skipped: l.skipped, cached: cached})
 	}
 	labels := map[string]string{
 		"org.opencontainers.image.title":       "agentbox",

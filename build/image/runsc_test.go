@@ -392,7 +392,7 @@ func buildTestImage(dir, runsc, rootfs string) (string, error) {
 	}
 	out := filepath.Join(dir, "image.tar")
 	_, err := build(options{agentbox: bin, runsc: runsc, rootfs: rootfs, version: "0.0.0-test", revision: "test",
-		created: "2026-12-01T00:00:00Z", arch: runtime.GOARCH, out: out})
+		created: "2026-12-01T00:00:00Z", arch: runtime.GOARCH, out: out, layerCache: filepath.Join(heavyCache(), "image-layers")})
 	return out, err
 }
 
