@@ -3,7 +3,9 @@
 # same on all of them), the Python SDK's platform wheels (each carrying its platform's agentbox) and
 # its sdist (the pure client), the OpenAPI contract, the docs (dist/docs, scripts/docs.sh, and an
 # archive of them), an SBOM, SHA256SUMS and, when AGENTBOX_SIGNING_KEY names an ssh ed25519 private
-# key, SHA256SUMS.sig (ssh-keygen -Y sign).
+# key, SHA256SUMS.sig (ssh-keygen -Y sign). With --image, also the server's container image with the
+# heavy tier, agentbox-image-<version>.tar (build/image; docs/container-image.md), from the cached
+# runsc and root filesystem of build/heavy.
 # Offline: Go modules from the module proxy's cache, Debian's python3-build and python3-wheel.
 # Needs the interpreter built (scripts/setup.sh, or build/pywasm/build.sh).
 set -euo pipefail
@@ -11,6 +13,14 @@ cd "$(dirname "$0")/.."
 export GOTOOLCHAIN=go1.27.3 CGO_ENABLED=0
 
 say() { printf '[release] %s\n' "$*" >&2; }
+
+image=""
+for arg in "$@"; do
+  case "$arg" in
+    --image) image=1 ;;
+    *) echo "usage: release.sh [--image]" >&2; exit 2 ;;
+  esac
+done
 
 version=$(cat VERSION)
 [[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]] || { echo "VERSION $version is not SemVer"; exit 1; }
@@ -84,8 +94,21 @@ bash scripts/docs.sh dist/docs
 tar --sort=name --mtime="$date" --owner=0 --group=0 --numeric-owner -C dist -cf - docs |
   gzip -n >"dist/agentbox-$version-docs.tar.gz"
 
+sbom_image=()
+if [ -n "$image" ]; then
+  heavy=${AGENTBOX_HEAVY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentbox/heavy}
+  [ -x "$heavy/bin/runsc" ] && [ -x "$heavy/rootfs/usr/bin/python3" ] ||
+    { echo "--image needs the heavy tier's runsc and root filesystem: run build/heavy/build.sh (scripts/setup.sh does)"; exit 1; }
+  [ -f "dist/agentbox-$version-linux-amd64" ] || { echo "--image needs the linux/amd64 binary (RELEASE_TARGETS without it)"; exit 1; }
+  say "container image agentbox:$version (linux/amd64, heavy tier inside)"
+  go run ./build/image -agentbox "dist/agentbox-$version-linux-amd64" -runsc "$heavy/bin/runsc" -rootfs "$heavy/rootfs" -layer-cache "$heavy/image-layers" \
+    -version "$version" -revision "$commit" -created "$date" -out "dist/agentbox-image-$version.tar" >"$work/image.digest"
+  say "image manifest digest $(cat "$work/image.digest")"
+  sbom_image=(-image "dist/agentbox-image-$version.tar" -image-digest "$(cat "$work/image.digest")" -image-runsc "$heavy/bin/runsc" -image-rootfs "$heavy/rootfs")
+fi
+
 say "SBOM (CycloneDX)"
-go run ./build/release/sbom -version "$version" -date "$date" -pyproject sdk/python/pyproject.toml \
+go run ./build/release/sbom -version "$version" -date "$date" -pyproject sdk/python/pyproject.toml "${sbom_image[@]}" \
   "${bins[@]}" >"dist/agentbox-$version.cdx.json"
 
 say "SHA256SUMS"

@@ -20,8 +20,22 @@ import (
 // heavyEngine is the heavy tier's engine.
 type heavyEngine = heavy.Engine
 
-// errHeavyMissing is what Installed and New fail with when the heavy tier cannot run here.
+// errHeavyMissing is what Installed and New fail with when the heavy tier is not installed.
 var errHeavyMissing = heavy.ErrNotInstalled
+
+// heavyAbsent says why there is no heavy tier when err (from Installed or New) means there is none
+// here rather than a fault: not installed, or this agentbox runs inside gVisor where runsc cannot
+// start. The reason is the sentinel alone, without the paths the wrapped error names, since clients
+// that ask for heavy are told it. Nil when err is something else.
+func heavyAbsent(err error) error {
+	switch {
+	case errors.Is(err, heavy.ErrNested):
+		return heavy.ErrNested
+	case errors.Is(err, heavy.ErrNotInstalled):
+		return heavy.ErrNotInstalled
+	}
+	return nil
+}
 
 // heavyHint ends a note that a run would have needed the heavy tier.
 const heavyHint = "the heavy tier is not installed (build/heavy/build.sh)"

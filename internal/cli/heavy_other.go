@@ -47,6 +47,15 @@ const keepDir = "audit"
 
 func heavyInstalled() error { return errHeavyMissing }
 
+// heavyAbsent says why there is no heavy tier when err means there is none (always, here), as in
+// heavy_linux.go; nil for any other error.
+func heavyAbsent(err error) error {
+	if errors.Is(err, errHeavyMissing) {
+		return errHeavyMissing
+	}
+	return nil
+}
+
 // heavyOptions mirror heavy_linux.go's; nothing reads them here.
 type heavyOptions struct {
 	PoolSize     int

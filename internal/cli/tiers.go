@@ -134,13 +134,17 @@ func (tf *tierFlags) open(ctx context.Context, nanoCfg nano.Config, cfg dispatch
 		t.net.close()
 		return nil, err
 	}
-	if *tf.heavyMode != "off" {
+	if *tf.heavyMode == "off" {
+		cfg.NoHeavyReason = errors.New("the server was started with --heavy off")
+	} else {
 		hopts := heavyOptions{PoolSize: *tf.heavyPool, PackageIndex: *tf.packageIndex, StateDir: *tf.stateDir, Net: t.net}
 		t.heavy, err = openHeavy(ctx, hopts, log)
 		switch {
 		case err == nil:
-		case *tf.heavyMode == "auto" && errors.Is(err, errHeavyMissing):
+		case *tf.heavyMode == "auto" && heavyAbsent(err) != nil:
+			// Requests for heavy are refused with this reason, not a generic one.
 			log.Info("heavy tier off", "reason", err)
+			cfg.NoHeavyReason = heavyAbsent(err)
 		default:
 			t.nano.Close(context.Background())
 			t.net.close()

@@ -33,6 +33,10 @@ type Config struct {
 	// means this host has no heavy tier: tier "heavy" and packages are refused, and tier "auto" always
 	// runs on nano (saying so).
 	Heavy tier.Engine
+	// NoHeavyReason says why there is no heavy tier when Heavy is nil (not installed, runsc cannot
+	// start here, --heavy off); tier "heavy" and packages are then refused with ErrNoHeavy naming
+	// it. Nil means ErrNoHeavy's own hint (install it with build/heavy/build.sh).
+	NoHeavyReason error
 	// Rules route tier "auto"; nil means the shipped rules.
 	Rules *router.Rules
 	// SessionTTL is the idle time after which a session that asked for none is closed; zero means
@@ -209,6 +213,15 @@ func isNil(e tier.Engine) bool {
 // ErrNoHeavy is returned for tier "heavy" or packages on a host without the heavy tier.
 var ErrNoHeavy = errdefs.With(errdefs.InvalidArgument, errors.New("tier \"heavy\" is not available on this server (install it with build/heavy/build.sh)"))
 
+// noHeavyError is ErrNoHeavy with Config.NoHeavyReason's words instead of the install hint.
+type noHeavyError struct{ reason error }
+
+func (e noHeavyError) Error() string {
+	return "tier \"heavy\" is not available on this server: " + e.reason.Error()
+}
+func (e noHeavyError) Is(target error) bool { return target == ErrNoHeavy }
+func (e noHeavyError) Unwrap() error        { return e.reason }
+
 // checkPlacement refuses an unknown tier, packages on the nano tier and heavy on a host without it.
 func (d *Dispatcher) checkPlacement(t api.Tier, pkgs []string) error {
 	switch t {
@@ -220,6 +233,9 @@ func (d *Dispatcher) checkPlacement(t api.Tier, pkgs []string) error {
 		return errdefs.With(errdefs.InvalidArgument, fmt.Errorf("packages %v need tier \"heavy\"; the nano tier has the standard library only", pkgs))
 	}
 	if d.heavy == nil && (t == api.TierHeavy || len(pkgs) > 0) {
+		if d.cfg.NoHeavyReason != nil {
+			return errdefs.With(errdefs.InvalidArgument, noHeavyError{d.cfg.NoHeavyReason})
+		}
 		return ErrNoHeavy
 	}
 	return nil

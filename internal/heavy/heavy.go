@@ -171,9 +171,13 @@ func cacheDir() string {
 }
 
 // Installed reports whether the runsc and root filesystem cfg names (empty: the build script's cache)
-// are in place, as ErrNotInstalled (wrapped) when not. It starts nothing, so a caller can tell whether
-// there is a heavy tier before paying for an Engine.
+// are in place, as ErrNotInstalled (wrapped) when not, and ErrNested when this process runs inside
+// gVisor, where runsc cannot start. It starts nothing, so a caller can tell whether there is a heavy
+// tier before paying for an Engine.
 func Installed(cfg Config) error {
+	if underGVisor() {
+		return ErrNested
+	}
 	runsc, rootfs := cfg.Runsc, cfg.Rootfs
 	if runsc == "" {
 		runsc = filepath.Join(cacheDir(), "bin", "runsc")

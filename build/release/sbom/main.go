@@ -28,8 +28,16 @@ func main() {
 	version := flag.String("version", "", "the release's version (SemVer)")
 	date := flag.String("date", "", "the build date (RFC 3339), the BOM's timestamp")
 	pyproject := flag.String("pyproject", "", "the Python SDK's pyproject.toml")
+	var img imageInputs
+	flag.StringVar(&img.archive, "image", "", "the container image archive (release.sh --image), listed with what it carries")
+	flag.StringVar(&img.digest, "image-digest", "", "the image's manifest digest")
+	flag.StringVar(&img.runsc, "image-runsc", "", "the runsc the image carries")
+	flag.StringVar(&img.rootfs, "image-rootfs", "", "the heavy root filesystem the image carries (its Debian packages are listed)")
 	flag.Parse()
 	bom, err := build(*version, *date, *pyproject, flag.Args())
+	if err == nil && img.archive != "" {
+		err = addImage(bom, *version, img)
+	}
 	if err == nil {
 		err = write(os.Stdout, bom)
 	}
