@@ -167,7 +167,7 @@ func (f *fleet) addHost(id string, urls []string, o hostOpts) *host {
 	t.Helper()
 	var h http.Handler
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
-	var dcfg dispatch.Config
+	dcfg := dispatch.Config{Logger: testLogger}
 	if o.replicate {
 		store, err := snapstore.Open(snapstore.Config{Dir: t.TempDir()})
 		if err != nil {
