@@ -32,6 +32,7 @@ func TestServeKeyFlags(t *testing.T) {
 		{"cluster: an unknown tier", []string{"serve", "--cluster", "embedded", "--tiers", "nano,gpu"}, "--tiers"},
 		{"cluster: not a NATS URL", []string{"serve", "--cluster", "http://a:4222"}, "--cluster"},
 		{"cluster: zero replicas", []string{"serve", "--cluster", "embedded", "--cluster-replicas", "0"}, "--cluster-replicas"},
+		{"cluster: replicating sessions without a fleet", []string{"serve", "--replicate-sessions"}, "--replicate-sessions needs --cluster"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

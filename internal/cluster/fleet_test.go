@@ -175,7 +175,7 @@ func (f *fleet) addHost(id string, urls []string, o hostOpts) *host {
 	var h http.Handler
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
 	var joined atomic.Pointer[cluster.Node] // the dispatcher's hook tells the node once it has joined
-	dcfg := dispatch.Config{SessionTTL: o.ttl, SessionClosed: func(id string) {
+	dcfg := dispatch.Config{Logger: testLogger, SessionTTL: o.ttl, SessionClosed: func(id string) {
 		if n := joined.Load(); n != nil {
 			n.SessionEnded(id)
 		}

@@ -92,6 +92,9 @@ type ReplicationStats struct {
 	Blocks, Bytes, HeadBytes int64
 	// Pending is how many sessions have a step waiting to be sent now (the lag).
 	Pending int
+	// Ends are the ended sessions whose replica deletion was handled (deleted, or left to the host
+	// that restored the session).
+	Ends int64
 }
 
 // replicator sends committed steps to JetStream from one goroutine, so that a session's steps and
@@ -120,7 +123,7 @@ type replicator struct {
 	stop chan struct{}
 	done chan struct{}
 
-	steps, coalesced, dropped, failed, skipped, nblocks, nbytes, headBytes atomic.Int64
+	steps, coalesced, dropped, failed, skipped, nblocks, nbytes, headBytes, ends atomic.Int64
 }
 
 // startReplication creates the stream and buckets and starts the sending goroutine.
@@ -247,7 +250,7 @@ func (r *replicator) stats() ReplicationStats {
 	pending := len(r.pending)
 	r.mu.Unlock()
 	return ReplicationStats{Steps: r.steps.Load(), Coalesced: r.coalesced.Load(), Dropped: r.dropped.Load(), Failed: r.failed.Load(), Skipped: r.skipped.Load(),
-		Blocks: r.nblocks.Load(), Bytes: r.nbytes.Load(), HeadBytes: r.headBytes.Load(), Pending: pending}
+		Blocks: r.nblocks.Load(), Bytes: r.nbytes.Load(), HeadBytes: r.headBytes.Load(), Pending: pending, Ends: r.ends.Load()}
 }
 
 // next takes the oldest queued work: a step to send or a session to delete.
@@ -301,6 +304,7 @@ func (r *replicator) run() {
 			if err := r.remove(ctx, deleted); err != nil && ctx.Err() == nil {
 				r.log.Warn("cluster: deleting a closed session's replica", "session", deleted, "err", err)
 			}
+			r.ends.Add(1)
 		}
 		if ok {
 			continue
@@ -380,6 +384,9 @@ func (r *replicator) send(ctx context.Context, c *dispatch.Committed) error {
 		sent[id] = [32]byte(h.Sums[i*32 : i*32+32])
 	}
 	r.sent[c.Session] = sent
+	if other := r.movedTo(ctx, c.Session); other != "" {
+		return fmt.Errorf("the session's record names host %s, which restored it (this host was taken for dead): its replica is that host's now", other)
+	}
 	plain, err := json.Marshal(h)
 	if err != nil {
 		return err
@@ -418,6 +425,21 @@ func (r *replicator) send(ctx context.Context, c *dispatch.Committed) error {
 	return nil
 }
 
+// movedTo is the host session's record names when that is not this one: a host taken for dead
+// (its heartbeats late) whose session another host restored must neither overwrite nor delete the
+// replica, which is the other host's now. No record (not yet written, or deleted) is not a move.
+func (r *replicator) movedTo(ctx context.Context, session string) string {
+	e, err := r.n.sess.Get(ctx, session)
+	if err != nil {
+		return ""
+	}
+	var rec sessionRecord
+	if json.Unmarshal(e.Value(), &rec) != nil || rec.Host == r.n.cfg.HostID {
+		return ""
+	}
+	return rec.Host
+}
+
 // inFlight is how many blocks are sent before the first of them must be acknowledged; below the
 // client's own limit (WithPublishAsyncMaxPending).
 const inFlight = 128
@@ -441,6 +463,9 @@ func (r *replicator) remove(ctx context.Context, session string) error {
 	delete(r.sent, session)
 	if !keyRE.MatchString(session) {
 		return nil
+	}
+	if other := r.movedTo(ctx, session); other != "" {
+		return nil // restored by another host, whose replica it is now
 	}
 	var errs []error
 	if err := r.heads.Delete(ctx, session); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {

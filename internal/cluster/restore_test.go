@@ -326,3 +326,59 @@ func TestFleetReplicationDedupsUnchangedBlocks(t *testing.T) {
 		}
 	}
 }
+
+// A host taken for dead (its heartbeats late) whose session another host restored must leave that
+// host's replica and record alone: here h1 is alive, and the record is made to name h0.
+func TestFleetHostTakenForDeadLeavesTheReplicaAlone(t *testing.T) {
+	f := newFleet(t, 2, hostOpts{replicate: true})
+	js := f.js()
+	h1 := f.hosts[1]
+	id := newSessionOn(t, f.hosts[0], "h1")
+	runCell(t, f.hosts[0], id, "x = 1")
+	replicated := currentStep(t, f.hosts[0], id)
+	waitReplicated(t, js, id, replicated)
+	ctx := context.Background()
+	kv, err := js.KeyValue(ctx, cluster.SessionsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	json.Unmarshal(e.Value(), &rec)
+	rec["host"] = "h0"
+	b, _ := json.Marshal(rec)
+	if _, err := kv.Put(ctx, id, b); err != nil {
+		t.Fatal(err)
+	}
+	// Straight to h1 (marked forwarded, so it is served there): a step, then the close.
+	local := func(method, path string, body any) answer {
+		return call(t, h1, method, path, userKey, body, cluster.HeaderForwarded, "h0")
+	}
+	if a := local("POST", "/v1/sessions/"+id+"/run", api.SessionRunRequest{Code: "x = 2"}); a.status != 200 {
+		t.Fatalf("cell on h1: %d %s", a.status, a.body)
+	}
+	waitFor(t, 10*time.Second, "h1 to try sending the step", func() bool { return h1.node.ReplicationStats().Failed > 0 })
+	t.Run("its later steps do not overwrite the head", func(t *testing.T) {
+		if got := headStep(t, js, id); got != replicated {
+			t.Fatalf("head at step %d, was %d", got, replicated)
+		}
+	})
+	if a := local("DELETE", "/v1/sessions/"+id, nil); a.status >= 300 {
+		t.Fatalf("delete on h1: %d %s", a.status, a.body)
+	}
+	waitFor(t, 10*time.Second, "h1 to handle the session's end", func() bool { return h1.node.ReplicationStats().Ends > 0 })
+	t.Run("closing it deletes neither the replica nor the record", func(t *testing.T) {
+		if got := headStep(t, js, id); got != replicated {
+			t.Fatalf("head at step %d after the close, was %d", got, replicated)
+		}
+		if blockCount(t, js, id) == 0 {
+			t.Fatal("the blocks were purged")
+		}
+		if host := sessionHost(t, js, id); host != "h0" {
+			t.Fatalf("record names %q", host)
+		}
+	})
+}
