@@ -156,7 +156,7 @@ func (f *fleet) startNode(id string, urls []string, o hostOpts, d *dispatch.Disp
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		cfg := cluster.Config{NATS: urls, HostID: id, URL: url, Labels: map[string]string{"name": id},
 			RunSlots: o.runSlots, Stats: d.Stats, ConfigDigest: o.digest, Replicas: 3,
-			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, PlaceTimeout: 2 * time.Second, Logger: testLogger}
+			Heartbeat: 200 * time.Millisecond, HostTTL: 2 * time.Second, PlaceTimeout: 2 * time.Second, Logger: testLogger}
 		if o.replicate {
 			cfg.Replicate = d
 		}
@@ -406,7 +406,7 @@ func TestFleetKilledHostsSessionsReportGone(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("the run on the killed host did not answer before its 20 s sleep would have ended")
 	}
-	waitFor(t, 5*time.Second, "the session to report gone", func() bool {
+	waitFor(t, 10*time.Second, "the session to report gone", func() bool {
 		g := call(t, f.hosts[1], "GET", "/v1/sessions/"+id, userKey, nil)
 		return g.status == 404 && strings.Contains(string(g.body), "its host h2 left the fleet")
 	})
@@ -428,7 +428,7 @@ func TestFleetNATSNodeDownChangesNothing(t *testing.T) {
 	id := decode[api.Session](t, a).ID
 	f.nats[1].Shutdown() // h1's own NATS server: it reconnects to another
 	f.nats[1].WaitForShutdown()
-	time.Sleep(2 * time.Second) // longer than the host TTL: a missed heartbeat would show now
+	time.Sleep(3 * time.Second) // longer than the host TTL: a missed heartbeat would show now
 	for _, h := range f.hosts {
 		if n := len(h.node.Hosts(context.Background()).Hosts); n != 3 {
 			t.Fatalf("%s lists %d hosts with one NATS node down", h.id, n)

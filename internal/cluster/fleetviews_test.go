@@ -179,7 +179,7 @@ func TestFleetAuditSearchAndReports(t *testing.T) {
 			}
 		}
 		check("right after the kill")
-		waitFor(t, 5*time.Second, "h0 to see h2 gone", func() bool { return len(f.hosts[0].node.Hosts(context.Background()).Hosts) == 2 })
+		waitFor(t, 10*time.Second, "h0 to see h2 gone", func() bool { return len(f.hosts[0].node.Hosts(context.Background()).Hosts) == 2 })
 		check("once its record expired")
 	})
 }
@@ -237,7 +237,7 @@ func TestFleetSessionRecords(t *testing.T) {
 		d := dispatch.New(eng, dispatch.Config{})
 		defer d.Close()
 		node, err := cluster.Start(ctx, cluster.Config{NATS: f.urls[1:2], HostID: "h9", URL: "http://127.0.0.1:1", Replicas: 3, Stats: d.Stats,
-			Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, Logger: testLogger})
+			Heartbeat: 200 * time.Millisecond, HostTTL: 2 * time.Second, Logger: testLogger})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -370,7 +370,7 @@ func TestFleetMCPAnswersFromAnyHost(t *testing.T) {
 
 	t.Run("the connection's host killed answers 404 with the reason", func(t *testing.T) {
 		f.hosts[1].kill()
-		waitFor(t, 5*time.Second, "h2 to see h1 gone", func() bool { return len(f.hosts[2].node.Hosts(context.Background()).Hosts) == 2 })
+		waitFor(t, 10*time.Second, "h2 to see h1 gone", func() bool { return len(f.hosts[2].node.Hosts(context.Background()).Hosts) == 2 })
 		req, _ := http.NewRequest("POST", f.hosts[2].ts.URL+"/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":9,"method":"tools/list"}`))
 		req.Header.Set("Authorization", "Bearer "+userKey)
 		req.Header.Set("Content-Type", "application/json")

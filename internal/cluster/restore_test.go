@@ -186,7 +186,7 @@ func TestFleetRestoresDeadHostsSessions(t *testing.T) {
 	})
 
 	h1.kill()
-	waitFor(t, 5*time.Second, "h1 to leave the fleet", func() bool { return len(h0.node.Hosts(ctx).Hosts) == 2 })
+	waitFor(t, 10*time.Second, "h1 to leave the fleet", func() bool { return len(h0.node.Hosts(ctx).Hosts) == 2 })
 
 	t.Run("a replicated session answers from another host at its last step", func(t *testing.T) {
 		r := runCell(t, h0, full, "print(x + 1)")
@@ -260,7 +260,7 @@ func TestFleetConcurrentRequestsRestoreOnce(t *testing.T) {
 	runCell(t, f.hosts[0], id, "x = 41")
 	waitReplicated(t, js, id, currentStep(t, f.hosts[0], id))
 	f.hosts[1].kill()
-	waitFor(t, 5*time.Second, "h1 to leave the fleet", func() bool {
+	waitFor(t, 10*time.Second, "h1 to leave the fleet", func() bool {
 		return len(f.hosts[0].node.Hosts(context.Background()).Hosts) == 2 && len(f.hosts[2].node.Hosts(context.Background()).Hosts) == 2
 	})
 	// Through two hosts, so that each places its own restore and the compare-and-set on the

@@ -37,7 +37,7 @@ func fleetHost(t *testing.T, natsURL, id string, tiers []api.Tier, heavy bool) *
 	jctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	node, err := cluster.Start(jctx, cluster.Config{NATS: []string{natsURL}, HostID: id, URL: "http://" + ts.Listener.Addr().String(),
-		Tiers: tiers, Stats: d.Stats, Heartbeat: 200 * time.Millisecond, HostTTL: time.Second, PlaceTimeout: 5 * time.Second})
+		Tiers: tiers, Stats: d.Stats, Heartbeat: 200 * time.Millisecond, HostTTL: 2 * time.Second, PlaceTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
