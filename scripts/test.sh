@@ -42,10 +42,11 @@ fi
 say "govulncheck (offline database; fails on a reachable vulnerability)"
 bash scripts/vulncheck.sh
 
-say "Debian packages for the Python SDK's tests, coverage and lint, and shellcheck"
+say "Debian packages for the Python SDK's tests, coverage and lint, shellcheck, and runc"
 # Debian's interpreter, pytest, coverage, flake8 and mypy; the SDK is installed offline into
-# throw-away venvs.
-py_pkgs="python3-pytest python3-setuptools python3-venv python3-pip python3-coverage python3-flake8 mypy shellcheck"
+# throw-away venvs. runc runs the server's container image the way `docker run --privileged` does
+# (build/image's integration test; the image's heavy tier cannot run under runsc itself).
+py_pkgs="python3-pytest python3-setuptools python3-venv python3-pip python3-coverage python3-flake8 mypy shellcheck runc"
 missing=""
 for p in $py_pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
