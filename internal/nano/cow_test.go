@@ -22,14 +22,22 @@ func TestSharedImageRegionsReadAsTheImage(t *testing.T) {
 		t.Fatal("no memfd on this machine: the copy-on-write path is not tested")
 	}
 	for _, tc := range []struct {
-		name    string
-		pagemap bool
-	}{{"private pages copied back", true}, {"private pages dropped", false}} {
+		name          string
+		pagemap, scan bool
+	}{
+		{"private pages found by PAGEMAP_SCAN and copied back", true, true},
+		{"private pages found in pagemap entries and copied back", true, false},
+		{"private pages dropped", false, false},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newRegionPool(1<<30, 4)
 			defer p.close()
 			if !tc.pagemap {
 				p.pm.close()
+			}
+			p.pm.noScan.Store(!tc.scan)
+			if tc.scan && !pagemapScanWorks(p.pm) {
+				t.Skip("this kernel has no PAGEMAP_SCAN (Linux 6.7): the pagemap entries are read instead")
 			}
 			check := func(r *region, what string) {
 				t.Helper()
@@ -65,6 +73,20 @@ func TestSharedImageRegionsReadAsTheImage(t *testing.T) {
 				check(again, "recycled region")
 				defer p.put(again)
 			}
+			if tc.scan && p.pm.noScan.Load() {
+				t.Fatal("PAGEMAP_SCAN was given up on: the entries were read instead")
+			}
 		})
 	}
+}
+
+// pagemapScanWorks reports whether the kernel answers PAGEMAP_SCAN on pm.
+func pagemapScanWorks(pm *pagemap) bool {
+	buf, err := mapRegion(1 << 20)
+	if err != nil {
+		return false
+	}
+	defer unmapRegion(buf)
+	_, supported := pm.scanPrivate(buf, &image{data: make([]byte, osPage)}, osPage)
+	return supported
 }
