@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"testing"
+	"time"
 )
 
 // TestSharedImageRegionsReadAsTheImage: a region restored from a shared (memfd) image reads as the
@@ -89,4 +90,80 @@ func pagemapScanWorks(pm *pagemap) bool {
 	defer unmapRegion(buf)
 	_, supported := pm.scanPrivate(buf, &image{data: make([]byte, osPage)}, osPage)
 	return supported
+}
+
+// TestBackgroundResetRegionsReadAsTheImage: a region put back over a shared image is reset by the
+// pool's background reset, and the next get hands that same region out (no new mapping) reading as
+// the image asked for: what the last guest wrote, inside the image and past it, is gone, also when
+// the image asked for is another one (the snapshot rotated) or none.
+func TestBackgroundResetRegionsReadAsTheImage(t *testing.T) {
+	mk := func() ([]byte, *image) {
+		data := make([]byte, 32*osPage)
+		rand.Read(data[:8*osPage])
+		rand.Read(data[20*osPage : 21*osPage])
+		img, err := newSharedImage(bytes.Clone(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img.shared == nil {
+			t.Fatal("no memfd on this machine: the background reset is not tested")
+		}
+		return data, img
+	}
+	dataA, imgA := mk()
+	dataB, imgB := mk()
+	for _, tc := range []struct {
+		name string
+		next *image
+		want []byte // nil: all zero
+	}{
+		{"same image", imgA, dataA},
+		{"another image", imgB, dataB},
+		{"no image", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newRegionPool(1<<30, 4)
+			defer p.close()
+			r, err := p.get(imgA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, off := range []int{2 * osPage, 15*osPage + 3, 31 * osPage, len(dataA) + 3*osPage} {
+				r.buf[off] ^= 0xa5
+			}
+			r.dirty = len(dataA) + 4*osPage
+			p.put(r)
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				p.mu.Lock()
+				done := len(p.clean) == 1 && p.clean[0] == r
+				p.mu.Unlock()
+				if done {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the background reset did not reset the region put back")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			got, err := p.get(tc.next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.put(got)
+			if got != r || p.mapped.Load() != 1 {
+				t.Fatalf("a new region was mapped (%d in all) instead of the one reset", p.mapped.Load())
+			}
+			want := tc.want
+			if want == nil {
+				want = make([]byte, len(dataA))
+			}
+			if !bytes.Equal(got.buf[:len(want)], want) {
+				t.Fatal("the region does not read as the image asked for")
+			}
+			if !isZero(got.buf[len(want) : len(dataA)+8*osPage]) {
+				t.Fatal("memory past the image is not zero")
+			}
+		})
+	}
 }
