@@ -3,6 +3,7 @@ package nano
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -165,5 +166,51 @@ func TestBackgroundResetRegionsReadAsTheImage(t *testing.T) {
 				t.Fatal("memory past the image is not zero")
 			}
 		})
+	}
+}
+
+// TestConcurrentRegionsNeverSeeAnotherGuestsWrites: goroutines take regions from one pool, check
+// that each reads as the image, scribble over it and past it, and put it back, while the background
+// reset recycles them: no region is ever handed out with a previous guest's writes.
+func TestConcurrentRegionsNeverSeeAnotherGuestsWrites(t *testing.T) {
+	data := make([]byte, 48*osPage)
+	rand.Read(data[:16*osPage])
+	rand.Read(data[30*osPage : 33*osPage])
+	img, err := newSharedImage(bytes.Clone(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.shared == nil {
+		t.Fatal("no memfd on this machine: the background reset is not tested")
+	}
+	p := newRegionPool(1<<30, 3)
+	defer p.close()
+	const workers, rounds = 4, 50
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := range rounds {
+				r, err := p.get(img)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(r.buf[:len(data)], data) || !isZero(r.buf[len(data):len(data)+4*osPage]) {
+					errs <- fmt.Errorf("worker %d, round %d: a region was handed out with another guest's writes", w, i)
+					return
+				}
+				for pg := (w + i) % 5; pg < 52; pg += 5 {
+					r.buf[pg*osPage+w] = byte(0x80 | w)
+				}
+				r.dirty = max(r.dirty, 52*osPage)
+				p.put(r)
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
