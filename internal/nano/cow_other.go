@@ -2,7 +2,10 @@
 
 package nano
 
-import "errors"
+import (
+	"errors"
+	"sync/atomic"
+)
 
 // Copy-on-write restores need memfds and /proc/self/pagemap (cow_linux.go); elsewhere an image is
 // plain bytes and every restore copies it into the region.
@@ -19,11 +22,13 @@ func (sh *sharedImage) mapOnto([]byte, int) error {
 }
 
 // pagemap is never open on this platform: resetPrivate always answers that it cannot tell.
-type pagemap struct{}
+type pagemap struct{ noScan atomic.Bool }
 
 func openPagemap() *pagemap { return &pagemap{} }
 
 func (pm *pagemap) resetPrivate([]byte, *image, int) bool { return false }
+
+func (pm *pagemap) scanPrivate([]byte, *image, int) (ok, supported bool) { return false, false }
 
 func (pm *pagemap) close() {}
 

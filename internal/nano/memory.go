@@ -21,27 +21,42 @@ const (
 // kernel has already mapped for us costs nothing to write again, while first touches of fresh pages
 // cost a fault each (about 12 µs on the nested-virtualisation machines we measured; see
 // docs/nano-snapshot.md). So a sandbox is restored by copying the snapshot into a recycled region.
+// A region belongs to whoever took it from the pool; the pool's lists hand it over under the
+// pool's mu.
 type region struct {
 	buf   []byte // the whole reservation
 	dirty int    // bytes from the start that may differ from zero
 	// image is the shared image mapped copy-on-write over the start of buf (cow.go), nil if none;
-	// while the region is free that stretch reads as the image again.
+	// once the region is reset that stretch reads as the image again.
 	image *image
+	// clean: the region reads as cleanAs (nil: zero) and zero past it, so get need not reset it.
+	clean   bool
+	cleanAs *image
 }
 
 // regionPool recycles regions. Its methods are safe for concurrent use.
 type regionPool struct {
-	mu      sync.Mutex
-	pm      *pagemap
-	free    []*region
-	max     int
-	reserve uint64
-	mapped  atomic.Int64 // regions in existence
-	closed  atomic.Bool
+	mu        sync.Mutex
+	pm        *pagemap
+	clean     []*region  // guarded by mu: free regions reset already (region.clean)
+	used      []*region  // guarded by mu: free regions as their last guest left them
+	resetting int        // guarded by mu: free regions resetLoop is resetting
+	resetDone *sync.Cond // on mu: resetLoop has finished with a region
+	max       int        // guarded by mu: free regions kept; 0 once closed
+	reserve   uint64
+	mapped    atomic.Int64 // regions in existence
+	closed    atomic.Bool
+	wake      chan struct{} // capacity 1: used holds regions for resetLoop
+	stop      chan struct{} // closed by close
+	loopDone  chan struct{} // closed when resetLoop returns
 }
 
 func newRegionPool(reserve uint64, max int) *regionPool {
-	return &regionPool{reserve: reserve, max: max, pm: openPagemap()}
+	p := &regionPool{reserve: reserve, max: max, pm: openPagemap(),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), loopDone: make(chan struct{})}
+	p.resetDone = sync.NewCond(&p.mu)
+	go p.resetLoop()
+	return p
 }
 
 // image is a memory snapshot with its zero and non-zero stretches marked, so that resetting a region
@@ -88,12 +103,22 @@ func (img *image) size() int {
 }
 
 // get returns a region whose first bytes equal img (nil: none) and whose remainder reads as zero.
+// It prefers a region the background reset has made ready for img already, then one to reset now,
+// then, if the background reset holds one, waits for it rather than mapping a new region (whose
+// pages would all fault on first touch).
 func (p *regionPool) get(img *image) (*region, error) {
 	p.mu.Lock()
 	var r *region
-	if n := len(p.free); n > 0 {
-		r = p.free[n-1]
-		p.free = p.free[:n-1]
+	for r == nil {
+		if n := len(p.clean); n > 0 {
+			r, p.clean = p.clean[n-1], p.clean[:n-1]
+		} else if n := len(p.used); n > 0 {
+			r, p.used = p.used[n-1], p.used[:n-1]
+		} else if p.resetting > 0 {
+			p.resetDone.Wait()
+		} else {
+			break
+		}
 	}
 	p.mu.Unlock()
 	if r == nil {
@@ -104,6 +129,17 @@ func (p *regionPool) get(img *image) (*region, error) {
 		p.mapped.Add(1)
 		r = &region{buf: buf}
 	}
+	if !r.clean || r.cleanAs != img {
+		if err := p.reset(r, img); err != nil {
+			return nil, err
+		}
+	}
+	r.clean = false
+	return r, nil
+}
+
+// reset makes r read as img (nil: none) and zero past it. On failure r is unmapped.
+func (p *regionPool) reset(r *region, img *image) error {
 	size := img.size()
 	if r.dirty > size {
 		// Memory the last guest grew into must read as zero again. The first warmHeadroom bytes past the
@@ -114,7 +150,7 @@ func (p *regionPool) get(img *image) (*region, error) {
 		if r.dirty > warm {
 			if err := releasePages(r.buf[warm:roundUp(r.dirty, osPage)]); err != nil {
 				p.unmap(r)
-				return nil, fmt.Errorf("resetting guest memory: %w", err)
+				return fmt.Errorf("resetting guest memory: %w", err)
 			}
 		}
 	}
@@ -125,13 +161,13 @@ func (p *regionPool) get(img *image) (*region, error) {
 			if !p.pm.resetPrivate(r.buf, img, size) {
 				if err := dropPrivate(r.buf[:size]); err != nil {
 					p.unmap(r)
-					return nil, fmt.Errorf("resetting guest memory: %w", err)
+					return fmt.Errorf("resetting guest memory: %w", err)
 				}
 			}
 		} else {
 			if err := img.shared.mapOnto(r.buf, size); err != nil {
 				p.unmap(r)
-				return nil, err
+				return err
 			}
 			r.image = img
 		}
@@ -147,20 +183,71 @@ func (p *regionPool) get(img *image) (*region, error) {
 		}
 	}
 	r.dirty = size
-	return r, nil
+	r.clean, r.cleanAs = true, img
+	return nil
 }
 
 // put recycles a region, or unmaps it when enough are kept already. What the guest wrote over a
-// shared image is reset by the next get, which the pool's refill makes off the request path.
+// shared image is reset by the background reset (resetLoop), off the path that hands regions out;
+// other regions are reset by the next get.
 func (p *regionPool) put(r *region) {
+	r.clean = false
 	p.mu.Lock()
-	if len(p.free) < p.max {
-		p.free = append(p.free, r)
+	if len(p.clean)+len(p.used)+p.resetting >= p.max {
 		p.mu.Unlock()
+		p.unmap(r)
 		return
 	}
+	p.used = append(p.used, r)
 	p.mu.Unlock()
-	p.unmap(r)
+	if r.image != nil {
+		select {
+		case p.wake <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
+}
+
+// resetLoop resets the regions put back over a shared image until the pool closes, so that get finds
+// them ready.
+func (p *regionPool) resetLoop() {
+	defer close(p.loopDone)
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-p.wake:
+		}
+		for {
+			p.mu.Lock()
+			var r *region
+			for i := len(p.used) - 1; i >= 0; i-- {
+				if p.used[i].image != nil {
+					r = p.used[i]
+					p.used = append(p.used[:i], p.used[i+1:]...)
+					break
+				}
+			}
+			if r == nil {
+				p.mu.Unlock()
+				break
+			}
+			p.resetting++
+			p.mu.Unlock()
+			err := p.reset(r, r.image) // on failure r is unmapped already
+			p.mu.Lock()
+			p.resetting--
+			keep := err == nil && len(p.clean)+len(p.used) < p.max
+			if keep {
+				p.clean = append(p.clean, r)
+			}
+			p.resetDone.Broadcast()
+			p.mu.Unlock()
+			if err == nil && !keep {
+				p.unmap(r)
+			}
+		}
+	}
 }
 
 func (p *regionPool) unmap(r *region) {
@@ -177,9 +264,14 @@ func (p *regionPool) trim(keep, maxFree int) {
 	from := roundUp(keep, hugePage)
 	p.mu.Lock()
 	var drop []*region
-	if len(p.free) > maxFree {
-		drop = append(drop, p.free[maxFree:]...)
-		p.free = p.free[:maxFree]
+	if n := len(p.used) + len(p.clean); n > maxFree {
+		k := min(n-maxFree, len(p.used)) // the used ones go first: they need a reset anyway
+		drop = append(drop, p.used[len(p.used)-k:]...)
+		p.used = p.used[:len(p.used)-k]
+		if n-k > maxFree {
+			drop = append(drop, p.clean[maxFree:]...)
+			p.clean = p.clean[:maxFree]
+		}
 	}
 	defer func() {
 		p.mu.Unlock()
@@ -187,27 +279,37 @@ func (p *regionPool) trim(keep, maxFree int) {
 			p.unmap(r)
 		}
 	}()
-	for _, r := range p.free {
-		if r.image != nil {
-			// An idle region need not keep private copies of the image's pages.
-			_ = dropPrivate(r.buf[:r.image.size()])
-		}
-		if r.dirty > from {
-			if err := releasePages(r.buf[from:roundUp(r.dirty, osPage)]); err == nil {
-				clear(r.buf[keep:min(from, r.dirty)])
-				r.dirty = keep
+	for _, list := range [][]*region{p.used, p.clean} {
+		for _, r := range list {
+			if r.image != nil {
+				// An idle region need not keep private copies of the image's pages; dropped, they read as
+				// the image, so a clean region stays clean.
+				_ = dropPrivate(r.buf[:r.image.size()])
+			}
+			if r.dirty > from {
+				if err := releasePages(r.buf[from:roundUp(r.dirty, osPage)]); err == nil {
+					clear(r.buf[keep:min(from, r.dirty)])
+					r.dirty = keep
+				}
 			}
 		}
 	}
 }
 
-// close unmaps the free regions; regions in use are unmapped as they come back.
+// close unmaps the free regions and stops the background reset; regions in use are unmapped as they
+// come back.
 func (p *regionPool) close() {
 	p.mu.Lock()
-	free := p.free
-	p.free, p.max = nil, 0
+	free := append(p.used, p.clean...)
+	p.used, p.clean, p.max = nil, nil, 0
 	p.mu.Unlock()
 	p.closed.Store(true)
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
+	<-p.loopDone // a region it was resetting is unmapped, as max is 0
 	for _, r := range free {
 		p.unmap(r)
 	}

@@ -2,10 +2,15 @@ package nano
 
 import (
 	"bufio"
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tetratelabs/wazero"
+	wapi "github.com/tetratelabs/wazero/api"
 )
 
 const wazeroModule = "github.com/tetratelabs/wazero"
@@ -85,6 +90,68 @@ func TestVendoredWazeroMatchesGoMod(t *testing.T) {
 				t.Errorf("third_party/wazero/%s lacks the patch's line %q: re-apply the patch", name, l)
 				break
 			}
+		}
+	}
+}
+
+// wasmSection encodes a module section: its id, size and body.
+func wasmSection(id byte, body ...byte) []byte {
+	return append([]byte{id, byte(len(body))}, body...)
+}
+
+// TestTableFilledPerInstanceFromElementSegment: the table that patch 0003 fills a segment at a time
+// (wasm.ElementSegment.FuncIndexes, wazevo FunctionInstanceReferences) calls, in each instance, the
+// instance's own functions: an imported one and two that read the instance's own global. A table
+// entry resolved to the wrong function or to another instance's state fails here.
+func TestTableFilledPerInstanceFromElementSegment(t *testing.T) {
+	ctx := context.Background()
+	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigCompiler())
+	defer rt.Close(ctx)
+	if _, err := rt.NewHostModuleBuilder("env").NewFunctionBuilder().
+		WithFunc(func() int32 { return 42 }).Export("host").Instantiate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const i32, funcref = 0x7f, 0x70
+	mod := []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
+	mod = append(mod, wasmSection(1, 2, 0x60, 0, 1, i32, 0x60, 1, i32, 1, i32)...)         // types: ()->i32, (i32)->i32
+	mod = append(mod, wasmSection(2, 1, 3, 'e', 'n', 'v', 4, 'h', 'o', 's', 't', 0, 0)...) // func 0: env.host
+	mod = append(mod, wasmSection(3, 3, 0, 0, 1)...)                                       // funcs 1, 2, 3
+	mod = append(mod, wasmSection(4, 1, funcref, 0, 4)...)                                 // table of 4
+	mod = append(mod, wasmSection(6, 1, i32, 1, 0x41, 0, 0x0b)...)                         // global 0: mut i32 = 0
+	mod = append(mod, wasmSection(7, 2, 4, 'c', 'a', 'l', 'l', 0, 3, 1, 'g', 3, 0)...)     // exports call, g
+	mod = append(mod, wasmSection(9, 1, 0, 0x41, 0, 0x0b, 4, 0, 1, 2, 1)...)               // table[0:4] = 0, 1, 2, 1
+	mod = append(mod, wasmSection(10, 3,
+		4, 0, 0x23, 0, 0x0b, // func 1: global.get 0
+		8, 0, 0x23, 0, 0x41, 0xe4, 0, 0x6a, 0x0b, // func 2: global.get 0 + 100
+		7, 0, 0x20, 0, 0x11, 0, 0, 0x0b, // func 3: call_indirect (type 0) table[arg]
+	)...)
+	compiled, err := rt.CompileModule(ctx, mod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	insts := map[int32]wapi.Module{}
+	for _, g := range []int32{7, 9} {
+		m, err := rt.InstantiateModule(ctx, compiled, wazero.NewModuleConfig().WithName(fmt.Sprint("m", g)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.ExportedGlobal("g").(wapi.MutableGlobal).Set(uint64(g))
+		insts[g] = m
+	}
+	for g, m := range insts {
+		for _, c := range []struct {
+			entry uint64
+			want  int32
+		}{{0, 42}, {1, g}, {2, g + 100}, {3, g}} {
+			t.Run(fmt.Sprintf("instance=%d/entry=%d", g, c.entry), func(t *testing.T) {
+				res, err := m.ExportedFunction("call").Call(ctx, c.entry)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := int32(res[0]); got != c.want {
+					t.Errorf("table entry %d of the instance whose global is %d returned %d, want %d", c.entry, g, got, c.want)
+				}
+			})
 		}
 	}
 }

@@ -195,6 +195,12 @@ func (m *ModuleInstance) buildElementInstances(elements []ElementSegment) {
 	}
 }
 
+// FunctionInstanceReferencer is a ModuleEngine that resolves many ref.func at once (agentbox patch):
+// FunctionInstanceReferences sets out[i] to FunctionInstanceReference(funcIndexes[i]).
+type FunctionInstanceReferencer interface {
+	FunctionInstanceReferences(funcIndexes []Index, out []Reference)
+}
+
 func (m *ModuleInstance) applyElements(elems []ElementSegment) {
 	for elemI := range elems {
 		elem := &elems[elemI]
@@ -223,6 +229,9 @@ func (m *ModuleInstance) applyElements(elems []ElementSegment) {
 			for i := 0; i < len(elem.Init); i++ {
 				references[offset+uint32(i)] = Reference(0)
 			}
+		} else if bulk, ok := m.Engine.(FunctionInstanceReferencer); ok && elem.FuncIndexes != nil {
+			// agentbox patch: the whole segment at once (one allocation, no per-entry decoding).
+			bulk.FunctionInstanceReferences(elem.FuncIndexes, references[offset:offset+uint32(len(elem.FuncIndexes))])
 		} else {
 			for i := range elem.Init {
 				init := &elem.Init[i]

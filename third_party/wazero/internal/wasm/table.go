@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/internal/leb128"
 )
 
 // Table describes the limits of elements and its type in a table.
@@ -69,11 +70,34 @@ type ElementSegment struct {
 	// Init expressions are table elements where each expression evaluates to the function index by which the module initialize the table.
 	Init []ConstantExpression
 
+	// FuncIndexes holds, when every Init is "ref.func N; end", the N of each (agentbox patch): set
+	// once by SetFuncIndexes when the module is decoded, so that instantiation fills a table without
+	// decoding the expressions again. Nil otherwise.
+	FuncIndexes []Index
+
 	// Type holds the type of this element segment, which is the RefType in WebAssembly 2.0.
 	Type RefType
 
 	// Mode is the mode of this element segment.
 	Mode ElementMode
+}
+
+// SetFuncIndexes sets FuncIndexes when every Init is "ref.func N; end" (agentbox patch).
+func (e *ElementSegment) SetFuncIndexes() {
+	e.FuncIndexes = nil
+	idx := make([]Index, len(e.Init))
+	for i := range e.Init {
+		d := e.Init[i].Data
+		if len(d) < 3 || d[0] != OpcodeRefFunc || d[len(d)-1] != OpcodeEnd {
+			return
+		}
+		n, size, err := leb128.LoadUint32(d[1:])
+		if err != nil || int(size) != len(d)-2 {
+			return
+		}
+		idx[i] = n
+	}
+	e.FuncIndexes = idx
 }
 
 // IsActive returns true if the element segment is "active" mode which requires the runtime to initialize table

@@ -353,6 +353,29 @@ func (m *moduleEngine) FunctionInstanceReference(funcIndex wasm.Index) wasm.Refe
 	return uintptr(unsafe.Pointer(lf))
 }
 
+// FunctionInstanceReferences implements wasm.FunctionInstanceReferencer (agentbox patch): the
+// function instances of a whole element segment in one allocation, kept alive by the module engine.
+func (m *moduleEngine) FunctionInstanceReferences(funcIndexes []wasm.Index, out []wasm.Reference) {
+	imported := m.module.Source.ImportFunctionCount
+	p, funcSection, typeIDs := m.parent, m.module.Source.FunctionSection, m.module.TypeIDs
+	fis := make([]functionInstance, len(funcIndexes))
+	m.functionInstanceChunks = append(m.functionInstanceChunks, fis)
+	for i, funcIndex := range funcIndexes {
+		if funcIndex < imported {
+			out[i] = m.FunctionInstanceReference(funcIndex)
+			continue
+		}
+		localIndex := funcIndex - imported
+		fis[i] = functionInstance{
+			executable:             &p.executable[p.functionOffsets[localIndex]],
+			moduleContextOpaquePtr: m.opaquePtr,
+			typeID:                 typeIDs[funcSection[localIndex]],
+			indexInModule:          funcIndex,
+		}
+		out[i] = uintptr(unsafe.Pointer(&fis[i]))
+	}
+}
+
 // LookupFunction implements wasm.ModuleEngine.
 func (m *moduleEngine) LookupFunction(t *wasm.TableInstance, typeId wasm.FunctionTypeID, tableOffset wasm.Index) (*wasm.ModuleInstance, wasm.Index) {
 	if tableOffset >= uint32(len(t.References)) || t.Type != wasm.RefTypeFuncref {

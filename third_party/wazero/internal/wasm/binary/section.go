@@ -238,6 +238,7 @@ func decodeElementSection(r *bytes.Reader, enabledFeatures api.CoreFeatures) ([]
 		if err = decodeElementSegment(r, enabledFeatures, &result[i]); err != nil {
 			return nil, fmt.Errorf("read element: %w", err)
 		}
+		result[i].SetFuncIndexes() // agentbox patch
 	}
 	return result, nil
 }
