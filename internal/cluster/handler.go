@@ -234,7 +234,7 @@ func (n *Node) owner(ctx context.Context, id string) (string, error) {
 	if !keyRE.MatchString(id) {
 		return "", nil
 	}
-	e, err := n.sess.Get(ctx, id)
+	e, err := n.getSession(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return "", nil
 	}
@@ -264,7 +264,7 @@ func (n *Node) routeSession(next http.Handler, w http.ResponseWriter, r *http.Re
 		n.serveLocal(next, w, r, "")
 		return
 	}
-	h, ok := n.liveHosts()[host]
+	h, ok := n.liveHost(r.Context(), host)
 	if !ok && n.repl != nil {
 		n.restoreAndServe(next, w, r, fail, id, host)
 		return

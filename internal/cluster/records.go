@@ -36,7 +36,7 @@ func (n *Node) SessionEnded(id string) {
 // forgetRecord deletes session id's record if it names this host, at the revision read (so a record
 // rewritten meanwhile is kept).
 func (n *Node) forgetRecord(ctx context.Context, id string) error {
-	e, err := n.sess.Get(ctx, id)
+	e, err := n.getLeader(ctx, SessionsBucket, id) // compared and deleted: the latest revision
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil
 	}
