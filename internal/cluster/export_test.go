@@ -30,3 +30,10 @@ func (n *Node) GetSessionRecord(id string, leader bool) ([]byte, uint64, error) 
 func testContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 5*time.Second)
 }
+
+// ForgetRecord deletes session id's record if it names this host (as a session's end does).
+func (n *Node) ForgetRecord(id string) error {
+	ctx, cancel := testContext()
+	defer cancel()
+	return n.forgetRecord(ctx, id)
+}

@@ -155,7 +155,7 @@ func (n *Node) serveLocal(next http.Handler, w http.ResponseWriter, r *http.Requ
 	defer cancel()
 	if r.Method == http.MethodDelete {
 		id := sessionID(r.URL.Path)
-		if err := n.forgetSession(ctx, id); err != nil {
+		if err := n.forgetRecord(ctx, id); err != nil {
 			n.log.Warn("cluster: forgetting a session", "session", id, "err", err)
 		}
 		return

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -129,6 +131,39 @@ func TestFleetSessionRecordReads(t *testing.T) {
 					t.Fatalf("leader=%v: %s rev %d err %v; want host %s rev %d", leader, b, got, err, tc.want, tc.wantRev)
 				}
 			})
+		}
+	}
+}
+
+// A deleted session is forgotten by its DELETE's answer and by the dispatcher's close hook at once;
+// whichever deletes the record second finds it gone, which is no error.
+func TestFleetSessionRecordForgottenByTwoAtOnce(t *testing.T) {
+	f := newFleet(t, 1, hostOpts{})
+	h0 := f.hosts[0]
+	ctx := context.Background()
+	kv, err := f.js().KeyValue(ctx, cluster.SessionsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		id := "ses_twice" + strconv.Itoa(i)
+		if _, err := kv.Put(ctx, id, []byte(`{"host":"h0"}`)); err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, 4)
+		var wg sync.WaitGroup
+		for range cap(errs) {
+			wg.Go(func() { errs <- h0.node.ForgetRecord(id) })
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("forgetting %s: %v", id, err)
+			}
+		}
+		if _, err := kv.Get(ctx, id); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			t.Fatalf("the record of %s after it was forgotten: %v", id, err)
 		}
 	}
 }

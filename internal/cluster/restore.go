@@ -246,22 +246,6 @@ func (n *Node) winner(ctx context.Context, host string) restoreReply {
 	return restoreReply{Host: host, URL: h.URL}
 }
 
-// forgetSession deletes session id's record if it names this host: a host taken for dead whose
-// session another host restored must not delete the record that now names the other.
-func (n *Node) forgetSession(ctx context.Context, id string) error {
-	rec, rev, err := n.sessionEntry(ctx, id)
-	if errdefs.ClassOf(err) == errdefs.NotFound {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if rec.Host != n.cfg.HostID {
-		return nil
-	}
-	return n.sess.Delete(ctx, id, jetstream.LastRevision(rev))
-}
-
 // sessionEntry reads session id's record and its revision, for a compare-and-set.
 func (n *Node) sessionEntry(ctx context.Context, id string) (sessionRecord, uint64, error) {
 	e, err := n.getLeader(ctx, SessionsBucket, id) // its revision is compared and set: the latest
