@@ -83,7 +83,8 @@ type Config struct {
 	Replicas int
 	// Heartbeat is how often the host record is refreshed; zero means 1 s. HostTTL is how long a
 	// record outlives its last heartbeat (a host killed without leaving disappears after it); zero
-	// means 5 heartbeats.
+	// means 5 heartbeats. A host whose record expired is pinged before its sessions are taken for
+	// gone (liveHost), so late heartbeats cost placements on it, not its sessions.
 	Heartbeat time.Duration
 	HostTTL   time.Duration
 	// PlaceTimeout bounds the wait for a host to answer a placement before 429; zero means 1 s.
