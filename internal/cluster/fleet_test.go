@@ -82,9 +82,27 @@ func freePort(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// natsCluster starts n NATS servers with JetStream routed to each other on loopback.
+// natsCluster starts n NATS servers with JetStream routed to each other on loopback. Clients'
+// ports are picked by each server; the route ports must be known before any starts (JetStream's
+// cluster wants its routes configured), and one picked here can be taken by another test's
+// connection before its server binds it, so the cluster is started again on new ports when one
+// does not start.
 func natsCluster(t testing.TB, n int) ([]*natsserver.Server, []string) {
 	t.Helper()
+	var last error
+	for range 3 {
+		servers, urls, err := startNATSCluster(t, n)
+		if err == nil {
+			return servers, urls
+		}
+		last = err
+		t.Logf("NATS cluster did not start, again on other ports: %v", err)
+	}
+	t.Fatal(last)
+	return nil, nil
+}
+
+func startNATSCluster(t testing.TB, n int) ([]*natsserver.Server, []string, error) {
 	routes := make([]string, n)
 	for i := range routes {
 		routes[i] = freePort(t)
@@ -98,19 +116,22 @@ func natsCluster(t testing.TB, n int) ([]*natsserver.Server, []string) {
 				peers = append(peers, "nats-route://"+r)
 			}
 		}
-		cfg := cluster.EmbeddedConfig{Listen: freePort(t), StoreDir: t.TempDir(), Name: fmt.Sprintf("n%d", i)}
+		cfg := cluster.EmbeddedConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir(), Name: fmt.Sprintf("n%d", i)}
 		if n > 1 {
 			cfg.RouteListen, cfg.Routes = routes[i], peers
 		}
 		s, err := cluster.StartNATS(cfg)
 		if err != nil {
-			t.Fatal(err)
+			for _, s := range servers {
+				s.Shutdown()
+			}
+			return nil, nil, err
 		}
 		t.Cleanup(s.Shutdown)
 		servers = append(servers, s)
-		urls = append(urls, "nats://"+cfg.Listen)
+		urls = append(urls, "nats://"+s.Addr().String())
 	}
-	return servers, urls
+	return servers, urls, nil
 }
 
 type host struct {
@@ -625,5 +646,34 @@ func TestFleetGoSDK(t *testing.T) {
 	}
 	if _, err := admin.DrainHost(ctx, "h7"); !errors.Is(err, agentbox.ErrNotFound) {
 		t.Fatalf("DrainHost of an unknown host: %v", err)
+	}
+}
+
+func TestEmbeddedNATSSaysWhyItDidNotStart(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cases := []struct {
+		name string
+		cfg  cluster.EmbeddedConfig
+		want string
+	}{
+		{"client port in use", cluster.EmbeddedConfig{Listen: taken.Addr().String(), StoreDir: t.TempDir()}, "address already in use"},
+		{"a JetStream cluster without routes", cluster.EmbeddedConfig{Listen: "127.0.0.1:0", StoreDir: t.TempDir(), RouteListen: "127.0.0.1:0"}, "routes"},
+		{"no store", cluster.EmbeddedConfig{Listen: "127.0.0.1:0"}, "no store directory"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := cluster.StartNATS(c.cfg)
+			if err == nil {
+				s.Shutdown()
+				t.Fatal("started")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not say %q", err, c.want)
+			}
+		})
 	}
 }
