@@ -512,7 +512,7 @@ func (n *Node) auditVerify(next http.Handler, w http.ResponseWriter, r *http.Req
 		n.serveLocal(next, w, r, "")
 		return
 	}
-	h, ok := n.liveHosts()[host]
+	h, ok := n.liveHost(r.Context(), host)
 	if !ok {
 		fail(w, r, errdefs.With(errdefs.NotFound, fmt.Errorf("host %q is not in the fleet: its audit chain cannot be verified from here", limits.Text(host, 64))))
 		return

@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -82,7 +83,8 @@ type Config struct {
 	Replicas int
 	// Heartbeat is how often the host record is refreshed; zero means 1 s. HostTTL is how long a
 	// record outlives its last heartbeat (a host killed without leaving disappears after it); zero
-	// means 5 heartbeats.
+	// means 5 heartbeats. A host whose record expired is pinged before its sessions are taken for
+	// gone (liveHost), so late heartbeats cost placements on it, not its sessions.
 	Heartbeat time.Duration
 	HostTTL   time.Duration
 	// PlaceTimeout bounds the wait for a host to answer a placement before 429; zero means 1 s.
@@ -114,6 +116,10 @@ type Node struct {
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
+	// acked is when (UnixNano) the last heartbeat put was acknowledged.
+	acked atomic.Int64
+	// beatsPaused holds the heartbeat puts back (tests: a host whose heartbeats are late).
+	beatsPaused atomic.Bool
 
 	mu sync.Mutex
 	// seen are the hosts the watcher has seen, with when this node last heard of each; guarded by mu.
@@ -138,6 +144,8 @@ type seenHost struct {
 	host api.Host
 	at   time.Time // when this node received the record
 	left time.Time // when it deregistered (a delete), zero while present
+	// probed is when a ping found it gone after its record expired (liveHost); zero until then.
+	probed time.Time
 }
 
 type reservation struct {
@@ -310,6 +318,10 @@ func (n *Node) join(ctx context.Context) error {
 		w.Stop()
 		return fmt.Errorf("cluster: control subject: %w", err)
 	}
+	if _, err := n.nc.Subscribe(controlSubject+"."+n.cfg.HostID+pingSuffix, n.onPing); err != nil {
+		w.Stop()
+		return fmt.Errorf("cluster: ping subject: %w", err)
+	}
 	if _, err := n.nc.Subscribe(cancelSubject, n.onCancel); err != nil {
 		w.Stop()
 		return fmt.Errorf("cluster: cancel subject: %w", err)
@@ -323,11 +335,51 @@ func (n *Node) join(ctx context.Context) error {
 	return nil
 }
 
-// loop heartbeats and applies the watcher's updates until Close. This host's own heartbeats come
-// back through the watcher, so a watcher silent for three heartbeats has lost its consumer (a NATS
-// node went down under it) and is made again.
+// loop heartbeats and applies the watcher's updates until Close, in two goroutines: remaking a
+// watcher is a JetStream API call that a loaded NATS may take seconds to answer, and a heartbeat
+// waiting behind it would let this host's record expire although nothing is wrong with it.
 func (n *Node) loop(w jetstream.KeyWatcher) {
 	defer close(n.done)
+	beats := make(chan struct{})
+	go func() {
+		defer close(beats)
+		n.beat()
+	}()
+	n.watch(w)
+	<-beats
+}
+
+// beat refreshes this host's record every Heartbeat until Close. A put is given up to HostTTL: one
+// that is only slow (a raft commit on a loaded box) still keeps the record alive, and giving up
+// sooner would only send the next put into the same queue.
+func (n *Node) beat() {
+	t := time.NewTicker(n.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		if n.beatsPaused.Load() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.HostTTL)
+		if err := n.heartbeat(ctx); err != nil {
+			n.log.Warn("cluster: heartbeat", "err", err)
+		} else {
+			n.acked.Store(time.Now().UnixNano())
+		}
+		cancel()
+		n.sync()
+	}
+}
+
+// watch applies the watcher's updates until Close. This host's own heartbeats come back through
+// the watcher, so a watcher that has not delivered one for three heartbeats although a put was
+// acknowledged since has lost its consumer (a NATS node went down under it) and is made again; a
+// watcher is silent also while the heartbeats themselves are slow, which is no reason to remake it.
+func (n *Node) watch(w jetstream.KeyWatcher) {
 	defer func() {
 		if w != nil {
 			w.Stop()
@@ -354,24 +406,22 @@ func (n *Node) loop(w jetstream.KeyWatcher) {
 				n.observe(e)
 			}
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.Heartbeat*2)
-			if err := n.heartbeat(ctx); err != nil {
-				n.log.Warn("cluster: heartbeat", "err", err)
+			acked := time.Unix(0, n.acked.Load())
+			if updates != nil && (time.Since(heard) <= 3*n.cfg.Heartbeat || acked.Sub(heard) <= n.cfg.Heartbeat) {
+				continue
 			}
-			cancel()
-			n.sync()
-			if updates == nil || time.Since(heard) > 3*n.cfg.Heartbeat {
-				if w != nil {
-					w.Stop()
-				}
-				nw, err := n.hosts.WatchAll(context.Background())
-				if err != nil {
-					n.log.Warn("cluster: watching hosts again", "err", err)
-					w, updates = nil, nil
-					continue
-				}
-				w, updates, heard = nw, nw.Updates(), time.Now()
+			if w != nil {
+				w.Stop()
 			}
+			// The watcher lives as long as its context: Background, bounded by the client's API
+			// timeout while it is made.
+			nw, err := n.hosts.WatchAll(context.Background())
+			if err != nil {
+				n.log.Warn("cluster: watching hosts again", "err", err)
+				w, updates = nil, nil
+				continue
+			}
+			w, updates, heard = nw, nw.Updates(), time.Now()
 		}
 	}
 }

@@ -155,7 +155,7 @@ func (n *Node) serveLocal(next http.Handler, w http.ResponseWriter, r *http.Requ
 	defer cancel()
 	if r.Method == http.MethodDelete {
 		id := sessionID(r.URL.Path)
-		if err := n.forgetSession(ctx, id); err != nil {
+		if err := n.forgetRecord(ctx, id); err != nil {
 			n.log.Warn("cluster: forgetting a session", "session", id, "err", err)
 		}
 		return
@@ -234,7 +234,7 @@ func (n *Node) owner(ctx context.Context, id string) (string, error) {
 	if !keyRE.MatchString(id) {
 		return "", nil
 	}
-	e, err := n.sess.Get(ctx, id)
+	e, err := n.getSession(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return "", nil
 	}
@@ -264,7 +264,7 @@ func (n *Node) routeSession(next http.Handler, w http.ResponseWriter, r *http.Re
 		n.serveLocal(next, w, r, "")
 		return
 	}
-	h, ok := n.liveHosts()[host]
+	h, ok := n.liveHost(r.Context(), host)
 	if !ok && n.repl != nil {
 		n.restoreAndServe(next, w, r, fail, id, host)
 		return

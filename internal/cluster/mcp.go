@@ -75,7 +75,7 @@ func (n *Node) routeMCP(next http.Handler, w http.ResponseWriter, r *http.Reques
 		n.serveMCPLocal(next, w, r, "")
 		return
 	}
-	h, ok := n.liveHosts()[host]
+	h, ok := n.liveHost(r.Context(), host)
 	if !ok {
 		fail(w, r, errdefs.With(errdefs.NotFound, fmt.Errorf("MCP session %s is gone: %s; connect again", id, n.goneReason(host))))
 		return

@@ -34,23 +34,45 @@ func (n *Node) SessionEnded(id string) {
 }
 
 // forgetRecord deletes session id's record if it names this host, at the revision read (so a record
-// rewritten meanwhile is kept).
+// rewritten meanwhile is kept: a host taken for dead whose session another host restored must not
+// delete the record that now names the other). A DELETE's answer and the dispatcher's close hook
+// both forget a deleted session; the one that loses the race finds the record gone, which is done.
 func (n *Node) forgetRecord(ctx context.Context, id string) error {
-	e, err := n.sess.Get(ctx, id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil
+	var tried uint64
+	for attempt := range 10 {
+		e, err := n.getLeader(ctx, SessionsBucket, id) // compared and deleted: the latest revision
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading: %w", err)
+		}
+		var rec sessionRecord
+		if json.Unmarshal(e.Value(), &rec) == nil && rec.Host != n.cfg.HostID {
+			return nil
+		}
+		if e.Revision() == tried {
+			// The write that beat the last try is proposed but not applied yet: the leader refuses
+			// a revision before it has the one that replaces it.
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("deleting: %w", ctx.Err())
+			case <-time.After(time.Duration(attempt) * 10 * time.Millisecond):
+			}
+			continue
+		}
+		tried = e.Revision()
+		err = n.sess.Delete(ctx, id, jetstream.LastRevision(tried))
+		if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		var api *jetstream.APIError
+		if !errors.As(err, &api) || (api.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence && api.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			return fmt.Errorf("deleting: %w", err)
+		}
+		// Written or deleted since it was read: read it again.
 	}
-	if err != nil {
-		return fmt.Errorf("reading: %w", err)
-	}
-	var rec sessionRecord
-	if json.Unmarshal(e.Value(), &rec) == nil && rec.Host != n.cfg.HostID {
-		return nil
-	}
-	if err := n.sess.Delete(ctx, id, jetstream.LastRevision(e.Revision())); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("deleting: %w", err)
-	}
-	return nil
+	return fmt.Errorf("deleting: the record of %s kept changing", id)
 }
 
 // SweepSessionRecords deletes the records that name this host for sessions (and MCP connections)

@@ -429,7 +429,7 @@ func (r *replicator) send(ctx context.Context, c *dispatch.Committed) error {
 // (its heartbeats late) whose session another host restored must neither overwrite nor delete the
 // replica, which is the other host's now. No record (not yet written, or deleted) is not a move.
 func (r *replicator) movedTo(ctx context.Context, session string) string {
-	e, err := r.n.sess.Get(ctx, session)
+	e, err := r.n.getLeader(ctx, SessionsBucket, session) // a replica behind would miss a move
 	if err != nil {
 		return ""
 	}

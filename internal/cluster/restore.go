@@ -113,7 +113,7 @@ func (n *Node) restore(ctx context.Context, id, dead string) (restoreReply, erro
 	if rec, _, err := n.sessionEntry(ctx, id); err != nil {
 		return restoreReply{}, err
 	} else if rec.Host != dead {
-		if h, ok := n.liveHosts()[rec.Host]; ok || rec.Host == n.cfg.HostID {
+		if h, ok := n.liveHost(ctx, rec.Host); ok || rec.Host == n.cfg.HostID {
 			n.cacheOwner(id, rec.Host)
 			return restoreReply{Host: rec.Host, URL: h.URL}, nil
 		}
@@ -185,8 +185,10 @@ func (n *Node) restoreHere(ctx context.Context, req restoreRequest) restoreReply
 	if err != nil {
 		return fail(err)
 	}
-	if rec.Host != req.From {
-		return n.winner(rec.Host)
+	if rec.Host != req.From || rec.Host == n.cfg.HostID {
+		// Restored by another host first, or this host is the one taken for dead: it is alive and
+		// serves the session it has (or answers 404 for one it no longer has) as it is.
+		return n.winner(ctx, rec.Host)
 	}
 	h, err := n.readHead(ctx, req.Session)
 	if err != nil {
@@ -221,7 +223,7 @@ func (n *Node) restoreHere(ctx context.Context, req restoreRequest) restoreReply
 	if err != nil {
 		if !claimed {
 			if now, _, rerr := n.sessionEntry(ctx, req.Session); rerr == nil && now.Host != req.From {
-				return n.winner(now.Host)
+				return n.winner(ctx, now.Host)
 			}
 		}
 		return fail(err)
@@ -233,36 +235,20 @@ func (n *Node) restoreHere(ctx context.Context, req restoreRequest) restoreReply
 }
 
 // winner is the reply naming host, which restored the session first.
-func (n *Node) winner(host string) restoreReply {
+func (n *Node) winner(ctx context.Context, host string) restoreReply {
 	if host == n.cfg.HostID {
 		return restoreReply{Host: host, URL: n.cfg.URL}
 	}
-	h, ok := n.liveHosts()[host]
+	h, ok := n.liveHost(ctx, host)
 	if !ok {
 		return restoreReply{Error: fmt.Sprintf("the session's record names host %s, which is not in the fleet", host), Class: errdefs.NotFound.Name()}
 	}
 	return restoreReply{Host: host, URL: h.URL}
 }
 
-// forgetSession deletes session id's record if it names this host: a host taken for dead whose
-// session another host restored must not delete the record that now names the other.
-func (n *Node) forgetSession(ctx context.Context, id string) error {
-	rec, rev, err := n.sessionEntry(ctx, id)
-	if errdefs.ClassOf(err) == errdefs.NotFound {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if rec.Host != n.cfg.HostID {
-		return nil
-	}
-	return n.sess.Delete(ctx, id, jetstream.LastRevision(rev))
-}
-
 // sessionEntry reads session id's record and its revision, for a compare-and-set.
 func (n *Node) sessionEntry(ctx context.Context, id string) (sessionRecord, uint64, error) {
-	e, err := n.sess.Get(ctx, id)
+	e, err := n.getLeader(ctx, SessionsBucket, id) // its revision is compared and set: the latest
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return sessionRecord{}, 0, errdefs.With(errdefs.NotFound, fmt.Errorf("session %s: the fleet has no record of it", id))
 	}

@@ -114,7 +114,7 @@ func currentStep(t testing.TB, h *host, id string) int {
 
 func waitReplicated(t testing.TB, js jetstream.JetStream, id string, step int) {
 	t.Helper()
-	waitFor(t, 20*time.Second, "session "+id+" to be replicated up to step "+strconv.Itoa(step), func() bool { return headStep(t, js, id) >= step })
+	waitFor(t, 90*time.Second, "session "+id+" to be replicated up to step "+strconv.Itoa(step), func() bool { return headStep(t, js, id) >= step })
 }
 
 func sessionHost(t testing.TB, js jetstream.JetStream, id string) string {
