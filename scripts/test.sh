@@ -69,7 +69,7 @@ go test -race -count=1 -timeout 30m -run 'TestSession|TestMCPAuto|TestGuestCanno
 # Time travel's store and step log, the E2B surface, the web console's shell and stream relays, and
 # the fleet's placement, pinning, drain and failure handling against a real 3-node NATS cluster.
 go test -race -count=1 ./internal/snapstore ./internal/e2b ./internal/console
-go test -race -count=1 -run 'TestFleetFull|TestFleetDrain|TestFleetSessionPinned|TestFleetKilled|TestFleetAudit|TestFleetMCP|TestFleetSessionRecords' ./internal/cluster
+go test -race -count=1 -run 'TestFleetFull|TestFleetDrain|TestFleetSessionPinned|TestFleetKilled|TestFleetAudit|TestFleetMCP|TestFleetSessionRecord|TestFleetSlowHostKeepsItsSessions|TestFleetKilledHostIsGone' ./internal/cluster
 # The governed network: the data plane, the namespaces, the policy's Guard, the DLP engine's shared
 # state, and the hosted MCP servers' relay.
 go test -race -count=1 ./internal/egress ./internal/netns ./internal/mcphost ./internal/audit
