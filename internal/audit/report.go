@@ -102,7 +102,7 @@ func (l *Log) Report(ctx context.Context, period string, date time.Time) (api.Au
 	if err := rows.Err(); err != nil {
 		return fail("totals", err)
 	}
-	rep.ByType, rep.ByVerdict, rep.ByTier, rep.ByActor, rep.BySession = sorted(byType, 0), sorted(byVerdict, 0), sorted(byTier, 0), sorted(byActor, topN), sorted(bySession, topN)
+	rep.ByType, rep.ByVerdict, rep.ByTier, rep.ByActor, rep.BySession = Counts(byType, 0), Counts(byVerdict, 0), Counts(byTier, 0), Counts(byActor, topN), Counts(bySession, topN)
 
 	counts := func(what, stmt string, args ...any) ([]api.AuditCount, error) {
 		rows, err := l.r.QueryContext(ctx, stmt, args...)
@@ -186,7 +186,8 @@ func (l *Log) verifyPeriod(ctx context.Context, start time.Time, hi int64) (api.
 	return l.verifyRange(ctx, pub, fromSeq, fromHash, toSeq)
 }
 
-func sorted(m map[string]int64, limit int) []api.AuditCount {
+// Counts is a report's count list of m: largest first, then by key; at most limit (0: all).
+func Counts(m map[string]int64, limit int) []api.AuditCount {
 	out := make([]api.AuditCount, 0, len(m))
 	for k, n := range m {
 		out = append(out, api.AuditCount{Key: k, Count: n})

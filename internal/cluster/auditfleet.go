@@ -473,9 +473,9 @@ func mergeReports(reports map[string]api.AuditReport, missing []string) api.Audi
 		}
 	}
 	out.Verification = v
-	out.ByType, out.ByVerdict, out.ByTier = countsOf(sums["type"], 0), countsOf(sums["verdict"], 0), countsOf(sums["tier"], 0)
-	out.BySession, out.ByActor, out.TopBlocked = countsOf(sums["session"], reportTop), countsOf(sums["actor"], reportTop), countsOf(sums["blocked"], reportTop)
-	out.DLPFindings, out.Errors = countsOf(sums["dlp"], 0), countsOf(sums["errors"], 0)
+	out.ByType, out.ByVerdict, out.ByTier = audit.Counts(sums["type"], 0), audit.Counts(sums["verdict"], 0), audit.Counts(sums["tier"], 0)
+	out.BySession, out.ByActor, out.TopBlocked = audit.Counts(sums["session"], reportTop), audit.Counts(sums["actor"], reportTop), audit.Counts(sums["blocked"], reportTop)
+	out.DLPFindings, out.Errors = audit.Counts(sums["dlp"], 0), audit.Counts(sums["errors"], 0)
 	out.NewHosts = append(out.NewHosts, slices.Sorted(maps.Keys(newHosts))...)
 	sort.SliceStable(out.PolicyChanges, func(i, j int) bool {
 		a, _ := time.Parse(time.RFC3339Nano, out.PolicyChanges[i].Time)
@@ -485,23 +485,6 @@ func mergeReports(reports map[string]api.AuditReport, missing []string) api.Audi
 	return out
 }
 
-// countsOf is a report's count list: largest first, then by key; at most limit (0: all).
-func countsOf(m map[string]int64, limit int) []api.AuditCount {
-	out := make([]api.AuditCount, 0, len(m))
-	for k, c := range m {
-		out = append(out, api.AuditCount{Key: k, Count: c})
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Count != out[j].Count {
-			return out[i].Count > out[j].Count
-		}
-		return out[i].Key < out[j].Key
-	})
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
-	}
-	return out
-}
 
 // auditVerify is GET /v1/audit/verify in a fleet: each host's chain is its own, so it verifies one
 // host's, this one's or ?host=ID's, and says whose in X-Agentbox-Host.

@@ -391,24 +391,12 @@ func (n *Node) listSessions(next http.Handler, w http.ResponseWriter, r *http.Re
 }
 
 func (n *Node) remoteSessions(ctx context.Context, client *http.Client, base, auth string) ([]api.Session, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/v1/sessions", nil)
+	b, err := n.getFrom(ctx, client, base, "/v1/sessions", auth)
 	if err != nil {
 		return nil, err
-	}
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
-	}
-	req.Header.Set(HeaderForwarded, n.cfg.HostID)
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status %s", resp.Status)
 	}
 	var list api.SessionList
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&list); err != nil {
+	if err := json.Unmarshal(b, &list); err != nil {
 		return nil, fmt.Errorf("decoding: %w", err)
 	}
 	return list.Sessions, nil
