@@ -485,7 +485,6 @@ func mergeReports(reports map[string]api.AuditReport, missing []string) api.Audi
 	return out
 }
 
-
 // auditVerify is GET /v1/audit/verify in a fleet: each host's chain is its own, so it verifies one
 // host's, this one's or ?host=ID's, and says whose in X-Agentbox-Host.
 func (n *Node) auditVerify(next http.Handler, w http.ResponseWriter, r *http.Request, fail FailFunc) {
