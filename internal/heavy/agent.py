@@ -517,6 +517,10 @@ MAX_STDIN = 1 << 20  # stdin not yet taken by a command
 MAX_READ_TEXT = 256 << 10  # bytes of each stream per cmd_read answer: JSON may grow them 6-fold
 
 
+class CommandEnded(Exception):
+    """Input for a command that has already ended (the host answers 409 conflict)."""
+
+
 class NoSuchProcess(Exception):
     pass
 
@@ -804,7 +808,7 @@ def _cmd_input(req):
     with _cmd_cv:
         c = _command(req)
         if c.state != "running":
-            raise ValueError(f"command {c.pid} has ended ({c.state})")
+            raise CommandEnded(f"command {c.pid} has ended ({c.state})")
         if c.stdin_fd < 0 or c.close_stdin:
             raise ValueError(f"the standard input of command {c.pid} is closed")
         if len(c.pending) + len(data) > MAX_STDIN:

@@ -766,6 +766,8 @@ func (ss *session) opFor(ctx context.Context, req map[string]any, timeout time.D
 		return nil, errdefs.With(errdefs.NotFound, err)
 	case errors.As(err, &ae) && ae.Type == "FileTooLarge":
 		return nil, errdefs.With(errdefs.TooLarge, err)
+	case errors.As(err, &ae) && ae.Type == "CommandEnded":
+		return nil, errdefs.With(errdefs.Conflict, err)
 	case errors.As(err, &ae) && ae.Type != api.ErrGuestCrash:
 		return nil, errdefs.With(errdefs.InvalidArgument, err)
 	case ctx.Err() != nil && !errors.Is(err, errTimeout):

@@ -221,7 +221,9 @@ func TestCommandBackground(t *testing.T) {
 	if st.State != api.CommandExited || st.ExitCode != 0 || st.Stdout != "first\nsecond\nlast\n" {
 		t.Fatalf("cat after close: %+v", st)
 	}
-	if err := c.CommandInput(ctx, bg.PID, api.CommandInput{Data: "x"}); errdefs.ClassOf(err) != errdefs.InvalidArgument {
+	// Conflict, not a bad request: a fast command can end before input meant for it arrives, and
+	// callers (the E2B surface closing stdin after a start) read it as "already over".
+	if err := c.CommandInput(ctx, bg.PID, api.CommandInput{Data: "x"}); errdefs.ClassOf(err) != errdefs.Conflict {
 		t.Fatalf("stdin of an ended command: %v", err)
 	}
 }
