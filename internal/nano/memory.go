@@ -198,9 +198,10 @@ func (p *regionPool) put(r *region) {
 		p.unmap(r)
 		return
 	}
+	shared := r.image != nil // read before the region is listed: close may unmap it from then on
 	p.used = append(p.used, r)
 	p.mu.Unlock()
-	if r.image != nil {
+	if shared {
 		select {
 		case p.wake <- struct{}{}:
 		default: // a wake-up is pending already
