@@ -52,7 +52,8 @@ tar -tzf "dist/agentbox-$version.tar.gz" | grep -q '/bin/agentbox' && fail "the 
 
 say "the API reference and the Go SDK's page in dist/docs and the docs archive"
 [ -s dist/docs/api/index.html ] && [ -s dist/docs/go/index.html ] || fail "no docs in dist/docs"
-tar -tzf "dist/agentbox-$version-docs.tar.gz" | grep -qx 'docs/api/index.html' || fail "the docs archive lacks the API reference"
+# grep without -q reads all of tar's output: an early exit would end tar with SIGPIPE, which pipefail reports.
+tar -tzf "dist/agentbox-$version-docs.tar.gz" | grep -x 'docs/api/index.html' >/dev/null || fail "the docs archive lacks the API reference"
 
 say "linux/arm64 under qemu-user-static: print(1), an import, a timeout"
 arm="qemu-aarch64-static dist/agentbox-$version-linux-arm64"
