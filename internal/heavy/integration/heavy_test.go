@@ -27,6 +27,10 @@ import (
 
 var eng *heavy.Engine
 
+// engState is eng's state directory: its bundles name the sandboxes that are eng's own (other tests'
+// engines have sandboxes of their own at the same time).
+var engState string
+
 // afterAll are run after the tests, before eng closes: engines other tests made for themselves.
 var afterAll []func()
 
@@ -51,8 +55,13 @@ func TestMain(m *testing.M) {
 		flag.Set("test.skip", ".")
 		os.Exit(m.Run())
 	}
-	eng, err = heavy.New(context.Background(), heavy.Config{PoolSize: 1, DiskMB: 64})
+	if engState, err = os.MkdirTemp("", "agentbox-heavy-it-"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	eng, err = heavy.New(context.Background(), heavy.Config{PoolSize: 1, DiskMB: 64, StateDir: engState})
 	if err != nil {
+		os.RemoveAll(engState)
 		fmt.Fprintf(os.Stderr, "heavy tier (%s=1 needs root, runsc and build/heavy/build.sh's root filesystem): %v\n", integrationEnv, err)
 		os.Exit(1)
 	}
@@ -61,6 +70,7 @@ func TestMain(m *testing.M) {
 		f()
 	}
 	eng.Close(context.Background())
+	os.RemoveAll(engState)
 	os.Exit(code)
 }
 
@@ -254,15 +264,17 @@ func TestPoolEmptiesWhenIdle(t *testing.T) {
 	}
 }
 
-// cpuShares reads the CPU share of every running agentbox sandbox's cgroup (cgroup v1 cpu.shares,
-// or v2 cpu.weight scaled to shares). Empty cgroups are left out: a crashed test run elsewhere on
-// the machine may have left some behind, and no sandbox runs in them.
+// cpuShares reads the CPU share of every running sandbox of eng's (cgroup v1 cpu.shares, or v2
+// cpu.weight scaled to shares). Empty cgroups are left out: the sandbox is gone or going.
 func cpuShares(t *testing.T) map[string]int {
 	t.Helper()
 	out := map[string]int{}
 	for _, pattern := range []string{"/sys/fs/cgroup/cpu/agentbox-*/cpu.shares", "/sys/fs/cgroup/agentbox-*/cpu.weight"} {
 		files, _ := filepath.Glob(pattern)
 		for _, f := range files {
+			if _, err := os.Stat(filepath.Join(engState, "bundles", filepath.Base(filepath.Dir(f)))); err != nil {
+				continue // another engine's sandbox, or gone
+			}
 			if procs, err := os.ReadFile(filepath.Join(filepath.Dir(f), "cgroup.procs")); err != nil || len(bytes.TrimSpace(procs)) == 0 {
 				continue
 			}
