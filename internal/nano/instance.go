@@ -3,14 +3,14 @@ package nano
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -263,17 +263,20 @@ type execRequest struct {
 type runnerRequest struct {
 	Code     string   `json:"code"`
 	Filename string   `json:"filename"`
-	Fresh    bool     `json:"fresh"`
-	Allowed  []string `json:"allowed"`
+	Fresh    bool     `json:"fresh,omitempty"`
+	Allowed  []string `json:"allowed,omitempty"`
 	// Network says the program's HTTP requests go to the host bridge; false: offline, as the
 	// sockets are.
-	Network bool   `json:"network"`
-	Repl    bool   `json:"repl"`
-	SVG     bool   `json:"svg"`
+	Network bool   `json:"network,omitempty"`
+	Repl    bool   `json:"repl,omitempty"`
+	SVG     bool   `json:"svg,omitempty"`
 	Frame   string `json:"frame"`
 	// Env is added to os.environ before the code runs.
 	Env map[string]string `json:"env,omitempty"`
 }
+
+// replyOK is runner.py's _REPLY_OK: the reply of a run that exited 0 without an error.
+var replyOK = []byte(`{"exit_code": 0, "error": null, "missing": null}`)
 
 type runnerReply struct {
 	ExitCode int          `json:"exit_code"`
@@ -327,10 +330,7 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	inst.stdout.reset(lim.MaxOutputBytes, stream.Stdout, onFull)
 	inst.stderr.reset(lim.MaxOutputBytes, stream.Stderr, onFull)
 	inst.stdin.reset(req.stdin)
-	frame, err := newFrame()
-	if err != nil {
-		return nil, err
-	}
+	frame := newFrame()
 	results := outputs.NewCollector(lim, stream.Output)
 	inst.stdout.frames(frame, results.Add)
 	defer inst.stdout.frames(nil, nil)
@@ -351,7 +351,9 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	switch cause := context.Cause(runCtx); {
 	case callErr == nil:
 		var rr runnerReply
-		if err := json.Unmarshal(reply, &rr); err != nil {
+		if bytes.Equal(reply, replyOK) {
+			// most runs: nothing to decode
+		} else if err := json.Unmarshal(reply, &rr); err != nil {
 			res.ExitCode = 1
 			res.Error = &api.Error{Type: api.ErrSandbox, Message: fmt.Sprintf("unreadable runner reply: %v", err)}
 			break
@@ -410,14 +412,19 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 }
 
 // newFrame is a run's output marker (see runner.py): random, so that no printed text starts with it
-// by chance; a program that writes it on purpose only makes outputs of its own, like display().
-func newFrame() ([]byte, error) {
-	var b [12]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return nil, fmt.Errorf("making an output marker: %w", err)
-	}
-	return []byte("\x00agentbox-output:" + hex.EncodeToString(b[:]) + ":"), nil
+// by chance; a program that writes it on purpose only makes outputs of its own, like display(). The
+// guest is told its run's marker, so it need not be secret: the runtime's per-thread generator
+// (math/rand/v2) serves, at a fraction of a crypto/rand read's cost (a getrandom call each).
+func newFrame() []byte {
+	b := make([]byte, 0, len(framePrefix)+33)
+	b = append(b, framePrefix...)
+	b = strconv.AppendUint(b, rand.Uint64(), 36)
+	b = append(b, '.')
+	b = strconv.AppendUint(b, rand.Uint64(), 36)
+	return append(b, ':')
 }
+
+const framePrefix = "\x00agentbox-output:"
 
 func memoryError(lim api.Limits, pyErr *api.Error) *api.Error {
 	e := &api.Error{Type: api.ErrMemoryLimitExceeded, Message: fmt.Sprintf("the program needed more than its %d MiB memory limit", lim.MemoryLimitMB)}

@@ -1,7 +1,9 @@
 package nano
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -438,5 +440,31 @@ func TestCloseRefusesNewWork(t *testing.T) {
 	}
 	if _, err := e.Run(ctx, api.RunRequest{Code: "1"}, tier.Stream{}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("run after close: %v", err)
+	}
+}
+
+// TestRunnerReplyOK: the host skips decoding the reply of a run that ended well only while replyOK is
+// byte for byte what runner.py sends for one.
+func TestRunnerReplyOK(t *testing.T) {
+	ctx := context.Background()
+	for _, code := range []string{"pass", "import sys; sys.exit(0)", "x = {'error': None}"} {
+		t.Run(code, func(t *testing.T) {
+			inst, err := shared.take(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer inst.close(ctx)
+			payload, err := json.Marshal(runnerRequest{Code: code, Filename: "main.py", Frame: string(newFrame())})
+			if err != nil {
+				t.Fatal(err)
+			}
+			reply, err := inst.call(ctx, payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(reply, replyOK) {
+				t.Fatalf("runner replied %s, not replyOK %s", reply, replyOK)
+			}
+		})
 	}
 }
