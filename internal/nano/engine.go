@@ -163,6 +163,9 @@ type Engine struct {
 	snapMu   sync.Mutex // serialises snapshot creation
 	snap     atomic.Pointer[snapshot]
 	rotating atomic.Bool
+	// noRestore: raising a demoted guest thread's priority failed once; guest calls hand off to
+	// threads of their own since (sched_linux.go).
+	noRestore atomic.Bool
 
 	slots    chan struct{} // one token per run using a CPU slot (see runSlot)
 	waiting  atomic.Int64

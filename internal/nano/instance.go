@@ -285,11 +285,12 @@ type runnerReply struct {
 }
 
 // warm makes a pooled sandbox's first exec happen before a request needs it: the guest reseeds its
-// random state and runs the runner once on an empty program, so the first costs (about half the
-// first run's time) are paid in the background. No user code has run when it is handed out.
+// random state and runs the runner once on a one-line expression, so the first costs (about half the
+// first run's time) are paid in the background, growing the call stack as deep as compiling a line
+// of code takes among them. No user code has run when it is handed out.
 func (inst *instance) warm(ctx context.Context) error {
 	lim := inst.eng.cfg.Defaults
-	res, err := inst.exec(ctx, execRequest{code: "", filename: "<warm-up>", limits: lim}, tier.Stream{})
+	res, err := inst.exec(ctx, execRequest{code: warmUpCode, filename: "<warm-up>", limits: lim, repl: true}, tier.Stream{})
 	if err != nil {
 		return err
 	}
@@ -299,6 +300,10 @@ func (inst *instance) warm(ctx context.Context) error {
 	}
 	return nil
 }
+
+// warmUpCode is what warm runs: an expression statement compiled in the REPL's mode, as most cells
+// are, whose value (None) is no result.
+const warmUpCode = "None"
 
 // Why a run was stopped from outside.
 var (

@@ -154,3 +154,41 @@ func loweredThreads(t *testing.T) []string {
 	}
 	return out
 }
+
+// TestDemotedThreadIsRaisedAgain: where the process may raise priorities again (root, as in CI), a
+// run's guest call stays on the caller's thread, and a demoted one has its priority back before the
+// caller goes on.
+func TestDemotedThreadIsRaisedAgain(t *testing.T) {
+	if !mayRestoreNice() {
+		t.Skip("this process may not raise a thread's priority (no CAP_SYS_NICE): guest calls hand off to threads of their own, which TestLongRunsMakeWay covers")
+	}
+	ctx := context.Background()
+	e, err := New(ctx, Config{PoolSize: -1, ShortRunCPU: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	runtime.LockOSThread() // the call runs on this thread, whose nice value the test reads
+	defer runtime.UnlockOSThread()
+	before, err := threadNice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.Run(ctx, api.RunRequest{Code: "n = 0\nfor i in range(1_000_000): n += i\nprint(n)", Limits: api.Limits{TimeoutMS: 300_000}}, tier.Stream{})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("long run: %v %+v", err, res)
+	}
+	after, err := threadNice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Stats().Demoted.Load(); n != 1 {
+		t.Fatalf("the long run was demoted %d times, want 1", n)
+	}
+	if after != before {
+		t.Fatalf("the caller's thread runs at nice %d after the run, %d before", after, before)
+	}
+	if e.noRestore.Load() {
+		t.Fatal("the engine gave up raising demoted threads")
+	}
+}
