@@ -133,12 +133,21 @@ func openPagemap() *pagemap {
 // copying img's bytes over the pages that are private copies. It reports false when it cannot tell
 // which those are. Safe for concurrent use, but not concurrently with close.
 func (pm *pagemap) resetPrivate(buf []byte, img *image, size int) bool {
+	return pm.eachPrivate(buf, size, func(from, to int) { copy(buf[from:to], img.data[from:to]) })
+}
+
+// eachPrivate calls fn with the byte offsets of each run of pages of buf[:size] that are private
+// copies (present, and not pages of a file: written since the mapping was made, or anonymous memory
+// that was touched). Every other page of a private mapping of an image still reads as the image;
+// one of anonymous memory reads as zero. It reports false when it cannot tell. Safe for concurrent
+// use, but not concurrently with close.
+func (pm *pagemap) eachPrivate(buf []byte, size int, fn func(from, to int)) bool {
 	fd := int(pm.fd.Load())
 	if fd < 0 {
 		return false
 	}
 	if !pm.noScan.Load() {
-		if ok, supported := pm.scanPrivate(buf, img, size); supported {
+		if ok, supported := pm.scanPrivate(buf, size, fn); supported {
 			return ok
 		}
 		pm.noScan.Store(true)
@@ -162,15 +171,15 @@ func (pm *pagemap) resetPrivate(buf []byte, img *image, size int) bool {
 	for i := 0; i < pages; i++ {
 		e := *(*uint64)(unsafe.Pointer(&ents[i*8]))
 		if e&pagemapPresent != 0 && e&pagemapFile == 0 {
-			copy(buf[i*osPage:(i+1)*osPage], img.data[i*osPage:(i+1)*osPage])
+			fn(i*osPage, (i+1)*osPage)
 		}
 	}
 	return true
 }
 
-// scanPrivate is resetPrivate through PAGEMAP_SCAN: the ranges of pages that are present and not
+// scanPrivate is eachPrivate through PAGEMAP_SCAN: the ranges of pages that are present and not
 // file pages (private copies). supported is false when the kernel lacks the ioctl.
-func (pm *pagemap) scanPrivate(buf []byte, img *image, size int) (ok, supported bool) {
+func (pm *pagemap) scanPrivate(buf []byte, size int, fn func(from, to int)) (ok, supported bool) {
 	fd := int(pm.fd.Load())
 	if fd < 0 {
 		return false, true
@@ -202,8 +211,7 @@ func (pm *pagemap) scanPrivate(buf []byte, img *image, size int) (ok, supported 
 			return false, true
 		}
 		for _, r := range vec[:n] {
-			from, to := int(r.start-base), int(r.end-base)
-			copy(buf[from:to], img.data[from:to])
+			fn(int(r.start-base), int(r.end-base))
 		}
 		if arg.walkEnd <= arg.start {
 			return false, true // no progress: never expected, but do not loop

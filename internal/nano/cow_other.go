@@ -21,14 +21,19 @@ func (sh *sharedImage) mapOnto([]byte, int) error {
 	return errors.New("copy-on-write images need Linux")
 }
 
-// pagemap is never open on this platform: resetPrivate always answers that it cannot tell.
+// pagemap is never open on this platform: resetPrivate and eachPrivate always answer that they
+// cannot tell.
 type pagemap struct{ noScan atomic.Bool }
 
 func openPagemap() *pagemap { return &pagemap{} }
 
 func (pm *pagemap) resetPrivate([]byte, *image, int) bool { return false }
 
-func (pm *pagemap) scanPrivate([]byte, *image, int) (ok, supported bool) { return false, false }
+func (pm *pagemap) eachPrivate([]byte, int, func(from, to int)) bool { return false }
+
+func (pm *pagemap) scanPrivate([]byte, int, func(from, to int)) (ok, supported bool) {
+	return false, false
+}
 
 func (pm *pagemap) close() {}
 

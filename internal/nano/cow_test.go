@@ -89,7 +89,7 @@ func pagemapScanWorks(pm *pagemap) bool {
 		return false
 	}
 	defer unmapRegion(buf)
-	_, supported := pm.scanPrivate(buf, &image{data: make([]byte, osPage)}, osPage)
+	_, supported := pm.scanPrivate(buf, osPage, func(int, int) {})
 	return supported
 }
 

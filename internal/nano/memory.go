@@ -370,5 +370,21 @@ func (m *guestMemory) Free() {
 	m.pool.put(m.r)
 }
 
+// privatePages sets bit i of priv (cleared first; n/64 words for n pages) for each of the first size
+// bytes' pages that is a private copy, when the memory is a copy-on-write mapping of img (cow.go):
+// every other page then reads as img, or as zero past it. It reports false when the memory is not
+// such a mapping or the kernel cannot tell.
+func (m *guestMemory) privatePages(img *image, size int, priv []uint64) bool {
+	if img == nil || img.shared == nil || m.r.image != img || size > len(m.r.buf) {
+		return false
+	}
+	clear(priv)
+	return m.pool.pm.eachPrivate(m.r.buf, size, func(from, to int) {
+		for i := from / osPage; i < to/osPage; i++ {
+			priv[i/64] |= 1 << (i % 64)
+		}
+	})
+}
+
 // bytes is the memory's current content (valid until Free).
 func (m *guestMemory) bytes(size int) []byte { return m.r.buf[:size] }

@@ -137,6 +137,7 @@ type stepState struct {
 	// spare arrays the next snapshot fills, swapped with hashes and ids when it succeeds
 	nextHashes []xxh3.Uint128
 	nextIDs    []tier.BlockID
+	private    []uint64 // scratch for the next snapshot: a bit per page that is a private copy
 }
 
 // newStepState starts from an engine snapshot's image: the session's memory began as it.
@@ -241,12 +242,28 @@ func (e *Engine) snapshotInstance(ctx context.Context, inst *instance, st *stepS
 	deadPages := min(int(sp)/osPage, n)
 	hashes, ids := growTo(st.nextHashes, n), growTo(st.nextIDs, n)
 	cache := cacheable(st.store)
+	// Pages still shared with the start-up image read as it: their hashes are known. Only the
+	// private copies (a few hundred of some 3,000 pages) are hashed.
+	st.private = growTo(st.private, (n+63)/64)
+	var baseHashes []xxh3.Uint128
+	known := inst.snap != nil && inst.mem.privatePages(inst.snap.mem, size, st.private)
+	if known {
+		baseHashes = inst.snap.pages.pageHashes(inst.snap.mem)
+	}
 	for i := range n {
 		if i%ctxCheckPages == 0 && ctx.Err() != nil {
 			return nil, fmt.Errorf("snapshot stopped: %w", context.Cause(ctx))
 		}
 		page := mem[i*osPage : (i+1)*osPage]
-		h := xxh3.Hash128(page)
+		var h xxh3.Uint128
+		switch {
+		case !known || st.private[i/64]&(1<<(i%64)) != 0:
+			h = xxh3.Hash128(page)
+		case i < len(baseHashes):
+			h = baseHashes[i]
+		default:
+			h = zeroPageHash // untouched memory past the image
+		}
 		if i < deadPages && h != zeroPageHash {
 			clear(page)
 			h = zeroPageHash

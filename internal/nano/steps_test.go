@@ -916,3 +916,45 @@ del i
 		}
 	}
 }
+
+// TestSnapshotPageHashesMatchMemory: a snapshot hashes only the pages that are private copies and
+// takes the start-up image's hashes for the others; the hashes it keeps must be those of the memory
+// as it is, page for page, in a new session, after the memory grows, and in a session restored
+// from a step (whose unchanged pages were never written).
+func TestSnapshotPageHashesMatchMemory(t *testing.T) {
+	blocks := tiertest.NewBlocks()
+	check := func(t *testing.T, s tier.Session) {
+		t.Helper()
+		snapshotOf(t, s, blocks)
+		ss := s.(*session)
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		size := int(ss.inst.mod.Memory().Size())
+		mem := ss.inst.mem.bytes(size)
+		if len(ss.steps.hashes) != size/osPage {
+			t.Fatalf("%d page hashes for %d pages", len(ss.steps.hashes), size/osPage)
+		}
+		wrong := 0
+		for i, h := range ss.steps.hashes {
+			if h != xxh3.Hash128(mem[i*osPage:(i+1)*osPage]) {
+				wrong++
+			}
+		}
+		if wrong > 0 {
+			t.Fatalf("%d of %d page hashes are not those of the memory", wrong, len(ss.steps.hashes))
+		}
+	}
+	s := newSession(t)
+	runCell(t, s, "x = 40")
+	check(t, s)
+	runCell(t, s, "big = bytearray(32 << 20); big[-1] = 1; x += 1")
+	check(t, s)
+	snap := snapshotOf(t, s, blocks)
+	r := restoreOf(t, snap, blocks, api.Limits{})
+	check(t, r)
+	runCell(t, r, "del big; x += 1")
+	check(t, r)
+	if got := runCell(t, r, "print(x)"); got != "42\n" {
+		t.Fatalf("restored session printed %q", got)
+	}
+}
