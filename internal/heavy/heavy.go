@@ -134,9 +134,9 @@ type Engine struct {
 	lock     *os.File // the state root's flock; nil for a private root
 	pool     chan *sandbox
 	stop     chan struct{}
-	wg       sync.WaitGroup
-	slots    chan struct{} // one token per sandbox serving a request (runs and sessions)
-	queued   atomic.Int64  // requests waiting for a slot
+	wg       sync.WaitGroup // the pool filler and background teardowns; teardowns Add under mu while closed is false
+	slots    chan struct{}  // one token per sandbox serving a request (runs and sessions)
+	queued   atomic.Int64   // requests waiting for a slot
 	wake     chan struct{}
 	lastTake atomic.Int64
 	golden   atomic.Pointer[refiller] // set once the pool's refill path is chosen

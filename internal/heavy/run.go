@@ -502,11 +502,23 @@ func (e *Engine) death(s *sandbox, lim api.Limits) *api.Error {
 }
 
 // destroyLater tears a used sandbox down in the background: runsc kill and delete take a few hundred
-// milliseconds that the caller need not wait for. Close waits for them.
+// milliseconds that the caller need not wait for. Close waits for them. Once Close has begun, the
+// teardown is done here instead: Close may be in e.wg.Wait already, and an Add from zero then would
+// race with it and could let Close return before the teardown (the race detector caught it in
+// TestCloseKillsLiveSandboxes).
 func (e *Engine) destroyLater(s *sandbox) {
 	s.killed.Store(true)
 	e.setShares(s, backgroundShares) // its teardown must not slow the next request
-	e.wg.Add(1)
+	e.mu.Lock()
+	closing := e.closed.Load() // Close sets it under e.mu before it waits
+	if !closing {
+		e.wg.Add(1)
+	}
+	e.mu.Unlock()
+	if closing {
+		e.destroy(s)
+		return
+	}
 	go func() {
 		defer e.wg.Done()
 		e.destroy(s)
