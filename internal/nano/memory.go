@@ -370,9 +370,9 @@ func (m *guestMemory) Free() {
 	m.pool.put(m.r)
 }
 
-// privatePages sets bit i of priv (cleared first; n/64 words for n pages) for each of the first size
-// bytes' pages that is a private copy, when the memory is a copy-on-write mapping of img (cow.go):
-// every other page then reads as img, or as zero past it. It reports false when the memory is not
+// privatePages sets bit i of priv (cleared first; (n+63)/64 words for n pages) for each of the first
+// size bytes' pages that is a private copy, when the memory is a copy-on-write mapping of img
+// (cow.go): every other page then reads as img, or as zero past it. It reports false when the memory is not
 // such a mapping or the kernel cannot tell.
 func (m *guestMemory) privatePages(img *image, size int, priv []uint64) bool {
 	if img == nil || img.shared == nil || m.r.image != img || size > len(m.r.buf) {

@@ -649,7 +649,7 @@ def _parse(request):
     try:
         req, end = _scan_once(text, 0)
     except StopIteration:
-        end = -1
+        req, end = None, -1
     if end != len(text) or type(req) is not dict:
         req = json.loads(text)
     return req
