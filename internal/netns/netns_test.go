@@ -60,6 +60,9 @@ func (l listeners) ports() (uint16, uint16) {
 	return uint16(l.tcp.Addr().(*net.TCPAddr).Port), uint16(l.udp.LocalAddr().(*net.UDPAddr).Port)
 }
 
+// newManager makes a Manager for a test. Its prefix must not start with "ab" and a hex digit: the
+// heavy engines that other packages' tests run at the same time name their veths "ab" and six hex
+// digits (heavy.NetworkPrefix), and New refuses a prefix that a foreign link starts with.
 func newManager(t testing.TB, l listeners, prefix string, r netip.Prefix) *Manager {
 	t.Helper()
 	tp, up := l.ports()
@@ -346,7 +349,7 @@ func TestTraffic(t *testing.T) {
 func TestCloseRemovesEverything(t *testing.T) {
 	needHost(t)
 	l := listen(t)
-	m := newManager(t, l, "abc", netip.MustParsePrefix("10.202.0.0/24"))
+	m := newManager(t, l, "abu", netip.MustParsePrefix("10.202.0.0/24"))
 	n, err := m.Create(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -494,7 +497,7 @@ func TestNoNamespacesFailsClosed(t *testing.T) {
 func TestAddresses(t *testing.T) {
 	needHost(t)
 	l := listen(t)
-	m := newManager(t, l, "aba", netip.MustParsePrefix("10.204.0.0/28")) // 4 slots
+	m := newManager(t, l, "abq", netip.MustParsePrefix("10.204.0.0/28")) // 4 slots
 	var got []string
 	var all []*NS
 	for range 4 {
@@ -523,7 +526,7 @@ func TestAddresses(t *testing.T) {
 func BenchmarkCreate(b *testing.B) {
 	needHost(b)
 	l := listen(b)
-	m := newManager(b, l, "abb", netip.MustParsePrefix("10.205.0.0/16"))
+	m := newManager(b, l, "abr", netip.MustParsePrefix("10.205.0.0/16"))
 	ctx := context.Background()
 	var create, remove time.Duration
 	for b.Loop() {
