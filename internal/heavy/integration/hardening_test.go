@@ -39,6 +39,8 @@ for fd in os.listdir('/proc/1/fd'):
             print(fd, how, 'reachable')
         except PermissionError:
             pass
+        except FileNotFoundError:
+            pass  # the agent closed it after the listing: nothing to reach
 libc = ctypes.CDLL(None, use_errno=True)
 print('ptrace', libc.ptrace(16, 1, 0, 0), ctypes.get_errno())  # PTRACE_ATTACH: EPERM
 `
