@@ -377,6 +377,7 @@ func (n *Node) streamBlocks(ctx context.Context, h *head, want map[[32]byte][]in
 		return err
 	}
 	size := min(len(want), 512)
+	unanswered := 0
 	for len(want) > 0 {
 		// A batch asks for no more than remain: a fetch of more waits its whole MaxWait.
 		batch, err := cons.Fetch(size, jetstream.FetchMaxWait(2*time.Second))
@@ -408,8 +409,19 @@ func (n *Node) streamBlocks(ctx context.Context, h *head, want map[[32]byte][]in
 			delete(want, sum)
 		}
 		if err := batch.Error(); err != nil {
-			return err
+			if got > 0 || !errors.Is(err, nats.ErrNoResponders) || unanswered == fetchUnansweredTries {
+				return err
+			}
+			// An ordered consumer makes a new server-side consumer for every fetch; in a cluster
+			// the pull can reach a server before that consumer's interest does. Nothing was
+			// delivered, so the cursor has not moved and the same fetch is asked again.
+			unanswered++
+			if err := sleepCtx(ctx, time.Duration(unanswered)*50*time.Millisecond); err != nil {
+				return err
+			}
+			continue
 		}
+		unanswered = 0
 		if got == 0 || pending == 0 {
 			return nil
 		}
@@ -463,4 +475,20 @@ func classNamed(name string) *errdefs.Class {
 		}
 	}
 	return errdefs.Internal
+}
+
+// fetchUnansweredTries bounds how often a fetch that reached no consumer is asked again (about
+// 0.5 s of waiting in all); route interest in a healthy cluster settles well within that.
+const fetchUnansweredTries = 4
+
+// sleepCtx waits d, or less if ctx ends first (then it returns ctx's error).
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

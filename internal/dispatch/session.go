@@ -265,13 +265,23 @@ func (s *Session) unlock() {
 
 // waitShort takes mu once a short request holding it lets go, within shortWait; false when the
 // holder is not short or does not let go in time.
+//
+// A short request counts itself before it locks and uncounts after it unlocks, so a failed TryLock
+// followed by a count of zero can also mean that it let go between the two looks. The holder is
+// taken for a long one only when two looks a millisecond apart both say so.
 func (s *Session) waitShort() bool {
 	deadline := time.Now().Add(shortWait)
-	for s.short.Load() > 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
+	notShort := 0
+	for time.Now().Before(deadline) {
 		if s.mu.TryLock() {
 			return true
 		}
+		if s.short.Load() > 0 {
+			notShort = 0
+		} else if notShort++; notShort == 2 {
+			return false
+		}
+		time.Sleep(time.Millisecond)
 	}
 	return false
 }
