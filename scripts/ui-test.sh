@@ -17,4 +17,13 @@ scripts/ui-vendor.sh --check
 go build -trimpath -o bin/agentbox ./cmd/agentbox
 cd ui
 rm -rf test-results
-exec npx playwright test "$@"
+# The server's keys, heavy state root and snapshots live in a directory of this run's own, removed
+# after it. Playwright stops the server with SIGTERM (playwright.config.js), so the server takes its
+# sandboxes down itself; one that could not leaves runsc's netns file mounted in its root.
+state=$(mktemp -d "${TMPDIR:-/tmp}/agentbox-ui-XXXXXX")
+cleanup() {
+  findmnt -rn -o TARGET | grep -F "$state/" | sort -r | xargs -r -n1 umount -l || true
+  rm -rf "$state"
+}
+trap cleanup EXIT
+AGENTBOX_UI_STATE=$state npx playwright test "$@"

@@ -43,6 +43,9 @@ module.exports = defineConfig({
     url: `http://127.0.0.1:${port}/healthz`,
     reuseExistingServer: false,
     timeout: 180_000,
+    // SIGTERM, not Playwright's default SIGKILL: the server shuts down and removes its sandboxes,
+    // cgroups and mounts (a killed one leaves them for the next server on its state root to sweep).
+    gracefulShutdown: { signal: "SIGTERM", timeout: 30_000 },
     stdout: "ignore",
     stderr: process.env.AGENTBOX_UI_DEBUG ? "pipe" : "ignore",
   },
