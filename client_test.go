@@ -25,6 +25,17 @@ var (
 	serverURL  string
 )
 
+// serverDir is testServer's snapshot store, removed by TestMain.
+var serverDir string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if serverDir != "" {
+		os.RemoveAll(serverDir)
+	}
+	os.Exit(code)
+}
+
 // testServer starts one real agentbox server (nano engine behind the HTTP API) for the tests and
 // examples of this package.
 func testServer() string {
@@ -39,7 +50,8 @@ func testServer() string {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		st, err := snapstore.Open(snapstore.Config{Dir: dir}) // time travel on; the directory is the OS's to clean
+		serverDir = dir
+		st, err := snapstore.Open(snapstore.Config{Dir: dir}) // time travel on
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)

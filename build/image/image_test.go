@@ -25,6 +25,9 @@ type fixture struct {
 	opts             options
 }
 
+// staticDir holds staticBin's executable once built; TestMain removes it.
+var staticDir string
+
 // staticBin is one static executable shared by the tests (building it costs a second or two).
 var staticBin = func() func(t *testing.T) string {
 	var path string
@@ -36,6 +39,7 @@ var staticBin = func() func(t *testing.T) string {
 			if derr != nil {
 				t.Fatal(derr)
 			}
+			staticDir = dir // TestMain removes it
 			src := filepath.Join(dir, "main.go")
 			os.WriteFile(src, []byte("package main\nfunc main() {}\n"), 0o644)
 			os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module x\ngo 1.24\n"), 0o644)

@@ -216,7 +216,12 @@ func httpPrint(ctx context.Context, bin string, n int) (float64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("state directory: %w", err)
 	}
-	defer os.RemoveAll(state)
+	defer func() {
+		// The server keeps snapshots and hosted MCP servers' registrations beside its state root.
+		for _, dir := range []string{state, state + "-snapshots", state + "-mcp"} {
+			os.RemoveAll(dir)
+		}
+	}()
 	sctx, stop := context.WithCancel(ctx)
 	srv := exec.CommandContext(sctx, bin, "serve", "--addr", addr, "--heavy", "off", "--state-dir", state)
 	srv.Stderr = io.Discard

@@ -377,6 +377,7 @@ class _LocalServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._drain.join(timeout=5)
+                self._remove_dirs()
                 raise AgentboxError(f"agentbox serve exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
@@ -415,11 +416,15 @@ class _LocalServer:
         self._drain.join(timeout=5)
         if self.proc.stderr:
             self.proc.stderr.close()
+        self._remove_dirs()
+
+    def _remove_dirs(self) -> None:
+        shutil.rmtree(self._keys, ignore_errors=True)  # gone already once the server was ready
         shutil.rmtree(self._state, ignore_errors=True)
-        shutil.rmtree(self._state + "-mcp", ignore_errors=True)  # hosted MCP servers' registrations
-        shutil.rmtree(self._state + "-ca", ignore_errors=True)  # the TLS inspection CA, with --policy
-        shutil.rmtree(self._state + "-snapshots", ignore_errors=True)  # time travel's snapshot store
-        shutil.rmtree(self._keys, ignore_errors=True)
+        # Beside the state root: hosted MCP servers' registrations, session snapshots, and the TLS
+        # inspection CA (with --policy).
+        for suffix in ("-mcp", "-snapshots", "-ca"):
+            shutil.rmtree(self._state + suffix, ignore_errors=True)
 
 
 class Sandbox:
