@@ -483,10 +483,8 @@ const fetchUnansweredTries = 4
 
 // sleepCtx waits d, or less if ctx ends first (then it returns ctx's error).
 func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-time.After(d): // collected once it fires or is unreachable (Go 1.23 timers)
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
