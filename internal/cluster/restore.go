@@ -376,11 +376,19 @@ func (n *Node) streamBlocks(ctx context.Context, h *head, want map[[32]byte][]in
 	if err != nil {
 		return err
 	}
+	fetch := func(batch int) (jetstream.MessageBatch, error) {
+		return cons.Fetch(batch, jetstream.FetchMaxWait(2*time.Second))
+	}
+	return n.readBlocks(ctx, fetch, prefix, h, want, out)
+}
+
+// readBlocks is streamBlocks' loop; fetch asks for at most batch messages.
+func (n *Node) readBlocks(ctx context.Context, fetch func(batch int) (jetstream.MessageBatch, error), prefix string, h *head, want map[[32]byte][]int, out importedBlocks) error {
 	size := min(len(want), 512)
 	unanswered := 0
 	for len(want) > 0 {
 		// A batch asks for no more than remain: a fetch of more waits its whole MaxWait.
-		batch, err := cons.Fetch(size, jetstream.FetchMaxWait(2*time.Second))
+		batch, err := fetch(size)
 		if err != nil {
 			return err
 		}
