@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -212,18 +213,15 @@ func httpPrint(ctx context.Context, bin string, n int) (float64, error) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	state, err := os.MkdirTemp("", "benchgate-")
+	// The state root goes in a directory of its own: the server keeps other directories beside it
+	// (snapshots, hosted MCP servers), and removing this one removes them all.
+	dir, err := os.MkdirTemp("", "benchgate-")
 	if err != nil {
 		return 0, fmt.Errorf("state directory: %w", err)
 	}
-	defer func() {
-		// The server keeps snapshots and hosted MCP servers' registrations beside its state root.
-		for _, dir := range []string{state, state + "-snapshots", state + "-mcp"} {
-			os.RemoveAll(dir)
-		}
-	}()
+	defer os.RemoveAll(dir)
 	sctx, stop := context.WithCancel(ctx)
-	srv := exec.CommandContext(sctx, bin, "serve", "--addr", addr, "--heavy", "off", "--state-dir", state)
+	srv := exec.CommandContext(sctx, bin, "serve", "--addr", addr, "--heavy", "off", "--state-dir", filepath.Join(dir, "state"))
 	srv.Stderr = io.Discard
 	if err := srv.Start(); err != nil {
 		stop()

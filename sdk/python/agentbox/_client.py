@@ -357,15 +357,19 @@ class _LocalServer:
         env = {k: v for k, v in os.environ.items() if k != "AGENTBOX_API_KEY"}
         self._log: Deque[str] = collections.deque(maxlen=self.LOG_LINES)
         # A state root of its own: the default one is locked by the machine's shared server, and an
-        # embedded server is private to this process. Its audit log is in it (audit/audit.db).
-        self._state = tempfile.mkdtemp(prefix="agentbox-state-")
+        # embedded server is private to this process. Its audit log is in it (audit/audit.db). It
+        # sits in a directory of its own because the server also keeps directories beside it
+        # (snapshots, hosted MCP servers, the TLS inspection CA); removing that directory removes all.
+        self._dir = tempfile.mkdtemp(prefix="agentbox-")
+        state = os.path.join(self._dir, "state")
         # The one key may also read the server's audit log: the server is this process's own. The
-        # key file is private (0600) and removed once the server has read it.
-        self._keys = tempfile.mkdtemp(prefix="agentbox-keys-")
+        # key file is private (0600, in a 0700 directory) and removed once the server has read it.
+        self._keys = os.path.join(self._dir, "keys")
+        os.mkdir(self._keys, 0o700)
         key_file = os.path.join(self._keys, "keys")
         with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(self.api_key + " audit\n")
-        args = [path, "serve", "--addr", f"127.0.0.1:{port}", "--state-dir", self._state, "--api-key-file", key_file]
+        args = [path, "serve", "--addr", f"127.0.0.1:{port}", "--state-dir", state, "--api-key-file", key_file]
         if policy is not None:
             args += ["--policy", policy]
         self.proc = subprocess.Popen(args, env=env,
@@ -377,7 +381,7 @@ class _LocalServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._drain.join(timeout=5)
-                self._remove_dirs()
+                shutil.rmtree(self._dir, ignore_errors=True)
                 raise AgentboxError(f"agentbox serve exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
@@ -416,15 +420,7 @@ class _LocalServer:
         self._drain.join(timeout=5)
         if self.proc.stderr:
             self.proc.stderr.close()
-        self._remove_dirs()
-
-    def _remove_dirs(self) -> None:
-        shutil.rmtree(self._keys, ignore_errors=True)  # gone already once the server was ready
-        shutil.rmtree(self._state, ignore_errors=True)
-        # Beside the state root: hosted MCP servers' registrations, session snapshots, and the TLS
-        # inspection CA (with --policy).
-        for suffix in ("-mcp", "-snapshots", "-ca"):
-            shutil.rmtree(self._state + suffix, ignore_errors=True)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 class Sandbox:
