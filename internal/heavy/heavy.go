@@ -33,6 +33,7 @@ import (
 	"github.com/entersandbox/agentbox/internal/limits"
 	"github.com/entersandbox/agentbox/internal/netns"
 	"github.com/entersandbox/agentbox/internal/outputs"
+	"golang.org/x/sys/unix"
 )
 
 //go:embed agent.py
@@ -154,6 +155,7 @@ type Stats struct {
 	PoolMisses atomic.Int64
 	Started    atomic.Int64 // runsc run or restore invocations
 	Restored   atomic.Int64 // pool refills from the golden checkpoint
+	PoolDead   atomic.Int64 // pooled sandboxes found exited when taken, replaced instead of handed out
 }
 
 // ErrNotInstalled means runsc or the root filesystem is missing.
@@ -521,7 +523,7 @@ func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandb
 	e.mu.Lock()
 	if s.removed {
 		err = errdefs.With(errdefs.Unavailable, ErrClosed)
-	} else if err = s.cmd.Start(); err == nil {
+	} else if err = startPinned(s.cmd); err == nil { // Pdeathsig: see startPinned
 		s.in, s.out = inW, outR
 		// A few lines of read-ahead: what the host holds for a sandbox stays a small multiple of the cap.
 		s.lines, s.quit = make(chan agentLine, 4), make(chan struct{})
@@ -580,6 +582,23 @@ func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandb
 
 // readLoop reads the agent's replies into s.lines until EOF, a line longer than s.maxLine (a protocol
 // fault: reading stops, the caller kills the sandbox) or destroy.
+// exited reports whether the sandbox's runsc has exited: done is closed, or runsc is dead but its
+// Wait has not closed done yet (waitid with WNOWAIT leaves the status for Wait; ECHILD means Wait
+// reaped it already).
+func (s *sandbox) exited() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+	}
+	if s.cmd == nil || s.cmd.Process == nil {
+		return false
+	}
+	var info unix.Siginfo // WNOHANG with nothing to report leaves it zero
+	err := unix.Waitid(unix.P_PID, s.cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	return errors.Is(err, unix.ECHILD) || err == nil && info.Signo == int32(unix.SIGCHLD)
+}
+
 func (s *sandbox) readLoop() {
 	defer close(s.lines)
 	r := bufio.NewReaderSize(s.out, 64<<10)
@@ -721,13 +740,8 @@ func (e *Engine) setShares(s *sandbox, shares int) {
 // the sandbox has not exited within killGrace. background kills run at low CPU priority.
 func (e *Engine) kill(s *sandbox, background bool) {
 	s.killed.Store(true)
-	if s.cmd == nil || s.cmd.Process == nil {
+	if s.cmd == nil || s.cmd.Process == nil || s.exited() {
 		return
-	}
-	select {
-	case <-s.done:
-		return
-	default:
 	}
 	if err := runBounded("kill", e.runscFor(background)("kill", s.id, "KILL"), runscTimeout); err != nil {
 		e.log.Debug("runsc kill", "id", s.id, "err", err)

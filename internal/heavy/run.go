@@ -110,12 +110,24 @@ func (e *Engine) take(ctx context.Context, memoryMB int) (*sandbox, error) {
 	default:
 	}
 	if memoryMB == e.cfg.Defaults.MemoryLimitMB {
-		select {
-		case s := <-e.pool:
-			e.Stats.PoolHits.Add(1)
-			e.foreground(s)
-			return s, nil
-		default:
+	pooled:
+		for {
+			select {
+			case s := <-e.pool:
+				if s.exited() {
+					// Killed while it waited (the host's OOM killer, an operator): never handed out, or
+					// its run would be reported as the program's crash.
+					e.Stats.PoolDead.Add(1)
+					e.log.Warn("a pooled heavy sandbox had exited while it waited; replacing it", "id", s.id, "status", s.exitErr)
+					e.destroyLater(s)
+					continue
+				}
+				e.Stats.PoolHits.Add(1)
+				e.foreground(s)
+				return s, nil
+			default:
+				break pooled
+			}
 		}
 		e.Stats.PoolMisses.Add(1)
 		// A miss at the default memory limit restores the golden checkpoint when that is the faster

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -440,4 +442,77 @@ func TestCloseKillsLiveSandboxes(t *testing.T) {
 	if c := count(t, root, ids); c != (leftovers{}) {
 		t.Errorf("after Close: %+v", c)
 	}
+}
+
+// TestDeadPooledSandboxIsReplaced: a pooled sandbox whose runsc died while it waited (SIGKILLed
+// here, as the exit of the thread that forked it did through Pdeathsig before runsc was started
+// from a pinned thread) is not handed out: the run gets another sandbox and succeeds.
+func TestDeadPooledSandboxIsReplaced(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	e, err := heavy.New(ctx, heavy.Config{PoolSize: 1, StateDir: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(ctx)
+	for deadline := time.Now().Add(3 * time.Minute); e.PoolReady() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the pool did not fill")
+		}
+	}
+	// The engine's own runsc processes (run or restore) are this process's children: the pooled one,
+	// and the next one the filler holds until there is room.
+	pids := runscChildren(root)
+	if len(pids) == 0 {
+		t.Fatal("no runsc child of this process for the pooled sandbox")
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, pid := range pids {
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			// The state follows the command, which is in parentheses: "pid (comm) S ...".
+			if err != nil || strings.HasPrefix(string(b[bytes.LastIndexByte(b, ')')+1:]), " Z") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("runsc %d outlived SIGKILL", pid)
+			}
+		}
+	}
+	r, err := e.Run(ctx, api.RunRequest{Code: "print('served')"}, tier.Stream{})
+	if err != nil || r.Stdout != "served\n" || r.Error != nil {
+		t.Fatalf("run after the pooled sandbox died: %v %+v", err, r)
+	}
+	if dead := e.Stats.PoolDead.Load(); dead < 1 {
+		t.Fatalf("PoolDead = %d: the dead sandbox was not noticed", dead)
+	}
+}
+
+// runscChildren lists this process's child processes that are runsc with root's runsc state.
+func runscChildren(root string) []int {
+	runscRoot := filepath.Join(root, "runsc")
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", p.Name(), "stat"))
+		cmdline, err2 := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil || err2 != nil {
+			continue
+		}
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])) // state, ppid, ...
+		args := strings.Split(string(cmdline), "\x00")
+		if len(fields) < 2 || fields[1] != strconv.Itoa(os.Getpid()) || !strings.HasPrefix(filepath.Base(args[0]), "runsc") {
+			continue
+		}
+		if slices.Contains(args, "--root="+runscRoot) || slices.Index(args, "--root") >= 0 && slices.Index(args, runscRoot) == slices.Index(args, "--root")+1 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
