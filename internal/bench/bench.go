@@ -38,6 +38,9 @@ type Options struct {
 	FirstRuns    int           // samples of the first `agentbox run` of a new process [5]
 	LoadClients  int           // clients of the load row [100]
 	LoadDuration time.Duration // of the load row's load phase [10s]; negative skips the load row
+	// CheckedMemory runs the nano engines (and the load row's server) with bounds-checked memory
+	// accesses instead of masked ones (nano.Config.CheckedMemory), for comparison.
+	CheckedMemory bool
 }
 
 // Latency summarises samples.
@@ -66,6 +69,8 @@ type Report struct {
 	FirstRunFirst float64 `json:"first_run_first_sample_ms"`
 	// Load is a short `agentbox bench --load` (nil: skipped, see Skipped).
 	Load *LoadReport `json:"load,omitempty"`
+	// CheckedMemory: nano ran with bounds-checked memory accesses (--checked-memory), not masked ones.
+	CheckedMemory bool `json:"checked_memory"`
 	// Skipped names the rows not measured and why.
 	Skipped []string `json:"skipped,omitempty"`
 }
@@ -126,11 +131,11 @@ func Run(ctx context.Context, o Options, progress io.Writer) (*Report, error) {
 			fmt.Fprintf(progress, format+"\n", a...)
 		}
 	}
-	rep := &Report{Throughput: map[int]float64{}}
+	rep := &Report{Throughput: map[int]float64{}, CheckedMemory: o.CheckedMemory}
 
 	// Fresh restores: no pool, so every run pays the restore.
 	say("fresh restore + print(1), pool bypassed: %d runs", o.Runs)
-	noPool, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, MaxSessions: o.IdleCount + 1})
+	noPool, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, MaxSessions: o.IdleCount + 1, CheckedMemory: o.CheckedMemory})
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +165,7 @@ func Run(ctx context.Context, o Options, progress io.Writer) (*Report, error) {
 		return nil, err
 	}
 
-	pooled, err := nano.New(ctx, nano.Config{PoolSize: 8, RotateAfter: -1, RotateRuns: -1, MaxQueue: 1 << 16})
+	pooled, err := nano.New(ctx, nano.Config{PoolSize: 8, RotateAfter: -1, RotateRuns: -1, MaxQueue: 1 << 16, CheckedMemory: o.CheckedMemory})
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +206,7 @@ func Run(ctx context.Context, o Options, progress io.Writer) (*Report, error) {
 		rep.Skipped = append(rep.Skipped, "load: skipped on request")
 		return rep, nil
 	}
-	if rep.Load, err = RunLoad(ctx, LoadOptions{Binary: o.Binary, Clients: o.LoadClients, Duration: o.LoadDuration, Idle: time.Second}, progress); err != nil {
+	if rep.Load, err = RunLoad(ctx, LoadOptions{Binary: o.Binary, Clients: o.LoadClients, Duration: o.LoadDuration, Idle: time.Second, CheckedMemory: o.CheckedMemory}, progress); err != nil {
 		return nil, fmt.Errorf("load row: %w", err)
 	}
 	return rep, nil
@@ -403,7 +408,7 @@ const cpuRounds = 4
 // Print writes the report: the headline figures first (the rows of issue 11's table), then the
 // details.
 func (r *Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "%-52s %s\n", "figure", "value")
+	fmt.Fprintf(w, "%-52s %s (nano memory accesses %s)\n", "figure", "value", accessMode(r.CheckedMemory))
 	fig := func(name, format string, a ...any) {
 		fmt.Fprintf(w, "%-52s "+format+"\n", append([]any{name}, a...)...)
 	}

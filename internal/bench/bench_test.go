@@ -172,7 +172,7 @@ func TestRunMicroSmall(t *testing.T) {
 	if err != nil {
 		t.Fatal("the micro benchmark test needs python3 on PATH")
 	}
-	rep, err := RunMicro(context.Background(), python, 1, nil)
+	rep, err := RunMicro(context.Background(), python, 1, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,8 @@ type LoadOptions struct {
 	Concurrency int
 	// ShortRunCPU is the server's --short-run-cpu [its default]
 	ShortRunCPU time.Duration
+	// CheckedMemory passes --checked-memory to the server.
+	CheckedMemory bool
 }
 
 // LoadReport is what RunLoad measured.
@@ -273,6 +275,9 @@ func startServer(ctx context.Context, binary string, o LoadOptions) (*childServe
 	}
 	if o.ShortRunCPU != 0 {
 		args = append(args, "--short-run-cpu", o.ShortRunCPU.String())
+	}
+	if o.CheckedMemory {
+		args = append(args, "--checked-memory")
 	}
 	s.cmd = exec.Command(binary, args...)
 	s.cmd.Env = append(os.Environ(), "AGENTBOX_API_KEY="+s.key)

@@ -85,14 +85,17 @@ type MicroReport struct {
 	Native string     `json:"native"`
 	Rounds int        `json:"rounds"`
 	Rows   []MicroRow `json:"kernels"`
+	// CheckedMemory: nano ran with bounds-checked memory accesses (--checked-memory), not masked ones.
+	CheckedMemory bool `json:"checked_memory"`
 }
 
 // RunMicro times every kernel in a nano sandbox and in the native interpreter python ("" finds
 // python3 on PATH), alternating the two rounds times and keeping the best of each. Times are CPU
 // time (user + system) rather than wall time, so that other load on the machine inflates them less:
 // the engine process's for a sandbox run, the child's for a native one, each minus the same side's
-// run of an empty kernel (start-up, imports of the wrapper).
-func RunMicro(ctx context.Context, python string, rounds int, progress io.Writer) (*MicroReport, error) {
+// run of an empty kernel (start-up, imports of the wrapper). checked runs nano with bounds-checked
+// memory accesses (nano.Config.CheckedMemory).
+func RunMicro(ctx context.Context, python string, rounds int, checked bool, progress io.Writer) (*MicroReport, error) {
 	if rounds <= 0 {
 		rounds = 3
 	}
@@ -103,12 +106,12 @@ func RunMicro(ctx context.Context, python string, rounds int, progress io.Writer
 		}
 		python = p
 	}
-	e, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1})
+	e, err := nano.New(ctx, nano.Config{PoolSize: -1, RotateAfter: -1, RotateRuns: -1, CheckedMemory: checked})
 	if err != nil {
 		return nil, err
 	}
 	defer e.Close(context.Background())
-	rep := &MicroReport{Native: python, Rounds: rounds}
+	rep := &MicroReport{Native: python, Rounds: rounds, CheckedMemory: checked}
 	if v, err := exec.CommandContext(ctx, python, "-c", "import sys; print(sys.version.split()[0])").Output(); err == nil {
 		rep.Native = python + " " + strings.TrimSpace(string(v))
 	}
@@ -191,11 +194,19 @@ func (c cpuTimer) native(ctx context.Context, code string) (float64, error) {
 	return ms(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()), nil
 }
 
+// accessMode names how nano's memory accesses were compiled.
+func accessMode(checked bool) string {
+	if checked {
+		return "bounds-checked"
+	}
+	return "masked"
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // Print writes the micro report as a table, ratios last.
 func (r *MicroReport) Print(w io.Writer) {
-	fmt.Fprintf(w, "%-40s %10s %10s %8s   (native: %s, best of %d)\n", "kernel", "nano ms", "native ms", "ratio", r.Native, r.Rounds)
+	fmt.Fprintf(w, "%-40s %10s %10s %8s   (native: %s, best of %d, %s memory accesses)\n", "kernel", "nano ms", "native ms", "ratio", r.Native, r.Rounds, accessMode(r.CheckedMemory))
 	for _, row := range r.Rows {
 		fmt.Fprintf(w, "%-40s %10.1f %10.1f %7.2fx\n", row.Name, row.NanoMS, row.NativeMS, row.Ratio)
 	}

@@ -21,6 +21,7 @@ func (e *env) bench(ctx context.Context, args []string) error {
 	fset.IntVar(&o.IdleCount, "idle", 50, "sandboxes held to measure memory per idle sandbox")
 	fset.StringVar(&o.Python, "python", "", "native interpreter for the CPU comparison (default: python3 on PATH)")
 	asJSON := fset.Bool("json", false, "print the report as JSON")
+	fset.BoolVar(&o.CheckedMemory, "checked-memory", false, "run nano with bounds-checked memory accesses instead of masked ones, to compare (serve --checked-memory)")
 	load := fset.Bool("load", false, "instead: load-test a real `agentbox serve` over loopback")
 	var lo bench.LoadOptions
 	fset.IntVar(&lo.Clients, "clients", 100, "with --load: concurrent clients")
@@ -39,7 +40,7 @@ func (e *env) bench(ctx context.Context, args []string) error {
 		if *rounds < 1 {
 			return usagef("-rounds must be at least 1")
 		}
-		rep, err := bench.RunMicro(ctx, o.Python, *rounds, e.stderr)
+		rep, err := bench.RunMicro(ctx, o.Python, *rounds, o.CheckedMemory, e.stderr)
 		if err != nil {
 			return fmt.Errorf("micro benchmark: %w", err)
 		}
@@ -50,6 +51,7 @@ func (e *env) bench(ctx context.Context, args []string) error {
 		return nil
 	}
 	if *load {
+		lo.CheckedMemory = o.CheckedMemory
 		if lo.Duration == 0 {
 			lo.Duration = 30 * time.Second
 		}

@@ -39,6 +39,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 	pool := fset.Int("pool", 0, "restored sandboxes kept ready (default 4; negative disables)")
 	concurrent := fset.Int("concurrency", 0, "nano runs executing at once, sharing the cores (default 32 per GOMAXPROCS)")
 	shortCPU := fset.Duration("short-run-cpu", 0, "CPU time a nano run has at full priority before long runs make way for new ones (default 10ms; negative: all runs share the CPU equally)")
+	checked := fset.Bool("checked-memory", false, "nano: bounds-check every guest memory access (out-of-bounds accesses trap, as Wasm specifies) instead of masking addresses into the sandbox's own memory; slower (docs/masked-memory.md)")
 	queue := fset.Int("queue", 0, "runs waiting for a slot before 429 (default 32 per slot)")
 	grace := fset.Duration("shutdown-grace", 30*time.Second, "how long in-flight requests may finish on shutdown")
 	logJSON := fset.Bool("log-json", false, "log JSON lines instead of text")
@@ -116,7 +117,7 @@ func (e *env) serve(ctx context.Context, args []string) error {
 			n.SessionEnded(id)
 		}
 	}
-	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue, ShortRunCPU: *shortCPU}, dcfg, log)
+	t, err := tf.open(ctx, nano.Config{PoolSize: *pool, MaxConcurrent: *concurrent, MaxQueue: *queue, ShortRunCPU: *shortCPU, CheckedMemory: *checked}, dcfg, log)
 	if err != nil {
 		return err
 	}

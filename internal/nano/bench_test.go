@@ -125,6 +125,32 @@ func BenchmarkThroughput(b *testing.B) {
 	}
 }
 
+// guestCPUKernels are CPU-bound programs: the interpreter loop and dict inserts of agentbox bench's
+// CPU-loop row, and json, the load test's main guest cost.
+var guestCPUKernels = []struct{ name, code string }{
+	{"loop", "total = 0\nfor i in range(2_000_000):\n    total += i * i % 7\nd = {}\nfor i in range(200_000):\n    d[str(i)] = i\n"},
+	{"json", "import json\nfor i in range(20_000):\n    json.loads(json.dumps({'a': i, 'b': [i, str(i), 1.5], 'c': {'d': None}}))\n"},
+}
+
+// BenchmarkGuestCPU: CPU-bound guest programs with masked memory accesses and with bounds-checked
+// ones (Config.CheckedMemory; docs/masked-memory.md), pool bypassed (a fresh restore is well under
+// a millisecond of these runs).
+func BenchmarkGuestCPU(b *testing.B) {
+	for _, k := range guestCPUKernels {
+		for _, checked := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/checked=%v", k.name, checked), func(b *testing.B) {
+				e := benchEngine(b, Config{PoolSize: -1, CheckedMemory: checked})
+				for b.Loop() {
+					res, err := e.Run(context.Background(), api.RunRequest{Code: k.code}, tier.Stream{})
+					if err != nil || res.Error != nil {
+						b.Fatalf("%v %+v", err, res)
+					}
+				}
+			})
+		}
+	}
+}
+
 // nullHTTP answers every request at once without any network: what is left is the bridge itself.
 type nullHTTP struct{}
 

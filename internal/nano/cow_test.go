@@ -32,7 +32,7 @@ func TestSharedImageRegionsReadAsTheImage(t *testing.T) {
 		{"private pages dropped", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newRegionPool(1<<30, 4)
+			p := newRegionPool(1<<30, 4, false)
 			defer p.close()
 			if !tc.pagemap {
 				p.pm.close()
@@ -123,7 +123,7 @@ func TestBackgroundResetRegionsReadAsTheImage(t *testing.T) {
 		{"no image", nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newRegionPool(1<<30, 4)
+			p := newRegionPool(1<<30, 4, false)
 			defer p.close()
 			r, err := p.get(imgA)
 			if err != nil {
@@ -183,7 +183,7 @@ func TestConcurrentRegionsNeverSeeAnotherGuestsWrites(t *testing.T) {
 	if img.shared == nil {
 		t.Fatal("no memfd on this machine: the background reset is not tested")
 	}
-	p := newRegionPool(1<<30, 3)
+	p := newRegionPool(1<<30, 3, false)
 	defer p.close()
 	const workers, rounds = 4, 50
 	errs := make(chan error, workers)

@@ -47,6 +47,9 @@ type instance struct {
 	free   wapi.Function
 	runs   int  // exec calls made; the first one reseeds the guest's random state
 	dead   bool // the module has exited or trapped
+	// reach is the memory mask the last exec set (masked engines): the guest's accesses, in bounds or
+	// not, stay below reach+1+experimental.MaskedMemoryGuard.
+	reach uint64
 	// cur is the exec call in progress, for host functions that block (sleep). Only the goroutine
 	// calling into the guest touches it: wazero runs host functions on the caller's goroutine.
 	cur guestCall
@@ -324,6 +327,14 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	lim := req.limits
 	inst.mem.limit.Store(uint64(lim.MemoryLimitMB) << 20)
 	inst.mem.exceeded.Store(false)
+	if inst.eng.masked {
+		// What the guest can write, in bounds or not, follows this run's limit (docs/masked-memory.md).
+		reach := min(reachMask(max(uint64(lim.MemoryLimitMB)<<20, uint64(inst.mod.Memory().Size()))), inst.mem.Mask())
+		if err := experimental.SetMemoryMask(inst.mod, reach); err != nil {
+			return nil, fmt.Errorf("narrowing the guest's memory reach: %w", err)
+		}
+		inst.reach = reach
+	}
 	runCtx, cancel := context.WithCancelCause(inst.ctx(ctx))
 	defer cancel(nil)
 	// The engine's Close stops runs still going when its grace period ends.

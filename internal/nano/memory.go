@@ -2,6 +2,7 @@ package nano
 
 import (
 	"fmt"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 
@@ -43,17 +44,26 @@ type regionPool struct {
 	resetting int        // guarded by mu: free regions resetLoop is resetting
 	resetDone *sync.Cond // on mu: resetLoop has finished with a region
 	max       int        // guarded by mu: free regions kept; 0 once closed
-	reserve   uint64
-	mapped    atomic.Int64 // regions in existence
-	closed    atomic.Bool
-	wake      chan struct{} // capacity 1: used holds regions for resetLoop
-	stop      chan struct{} // closed by close
-	loopDone  chan struct{} // closed when resetLoop returns
+	reserve   uint64     // bytes a guest memory may grow to
+	// mask is what masked guest code ands addresses with at most (0: accesses are bounds checked):
+	// the power of two at or above reserve, less one. A region then maps mask+1 plus wazero's guard,
+	// every byte of which a guest may write (docs/masked-memory.md).
+	mask       uint64
+	regionSize int          // bytes mapped per region
+	mapped     atomic.Int64 // regions in existence
+	closed     atomic.Bool
+	wake       chan struct{} // capacity 1: used holds regions for resetLoop
+	stop       chan struct{} // closed by close
+	loopDone   chan struct{} // closed when resetLoop returns
 }
 
-func newRegionPool(reserve uint64, max int) *regionPool {
-	p := &regionPool{reserve: reserve, max: max, pm: openPagemap(),
+func newRegionPool(reserve uint64, max int, masked bool) *regionPool {
+	p := &regionPool{reserve: reserve, max: max, pm: openPagemap(), regionSize: int(reserve),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), loopDone: make(chan struct{})}
+	if masked {
+		p.mask = reachMask(reserve)
+		p.regionSize = int(p.mask + 1 + experimental.MaskedMemoryGuard)
+	}
 	p.resetDone = sync.NewCond(&p.mu)
 	go p.resetLoop()
 	return p
@@ -122,7 +132,7 @@ func (p *regionPool) get(img *image) (*region, error) {
 	}
 	p.mu.Unlock()
 	if r == nil {
-		buf, err := mapRegion(int(p.reserve))
+		buf, err := mapRegion(p.regionSize)
 		if err != nil {
 			return nil, err
 		}
@@ -141,17 +151,24 @@ func (p *regionPool) get(img *image) (*region, error) {
 // reset makes r read as img (nil: none) and zero past it. On failure r is unmapped.
 func (p *regionPool) reset(r *region, img *image) error {
 	size := img.size()
+	// Memory the last guest grew into must read as zero again. The first warmHeadroom bytes past the
+	// image are cleared, keeping their pages mapped for the next guest (almost every run grows a
+	// little); anything beyond is given back to the kernel. A masked guest may have written anywhere
+	// in the region, past its length too, so all of the region past the cleared part is given back:
+	// one madvise, which skips the page tables of what was never touched.
+	warm := roundUp(size+warmHeadroom, hugePage)
+	kept := max(size, min(r.dirty, warm))
 	if r.dirty > size {
-		// Memory the last guest grew into must read as zero again. The first warmHeadroom bytes past the
-		// image are cleared, keeping their pages mapped for the next guest (almost every run grows a
-		// little); anything beyond is given back to the kernel.
-		warm := roundUp(size+warmHeadroom, hugePage)
-		clear(r.buf[size:min(r.dirty, warm)])
-		if r.dirty > warm {
-			if err := releasePages(r.buf[warm:roundUp(r.dirty, osPage)]); err != nil {
-				p.unmap(r)
-				return fmt.Errorf("resetting guest memory: %w", err)
-			}
+		clear(r.buf[size:kept])
+	}
+	end := roundUp(r.dirty, osPage)
+	if p.mask != 0 {
+		end = len(r.buf)
+	}
+	if end > kept {
+		if err := releasePages(r.buf[kept:end]); err != nil {
+			p.unmap(r)
+			return fmt.Errorf("resetting guest memory: %w", err)
 		}
 	}
 	if img != nil && img.shared != nil {
@@ -344,6 +361,12 @@ func newGuestMemory(pool *regionPool, img *image) (*guestMemory, error) {
 	m.limit.Store(pool.reserve)
 	return m, nil
 }
+
+// Mask implements experimental.MaskedLinearMemory: the widest mask the guest's code may use.
+func (m *guestMemory) Mask() uint64 { return m.pool.mask }
+
+// reachMask is the mask that lets a guest reach n bytes: the power of two at or above n, less one.
+func reachMask(n uint64) uint64 { return 1<<bits.Len64(max(n, wasmPage)-1) - 1 }
 
 // Allocate implements experimental.MemoryAllocator: the memory already exists.
 func (m *guestMemory) Allocate(_, _ uint64) experimental.LinearMemory { return m }

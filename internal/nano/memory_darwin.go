@@ -9,5 +9,8 @@ const (
 	releaseZeroes = false
 )
 
+// maskedMemory is off: releasing a region's whole reach would mean clearing it (docs/masked-memory.md).
+const maskedMemory = false
+
 // adviseHugePages does nothing: macOS has no transparent huge pages to ask for.
 func adviseHugePages([]byte) {}

@@ -7,6 +7,9 @@ import (
 	"golang.org/x/sys/windows"
 )
 
+// maskedMemory is off: every byte of a region's reach would be committed (docs/masked-memory.md).
+const maskedMemory = false
+
 // mapRegion reserves and commits size bytes. Windows has no overcommit: the commit is charged
 // against the page file at once, but physical pages are only taken when first touched.
 func mapRegion(size int) ([]byte, error) {

@@ -258,6 +258,7 @@ func (r *runtime) CompileModule(ctx context.Context, binary []byte) (CompiledMod
 	if err != nil {
 		return nil, err
 	}
+	internal.MaskedMemory = ctx.Value(expctxkeys.MaskedMemoryKey{}) != nil // agentbox patch
 	internal.AssignModuleID(binary, listeners, r.ensureTermination)
 	if err = r.store.Engine.CompileModule(ctx, internal, listeners, r.ensureTermination); err != nil {
 		return nil, err

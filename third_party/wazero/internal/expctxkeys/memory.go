@@ -2,3 +2,6 @@ package expctxkeys
 
 // MemoryAllocatorKey is a context.Context key for the experimental memory allocator.
 type MemoryAllocatorKey struct{}
+
+// MaskedMemoryKey is a context.Context key for compiling with masked memory accesses (agentbox patch).
+type MaskedMemoryKey struct{}

@@ -3,6 +3,7 @@ package wasm
 import (
 	"container/list"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
@@ -64,6 +65,52 @@ type MemoryInstance struct {
 	ownerModuleEngine ModuleEngine
 
 	expBuffer experimental.LinearMemory
+
+	// Mask is set by UseMask for the memory of a module compiled with masked accesses; zero
+	// otherwise (agentbox patch).
+	Mask uint64
+}
+
+// UseMask takes the mask of the memory's MaskedLinearMemory for a module compiled with masked
+// accesses, or says why the memory cannot back one (agentbox patch): compiled code adds
+// (address & Mask) plus a static offset below MaskedMemoryGuard to the buffer's base without a
+// bounds check, so all of that must be the buffer's.
+func (m *MemoryInstance) UseMask() error {
+	masked, ok := m.expBuffer.(experimental.MaskedLinearMemory)
+	if !ok {
+		return errors.New("masked memory needs a MemoryAllocator that returns an experimental.MaskedLinearMemory")
+	}
+	// The mask bounds what a guest can reach, not what it may grow to: Grow refuses lengths past
+	// mask+1, at which in-bounds addresses would wrap.
+	mask := masked.Mask()
+	if mask == 0 || mask&(mask+1) != 0 || uint64(len(m.Buffer)) > mask+1 {
+		return fmt.Errorf("masked memory: mask %#x is not 2^k-1 covering the length %d", mask, len(m.Buffer))
+	}
+	if !maskedFits(m.Buffer, mask) {
+		return fmt.Errorf("masked memory: a buffer of capacity %d, want at least mask+1+MaskedMemoryGuard = %d", cap(m.Buffer), mask+1+experimental.MaskedMemoryGuard)
+	}
+	m.Mask = mask
+	return nil
+}
+
+// SetMemoryMask implements experimental.SetMemoryMask (agentbox patch).
+func (m *ModuleInstance) SetMemoryMask(mask uint64) error {
+	if !m.Source.MasksMemory() {
+		return errors.New("SetMemoryMask: the module was not compiled with masked memory")
+	}
+	mem := m.MemoryInstance
+	widest := mem.expBuffer.(experimental.MaskedLinearMemory).Mask() // UseMask checked it is one
+	if mask == 0 || mask&(mask+1) != 0 || mask > widest || uint64(len(mem.Buffer)) > mask+1 || !maskedFits(mem.Buffer, mask) {
+		return fmt.Errorf("SetMemoryMask: %#x is not 2^k-1 between the length %d and the allocator's mask %#x", mask, len(mem.Buffer), widest)
+	}
+	mem.Mask = mask
+	m.Engine.MemoryGrown() // writes the mask where compiled code reads it
+	return nil
+}
+
+// maskedFits reports whether buf's capacity covers every address masked code can form (agentbox patch).
+func maskedFits(buf []byte, mask uint64) bool {
+	return uint64(cap(buf)) >= mask+1+experimental.MaskedMemoryGuard
 }
 
 // NewMemoryInstance creates a new instance based on the parameters in the SectionIDMemory.
@@ -246,6 +293,9 @@ func (m *MemoryInstance) Grow(delta uint32) (result uint32, ok bool) {
 		if buffer == nil {
 			// Allocator failed to grow.
 			return 0, false
+		}
+		if m.Mask != 0 && (uint64(len(buffer)) > m.Mask+1 || !maskedFits(buffer, m.Mask)) {
+			return 0, false // agentbox patch: masked addresses would wrap, or reach past the buffer
 		}
 		if m.Shared {
 			if unsafe.SliceData(buffer) != unsafe.SliceData(m.Buffer) {

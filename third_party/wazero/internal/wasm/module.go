@@ -183,6 +183,10 @@ type Module struct {
 	// IsHostModule true if this is the host module, false otherwise.
 	IsHostModule bool
 
+	// MaskedMemory is set when the module is compiled under experimental.WithMaskedMemory (agentbox
+	// patch); see MasksMemory.
+	MaskedMemory bool
+
 	// functionDefinitionSectionInitOnce guards FunctionDefinitionSection so that it is initialized exactly once.
 	functionDefinitionSectionInitOnce sync.Once
 
@@ -225,8 +229,17 @@ func (m *Module) AssignModuleID(wasm []byte, listeners []experimental.FunctionLi
 	// Write the flag of ensureTermination to the checksum.
 	m.ID[0] = boolToByte(withEnsureTermination)
 	h.Write(m.ID[:1])
+	if m.MaskedMemory { // agentbox patch: masked code is never mistaken for checked code
+		h.Write([]byte("masked-memory"))
+	}
 	// Get checksum by passing the slice underlying m.ID.
 	h.Sum(m.ID[:0])
+}
+
+// MasksMemory reports whether the module's memory accesses are compiled masked instead of bounds
+// checked (agentbox patch): only a memory of its own that is not shared is.
+func (m *Module) MasksMemory() bool {
+	return m.MaskedMemory && m.MemorySection != nil && !m.MemorySection.IsShared
 }
 
 func boolToByte(b bool) (ret byte) {

@@ -391,6 +391,11 @@ func (s *Store) instantiate(
 	m.buildGlobals(module, m.Engine.FunctionInstanceReference)
 	m.buildTags(module)
 	m.buildMemory(module, allocator)
+	if module.MasksMemory() { // agentbox patch
+		if err = m.MemoryInstance.UseMask(); err != nil {
+			return nil, err
+		}
+	}
 	m.Exports = module.Exports
 	for _, exp := range m.Exports {
 		if exp.Type == ExternTypeTable {

@@ -147,8 +147,8 @@ func (e *engine) getCompiledModuleFromCache(module *wasm.Module) (cm *compiledMo
 }
 
 // agentbox patch: a different magic keeps code compiled by unpatched wazero out of the cache, whose
-// version string is the same.
-var magic = []byte{'W', 'A', 'Z', 'E', 'V', 'O', 'a', 'b', '1'}
+// version string is the same (ab3: the module context's local memory has a mask).
+var magic = []byte{'W', 'A', 'Z', 'E', 'V', 'O', 'a', 'b', '3'}
 
 func serializeCompiledModule(wazeroVersion string, cm *compiledModule) io.Reader {
 	buf := bytes.NewBuffer(nil)

@@ -272,6 +272,9 @@ func (m *moduleEngine) putLocalMemory() {
 	}
 	binary.LittleEndian.PutUint64(m.opaque[offset:], b)
 	binary.LittleEndian.PutUint64(m.opaque[offset+8:], s)
+	if mask := m.parent.offsets.LocalMemoryMask(); mask >= 0 {
+		binary.LittleEndian.PutUint64(m.opaque[mask:], mem.Mask) // agentbox patch
+	}
 }
 
 // ResolveImportedFunction implements wasm.ModuleEngine.

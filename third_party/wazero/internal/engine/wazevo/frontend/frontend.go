@@ -46,11 +46,18 @@ type Compiler struct {
 	memoryBaseVariable, memoryLenVariable ssa.Variable
 	needMemory                            bool
 	memoryShared                          bool
-	globalVariables                       []ssa.Variable
-	globalVariablesTypes                  []ssa.Type
-	mutableGlobalVariablesIndexes         []wasm.Index // index to ^.
-	needListener                          bool
-	needSourceOffsetInfo                  bool
+	// maskedMemory: accesses to the module's own memory are masked instead of bounds checked (agentbox
+	// patch: experimental.WithMaskedMemory); memoryMaskVariable holds the mask.
+	maskedMemory       bool
+	memoryMaskVariable ssa.Variable
+	// stackPointer is the index of the global exported as __stack_pointer (LLVM's shadow stack), or
+	// -1: with masked memory, setting it past the mask traps (checkStackPointer).
+	stackPointer                  int64
+	globalVariables               []ssa.Variable
+	globalVariablesTypes          []ssa.Type
+	mutableGlobalVariablesIndexes []wasm.Index // index to ^.
+	needListener                  bool
+	needSourceOffsetInfo          bool
 	// br is reused during lowering.
 	br            *bytes.Reader
 	loweringState loweringState
@@ -427,6 +434,15 @@ func (c *Compiler) declareNecessaryVariables() {
 	if c.needMemory {
 		c.memoryBaseVariable = c.ssaBuilder.DeclareVariable(ssa.TypeI64)
 		c.memoryLenVariable = c.ssaBuilder.DeclareVariable(ssa.TypeI64)
+	}
+	c.stackPointer = -1
+	if c.maskedMemory = c.m.MasksMemory(); c.maskedMemory {
+		c.memoryMaskVariable = c.ssaBuilder.DeclareVariable(ssa.TypeI64)
+		for i := range c.m.ExportSection {
+			if exp := &c.m.ExportSection[i]; exp.Type == wasm.ExternTypeGlobal && exp.Name == "__stack_pointer" {
+				c.stackPointer = int64(exp.Index)
+			}
+		}
 	}
 
 	c.globalVariables = c.globalVariables[:0]

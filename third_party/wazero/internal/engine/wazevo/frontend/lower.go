@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/internal/engine/wazevo/ssa"
 	"github.com/tetratelabs/wazero/internal/engine/wazevo/wazevoapi"
 	"github.com/tetratelabs/wazero/internal/leb128"
@@ -1079,6 +1080,9 @@ func (c *Compiler) lowerCurrentOpcode() {
 			break
 		}
 		v := state.pop()
+		if int64(index) == c.stackPointer {
+			c.checkStackPointer(v)
+		}
 		c.setWasmGlobalValue(index, v)
 	case wasm.OpcodeLocalGet:
 		index := c.readI32u()
@@ -4233,6 +4237,9 @@ func (c *Compiler) memOpSetup(baseAddr ssa.Value, constOffset, operationSizeInBy
 
 	baseAddrID := baseAddr.ID()
 	ceil := constOffset + operationSizeInBytes
+	if c.maskedMemory && ceil <= experimental.MaskedMemoryGuard {
+		return c.maskedMemOpAddress(baseAddr)
+	}
 	if known := c.getKnownSafeBound(baseAddrID); known.valid() {
 		// We reuse the calculated absolute address even if the bound is not known to be safe.
 		address = known.absoluteAddr
@@ -4289,6 +4296,77 @@ func (c *Compiler) memOpSetup(baseAddr ssa.Value, constOffset, operationSizeInBy
 	// Record the bound ceil for this baseAddr is known to be safe for the subsequent memory access in the same block.
 	c.recordKnownSafeBound(baseAddrID, ceil, address)
 	return
+}
+
+// maskedMemOpAddress is memOpSetup for masked memory (agentbox patch): the address is
+// memBase + (baseAddr & mask), to which the access adds a static offset and size of at most
+// experimental.MaskedMemoryGuard. The memory's buffer is mapped read-write for mask+1 plus that
+// guard (wasm.MemoryInstance.UseMask), so no address formed here leaves it, and no bounds check is
+// needed: an out-of-bounds access wraps into the instance's own memory instead of trapping.
+//
+// The address is kept per base value like the checked path's: an absolute address recorded by either
+// path is valid here, since a checked one was proven below the length, which is at most mask+1
+// (Grow refuses more), where masking changes nothing. Entries made here carry the bound
+// MaskedMemoryGuard, below every static offset the checked path handles, so they never spare it a
+// check.
+func (c *Compiler) maskedMemOpAddress(baseAddr ssa.Value) ssa.Value {
+	builder := c.ssaBuilder
+	known := c.getKnownSafeBound(baseAddr.ID())
+	if known.valid() && known.absoluteAddr.Valid() {
+		return known.absoluteAddr
+	}
+	extBaseAddr := builder.AllocateInstruction().
+		AsUExtend(baseAddr, 32, 64).
+		Insert(builder).
+		Return()
+	masked := builder.AllocateInstruction().
+		AsBand(extBaseAddr, c.getMemoryMaskValue()).
+		Insert(builder).
+		Return()
+	address := builder.AllocateInstruction().
+		AsIadd(c.getMemoryBaseValue(false), masked).
+		Insert(builder).
+		Return()
+	if known.valid() {
+		known.absoluteAddr = address
+	} else {
+		c.recordKnownSafeBound(baseAddr.ID(), experimental.MaskedMemoryGuard, address)
+	}
+	return address
+}
+
+// checkStackPointer traps when the shadow stack pointer is set past the memory mask (agentbox
+// patch). With bounds checks, a C stack that overflows below address 0 wraps to the top of the
+// address space and its next access traps; masked, those accesses would wrap into the top of the
+// instance's own reservation and the program would run on, on a stack outside its memory and then
+// over its heap. A global.set of the stack pointer is a function's prologue or epilogue, far rarer
+// than memory accesses.
+func (c *Compiler) checkStackPointer(sp ssa.Value) {
+	builder := c.ssaBuilder
+	ext := builder.AllocateInstruction().AsUExtend(sp, 32, 64).Insert(builder).Return()
+	past := builder.AllocateInstruction().
+		AsIcmp(c.getMemoryMaskValue(), ext, ssa.IntegerCmpCondUnsignedLessThan).
+		Insert(builder).
+		Return()
+	builder.AllocateInstruction().
+		AsExitIfTrueWithCode(c.execCtxPtrValue, past, wazevoapi.ExitCodeMemoryOutOfBounds).
+		Insert(builder)
+}
+
+// getMemoryMaskValue is the local memory's mask (agentbox patch), loaded from the module context.
+// It only changes between calls into the module (experimental.SetMemoryMask), so a load per linear
+// path suffices.
+func (c *Compiler) getMemoryMaskValue() ssa.Value {
+	builder := c.ssaBuilder
+	if v := builder.FindValueInLinearPath(c.memoryMaskVariable); v.Valid() {
+		return v
+	}
+	load := builder.AllocateInstruction().
+		AsLoad(c.moduleCtxPtrValue, c.offset.LocalMemoryMask().U32(), ssa.TypeI64).
+		Insert(builder).
+		Return()
+	builder.DefineVariableInCurrentBB(c.memoryMaskVariable, load)
+	return load
 }
 
 // atomicMemOpSetup inserts the bounds check and calculates the address of the memory operation (loads/stores), including

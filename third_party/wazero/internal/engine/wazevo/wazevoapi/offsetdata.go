@@ -91,6 +91,8 @@ type ModuleContextOffsetData struct {
 	AfterListenerTrampolines1stElement,
 	DataInstances1stElement,
 	ElementInstances1stElement Offset
+	// MaskedMemory: the local memory's mask follows its length (agentbox patch: LocalMemoryMask).
+	MaskedMemory bool
 }
 
 // ImportedFunctionOffset returns an offset of the i-th imported function.
@@ -138,6 +140,15 @@ func (m *ModuleContextOffsetData) LocalMemoryLen() Offset {
 	return -1
 }
 
+// LocalMemoryMask returns an offset of the mask of the local memory, which compiled code applies to
+// addresses when the module masks its memory accesses (agentbox patch).
+func (m *ModuleContextOffsetData) LocalMemoryMask() Offset {
+	if l := m.LocalMemoryBegin; l >= 0 && m.MaskedMemory {
+		return l + 16
+	}
+	return -1
+}
+
 // TableOffset returns an offset of the i-th table instance.
 func (m *ModuleContextOffsetData) TableOffset(tableIndex int) Offset {
 	return m.TablesBegin + Offset(tableIndex)*8
@@ -162,6 +173,9 @@ func NewModuleContextOffsetData(m *wasm.Module, withListener bool) ModuleContext
 		// buffer base + memory size.
 		const localMemorySizeInOpaqueModuleContext = 16
 		offset += localMemorySizeInOpaqueModuleContext
+		if ret.MaskedMemory = m.MasksMemory(); ret.MaskedMemory {
+			offset += 8 // agentbox patch: + the mask
+		}
 	} else {
 		// Indicates that there's no local memory
 		ret.LocalMemoryBegin = -1
