@@ -50,6 +50,10 @@ type instance struct {
 	// reach is the memory mask the last exec set (masked engines): the guest's accesses, in bounds or
 	// not, stay below reach+1+experimental.MaskedMemoryGuard.
 	reach uint64
+	// cpuUsed is the CPU time the sandbox's calls have used, and cpuFrom the calling thread's CPU
+	// time when the call in progress began: the guest's process and thread CPU-time clocks
+	// (cpuClock). Only the goroutine calling into the guest touches them.
+	cpuUsed, cpuFrom time.Duration
 	// cur is the exec call in progress, for host functions that block (sleep). Only the goroutine
 	// calling into the guest touches it: wazero runs host functions on the caller's goroutine.
 	cur guestCall
@@ -486,7 +490,9 @@ func (inst *instance) callHere(ctx context.Context, payload []byte) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
-	out, err := inst.execFn.Call(ctx, uint64(ptr), uint64(len(payload)))
+	out, err := inst.cpuTimed(ctx, func(ctx context.Context) ([]uint64, error) {
+		return inst.execFn.Call(ctx, uint64(ptr), uint64(len(payload)))
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -508,6 +514,32 @@ func (inst *instance) callHere(ctx context.Context, payload []byte) ([]byte, err
 		return nil, err
 	}
 	return reply, nil
+}
+
+// cpuTimed makes call, counting the CPU time its thread spends in cpuUsed, and lets the guest read
+// that count as its process and thread CPU-time clocks (Python's time.process_time and thread_time;
+// upstream wazero refuses those clocks, and CPython then falls back to wasi-libc's emulation, which
+// counts from the monotonic reading stored in the snapshot and returned garbage). The thread is
+// locked for the call so that every reading is of one thread.
+func (inst *instance) cpuTimed(ctx context.Context, call func(context.Context) ([]uint64, error)) ([]uint64, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	from, ok := threadCPU()
+	if !ok {
+		return call(ctx)
+	}
+	inst.cpuFrom = from
+	defer func() {
+		now, _ := threadCPU()
+		inst.cpuUsed += now - from
+	}()
+	return call(experimental.WithCPUClock(ctx, inst.cpuClock))
+}
+
+// cpuClock is the guest's CPU-time clock, in nanoseconds: what its calls have used, this one included.
+func (inst *instance) cpuClock() int64 {
+	now, _ := threadCPU()
+	return int64(inst.cpuUsed + now - inst.cpuFrom)
 }
 
 // sleep is the sandbox's WASI clock wait: poll_oneoff with a relative clock, which time.sleep and

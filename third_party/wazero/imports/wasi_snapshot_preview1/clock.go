@@ -5,8 +5,15 @@ import (
 
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/experimental/sys"
+	"github.com/tetratelabs/wazero/internal/expctxkeys"
 	"github.com/tetratelabs/wazero/internal/wasip1"
 	"github.com/tetratelabs/wazero/internal/wasm"
+)
+
+// WASI's CPU-time clock ids (agentbox patch: answered under experimental.WithCPUClock).
+const (
+	clockIDProcessCPUTime = 2
+	clockIDThreadCPUTime  = 3
 )
 
 // clockResGet is the WASI function named ClockResGetName that returns the
@@ -39,7 +46,7 @@ import (
 // See https://linux.die.net/man/3/clock_getres
 var clockResGet = newHostFunc(wasip1.ClockResGetName, clockResGetFn, []wasm.ValueType{i32, i32}, "id", "result.resolution")
 
-func clockResGetFn(_ context.Context, mod api.Module, params []uint64) sys.Errno {
+func clockResGetFn(ctx context.Context, mod api.Module, params []uint64) sys.Errno {
 	sysCtx := mod.(*wasm.ModuleInstance).Sys
 	id, resultResolution := uint32(params[0]), uint32(params[1])
 
@@ -49,6 +56,11 @@ func clockResGetFn(_ context.Context, mod api.Module, params []uint64) sys.Errno
 		resolution = uint64(sysCtx.WalltimeResolution())
 	case wasip1.ClockIDMonotonic:
 		resolution = uint64(sysCtx.NanotimeResolution())
+	case clockIDProcessCPUTime, clockIDThreadCPUTime:
+		if _, ok := ctx.Value(expctxkeys.CPUClockKey{}).(func() int64); !ok {
+			return sys.EINVAL
+		}
+		resolution = 1 // agentbox patch: experimental.WithCPUClock's clock counts nanoseconds
 	default:
 		return sys.EINVAL
 	}
@@ -92,7 +104,7 @@ func clockResGetFn(_ context.Context, mod api.Module, params []uint64) sys.Errno
 // See https://linux.die.net/man/3/clock_gettime
 var clockTimeGet = newHostFunc(wasip1.ClockTimeGetName, clockTimeGetFn, []wasm.ValueType{i32, i64, i32}, "id", "precision", "result.timestamp")
 
-func clockTimeGetFn(_ context.Context, mod api.Module, params []uint64) sys.Errno {
+func clockTimeGetFn(ctx context.Context, mod api.Module, params []uint64) sys.Errno {
 	sysCtx := mod.(*wasm.ModuleInstance).Sys
 	id := uint32(params[0])
 	// TODO: precision is currently ignored.
@@ -105,6 +117,12 @@ func clockTimeGetFn(_ context.Context, mod api.Module, params []uint64) sys.Errn
 		val = sysCtx.WalltimeNanos()
 	case wasip1.ClockIDMonotonic:
 		val = sysCtx.Nanotime()
+	case clockIDProcessCPUTime, clockIDThreadCPUTime:
+		clock, ok := ctx.Value(expctxkeys.CPUClockKey{}).(func() int64) // agentbox patch
+		if !ok {
+			return sys.EINVAL
+		}
+		val = clock()
 	default:
 		return sys.EINVAL
 	}
