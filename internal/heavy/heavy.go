@@ -580,8 +580,6 @@ func (e *Engine) attach(ctx context.Context, s *sandbox, waitReady bool) (*sandb
 	return s, nil
 }
 
-// readLoop reads the agent's replies into s.lines until EOF, a line longer than s.maxLine (a protocol
-// fault: reading stops, the caller kills the sandbox) or destroy.
 // exited reports whether the sandbox's runsc has exited: done is closed, or runsc is dead but its
 // Wait has not closed done yet (waitid with WNOWAIT leaves the status for Wait; ECHILD means Wait
 // reaped it already).
@@ -599,6 +597,8 @@ func (s *sandbox) exited() bool {
 	return errors.Is(err, unix.ECHILD) || err == nil && info.Signo == int32(unix.SIGCHLD)
 }
 
+// readLoop reads the agent's replies into s.lines until EOF, a line longer than s.maxLine (a protocol
+// fault: reading stops, the caller kills the sandbox) or destroy.
 func (s *sandbox) readLoop() {
 	defer close(s.lines)
 	r := bufio.NewReaderSize(s.out, 64<<10)

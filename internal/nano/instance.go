@@ -517,8 +517,8 @@ func (inst *instance) callHere(ctx context.Context, payload []byte) ([]byte, err
 }
 
 // cpuTimed makes call, counting the CPU time its thread spends in cpuUsed, and lets the guest read
-// that count as its process and thread CPU-time clocks (Python's time.process_time and thread_time;
-// upstream wazero refuses those clocks, and CPython then falls back to wasi-libc's emulation, which
+// that count as its process and thread CPU-time clocks (Python's time.process_time; upstream wazero
+// refuses those clocks, and CPython then falls back to wasi-libc's emulation, which
 // counts from the monotonic reading stored in the snapshot and returned garbage). The thread is
 // locked for the call so that every reading is of one thread.
 func (inst *instance) cpuTimed(ctx context.Context, call func(context.Context) ([]uint64, error)) ([]uint64, error) {
