@@ -83,11 +83,8 @@ func (m *MemoryInstance) UseMask() error {
 	// The mask bounds what a guest can reach, not what it may grow to: Grow refuses lengths past
 	// mask+1, at which in-bounds addresses would wrap.
 	mask := masked.Mask()
-	if mask == 0 || mask&(mask+1) != 0 || uint64(len(m.Buffer)) > mask+1 {
-		return fmt.Errorf("masked memory: mask %#x is not 2^k-1 covering the length %d", mask, len(m.Buffer))
-	}
-	if !maskedFits(m.Buffer, mask) {
-		return fmt.Errorf("masked memory: a buffer of capacity %d, want at least mask+1+MaskedMemoryGuard = %d", cap(m.Buffer), mask+1+experimental.MaskedMemoryGuard)
+	if err := checkMask(m.Buffer, mask); err != nil {
+		return err
 	}
 	m.Mask = mask
 	return nil
@@ -100,17 +97,33 @@ func (m *ModuleInstance) SetMemoryMask(mask uint64) error {
 	}
 	mem := m.MemoryInstance
 	widest := mem.expBuffer.(experimental.MaskedLinearMemory).Mask() // UseMask checked it is one
-	if mask == 0 || mask&(mask+1) != 0 || mask > widest || uint64(len(mem.Buffer)) > mask+1 || !maskedFits(mem.Buffer, mask) {
-		return fmt.Errorf("SetMemoryMask: %#x is not 2^k-1 between the length %d and the allocator's mask %#x", mask, len(mem.Buffer), widest)
+	if mask > widest {
+		return fmt.Errorf("SetMemoryMask: %#x is wider than the allocator's mask %#x", mask, widest)
+	}
+	if err := checkMask(mem.Buffer, mask); err != nil {
+		return fmt.Errorf("SetMemoryMask: %w", err)
 	}
 	mem.Mask = mask
 	m.Engine.MemoryGrown() // writes the mask where compiled code reads it
 	return nil
 }
 
-// maskedFits reports whether buf's capacity covers every address masked code can form (agentbox patch).
-func maskedFits(buf []byte, mask uint64) bool {
-	return uint64(cap(buf)) >= mask+1+experimental.MaskedMemoryGuard
+// maskCovers reports whether masked code with mask stays within buf's capacity and leaves its
+// in-bounds addresses unchanged (agentbox patch).
+func maskCovers(buf []byte, mask uint64) bool {
+	return uint64(len(buf)) <= mask+1 && uint64(cap(buf)) >= mask+1+experimental.MaskedMemoryGuard
+}
+
+// checkMask says why mask cannot be used over buf, or returns nil (agentbox patch).
+func checkMask(buf []byte, mask uint64) error {
+	if mask == 0 || mask&(mask+1) != 0 {
+		return fmt.Errorf("masked memory: mask %#x is not 2^k-1", mask)
+	}
+	if !maskCovers(buf, mask) {
+		return fmt.Errorf("masked memory: mask %#x over a buffer of length %d and capacity %d, want length at most mask+1 and capacity at least mask+1+MaskedMemoryGuard = %d",
+			mask, len(buf), cap(buf), mask+1+experimental.MaskedMemoryGuard)
+	}
+	return nil
 }
 
 // NewMemoryInstance creates a new instance based on the parameters in the SectionIDMemory.
@@ -294,7 +307,7 @@ func (m *MemoryInstance) Grow(delta uint32) (result uint32, ok bool) {
 			// Allocator failed to grow.
 			return 0, false
 		}
-		if m.Mask != 0 && (uint64(len(buffer)) > m.Mask+1 || !maskedFits(buffer, m.Mask)) {
+		if m.Mask != 0 && !maskCovers(buffer, m.Mask) {
 			return 0, false // agentbox patch: masked addresses would wrap, or reach past the buffer
 		}
 		if m.Shared {
