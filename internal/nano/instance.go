@@ -334,10 +334,12 @@ func (inst *instance) exec(ctx context.Context, req execRequest, stream tier.Str
 	if inst.eng.masked {
 		// What the guest can write, in bounds or not, follows this run's limit (docs/masked-memory.md).
 		reach := min(reachMask(max(uint64(lim.MemoryLimitMB)<<20, uint64(inst.mod.Memory().Size()))), inst.mem.Mask())
-		if err := experimental.SetMemoryMask(inst.mod, reach); err != nil {
-			return nil, fmt.Errorf("narrowing the guest's memory reach: %w", err)
+		if reach != inst.reach { // a session's cells and a pool's runs mostly keep one limit
+			if err := experimental.SetMemoryMask(inst.mod, reach); err != nil {
+				return nil, fmt.Errorf("narrowing the guest's memory reach: %w", err)
+			}
+			inst.reach = reach
 		}
-		inst.reach = reach
 	}
 	runCtx, cancel := context.WithCancelCause(inst.ctx(ctx))
 	defer cancel(nil)

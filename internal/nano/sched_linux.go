@@ -144,12 +144,10 @@ func watchThread(quantum time.Duration) *threadWatch {
 // calling process.
 func threadClock(tid int) int32 { return int32(^uint32(tid)<<3 | 2 | 4) }
 
+// cpuTime is a thread's CPU time, or zero if its clock cannot be read.
 func cpuTime(clock int32) time.Duration {
-	var ts unix.Timespec
-	if unix.ClockGettime(clock, &ts) != nil {
-		return 0
-	}
-	return time.Duration(ts.Nano())
+	d, _ := readClock(clock)
+	return d
 }
 
 func (w *threadWatch) check() {
